@@ -1,0 +1,606 @@
+//! The shared vocabulary of paytrace.
+//!
+//! Every part of paytrace — the middleware, the aggregator, the demo shop, the
+//! alert rules and the dashboards — speaks these names. This crate holds them as
+//! constants and nothing else (it has no dependencies), so that a typo is a
+//! compile error instead of a silent, empty dashboard panel.
+//!
+//! `docs/conventions.md` says the same in prose; a test in this crate fails
+//! when the two drift apart.
+//!
+//! Where to start:
+//! - [`attr`]: span attribute keys (`paytrace.stage`, `payment.method`, …).
+//! - [`metric`]: Prometheus metric names; [`label`]: their label names.
+//! - [`flow`], [`stage`], [`outcome`], [`tcc`]: the values those labels take.
+//! - [`DEFAULT_LATENCY_BUCKETS`]: the histogram buckets every latency metric uses.
+//!
+//! ```
+//! use paytrace_semconv::{attr, metric, stage};
+//!
+//! assert_eq!(attr::STAGE, "paytrace.stage");
+//! assert_eq!(metric::STAGE_DURATION_SECONDS, "paytrace_stage_duration_seconds");
+//! assert!(stage::is_valid_name(stage::INVENTORY_TRY));
+//! ```
+
+#![forbid(unsafe_code)]
+
+/// Default latency buckets, in seconds, for every latency histogram.
+///
+/// SLO thresholds must be one of these boundaries. Prefer thresholds that
+/// Prometheus 3 does not rewrite in `le` labels (`0.5`, `2.5`; not `1`).
+///
+/// ```
+/// assert_eq!(paytrace_semconv::DEFAULT_LATENCY_BUCKETS.len(), 12);
+/// ```
+pub const DEFAULT_LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The label value a guarded label takes once its value limit is reached.
+///
+/// ```
+/// assert_eq!(paytrace_semconv::OVERFLOW_LABEL_VALUE, "other");
+/// ```
+pub const OVERFLOW_LABEL_VALUE: &str = "other";
+
+/// The `http_route` label value of a request that matched no route.
+///
+/// ```
+/// assert_eq!(paytrace_semconv::UNMATCHED_ROUTE, "unmatched");
+/// ```
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Span attribute keys (OpenTelemetry).
+///
+/// The `paytrace.*` keys mark business flows and stages; `payment.*` the payment
+/// method and channel; `tcc.*` the TCC transaction a span belongs to. HTTP spans
+/// use the OpenTelemetry HTTP semantic conventions, listed here too.
+///
+/// ```
+/// assert_eq!(paytrace_semconv::attr::FLOW_ID, "paytrace.flow_id");
+/// ```
+pub mod attr {
+    /// The business flow (`checkout`, `pay`, `refund`). Also carried in W3C baggage.
+    pub const FLOW: &str = "paytrace.flow";
+    /// The business correlation key of one flow instance (the order id).
+    /// Carried in baggage; a span attribute only, never a metric label.
+    pub const FLOW_ID: &str = "paytrace.flow_id";
+    /// Marks a span as a stage; the value is the stage name (`inventory.try`).
+    pub const STAGE: &str = "paytrace.stage";
+    /// How the stage ended: one of [`crate::outcome`].
+    pub const OUTCOME: &str = "paytrace.outcome";
+    /// The payment method (`alipay`, `wechat_pay`, `card`). Carried in baggage.
+    pub const PAYMENT_METHOD: &str = "payment.method";
+    /// The payment channel (`alipay`, `wxpay`, `stripe`, `unionpay`). Carried in baggage.
+    pub const PAYMENT_CHANNEL: &str = "payment.channel";
+    /// The TCC global transaction id. A span attribute only.
+    pub const TCC_XID: &str = "tcc.xid";
+    /// The TCC branch id. A span attribute only.
+    pub const TCC_BRANCH_ID: &str = "tcc.branch_id";
+    /// The TCC resource (`inventory`, `coupon`, `points`, `payment`).
+    pub const TCC_RESOURCE: &str = "tcc.resource";
+    /// The TCC phase: one of [`crate::tcc`] phases.
+    pub const TCC_PHASE: &str = "tcc.phase";
+
+    /// OpenTelemetry HTTP semconv: the request method.
+    pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
+    /// OpenTelemetry HTTP semconv: the matched route template.
+    pub const HTTP_ROUTE: &str = "http.route";
+    /// OpenTelemetry HTTP semconv: the response status code.
+    pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+    /// OpenTelemetry semconv: the server's host name or address.
+    pub const SERVER_ADDRESS: &str = "server.address";
+    /// OpenTelemetry semconv: the server's port.
+    pub const SERVER_PORT: &str = "server.port";
+    /// OpenTelemetry semconv: `http` or `https`.
+    pub const URL_SCHEME: &str = "url.scheme";
+    /// OpenTelemetry semconv: the request path (redacted).
+    pub const URL_PATH: &str = "url.path";
+    /// OpenTelemetry semconv: the full request URL of a client span (redacted, no query).
+    pub const URL_FULL: &str = "url.full";
+    /// OpenTelemetry semconv: the class of error the operation ended with.
+    pub const ERROR_TYPE: &str = "error.type";
+
+    /// Every key above, for consistency checks.
+    pub const ALL: &[&str] = &[
+        FLOW,
+        FLOW_ID,
+        STAGE,
+        OUTCOME,
+        PAYMENT_METHOD,
+        PAYMENT_CHANNEL,
+        TCC_XID,
+        TCC_BRANCH_ID,
+        TCC_RESOURCE,
+        TCC_PHASE,
+        HTTP_REQUEST_METHOD,
+        HTTP_ROUTE,
+        HTTP_RESPONSE_STATUS_CODE,
+        SERVER_ADDRESS,
+        SERVER_PORT,
+        URL_SCHEME,
+        URL_PATH,
+        URL_FULL,
+        ERROR_TYPE,
+    ];
+
+    /// The keys paytrace reads from and writes to W3C baggage.
+    pub const BAGGAGE: &[&str] = &[FLOW, FLOW_ID, PAYMENT_METHOD, PAYMENT_CHANNEL];
+}
+
+/// Prometheus metric names. Seconds for time, `_total` for counters.
+///
+/// ```
+/// assert!(paytrace_semconv::metric::ALL.contains(&"http_server_request_duration_seconds"));
+/// ```
+pub mod metric {
+    // RED, from the HTTP layer.
+    /// Histogram `{service, http_request_method, http_route, http_response_status_code}`.
+    pub const HTTP_SERVER_REQUEST_DURATION_SECONDS: &str = "http_server_request_duration_seconds";
+    /// Gauge `{service, http_request_method, http_route}`.
+    pub const HTTP_SERVER_ACTIVE_REQUESTS: &str = "http_server_active_requests";
+    /// Histogram `{service, http_request_method, server_address, http_response_status_code}`.
+    pub const HTTP_CLIENT_REQUEST_DURATION_SECONDS: &str = "http_client_request_duration_seconds";
+
+    // Stages and flows, from the middleware.
+    /// Histogram `{service, flow, stage, payment_method, payment_channel, outcome}`.
+    pub const STAGE_DURATION_SECONDS: &str = "paytrace_stage_duration_seconds";
+    /// Gauge `{service, flow, stage}`.
+    pub const STAGE_ACTIVE: &str = "paytrace_stage_active";
+
+    // TCC, from the middleware's fence.
+    /// Counter `{service, resource, phase, outcome}`.
+    pub const TCC_PHASE_TOTAL: &str = "paytrace_tcc_phase_total";
+    /// Counter `{service, resource, kind}`; kind is one of [`crate::tcc::ANOMALY_KINDS`].
+    pub const TCC_ANOMALIES_TOTAL: &str = "paytrace_tcc_anomalies_total";
+    /// Gauge `{service, resource}`: tried branches waiting for phase two.
+    pub const TCC_BRANCHES_PENDING: &str = "paytrace_tcc_branches_pending";
+    /// Gauge `{service, resource}`: age of the oldest pending branch.
+    pub const TCC_PENDING_OLDEST_SECONDS: &str = "paytrace_tcc_pending_oldest_seconds";
+    /// Counter `{service, resource, phase}`.
+    pub const TCC_PHASE_RETRIES_TOTAL: &str = "paytrace_tcc_phase_retries_total";
+
+    // USE, from the middleware.
+    /// Gauge `{service, resource}`.
+    pub const RESOURCE_IN_USE: &str = "paytrace_resource_in_use";
+    /// Gauge `{service, resource}`.
+    pub const RESOURCE_CAPACITY: &str = "paytrace_resource_capacity";
+    /// Histogram `{service, resource}`: time spent waiting to acquire.
+    pub const RESOURCE_WAIT_SECONDS: &str = "paytrace_resource_wait_seconds";
+    /// Counter `{service, resource, kind}`.
+    pub const RESOURCE_ERRORS_TOTAL: &str = "paytrace_resource_errors_total";
+    /// Gauge `{service, queue}`.
+    pub const QUEUE_DEPTH: &str = "paytrace_queue_depth";
+    /// Gauge `{service, queue}`.
+    pub const QUEUE_OLDEST_AGE_SECONDS: &str = "paytrace_queue_oldest_age_seconds";
+    /// Counter `{service, queue, outcome}`; outcome is one of [`crate::queue_outcome`].
+    pub const QUEUE_MESSAGES_TOTAL: &str = "paytrace_queue_messages_total";
+    /// Gauge `{service}`: tokio worker threads.
+    pub const RUNTIME_WORKERS: &str = "paytrace_runtime_workers";
+    /// Gauge `{service}`: share of time the workers were busy since the last scrape.
+    pub const RUNTIME_WORKER_BUSY_RATIO: &str = "paytrace_runtime_worker_busy_ratio";
+    /// Gauge `{service}`: tasks in the runtime's global queue.
+    pub const RUNTIME_GLOBAL_QUEUE_DEPTH: &str = "paytrace_runtime_global_queue_depth";
+    /// Gauge `{service}`: tasks alive in the runtime.
+    pub const RUNTIME_ALIVE_TASKS: &str = "paytrace_runtime_alive_tasks";
+    /// Gauge `{service, version}`, always 1.
+    pub const BUILD_INFO: &str = "paytrace_build_info";
+    /// Counter `{service, label}`: label values folded into `other` by the cardinality guard.
+    pub const SERIES_OVERFLOW_TOTAL: &str = "paytrace_series_overflow_total";
+    /// Counter `{reason}`: finished spans the exporter pipeline dropped; reason is
+    /// one of [`crate::drop_reason`].
+    pub const SPANS_DROPPED_TOTAL: &str = "paytrace_spans_dropped_total";
+    /// Counter: finished spans the exporter pipeline handed to the collector successfully.
+    pub const SPANS_EXPORTED_TOTAL: &str = "paytrace_spans_exported_total";
+
+    // Process metrics, from the prometheus crate's process collector.
+    /// Counter: CPU seconds used by the process.
+    pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
+    /// Gauge: resident memory.
+    pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+    /// Gauge: open file descriptors.
+    pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+    /// Gauge: the file descriptor limit.
+    pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+
+    // From the aggregator.
+    /// Histogram `{flow, payment_method, payment_channel, outcome}`: end to end, stitched.
+    pub const FLOW_DURATION_SECONDS: &str = "paytrace_flow_duration_seconds";
+    /// Histogram `{flow, stage, payment_method, payment_channel}`.
+    pub const STAGE_CRITICAL_PATH_SECONDS: &str = "paytrace_stage_critical_path_seconds";
+    /// Histogram `{flow, stage, payment_method, payment_channel}`.
+    pub const STAGE_SELF_SECONDS: &str = "paytrace_stage_self_seconds";
+    /// Counter `{flow, reason}`.
+    pub const FLOWS_INCOMPLETE_TOTAL: &str = "paytrace_flows_incomplete_total";
+    /// Gauge: global TCC transactions not finished past their timeout.
+    pub const TCC_TRANSACTIONS_UNFINISHED: &str = "paytrace_tcc_transactions_unfinished";
+    /// Gauge: age of the oldest unfinished global TCC transaction.
+    pub const TCC_UNFINISHED_OLDEST_SECONDS: &str = "paytrace_tcc_unfinished_oldest_seconds";
+    /// Counter `{resource, kind}`: anomalies seen across services.
+    pub const TCC_GLOBAL_ANOMALIES_TOTAL: &str = "paytrace_tcc_global_anomalies_total";
+    /// Counter `{protocol}`.
+    pub const AGGREGATOR_SPANS_RECEIVED_TOTAL: &str = "paytrace_aggregator_spans_received_total";
+    /// Counter `{reason}`.
+    pub const AGGREGATOR_SPANS_DROPPED_TOTAL: &str = "paytrace_aggregator_spans_dropped_total";
+    /// Gauge.
+    pub const AGGREGATOR_TRACES_LIVE: &str = "paytrace_aggregator_traces_live";
+    /// Counter.
+    pub const AGGREGATOR_TRACES_COMPLETED_TOTAL: &str = "paytrace_aggregator_traces_completed_total";
+    /// Counter `{reason}`.
+    pub const AGGREGATOR_TRACES_EVICTED_TOTAL: &str = "paytrace_aggregator_traces_evicted_total";
+    /// Counter.
+    pub const AGGREGATOR_SERIES_OVERFLOW_TOTAL: &str = "paytrace_aggregator_series_overflow_total";
+
+    /// Every metric name above, for consistency checks.
+    pub const ALL: &[&str] = &[
+        HTTP_SERVER_REQUEST_DURATION_SECONDS,
+        HTTP_SERVER_ACTIVE_REQUESTS,
+        HTTP_CLIENT_REQUEST_DURATION_SECONDS,
+        STAGE_DURATION_SECONDS,
+        STAGE_ACTIVE,
+        TCC_PHASE_TOTAL,
+        TCC_ANOMALIES_TOTAL,
+        TCC_BRANCHES_PENDING,
+        TCC_PENDING_OLDEST_SECONDS,
+        TCC_PHASE_RETRIES_TOTAL,
+        RESOURCE_IN_USE,
+        RESOURCE_CAPACITY,
+        RESOURCE_WAIT_SECONDS,
+        RESOURCE_ERRORS_TOTAL,
+        QUEUE_DEPTH,
+        QUEUE_OLDEST_AGE_SECONDS,
+        QUEUE_MESSAGES_TOTAL,
+        RUNTIME_WORKERS,
+        RUNTIME_WORKER_BUSY_RATIO,
+        RUNTIME_GLOBAL_QUEUE_DEPTH,
+        RUNTIME_ALIVE_TASKS,
+        BUILD_INFO,
+        SERIES_OVERFLOW_TOTAL,
+        SPANS_DROPPED_TOTAL,
+        SPANS_EXPORTED_TOTAL,
+        PROCESS_CPU_SECONDS_TOTAL,
+        PROCESS_RESIDENT_MEMORY_BYTES,
+        PROCESS_OPEN_FDS,
+        PROCESS_MAX_FDS,
+        FLOW_DURATION_SECONDS,
+        STAGE_CRITICAL_PATH_SECONDS,
+        STAGE_SELF_SECONDS,
+        FLOWS_INCOMPLETE_TOTAL,
+        TCC_TRANSACTIONS_UNFINISHED,
+        TCC_UNFINISHED_OLDEST_SECONDS,
+        TCC_GLOBAL_ANOMALIES_TOTAL,
+        AGGREGATOR_SPANS_RECEIVED_TOTAL,
+        AGGREGATOR_SPANS_DROPPED_TOTAL,
+        AGGREGATOR_TRACES_LIVE,
+        AGGREGATOR_TRACES_COMPLETED_TOTAL,
+        AGGREGATOR_TRACES_EVICTED_TOTAL,
+        AGGREGATOR_SERIES_OVERFLOW_TOTAL,
+    ];
+}
+
+/// Prometheus label names.
+///
+/// ```
+/// assert_eq!(paytrace_semconv::label::PAYMENT_METHOD, "payment_method");
+/// ```
+pub mod label {
+    /// The service that emitted the metric (one process may host several).
+    pub const SERVICE: &str = "service";
+    /// The request method (`GET`, `POST`; `_OTHER` for non-standard methods).
+    pub const HTTP_REQUEST_METHOD: &str = "http_request_method";
+    /// The matched route template, or [`crate::UNMATCHED_ROUTE`].
+    pub const HTTP_ROUTE: &str = "http_route";
+    /// The response status code; empty on a client call that got no response.
+    pub const HTTP_RESPONSE_STATUS_CODE: &str = "http_response_status_code";
+    /// The downstream host of a client call.
+    pub const SERVER_ADDRESS: &str = "server_address";
+    /// The business flow.
+    pub const FLOW: &str = "flow";
+    /// The stage.
+    pub const STAGE: &str = "stage";
+    /// The payment method; empty when the flow has none.
+    pub const PAYMENT_METHOD: &str = "payment_method";
+    /// The payment channel; empty when the flow has none.
+    pub const PAYMENT_CHANNEL: &str = "payment_channel";
+    /// One of [`crate::outcome`] (stages), [`crate::queue_outcome`] (queues),
+    /// or a TCC fence decision.
+    pub const OUTCOME: &str = "outcome";
+    /// A USE resource (`inventory_db`) or a TCC resource (`inventory`).
+    pub const RESOURCE: &str = "resource";
+    /// A TCC phase.
+    pub const PHASE: &str = "phase";
+    /// An error or anomaly kind.
+    pub const KIND: &str = "kind";
+    /// A queue name.
+    pub const QUEUE: &str = "queue";
+    /// The version in `paytrace_build_info`.
+    pub const VERSION: &str = "version";
+    /// Why something was dropped, evicted or left incomplete.
+    pub const REASON: &str = "reason";
+    /// The OTLP protocol a span arrived by (`grpc`, `http_protobuf`, `http_json`).
+    pub const PROTOCOL: &str = "protocol";
+    /// The guarded label whose value overflowed, in `paytrace_series_overflow_total`.
+    pub const LABEL: &str = "label";
+
+    /// Every label name above, for consistency checks.
+    pub const ALL: &[&str] = &[
+        SERVICE,
+        HTTP_REQUEST_METHOD,
+        HTTP_ROUTE,
+        HTTP_RESPONSE_STATUS_CODE,
+        SERVER_ADDRESS,
+        FLOW,
+        STAGE,
+        PAYMENT_METHOD,
+        PAYMENT_CHANNEL,
+        OUTCOME,
+        RESOURCE,
+        PHASE,
+        KIND,
+        QUEUE,
+        VERSION,
+        REASON,
+        PROTOCOL,
+        LABEL,
+    ];
+}
+
+/// Flow names: user-visible business operations. Low cardinality.
+///
+/// ```
+/// assert!(paytrace_semconv::flow::ALL.contains(&"checkout"));
+/// ```
+pub mod flow {
+    /// Place an order and pay for it.
+    pub const CHECKOUT: &str = "checkout";
+    /// Pay for an existing order.
+    pub const PAY: &str = "pay";
+    /// Refund a paid order.
+    pub const REFUND: &str = "refund";
+    /// The flows paytrace knows by name.
+    pub const ALL: &[&str] = &[CHECKOUT, PAY, REFUND];
+}
+
+/// Stage names: `<domain>.<action>` in lower snake case.
+///
+/// TCC phases are stages named `<resource>.<phase>`. An async wait that the
+/// aggregator attributes to a stitched flow is the pseudo-stage
+/// `async:<stage>` (see [`async_wait`]).
+///
+/// ```
+/// use paytrace_semconv::stage;
+/// assert!(stage::is_valid_name("channel.callback"));
+/// assert!(!stage::is_valid_name("Channel.Callback"));
+/// assert_eq!(stage::async_wait(stage::CHANNEL_CALLBACK), "async:channel.callback");
+/// ```
+pub mod stage {
+    /// The order service creates the order.
+    pub const ORDER_CREATE: &str = "order.create";
+    /// TCC Try on inventory: reserve stock.
+    pub const INVENTORY_TRY: &str = "inventory.try";
+    /// TCC Confirm on inventory.
+    pub const INVENTORY_CONFIRM: &str = "inventory.confirm";
+    /// TCC Cancel on inventory.
+    pub const INVENTORY_CANCEL: &str = "inventory.cancel";
+    /// TCC Try on the coupon.
+    pub const COUPON_TRY: &str = "coupon.try";
+    /// TCC Try on points.
+    pub const POINTS_TRY: &str = "points.try";
+    /// The payment service creates a payment.
+    pub const PAYMENT_CREATE: &str = "payment.create";
+    /// The request to the third-party payment channel.
+    pub const CHANNEL_REQUEST: &str = "channel.request";
+    /// The channel's asynchronous callback.
+    pub const CHANNEL_CALLBACK: &str = "channel.callback";
+    /// The payment is confirmed after the callback.
+    pub const PAYMENT_CONFIRM: &str = "payment.confirm";
+    /// The user is notified.
+    pub const NOTIFY_SEND: &str = "notify.send";
+
+    /// The stages the design names.
+    pub const ALL: &[&str] = &[
+        ORDER_CREATE,
+        INVENTORY_TRY,
+        INVENTORY_CONFIRM,
+        INVENTORY_CANCEL,
+        COUPON_TRY,
+        POINTS_TRY,
+        PAYMENT_CREATE,
+        CHANNEL_REQUEST,
+        CHANNEL_CALLBACK,
+        PAYMENT_CONFIRM,
+        NOTIFY_SEND,
+    ];
+
+    /// The prefix of async-wait pseudo-stages.
+    pub const ASYNC_PREFIX: &str = "async:";
+
+    /// The pseudo-stage the aggregator attributes an async wait before `stage` to.
+    pub fn async_wait(stage: &str) -> String {
+        format!("{ASYNC_PREFIX}{stage}")
+    }
+
+    /// Whether `name` is a well-formed stage name: `<domain>.<action>`, each part
+    /// lower snake case (`[a-z][a-z0-9_]*`).
+    pub fn is_valid_name(name: &str) -> bool {
+        fn part(p: &str) -> bool {
+            let mut chars = p.chars();
+            matches!(chars.next(), Some('a'..='z'))
+                && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+        }
+        match name.split_once('.') {
+            Some((domain, action)) => part(domain) && part(action),
+            None => false,
+        }
+    }
+
+    /// The TCC stage name of a resource and phase: `<resource>.<phase>`.
+    pub fn tcc(resource: &str, phase: &str) -> String {
+        format!("{resource}.{phase}")
+    }
+}
+
+/// Values of `paytrace.outcome` and of the `outcome` label of stages.
+///
+/// ```
+/// assert_eq!(paytrace_semconv::outcome::ALL.len(), 4);
+/// ```
+pub mod outcome {
+    /// The stage succeeded.
+    pub const OK: &str = "ok";
+    /// The stage failed.
+    pub const ERROR: &str = "error";
+    /// The stage's deadline passed.
+    pub const TIMEOUT: &str = "timeout";
+    /// The stage was refused by business rules (insufficient stock, fence rejection).
+    pub const REJECTED: &str = "rejected";
+    /// All outcomes.
+    pub const ALL: &[&str] = &[OK, ERROR, TIMEOUT, REJECTED];
+}
+
+/// Values of the `outcome` label of `paytrace_queue_messages_total`.
+///
+/// ```
+/// assert!(paytrace_semconv::queue_outcome::ALL.contains(&"dead_lettered"));
+/// ```
+pub mod queue_outcome {
+    /// The message was handled.
+    pub const PROCESSED: &str = "processed";
+    /// Handling failed (it may be retried).
+    pub const FAILED: &str = "failed";
+    /// The message was given up on.
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+    /// All queue outcomes.
+    pub const ALL: &[&str] = &[PROCESSED, FAILED, DEAD_LETTERED];
+}
+
+/// Values of the `reason` label of `paytrace_spans_dropped_total`.
+///
+/// ```
+/// assert!(paytrace_semconv::drop_reason::ALL.contains(&"queue_full"));
+/// ```
+pub mod drop_reason {
+    /// The export queue was full (the collector is slower than the service).
+    pub const QUEUE_FULL: &str = "queue_full";
+    /// The exporter reported an error (collector down or refusing).
+    pub const EXPORT_FAILED: &str = "export_failed";
+    /// The export did not finish within its timeout (collector black-holed).
+    pub const EXPORT_TIMEOUT: &str = "export_timeout";
+    /// All reasons.
+    pub const ALL: &[&str] = &[QUEUE_FULL, EXPORT_FAILED, EXPORT_TIMEOUT];
+}
+
+/// TCC vocabulary: phases, resources and anomaly kinds.
+///
+/// ```
+/// assert!(paytrace_semconv::tcc::ANOMALY_KINDS.contains(&"hanging_try"));
+/// ```
+pub mod tcc {
+    /// Phase one: reserve.
+    pub const PHASE_TRY: &str = "try";
+    /// Phase two: commit the reservation.
+    pub const PHASE_CONFIRM: &str = "confirm";
+    /// Phase two: release the reservation.
+    pub const PHASE_CANCEL: &str = "cancel";
+    /// All phases.
+    pub const PHASES: &[&str] = &[PHASE_TRY, PHASE_CONFIRM, PHASE_CANCEL];
+
+    /// Stock.
+    pub const RESOURCE_INVENTORY: &str = "inventory";
+    /// Coupons.
+    pub const RESOURCE_COUPON: &str = "coupon";
+    /// Loyalty points.
+    pub const RESOURCE_POINTS: &str = "points";
+    /// Money.
+    pub const RESOURCE_PAYMENT: &str = "payment";
+    /// The resources of the demo shop.
+    pub const RESOURCES: &[&str] = &[
+        RESOURCE_INVENTORY,
+        RESOURCE_COUPON,
+        RESOURCE_POINTS,
+        RESOURCE_PAYMENT,
+    ];
+
+    /// A Cancel arrived for a branch whose Try never did.
+    pub const EMPTY_ROLLBACK: &str = "empty_rollback";
+    /// A Try arrived after its branch was already cancelled.
+    pub const HANGING_TRY: &str = "hanging_try";
+    /// A Cancel arrived after the branch was confirmed.
+    pub const CANCEL_AFTER_CONFIRM: &str = "cancel_after_confirm";
+    /// A Confirm arrived after the branch was cancelled.
+    pub const CONFIRM_AFTER_CANCEL: &str = "confirm_after_cancel";
+    /// A repeated Confirm.
+    pub const DUPLICATE_CONFIRM: &str = "duplicate_confirm";
+    /// A repeated Cancel.
+    pub const DUPLICATE_CANCEL: &str = "duplicate_cancel";
+    /// A Confirm arrived for a branch that was never tried.
+    pub const CONFIRM_WITHOUT_TRY: &str = "confirm_without_try";
+    /// All anomaly kinds.
+    pub const ANOMALY_KINDS: &[&str] = &[
+        EMPTY_ROLLBACK,
+        HANGING_TRY,
+        CANCEL_AFTER_CONFIRM,
+        CONFIRM_AFTER_CANCEL,
+        DUPLICATE_CONFIRM,
+        DUPLICATE_CANCEL,
+        CONFIRM_WITHOUT_TRY,
+    ];
+}
+
+/// Payment methods and channels of the demo shop.
+///
+/// ```
+/// assert!(paytrace_semconv::payment::METHODS.contains(&"wechat_pay"));
+/// ```
+pub mod payment {
+    /// Alipay, as a method and as a channel.
+    pub const ALIPAY: &str = "alipay";
+    /// WeChat Pay, the method.
+    pub const WECHAT_PAY: &str = "wechat_pay";
+    /// Card, the method.
+    pub const CARD: &str = "card";
+    /// WeChat Pay, the channel.
+    pub const CHANNEL_WXPAY: &str = "wxpay";
+    /// Stripe, a card acquirer channel.
+    pub const CHANNEL_STRIPE: &str = "stripe";
+    /// UnionPay, a card channel.
+    pub const CHANNEL_UNIONPAY: &str = "unionpay";
+    /// Payment methods.
+    pub const METHODS: &[&str] = &[ALIPAY, WECHAT_PAY, CARD];
+    /// Payment channels.
+    pub const CHANNELS: &[&str] = &[ALIPAY, CHANNEL_WXPAY, CHANNEL_STRIPE, CHANNEL_UNIONPAY];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_design_stage_is_well_formed() {
+        for s in stage::ALL {
+            assert!(stage::is_valid_name(s), "{s} is not <domain>.<action>");
+        }
+        for bad in ["inventory", "Inventory.try", "inventory.", ".try", "a.b.c", "a-b.c"] {
+            assert!(!stage::is_valid_name(bad), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn buckets_are_strictly_increasing() {
+        assert!(DEFAULT_LATENCY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn metric_names_are_prometheus_style() {
+        for m in metric::ALL {
+            assert!(
+                m.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{m} must be lower snake case"
+            );
+        }
+        let mut sorted: Vec<_> = metric::ALL.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), metric::ALL.len(), "duplicate metric names");
+    }
+}
