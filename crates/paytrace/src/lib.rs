@@ -1,1 +1,91 @@
-//! stub
+//! paytrace: latency tracing middleware for payment and TCC microservices.
+//!
+//! Add it to an axum service and every request becomes an OpenTelemetry span
+//! (exported over OTLP) and a set of Prometheus RED metrics; every business
+//! step you mark becomes a *stage* with its own span and latency histogram,
+//! labelled by flow, payment method and channel; pools, queues and the tokio
+//! runtime report USE metrics. The names are fixed by [`paytrace_semconv`].
+//!
+//! # Where to start
+//!
+//! 1. [`init`] once at start-up: tracing + OpenTelemetry + OTLP from the
+//!    standard `OTEL_*` variables.
+//! 2. A [`Service`] per service you run; everything else hangs off it:
+//!    - [`Service::http_layer`]: the tower layer for your `Router`;
+//!    - [`Service::client`]: outgoing calls that carry trace context and baggage;
+//!    - [`Service::stage`]: business stages (`inventory.try`, `channel.request`);
+//!    - [`Service::pool`], [`queue`], [`Service::monitor_runtime`]: USE metrics.
+//! 3. [`metrics_route`] serves `/metrics`.
+//! 4. [`Flow::scope`] where a flow starts (the gateway) so that every service
+//!    downstream labels its stages with the flow, payment method and channel.
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use paytrace::{Flow, Service};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let _telemetry = paytrace::init("order")?;
+//!     let svc = Service::new("order", env!("CARGO_PKG_VERSION"));
+//!     svc.monitor_runtime(&tokio::runtime::Handle::current());
+//!
+//!     let handler_svc = svc.clone();
+//!     let app = Router::new()
+//!         .route("/orders/{id}", get(move || {
+//!             let svc = handler_svc.clone();
+//!             async move {
+//!                 svc.stage("order.create")
+//!                     .run(async { Ok::<_, std::io::Error>("created") })
+//!                     .await
+//!                     .unwrap_or("failed")
+//!             }
+//!         }))
+//!         .layer(svc.http_layer())
+//!         .route("/metrics", paytrace::metrics_route(svc.metrics().registry().clone()));
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//!     axum::serve(listener, app).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - Exporting never blocks a request: finished spans wait in a bounded
+//!   queue; spans dropped because it is full, or because the collector failed
+//!   or timed out, are counted in `paytrace_spans_dropped_total{reason}`.
+//! - Label values are bounded: routes are templates (`unmatched` when none
+//!   matched), methods outside the standard set are `_OTHER`, and every other
+//!   free-form label folds into `other` past its limit ([`LabelLimits`]),
+//!   counted in `paytrace_series_overflow_total`.
+//! - Values taken from requests (paths, baggage, stage attributes) are
+//!   [redacted](redact::redact) before they reach a span.
+
+mod cardinality;
+mod client;
+mod handler;
+mod metrics;
+mod propagation;
+pub mod redact;
+mod resource;
+mod server;
+mod service;
+mod stage;
+mod telemetry;
+
+pub use cardinality::LabelLimits;
+pub use client::Client;
+pub use handler::metrics_route;
+pub use metrics::Metrics;
+pub use propagation::Flow;
+pub use resource::{
+    Pool, PoolError, PoolPermit, QueueError, QueueMetrics, QueueReceiver, QueueSender,
+    ResourceMetrics, queue,
+};
+pub use server::{HttpLayer, HttpService, ResponseFuture};
+pub use service::Service;
+pub use stage::{Outcome, Stage, StageError, StageGuard};
+pub use telemetry::{
+    InitError, Protocol, SamplerConfig, TelemetryConfig, TelemetryGuard, init,
+};
+
+pub use paytrace_semconv as semconv;

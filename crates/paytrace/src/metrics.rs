@@ -1,0 +1,396 @@
+//! The Prometheus side of paytrace: every metric family the middleware
+//! registers, in one registry, behind one cheap handle.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use paytrace_semconv::{DEFAULT_LATENCY_BUCKETS, label, metric};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::cardinality::{Guards, LabelGuard, LabelLimits, OTHER};
+
+/// The metric families of paytrace, registered in one [`Registry`].
+///
+/// Cheap to clone. Most programs use [`Metrics::global`]; a program that
+/// already has a `prometheus::Registry` passes it to [`Metrics::register`] so
+/// that one `/metrics` endpoint shows both.
+///
+/// ```
+/// let metrics = paytrace::Metrics::new();
+/// let order = paytrace::Service::with_metrics("order", "1.0.0", &metrics);
+/// let text = metrics.render();
+/// assert!(text.contains(r#"paytrace_build_info{service="order",version="1.0.0"} 1"#));
+/// # drop(order);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Families>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Families {
+    registry: Registry,
+    pub(crate) guards: Guards,
+    pub(crate) http_server_duration: HistogramVec,
+    pub(crate) http_server_active: IntGaugeVec,
+    pub(crate) http_client_duration: HistogramVec,
+    pub(crate) stage_duration: HistogramVec,
+    pub(crate) stage_active: IntGaugeVec,
+    pub(crate) resource_in_use: IntGaugeVec,
+    pub(crate) resource_capacity: IntGaugeVec,
+    pub(crate) resource_wait: HistogramVec,
+    pub(crate) resource_errors: IntCounterVec,
+    pub(crate) queue_depth: IntGaugeVec,
+    pub(crate) queue_messages: IntCounterVec,
+    pub(crate) build_info: IntGaugeVec,
+    pub(crate) series_overflow: IntCounterVec,
+    pub(crate) spans_dropped: IntCounterVec,
+    pub(crate) spans_exported: IntCounter,
+    pub(crate) sampled: Arc<SampledGauges>,
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<HistogramVec> {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(DEFAULT_LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+}
+
+fn int_gauge(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    IntGaugeVec::new(Opts::new(name, help), labels)
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+use label::{
+    HTTP_REQUEST_METHOD as METHOD, HTTP_RESPONSE_STATUS_CODE as STATUS, HTTP_ROUTE as ROUTE,
+    SERVICE,
+};
+
+impl Families {
+    fn new(registry: Registry, limits: &LabelLimits) -> prometheus::Result<Self> {
+        let families = Self {
+            guards: Guards::new(limits),
+            http_server_duration: histogram(
+                metric::HTTP_SERVER_REQUEST_DURATION_SECONDS,
+                "Duration of HTTP server requests, until the response head is ready.",
+                &[SERVICE, METHOD, ROUTE, STATUS],
+            )?,
+            http_server_active: int_gauge(
+                metric::HTTP_SERVER_ACTIVE_REQUESTS,
+                "HTTP server requests in flight.",
+                &[SERVICE, METHOD, ROUTE],
+            )?,
+            http_client_duration: histogram(
+                metric::HTTP_CLIENT_REQUEST_DURATION_SECONDS,
+                "Duration of outgoing HTTP requests, until the response head arrived.",
+                &[SERVICE, METHOD, label::SERVER_ADDRESS, STATUS],
+            )?,
+            stage_duration: histogram(
+                metric::STAGE_DURATION_SECONDS,
+                "Duration of business stages.",
+                &[
+                    SERVICE,
+                    label::FLOW,
+                    label::STAGE,
+                    label::PAYMENT_METHOD,
+                    label::PAYMENT_CHANNEL,
+                    label::OUTCOME,
+                ],
+            )?,
+            stage_active: int_gauge(
+                metric::STAGE_ACTIVE,
+                "Business stages in progress.",
+                &[SERVICE, label::FLOW, label::STAGE],
+            )?,
+            resource_in_use: int_gauge(
+                metric::RESOURCE_IN_USE,
+                "Units of a pooled resource in use (utilisation = in_use / capacity).",
+                &[SERVICE, label::RESOURCE],
+            )?,
+            resource_capacity: int_gauge(
+                metric::RESOURCE_CAPACITY,
+                "Units of a pooled resource in total.",
+                &[SERVICE, label::RESOURCE],
+            )?,
+            resource_wait: histogram(
+                metric::RESOURCE_WAIT_SECONDS,
+                "Time spent waiting to acquire a unit of a pooled resource (saturation).",
+                &[SERVICE, label::RESOURCE],
+            )?,
+            resource_errors: counter(
+                metric::RESOURCE_ERRORS_TOTAL,
+                "Errors of a pooled resource, by kind (timeout, closed, …).",
+                &[SERVICE, label::RESOURCE, label::KIND],
+            )?,
+            queue_depth: int_gauge(
+                metric::QUEUE_DEPTH,
+                "Messages waiting in a queue.",
+                &[SERVICE, label::QUEUE],
+            )?,
+            queue_messages: counter(
+                metric::QUEUE_MESSAGES_TOTAL,
+                "Messages taken off a queue, by outcome.",
+                &[SERVICE, label::QUEUE, label::OUTCOME],
+            )?,
+            build_info: int_gauge(
+                metric::BUILD_INFO,
+                "Always 1; the labels say which service and version run.",
+                &[SERVICE, label::VERSION],
+            )?,
+            series_overflow: counter(
+                metric::SERIES_OVERFLOW_TOTAL,
+                "Label values folded into `other` because the label reached its value limit.",
+                &[SERVICE, label::LABEL],
+            )?,
+            spans_dropped: counter(
+                metric::SPANS_DROPPED_TOTAL,
+                "Finished spans that never reached the collector, by reason.",
+                &[label::REASON],
+            )?,
+            spans_exported: IntCounter::new(
+                metric::SPANS_EXPORTED_TOTAL,
+                "Finished spans the collector accepted.",
+            )?,
+            sampled: Arc::new(SampledGauges::new()?),
+            registry,
+        };
+        families.register_all()?;
+        Ok(families)
+    }
+
+    fn register_all(&self) -> prometheus::Result<()> {
+        let r = &self.registry;
+        r.register(Box::new(self.http_server_duration.clone()))?;
+        r.register(Box::new(self.http_server_active.clone()))?;
+        r.register(Box::new(self.http_client_duration.clone()))?;
+        r.register(Box::new(self.stage_duration.clone()))?;
+        r.register(Box::new(self.stage_active.clone()))?;
+        r.register(Box::new(self.resource_in_use.clone()))?;
+        r.register(Box::new(self.resource_capacity.clone()))?;
+        r.register(Box::new(self.resource_wait.clone()))?;
+        r.register(Box::new(self.resource_errors.clone()))?;
+        r.register(Box::new(self.queue_depth.clone()))?;
+        r.register(Box::new(self.queue_messages.clone()))?;
+        r.register(Box::new(self.build_info.clone()))?;
+        r.register(Box::new(self.series_overflow.clone()))?;
+        r.register(Box::new(self.spans_dropped.clone()))?;
+        r.register(Box::new(self.spans_exported.clone()))?;
+        r.register(Box::new(SampledCollector(self.sampled.clone())))?;
+        // Drop reasons and the exported counter exist from the start, so that
+        // `rate()` and alerts see a zero before the first drop.
+        for reason in paytrace_semconv::drop_reason::ALL {
+            self.spans_dropped.with_label_values(&[*reason]);
+        }
+        #[cfg(target_os = "linux")]
+        match r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())) {
+            Ok(()) | Err(prometheus::Error::AlreadyReg) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Admits `value` through `guard`, counting an overflow against `service`.
+    pub(crate) fn admit<'a>(&self, guard: &LabelGuard, service: &str, value: &'a str) -> &'a str {
+        self.admit_checked(guard, service, value).unwrap_or(OTHER)
+    }
+
+    /// Like [`Families::admit`], but `None` on overflow.
+    pub(crate) fn admit_checked<'a>(
+        &self,
+        guard: &LabelGuard,
+        service: &str,
+        value: &'a str,
+    ) -> Option<&'a str> {
+        let admitted = guard.admit(value);
+        if admitted.is_none() {
+            self.series_overflow
+                .with_label_values(&[service, guard.name()])
+                .inc();
+        }
+        admitted
+    }
+}
+
+impl Metrics {
+    /// Metrics in a fresh registry of their own, with default label limits.
+    ///
+    /// ```
+    /// let metrics = paytrace::Metrics::new();
+    /// assert!(metrics.render().contains("paytrace_spans_dropped_total"));
+    /// ```
+    pub fn new() -> Self {
+        Self::register(Registry::new(), &LabelLimits::default())
+            .expect("a fresh registry accepts every paytrace family")
+    }
+
+    /// The process-wide metrics that [`crate::Service::new`] uses.
+    ///
+    /// ```
+    /// let a = paytrace::Metrics::global();
+    /// let b = paytrace::Metrics::global();
+    /// assert!(std::ptr::eq(a, b));
+    /// ```
+    pub fn global() -> &'static Metrics {
+        static GLOBAL: OnceLock<Metrics> = OnceLock::new();
+        GLOBAL.get_or_init(Metrics::new)
+    }
+
+    /// Registers the paytrace families in a registry you own, with the given
+    /// label limits.
+    ///
+    /// Fails when the registry already holds a family of the same name (for
+    /// example when called twice on one registry): register once, clone the
+    /// handle. The process collector is shared if the registry already has one.
+    ///
+    /// ```
+    /// use paytrace::{LabelLimits, Metrics};
+    ///
+    /// let registry = prometheus::Registry::new();
+    /// let metrics = Metrics::register(registry.clone(), &LabelLimits::default())?;
+    /// assert!(Metrics::register(registry, &LabelLimits::default()).is_err());
+    /// # Ok::<(), prometheus::Error>(())
+    /// ```
+    pub fn register(registry: Registry, limits: &LabelLimits) -> prometheus::Result<Self> {
+        Ok(Self {
+            inner: Arc::new(Families::new(registry, limits)?),
+        })
+    }
+
+    /// The registry the families live in.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The registry's contents in the Prometheus text exposition format.
+    ///
+    /// ```
+    /// let text = paytrace::Metrics::new().render();
+    /// assert!(text.contains("# TYPE paytrace_spans_exported_total counter"));
+    /// ```
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.inner.registry.gather();
+        // The text encoder only fails on a broken writer; a Vec never is.
+        if TextEncoder::new().encode(&families, &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub(crate) fn families(&self) -> &Families {
+        &self.inner
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A gauge whose value is read when Prometheus scrapes, not when it changes:
+/// the age of a queue's oldest message grows while nothing happens.
+pub(crate) trait Sampler: Send + Sync {
+    /// Sets the sampler's gauges to their current values. Returns `false` once
+    /// the thing it samples is gone, so the sampler can be dropped.
+    fn sample(&self, gauges: &SampledGauges) -> bool;
+}
+
+/// Gauges set at scrape time by registered [`Sampler`]s.
+pub(crate) struct SampledGauges {
+    pub(crate) queue_oldest_age: GaugeVec,
+    pub(crate) runtime_workers: IntGaugeVec,
+    pub(crate) runtime_busy_ratio: GaugeVec,
+    pub(crate) runtime_global_queue_depth: IntGaugeVec,
+    pub(crate) runtime_alive_tasks: IntGaugeVec,
+    samplers: Mutex<Vec<Box<dyn Sampler>>>,
+}
+
+impl std::fmt::Debug for SampledGauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SampledGauges").finish_non_exhaustive()
+    }
+}
+
+impl SampledGauges {
+    fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            queue_oldest_age: GaugeVec::new(
+                Opts::new(
+                    metric::QUEUE_OLDEST_AGE_SECONDS,
+                    "Age of the oldest message waiting in a queue; 0 when empty.",
+                ),
+                &[SERVICE, label::QUEUE],
+            )?,
+            runtime_workers: int_gauge(
+                metric::RUNTIME_WORKERS,
+                "Worker threads of the tokio runtime.",
+                &[SERVICE],
+            )?,
+            runtime_busy_ratio: GaugeVec::new(
+                Opts::new(
+                    metric::RUNTIME_WORKER_BUSY_RATIO,
+                    "Share of time the tokio workers were busy since the previous scrape (0 to 1).",
+                ),
+                &[SERVICE],
+            )?,
+            runtime_global_queue_depth: int_gauge(
+                metric::RUNTIME_GLOBAL_QUEUE_DEPTH,
+                "Tasks waiting in the tokio runtime's global queue.",
+                &[SERVICE],
+            )?,
+            runtime_alive_tasks: int_gauge(
+                metric::RUNTIME_ALIVE_TASKS,
+                "Tasks alive in the tokio runtime.",
+                &[SERVICE],
+            )?,
+            samplers: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub(crate) fn add(&self, sampler: Box<dyn Sampler>) {
+        sampler.sample(self);
+        self.samplers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sampler);
+    }
+
+    fn collectors(&self) -> [&dyn Collector; 5] {
+        [
+            &self.queue_oldest_age,
+            &self.runtime_workers,
+            &self.runtime_busy_ratio,
+            &self.runtime_global_queue_depth,
+            &self.runtime_alive_tasks,
+        ]
+    }
+}
+
+struct SampledCollector(Arc<SampledGauges>);
+
+impl Collector for SampledCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.collectors().into_iter().flat_map(|c| c.desc()).collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.0
+            .samplers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| s.sample(&self.0));
+        self.0
+            .collectors()
+            .into_iter()
+            .flat_map(|c| c.collect())
+            .collect()
+    }
+}

@@ -1,0 +1,185 @@
+//! W3C trace context and baggage on the wire, and the business [`Flow`] they carry.
+
+use std::future::Future;
+use std::sync::LazyLock;
+
+use opentelemetry::baggage::{Baggage, BaggageExt, BaggageMetadata, KeyValueMetadata};
+use opentelemetry::{Key, StringValue};
+use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry::trace::{FutureExt, TraceContextExt, WithContext};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use paytrace_semconv::attr;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The propagator paytrace speaks: W3C `traceparent`/`tracestate` and `baggage`.
+///
+/// paytrace uses it directly rather than the global propagator, so that
+/// propagation works even in a program that never called [`crate::init`].
+pub(crate) static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(propagator);
+
+/// A new W3C trace context + baggage propagator.
+pub(crate) fn propagator() -> TextMapCompositePropagator {
+    TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ])
+}
+
+/// The remote parent and baggage a request carries.
+pub(crate) fn extract(headers: &http::HeaderMap) -> Context {
+    PROPAGATOR.extract(&HeaderExtractor(headers))
+}
+
+/// Writes `cx`'s span context and baggage into `headers`.
+pub(crate) fn inject(cx: &Context, headers: &mut http::HeaderMap) {
+    PROPAGATOR.inject_context(cx, &mut HeaderInjector(headers));
+}
+
+/// The context a new span of ours should start from: the active OpenTelemetry
+/// context (the entered tracing span, with context activation, plus any
+/// baggage a [`Flow`] scope attached).
+pub(crate) fn ambient() -> Context {
+    Context::current()
+}
+
+/// The context to send downstream from inside `span`: its span context when
+/// the span is recorded by OpenTelemetry, else the ambient one (so a service
+/// without an exporter still passes the caller's trace through), with the
+/// ambient baggage either way.
+pub(crate) fn outgoing(span: &tracing::Span, ambient: &Context) -> Context {
+    let cx = span.context();
+    if cx.span().span_context().is_valid() {
+        cx.with_baggage(to_baggage(entries(ambient.baggage())))
+    } else {
+        ambient.clone()
+    }
+}
+
+/// The entries of `baggage`, to build a new context's baggage from.
+fn entries(baggage: &Baggage) -> Vec<(Key, StringValue, BaggageMetadata)> {
+    baggage
+        .iter()
+        .map(|(k, (v, meta))| (k.clone(), v.clone(), meta.clone()))
+        .collect()
+}
+
+fn to_baggage(entries: Vec<(Key, StringValue, BaggageMetadata)>) -> Vec<KeyValueMetadata> {
+    entries
+        .into_iter()
+        .map(|(k, v, meta)| KeyValueMetadata::new(k, v, meta))
+        .collect()
+}
+
+/// One instance of a business flow, as carried in W3C baggage: which flow,
+/// which order, which payment method and channel.
+///
+/// A service that *starts* a flow (the gateway) sets it with [`Flow::scope`];
+/// every span, stage and outgoing call inside the scope carries it, and
+/// downstream services read it back with [`Flow::current`].
+///
+/// ```
+/// use paytrace::Flow;
+/// use paytrace_semconv::{flow, payment};
+///
+/// # async fn demo() {
+/// let checkout = Flow::new(flow::CHECKOUT)
+///     .id("ord_7f3a")
+///     .payment_method(payment::ALIPAY)
+///     .payment_channel(payment::ALIPAY);
+/// checkout
+///     .scope(async {
+///         assert_eq!(Flow::current().flow.as_deref(), Some("checkout"));
+///     })
+///     .await;
+/// # }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// `paytrace.flow`, such as `checkout`.
+    pub flow: Option<String>,
+    /// `paytrace.flow_id`, the business key (order id). Never a metric label.
+    pub flow_id: Option<String>,
+    /// `payment.method`, such as `alipay`.
+    pub payment_method: Option<String>,
+    /// `payment.channel`, such as `wxpay`.
+    pub payment_channel: Option<String>,
+}
+
+impl Flow {
+    /// A flow named `flow` with nothing else set.
+    pub fn new(flow: impl Into<String>) -> Self {
+        Self {
+            flow: Some(flow.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the flow id (the order id).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.flow_id = Some(id.into());
+        self
+    }
+
+    /// Sets the payment method.
+    pub fn payment_method(mut self, method: impl Into<String>) -> Self {
+        self.payment_method = Some(method.into());
+        self
+    }
+
+    /// Sets the payment channel.
+    pub fn payment_channel(mut self, channel: impl Into<String>) -> Self {
+        self.payment_channel = Some(channel.into());
+        self
+    }
+
+    /// The flow in the current context's baggage (empty fields where absent).
+    ///
+    /// ```
+    /// assert_eq!(paytrace::Flow::current(), paytrace::Flow::default());
+    /// ```
+    pub fn current() -> Self {
+        Self::from_context(&Context::current())
+    }
+
+    pub(crate) fn from_context(cx: &Context) -> Self {
+        let baggage = cx.baggage();
+        let get = |key: &str| baggage.get(key).map(|v| v.as_str().to_owned());
+        Self {
+            flow: get(attr::FLOW),
+            flow_id: get(attr::FLOW_ID),
+            payment_method: get(attr::PAYMENT_METHOD),
+            payment_channel: get(attr::PAYMENT_CHANNEL),
+        }
+    }
+
+    /// The fields that are set, as baggage entries.
+    fn entries(&self) -> impl Iterator<Item = KeyValue> + '_ {
+        [
+            (attr::FLOW, &self.flow),
+            (attr::FLOW_ID, &self.flow_id),
+            (attr::PAYMENT_METHOD, &self.payment_method),
+            (attr::PAYMENT_CHANNEL, &self.payment_channel),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| KeyValue::new(k, v.clone())))
+    }
+
+    /// `cx` with this flow's fields merged into its baggage (fields left
+    /// unset keep the values `cx` already had).
+    pub fn merge_into(&self, cx: &Context) -> Context {
+        let mut merged = entries(cx.baggage());
+        for kv in self.entries() {
+            merged.retain(|(key, _, _)| *key != kv.key);
+            merged.push((kv.key, kv.value.to_string().into(), BaggageMetadata::default()));
+        }
+        cx.with_baggage(to_baggage(merged))
+    }
+
+    /// Runs `fut` with this flow in its baggage: every span, stage and
+    /// outgoing call inside carries it.
+    pub fn scope<F: Future>(&self, fut: F) -> WithContext<F> {
+        fut.with_context(self.merge_into(&Context::current()))
+    }
+}

@@ -1,0 +1,315 @@
+//! The HTTP server layer: one span and the RED metrics per request.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll, ready};
+use std::time::{Duration, Instant};
+
+use axum::extract::MatchedPath;
+use http::{Method, Request, Response, StatusCode};
+use opentelemetry::Context;
+use paytrace_semconv::UNMATCHED_ROUTE;
+use pin_project_lite::pin_project;
+use prometheus::{Histogram, IntGauge};
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::cardinality::OTHER;
+use crate::propagation::{Flow, extract};
+use crate::redact::redact;
+use crate::service::{Service, deadline_sleep};
+
+/// A tower [`Layer`](tower::Layer) that traces and measures HTTP requests.
+///
+/// For every request it:
+/// - starts a server span `"{METHOD} {route}"` whose parent is the caller's
+///   `traceparent`, with the OpenTelemetry HTTP attributes and the flow,
+///   flow id, payment method and channel from the caller's W3C baggage;
+/// - records `http_server_request_duration_seconds` and
+///   `http_server_active_requests`, labelled with the *matched route
+///   template* (`unmatched` when no route matched — never the raw path);
+/// - counts 5xx responses, handler errors and panics (as `500`), deadline
+///   expiry (as `504`, see [`HttpLayer::timeout`]) and requests whose caller
+///   went away (as `499`); the active gauge is released even then.
+///
+/// Add it with [`axum::Router::layer`]: that runs it after routing, so the
+/// matched route is known. Built from [`Service::http_layer`].
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use std::time::Duration;
+///
+/// let svc = paytrace::Service::new("order", "1.0.0");
+/// let app: Router = Router::new()
+///     .route("/orders/{id}", get(|| async { "ok" }))
+///     .layer(svc.http_layer().timeout(Duration::from_secs(10)));
+/// ```
+#[derive(Clone, Debug)]
+pub struct HttpLayer {
+    service: Service,
+    timeout: Option<Duration>,
+}
+
+impl HttpLayer {
+    pub(crate) fn new(service: Service) -> Self {
+        Self {
+            service,
+            timeout: None,
+        }
+    }
+
+    /// Answers `504 Gateway Timeout` (and counts it as an error) when the
+    /// inner service has not produced a response within `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+impl<S> tower::Layer<S> for HttpLayer {
+    type Service = HttpService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`HttpLayer`] wraps around an inner HTTP service.
+#[derive(Clone, Debug)]
+pub struct HttpService<S> {
+    inner: S,
+    layer: HttpLayer,
+}
+
+/// The `http.request.method` value: the method if it is one of the standard
+/// ones, `_OTHER` otherwise (OpenTelemetry HTTP semantic conventions), so a
+/// client cannot mint new label values.
+pub(crate) fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
+impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for HttpService<S>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let service = &self.layer.service;
+        let method = method_label(req.method());
+        let route = match req.extensions().get::<MatchedPath>() {
+            Some(p) if service.is_admitted(|g| &g.route, p.as_str()) => {
+                RouteLabel::Template(p.clone())
+            }
+            Some(_) => RouteLabel::Fixed(OTHER),
+            None => RouteLabel::Fixed(UNMATCHED_ROUTE),
+        };
+        let parent = extract(req.headers());
+        let flow = Flow::from_context(&parent);
+
+        let span = tracing::info_span!(
+            target: "paytrace::http",
+            "HTTP request",
+            otel.name = %format_args!("{method} {}", route.as_str()),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            http.request.method = method,
+            http.route = route.as_str(),
+            http.response.status_code = Empty,
+            url.path = %redact(req.uri().path()),
+            url.scheme = req.uri().scheme_str().unwrap_or("http"),
+            error.type = Empty,
+            paytrace.flow = Empty,
+            paytrace.flow_id = Empty,
+            payment.method = Empty,
+            payment.channel = Empty,
+        );
+        if let Some(v) = &flow.flow {
+            span.record("paytrace.flow", redact(v).as_ref());
+        }
+        if let Some(v) = &flow.flow_id {
+            span.record("paytrace.flow_id", redact(v).as_ref());
+        }
+        if let Some(v) = &flow.payment_method {
+            span.record("payment.method", redact(v).as_ref());
+        }
+        if let Some(v) = &flow.payment_channel {
+            span.record("payment.channel", redact(v).as_ref());
+        }
+        // Fails only when no OpenTelemetry layer is installed: then there is
+        // no span to parent, and the extracted context still travels below.
+        let _ = span.set_parent(parent.clone());
+
+        let families = service.families();
+        let active = families
+            .http_server_active
+            .with_label_values(&[service.name(), method, route.as_str()]);
+        active.inc();
+        let in_flight = InFlight {
+            service: service.clone(),
+            method,
+            route,
+            active,
+            start: Instant::now(),
+            span: span.clone(),
+            done: false,
+        };
+
+        let inner = {
+            let _enter = span.enter();
+            self.inner.call(req)
+        };
+        ResponseFuture {
+            inner,
+            deadline: deadline_sleep(self.layer.timeout),
+            parent,
+            span,
+            in_flight,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`HttpService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        deadline: Option<tokio::time::Sleep>,
+        parent: Context,
+        span: tracing::Span,
+        in_flight: InFlight,
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Default,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // Baggage first, then the span: with context activation the span's
+        // own context (which carries the same baggage) becomes current.
+        let _baggage = this.parent.clone().attach();
+        let _enter = this.span.enter();
+
+        let polled = catch_unwind(AssertUnwindSafe(|| this.inner.poll(cx)));
+        match polled {
+            Err(panic) => {
+                this.in_flight
+                    .finish(StatusCode::INTERNAL_SERVER_ERROR, Some("panic"));
+                resume_unwind(panic)
+            }
+            Ok(Poll::Ready(Ok(response))) => {
+                this.in_flight.finish(response.status(), None);
+                Poll::Ready(Ok(response))
+            }
+            Ok(Poll::Ready(Err(e))) => {
+                this.in_flight
+                    .finish(StatusCode::INTERNAL_SERVER_ERROR, Some("service_error"));
+                Poll::Ready(Err(e))
+            }
+            Ok(Poll::Pending) => {
+                if let Some(deadline) = this.deadline.as_pin_mut() {
+                    ready!(deadline.poll(cx));
+                    this.in_flight
+                        .finish(StatusCode::GATEWAY_TIMEOUT, Some("timeout"));
+                    let mut response = Response::new(ResBody::default());
+                    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+                    return Poll::Ready(Ok(response));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The bookkeeping of one request in flight. Dropping it before
+/// [`InFlight::finish`] records the request as abandoned by its caller.
+struct InFlight {
+    service: Service,
+    method: &'static str,
+    route: RouteLabel,
+    active: IntGauge,
+    start: Instant,
+    span: tracing::Span,
+    done: bool,
+}
+
+/// The `http_route` label of a request: its matched template, or a fixed
+/// value (`unmatched`, or `other` past the route limit).
+enum RouteLabel {
+    Template(MatchedPath),
+    Fixed(&'static str),
+}
+
+impl RouteLabel {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Template(p) => p.as_str(),
+            Self::Fixed(s) => s,
+        }
+    }
+}
+
+/// Status label of a request whose caller went away first (nginx's convention).
+const CLIENT_CLOSED_REQUEST: &str = "499";
+
+impl InFlight {
+    fn finish(&mut self, status: StatusCode, error_type: Option<&str>) {
+        self.record(status.as_str(), status.is_server_error(), error_type);
+    }
+
+    fn record(&mut self, status: &str, is_error: bool, error_type: Option<&str>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let histogram: Histogram = self.service.families().http_server_duration.with_label_values(
+            &[self.service.name(), self.method, self.route.as_str(), status],
+        );
+        histogram.observe(elapsed);
+        self.active.dec();
+
+        self.span.record("http.response.status_code", status);
+        let error_type = error_type.or(is_error.then_some(status));
+        if let Some(kind) = error_type {
+            self.span.record("error.type", kind);
+        }
+        if is_error {
+            self.span.record("otel.status_code", "ERROR");
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.record(CLIENT_CLOSED_REQUEST, false, Some("cancelled"));
+    }
+}

@@ -1,0 +1,184 @@
+//! [`Service`]: the handle every instrument of one service hangs off.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::client::Client;
+use crate::metrics::{Families, Metrics};
+use crate::resource::{Pool, QueueMetrics, ResourceMetrics, RuntimeSampler};
+use crate::server::HttpLayer;
+use crate::stage::Stage;
+
+/// One service's telemetry: its name (the `service` label of every metric it
+/// emits), the metrics it writes to, and the instruments built from it.
+///
+/// Cheap to clone; build it once at start-up and hand clones to handlers.
+/// One process may host several services, each with its own `Service`.
+///
+/// ```
+/// use axum::{Router, routing::get};
+///
+/// let order = paytrace::Service::new("order", env!("CARGO_PKG_VERSION"));
+/// let app: Router = Router::new()
+///     .route("/orders/{id}", get(|| async { "ok" }))
+///     .layer(order.http_layer());
+/// ```
+#[derive(Clone, Debug)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    metrics: Metrics,
+}
+
+impl Service {
+    /// A service that writes to [`Metrics::global`].
+    ///
+    /// `version` becomes the `version` label of `paytrace_build_info`; pass
+    /// your crate's `env!("CARGO_PKG_VERSION")`.
+    pub fn new(name: impl Into<String>, version: &str) -> Self {
+        Self::with_metrics(name, version, Metrics::global())
+    }
+
+    /// A service that writes to `metrics`.
+    ///
+    /// ```
+    /// let metrics = paytrace::Metrics::new();
+    /// let svc = paytrace::Service::with_metrics("coupon", "0.1.0", &metrics);
+    /// assert_eq!(svc.name(), "coupon");
+    /// ```
+    pub fn with_metrics(name: impl Into<String>, version: &str, metrics: &Metrics) -> Self {
+        let name = name.into();
+        metrics
+            .families()
+            .build_info
+            .with_label_values(&[name.as_str(), version])
+            .set(1);
+        Self {
+            inner: Arc::new(Inner {
+                name,
+                metrics: metrics.clone(),
+            }),
+        }
+    }
+
+    /// The service's name, the `service` label of its metrics.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The metrics this service writes to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn families(&self) -> &Families {
+        self.inner.metrics.families()
+    }
+
+    /// The tower layer that traces and measures every HTTP request this
+    /// service answers. Add it with [`axum::Router::layer`] so that it sees the
+    /// matched route.
+    pub fn http_layer(&self) -> HttpLayer {
+        HttpLayer::new(self.clone())
+    }
+
+    /// Wraps a `reqwest::Client` so that its calls carry trace context and
+    /// baggage, get a client span and are measured.
+    ///
+    /// ```
+    /// let svc = paytrace::Service::new("order", "1.0.0");
+    /// let http = svc.client(reqwest::Client::new());
+    /// # drop(http);
+    /// ```
+    pub fn client(&self, client: reqwest::Client) -> Client {
+        Client::new(self.clone(), client)
+    }
+
+    /// Starts describing a business stage; finish with [`Stage::run`] or
+    /// [`Stage::start`].
+    ///
+    /// ```
+    /// # async fn demo() {
+    /// let svc = paytrace::Service::new("inventory", "1.0.0");
+    /// let reserved: Result<u32, std::io::Error> =
+    ///     svc.stage("inventory.try").run(async { Ok(3) }).await;
+    /// # }
+    /// ```
+    pub fn stage(&self, name: impl Into<Cow<'static, str>>) -> Stage {
+        Stage::new(self.clone(), name.into())
+    }
+
+    /// A pool of `capacity` permits (connections, workers) measured as a USE
+    /// resource named `resource`.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), paytrace::PoolError> {
+    /// let svc = paytrace::Service::new("inventory", "1.0.0");
+    /// let db = svc.pool("inventory_db", 8);
+    /// let conn = db.acquire().await?;
+    /// # drop(conn); Ok(()) }
+    /// ```
+    pub fn pool(&self, resource: &str, capacity: usize) -> Pool {
+        Pool::new(self.resource(resource), capacity)
+    }
+
+    /// USE metrics of a resource whose pooling you do yourself (or that a
+    /// library such as `deadpool` or `bb8` does).
+    pub fn resource(&self, resource: &str) -> ResourceMetrics {
+        ResourceMetrics::new(self, resource)
+    }
+
+    /// Metrics of a queue named `queue`; see [`QueueMetrics`] and
+    /// [`crate::queue`].
+    pub fn queue_metrics(&self, queue: &str) -> QueueMetrics {
+        QueueMetrics::new(self, queue)
+    }
+
+    /// Reports the tokio runtime behind `handle` as this service's
+    /// `paytrace_runtime_*` gauges, read at every scrape.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// let svc = paytrace::Service::with_metrics("gateway", "1.0.0", &paytrace::Metrics::new());
+    /// svc.monitor_runtime(&tokio::runtime::Handle::current());
+    /// assert!(svc.metrics().render().contains(r#"paytrace_runtime_workers{service="gateway"}"#));
+    /// # }
+    /// ```
+    pub fn monitor_runtime(&self, handle: &tokio::runtime::Handle) {
+        self.families()
+            .sampled
+            .add(Box::new(RuntimeSampler::new(self.name(), handle)));
+    }
+
+    /// Whether `value` passes one of the cardinality guards (an overflow is counted).
+    pub(crate) fn is_admitted(
+        &self,
+        pick: impl FnOnce(&crate::cardinality::Guards) -> &crate::cardinality::LabelGuard,
+        value: &str,
+    ) -> bool {
+        let families = self.families();
+        families
+            .admit_checked(pick(&families.guards), self.name(), value)
+            .is_some()
+    }
+
+    /// Admits a label value through one of the cardinality guards.
+    pub(crate) fn admit<'a>(
+        &self,
+        pick: impl FnOnce(&crate::cardinality::Guards) -> &crate::cardinality::LabelGuard,
+        value: &'a str,
+    ) -> &'a str {
+        let families = self.families();
+        families.admit(pick(&families.guards), self.name(), value)
+    }
+}
+
+/// A deadline given to something that may not finish in time.
+pub(crate) fn deadline_sleep(d: Option<Duration>) -> Option<tokio::time::Sleep> {
+    d.map(tokio::time::sleep)
+}

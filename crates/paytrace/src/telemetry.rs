@@ -1,0 +1,576 @@
+//! One call that wires tracing, OpenTelemetry and OTLP export.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
+    SpanProcessor,
+};
+use paytrace_semconv::drop_reason;
+use prometheus::IntCounter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::metrics::Metrics;
+use crate::propagation::propagator;
+
+/// How spans travel to the collector (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP over gRPC, default port 4317.
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies, default port 4318.
+    HttpProtobuf,
+}
+
+/// Which traces are recorded (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SamplerConfig {
+    /// `always_on`.
+    AlwaysOn,
+    /// `always_off`.
+    AlwaysOff,
+    /// `traceidratio`: this share of traces, by trace id.
+    Ratio(f64),
+    /// `parentbased_always_on` (the default).
+    ParentBasedAlwaysOn,
+    /// `parentbased_always_off`.
+    ParentBasedAlwaysOff,
+    /// `parentbased_traceidratio`: follow the caller's decision; sample this
+    /// share of the traces that start here.
+    ParentBasedRatio(f64),
+}
+
+impl SamplerConfig {
+    fn build(self) -> Sampler {
+        match self {
+            Self::AlwaysOn => Sampler::AlwaysOn,
+            Self::AlwaysOff => Sampler::AlwaysOff,
+            Self::Ratio(r) => Sampler::TraceIdRatioBased(r),
+            Self::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            Self::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            Self::ParentBasedRatio(r) => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+            }
+        }
+    }
+}
+
+/// A setting that could not be used; the message names the variable and
+/// the values it accepts.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// An `OTEL_*` variable holds a value paytrace does not understand.
+    #[error("{var}={value:?} is not valid: {expected}")]
+    InvalidVar {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What it accepts.
+        expected: &'static str,
+    },
+    /// The OTLP exporter could not be built (for example a malformed endpoint).
+    #[error("cannot build the OTLP exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// A global tracing subscriber was already installed.
+    #[error("a global tracing subscriber is already installed: {0}")]
+    Subscriber(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// What [`init`] sets up, read from the standard `OTEL_*` variables by
+/// [`TelemetryConfig::from_env`] and adjustable in code.
+///
+/// | variable | default |
+/// |---|---|
+/// | `OTEL_SERVICE_NAME` | the name given in code |
+/// | `OTEL_SDK_DISABLED` | `false`; `true` exports nothing (logs and metrics stay) |
+/// | `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc`; or `http/protobuf` |
+/// | `OTEL_EXPORTER_OTLP_ENDPOINT` | `http://localhost:4317` (gRPC), `http://localhost:4318` (HTTP) |
+/// | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | the full URL, overrides the above |
+/// | `OTEL_EXPORTER_OTLP_TIMEOUT` | `10000` ms per export |
+/// | `OTEL_TRACES_SAMPLER` | `parentbased_always_on` |
+/// | `OTEL_TRACES_SAMPLER_ARG` | `1.0` for the ratio samplers |
+/// | `OTEL_BSP_MAX_QUEUE_SIZE` | `2048` spans waiting for export; more are dropped and counted |
+/// | `OTEL_BSP_SCHEDULE_DELAY` | `1000` ms between exports |
+/// | `RUST_LOG` | `info` for the log lines printed to stderr |
+///
+/// ```
+/// use paytrace::{Protocol, TelemetryConfig};
+///
+/// let vars = [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"), ("OTEL_TRACES_SAMPLER", "always_off")];
+/// let config = TelemetryConfig::from_vars("order", |k| {
+///     vars.iter().find(|(name, _)| *name == k).map(|(_, v)| v.to_string())
+/// })?;
+/// assert_eq!(config.protocol(), Protocol::HttpProtobuf);
+/// assert_eq!(config.endpoint(), "http://localhost:4318/v1/traces");
+/// # Ok::<(), paytrace::InitError>(())
+/// ```
+#[derive(Clone)]
+pub struct TelemetryConfig {
+    service_name: String,
+    disabled: bool,
+    protocol: Protocol,
+    endpoint: String,
+    export_timeout: Duration,
+    sampler: SamplerConfig,
+    max_queue_size: usize,
+    schedule_delay: Duration,
+    log_filter: String,
+    metrics: Metrics,
+}
+
+impl fmt::Debug for TelemetryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TelemetryConfig")
+            .field("service_name", &self.service_name)
+            .field("disabled", &self.disabled)
+            .field("protocol", &self.protocol)
+            .field("endpoint", &self.endpoint)
+            .field("export_timeout", &self.export_timeout)
+            .field("sampler", &self.sampler)
+            .field("max_queue_size", &self.max_queue_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TelemetryConfig {
+    /// Reads the process environment. `service_name` is used unless
+    /// `OTEL_SERVICE_NAME` is set.
+    pub fn from_env(service_name: &str) -> Result<Self, InitError> {
+        Self::from_vars(service_name, |k| std::env::var(k).ok())
+    }
+
+    /// Reads settings through `var` instead of the process environment.
+    pub fn from_vars(
+        service_name: &str,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, InitError> {
+        let get = |k: &str| var(k).filter(|v| !v.trim().is_empty());
+        let disabled = match get("OTEL_SDK_DISABLED").as_deref().map(str::trim) {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("true") => true,
+            Some(v) if v.eq_ignore_ascii_case("false") => false,
+            Some(v) => return Err(invalid("OTEL_SDK_DISABLED", v, "`true` or `false`")),
+        };
+        let protocol = match get("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref().map(str::trim) {
+            None | Some("grpc") => Protocol::Grpc,
+            Some("http/protobuf") => Protocol::HttpProtobuf,
+            Some(v) => {
+                return Err(invalid(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL",
+                    v,
+                    "`grpc` or `http/protobuf`",
+                ));
+            }
+        };
+        let endpoint = match (
+            get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            protocol,
+        ) {
+            (Some(full), _, _) => full,
+            (None, Some(base), Protocol::Grpc) => base,
+            (None, Some(base), Protocol::HttpProtobuf) => {
+                format!("{}/v1/traces", base.trim_end_matches('/'))
+            }
+            (None, None, Protocol::Grpc) => "http://localhost:4317".to_owned(),
+            (None, None, Protocol::HttpProtobuf) => "http://localhost:4318/v1/traces".to_owned(),
+        };
+        let millis = |name: &'static str, default: u64| -> Result<Duration, InitError> {
+            match get(name) {
+                None => Ok(Duration::from_millis(default)),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| invalid(name, &v, "a whole number of milliseconds")),
+            }
+        };
+        let ratio = match get("OTEL_TRACES_SAMPLER_ARG") {
+            None => 1.0,
+            Some(v) => match v.trim().parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => r,
+                _ => {
+                    return Err(invalid(
+                        "OTEL_TRACES_SAMPLER_ARG",
+                        &v,
+                        "a number from 0 to 1",
+                    ));
+                }
+            },
+        };
+        let sampler = match get("OTEL_TRACES_SAMPLER").as_deref().map(str::trim) {
+            None | Some("parentbased_always_on") => SamplerConfig::ParentBasedAlwaysOn,
+            Some("always_on") => SamplerConfig::AlwaysOn,
+            Some("always_off") => SamplerConfig::AlwaysOff,
+            Some("traceidratio") => SamplerConfig::Ratio(ratio),
+            Some("parentbased_always_off") => SamplerConfig::ParentBasedAlwaysOff,
+            Some("parentbased_traceidratio") => SamplerConfig::ParentBasedRatio(ratio),
+            Some(v) => {
+                return Err(invalid(
+                    "OTEL_TRACES_SAMPLER",
+                    v,
+                    "always_on, always_off, traceidratio, parentbased_always_on, \
+                     parentbased_always_off or parentbased_traceidratio",
+                ));
+            }
+        };
+        let max_queue_size = match get("OTEL_BSP_MAX_QUEUE_SIZE") {
+            None => 2048,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(invalid("OTEL_BSP_MAX_QUEUE_SIZE", &v, "a positive number")),
+            },
+        };
+        Ok(Self {
+            service_name: get("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_owned()),
+            disabled,
+            protocol,
+            endpoint,
+            export_timeout: millis("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?,
+            sampler,
+            max_queue_size,
+            schedule_delay: millis("OTEL_BSP_SCHEDULE_DELAY", 1_000)?,
+            log_filter: get("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
+            metrics: Metrics::global().clone(),
+        })
+    }
+
+    /// The `service.name` resource attribute.
+    pub fn service_name(&self) -> &str {
+        &self.service_name
+    }
+
+    /// The transport.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The URL spans are sent to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The sampler.
+    pub fn sampler(&self) -> SamplerConfig {
+        self.sampler
+    }
+
+    /// Whether export is switched off (`OTEL_SDK_DISABLED=true`).
+    pub fn is_disabled(&self) -> bool {
+        self.disabled
+    }
+
+    /// Sends spans to `endpoint` with `protocol` (a full URL for HTTP, with `/v1/traces`).
+    pub fn with_endpoint(mut self, protocol: Protocol, endpoint: impl Into<String>) -> Self {
+        self.protocol = protocol;
+        self.endpoint = endpoint.into();
+        self
+    }
+
+    /// Gives up on one export after `timeout`; its spans are counted as dropped.
+    pub fn with_export_timeout(mut self, timeout: Duration) -> Self {
+        self.export_timeout = timeout;
+        self
+    }
+
+    /// At most `spans` finished spans wait for export; more are dropped and counted.
+    pub fn with_max_queue_size(mut self, spans: usize) -> Self {
+        self.max_queue_size = spans.max(1);
+        self
+    }
+
+    /// Exports at least this often.
+    pub fn with_schedule_delay(mut self, delay: Duration) -> Self {
+        self.schedule_delay = delay;
+        self
+    }
+
+    /// Uses `sampler` instead of the configured one.
+    pub fn with_sampler(mut self, sampler: SamplerConfig) -> Self {
+        self.sampler = sampler;
+        self
+    }
+
+    /// Counts exported and dropped spans in `metrics` instead of [`Metrics::global`].
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = metrics.clone();
+        self
+    }
+
+    /// A tracer provider exporting over OTLP as configured, with dropped spans
+    /// counted. Must be called inside a tokio runtime when the protocol is gRPC.
+    ///
+    /// Use it with your own `tracing` subscriber; [`TelemetryConfig::install`]
+    /// does everything for you.
+    pub fn build_provider(&self) -> Result<SdkTracerProvider, InitError> {
+        if self.disabled {
+            return Ok(self.provider_builder().build());
+        }
+        let builder = opentelemetry_otlp::SpanExporter::builder();
+        let exporter = match self.protocol {
+            Protocol::Grpc => builder
+                .with_tonic()
+                .with_endpoint(&self.endpoint)
+                .with_timeout(self.export_timeout)
+                .build()?,
+            Protocol::HttpProtobuf => builder
+                .with_http()
+                .with_endpoint(&self.endpoint)
+                .with_timeout(self.export_timeout)
+                .with_headers(Default::default())
+                .build()?,
+        };
+        Ok(self.build_provider_with_exporter(exporter))
+    }
+
+    /// A tracer provider exporting to `exporter` through the same bounded,
+    /// counted batch pipeline as [`TelemetryConfig::build_provider`] (useful
+    /// for tests and for exporters other than OTLP).
+    pub fn build_provider_with_exporter<E>(&self, exporter: E) -> SdkTracerProvider
+    where
+        E: SpanExporter + 'static,
+    {
+        let families = self.metrics.families();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let exporter = CountingExporter {
+            inner: exporter,
+            pending: pending.clone(),
+            exported: families.spans_exported.clone(),
+            failed: families
+                .spans_dropped
+                .with_label_values(&[drop_reason::EXPORT_FAILED]),
+            timed_out: families
+                .spans_dropped
+                .with_label_values(&[drop_reason::EXPORT_TIMEOUT]),
+        };
+        let batch = BatchSpanProcessor::builder(exporter)
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_max_queue_size(self.max_queue_size)
+                    .with_max_export_batch_size(self.max_queue_size.min(512))
+                    .with_scheduled_delay(self.schedule_delay)
+                    .build(),
+            )
+            .build();
+        let processor = BoundedProcessor {
+            inner: batch,
+            pending,
+            capacity: self.max_queue_size,
+            queue_full: families
+                .spans_dropped
+                .with_label_values(&[drop_reason::QUEUE_FULL]),
+        };
+        self.provider_builder()
+            .with_span_processor(processor)
+            .build()
+    }
+
+    fn provider_builder(&self) -> opentelemetry_sdk::trace::TracerProviderBuilder {
+        SdkTracerProvider::builder()
+            .with_sampler(self.sampler.build())
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(self.service_name.clone())
+                    .build(),
+            )
+    }
+
+    /// Installs everything globally: the W3C propagators, the tracer
+    /// provider, and a `tracing` subscriber that logs to stderr (filtered by
+    /// `RUST_LOG`) and turns spans into OpenTelemetry spans.
+    pub fn install(self) -> Result<TelemetryGuard, InitError> {
+        let provider = self.build_provider()?;
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("paytrace"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+        let filter = EnvFilter::try_new(&self.log_filter).map_err(|_| {
+            invalid("RUST_LOG", &self.log_filter, "a tracing-subscriber filter, such as `info`")
+        })?;
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter);
+        tracing_subscriber::registry()
+            .with(otel)
+            .with(fmt)
+            .try_init()?;
+        opentelemetry::global::set_text_map_propagator(propagator());
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        Ok(TelemetryGuard {
+            provider: Some(provider),
+        })
+    }
+}
+
+fn invalid(var: &'static str, value: &str, expected: &'static str) -> InitError {
+    InitError::InvalidVar {
+        var,
+        value: value.to_owned(),
+        expected,
+    }
+}
+
+/// Sets up tracing, OpenTelemetry and OTLP export for a service from the
+/// standard `OTEL_*` variables (see [`TelemetryConfig`]).
+///
+/// Call it once, inside the tokio runtime, and keep the guard until the
+/// program ends: dropping it flushes the spans still queued. A collector
+/// that is down, slow or refusing never blocks or fails a request: at most
+/// `OTEL_BSP_MAX_QUEUE_SIZE` spans wait, the rest are dropped and counted in
+/// `paytrace_spans_dropped_total{reason}`.
+///
+/// ```no_run
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let _telemetry = paytrace::init("order")?;
+///     // … build the router with `paytrace::Service::new("order", "1.0.0").http_layer()`
+///     Ok(())
+/// }
+/// ```
+pub fn init(service_name: &str) -> Result<TelemetryGuard, InitError> {
+    TelemetryConfig::from_env(service_name)?.install()
+}
+
+/// Keeps the tracer provider alive; flushes and shuts it down when dropped.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Exports every queued span now. Blocks the calling thread: from async
+    /// code, call it in `tokio::task::spawn_blocking`.
+    pub fn force_flush(&self) -> OTelSdkResult {
+        match &self.provider {
+            Some(p) => p.force_flush(),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes and stops exporting.
+    pub fn shutdown(mut self) -> OTelSdkResult {
+        match self.provider.take() {
+            Some(p) => p.shutdown(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take()
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("paytrace: flushing spans at shutdown failed: {e}");
+        }
+    }
+}
+
+/// Gates the batch processor: at most `capacity` spans are queued or being
+/// exported; a span past that is dropped here and counted, so the SDK's own
+/// (uncounted) queue never overflows.
+#[derive(Debug)]
+struct BoundedProcessor {
+    inner: BatchSpanProcessor,
+    pending: Arc<AtomicUsize>,
+    capacity: usize,
+    queue_full: IntCounter,
+}
+
+impl SpanProcessor for BoundedProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        let admitted = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .is_ok();
+        if admitted {
+            self.inner.on_end(span);
+        } else {
+            self.queue_full.inc();
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Counts every span of every export: exported, failed or timed out, and
+/// releases them from the [`BoundedProcessor`]'s budget.
+#[derive(Debug)]
+struct CountingExporter<E> {
+    inner: E,
+    pending: Arc<AtomicUsize>,
+    exported: IntCounter,
+    failed: IntCounter,
+    timed_out: IntCounter,
+}
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len();
+        let result = self.inner.export(batch).await;
+        self.pending.fetch_sub(n, Ordering::AcqRel);
+        let count = u64::try_from(n).unwrap_or(u64::MAX);
+        match &result {
+            Ok(()) => self.exported.inc_by(count),
+            Err(e) if is_timeout(e) => self.timed_out.inc_by(count),
+            Err(_) => self.failed.inc_by(count),
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Whether an export error means the collector did not answer in time. The
+/// OTLP exporters report deadlines as gRPC `DeadlineExceeded`/`Cancelled` or
+/// a transport "timed out" inside an `InternalFailure` message.
+fn is_timeout(e: &OTelSdkError) -> bool {
+    match e {
+        OTelSdkError::Timeout(_) => true,
+        OTelSdkError::InternalFailure(msg) => {
+            let msg = msg.to_ascii_lowercase();
+            ["deadlineexceeded", "deadline exceeded", "timed out", "timeout", "cancelled"]
+                .iter()
+                .any(|needle| msg.contains(needle))
+        }
+        _ => false,
+    }
+}
