@@ -55,7 +55,7 @@ pub fn luhn_valid(number: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Masks card numbers that pass the Luhn check (all digits but the last four

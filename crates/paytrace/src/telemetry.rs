@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -352,6 +352,7 @@ impl TelemetryConfig {
             timed_out: families
                 .spans_dropped
                 .with_label_values(&[drop_reason::EXPORT_TIMEOUT]),
+            failing: AtomicBool::new(false),
         };
         let batch = BatchSpanProcessor::builder(exporter)
             .with_batch_config(
@@ -530,6 +531,8 @@ struct CountingExporter<E> {
     exported: IntCounter,
     failed: IntCounter,
     timed_out: IntCounter,
+    /// Whether the last export failed, so that only a change is logged.
+    failing: AtomicBool,
 }
 
 impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
@@ -542,6 +545,16 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
             Ok(()) => self.exported.inc_by(count),
             Err(e) if is_timeout(e) => self.timed_out.inc_by(count),
             Err(_) => self.failed.inc_by(count),
+        }
+        let was_failing = self.failing.swap(result.is_err(), Ordering::AcqRel);
+        match (&result, was_failing) {
+            (Err(e), false) => tracing::warn!(
+                target: "paytrace::export",
+                error = %e,
+                "span export failed; spans are dropped and counted in paytrace_spans_dropped_total until the collector answers"
+            ),
+            (Ok(()), true) => tracing::info!(target: "paytrace::export", "span export recovered"),
+            _ => {}
         }
         result
     }
