@@ -1,0 +1,442 @@
+//! The HTTP layer and stages, in process through `tower::ServiceExt::oneshot`:
+//! labels, outcomes, unmatched routes, overflow, panics, deadlines, and the
+//! active gauge returning to zero.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::routing::{get, post};
+use common::value;
+use paytrace::{LabelLimits, Metrics, Outcome, Service, StageError};
+use paytrace_semconv::{label, metric};
+use tokio::sync::{Notify, oneshot};
+use tower::ServiceExt;
+
+const DURATION: &str = metric::HTTP_SERVER_REQUEST_DURATION_SECONDS;
+const ACTIVE: &str = metric::HTTP_SERVER_ACTIVE_REQUESTS;
+
+fn service() -> (Service, Metrics) {
+    let metrics = Metrics::new();
+    (Service::with_metrics("order", "1.2.3", &metrics), metrics)
+}
+
+fn request(method: &str, uri: &str) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::empty())
+        .expect("a valid request")
+}
+
+fn server_labels<'a>(route: &'a str, status: &'a str) -> [(&'a str, &'a str); 4] {
+    [
+        ("service", "order"),
+        ("http_request_method", "GET"),
+        ("http_route", route),
+        ("http_response_status_code", status),
+    ]
+}
+
+#[tokio::test]
+async fn labels_are_the_route_template_method_and_status() {
+    let (svc, metrics) = service();
+    let app = Router::new()
+        .route("/orders/{id}", get(|| async { "ok" }))
+        .route("/orders", post(|| async { StatusCode::CREATED }))
+        .layer(svc.http_layer());
+
+    for id in ["1", "2", "3"] {
+        let response = app
+            .clone()
+            .oneshot(request("GET", &format!("/orders/{id}")))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    app.clone()
+        .oneshot(request("POST", "/orders"))
+        .await
+        .expect("infallible");
+
+    assert_eq!(
+        value(&metrics, DURATION, &server_labels("/orders/{id}", "200")),
+        Some(3.0),
+        "three requests to one template are one series"
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            DURATION,
+            &[
+                ("service", "order"),
+                ("http_request_method", "POST"),
+                ("http_route", "/orders"),
+                ("http_response_status_code", "201"),
+            ]
+        ),
+        Some(1.0)
+    );
+    for labels in common::series(&metrics, DURATION) {
+        let route = labels
+            .iter()
+            .find(|(k, _)| k == label::HTTP_ROUTE)
+            .map(|(_, v)| v.as_str());
+        assert!(
+            matches!(route, Some("/orders/{id}" | "/orders")),
+            "raw path leaked into a label: {labels:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unmatched_paths_and_unknown_methods_do_not_mint_labels() {
+    let (svc, metrics) = service();
+    let app = Router::new()
+        .route("/orders/{id}", get(|| async { "ok" }))
+        .layer(svc.http_layer());
+
+    for path in ["/nope", "/users/alice", "/orders/1/extra"] {
+        let response = app
+            .clone()
+            .oneshot(request("GET", path))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+    let response = app
+        .clone()
+        .oneshot(request("BREW", "/orders/1"))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    assert_eq!(
+        value(&metrics, DURATION, &server_labels("unmatched", "404")),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            DURATION,
+            &[
+                ("service", "order"),
+                ("http_request_method", "_OTHER"),
+                ("http_route", "/orders/{id}"),
+                ("http_response_status_code", "405"),
+            ]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn routes_past_the_limit_fold_into_other_and_are_counted() {
+    let metrics = Metrics::register(
+        prometheus::Registry::new(),
+        &LabelLimits::default().limit(label::HTTP_ROUTE, 2),
+    )
+    .expect("fresh registry");
+    let svc = Service::with_metrics("order", "1.2.3", &metrics);
+    let mut app = Router::new();
+    for i in 0..5 {
+        app = app.route(&format!("/r{i}"), get(|| async { "ok" }));
+    }
+    let app = app.layer(svc.http_layer());
+    for i in 0..5 {
+        app.clone()
+            .oneshot(request("GET", &format!("/r{i}")))
+            .await
+            .expect("infallible");
+    }
+    // Again: routes admitted before the limit keep their own series.
+    app.clone()
+        .oneshot(request("GET", "/r0"))
+        .await
+        .expect("infallible");
+
+    assert_eq!(value(&metrics, DURATION, &server_labels("/r0", "200")), Some(2.0));
+    assert_eq!(value(&metrics, DURATION, &server_labels("/r1", "200")), Some(1.0));
+    assert_eq!(value(&metrics, DURATION, &server_labels("/r2", "200")), None);
+    assert_eq!(value(&metrics, DURATION, &server_labels("other", "200")), Some(3.0));
+    assert_eq!(
+        value(
+            &metrics,
+            metric::SERIES_OVERFLOW_TOTAL,
+            &[("service", "order"), ("label", "http_route")]
+        ),
+        Some(3.0)
+    );
+}
+
+#[tokio::test]
+async fn server_errors_and_panics_are_counted_as_500_and_release_the_gauge() {
+    let (svc, metrics) = service();
+    let app = Router::new()
+        .route(
+            "/fail",
+            get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "down") }),
+        )
+        .route(
+            "/panic",
+            get(|| async {
+                if true {
+                    panic!("handler bug");
+                }
+                "unreachable"
+            }),
+        )
+        .layer(svc.http_layer());
+
+    let response = app
+        .clone()
+        .oneshot(request("GET", "/fail"))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(value(&metrics, DURATION, &server_labels("/fail", "503")), Some(1.0));
+
+    // The layer records the panic, then lets it continue (as without the layer).
+    let panicked = tokio::spawn(app.clone().oneshot(request("GET", "/panic"))).await;
+    assert!(panicked.expect_err("the handler panics").is_panic());
+    assert_eq!(value(&metrics, DURATION, &server_labels("/panic", "500")), Some(1.0));
+    assert_eq!(
+        value(
+            &metrics,
+            ACTIVE,
+            &[("service", "order"), ("http_request_method", "GET"), ("http_route", "/panic")]
+        ),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn the_active_gauge_counts_requests_in_flight_and_returns_to_zero() {
+    let (svc, metrics) = service();
+    let entered = Arc::new(Notify::new());
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let release_rx = Arc::new(tokio::sync::Mutex::new(Some(release_rx)));
+    let handler_entered = entered.clone();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(move || {
+                let entered = handler_entered.clone();
+                let release = release_rx.clone();
+                async move {
+                    entered.notify_one();
+                    if let Some(rx) = release.lock().await.take() {
+                        let _ = rx.await;
+                    }
+                    "done"
+                }
+            }),
+        )
+        .layer(svc.http_layer());
+    let labels = [
+        ("service", "order"),
+        ("http_request_method", "GET"),
+        ("http_route", "/slow"),
+    ];
+
+    let in_flight = tokio::spawn(app.clone().oneshot(request("GET", "/slow")));
+    entered.notified().await;
+    assert_eq!(value(&metrics, ACTIVE, &labels), Some(1.0));
+    release_tx.send(()).expect("the handler waits");
+    let response = in_flight.await.expect("no panic").expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(value(&metrics, ACTIVE, &labels), Some(0.0));
+}
+
+#[tokio::test]
+async fn a_request_dropped_by_its_caller_is_recorded_as_499() {
+    let (svc, metrics) = service();
+    let entered = Arc::new(Notify::new());
+    let handler_entered = entered.clone();
+    let app = Router::new()
+        .route(
+            "/hang",
+            get(move || {
+                let entered = handler_entered.clone();
+                async move {
+                    entered.notify_one();
+                    std::future::pending::<()>().await;
+                    "never"
+                }
+            }),
+        )
+        .layer(svc.http_layer());
+
+    let in_flight = tokio::spawn(app.clone().oneshot(request("GET", "/hang")));
+    entered.notified().await;
+    in_flight.abort();
+    assert!(in_flight.await.expect_err("aborted").is_cancelled());
+
+    assert_eq!(value(&metrics, DURATION, &server_labels("/hang", "499")), Some(1.0));
+    assert_eq!(
+        value(
+            &metrics,
+            ACTIVE,
+            &[("service", "order"), ("http_request_method", "GET"), ("http_route", "/hang")]
+        ),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_layer_deadline_answers_504_and_counts_it() {
+    let (svc, metrics) = service();
+    let app = Router::new()
+        .route(
+            "/hang",
+            get(|| async {
+                std::future::pending::<()>().await;
+                "never"
+            }),
+        )
+        .layer(svc.http_layer().timeout(Duration::from_secs(5)));
+
+    // Paused time: the runtime advances the clock when every task is idle.
+    let response = app
+        .oneshot(request("GET", "/hang"))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(value(&metrics, DURATION, &server_labels("/hang", "504")), Some(1.0));
+}
+
+fn stage_labels<'a>(
+    flow: &'a str,
+    method: &'a str,
+    channel: &'a str,
+    outcome: &'a str,
+) -> [(&'a str, &'a str); 6] {
+    [
+        ("service", "order"),
+        ("flow", flow),
+        ("stage", "payment.create"),
+        ("payment_method", method),
+        ("payment_channel", channel),
+        ("outcome", outcome),
+    ]
+}
+
+#[tokio::test(start_paused = true)]
+async fn stage_outcomes_come_from_the_result_and_the_deadline() {
+    let (svc, metrics) = service();
+    let stage = || svc.stage("payment.create").flow("checkout").payment_method("card");
+
+    let ok: Result<u8, &str> = stage().run(async { Ok(1) }).await;
+    assert_eq!(ok, Ok(1));
+    let err: Result<u8, &str> = stage().run(async { Err("declined") }).await;
+    assert_eq!(err, Err("declined"));
+    let timed_out: Result<u8, StageError<&str>> = stage()
+        .run_with_deadline(Duration::from_millis(50), async {
+            std::future::pending::<()>().await;
+            Ok(0)
+        })
+        .await;
+    assert!(matches!(timed_out, Err(StageError::TimedOut(_))));
+    let mut guard = stage().start();
+    guard.set_outcome(Outcome::Rejected);
+    drop(guard);
+
+    for outcome in ["ok", "error", "timeout", "rejected"] {
+        assert_eq!(
+            value(
+                &metrics,
+                metric::STAGE_DURATION_SECONDS,
+                &stage_labels("checkout", "card", "", outcome)
+            ),
+            Some(1.0),
+            "outcome {outcome}"
+        );
+    }
+    assert_eq!(
+        value(
+            &metrics,
+            metric::STAGE_ACTIVE,
+            &[("service", "order"), ("flow", "checkout"), ("stage", "payment.create")]
+        ),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn stages_inside_a_request_take_flow_labels_from_baggage() {
+    let (svc, metrics) = service();
+    let handler_svc = svc.clone();
+    let app = Router::new()
+        .route(
+            "/pay",
+            post(move || {
+                let svc = handler_svc.clone();
+                async move {
+                    svc.stage("payment.create")
+                        .run(async { Ok::<_, std::io::Error>("paid") })
+                        .await
+                        .unwrap_or("failed")
+                }
+            }),
+        )
+        .layer(svc.http_layer());
+
+    let request = Request::builder()
+        .method("POST")
+        .uri("/pay")
+        .header(
+            "baggage",
+            "paytrace.flow=checkout,payment.method=wechat_pay,payment.channel=wxpay,paytrace.flow_id=ord_1",
+        )
+        .body(Body::empty())
+        .expect("valid request");
+    let response = app.oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        value(
+            &metrics,
+            metric::STAGE_DURATION_SECONDS,
+            &stage_labels("checkout", "wechat_pay", "wxpay", "ok")
+        ),
+        Some(1.0)
+    );
+    // The flow id is never a label.
+    for labels in common::series(&metrics, metric::STAGE_DURATION_SECONDS) {
+        assert!(labels.iter().all(|(_, v)| v != "ord_1"), "{labels:?}");
+    }
+}
+
+#[tokio::test]
+async fn baggage_values_past_the_limit_fold_into_other() {
+    let metrics = Metrics::register(
+        prometheus::Registry::new(),
+        &LabelLimits::default()
+            .limit(label::PAYMENT_METHOD, 0)
+            .allow(label::PAYMENT_METHOD, ["card"]),
+    )
+    .expect("fresh registry");
+    let svc = Service::with_metrics("order", "1.2.3", &metrics);
+    for method in ["card", "user-12345", "user-67890"] {
+        drop(svc.stage("payment.create").flow("checkout").payment_method(method).start());
+    }
+    assert_eq!(
+        value(
+            &metrics,
+            metric::STAGE_DURATION_SECONDS,
+            &stage_labels("checkout", "card", "", "ok")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            metric::STAGE_DURATION_SECONDS,
+            &stage_labels("checkout", "other", "", "ok")
+        ),
+        Some(2.0)
+    );
+}
