@@ -311,7 +311,10 @@ impl TelemetryConfig {
     /// counted. Must be called inside a tokio runtime when the protocol is gRPC.
     ///
     /// Use it with your own `tracing` subscriber; [`TelemetryConfig::install`]
-    /// does everything for you.
+    /// does everything for you. Filter the OpenTelemetry layer to `INFO` or
+    /// above: the gRPC transport (h2, tonic) emits `DEBUG`/`TRACE` spans of its
+    /// own while exporting, and exporting those would feed the exporter its own
+    /// output.
     pub fn build_provider(&self) -> Result<SdkTracerProvider, InitError> {
         if self.disabled {
             return Ok(self.provider_builder().build());

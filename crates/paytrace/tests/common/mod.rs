@@ -11,6 +11,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use paytrace::{Metrics, TelemetryConfig};
 use prometheus::proto::MetricType;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 
 /// Serves `router` on an ephemeral loopback port; returns its address.
@@ -92,7 +93,11 @@ pub fn capture() -> &'static Capture {
             .with_schedule_delay(Duration::from_millis(50))
             .build_provider_with_exporter(exporter.clone());
         let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+            .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("test"))
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        );
         tracing::subscriber::set_global_default(subscriber)
             .expect("no other global subscriber in this test binary");
         Capture {
