@@ -1,0 +1,168 @@
+//! Spans reach a real OTLP receiver, over gRPC and over HTTP/protobuf, with the
+//! trace id and parent the caller sent in `traceparent`.
+//!
+//! The receivers are the generated OTLP `TraceService` (tonic) and an HTTP
+//! `POST /v1/traces` endpoint decoding the protobuf body: the same wire
+//! formats an OpenTelemetry Collector accepts.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::{get, post};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use paytrace::{Metrics, Protocol, Service, TelemetryConfig};
+use prost::Message;
+use tokio::sync::mpsc;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt;
+
+type Received = mpsc::UnboundedSender<ExportTraceServiceRequest>;
+
+struct GrpcReceiver(Received);
+
+#[tonic::async_trait]
+impl TraceService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+async fn grpc_collector() -> (SocketAddr, mpsc::UnboundedReceiver<ExportTraceServiceRequest>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(GrpcReceiver(tx)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (addr, rx)
+}
+
+async fn http_collector() -> (SocketAddr, mpsc::UnboundedReceiver<ExportTraceServiceRequest>) {
+    async fn receive(State(tx): State<Received>, body: Bytes) -> Result<Vec<u8>, String> {
+        let request = ExportTraceServiceRequest::decode(body).map_err(|e| e.to_string())?;
+        let _ = tx.send(request);
+        Ok(ExportTraceServiceResponse {
+            partial_success: None,
+        }
+        .encode_to_vec())
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let addr = common::serve(Router::new().route("/v1/traces", post(receive)).with_state(tx)).await;
+    (addr, rx)
+}
+
+async fn spans_arrive_with_the_callers_trace_id(
+    protocol: Protocol,
+    endpoint: String,
+    mut received: mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+) {
+    let metrics = Metrics::new();
+    let provider = TelemetryConfig::from_vars("checkout-test", |_| None)
+        .expect("valid defaults")
+        .with_endpoint(protocol, endpoint)
+        .with_export_timeout(Duration::from_secs(10))
+        .with_metrics(&metrics)
+        .build_provider()
+        .expect("the exporter builds");
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+    );
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let svc = Service::with_metrics("order", "1.0.0", &metrics);
+    let addr = common::serve(
+        Router::new()
+            .route("/orders/{id}", get(|| async { "ok" }))
+            .layer(svc.http_layer()),
+    )
+    .await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let parent_id = "b7ad6b7169203331";
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/orders/7"))
+        .header("traceparent", format!("00-{trace_id}-{parent_id}-01"))
+        .send()
+        .await
+        .expect("the service answers");
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+
+    let flushed = tokio::task::spawn_blocking(move || provider.shutdown())
+        .await
+        .expect("no panic");
+    assert!(flushed.is_ok(), "export succeeded: {flushed:?}");
+    let request = received.recv().await.expect("the collector received an export");
+
+    let resource_spans = &request.resource_spans[0];
+    let service_name = resource_spans
+        .resource
+        .as_ref()
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.clone());
+    assert_eq!(service_name, Some(Value::StringValue("checkout-test".into())));
+
+    let spans: Vec<_> = resource_spans
+        .scope_spans
+        .iter()
+        .flat_map(|s| &s.spans)
+        .collect();
+    assert_eq!(spans.len(), 1, "one server span: {spans:#?}");
+    let span = spans[0];
+    assert_eq!(span.name, "GET /orders/{id}");
+    assert_eq!(to_hex(&span.trace_id), trace_id);
+    assert_eq!(to_hex(&span.parent_span_id), parent_id);
+    assert_eq!(
+        metrics
+            .registry()
+            .gather()
+            .iter()
+            .find(|f| f.name() == "paytrace_spans_exported_total")
+            .map(|f| f.get_metric()[0].get_counter().get_value()),
+        Some(1.0)
+    );
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn spans_reach_an_otlp_grpc_collector() {
+    let (addr, received) = grpc_collector().await;
+    spans_arrive_with_the_callers_trace_id(Protocol::Grpc, format!("http://{addr}"), received).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn spans_reach_an_otlp_http_protobuf_collector() {
+    let (addr, received) = http_collector().await;
+    spans_arrive_with_the_callers_trace_id(
+        Protocol::HttpProtobuf,
+        format!("http://{addr}/v1/traces"),
+        received,
+    )
+    .await;
+}

@@ -1,0 +1,139 @@
+//! The `/metrics` output, with every middleware family populated, passes the
+//! real `promtool check metrics` with no problems.
+//!
+//! promtool comes from Debian's `prometheus` package: `apt-get install prometheus`.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use paytrace::{Metrics, Service};
+use paytrace_semconv::metric;
+
+fn promtool() -> Command {
+    let path = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".to_owned());
+    match Command::new(&path).arg("--version").output() {
+        Ok(out) if out.status.success() => Command::new(path),
+        _ => panic!(
+            "promtool not found (looked for `{path}`): install it with \
+             `apt-get install prometheus`, or set PROMTOOL to its path"
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_passes_promtool_check_metrics() {
+    let metrics = Metrics::new();
+    let svc = Service::with_metrics("order", "1.0.0", &metrics);
+    svc.monitor_runtime(&tokio::runtime::Handle::current());
+    let pool = svc.pool("order_db", 4);
+    let (queue_tx, mut queue_rx) = paytrace::queue::<u8>(&svc, "callbacks", 8);
+
+    let handler_svc = svc.clone();
+    let app = Router::new()
+        .route(
+            "/orders/{id}",
+            get(move || {
+                let svc = handler_svc.clone();
+                let pool = pool.clone();
+                async move {
+                    let _conn = pool.acquire().await;
+                    svc.stage("order.create")
+                        .flow("checkout")
+                        .run(async { Ok::<_, std::io::Error>("ok") })
+                        .await
+                        .unwrap_or("failed")
+                }
+            }),
+        )
+        .layer(svc.http_layer())
+        .route(
+            "/metrics",
+            paytrace::metrics_route(metrics.registry().clone()),
+        );
+    let addr = common::serve(app).await;
+
+    let http = svc.client(reqwest::Client::new());
+    let response = http
+        .get(&format!("http://{addr}/orders/1"))
+        .await
+        .expect("served");
+    assert!(response.status().is_success());
+    queue_tx.send(1).expect("room in the queue");
+    queue_tx.send(2).expect("room in the queue");
+    assert_eq!(queue_rx.recv().await, Some(1));
+    queue_rx.metrics().processed();
+    svc.resource("order_db").error("timeout");
+    let _ = svc
+        .stage("notify.send")
+        .run_with_deadline(Duration::from_millis(1), std::future::pending::<Result<(), ()>>())
+        .await;
+
+    let scraped = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text body");
+
+    // Every family the middleware owns is there (TCC families belong to the fence).
+    for name in [
+        metric::HTTP_SERVER_REQUEST_DURATION_SECONDS,
+        metric::HTTP_SERVER_ACTIVE_REQUESTS,
+        metric::HTTP_CLIENT_REQUEST_DURATION_SECONDS,
+        metric::STAGE_DURATION_SECONDS,
+        metric::STAGE_ACTIVE,
+        metric::RESOURCE_IN_USE,
+        metric::RESOURCE_CAPACITY,
+        metric::RESOURCE_WAIT_SECONDS,
+        metric::RESOURCE_ERRORS_TOTAL,
+        metric::QUEUE_DEPTH,
+        metric::QUEUE_OLDEST_AGE_SECONDS,
+        metric::QUEUE_MESSAGES_TOTAL,
+        metric::RUNTIME_WORKERS,
+        metric::RUNTIME_WORKER_BUSY_RATIO,
+        metric::RUNTIME_GLOBAL_QUEUE_DEPTH,
+        metric::RUNTIME_ALIVE_TASKS,
+        metric::BUILD_INFO,
+        metric::SPANS_DROPPED_TOTAL,
+        metric::SPANS_EXPORTED_TOTAL,
+        metric::PROCESS_CPU_SECONDS_TOTAL,
+        metric::PROCESS_RESIDENT_MEMORY_BYTES,
+        metric::PROCESS_OPEN_FDS,
+        metric::PROCESS_MAX_FDS,
+    ] {
+        assert!(
+            scraped.contains(&format!("# TYPE {name} ")),
+            "{name} is missing from /metrics"
+        );
+    }
+    assert!(scraped.contains(r#"paytrace_queue_depth{queue="callbacks",service="order"} 1"#));
+
+    let mut child = promtool()
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(scraped.as_bytes())
+        .expect("promtool reads the exposition");
+    let out = child.wait_with_output().expect("promtool finishes");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics found problems:\n{report}"
+    );
+}
