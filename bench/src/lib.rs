@@ -1,0 +1,99 @@
+//! The set-ups the benchmarks compare, built the way each tool's docs show.
+//!
+//! Every set-up shares one process-wide `tracing` subscriber whose
+//! OpenTelemetry layer records `INFO` spans into a batch pipeline ending in an
+//! exporter that discards them, so the cost measured is instrumentation, not
+//! the network.
+
+use std::sync::OnceLock;
+
+use axum::Router;
+use axum::routing::get;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt;
+
+/// An exporter that accepts every batch and drops it.
+#[derive(Debug, Default)]
+pub struct DiscardExporter;
+
+impl SpanExporter for DiscardExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        std::hint::black_box(batch);
+        Ok(())
+    }
+}
+
+/// Installs the shared subscriber once; returns paytrace's metrics.
+pub fn install_tracing() -> &'static paytrace::Metrics {
+    static METRICS: OnceLock<paytrace::Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let metrics = paytrace::Metrics::new();
+        let provider: SdkTracerProvider = paytrace::TelemetryConfig::from_vars("bench", |_| None)
+            .expect("defaults are valid")
+            .with_metrics(&metrics)
+            .build_provider_with_exporter(DiscardExporter);
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("bench"))
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        );
+        tracing::subscriber::set_global_default(subscriber).expect("installed once");
+        // Keep the provider (and its export thread) for the whole run.
+        std::mem::forget(provider);
+        metrics
+    })
+}
+
+/// The application under test: one route with a path parameter.
+pub fn app() -> Router {
+    Router::new().route("/orders/{id}", get(|| async { "ok" }))
+}
+
+/// `app()` with nothing added.
+pub fn bare() -> Router {
+    app()
+}
+
+/// `app()` with the paytrace layer.
+pub fn with_paytrace() -> Router {
+    let metrics = install_tracing();
+    let svc = paytrace::Service::with_metrics("bench", "1.0.0", metrics);
+    app().layer(svc.http_layer())
+}
+
+fn prometheus_layer() -> axum_prometheus::PrometheusMetricLayer<'static> {
+    static LAYER: OnceLock<axum_prometheus::PrometheusMetricLayer<'static>> = OnceLock::new();
+    LAYER
+        .get_or_init(|| {
+            let (layer, handle) = axum_prometheus::PrometheusMetricLayer::pair();
+            std::mem::forget(handle);
+            layer
+        })
+        .clone()
+}
+
+/// `app()` with tower-http's `TraceLayer` (spans at `INFO`, so they are
+/// exported like paytrace's) and axum-prometheus.
+pub fn with_tower_http_and_axum_prometheus() -> Router {
+    install_tracing();
+    use tower_http::trace::{DefaultMakeSpan, TraceLayer};
+    app()
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO)),
+        )
+        .layer(prometheus_layer())
+}
+
+/// `app()` with axum-tracing-opentelemetry (the closest functional peer:
+/// OpenTelemetry HTTP spans with trace context extraction) and axum-prometheus.
+pub fn with_axum_tracing_opentelemetry_and_axum_prometheus() -> Router {
+    install_tracing();
+    app()
+        .layer(axum_tracing_opentelemetry::middleware::OtelInResponseLayer)
+        .layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default())
+        .layer(prometheus_layer())
+}
