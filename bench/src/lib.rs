@@ -41,6 +41,14 @@ pub fn install_tracing() -> &'static paytrace::Metrics {
                 .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
         );
         tracing::subscriber::set_global_default(subscriber).expect("installed once");
+        // What `paytrace::init` (and any real deployment of the peers) sets:
+        // W3C trace context and baggage. paytrace itself does not depend on it.
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry::propagation::TextMapCompositePropagator::new(vec![
+                Box::new(opentelemetry_sdk::propagation::TraceContextPropagator::new()),
+                Box::new(opentelemetry_sdk::propagation::BaggagePropagator::new()),
+            ]),
+        );
         // Keep the provider (and its export thread) for the whole run.
         std::mem::forget(provider);
         metrics

@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 use axum::extract::MatchedPath;
 use http::{Method, Request, Response, StatusCode};
 use opentelemetry::Context;
-use paytrace_semconv::UNMATCHED_ROUTE;
+use opentelemetry::baggage::BaggageExt;
+use paytrace_semconv::{UNMATCHED_ROUTE, attr};
 use pin_project_lite::pin_project;
 use prometheus::{Histogram, IntGauge};
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::cardinality::OTHER;
-use crate::propagation::{Flow, extract};
+use crate::propagation::extract;
 use crate::redact::redact;
 use crate::service::{Service, deadline_sleep};
 
@@ -127,7 +128,12 @@ where
             None => RouteLabel::Fixed(UNMATCHED_ROUTE),
         };
         let parent = extract(req.headers());
-        let flow = Flow::from_context(&parent);
+        let baggage = parent.baggage();
+        let from_baggage = |key: &str| baggage.get(key).map(|v| redact(v.as_str()));
+        let flow = from_baggage(attr::FLOW);
+        let flow_id = from_baggage(attr::FLOW_ID);
+        let method_attr = from_baggage(attr::PAYMENT_METHOD);
+        let channel_attr = from_baggage(attr::PAYMENT_CHANNEL);
 
         let span = tracing::info_span!(
             target: "paytrace::http",
@@ -141,26 +147,19 @@ where
             url.path = %redact(req.uri().path()),
             url.scheme = req.uri().scheme_str().unwrap_or("http"),
             error.type = Empty,
-            paytrace.flow = Empty,
-            paytrace.flow_id = Empty,
-            payment.method = Empty,
-            payment.channel = Empty,
+            paytrace.flow = flow.as_deref(),
+            paytrace.flow_id = flow_id.as_deref(),
+            payment.method = method_attr.as_deref(),
+            payment.channel = channel_attr.as_deref(),
         );
-        if let Some(v) = &flow.flow {
-            span.record("paytrace.flow", redact(v).as_ref());
-        }
-        if let Some(v) = &flow.flow_id {
-            span.record("paytrace.flow_id", redact(v).as_ref());
-        }
-        if let Some(v) = &flow.payment_method {
-            span.record("payment.method", redact(v).as_ref());
-        }
-        if let Some(v) = &flow.payment_channel {
-            span.record("payment.channel", redact(v).as_ref());
-        }
-        // Fails only when no OpenTelemetry layer is installed: then there is
-        // no span to parent, and the extracted context still travels below.
-        let _ = span.set_parent(parent.clone());
+        // With an OpenTelemetry layer, the span's context (the caller's span
+        // as parent, plus its baggage) becomes current whenever the span is
+        // entered. Without one, attach the extracted context ourselves so
+        // stages and outgoing calls still see the caller's trace and baggage.
+        let attach = match span.set_parent(parent.clone()) {
+            Ok(()) => None,
+            Err(_) => Some(parent),
+        };
 
         let families = service.families();
         let active = families
@@ -184,7 +183,7 @@ where
         ResponseFuture {
             inner,
             deadline: deadline_sleep(self.layer.timeout),
-            parent,
+            attach,
             span,
             in_flight,
         }
@@ -198,7 +197,7 @@ pin_project! {
         inner: F,
         #[pin]
         deadline: Option<tokio::time::Sleep>,
-        parent: Context,
+        attach: Option<Context>,
         span: tracing::Span,
         in_flight: InFlight,
     }
@@ -213,9 +212,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        // Baggage first, then the span: with context activation the span's
-        // own context (which carries the same baggage) becomes current.
-        let _baggage = this.parent.clone().attach();
+        let _attached = this.attach.as_ref().map(|cx| cx.clone().attach());
         let _enter = this.span.enter();
 
         let polled = catch_unwind(AssertUnwindSafe(|| this.inner.poll(cx)));

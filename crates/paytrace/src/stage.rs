@@ -12,6 +12,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::cardinality::{Guards, LabelGuard, OTHER};
 use crate::propagation::{Flow, ambient};
 use crate::redact::redact;
 use crate::service::Service;
@@ -162,8 +163,10 @@ impl Stage {
     {
         let mut guard = self.start();
         let span = guard.span.clone();
-        let cx = guard.context.clone();
-        let result = work.instrument(span).with_context(cx).await;
+        let result = match guard.attach.clone() {
+            Some(cx) => work.instrument(span).with_context(cx).await,
+            None => work.instrument(span).await,
+        };
         guard.set_outcome(if result.is_ok() {
             Outcome::Ok
         } else {
@@ -183,9 +186,11 @@ impl Stage {
         F: Future<Output = Result<T, E>>,
     {
         let mut guard = self.start();
-        let span = guard.span.clone();
-        let cx = guard.context.clone();
-        let timed = tokio::time::timeout(deadline, work.instrument(span).with_context(cx)).await;
+        let work = work.instrument(guard.span.clone());
+        let timed = match guard.attach.clone() {
+            Some(cx) => tokio::time::timeout(deadline, work.with_context(cx)).await,
+            None => tokio::time::timeout(deadline, work).await,
+        };
         let (result, outcome) = match timed {
             Ok(Ok(v)) => (Ok(v), Outcome::Ok),
             Ok(Err(e)) => (Err(StageError::Failed(e)), Outcome::Error),
@@ -213,84 +218,96 @@ impl Stage {
     /// ```
     pub fn start(self) -> StageGuard {
         let ambient = ambient();
-        let from_baggage = Flow::from_context(&ambient);
-        let pick = |own: Option<String>, inherited: Option<String>| own.or(inherited);
-        let flow = Flow {
-            flow: pick(self.flow.flow, from_baggage.flow),
-            flow_id: pick(self.flow.flow_id, from_baggage.flow_id),
-            payment_method: pick(self.flow.payment_method, from_baggage.payment_method),
-            payment_channel: pick(self.flow.payment_channel, from_baggage.payment_channel),
+        let inherited = Flow::from_context(&ambient);
+        let own = self.flow;
+        let parent = if own == Flow::default() {
+            ambient
+        } else {
+            own.merge_into(&ambient)
         };
-        let service = self.service;
-        let labels = StageLabels {
-            flow: service
-                .admit(|g| &g.flow, flow.flow.as_deref().unwrap_or(""))
-                .to_owned(),
-            stage: service.admit(|g| &g.stage, &self.name).to_owned(),
-            payment_method: service
-                .admit(|g| &g.payment_method, flow.payment_method.as_deref().unwrap_or(""))
-                .to_owned(),
-            payment_channel: service
-                .admit(
-                    |g| &g.payment_channel,
-                    flow.payment_channel.as_deref().unwrap_or(""),
-                )
-                .to_owned(),
+        let flow = Flow {
+            flow: own.flow.or(inherited.flow),
+            flow_id: own.flow_id.or(inherited.flow_id),
+            payment_method: own.payment_method.or(inherited.payment_method),
+            payment_channel: own.payment_channel.or(inherited.payment_channel),
         };
 
+        fn redacted(v: &Option<String>) -> Option<Cow<'_, str>> {
+            v.as_deref().map(redact)
+        }
         let span = tracing::info_span!(
             target: "paytrace::stage",
             "stage",
             otel.name = %self.name,
             otel.status_code = Empty,
             paytrace.stage = %self.name,
-            paytrace.flow = Empty,
-            paytrace.flow_id = Empty,
+            paytrace.flow = redacted(&flow.flow).as_deref(),
+            paytrace.flow_id = redacted(&flow.flow_id).as_deref(),
             paytrace.outcome = Empty,
-            payment.method = Empty,
-            payment.channel = Empty,
+            payment.method = redacted(&flow.payment_method).as_deref(),
+            payment.channel = redacted(&flow.payment_channel).as_deref(),
         );
-        let record = |key: &str, value: &Option<String>| {
-            if let Some(v) = value {
-                span.record(key, redact(v).as_ref());
-            }
+        // Parent on the ambient context, so that baggage a `Flow::scope` added
+        // after the enclosing span started is inherited too. Without an
+        // OpenTelemetry layer, attach that context around the work instead.
+        let attach = match span.set_parent(parent.clone()) {
+            Ok(()) => None,
+            Err(_) => Some(parent),
         };
-        record(attr::FLOW, &flow.flow);
-        record(attr::FLOW_ID, &flow.flow_id);
-        record(attr::PAYMENT_METHOD, &flow.payment_method);
-        record(attr::PAYMENT_CHANNEL, &flow.payment_channel);
-        // Parent on the ambient context so that baggage a `Flow::scope` added
-        // after the enclosing span started is inherited too.
-        let _ = span.set_parent(flow.merge_into(&ambient));
         for (key, value) in self.attributes {
             span.set_attribute(key, value);
         }
 
+        let service = self.service;
+        let stage = if service.is_admitted(|g| &g.stage, &self.name) {
+            self.name
+        } else {
+            Cow::Borrowed(OTHER)
+        };
+        let labels = StageLabels {
+            flow: admit_owned(&service, |g| &g.flow, flow.flow),
+            stage,
+            payment_method: admit_owned(&service, |g| &g.payment_method, flow.payment_method),
+            payment_channel: admit_owned(&service, |g| &g.payment_channel, flow.payment_channel),
+        };
         let active = service.families().stage_active.with_label_values(&[
             service.name(),
-            labels.flow.as_str(),
-            labels.stage.as_str(),
+            labels.flow.as_ref(),
+            labels.stage.as_ref(),
         ]);
         active.inc();
-        let context = flow.merge_into(&ambient);
         StageGuard {
             service,
             labels,
             active,
             span,
-            context,
+            attach,
             start: Instant::now(),
             outcome: None,
         }
     }
 }
 
+/// A label value taken by value: kept when the guard admits it, `other`
+/// when it overflows, empty when absent.
+fn admit_owned(
+    service: &Service,
+    pick: impl FnOnce(&Guards) -> &LabelGuard,
+    value: Option<String>,
+) -> Cow<'static, str> {
+    match value {
+        None => Cow::Borrowed(""),
+        Some(v) if service.is_admitted(pick, &v) => Cow::Owned(v),
+        Some(_) => Cow::Borrowed(OTHER),
+    }
+}
+
 #[derive(Debug)]
 struct StageLabels {
-    flow: String,
-    stage: String,
-    payment_method: String,
-    payment_channel: String,
+    flow: Cow<'static, str>,
+    stage: Cow<'static, str>,
+    payment_method: Cow<'static, str>,
+    payment_channel: Cow<'static, str>,
 }
 
 /// A stage in progress; records its duration and outcome when dropped.
@@ -303,7 +320,7 @@ pub struct StageGuard {
     labels: StageLabels,
     active: IntGauge,
     span: tracing::Span,
-    context: opentelemetry::Context,
+    attach: Option<opentelemetry::Context>,
     start: Instant,
     outcome: Option<Outcome>,
 }
@@ -333,10 +350,10 @@ impl Drop for StageGuard {
             .stage_duration
             .with_label_values(&[
                 self.service.name(),
-                l.flow.as_str(),
-                l.stage.as_str(),
-                l.payment_method.as_str(),
-                l.payment_channel.as_str(),
+                l.flow.as_ref(),
+                l.stage.as_ref(),
+                l.payment_method.as_ref(),
+                l.payment_channel.as_ref(),
                 outcome.as_str(),
             ])
             .observe(self.start.elapsed().as_secs_f64());
