@@ -17,6 +17,9 @@ use paytrace_semconv::DEFAULT_LATENCY_BUCKETS;
 use prometheus::{HistogramOpts, HistogramVec};
 use tower::ServiceExt;
 
+/// Builds one of the compared set-ups.
+type MakeRouter = fn() -> Router;
+
 fn request() -> Request<Body> {
     Request::builder()
         .uri("/orders/42")
@@ -35,10 +38,13 @@ fn per_request(c: &mut Criterion) {
         .build()
         .expect("a runtime");
     let mut group = c.benchmark_group("request");
-    let setups: [(&str, fn() -> Router); 4] = [
+    let setups: [(&str, MakeRouter); 4] = [
         ("bare", bare),
         ("paytrace", with_paytrace),
-        ("tower_http_trace+axum_prometheus", with_tower_http_and_axum_prometheus),
+        (
+            "tower_http_trace+axum_prometheus",
+            with_tower_http_and_axum_prometheus,
+        ),
         (
             "axum_tracing_opentelemetry+axum_prometheus",
             with_axum_tracing_opentelemetry_and_axum_prometheus,
@@ -70,7 +76,14 @@ fn stage(c: &mut Criterion) {
     let histogram = HistogramVec::new(
         HistogramOpts::new("plain_stage_duration_seconds", "plain")
             .buckets(DEFAULT_LATENCY_BUCKETS.to_vec()),
-        &["service", "flow", "stage", "payment_method", "payment_channel", "outcome"],
+        &[
+            "service",
+            "flow",
+            "stage",
+            "payment_method",
+            "payment_channel",
+            "outcome",
+        ],
     )
     .expect("valid histogram");
     registry

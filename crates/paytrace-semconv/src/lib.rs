@@ -225,7 +225,8 @@ pub mod metric {
     /// Gauge.
     pub const AGGREGATOR_TRACES_LIVE: &str = "paytrace_aggregator_traces_live";
     /// Counter.
-    pub const AGGREGATOR_TRACES_COMPLETED_TOTAL: &str = "paytrace_aggregator_traces_completed_total";
+    pub const AGGREGATOR_TRACES_COMPLETED_TOTAL: &str =
+        "paytrace_aggregator_traces_completed_total";
     /// Counter `{reason}`.
     pub const AGGREGATOR_TRACES_EVICTED_TOTAL: &str = "paytrace_aggregator_traces_evicted_total";
     /// Counter.
@@ -580,7 +581,14 @@ mod tests {
         for s in stage::ALL {
             assert!(stage::is_valid_name(s), "{s} is not <domain>.<action>");
         }
-        for bad in ["inventory", "Inventory.try", "inventory.", ".try", "a.b.c", "a-b.c"] {
+        for bad in [
+            "inventory",
+            "Inventory.try",
+            "inventory.",
+            ".try",
+            "a.b.c",
+            "a-b.c",
+        ] {
             assert!(!stage::is_valid_name(bad), "{bad} should be rejected");
         }
     }

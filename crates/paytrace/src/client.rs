@@ -43,7 +43,10 @@ impl Client {
     }
 
     /// Builds and sends `request`.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> reqwest::Result<reqwest::Response> {
         self.execute(request.build()?).await
     }
 

@@ -84,8 +84,6 @@ pub use resource::{
 pub use server::{HttpLayer, HttpService, ResponseFuture};
 pub use service::Service;
 pub use stage::{Outcome, Stage, StageError, StageGuard};
-pub use telemetry::{
-    InitError, Protocol, SamplerConfig, TelemetryConfig, TelemetryGuard, init,
-};
+pub use telemetry::{InitError, Protocol, SamplerConfig, TelemetryConfig, TelemetryGuard, init};
 
 pub use paytrace_semconv as semconv;

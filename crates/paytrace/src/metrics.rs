@@ -189,7 +189,9 @@ impl Families {
             self.spans_dropped.with_label_values(&[*reason]);
         }
         #[cfg(target_os = "linux")]
-        match r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())) {
+        match r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
             Ok(()) | Err(prometheus::Error::AlreadyReg) => {}
             Err(e) => return Err(e),
         }
@@ -378,7 +380,11 @@ struct SampledCollector(Arc<SampledGauges>);
 
 impl Collector for SampledCollector {
     fn desc(&self) -> Vec<&Desc> {
-        self.0.collectors().into_iter().flat_map(|c| c.desc()).collect()
+        self.0
+            .collectors()
+            .into_iter()
+            .flat_map(|c| c.desc())
+            .collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {

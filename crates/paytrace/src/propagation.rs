@@ -4,10 +4,10 @@ use std::future::Future;
 use std::sync::LazyLock;
 
 use opentelemetry::baggage::{Baggage, BaggageExt, BaggageMetadata, KeyValueMetadata};
-use opentelemetry::{Key, StringValue};
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{FutureExt, TraceContextExt, WithContext};
 use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Key, StringValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use paytrace_semconv::attr;
@@ -172,7 +172,11 @@ impl Flow {
         let mut merged = entries(cx.baggage());
         for kv in self.entries() {
             merged.retain(|(key, _, _)| *key != kv.key);
-            merged.push((kv.key, kv.value.to_string().into(), BaggageMetadata::default()));
+            merged.push((
+                kv.key,
+                kv.value.to_string().into(),
+                BaggageMetadata::default(),
+            ));
         }
         cx.with_baggage(to_baggage(merged))
     }

@@ -278,7 +278,11 @@ impl QueueMetrics {
 /// rx.metrics().processed();
 /// # }
 /// ```
-pub fn queue<T>(service: &Service, name: &str, capacity: usize) -> (QueueSender<T>, QueueReceiver<T>) {
+pub fn queue<T>(
+    service: &Service,
+    name: &str,
+    capacity: usize,
+) -> (QueueSender<T>, QueueReceiver<T>) {
     let metrics = QueueMetrics::new(service, name);
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let shared = Arc::new(QueueShared {
@@ -428,7 +432,10 @@ impl Sampler for RuntimeSampler {
             .runtime_workers
             .with_label_values(&labels)
             .set(saturating_i64(m.workers_count));
-        gauges.runtime_busy_ratio.with_label_values(&labels).set(busy);
+        gauges
+            .runtime_busy_ratio
+            .with_label_values(&labels)
+            .set(busy);
         gauges
             .runtime_global_queue_depth
             .with_label_values(&labels)

@@ -162,9 +162,11 @@ where
         };
 
         let families = service.families();
-        let active = families
-            .http_server_active
-            .with_label_values(&[service.name(), method, route.as_str()]);
+        let active = families.http_server_active.with_label_values(&[
+            service.name(),
+            method,
+            route.as_str(),
+        ]);
         active.inc();
         let in_flight = InFlight {
             service: service.clone(),
@@ -288,9 +290,16 @@ impl InFlight {
         }
         self.done = true;
         let elapsed = self.start.elapsed().as_secs_f64();
-        let histogram: Histogram = self.service.families().http_server_duration.with_label_values(
-            &[self.service.name(), self.method, self.route.as_str(), status],
-        );
+        let histogram: Histogram = self
+            .service
+            .families()
+            .http_server_duration
+            .with_label_values(&[
+                self.service.name(),
+                self.method,
+                self.route.as_str(),
+                status,
+            ]);
         histogram.observe(elapsed);
         self.active.dec();
 

@@ -398,7 +398,11 @@ impl TelemetryConfig {
             .with_tracer(provider.tracer("paytrace"))
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
         let filter = EnvFilter::try_new(&self.log_filter).map_err(|_| {
-            invalid("RUST_LOG", &self.log_filter, "a tracing-subscriber filter, such as `info`")
+            invalid(
+                "RUST_LOG",
+                &self.log_filter,
+                "a tracing-subscriber filter, such as `info`",
+            )
         })?;
         let fmt = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -583,9 +587,15 @@ fn is_timeout(e: &OTelSdkError) -> bool {
         OTelSdkError::Timeout(_) => true,
         OTelSdkError::InternalFailure(msg) => {
             let msg = msg.to_ascii_lowercase();
-            ["deadlineexceeded", "deadline exceeded", "timed out", "timeout", "cancelled"]
-                .iter()
-                .any(|needle| msg.contains(needle))
+            [
+                "deadlineexceeded",
+                "deadline exceeded",
+                "timed out",
+                "timeout",
+                "cancelled",
+            ]
+            .iter()
+            .any(|needle| msg.contains(needle))
         }
         _ => false,
     }

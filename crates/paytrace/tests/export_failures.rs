@@ -47,12 +47,11 @@ fn pipeline(
         .with_metrics(metrics)
         .build_provider()
         .expect("the exporter builds");
-    let subscriber = tracing_subscriber::registry()
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("test"))
-                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-        );
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+    );
     (provider, tracing::subscriber::set_default(subscriber))
 }
 
@@ -171,7 +170,10 @@ async fn exports_to_a_black_hole_time_out_and_are_counted_as_timeouts() {
 
     let timed_out = dropped(&metrics, drop_reason::EXPORT_TIMEOUT);
     assert_eq!(exported(&metrics), 0.0);
-    assert!(timed_out > 0.0, "black-holed exports count as export_timeout");
+    assert!(
+        timed_out > 0.0,
+        "black-holed exports count as export_timeout"
+    );
     assert_eq!(
         timed_out + dropped(&metrics, drop_reason::EXPORT_FAILED),
         REQUESTS as f64

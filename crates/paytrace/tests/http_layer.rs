@@ -159,10 +159,22 @@ async fn routes_past_the_limit_fold_into_other_and_are_counted() {
         .await
         .expect("infallible");
 
-    assert_eq!(value(&metrics, DURATION, &server_labels("/r0", "200")), Some(2.0));
-    assert_eq!(value(&metrics, DURATION, &server_labels("/r1", "200")), Some(1.0));
-    assert_eq!(value(&metrics, DURATION, &server_labels("/r2", "200")), None);
-    assert_eq!(value(&metrics, DURATION, &server_labels("other", "200")), Some(3.0));
+    assert_eq!(
+        value(&metrics, DURATION, &server_labels("/r0", "200")),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&metrics, DURATION, &server_labels("/r1", "200")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&metrics, DURATION, &server_labels("/r2", "200")),
+        None
+    );
+    assert_eq!(
+        value(&metrics, DURATION, &server_labels("other", "200")),
+        Some(3.0)
+    );
     assert_eq!(
         value(
             &metrics,
@@ -198,17 +210,27 @@ async fn server_errors_and_panics_are_counted_as_500_and_release_the_gauge() {
         .await
         .expect("infallible");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(value(&metrics, DURATION, &server_labels("/fail", "503")), Some(1.0));
+    assert_eq!(
+        value(&metrics, DURATION, &server_labels("/fail", "503")),
+        Some(1.0)
+    );
 
     // The layer records the panic, then lets it continue (as without the layer).
     let panicked = tokio::spawn(app.clone().oneshot(request("GET", "/panic"))).await;
     assert!(panicked.expect_err("the handler panics").is_panic());
-    assert_eq!(value(&metrics, DURATION, &server_labels("/panic", "500")), Some(1.0));
+    assert_eq!(
+        value(&metrics, DURATION, &server_labels("/panic", "500")),
+        Some(1.0)
+    );
     assert_eq!(
         value(
             &metrics,
             ACTIVE,
-            &[("service", "order"), ("http_request_method", "GET"), ("http_route", "/panic")]
+            &[
+                ("service", "order"),
+                ("http_request_method", "GET"),
+                ("http_route", "/panic")
+            ]
         ),
         Some(0.0)
     );
@@ -276,12 +298,19 @@ async fn a_request_dropped_by_its_caller_is_recorded_as_499() {
     in_flight.abort();
     assert!(in_flight.await.expect_err("aborted").is_cancelled());
 
-    assert_eq!(value(&metrics, DURATION, &server_labels("/hang", "499")), Some(1.0));
+    assert_eq!(
+        value(&metrics, DURATION, &server_labels("/hang", "499")),
+        Some(1.0)
+    );
     assert_eq!(
         value(
             &metrics,
             ACTIVE,
-            &[("service", "order"), ("http_request_method", "GET"), ("http_route", "/hang")]
+            &[
+                ("service", "order"),
+                ("http_request_method", "GET"),
+                ("http_route", "/hang")
+            ]
         ),
         Some(0.0)
     );
@@ -306,7 +335,10 @@ async fn the_layer_deadline_answers_504_and_counts_it() {
         .await
         .expect("infallible");
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(value(&metrics, DURATION, &server_labels("/hang", "504")), Some(1.0));
+    assert_eq!(
+        value(&metrics, DURATION, &server_labels("/hang", "504")),
+        Some(1.0)
+    );
 }
 
 fn stage_labels<'a>(
@@ -328,7 +360,11 @@ fn stage_labels<'a>(
 #[tokio::test(start_paused = true)]
 async fn stage_outcomes_come_from_the_result_and_the_deadline() {
     let (svc, metrics) = service();
-    let stage = || svc.stage("payment.create").flow("checkout").payment_method("card");
+    let stage = || {
+        svc.stage("payment.create")
+            .flow("checkout")
+            .payment_method("card")
+    };
 
     let ok: Result<u8, &str> = stage().run(async { Ok(1) }).await;
     assert_eq!(ok, Ok(1));
@@ -360,7 +396,11 @@ async fn stage_outcomes_come_from_the_result_and_the_deadline() {
         value(
             &metrics,
             metric::STAGE_ACTIVE,
-            &[("service", "order"), ("flow", "checkout"), ("stage", "payment.create")]
+            &[
+                ("service", "order"),
+                ("flow", "checkout"),
+                ("stage", "payment.create")
+            ]
         ),
         Some(0.0)
     );
@@ -421,7 +461,12 @@ async fn baggage_values_past_the_limit_fold_into_other() {
     .expect("fresh registry");
     let svc = Service::with_metrics("order", "1.2.3", &metrics);
     for method in ["card", "user-12345", "user-67890"] {
-        drop(svc.stage("payment.create").flow("checkout").payment_method(method).start());
+        drop(
+            svc.stage("payment.create")
+                .flow("checkout")
+                .payment_method(method)
+                .start(),
+        );
     }
     assert_eq!(
         value(

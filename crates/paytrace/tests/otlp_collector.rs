@@ -45,7 +45,10 @@ impl TraceService for GrpcReceiver {
     }
 }
 
-async fn grpc_collector() -> (SocketAddr, mpsc::UnboundedReceiver<ExportTraceServiceRequest>) {
+async fn grpc_collector() -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -59,7 +62,10 @@ async fn grpc_collector() -> (SocketAddr, mpsc::UnboundedReceiver<ExportTraceSer
     (addr, rx)
 }
 
-async fn http_collector() -> (SocketAddr, mpsc::UnboundedReceiver<ExportTraceServiceRequest>) {
+async fn http_collector() -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+) {
     async fn receive(State(tx): State<Received>, body: Bytes) -> Result<Vec<u8>, String> {
         let request = ExportTraceServiceRequest::decode(body).map_err(|e| e.to_string())?;
         let _ = tx.send(request);
@@ -69,7 +75,12 @@ async fn http_collector() -> (SocketAddr, mpsc::UnboundedReceiver<ExportTraceSer
         .encode_to_vec())
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    let addr = common::serve(Router::new().route("/v1/traces", post(receive)).with_state(tx)).await;
+    let addr = common::serve(
+        Router::new()
+            .route("/v1/traces", post(receive))
+            .with_state(tx),
+    )
+    .await;
     (addr, rx)
 }
 
@@ -114,7 +125,10 @@ async fn spans_arrive_with_the_callers_trace_id(
         .await
         .expect("no panic");
     assert!(flushed.is_ok(), "export succeeded: {flushed:?}");
-    let request = received.recv().await.expect("the collector received an export");
+    let request = received
+        .recv()
+        .await
+        .expect("the collector received an export");
 
     let resource_spans = &request.resource_spans[0];
     let service_name = resource_spans
@@ -123,7 +137,10 @@ async fn spans_arrive_with_the_callers_trace_id(
         .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
         .and_then(|kv| kv.value.as_ref())
         .and_then(|v| v.value.clone());
-    assert_eq!(service_name, Some(Value::StringValue("checkout-test".into())));
+    assert_eq!(
+        service_name,
+        Some(Value::StringValue("checkout-test".into()))
+    );
 
     let spans: Vec<_> = resource_spans
         .scope_spans
@@ -153,7 +170,8 @@ fn to_hex(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "current_thread")]
 async fn spans_reach_an_otlp_grpc_collector() {
     let (addr, received) = grpc_collector().await;
-    spans_arrive_with_the_callers_trace_id(Protocol::Grpc, format!("http://{addr}"), received).await;
+    spans_arrive_with_the_callers_trace_id(Protocol::Grpc, format!("http://{addr}"), received)
+        .await;
 }
 
 #[tokio::test(flavor = "current_thread")]

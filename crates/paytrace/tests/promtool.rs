@@ -70,7 +70,10 @@ async fn metrics_endpoint_passes_promtool_check_metrics() {
     svc.resource("order_db").error("timeout");
     let _ = svc
         .stage("notify.send")
-        .run_with_deadline(Duration::from_millis(1), std::future::pending::<Result<(), ()>>())
+        .run_with_deadline(
+            Duration::from_millis(1),
+            std::future::pending::<Result<(), ()>>(),
+        )
         .await;
 
     let scraped = reqwest::get(format!("http://{addr}/metrics"))

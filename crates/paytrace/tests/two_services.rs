@@ -126,7 +126,10 @@ async fn one_trace_crosses_both_services_with_baggage_as_labels() {
     // Parent chain across the two processes' worth of spans.
     assert_eq!(gw_server.span_kind, SpanKind::Server);
     assert_eq!(format!("{}", gw_server.parent_span_id), caller_span_id);
-    assert_eq!(order_create.parent_span_id, gw_server.span_context.span_id());
+    assert_eq!(
+        order_create.parent_span_id,
+        gw_server.span_context.span_id()
+    );
     assert_eq!(client.span_kind, SpanKind::Client);
     assert_eq!(client.parent_span_id, order_create.span_context.span_id());
     assert_eq!(inv_server.span_kind, SpanKind::Server);
@@ -134,19 +137,34 @@ async fn one_trace_crosses_both_services_with_baggage_as_labels() {
     assert_eq!(inv_try.parent_span_id, inv_server.span_context.span_id());
 
     // HTTP semantic conventions.
-    assert_eq!(attribute(inv_server, attr::HTTP_ROUTE).as_deref(), Some("/reserve/{order}"));
+    assert_eq!(
+        attribute(inv_server, attr::HTTP_ROUTE).as_deref(),
+        Some("/reserve/{order}")
+    );
     assert_eq!(
         attribute(inv_server, attr::HTTP_RESPONSE_STATUS_CODE).as_deref(),
         Some("200")
     );
-    assert_eq!(attribute(client, attr::SERVER_ADDRESS).as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        attribute(client, attr::SERVER_ADDRESS).as_deref(),
+        Some("127.0.0.1")
+    );
 
     // Baggage, including the channel the gateway added, reached inventory:
     // as span attributes (the flow id redacted) and as stage labels.
-    assert_eq!(attribute(inv_try, attr::STAGE).as_deref(), Some("inventory.try"));
+    assert_eq!(
+        attribute(inv_try, attr::STAGE).as_deref(),
+        Some("inventory.try")
+    );
     assert_eq!(attribute(inv_try, attr::FLOW).as_deref(), Some("checkout"));
-    assert_eq!(attribute(inv_try, attr::PAYMENT_METHOD).as_deref(), Some("wechat_pay"));
-    assert_eq!(attribute(inv_try, attr::PAYMENT_CHANNEL).as_deref(), Some("wxpay"));
+    assert_eq!(
+        attribute(inv_try, attr::PAYMENT_METHOD).as_deref(),
+        Some("wechat_pay")
+    );
+    assert_eq!(
+        attribute(inv_try, attr::PAYMENT_CHANNEL).as_deref(),
+        Some("wxpay")
+    );
     assert_eq!(attribute(inv_try, attr::OUTCOME).as_deref(), Some("ok"));
     assert_eq!(
         attribute(inv_server, attr::FLOW_ID).as_deref(),

@@ -97,7 +97,12 @@ async fn get_order(
             response.json::<serde_json::Value>().await
         })
         .await
-        .map_err(|e| (StatusCode::BAD_GATEWAY, format!("inventory call failed: {e}")))?;
+        .map_err(|e| {
+            (
+                StatusCode::BAD_GATEWAY,
+                format!("inventory call failed: {e}"),
+            )
+        })?;
     Ok(Json(Order { id, stock }))
 }
 

@@ -19,7 +19,9 @@ pub async fn serve(router: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a loopback port");
-    let addr = listener.local_addr().expect("a bound listener has an address");
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
     tokio::spawn(async move {
         axum::serve(listener, router).await.expect("serve");
     });
@@ -92,8 +94,7 @@ pub fn capture() -> &'static Capture {
             .with_metrics(&metrics)
             .with_schedule_delay(Duration::from_millis(50))
             .build_provider_with_exporter(exporter.clone());
-        let subscriber = tracing_subscriber::registry()
-            .with(
+        let subscriber = tracing_subscriber::registry().with(
             tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer("test"))
                 .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
@@ -119,7 +120,9 @@ impl Capture {
     ) -> Vec<SpanData> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            self.provider.force_flush().expect("flush the in-memory exporter");
+            self.provider
+                .force_flush()
+                .expect("flush the in-memory exporter");
             let spans: Vec<SpanData> = self
                 .exporter
                 .get_finished_spans()

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs every check and test of paytrace: formatting, clippy, unit and
+# integration tests (against real promtool, real HTTP servers and real OTLP
+# receivers), and doc tests.
+#
+# On a fresh Debian machine it installs the system packages the suite needs
+# when run as root; otherwise it says which command installs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_updated=0
+need() {
+    local tool=$1 package=$2
+    if command -v "$tool" >/dev/null 2>&1; then
+        return
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing $package (for $tool)"
+        if [ "$apt_updated" = 0 ]; then
+            apt-get update -qq
+            apt_updated=1
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
+    fi
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "error: $tool is required by the tests; install it with: sudo apt-get install $package" >&2
+        exit 1
+    fi
+}
+
+need promtool prometheus
+need cargo cargo   # the Rust toolchain itself: https://rustup.rs if apt's is too old
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    cargo test --workspace --locked --lib --bins --tests --no-fail-fast
+fi
+
+echo "==> doc tests"
+cargo test --workspace --locked --doc
