@@ -600,3 +600,98 @@ fn is_timeout(e: &OTelSdkError) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<TelemetryConfig, InitError> {
+        TelemetryConfig::from_vars("order", |k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn defaults_follow_the_specification() {
+        let c = config(&[]).expect("no variables is valid");
+        assert_eq!(c.service_name(), "order");
+        assert_eq!(c.protocol(), Protocol::Grpc);
+        assert_eq!(c.endpoint(), "http://localhost:4317");
+        assert_eq!(c.sampler(), SamplerConfig::ParentBasedAlwaysOn);
+        assert!(!c.is_disabled());
+    }
+
+    #[test]
+    fn standard_variables_are_honoured() {
+        let c = config(&[
+            ("OTEL_SERVICE_NAME", "order-eu"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ("OTEL_SDK_DISABLED", "TRUE"),
+        ])
+        .expect("valid");
+        assert_eq!(c.service_name(), "order-eu");
+        assert_eq!(c.endpoint(), "http://collector:4318/v1/traces");
+        assert_eq!(c.sampler(), SamplerConfig::ParentBasedRatio(0.25));
+        assert!(c.is_disabled());
+
+        let traces_endpoint = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
+        ])
+        .expect("valid");
+        assert_eq!(traces_endpoint.endpoint(), "http://traces:4317");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_what_it_accepts() {
+        for (var, value, expected) in [
+            (
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                "http/json",
+                "`grpc` or `http/protobuf`",
+            ),
+            (
+                "OTEL_TRACES_SAMPLER",
+                "sometimes",
+                "parentbased_traceidratio",
+            ),
+            ("OTEL_TRACES_SAMPLER_ARG", "1.5", "a number from 0 to 1"),
+            ("OTEL_SDK_DISABLED", "yes", "`true` or `false`"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s", "milliseconds"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0", "a positive number"),
+        ] {
+            let message = config(&[(var, value)])
+                .expect_err("an invalid value is rejected")
+                .to_string();
+            assert!(
+                message.contains(var) && message.contains(value) && message.contains(expected),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_disabled_sdk_builds_a_provider_without_an_exporter() {
+        let c = config(&[("OTEL_SDK_DISABLED", "true")]).expect("valid");
+        // Outside a tokio runtime: the gRPC exporter would need one, so this
+        // proves no exporter is built.
+        let provider = c.build_provider().expect("no exporter to fail");
+        provider.shutdown().expect("nothing to flush");
+    }
+
+    #[test]
+    fn timeouts_are_recognised_in_exporter_messages() {
+        assert!(is_timeout(&OTelSdkError::Timeout(Duration::from_secs(1))));
+        assert!(is_timeout(&OTelSdkError::InternalFailure(
+            "TonicTracesClient export failed with gRPC code: DeadlineExceeded".into()
+        )));
+        assert!(!is_timeout(&OTelSdkError::InternalFailure(
+            "export failed with gRPC code: Unavailable: tcp connect error".into()
+        )));
+    }
+}
