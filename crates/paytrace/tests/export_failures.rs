@@ -13,14 +13,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use common::{serve, value};
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use paytrace::{Metrics, Protocol, Service, TelemetryConfig};
 use paytrace_semconv::{drop_reason, metric};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing_subscriber::Layer as _;
-use tracing_subscriber::layer::SubscriberExt;
 
 fn dropped(metrics: &Metrics, reason: &str) -> f64 {
     value(metrics, metric::SPANS_DROPPED_TOTAL, &[("reason", reason)]).unwrap_or_default()
@@ -47,12 +44,8 @@ fn pipeline(
         .with_metrics(metrics)
         .build_provider()
         .expect("the exporter builds");
-    let subscriber = tracing_subscriber::registry().with(
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("test"))
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-    );
-    (provider, tracing::subscriber::set_default(subscriber))
+    let guard = tracing::subscriber::set_default(common::otel_subscriber(&provider));
+    (provider, guard)
 }
 
 async fn order_service(metrics: &Metrics) -> SocketAddr {

@@ -14,7 +14,6 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::{get, post};
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -25,8 +24,6 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use paytrace::{Metrics, Protocol, Service, TelemetryConfig};
 use prost::Message;
 use tokio::sync::mpsc;
-use tracing_subscriber::Layer as _;
-use tracing_subscriber::layer::SubscriberExt;
 
 type Received = mpsc::UnboundedSender<ExportTraceServiceRequest>;
 
@@ -97,12 +94,7 @@ async fn spans_arrive_with_the_callers_trace_id(
         .with_metrics(&metrics)
         .build_provider()
         .expect("the exporter builds");
-    let subscriber = tracing_subscriber::registry().with(
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("test"))
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-    );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = tracing::subscriber::set_default(common::otel_subscriber(&provider));
 
     let svc = Service::with_metrics("order", "1.0.0", &metrics);
     let addr = common::serve(

@@ -83,6 +83,17 @@ pub struct Capture {
     pub metrics: Metrics,
 }
 
+/// The `tracing` subscriber every test uses: the OpenTelemetry layer on
+/// `provider`, at `INFO` and above (the gRPC transport's own `DEBUG` spans
+/// must not be exported).
+pub fn otel_subscriber(provider: &SdkTracerProvider) -> impl tracing::Subscriber + Send + Sync {
+    tracing_subscriber::registry().with(
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+    )
+}
+
 /// Installs the capture pipeline once per test binary and returns it.
 pub fn capture() -> &'static Capture {
     static CAPTURE: OnceLock<Capture> = OnceLock::new();
@@ -94,12 +105,7 @@ pub fn capture() -> &'static Capture {
             .with_metrics(&metrics)
             .with_schedule_delay(Duration::from_millis(50))
             .build_provider_with_exporter(exporter.clone());
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("test"))
-                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-        );
-        tracing::subscriber::set_global_default(subscriber)
+        tracing::subscriber::set_global_default(otel_subscriber(&provider))
             .expect("no other global subscriber in this test binary");
         Capture {
             exporter,
