@@ -1,0 +1,15 @@
+//! paytrace-aggregator: per-stage latency breakdowns from any OpenTelemetry traces.
+//!
+//! It answers the question the toolkit exists for: *in this flow, for this
+//! payment method and channel, which stage does the user wait on?*
+//!
+//! Where to start:
+//! - [`span`]: the compact span model decoded from OTLP.
+//! - [`tree`]: one trace as a tree; its critical path and self times.
+//! - [`testing`]: builders for hand-made spans.
+
+pub mod span;
+pub mod testing;
+pub mod tree;
+
+pub use span::{Business, Link, Span, SpanId, TraceId};

@@ -1,0 +1,148 @@
+//! The aggregator's own span model: only what the analysis needs, decoded
+//! once from OTLP.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// A 16-byte trace id, never all zeros.
+///
+/// ```
+/// use paytrace_aggregator::TraceId;
+/// let id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+/// assert_eq!(id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+/// assert!(TraceId::from_hex("00000000000000000000000000000000").is_none());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TraceId(pub [u8; 16]);
+
+/// An 8-byte span id, never all zeros.
+///
+/// ```
+/// use paytrace_aggregator::SpanId;
+/// assert_eq!(SpanId::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 7]).unwrap().to_string(), "0000000000000007");
+/// assert!(SpanId::from_bytes(&[1, 2, 3]).is_none());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpanId(pub [u8; 8]);
+
+fn hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != N * 2 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+impl TraceId {
+    /// The id from its 16 bytes; `None` for another length or all zeros.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let id: [u8; 16] = bytes.try_into().ok()?;
+        (id != [0; 16]).then_some(Self(id))
+    }
+
+    /// The id from 32 hex digits; `None` if malformed or all zeros.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        unhex::<16>(s).and_then(|b| Self::from_bytes(&b))
+    }
+}
+
+impl SpanId {
+    /// The id from its 8 bytes; `None` for another length or all zeros.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let id: [u8; 8] = bytes.try_into().ok()?;
+        (id != [0; 8]).then_some(Self(id))
+    }
+
+    /// The id from 16 hex digits; `None` if malformed or all zeros.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        unhex::<8>(s).and_then(|b| Self::from_bytes(&b))
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        hex(&self.0, f)
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        hex(&self.0, f)
+    }
+}
+
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        hex(&self.0, f)
+    }
+}
+
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        hex(&self.0, f)
+    }
+}
+
+/// A link from a span to a span of (usually) another trace: how an async hop
+/// (callback, queue consumer) names what triggered it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Link {
+    /// The linked span's trace.
+    pub trace_id: TraceId,
+    /// The linked span.
+    pub span_id: SpanId,
+}
+
+/// The business attributes of a span, as paytrace names them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Business {
+    /// `paytrace.stage`, or a stage a mapping rule assigned.
+    pub stage: Option<Arc<str>>,
+    /// `paytrace.flow`.
+    pub flow: Option<Arc<str>>,
+    /// `paytrace.flow_id`.
+    pub flow_id: Option<Arc<str>>,
+    /// `payment.method`.
+    pub payment_method: Option<Arc<str>>,
+    /// `payment.channel`.
+    pub payment_channel: Option<Arc<str>>,
+}
+
+/// One finished span.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// Its trace.
+    pub trace_id: TraceId,
+    /// Its id.
+    pub span_id: SpanId,
+    /// Its parent, if any (the parent may be in another process, or lost).
+    pub parent_span_id: Option<SpanId>,
+    /// The span name.
+    pub name: Arc<str>,
+    /// `service.name` of the resource that sent it.
+    pub service: Arc<str>,
+    /// Start, in nanoseconds since the Unix epoch.
+    pub start_ns: u64,
+    /// End, in nanoseconds since the Unix epoch; never before `start_ns`.
+    pub end_ns: u64,
+    /// Whether its status is an error.
+    pub is_error: bool,
+    /// Links to other spans.
+    pub links: Vec<Link>,
+    /// The paytrace attributes.
+    pub business: Business,
+}
+
+impl Span {
+    /// `end_ns - start_ns`.
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns - self.start_ns
+    }
+}

@@ -1,0 +1,540 @@
+//! One trace as a tree, and the walks over it: critical path and self time.
+//!
+//! The critical path is the chain of work the root's end waits on (Uber's
+//! CRISP, Jaeger's critical-path view): from the root's end, walk back to the
+//! child that finished last at or before that point, recurse into it, and
+//! continue from its start; the gaps are the parent's own time.
+//!
+//! - Children are clipped to their parent's interval (clock skew between
+//!   services must not make a child look longer than its caller); the part of
+//!   a child past its parent's end does not block the parent, and a child
+//!   entirely outside its parent is not on the path at all.
+//! - A span whose parent is not in the trace (lost, or sampled out) hangs off
+//!   the root; so does a span caught in a parent cycle.
+//! - Everything is iterative: a 10,000-deep chain needs no deep stack.
+
+use std::sync::Arc;
+
+use crate::span::{Span, SpanId};
+
+/// A piece of the critical path: `span` was doing its own work from
+/// `start_ns` to `end_ns`, and the root's end waited on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Index of the span in the trace's span slice.
+    pub span: usize,
+    /// Start of the piece, ns since the epoch.
+    pub start_ns: u64,
+    /// End of the piece.
+    pub end_ns: u64,
+}
+
+/// A trace's spans arranged as a tree rooted at one span.
+///
+/// ```
+/// use paytrace_aggregator::testing::{child, numbered, span};
+/// use paytrace_aggregator::tree::Tree;
+///
+/// // root 0..100 waits on a (10..40) then b (40..90).
+/// let spans = numbered(vec![span("root", 0, 100), child("a", 1, 10, 40), child("b", 1, 40, 90)]);
+/// let tree = Tree::new(&spans);
+/// let cp = tree.critical_path_by_span();
+/// assert_eq!(cp, vec![20, 30, 50]);
+/// ```
+#[derive(Debug)]
+pub struct Tree<'a> {
+    spans: &'a [Span],
+    root: usize,
+    parent: Vec<Option<usize>>,
+    /// Children of each span, sorted by the end of their window.
+    children: Vec<Vec<usize>>,
+    /// Each span's interval clipped to its parent's window; `None` when it
+    /// lies entirely outside (then its subtree is off the critical path).
+    window: Vec<Option<(u64, u64)>>,
+}
+
+impl<'a> Tree<'a> {
+    /// Builds the tree. `spans` must not be empty.
+    ///
+    /// The root is the earliest-starting span without a parent id (the
+    /// longest on ties); if every span names a parent, the earliest-starting
+    /// span. Spans whose parent is missing hang off the root.
+    pub fn new(spans: &'a [Span]) -> Self {
+        assert!(!spans.is_empty(), "a tree needs at least one span");
+        let n = spans.len();
+        let mut by_id: std::collections::HashMap<SpanId, usize> =
+            std::collections::HashMap::with_capacity(n);
+        for (i, s) in spans.iter().enumerate() {
+            by_id.entry(s.span_id).or_insert(i);
+        }
+        let root = choose_root(spans);
+
+        // Parent pointers, with missing parents hanging off the root.
+        let mut parent: Vec<Option<usize>> = spans
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if i == root {
+                    return None;
+                }
+                match s.parent_span_id.and_then(|p| by_id.get(&p).copied()) {
+                    Some(p) if p != i => Some(p),
+                    _ => Some(root),
+                }
+            })
+            .collect();
+
+        // Break cycles: anything not reachable from the root hangs off it.
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, p) in parent.iter().enumerate() {
+            if let Some(p) = p {
+                children[*p].push(i);
+            }
+        }
+        let mut reached = vec![false; n];
+        let mut order = Vec::with_capacity(n);
+        visit(root, &children, &mut reached, &mut order);
+        for i in 0..n {
+            if !reached[i] {
+                if let Some(old) = parent[i] {
+                    children[old].retain(|&c| c != i);
+                }
+                parent[i] = Some(root);
+                children[root].push(i);
+                visit(i, &children, &mut reached, &mut order);
+            }
+        }
+
+        // Windows, parents before children (`order` is a pre-order).
+        let mut window: Vec<Option<(u64, u64)>> = vec![None; n];
+        for &i in &order {
+            let s = &spans[i];
+            window[i] = match parent[i] {
+                None => Some((s.start_ns, s.end_ns)),
+                Some(p) => window[p].and_then(|(ps, pe)| {
+                    let (cs, ce) = (s.start_ns.max(ps), s.end_ns.min(pe));
+                    (cs <= ce && s.start_ns <= pe && s.end_ns >= ps).then_some((cs, ce))
+                }),
+            };
+        }
+        for list in &mut children {
+            list.sort_by_key(|&c| (window[c].map_or(0, |w| w.1), c));
+        }
+        Self {
+            spans,
+            root,
+            parent,
+            children,
+            window,
+        }
+    }
+
+    /// The root span's index.
+    pub fn root(&self) -> usize {
+        self.root
+    }
+
+    /// The spans, as given.
+    pub fn spans(&self) -> &'a [Span] {
+        self.spans
+    }
+
+    /// The tree parent of span `i` (after orphans were re-hung).
+    pub fn parent(&self, i: usize) -> Option<usize> {
+        self.parent[i]
+    }
+
+    /// The clipped interval of span `i`, `None` when outside its parent.
+    pub fn window(&self, i: usize) -> Option<(u64, u64)> {
+        self.window[i]
+    }
+
+    /// The critical path from the root's end back to its start, latest first.
+    pub fn critical_path(&self) -> Vec<Segment> {
+        let mut segments = Vec::new();
+        let root_end = self.window[self.root].map_or(0, |w| w.1);
+        self.walk(vec![self.frame(self.root, root_end, None)], &mut segments);
+        segments
+    }
+
+    /// The critical path that ends at span `from` (rather than at the root's
+    /// end): the work `from`'s end waited on, then what its ancestors did
+    /// before starting the branch that led to it. Used for flows whose next
+    /// trace was triggered from `from`.
+    pub fn critical_path_to(&self, from: usize) -> Vec<Segment> {
+        // The first ancestor-or-self that is on the tree's timeline.
+        let mut anchor = from;
+        while self.window[anchor].is_none() {
+            match self.parent[anchor] {
+                Some(p) => anchor = p,
+                None => break,
+            }
+        }
+        let Some((_, anchor_end)) = self.window[anchor] else {
+            return Vec::new();
+        };
+        let t = self.spans[from].end_ns.min(anchor_end);
+        // Ancestors resume from the start of the branch that leads to `from`.
+        let mut chain = vec![anchor];
+        while let Some(p) = self.parent[*chain.last().unwrap_or(&anchor)] {
+            chain.push(p);
+        }
+        let mut frames: Vec<Frame> = Vec::with_capacity(chain.len());
+        for pair in chain.windows(2).rev() {
+            let (child, ancestor) = (pair[0], pair[1]);
+            let resume = self.window[child].map_or(t, |w| w.0);
+            frames.push(self.frame(ancestor, resume, Some(child)));
+        }
+        frames.push(self.frame(anchor, t, None));
+        let mut segments = Vec::new();
+        self.walk(frames, &mut segments);
+        segments
+    }
+
+    /// Critical-path time of each span (its own work on the path), indexed
+    /// like the spans. Sums to the root's duration.
+    pub fn critical_path_by_span(&self) -> Vec<u64> {
+        let mut by_span = vec![0; self.spans.len()];
+        for s in self.critical_path() {
+            by_span[s.span] += s.end_ns - s.start_ns;
+        }
+        by_span
+    }
+
+    fn frame(&self, span: usize, t: u64, skip: Option<usize>) -> Frame {
+        Frame {
+            span,
+            t,
+            next: self.children[span].len(),
+            skip,
+        }
+    }
+
+    fn walk(&self, mut stack: Vec<Frame>, segments: &mut Vec<Segment>) {
+        while let Some(frame) = stack.last_mut() {
+            let Some((ws, _)) = self.window[frame.span] else {
+                stack.pop();
+                continue;
+            };
+            let children = &self.children[frame.span];
+            // The child that finished last at or before `t`.
+            let mut found = None;
+            while frame.next > 0 && frame.t > ws {
+                frame.next -= 1;
+                let c = children[frame.next];
+                if Some(c) == frame.skip {
+                    continue;
+                }
+                if let Some((cs, ce)) = self.window[c]
+                    && ce <= frame.t
+                {
+                    found = Some((c, cs, ce));
+                    break;
+                }
+            }
+            match found {
+                Some((c, cs, ce)) => {
+                    if frame.t > ce {
+                        segments.push(Segment {
+                            span: frame.span,
+                            start_ns: ce,
+                            end_ns: frame.t,
+                        });
+                    }
+                    frame.t = cs;
+                    let child = self.frame(c, ce, None);
+                    stack.push(child);
+                }
+                None => {
+                    if frame.t > ws {
+                        segments.push(Segment {
+                            span: frame.span,
+                            start_ns: ws,
+                            end_ns: frame.t,
+                        });
+                    }
+                    stack.pop();
+                }
+            }
+        }
+    }
+
+    /// The nearest ancestor-or-self of each span for which `is_stage` holds;
+    /// the root always counts as a stage.
+    pub fn nearest_stage(&self, is_stage: impl Fn(usize) -> bool) -> Vec<usize> {
+        let n = self.spans.len();
+        let mut nearest = vec![usize::MAX; n];
+        // Parents before children: resolve along each span's ancestor path.
+        for i in 0..n {
+            if nearest[i] != usize::MAX {
+                continue;
+            }
+            let mut path = Vec::new();
+            let mut cur = i;
+            let found = loop {
+                if nearest[cur] != usize::MAX {
+                    break nearest[cur];
+                }
+                if cur == self.root || is_stage(cur) {
+                    nearest[cur] = cur;
+                    break cur;
+                }
+                path.push(cur);
+                match self.parent[cur] {
+                    Some(p) => cur = p,
+                    None => break self.root,
+                }
+            };
+            for p in path {
+                nearest[p] = found;
+            }
+        }
+        nearest
+    }
+
+    /// Self time of each stage span: its duration minus the union of the
+    /// intervals of its nearest stage descendants (clipped to it). Non-stage
+    /// spans in between count as the stage's own time. Indexed like the
+    /// spans; 0 for spans that are not stages.
+    pub fn stage_self_time(&self, nearest_stage: &[usize]) -> Vec<u64> {
+        let n = self.spans.len();
+        let mut inner: Vec<Vec<(u64, u64)>> = vec![Vec::new(); n];
+        for i in 0..n {
+            if nearest_stage[i] != i {
+                continue;
+            }
+            if let Some(p) = self.parent[i] {
+                let owner = nearest_stage[p];
+                let o = &self.spans[owner];
+                let s = &self.spans[i];
+                let (cs, ce) = (s.start_ns.max(o.start_ns), s.end_ns.min(o.end_ns));
+                if cs < ce {
+                    inner[owner].push((cs, ce));
+                }
+            }
+        }
+        (0..n)
+            .map(|i| {
+                if nearest_stage[i] != i {
+                    return 0;
+                }
+                self.spans[i].duration_ns() - union_length(&mut inner[i])
+            })
+            .collect()
+    }
+
+    /// The stage name of span `i`: its `paytrace.stage`, or for the root
+    /// without one, `"{service.name} {span name}"`.
+    pub fn stage_name(&self, i: usize) -> Arc<str> {
+        let s = &self.spans[i];
+        match &s.business.stage {
+            Some(stage) => stage.clone(),
+            None => format!("{} {}", s.service, s.name).into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Frame {
+    span: usize,
+    /// The walk's current time in this span: everything after it is done.
+    t: u64,
+    /// Children at indices `next..` were already considered.
+    next: usize,
+    /// A child to pass over (the branch a resumed ancestor came from).
+    skip: Option<usize>,
+}
+
+/// Pre-order walk from `start` over spans not yet reached.
+fn visit(start: usize, children: &[Vec<usize>], reached: &mut [bool], order: &mut Vec<usize>) {
+    let mut stack = vec![start];
+    reached[start] = true;
+    while let Some(s) = stack.pop() {
+        order.push(s);
+        for &c in &children[s] {
+            if !reached[c] {
+                reached[c] = true;
+                stack.push(c);
+            }
+        }
+    }
+}
+
+fn choose_root(spans: &[Span]) -> usize {
+    let best = |candidates: &mut dyn Iterator<Item = (usize, &Span)>| {
+        candidates
+            .min_by_key(|(i, s)| (s.start_ns, std::cmp::Reverse(s.end_ns), *i))
+            .map(|(i, _)| i)
+    };
+    best(&mut spans
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.parent_span_id.is_none()))
+    .or_else(|| best(&mut spans.iter().enumerate()))
+    .unwrap_or(0)
+}
+
+/// Total length covered by `intervals` (sorted in place).
+fn union_length(intervals: &mut [(u64, u64)]) -> u64 {
+    intervals.sort_unstable();
+    let mut total = 0;
+    let mut current: Option<(u64, u64)> = None;
+    for &(s, e) in intervals.iter() {
+        match current {
+            Some((cs, ce)) if s <= ce => current = Some((cs, ce.max(e))),
+            Some((cs, ce)) => {
+                total += ce - cs;
+                current = Some((s, e));
+            }
+            None => current = Some((s, e)),
+        }
+    }
+    if let Some((cs, ce)) = current {
+        total += ce - cs;
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{child, numbered, span, with_parent_id};
+
+    fn cp(spans: &[Span]) -> Vec<u64> {
+        Tree::new(&numbered(spans.to_vec())).critical_path_by_span()
+    }
+
+    #[test]
+    fn parallel_children_only_the_last_finisher_blocks() {
+        // root 0..100; a 10..50 and b 10..80 in parallel; then c 80..95.
+        let spans = vec![
+            span("root", 0, 100),
+            child("a", 1, 10, 50),
+            child("b", 1, 10, 80),
+            child("c", 1, 80, 95),
+        ];
+        // root: 0..10 and 95..100; b 10..80; c 80..95; a is hidden by b.
+        assert_eq!(cp(&spans), vec![15, 0, 70, 15]);
+    }
+
+    #[test]
+    fn nested_children_are_followed_down() {
+        let spans = vec![
+            span("root", 0, 100),
+            child("mid", 1, 10, 90),
+            child("leaf", 2, 20, 60),
+        ];
+        // mid: 10..20 and 60..90.
+        assert_eq!(cp(&spans), vec![20, 40, 40]);
+    }
+
+    #[test]
+    fn a_child_outliving_its_parent_is_clipped() {
+        // The child runs 50..150 but the root ends at 100.
+        let spans = vec![span("root", 0, 100), child("late", 1, 50, 150)];
+        assert_eq!(cp(&spans), vec![50, 50]);
+        // A child that starts after its parent ended is off the path.
+        let spans = vec![span("root", 0, 100), child("after", 1, 120, 150)];
+        assert_eq!(cp(&spans), vec![100, 0]);
+    }
+
+    #[test]
+    fn clock_skew_is_clipped_to_the_parent() {
+        // The callee's clock runs 30 ahead: it appears at 40..110 inside a
+        // client span at 10..90.
+        let spans = vec![
+            span("root", 0, 100),
+            child("client", 1, 10, 90),
+            child("server", 2, 40, 110),
+        ];
+        assert_eq!(cp(&spans), vec![20, 30, 50]);
+        assert_eq!(cp(&spans).iter().sum::<u64>(), 100);
+    }
+
+    #[test]
+    fn orphans_hang_off_the_root() {
+        let mut orphan = child("orphan", 1, 30, 70);
+        orphan = with_parent_id(orphan, 0xdead);
+        let spans = numbered(vec![span("root", 0, 100), orphan]);
+        let tree = Tree::new(&spans);
+        assert_eq!(tree.parent(1), Some(0));
+        assert_eq!(tree.critical_path_by_span(), vec![60, 40]);
+    }
+
+    #[test]
+    fn zero_length_spans_are_harmless() {
+        let spans = vec![
+            span("root", 0, 100),
+            child("instant", 1, 50, 50),
+            child("zero-root-child", 1, 100, 100),
+            span("empty-root", 0, 0),
+        ];
+        let cp = cp(&spans);
+        assert_eq!(cp.iter().sum::<u64>(), 100);
+        let alone = vec![span("only", 5, 5)];
+        assert_eq!(Tree::new(&alone).critical_path_by_span(), vec![0]);
+    }
+
+    #[test]
+    fn a_parent_cycle_is_broken() {
+        // 1 and 2 name each other as parents.
+        let spans = numbered(vec![
+            span("root", 0, 100),
+            with_parent_id(child("x", 1, 10, 20), 3),
+            with_parent_id(child("y", 1, 30, 40), 2),
+        ]);
+        let tree = Tree::new(&spans);
+        assert_eq!(tree.critical_path_by_span().iter().sum::<u64>(), 100);
+    }
+
+    #[test]
+    fn a_deep_chain_needs_no_deep_stack() {
+        let depth = 10_000u64;
+        let mut spans = vec![span("root", 0, 2 * depth + 2)];
+        for d in 1..=depth {
+            spans.push(child("link", d as usize, d, 2 * depth + 2 - d));
+        }
+        let by_span = cp(&spans);
+        assert_eq!(by_span.iter().sum::<u64>(), 2 * depth + 2);
+        assert_eq!(by_span[depth as usize], 2);
+    }
+
+    #[test]
+    fn self_time_subtracts_the_union_of_nearest_stage_descendants() {
+        // stage A 0..100 has a plain span P 10..90 under it, and two stages
+        // B 20..50 and C 40..70 under P: union 20..70 = 50.
+        let mut spans = numbered(vec![
+            span("A", 0, 100),
+            child("P", 1, 10, 90),
+            child("B", 2, 20, 50),
+            child("C", 2, 40, 70),
+        ]);
+        for i in [0, 2, 3] {
+            let name = spans[i].name.clone();
+            spans[i].business.stage = Some(name);
+        }
+        let tree = Tree::new(&spans);
+        let nearest = tree.nearest_stage(|i| spans[i].business.stage.is_some());
+        assert_eq!(nearest, vec![0, 0, 2, 3]);
+        assert_eq!(tree.stage_self_time(&nearest), vec![50, 0, 30, 30]);
+    }
+
+    #[test]
+    fn the_path_to_a_span_resumes_its_ancestors_before_the_branch() {
+        // root 0..100: a 10..30, then b 40..90 containing x 50..60.
+        // The path to x: x itself, b 40..50, root 30..40, a, root 0..10.
+        let spans = numbered(vec![
+            span("root", 0, 100),
+            child("a", 1, 10, 30),
+            child("b", 1, 40, 90),
+            child("x", 3, 50, 60),
+        ]);
+        let tree = Tree::new(&spans);
+        let mut by_span = [0u64; 4];
+        for s in tree.critical_path_to(3) {
+            by_span[s.span] += s.end_ns - s.start_ns;
+        }
+        assert_eq!(by_span, [20, 20, 10, 10]);
+        assert_eq!(by_span.iter().sum::<u64>(), 60);
+    }
+}
