@@ -6,8 +6,11 @@
 //! Where to start:
 //! - [`span`]: the compact span model decoded from OTLP.
 //! - [`tree`]: one trace as a tree; its critical path and self times.
+//! - [`analysis`]: one flow instance (one trace, or traces stitched across
+//!   async hops): per-stage duration, self time and critical-path time.
 //! - [`testing`]: builders for hand-made spans.
 
+pub mod analysis;
 pub mod span;
 pub mod testing;
 pub mod tree;

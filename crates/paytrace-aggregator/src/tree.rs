@@ -118,7 +118,7 @@ impl<'a> Tree<'a> {
             };
         }
         for list in &mut children {
-            list.sort_by_key(|&c| (window[c].map_or(0, |w| w.1), c));
+            list.sort_by_key(|&c| (window[c].map_or(0, |w| w.1), spans[c].span_id, c));
         }
         Self {
             spans,
@@ -158,10 +158,14 @@ impl<'a> Tree<'a> {
     }
 
     /// The critical path that ends at span `from` (rather than at the root's
-    /// end): the work `from`'s end waited on, then what its ancestors did
-    /// before starting the branch that led to it. Used for flows whose next
-    /// trace was triggered from `from`.
-    pub fn critical_path_to(&self, from: usize) -> Vec<Segment> {
+    /// end), and not after `until`: the work `from`'s end waited on, then
+    /// what its ancestors did before starting the branch that led to it.
+    /// Used for flows whose next trace was triggered from `from`.
+    ///
+    /// Returns the time the walk starts from (`from`'s end, clipped to the
+    /// tree and to `until`) and the segments, which cover from there back to
+    /// the root's start.
+    pub fn critical_path_to(&self, from: usize, until: u64) -> (u64, Vec<Segment>) {
         // The first ancestor-or-self that is on the tree's timeline.
         let mut anchor = from;
         while self.window[anchor].is_none() {
@@ -171,9 +175,9 @@ impl<'a> Tree<'a> {
             }
         }
         let Some((_, anchor_end)) = self.window[anchor] else {
-            return Vec::new();
+            return (until, Vec::new());
         };
-        let t = self.spans[from].end_ns.min(anchor_end);
+        let t = self.spans[from].end_ns.min(anchor_end).min(until);
         // Ancestors resume from the start of the branch that leads to `from`.
         let mut chain = vec![anchor];
         while let Some(p) = self.parent[*chain.last().unwrap_or(&anchor)] {
@@ -188,7 +192,7 @@ impl<'a> Tree<'a> {
         frames.push(self.frame(anchor, t, None));
         let mut segments = Vec::new();
         self.walk(frames, &mut segments);
-        segments
+        (t, segments)
     }
 
     /// Critical-path time of each span (its own work on the path), indexed
@@ -363,7 +367,7 @@ fn visit(start: usize, children: &[Vec<usize>], reached: &mut [bool], order: &mu
 fn choose_root(spans: &[Span]) -> usize {
     let best = |candidates: &mut dyn Iterator<Item = (usize, &Span)>| {
         candidates
-            .min_by_key(|(i, s)| (s.start_ns, std::cmp::Reverse(s.end_ns), *i))
+            .min_by_key(|(i, s)| (s.start_ns, std::cmp::Reverse(s.end_ns), s.span_id, *i))
             .map(|(i, _)| i)
     };
     best(&mut spans
@@ -531,7 +535,7 @@ mod tests {
         ]);
         let tree = Tree::new(&spans);
         let mut by_span = [0u64; 4];
-        for s in tree.critical_path_to(3) {
+        for s in tree.critical_path_to(3, u64::MAX).1 {
             by_span[s.span] += s.end_ns - s.start_ns;
         }
         assert_eq!(by_span, [20, 20, 10, 10]);

@@ -1,0 +1,440 @@
+//! The analysis of one flow instance: one trace, or several traces stitched
+//! together across async hops (a payment channel's callback, a queue
+//! consumer, a recovery job).
+//!
+//! Per stage it reports the total duration of the stage's spans, their self
+//! time (without nested stages) and their critical-path time. Critical-path
+//! time of a span that is not a stage goes to its nearest stage ancestor; the
+//! time a stitched flow spends between a span and the trace it triggered is
+//! the pseudo-stage `async:<stage of that trace's root>`. So the stages'
+//! critical-path times sum to the flow's end-to-end duration.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use paytrace_semconv::stage::ASYNC_PREFIX;
+
+use crate::span::{Span, SpanId, TraceId};
+use crate::tree::Tree;
+
+/// One stage's times in one flow instance, in nanoseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageTimes {
+    /// The stage name (`inventory.try`, `async:channel.callback`, or a root's
+    /// `"{service.name} {span name}"`).
+    pub stage: Arc<str>,
+    /// How many spans of the stage the flow had (0 for an async wait).
+    pub spans: u32,
+    /// Sum of the stage spans' durations.
+    pub duration_ns: u64,
+    /// Sum of their self times (duration minus nested stages).
+    pub self_ns: u64,
+    /// Their time on the flow's critical path.
+    pub critical_path_ns: u64,
+}
+
+/// A piece of a flow's critical path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathSegment {
+    /// The trace the time was spent in.
+    pub trace_id: TraceId,
+    /// The span doing the work; `None` for an async wait between traces.
+    pub span_id: Option<SpanId>,
+    /// The stage the time is attributed to.
+    pub stage: Arc<str>,
+    /// Start, ns since the epoch.
+    pub start_ns: u64,
+    /// End.
+    pub end_ns: u64,
+}
+
+/// The analysis of one flow instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowAnalysis {
+    /// `paytrace.flow`, or else the first trace root's stage name.
+    pub flow: Arc<str>,
+    /// `paytrace.flow_id`, if any span carried one.
+    pub flow_id: Option<Arc<str>>,
+    /// `payment.method`, if any span carried one.
+    pub payment_method: Option<Arc<str>>,
+    /// `payment.channel`, if any span carried one.
+    pub payment_channel: Option<Arc<str>>,
+    /// The first span's start.
+    pub start_ns: u64,
+    /// The last span's end.
+    pub end_ns: u64,
+    /// Whether a trace root ended in error.
+    pub is_error: bool,
+    /// The traces of the flow, earliest first.
+    pub traces: Vec<TraceId>,
+    /// Per stage, sorted by critical-path time, largest first.
+    pub stages: Vec<StageTimes>,
+    /// The critical path, latest first.
+    pub critical_path: Vec<PathSegment>,
+}
+
+impl FlowAnalysis {
+    /// End-to-end duration.
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns - self.start_ns
+    }
+}
+
+struct TraceInfo<'a> {
+    spans: &'a [Span],
+    tree: Tree<'a>,
+    nearest: Vec<usize>,
+}
+
+/// Analyses one flow instance made of `traces` (each a non-empty list of
+/// the spans of one trace). Empty traces are ignored; `None` if all are.
+///
+/// ```
+/// use paytrace_aggregator::analysis::analyze_flow;
+/// use paytrace_aggregator::testing::{child, numbered, span, stage};
+///
+/// let trace = numbered(vec![
+///     stage(span("checkout", 0, 100)),
+///     stage(child("inventory.try", 1, 10, 40)),
+/// ]);
+/// let flow = analyze_flow(&[trace]).unwrap();
+/// let cp: u64 = flow.stages.iter().map(|s| s.critical_path_ns).sum();
+/// assert_eq!(cp, flow.duration_ns());
+/// ```
+pub fn analyze_flow(traces: &[Vec<Span>]) -> Option<FlowAnalysis> {
+    let mut infos: Vec<TraceInfo<'_>> = traces
+        .iter()
+        .filter(|t| !t.is_empty())
+        .map(|spans| {
+            let tree = Tree::new(spans);
+            let nearest = tree.nearest_stage(|i| spans[i].business.stage.is_some());
+            TraceInfo {
+                spans,
+                tree,
+                nearest,
+            }
+        })
+        .collect();
+    if infos.is_empty() {
+        return None;
+    }
+    infos.sort_by_key(|t| (t.spans[t.tree.root()].start_ns, t.spans[0].trace_id));
+
+    let start_ns = infos
+        .iter()
+        .flat_map(|t| t.spans.iter().map(|s| s.start_ns))
+        .min()
+        .unwrap_or(0);
+    let end_ns = infos
+        .iter()
+        .flat_map(|t| t.spans.iter().map(|s| s.end_ns))
+        .max()
+        .unwrap_or(start_ns);
+
+    let mut stages: BTreeMap<Arc<str>, StageTimes> = BTreeMap::new();
+
+    // Durations and self times of every stage span.
+    for info in &infos {
+        let self_times = info.tree.stage_self_time(&info.nearest);
+        for (i, span) in info.spans.iter().enumerate() {
+            if info.nearest[i] == i {
+                let times = entry(&mut stages, info.tree.stage_name(i));
+                times.spans += 1;
+                times.duration_ns += span.duration_ns();
+                times.self_ns += self_times[i];
+            }
+        }
+    }
+
+    let critical_path = stitched_critical_path(&infos, start_ns, end_ns);
+    for seg in &critical_path {
+        entry(&mut stages, seg.stage.clone()).critical_path_ns += seg.end_ns - seg.start_ns;
+    }
+    for times in stages.values_mut() {
+        if times.stage.starts_with(ASYNC_PREFIX) {
+            times.duration_ns = times.critical_path_ns;
+            times.self_ns = times.critical_path_ns;
+        }
+    }
+    let mut stages: Vec<StageTimes> = stages.into_values().collect();
+    stages.sort_by(|a, b| {
+        b.critical_path_ns
+            .cmp(&a.critical_path_ns)
+            .then_with(|| a.stage.cmp(&b.stage))
+    });
+
+    let first = &infos[0];
+    let find = |pick: fn(&Span) -> &Option<Arc<str>>| -> Option<Arc<str>> {
+        infos
+            .iter()
+            .find_map(|t| pick(&t.spans[t.tree.root()]).clone())
+            .or_else(|| {
+                infos
+                    .iter()
+                    .flat_map(|t| t.spans.iter())
+                    .filter(|s| pick(s).is_some())
+                    .min_by_key(|s| s.start_ns)
+                    .and_then(|s| pick(s).clone())
+            })
+    };
+    let flow = find(|s| &s.business.flow)
+        .unwrap_or_else(|| first.tree.stage_name(first.tree.root()));
+    Some(FlowAnalysis {
+        flow,
+        flow_id: find(|s| &s.business.flow_id),
+        payment_method: find(|s| &s.business.payment_method),
+        payment_channel: find(|s| &s.business.payment_channel),
+        start_ns,
+        end_ns,
+        is_error: infos.iter().any(|t| t.spans[t.tree.root()].is_error),
+        traces: infos.iter().map(|t| t.spans[0].trace_id).collect(),
+        stages,
+        critical_path,
+    })
+}
+
+fn entry(stages: &mut BTreeMap<Arc<str>, StageTimes>, name: Arc<str>) -> &mut StageTimes {
+    stages.entry(name.clone()).or_insert_with(|| StageTimes {
+        stage: name,
+        spans: 0,
+        duration_ns: 0,
+        self_ns: 0,
+        critical_path_ns: 0,
+    })
+}
+
+/// The critical path of the whole flow, from its last span's end back to its
+/// first span's start.
+fn stitched_critical_path(infos: &[TraceInfo<'_>], start_ns: u64, end_ns: u64) -> Vec<PathSegment> {
+    let by_id: HashMap<(TraceId, SpanId), (usize, usize)> = infos
+        .iter()
+        .enumerate()
+        .flat_map(|(t, info)| {
+            info.spans
+                .iter()
+                .enumerate()
+                .map(move |(i, s)| ((s.trace_id, s.span_id), (t, i)))
+        })
+        .collect();
+    let mut path = Vec::new();
+    let mut visited: HashSet<usize> = HashSet::new();
+
+    // Start at the span that ends last.
+    let Some((mut t, mut from)) = infos
+        .iter()
+        .enumerate()
+        .flat_map(|(t, info)| info.spans.iter().enumerate().map(move |(i, s)| (s.end_ns, t, i)))
+        .max_by_key(|&(end, t, i)| (end, std::cmp::Reverse(infos[t].spans[i].span_id)))
+        .map(|(_, t, i)| (t, i))
+    else {
+        return path;
+    };
+    let mut cursor = end_ns;
+    loop {
+        visited.insert(t);
+        let info = &infos[t];
+        let (walk_end, segments) = info.tree.critical_path_to(from, cursor);
+        // Time after the walk's start (a span outliving its root) stays with
+        // the span's own stage.
+        if cursor > walk_end {
+            path.push(segment(info, from, walk_end, cursor));
+        }
+        path.extend(segments.iter().map(|s| segment(info, s.span, s.start_ns, s.end_ns)));
+        let root = info.tree.root();
+        let root_start = info.spans[root].start_ns.min(cursor);
+        cursor = root_start;
+        if cursor <= start_ns {
+            break;
+        }
+        let wait_stage: Arc<str> =
+            format!("{ASYNC_PREFIX}{}", info.tree.stage_name(info.nearest[root])).into();
+        match predecessor(infos, &by_id, &visited, t, cursor) {
+            Some((pt, pi)) => {
+                let pred_end = infos[pt].spans[pi].end_ns.min(cursor);
+                if cursor > pred_end {
+                    path.push(PathSegment {
+                        trace_id: info.spans[root].trace_id,
+                        span_id: None,
+                        stage: wait_stage,
+                        start_ns: pred_end,
+                        end_ns: cursor,
+                    });
+                }
+                cursor = pred_end;
+                t = pt;
+                from = pi;
+            }
+            None => {
+                // Spans that started before this root: another trace's (an
+                // async wait), or, when every trace is walked, this trace's
+                // own children seen through clock skew.
+                let (span_id, stage) = if visited.len() == infos.len() {
+                    (Some(info.spans[root].span_id), info.tree.stage_name(info.nearest[root]))
+                } else {
+                    (None, wait_stage)
+                };
+                path.push(PathSegment {
+                    trace_id: info.spans[root].trace_id,
+                    span_id,
+                    stage,
+                    start_ns,
+                    end_ns: cursor,
+                });
+                break;
+            }
+        }
+    }
+    path
+}
+
+fn segment(info: &TraceInfo<'_>, span: usize, start_ns: u64, end_ns: u64) -> PathSegment {
+    let s = &info.spans[span];
+    PathSegment {
+        trace_id: s.trace_id,
+        span_id: Some(s.span_id),
+        stage: info.tree.stage_name(info.nearest[span]),
+        start_ns,
+        end_ns,
+    }
+}
+
+/// The span of an earlier trace of the flow that trace `t` (whose root
+/// starts at `before`) was started from: the one its root links to, else
+/// the latest-ending span of the other unvisited traces that ended by then.
+fn predecessor(
+    infos: &[TraceInfo<'_>],
+    by_id: &HashMap<(TraceId, SpanId), (usize, usize)>,
+    visited: &HashSet<usize>,
+    t: usize,
+    before: u64,
+) -> Option<(usize, usize)> {
+    let root = &infos[t].spans[infos[t].tree.root()];
+    let linked = root
+        .links
+        .iter()
+        .filter_map(|l| by_id.get(&(l.trace_id, l.span_id)).copied())
+        .filter(|(lt, _)| !visited.contains(lt))
+        .max_by_key(|&(lt, li)| infos[lt].spans[li].end_ns);
+    linked.or_else(|| {
+        infos
+            .iter()
+            .enumerate()
+            .filter(|(ot, _)| !visited.contains(ot))
+            .flat_map(|(ot, info)| {
+                info.spans
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.end_ns <= before)
+                    .map(move |(i, s)| (s.end_ns, ot, i))
+            })
+            .max_by_key(|&(end, ot, i)| {
+                let s = &infos[ot].spans[i];
+                (end, std::cmp::Reverse((s.trace_id, s.span_id)))
+            })
+            .map(|(_, ot, i)| (ot, i))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::Link;
+    use crate::testing::{child, numbered, span, stage};
+
+    fn stage_cp(flow: &FlowAnalysis, name: &str) -> u64 {
+        flow.stages
+            .iter()
+            .find(|s| &*s.stage == name)
+            .map_or(0, |s| s.critical_path_ns)
+    }
+
+    fn retrace(mut spans: Vec<Span>, id: u8) -> Vec<Span> {
+        for s in &mut spans {
+            s.trace_id = TraceId([id; 16]);
+        }
+        spans
+    }
+
+    #[test]
+    fn plain_spans_count_towards_their_nearest_stage() {
+        let trace = numbered(vec![
+            stage(span("checkout", 0, 100)),
+            child("POST /inventory", 1, 10, 60),
+            stage(child("inventory.try", 2, 20, 50)),
+        ]);
+        let flow = analyze_flow(&[trace]).expect("one trace");
+        assert_eq!(stage_cp(&flow, "checkout"), 70);
+        assert_eq!(stage_cp(&flow, "inventory.try"), 30);
+        let checkout = &flow.stages[0];
+        assert_eq!((checkout.duration_ns, checkout.self_ns), (100, 70));
+        assert_eq!(&*flow.flow, "checkout", "no paytrace.flow: the root stage names it");
+    }
+
+    #[test]
+    fn a_root_without_a_stage_is_named_after_service_and_span() {
+        let trace = numbered(vec![span("GET /orders/{id}", 0, 10)]);
+        let flow = analyze_flow(&[trace]).expect("one trace");
+        assert_eq!(&*flow.stages[0].stage, "svc GET /orders/{id}");
+    }
+
+    #[test]
+    fn a_callback_trace_is_stitched_through_its_link_with_an_async_wait() {
+        // Trace A: checkout 0..100 with channel.request 20..80.
+        // Trace B (the callback) starts at 300, linked to channel.request,
+        // and runs channel.callback 300..340 then payment.confirm 340..400.
+        let a = retrace(
+            numbered(vec![
+                stage(span("checkout", 0, 100)),
+                stage(child("channel.request", 1, 20, 80)),
+            ]),
+            1,
+        );
+        let mut callback_root = stage(span("channel.callback", 300, 400));
+        callback_root.links.push(Link {
+            trace_id: TraceId([1; 16]),
+            span_id: a[1].span_id,
+        });
+        let b = retrace(
+            numbered(vec![callback_root, stage(child("payment.confirm", 1, 340, 400))]),
+            2,
+        );
+        let flow = analyze_flow(&[b, a]).expect("two traces");
+        assert_eq!(flow.duration_ns(), 400);
+        assert_eq!(flow.traces, vec![TraceId([1; 16]), TraceId([2; 16])]);
+        // The callback waited from channel.request's end (80) to 300.
+        assert_eq!(stage_cp(&flow, "async:channel.callback"), 220);
+        assert_eq!(stage_cp(&flow, "payment.confirm"), 60);
+        assert_eq!(stage_cp(&flow, "channel.callback"), 40);
+        assert_eq!(stage_cp(&flow, "channel.request"), 60);
+        // checkout's time after channel.request (80..100) is not waited on.
+        assert_eq!(stage_cp(&flow, "checkout"), 20);
+        let total: u64 = flow.stages.iter().map(|s| s.critical_path_ns).sum();
+        assert_eq!(total, flow.duration_ns());
+    }
+
+    #[test]
+    fn without_a_link_the_latest_earlier_span_is_the_predecessor() {
+        let a = retrace(numbered(vec![stage(span("checkout", 0, 100))]), 1);
+        let b = retrace(numbered(vec![stage(span("refund", 150, 200))]), 2);
+        let flow = analyze_flow(&[a, b]).expect("two traces");
+        assert_eq!(stage_cp(&flow, "async:refund"), 50);
+        assert_eq!(stage_cp(&flow, "checkout"), 100);
+        assert_eq!(stage_cp(&flow, "refund"), 50);
+    }
+
+    #[test]
+    fn overlapping_traces_still_sum_to_the_flow_duration() {
+        // B starts before A ends and is linked to A's root.
+        let a = retrace(numbered(vec![stage(span("a", 0, 100))]), 1);
+        let mut root_b = stage(span("b", 50, 150));
+        root_b.links.push(Link {
+            trace_id: TraceId([1; 16]),
+            span_id: a[0].span_id,
+        });
+        let b = retrace(numbered(vec![root_b]), 2);
+        let flow = analyze_flow(&[a, b]).expect("two traces");
+        assert_eq!(stage_cp(&flow, "b"), 100);
+        assert_eq!(stage_cp(&flow, "a"), 50);
+        assert_eq!(stage_cp(&flow, "async:b"), 0);
+    }
+}

@@ -1,0 +1,104 @@
+//! Properties of the analysis on random traces: critical-path times sum to
+//! the end-to-end duration, self time never exceeds duration, and the result
+//! does not depend on the order the spans arrived in.
+
+use paytrace_aggregator::Span;
+use paytrace_aggregator::analysis::analyze_flow;
+use paytrace_aggregator::testing::{child, numbered, span, stage, with_parent_id};
+use proptest::prelude::*;
+
+/// One generated span: parent (`None` = orphan), start, length, stage flag.
+type Shape = (Option<usize>, u64, u64, bool);
+
+fn trace_strategy() -> impl Strategy<Value = Vec<Span>> {
+    (1usize..60)
+        .prop_flat_map(|n| {
+            proptest::collection::vec(
+                (
+                    proptest::option::weighted(0.95, any::<usize>()),
+                    0u64..1_000,
+                    0u64..400,
+                    any::<bool>(),
+                ),
+                n,
+            )
+        })
+        .prop_map(|shapes: Vec<Shape>| {
+            let spans = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, &(parent, start, len, is_stage))| {
+                    let name = format!("s{i}");
+                    let s = match (i, parent) {
+                        (0, _) => span(&name, start, start + len),
+                        (_, Some(p)) => child(&name, p % i + 1, start, start + len),
+                        (_, None) => with_parent_id(span(&name, start, start + len), 10_000),
+                    };
+                    if is_stage || i == 0 { stage(s) } else { s }
+                })
+                .collect();
+            numbered(spans)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn critical_path_times_sum_to_the_duration(trace in trace_strategy()) {
+        let flow = analyze_flow(&[trace]).expect("non-empty");
+        let total: u64 = flow.stages.iter().map(|s| s.critical_path_ns).sum();
+        prop_assert_eq!(total, flow.duration_ns());
+        let path: u64 = flow.critical_path.iter().map(|s| s.end_ns - s.start_ns).sum();
+        prop_assert_eq!(path, flow.duration_ns());
+    }
+
+    #[test]
+    fn self_time_never_exceeds_duration(trace in trace_strategy()) {
+        let flow = analyze_flow(&[trace]).expect("non-empty");
+        for s in &flow.stages {
+            prop_assert!(s.self_ns <= s.duration_ns, "{:?}", s);
+        }
+    }
+
+    #[test]
+    fn the_result_does_not_depend_on_arrival_order(
+        trace in trace_strategy(),
+        seed in any::<u64>(),
+    ) {
+        let mut shuffled = trace.clone();
+        // A deterministic shuffle from the seed.
+        let mut state = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            shuffled.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        let a = analyze_flow(&[trace]).expect("non-empty");
+        let b = analyze_flow(&[shuffled]).expect("non-empty");
+        prop_assert_eq!(&a.stages, &b.stages);
+        prop_assert_eq!(a.duration_ns(), b.duration_ns());
+    }
+
+    #[test]
+    fn stitched_flows_sum_to_their_duration(
+        first in trace_strategy(),
+        second in trace_strategy(),
+        gap in 0u64..500,
+    ) {
+        let offset = first.iter().map(|s| s.end_ns).max().unwrap_or(0) + gap;
+        let second: Vec<Span> = second
+            .into_iter()
+            .map(|mut s| {
+                s.trace_id = paytrace_aggregator::TraceId([9; 16]);
+                s.start_ns += offset;
+                s.end_ns += offset;
+                s
+            })
+            .collect();
+        let flow = analyze_flow(&[first, second]).expect("non-empty");
+        let total: u64 = flow.stages.iter().map(|s| s.critical_path_ns).sum();
+        prop_assert_eq!(total, flow.duration_ns());
+    }
+}
