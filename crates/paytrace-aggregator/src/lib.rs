@@ -4,6 +4,7 @@
 //! payment method and channel, which stage does the user wait on?*
 //!
 //! Where to start:
+//! - [`decode`]: OTLP requests into spans, rejecting invalid ones one by one.
 //! - [`span`]: the compact span model decoded from OTLP.
 //! - [`tree`]: one trace as a tree; its critical path and self times.
 //! - [`analysis`]: one flow instance (one trace, or traces stitched across
@@ -11,6 +12,7 @@
 //! - [`testing`]: builders for hand-made spans.
 
 pub mod analysis;
+pub mod decode;
 pub mod span;
 pub mod testing;
 pub mod tree;
