@@ -9,11 +9,15 @@
 //! - [`tree`]: one trace as a tree; its critical path and self times.
 //! - [`analysis`]: one flow instance (one trace, or traces stitched across
 //!   async hops): per-stage duration, self time and critical-path time.
+//! - [`stitch`]: spans into traces, traces into flow instances.
+//! - [`breakdown`]: flow analyses accumulated into per-stage breakdowns.
 //! - [`testing`]: builders for hand-made spans.
 
 pub mod analysis;
+pub mod breakdown;
 pub mod decode;
 pub mod span;
+pub mod stitch;
 pub mod testing;
 pub mod tree;
 

@@ -1,0 +1,355 @@
+//! Per-stage latency breakdowns: flow analyses accumulated in mergeable
+//! sketches, and the BREAKDOWN object the API, `analyze --format json` and
+//! the demo report share.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use sketches_ddsketch::{Config, DDSketch};
+
+use crate::analysis::FlowAnalysis;
+
+/// A distribution kept as a DDSketch (1% relative error on quantiles,
+/// mergeable across windows and replicas).
+#[derive(Clone)]
+pub struct Distribution {
+    sketch: DDSketch,
+}
+
+impl std::fmt::Debug for Distribution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Distribution")
+            .field("count", &self.count())
+            .field("sum", &self.sum())
+            .finish()
+    }
+}
+
+impl Default for Distribution {
+    fn default() -> Self {
+        Self {
+            sketch: DDSketch::new(Config::defaults()),
+        }
+    }
+}
+
+impl Distribution {
+    /// Records one value, in seconds.
+    pub fn add(&mut self, seconds: f64) {
+        self.sketch.add(seconds);
+    }
+
+    /// Adds everything `other` recorded.
+    pub fn merge(&mut self, other: &Distribution) {
+        // Sketches built with the same config always merge.
+        let _ = self.sketch.merge(&other.sketch);
+    }
+
+    /// How many values.
+    pub fn count(&self) -> u64 {
+        self.sketch.count() as u64
+    }
+
+    /// Their sum, in seconds.
+    pub fn sum(&self) -> f64 {
+        self.sketch.sum().unwrap_or(0.0)
+    }
+
+    /// The `q` quantile (0 to 1); 0 when empty.
+    pub fn quantile(&self, q: f64) -> f64 {
+        self.sketch.quantile(q).ok().flatten().unwrap_or(0.0).max(0.0)
+    }
+
+    /// Mean, p50, p90, p99.
+    pub fn summary(&self) -> Summary {
+        let count = self.count();
+        Summary {
+            mean: if count == 0 { 0.0 } else { self.sum() / count as f64 },
+            p50: self.quantile(0.5),
+            p90: self.quantile(0.9),
+            p99: self.quantile(0.99),
+        }
+    }
+}
+
+/// Mean and quantiles of a distribution, in seconds.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+/// End-to-end figures: a [`Summary`] with its count.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EndToEnd {
+    /// Flow instances.
+    pub count: u64,
+    /// Mean, in seconds.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+/// Critical-path figures of a stage: a [`Summary`] plus its share.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CriticalPath {
+    /// Mean, in seconds, over the flows that had the stage.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// The stage's total critical-path time over the flows' total
+    /// end-to-end time.
+    pub share: f64,
+}
+
+/// One stage's line of a breakdown.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StageBreakdown {
+    /// The stage.
+    pub stage: String,
+    /// Flow instances that had the stage.
+    pub count: u64,
+    /// Per flow instance, the stage spans' total duration.
+    pub duration: Summary,
+    /// Per flow instance, the stage spans' total self time.
+    #[serde(rename = "self")]
+    pub self_time: Summary,
+    /// Per flow instance, the stage's critical-path time.
+    pub critical_path: CriticalPath,
+}
+
+/// Where a flow's time goes, per stage: the BREAKDOWN object.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Breakdown {
+    /// The flow.
+    pub flow: String,
+    /// The payment method, when the breakdown is for one.
+    pub payment_method: Option<String>,
+    /// The payment channel, when the breakdown is for one.
+    pub payment_channel: Option<String>,
+    /// The window covered, `None` for a whole file.
+    pub window_seconds: Option<u64>,
+    /// Flow instances (a stitched flow counts once).
+    pub traces: u64,
+    /// End-to-end durations.
+    pub end_to_end: EndToEnd,
+    /// Stages, largest critical-path share first.
+    pub stages: Vec<StageBreakdown>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct StageAccumulator {
+    duration: Distribution,
+    self_time: Distribution,
+    critical_path: Distribution,
+}
+
+/// Flow analyses of one group (flow, method, channel), accumulated.
+///
+/// ```
+/// use paytrace_aggregator::analysis::analyze_flow;
+/// use paytrace_aggregator::breakdown::Accumulator;
+/// use paytrace_aggregator::testing::{child, numbered, span, stage};
+///
+/// let trace = numbered(vec![
+///     stage(span("checkout", 0, 1_000_000_000)),
+///     stage(child("channel.request", 1, 0, 600_000_000)),
+/// ]);
+/// let mut acc = Accumulator::default();
+/// acc.add(&analyze_flow(&[trace]).unwrap());
+/// let b = acc.breakdown("checkout", None, None, None);
+/// assert_eq!(b.stages[0].stage, "channel.request");
+/// assert!((b.stages[0].critical_path.share - 0.6).abs() < 0.01);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Accumulator {
+    end_to_end: Distribution,
+    stages: BTreeMap<Arc<str>, StageAccumulator>,
+}
+
+const NS: f64 = 1e9;
+
+impl Accumulator {
+    /// Records one flow instance.
+    pub fn add(&mut self, flow: &FlowAnalysis) {
+        self.end_to_end.add(flow.duration_ns() as f64 / NS);
+        for s in &flow.stages {
+            let acc = self.stages.entry(s.stage.clone()).or_default();
+            acc.duration.add(s.duration_ns as f64 / NS);
+            acc.self_time.add(s.self_ns as f64 / NS);
+            acc.critical_path.add(s.critical_path_ns as f64 / NS);
+        }
+    }
+
+    /// Adds everything `other` recorded.
+    pub fn merge(&mut self, other: &Accumulator) {
+        self.end_to_end.merge(&other.end_to_end);
+        for (stage, acc) in &other.stages {
+            let mine = self.stages.entry(stage.clone()).or_default();
+            mine.duration.merge(&acc.duration);
+            mine.self_time.merge(&acc.self_time);
+            mine.critical_path.merge(&acc.critical_path);
+        }
+    }
+
+    /// Flow instances recorded.
+    pub fn flows(&self) -> u64 {
+        self.end_to_end.count()
+    }
+
+    /// The BREAKDOWN object of what was recorded.
+    pub fn breakdown(
+        &self,
+        flow: &str,
+        payment_method: Option<&str>,
+        payment_channel: Option<&str>,
+        window_seconds: Option<u64>,
+    ) -> Breakdown {
+        let e2e = self.end_to_end.summary();
+        let total = self.end_to_end.sum();
+        let mut stages: Vec<StageBreakdown> = self
+            .stages
+            .iter()
+            .map(|(stage, acc)| {
+                let cp = acc.critical_path.summary();
+                StageBreakdown {
+                    stage: stage.to_string(),
+                    count: acc.duration.count(),
+                    duration: acc.duration.summary(),
+                    self_time: acc.self_time.summary(),
+                    critical_path: CriticalPath {
+                        mean: cp.mean,
+                        p50: cp.p50,
+                        p90: cp.p90,
+                        p99: cp.p99,
+                        share: if total > 0.0 {
+                            acc.critical_path.sum() / total
+                        } else {
+                            0.0
+                        },
+                    },
+                }
+            })
+            .collect();
+        stages.sort_by(|a, b| {
+            b.critical_path
+                .share
+                .total_cmp(&a.critical_path.share)
+                .then_with(|| a.stage.cmp(&b.stage))
+        });
+        Breakdown {
+            flow: flow.to_owned(),
+            payment_method: payment_method.map(str::to_owned),
+            payment_channel: payment_channel.map(str::to_owned),
+            window_seconds,
+            traces: self.end_to_end.count(),
+            end_to_end: EndToEnd {
+                count: self.end_to_end.count(),
+                mean: e2e.mean,
+                p50: e2e.p50,
+                p90: e2e.p90,
+                p99: e2e.p99,
+            },
+            stages,
+        }
+    }
+}
+
+/// The group a flow instance is accumulated under.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupKey {
+    /// The flow.
+    pub flow: Arc<str>,
+    /// The payment method, if any.
+    pub payment_method: Option<Arc<str>>,
+    /// The payment channel, if any.
+    pub payment_channel: Option<Arc<str>>,
+}
+
+impl GroupKey {
+    /// The group of `flow`.
+    pub fn of(flow: &FlowAnalysis) -> Self {
+        Self {
+            flow: flow.flow.clone(),
+            payment_method: flow.payment_method.clone(),
+            payment_channel: flow.payment_channel.clone(),
+        }
+    }
+}
+
+/// Accumulators per group, and the breakdowns a report lists: one per flow,
+/// and one per (flow, payment method).
+#[derive(Clone, Debug, Default)]
+pub struct Groups {
+    groups: BTreeMap<GroupKey, Accumulator>,
+}
+
+impl Groups {
+    /// Records one flow instance.
+    pub fn add(&mut self, flow: &FlowAnalysis) {
+        self.groups.entry(GroupKey::of(flow)).or_default().add(flow);
+    }
+
+    /// The merge of every group matching the filters (`None` matches all).
+    pub fn select(
+        &self,
+        flow: &str,
+        payment_method: Option<&str>,
+        payment_channel: Option<&str>,
+    ) -> Accumulator {
+        let mut acc = Accumulator::default();
+        for (key, group) in &self.groups {
+            let matches = &*key.flow == flow
+                && payment_method.is_none_or(|m| key.payment_method.as_deref() == Some(m))
+                && payment_channel.is_none_or(|c| key.payment_channel.as_deref() == Some(c));
+            if matches {
+                acc.merge(group);
+            }
+        }
+        acc
+    }
+
+    /// The flows seen, sorted.
+    pub fn flows(&self) -> Vec<Arc<str>> {
+        let mut flows: Vec<_> = self.groups.keys().map(|k| k.flow.clone()).collect();
+        flows.dedup();
+        flows
+    }
+
+    /// One breakdown per flow, then one per (flow, payment method) that has one.
+    pub fn report(&self, window_seconds: Option<u64>) -> Vec<Breakdown> {
+        let mut out = Vec::new();
+        for flow in self.flows() {
+            out.push(self.select(&flow, None, None).breakdown(&flow, None, None, window_seconds));
+            let mut methods: Vec<Arc<str>> = self
+                .groups
+                .keys()
+                .filter(|k| k.flow == flow)
+                .filter_map(|k| k.payment_method.clone())
+                .collect();
+            methods.dedup();
+            for m in methods {
+                out.push(
+                    self.select(&flow, Some(&m), None)
+                        .breakdown(&flow, Some(&m), None, window_seconds),
+                );
+            }
+        }
+        out
+    }
+}
