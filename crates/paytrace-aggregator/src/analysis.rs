@@ -177,8 +177,8 @@ pub fn analyze_flow(traces: &[Vec<Span>]) -> Option<FlowAnalysis> {
                     .and_then(|s| pick(s).clone())
             })
     };
-    let flow = find(|s| &s.business.flow)
-        .unwrap_or_else(|| first.tree.stage_name(first.tree.root()));
+    let flow =
+        find(|s| &s.business.flow).unwrap_or_else(|| first.tree.stage_name(first.tree.root()));
     Some(FlowAnalysis {
         flow,
         flow_id: find(|s| &s.business.flow_id),
@@ -223,7 +223,12 @@ fn stitched_critical_path(infos: &[TraceInfo<'_>], start_ns: u64, end_ns: u64) -
     let Some((mut t, mut from)) = infos
         .iter()
         .enumerate()
-        .flat_map(|(t, info)| info.spans.iter().enumerate().map(move |(i, s)| (s.end_ns, t, i)))
+        .flat_map(|(t, info)| {
+            info.spans
+                .iter()
+                .enumerate()
+                .map(move |(i, s)| (s.end_ns, t, i))
+        })
         .max_by_key(|&(end, t, i)| (end, std::cmp::Reverse(infos[t].spans[i].span_id)))
         .map(|(_, t, i)| (t, i))
     else {
@@ -239,7 +244,11 @@ fn stitched_critical_path(infos: &[TraceInfo<'_>], start_ns: u64, end_ns: u64) -
         if cursor > walk_end {
             path.push(segment(info, from, walk_end, cursor));
         }
-        path.extend(segments.iter().map(|s| segment(info, s.span, s.start_ns, s.end_ns)));
+        path.extend(
+            segments
+                .iter()
+                .map(|s| segment(info, s.span, s.start_ns, s.end_ns)),
+        );
         let root = info.tree.root();
         let root_start = info.spans[root].start_ns.min(cursor);
         cursor = root_start;
@@ -269,7 +278,10 @@ fn stitched_critical_path(infos: &[TraceInfo<'_>], start_ns: u64, end_ns: u64) -
                 // async wait), or, when every trace is walked, this trace's
                 // own children seen through clock skew.
                 let (span_id, stage) = if visited.len() == infos.len() {
-                    (Some(info.spans[root].span_id), info.tree.stage_name(info.nearest[root]))
+                    (
+                        Some(info.spans[root].span_id),
+                        info.tree.stage_name(info.nearest[root]),
+                    )
                 } else {
                     (None, wait_stage)
                 };
@@ -367,7 +379,10 @@ mod tests {
         assert_eq!(stage_cp(&flow, "inventory.try"), 30);
         let checkout = &flow.stages[0];
         assert_eq!((checkout.duration_ns, checkout.self_ns), (100, 70));
-        assert_eq!(&*flow.flow, "checkout", "no paytrace.flow: the root stage names it");
+        assert_eq!(
+            &*flow.flow, "checkout",
+            "no paytrace.flow: the root stage names it"
+        );
     }
 
     #[test]
@@ -395,7 +410,10 @@ mod tests {
             span_id: a[1].span_id,
         });
         let b = retrace(
-            numbered(vec![callback_root, stage(child("payment.confirm", 1, 340, 400))]),
+            numbered(vec![
+                callback_root,
+                stage(child("payment.confirm", 1, 340, 400)),
+            ]),
             2,
         );
         let flow = analyze_flow(&[b, a]).expect("two traces");

@@ -58,14 +58,23 @@ impl Distribution {
 
     /// The `q` quantile (0 to 1); 0 when empty.
     pub fn quantile(&self, q: f64) -> f64 {
-        self.sketch.quantile(q).ok().flatten().unwrap_or(0.0).max(0.0)
+        self.sketch
+            .quantile(q)
+            .ok()
+            .flatten()
+            .unwrap_or(0.0)
+            .max(0.0)
     }
 
     /// Mean, p50, p90, p99.
     pub fn summary(&self) -> Summary {
         let count = self.count();
         Summary {
-            mean: if count == 0 { 0.0 } else { self.sum() / count as f64 },
+            mean: if count == 0 {
+                0.0
+            } else {
+                self.sum() / count as f64
+            },
             p50: self.quantile(0.5),
             p90: self.quantile(0.9),
             p99: self.quantile(0.99),
@@ -335,7 +344,10 @@ impl Groups {
     pub fn report(&self, window_seconds: Option<u64>) -> Vec<Breakdown> {
         let mut out = Vec::new();
         for flow in self.flows() {
-            out.push(self.select(&flow, None, None).breakdown(&flow, None, None, window_seconds));
+            out.push(
+                self.select(&flow, None, None)
+                    .breakdown(&flow, None, None, window_seconds),
+            );
             let mut methods: Vec<Arc<str>> = self
                 .groups
                 .keys()
@@ -344,10 +356,12 @@ impl Groups {
                 .collect();
             methods.dedup();
             for m in methods {
-                out.push(
-                    self.select(&flow, Some(&m), None)
-                        .breakdown(&flow, Some(&m), None, window_seconds),
-                );
+                out.push(self.select(&flow, Some(&m), None).breakdown(
+                    &flow,
+                    Some(&m),
+                    None,
+                    window_seconds,
+                ));
             }
         }
         out

@@ -185,8 +185,9 @@ fn convert(
             limits.max_links
         ));
     }
-    let business = business(&span.attributes, limits, interner)
-        .map_err(|key| format!("span {span_id} of trace {trace_id}: attribute {key} is too long"))?;
+    let business = business(&span.attributes, limits, interner).map_err(|key| {
+        format!("span {span_id} of trace {trace_id}: attribute {key} is too long")
+    })?;
     let links = span
         .links
         .iter()
@@ -289,7 +290,9 @@ mod tests {
         }
     }
 
-    fn request(spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>) -> ExportTraceServiceRequest {
+    fn request(
+        spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
+    ) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 resource: Some(Resource {
@@ -307,7 +310,11 @@ mod tests {
 
     #[test]
     fn valid_spans_keep_their_business_attributes() {
-        let d = decode(request(vec![good_span()]), &SpanLimits::default(), &mut Interner::default());
+        let d = decode(
+            request(vec![good_span()]),
+            &SpanLimits::default(),
+            &mut Interner::default(),
+        );
         assert_eq!(d.rejected, 0);
         let s = &d.spans[0];
         assert_eq!(&*s.service, "inventory");
@@ -319,16 +326,31 @@ mod tests {
 
     #[test]
     fn invalid_spans_are_rejected_one_by_one_with_a_reason() {
-        let broken: Vec<(&str, Box<dyn Fn(&mut opentelemetry_proto::tonic::trace::v1::Span)>)> = vec![
+        let broken: Vec<(
+            &str,
+            Box<dyn Fn(&mut opentelemetry_proto::tonic::trace::v1::Span)>,
+        )> = vec![
             ("trace_id", Box::new(|s| s.trace_id = vec![0; 16])),
             ("trace_id", Box::new(|s| s.trace_id = vec![1; 3])),
             ("span_id", Box::new(|s| s.span_id = vec![0; 8])),
-            ("parent_span_id", Box::new(|s| s.parent_span_id = vec![1; 5])),
-            ("ends before it starts", Box::new(|s| s.end_time_unix_nano = 10)),
+            (
+                "parent_span_id",
+                Box::new(|s| s.parent_span_id = vec![1; 5]),
+            ),
+            (
+                "ends before it starts",
+                Box::new(|s| s.end_time_unix_nano = 10),
+            ),
             ("start_time", Box::new(|s| s.start_time_unix_nano = 0)),
             ("name", Box::new(|s| s.name = "x".repeat(5000))),
-            ("attributes exceed", Box::new(|s| s.attributes = vec![kv("k", "v"); 2000])),
-            ("too long", Box::new(|s| s.attributes = vec![kv(attr::FLOW_ID, &"9".repeat(1000))])),
+            (
+                "attributes exceed",
+                Box::new(|s| s.attributes = vec![kv("k", "v"); 2000]),
+            ),
+            (
+                "too long",
+                Box::new(|s| s.attributes = vec![kv(attr::FLOW_ID, &"9".repeat(1000))]),
+            ),
         ];
         for (expected, breaker) in broken {
             let mut bad = good_span();
@@ -340,7 +362,10 @@ mod tests {
             );
             assert_eq!((d.spans.len(), d.rejected), (1, 1), "{expected}");
             let reason = d.first_error.expect("a reason");
-            assert!(reason.contains(expected), "{reason:?} should mention {expected:?}");
+            assert!(
+                reason.contains(expected),
+                "{reason:?} should mention {expected:?}"
+            );
         }
     }
 

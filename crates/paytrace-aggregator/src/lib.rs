@@ -14,6 +14,7 @@
 //! - [`testing`]: builders for hand-made spans.
 
 pub mod analysis;
+pub mod analyze;
 pub mod breakdown;
 pub mod decode;
 pub mod span;

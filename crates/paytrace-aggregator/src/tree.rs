@@ -370,10 +370,12 @@ fn choose_root(spans: &[Span]) -> usize {
             .min_by_key(|(i, s)| (s.start_ns, std::cmp::Reverse(s.end_ns), s.span_id, *i))
             .map(|(i, _)| i)
     };
-    best(&mut spans
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.parent_span_id.is_none()))
+    best(
+        &mut spans
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.parent_span_id.is_none()),
+    )
     .or_else(|| best(&mut spans.iter().enumerate()))
     .unwrap_or(0)
 }

@@ -102,3 +102,34 @@ proptest! {
         prop_assert_eq!(total, flow.duration_ns());
     }
 }
+
+#[test]
+fn a_hundred_thousand_span_trace_is_analysed() {
+    // A 4-ary tree: span i (0-based) is the parent of 4i+1..4i+4; children
+    // split their parent's interval into quarters with small gaps.
+    let n = 100_000usize;
+    let mut bounds = vec![(0u64, 4u64.pow(10)); n];
+    let mut spans = Vec::with_capacity(n);
+    for i in 0..n {
+        let (start, end) = bounds[i];
+        let name = format!("s{i}");
+        let s = if i == 0 {
+            span(&name, start, end)
+        } else {
+            child(&name, (i - 1) / 4 + 1, start, end)
+        };
+        spans.push(if i % 7 == 0 { stage(s) } else { s });
+        let quarter = (end - start) / 4;
+        for k in 0..4 {
+            let c = 4 * i + 1 + k;
+            if c < n {
+                let cs = start + k as u64 * quarter;
+                bounds[c] = (cs + quarter / 8, cs + quarter - quarter / 8);
+            }
+        }
+    }
+    let flow = analyze_flow(&[numbered(spans)]).expect("non-empty");
+    let total: u64 = flow.stages.iter().map(|s| s.critical_path_ns).sum();
+    assert_eq!(total, 4u64.pow(10));
+    assert!(flow.stages.iter().all(|s| s.self_ns <= s.duration_ns));
+}

@@ -1,0 +1,221 @@
+//! The offline `analyze` command: OTLP JSON files in, breakdowns out.
+//!
+//! Input is what the OpenTelemetry Collector's file exporter writes (one
+//! `ExportTraceServiceRequest` per line), or one such request as a single
+//! (possibly pretty-printed) JSON document.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+use crate::analysis::analyze_flow;
+use crate::breakdown::{Breakdown, Groups};
+use crate::decode::{Interner, SpanLimits, decode};
+use crate::span::Span;
+use crate::stitch::{group_flows, group_traces};
+
+/// Why a file could not be analysed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A line is not an OTLP JSON `ExportTraceServiceRequest`.
+    #[error(
+        "{path}:{line}: not an OTLP JSON ExportTraceServiceRequest: {message} \
+         (expected the OpenTelemetry Collector file exporter's format: one request per line)"
+    )]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What the JSON parser said.
+        message: String,
+    },
+}
+
+/// What `analyze` found in its input.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Breakdowns accumulated per group.
+    pub groups: Groups,
+    /// Spans read.
+    pub spans: u64,
+    /// Spans rejected as invalid.
+    pub rejected: u64,
+    /// The first rejection's reason.
+    pub first_rejection: Option<String>,
+    /// Traces read.
+    pub traces: u64,
+    /// Flow instances (traces stitched together count once).
+    pub flows: u64,
+}
+
+impl Report {
+    /// One breakdown per flow and per (flow, payment method), whole input.
+    pub fn breakdowns(&self) -> Vec<Breakdown> {
+        self.groups.report(None)
+    }
+}
+
+/// Reads, decodes and analyses `paths`, showing a progress bar on a terminal.
+pub fn analyze_files(paths: &[PathBuf]) -> Result<Report, AnalyzeError> {
+    let total: u64 = paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let progress = ProgressBar::new(total);
+    progress.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut report = Report::default();
+    let mut spans: Vec<Span> = Vec::new();
+    let mut interner = Interner::default();
+    let limits = SpanLimits::default();
+    for path in paths {
+        progress.set_message(format!("reading {}", path.display()));
+        for request in read_requests(path, &progress)? {
+            let decoded = decode(request, &limits, &mut interner);
+            report.spans += decoded.spans.len() as u64;
+            report.rejected += decoded.rejected;
+            if report.first_rejection.is_none() {
+                report.first_rejection = decoded.first_error;
+            }
+            spans.extend(decoded.spans);
+        }
+    }
+    progress.finish_and_clear();
+    let traces = group_traces(spans);
+    report.traces = traces.len() as u64;
+    for flow in group_flows(traces) {
+        if let Some(analysis) = analyze_flow(&flow) {
+            report.flows += 1;
+            report.groups.add(&analysis);
+        }
+    }
+    Ok(report)
+}
+
+/// The requests in one file.
+pub fn read_requests(
+    path: &Path,
+    progress: &ProgressBar,
+) -> Result<Vec<ExportTraceServiceRequest>, AnalyzeError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AnalyzeError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Ok(one) = serde_json::from_str::<ExportTraceServiceRequest>(&text) {
+        progress.inc(text.len() as u64);
+        return Ok(vec![one]);
+    }
+    let mut requests = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        progress.inc(line.len() as u64 + 1);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let request = serde_json::from_str(line).map_err(|e| AnalyzeError::Parse {
+            path: path.to_owned(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        requests.push(request);
+    }
+    Ok(requests)
+}
+
+/// Seconds as a short human duration: `850µs`, `12.3ms`, `1.25s`.
+pub fn human(seconds: f64) -> String {
+    if seconds >= 1.0 {
+        format!("{seconds:.2}s")
+    } else if seconds >= 1e-3 {
+        format!("{:.1}ms", seconds * 1e3)
+    } else {
+        format!("{:.0}µs", seconds * 1e6)
+    }
+}
+
+/// The breakdowns as aligned text tables.
+pub fn render_table(breakdowns: &[Breakdown]) -> String {
+    let mut out = String::new();
+    for b in breakdowns {
+        let mut title = format!("flow {}", b.flow);
+        if let Some(m) = &b.payment_method {
+            let _ = write!(title, ", payment method {m}");
+        }
+        if let Some(c) = &b.payment_channel {
+            let _ = write!(title, ", channel {c}");
+        }
+        let e = &b.end_to_end;
+        let _ = writeln!(
+            out,
+            "{title}: {} flows, end to end p50 {} p90 {} p99 {}",
+            b.traces,
+            human(e.p50),
+            human(e.p90),
+            human(e.p99)
+        );
+        let header = [
+            "stage",
+            "count",
+            "p50",
+            "p99",
+            "self p50",
+            "crit. mean",
+            "share",
+        ];
+        let rows: Vec<[String; 7]> = b
+            .stages
+            .iter()
+            .map(|s| {
+                [
+                    s.stage.clone(),
+                    s.count.to_string(),
+                    human(s.duration.p50),
+                    human(s.duration.p99),
+                    human(s.self_time.p50),
+                    human(s.critical_path.mean),
+                    format!("{:.1}%", s.critical_path.share * 100.0),
+                ]
+            })
+            .collect();
+        let widths: Vec<usize> = (0..header.len())
+            .map(|c| {
+                rows.iter()
+                    .map(|r| r[c].chars().count())
+                    .chain([header[c].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: &[&str]| {
+            let mut l = String::new();
+            for (c, cell) in cells.iter().enumerate() {
+                if c == 0 {
+                    let _ = write!(l, "  {cell:<w$}", w = widths[c]);
+                } else {
+                    let _ = write!(l, "  {cell:>w$}", w = widths[c]);
+                }
+            }
+            l.trim_end().to_owned()
+        };
+        let _ = writeln!(out, "{}", line(&header));
+        for r in &rows {
+            let cells: Vec<&str> = r.iter().map(String::as_str).collect();
+            let _ = writeln!(out, "{}", line(&cells));
+        }
+        out.push('\n');
+    }
+    out
+}
