@@ -6,6 +6,7 @@
 //! Where to start:
 //! - [`decode`]: OTLP requests into spans, rejecting invalid ones one by one.
 //! - [`span`]: the compact span model decoded from OTLP.
+//! - [`assembler`]: spans into complete traces, within bounded memory.
 //! - [`tree`]: one trace as a tree; its critical path and self times.
 //! - [`analysis`]: one flow instance (one trace, or traces stitched across
 //!   async hops): per-stage duration, self time and critical-path time.
@@ -15,6 +16,7 @@
 
 pub mod analysis;
 pub mod analyze;
+pub mod assembler;
 pub mod breakdown;
 pub mod decode;
 pub mod span;
