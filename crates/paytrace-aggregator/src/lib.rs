@@ -10,7 +10,8 @@
 //! - [`tree`]: one trace as a tree; its critical path and self times.
 //! - [`analysis`]: one flow instance (one trace, or traces stitched across
 //!   async hops): per-stage duration, self time and critical-path time.
-//! - [`stitch`]: spans into traces, traces into flow instances.
+//! - [`stitch`]: spans into traces, traces into flow instances (offline).
+//! - [`flows`]: completed traces waiting, bounded, for the rest of their flow (live).
 //! - [`breakdown`]: flow analyses accumulated into per-stage breakdowns.
 //! - [`testing`]: builders for hand-made spans.
 
@@ -19,6 +20,7 @@ pub mod analyze;
 pub mod assembler;
 pub mod breakdown;
 pub mod decode;
+pub mod flows;
 pub mod span;
 pub mod stitch;
 pub mod testing;

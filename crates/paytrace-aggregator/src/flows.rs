@@ -1,0 +1,334 @@
+//! Live flow stitching: completed traces wait, bounded, for the other
+//! traces of their flow (linked, or sharing a `paytrace.flow_id`) until the
+//! flow has been idle for `flow_idle`.
+//!
+//! A trace that carries no flow id and links to no waiting trace is a flow on
+//! its own and is final at once. A flow whose configured terminal stage
+//! (checkout: `payment.confirm`) has not appeared is kept until
+//! `flow_timeout` after its first trace arrived, then reported incomplete.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::span::{Span, TraceId};
+
+/// Settings of the flow buffer.
+#[derive(Clone, Debug)]
+pub struct FlowSettings {
+    /// A flow is final once none of its traces arrived for this long.
+    pub flow_idle: Duration,
+    /// A flow still missing its terminal stage this long after it began is
+    /// reported incomplete.
+    pub flow_timeout: Duration,
+    /// The stage that ends each flow, by flow name.
+    pub terminal_stages: HashMap<String, String>,
+    /// Most flows waiting at once; past it the oldest is reported incomplete.
+    pub max_pending: usize,
+}
+
+impl Default for FlowSettings {
+    fn default() -> Self {
+        Self {
+            flow_idle: Duration::from_secs(30),
+            flow_timeout: Duration::from_secs(120),
+            terminal_stages: HashMap::from([(
+                paytrace_semconv::flow::CHECKOUT.to_owned(),
+                paytrace_semconv::stage::PAYMENT_CONFIRM.to_owned(),
+            )]),
+            max_pending: 100_000,
+        }
+    }
+}
+
+/// A flow the buffer let go of.
+#[derive(Debug)]
+pub struct FinishedFlow {
+    /// The traces, each its spans.
+    pub traces: Vec<Vec<Span>>,
+    /// `None` when complete; else why it is incomplete.
+    pub incomplete: Option<&'static str>,
+    /// The flow name, when one of its spans carried `paytrace.flow`.
+    pub flow: Option<Arc<str>>,
+}
+
+/// The reason of a flow whose terminal stage never came.
+pub const TERMINAL_STAGE_MISSING: &str = "terminal_stage_missing";
+/// The reason of a flow pushed out by a full buffer.
+pub const BUFFER_FULL: &str = "buffer_full";
+
+#[derive(Debug)]
+struct Pending {
+    traces: Vec<Vec<Span>>,
+    trace_ids: Vec<TraceId>,
+    flow_ids: HashSet<Arc<str>>,
+    flow: Option<Arc<str>>,
+    stages: HashSet<Arc<str>>,
+    first_arrival: Instant,
+    last_arrival: Instant,
+}
+
+/// Completed traces waiting for the rest of their flow.
+#[derive(Debug, Default)]
+pub struct FlowBuffer {
+    settings: FlowSettings,
+    pending: HashMap<u64, Pending>,
+    by_flow_id: HashMap<Arc<str>, u64>,
+    by_trace: HashMap<TraceId, u64>,
+    next: u64,
+}
+
+impl FlowBuffer {
+    /// An empty buffer.
+    pub fn new(settings: FlowSettings) -> Self {
+        Self {
+            settings,
+            ..Self::default()
+        }
+    }
+
+    /// Flows waiting.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Adds a completed trace that arrived (last) at `now`. Returns the
+    /// flows that are final because of it: the trace itself when it belongs
+    /// to no multi-trace flow, or the oldest flow pushed out of a full buffer.
+    pub fn add(&mut self, spans: Vec<Span>, now: Instant) -> Vec<FinishedFlow> {
+        let Some(first) = spans.first() else {
+            return Vec::new();
+        };
+        let trace_id = first.trace_id;
+        let flow_ids: HashSet<Arc<str>> = spans
+            .iter()
+            .filter_map(|s| s.business.flow_id.clone())
+            .collect();
+        let mut joined: Vec<u64> = spans
+            .iter()
+            .flat_map(|s| s.links.iter())
+            .filter_map(|l| self.by_trace.get(&l.trace_id).copied())
+            .chain(flow_ids.iter().filter_map(|f| self.by_flow_id.get(f).copied()))
+            .collect();
+        joined.sort_unstable();
+        joined.dedup();
+
+        if flow_ids.is_empty() && joined.is_empty() {
+            let flow = spans.iter().find_map(|s| s.business.flow.clone());
+            return vec![FinishedFlow {
+                traces: vec![spans],
+                incomplete: None,
+                flow,
+            }];
+        }
+
+        let id = match joined.first() {
+            Some(&id) => id,
+            None => {
+                let id = self.next;
+                self.next += 1;
+                self.pending.insert(
+                    id,
+                    Pending {
+                        traces: Vec::new(),
+                        trace_ids: Vec::new(),
+                        flow_ids: HashSet::new(),
+                        flow: None,
+                        stages: HashSet::new(),
+                        first_arrival: now,
+                        last_arrival: now,
+                    },
+                );
+                id
+            }
+        };
+        for &other in joined.iter().skip(1) {
+            if let Some(p) = self.pending.remove(&other) {
+                for t in &p.trace_ids {
+                    self.by_trace.insert(*t, id);
+                }
+                for f in &p.flow_ids {
+                    self.by_flow_id.insert(f.clone(), id);
+                }
+                if let Some(target) = self.pending.get_mut(&id) {
+                    target.traces.extend(p.traces);
+                    target.trace_ids.extend(p.trace_ids);
+                    target.flow_ids.extend(p.flow_ids);
+                    target.stages.extend(p.stages);
+                    target.flow = target.flow.take().or(p.flow);
+                    target.first_arrival = target.first_arrival.min(p.first_arrival);
+                }
+            }
+        }
+        self.by_trace.insert(trace_id, id);
+        for f in &flow_ids {
+            self.by_flow_id.insert(f.clone(), id);
+        }
+        if let Some(target) = self.pending.get_mut(&id) {
+            target.flow = target
+                .flow
+                .take()
+                .or_else(|| spans.iter().find_map(|s| s.business.flow.clone()));
+            target
+                .stages
+                .extend(spans.iter().filter_map(|s| s.business.stage.clone()));
+            target.trace_ids.push(trace_id);
+            target.flow_ids.extend(flow_ids);
+            target.traces.push(spans);
+            target.last_arrival = now;
+        }
+
+        let mut out = Vec::new();
+        while self.pending.len() > self.settings.max_pending {
+            let Some(oldest) = self
+                .pending
+                .iter()
+                .min_by_key(|(id, p)| (p.first_arrival, **id))
+                .map(|(id, _)| *id)
+            else {
+                break;
+            };
+            out.extend(self.finish(oldest, Some(BUFFER_FULL)));
+        }
+        out
+    }
+
+    /// The flows that are final at `now`.
+    pub fn finish_idle(&mut self, now: Instant) -> Vec<FinishedFlow> {
+        let ready: Vec<(u64, Option<&'static str>)> = self
+            .pending
+            .iter()
+            .filter_map(|(id, p)| {
+                if now.saturating_duration_since(p.last_arrival) < self.settings.flow_idle {
+                    return None;
+                }
+                let terminal = p
+                    .flow
+                    .as_deref()
+                    .and_then(|f| self.settings.terminal_stages.get(f));
+                match terminal {
+                    Some(stage) if !p.stages.iter().any(|s| &**s == stage) => {
+                        let timed_out = now.saturating_duration_since(p.first_arrival)
+                            >= self.settings.flow_timeout;
+                        timed_out.then_some((*id, Some(TERMINAL_STAGE_MISSING)))
+                    }
+                    _ => Some((*id, None)),
+                }
+            })
+            .collect();
+        ready
+            .into_iter()
+            .filter_map(|(id, reason)| self.finish(id, reason))
+            .collect()
+    }
+
+    /// Every waiting flow, final now (at shutdown).
+    pub fn drain(&mut self) -> Vec<FinishedFlow> {
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        ids.into_iter().filter_map(|id| self.finish(id, None)).collect()
+    }
+
+    fn finish(&mut self, id: u64, incomplete: Option<&'static str>) -> Option<FinishedFlow> {
+        let p = self.pending.remove(&id)?;
+        for t in &p.trace_ids {
+            self.by_trace.remove(t);
+        }
+        for f in &p.flow_ids {
+            if self.by_flow_id.get(f) == Some(&id) {
+                self.by_flow_id.remove(f);
+            }
+        }
+        Some(FinishedFlow {
+            traces: p.traces,
+            incomplete,
+            flow: p.flow,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::Link;
+    use crate::testing::{span, stage};
+
+    fn trace(id: u8, flow_id: Option<&str>, flow: Option<&str>, stage_name: &str) -> Vec<Span> {
+        let mut s = stage(span(stage_name, 0, 1));
+        s.trace_id = TraceId([id; 16]);
+        s.business.flow_id = flow_id.map(Arc::from);
+        s.business.flow = flow.map(Arc::from);
+        vec![s]
+    }
+
+    fn settings() -> FlowSettings {
+        FlowSettings {
+            flow_idle: Duration::from_secs(30),
+            flow_timeout: Duration::from_secs(120),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_trace_without_flow_id_or_links_is_final_at_once() {
+        let mut buf = FlowBuffer::new(settings());
+        let out = buf.add(trace(1, None, None, "x.y"), Instant::now());
+        assert_eq!(out.len(), 1);
+        assert_eq!(buf.pending(), 0);
+    }
+
+    #[test]
+    fn traces_sharing_a_flow_id_wait_for_each_other_until_idle() {
+        let mut buf = FlowBuffer::new(settings());
+        let t0 = Instant::now();
+        assert!(buf.add(trace(1, Some("ord_1"), Some("checkout"), "order.create"), t0).is_empty());
+        let later = t0 + Duration::from_secs(20);
+        assert!(buf.add(trace(2, Some("ord_1"), None, "payment.confirm"), later).is_empty());
+        assert!(buf.finish_idle(t0 + Duration::from_secs(40)).is_empty(), "idle counts from the last trace");
+        let done = buf.finish_idle(t0 + Duration::from_secs(50));
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].traces.len(), 2);
+        assert_eq!(done[0].incomplete, None);
+        assert_eq!(done[0].flow.as_deref(), Some("checkout"));
+    }
+
+    #[test]
+    fn a_link_joins_a_waiting_flow() {
+        let mut buf = FlowBuffer::new(settings());
+        let t0 = Instant::now();
+        let first = trace(1, Some("ord_1"), Some("checkout"), "channel.request");
+        let target = Link {
+            trace_id: first[0].trace_id,
+            span_id: first[0].span_id,
+        };
+        buf.add(first, t0);
+        let mut callback = trace(2, None, None, "payment.confirm");
+        callback[0].links.push(target);
+        assert!(buf.add(callback, t0).is_empty());
+        let done = buf.finish_idle(t0 + Duration::from_secs(30));
+        assert_eq!(done[0].traces.len(), 2);
+    }
+
+    #[test]
+    fn a_missing_terminal_stage_waits_for_the_timeout_then_is_incomplete() {
+        let mut buf = FlowBuffer::new(settings());
+        let t0 = Instant::now();
+        buf.add(trace(1, Some("ord_9"), Some("checkout"), "order.create"), t0);
+        assert!(buf.finish_idle(t0 + Duration::from_secs(60)).is_empty());
+        let done = buf.finish_idle(t0 + Duration::from_secs(120));
+        assert_eq!(done[0].incomplete, Some(TERMINAL_STAGE_MISSING));
+    }
+
+    #[test]
+    fn a_full_buffer_pushes_out_the_oldest_flow() {
+        let mut buf = FlowBuffer::new(FlowSettings {
+            max_pending: 1,
+            ..settings()
+        });
+        let t0 = Instant::now();
+        buf.add(trace(1, Some("a"), None, "x.y"), t0);
+        let out = buf.add(trace(2, Some("b"), None, "x.y"), t0 + Duration::from_secs(1));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].incomplete, Some(BUFFER_FULL));
+        assert_eq!(buf.pending(), 1);
+    }
+}
