@@ -155,6 +155,11 @@ impl Assembler {
         self.live.len()
     }
 
+    /// The byte budget.
+    pub fn max_bytes(&self) -> usize {
+        self.limits.max_bytes
+    }
+
     /// Estimated bytes buffered.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -348,7 +353,10 @@ mod tests {
         });
         let t0 = Instant::now();
         for i in 0..10u8 {
-            asm.add(vec![in_trace("x", i + 1)], t0 + Duration::from_millis(u64::from(i)));
+            asm.add(
+                vec![in_trace("x", i + 1)],
+                t0 + Duration::from_millis(u64::from(i)),
+            );
             assert!(asm.bytes() <= one * 3);
         }
         let done = asm.complete_idle(t0);

@@ -108,7 +108,11 @@ impl FlowBuffer {
             .iter()
             .flat_map(|s| s.links.iter())
             .filter_map(|l| self.by_trace.get(&l.trace_id).copied())
-            .chain(flow_ids.iter().filter_map(|f| self.by_flow_id.get(f).copied()))
+            .chain(
+                flow_ids
+                    .iter()
+                    .filter_map(|f| self.by_flow_id.get(f).copied()),
+            )
             .collect();
         joined.sort_unstable();
         joined.dedup();
@@ -225,7 +229,9 @@ impl FlowBuffer {
     /// Every waiting flow, final now (at shutdown).
     pub fn drain(&mut self) -> Vec<FinishedFlow> {
         let ids: Vec<u64> = self.pending.keys().copied().collect();
-        ids.into_iter().filter_map(|id| self.finish(id, None)).collect()
+        ids.into_iter()
+            .filter_map(|id| self.finish(id, None))
+            .collect()
     }
 
     fn finish(&mut self, id: u64, incomplete: Option<&'static str>) -> Option<FinishedFlow> {
@@ -280,10 +286,22 @@ mod tests {
     fn traces_sharing_a_flow_id_wait_for_each_other_until_idle() {
         let mut buf = FlowBuffer::new(settings());
         let t0 = Instant::now();
-        assert!(buf.add(trace(1, Some("ord_1"), Some("checkout"), "order.create"), t0).is_empty());
+        assert!(
+            buf.add(
+                trace(1, Some("ord_1"), Some("checkout"), "order.create"),
+                t0
+            )
+            .is_empty()
+        );
         let later = t0 + Duration::from_secs(20);
-        assert!(buf.add(trace(2, Some("ord_1"), None, "payment.confirm"), later).is_empty());
-        assert!(buf.finish_idle(t0 + Duration::from_secs(40)).is_empty(), "idle counts from the last trace");
+        assert!(
+            buf.add(trace(2, Some("ord_1"), None, "payment.confirm"), later)
+                .is_empty()
+        );
+        assert!(
+            buf.finish_idle(t0 + Duration::from_secs(40)).is_empty(),
+            "idle counts from the last trace"
+        );
         let done = buf.finish_idle(t0 + Duration::from_secs(50));
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].traces.len(), 2);
@@ -312,7 +330,10 @@ mod tests {
     fn a_missing_terminal_stage_waits_for_the_timeout_then_is_incomplete() {
         let mut buf = FlowBuffer::new(settings());
         let t0 = Instant::now();
-        buf.add(trace(1, Some("ord_9"), Some("checkout"), "order.create"), t0);
+        buf.add(
+            trace(1, Some("ord_9"), Some("checkout"), "order.create"),
+            t0,
+        );
         assert!(buf.finish_idle(t0 + Duration::from_secs(60)).is_empty());
         let done = buf.finish_idle(t0 + Duration::from_secs(120));
         assert_eq!(done[0].incomplete, Some(TERMINAL_STAGE_MISSING));
@@ -326,7 +347,10 @@ mod tests {
         });
         let t0 = Instant::now();
         buf.add(trace(1, Some("a"), None, "x.y"), t0);
-        let out = buf.add(trace(2, Some("b"), None, "x.y"), t0 + Duration::from_secs(1));
+        let out = buf.add(
+            trace(2, Some("b"), None, "x.y"),
+            t0 + Duration::from_secs(1),
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].incomplete, Some(BUFFER_FULL));
         assert_eq!(buf.pending(), 1);

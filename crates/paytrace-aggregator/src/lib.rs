@@ -13,14 +13,20 @@
 //! - [`stitch`]: spans into traces, traces into flow instances (offline).
 //! - [`flows`]: completed traces waiting, bounded, for the rest of their flow (live).
 //! - [`breakdown`]: flow analyses accumulated into per-stage breakdowns.
+//! - [`pipeline`]: the live pipeline; [`receiver`]: OTLP in; [`api`]: JSON out;
+//!   [`server`]: all of it on sockets.
 //! - [`testing`]: builders for hand-made spans.
 
 pub mod analysis;
 pub mod analyze;
+pub mod api;
 pub mod assembler;
 pub mod breakdown;
 pub mod decode;
 pub mod flows;
+pub mod pipeline;
+pub mod receiver;
+pub mod server;
 pub mod span;
 pub mod stitch;
 pub mod testing;

@@ -1,10 +1,13 @@
 //! `paytrace-aggregator`: per-stage latency breakdowns from OpenTelemetry traces.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use paytrace_aggregator::analyze::{analyze_files, render_table};
+use paytrace_aggregator::server::{ServeConfig, start};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -19,6 +22,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Receive OTLP traces and serve live breakdowns: the JSON API and
+    /// `/metrics` on --listen. Everything binds to 127.0.0.1 by default.
+    Serve(ServeArgs),
     /// Analyse OTLP JSON files (the OpenTelemetry Collector file exporter's
     /// format: one ExportTraceServiceRequest per line) and print where each
     /// flow's time goes, per stage.
@@ -32,6 +38,30 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// OTLP/gRPC listen address.
+    #[arg(long, default_value = "127.0.0.1:4317")]
+    otlp_grpc_listen: SocketAddr,
+    /// OTLP/HTTP listen address (`POST /v1/traces`, protobuf or JSON).
+    #[arg(long, default_value = "127.0.0.1:4318")]
+    otlp_http_listen: SocketAddr,
+    /// API, `/metrics`, `/healthz` and `/readyz` listen address.
+    #[arg(long, default_value = "127.0.0.1:8686")]
+    listen: SocketAddr,
+    /// A trace is complete once no span of it arrived for this long.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    trace_idle: Duration,
+    /// A flow (traces joined by links or flow id) is final once none of its
+    /// spans arrived for this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    flow_idle: Duration,
+    /// A flow still missing its terminal stage (checkout: payment.confirm)
+    /// this long after it began is counted incomplete.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    flow_timeout: Duration,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Format {
     /// Aligned text tables, one per flow and per (flow, payment method).
@@ -43,6 +73,7 @@ enum Format {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve(args),
         Command::Analyze { files, format } => match analyze_files(&files) {
             Ok(report) => {
                 let breakdowns = report.breakdowns();
@@ -75,4 +106,50 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = ServeConfig {
+        otlp_grpc: args.otlp_grpc_listen,
+        otlp_http: args.otlp_http_listen,
+        listen: args.listen,
+        ..ServeConfig::default()
+    };
+    config.pipeline.assembler.trace_idle = args.trace_idle;
+    config.pipeline.flows.flow_idle = args.flow_idle;
+    config.pipeline.flows.flow_timeout = args.flow_timeout;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let running = match start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: cannot listen: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(
+            otlp_grpc = %running.otlp_grpc,
+            otlp_http = %running.otlp_http,
+            api = %format!("http://{}/api/v1/flows", running.listen),
+            metrics = %format!("http://{}/metrics", running.listen),
+            "paytrace-aggregator listening"
+        );
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing buffered traces");
+        running.shutdown().await;
+        ExitCode::SUCCESS
+    })
 }

@@ -229,6 +229,10 @@ pub mod metric {
         "paytrace_aggregator_traces_completed_total";
     /// Counter `{reason}`.
     pub const AGGREGATOR_TRACES_EVICTED_TOTAL: &str = "paytrace_aggregator_traces_evicted_total";
+    /// Counter `{protocol, reason}`: OTLP requests turned away whole
+    /// (`overloaded`, `too_large`, `malformed`, `unsupported_media_type`).
+    pub const AGGREGATOR_REQUESTS_REFUSED_TOTAL: &str =
+        "paytrace_aggregator_requests_refused_total";
     /// Counter.
     pub const AGGREGATOR_SERIES_OVERFLOW_TOTAL: &str = "paytrace_aggregator_series_overflow_total";
 
@@ -275,6 +279,7 @@ pub mod metric {
         AGGREGATOR_TRACES_LIVE,
         AGGREGATOR_TRACES_COMPLETED_TOTAL,
         AGGREGATOR_TRACES_EVICTED_TOTAL,
+        AGGREGATOR_REQUESTS_REFUSED_TOTAL,
         AGGREGATOR_SERIES_OVERFLOW_TOTAL,
     ];
 }

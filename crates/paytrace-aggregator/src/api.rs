@@ -1,0 +1,154 @@
+//! The JSON API, `/metrics`, and the health endpoints.
+//!
+//! - `GET /api/v1/flows?window=5m`
+//! - `GET /api/v1/breakdown?flow=F&window=5m[&payment_method=M][&payment_channel=C]`
+//! - `GET /api/v1/traces/slow?flow=F[&stage=S][&limit=N]`
+//! - `GET /metrics`, `GET /healthz`, `GET /readyz`
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::{Encoder, TextEncoder};
+use serde::Deserialize;
+
+use crate::pipeline::{Pipeline, WINDOWS_MINUTES, wall_minute};
+
+/// A window such as `5m` or `1h`, in minutes; one of [`WINDOWS_MINUTES`].
+///
+/// ```
+/// use paytrace_aggregator::api::parse_window;
+/// assert_eq!(parse_window("15m"), Ok(15));
+/// assert_eq!(parse_window("1h"), Ok(60));
+/// assert!(parse_window("2m").is_err());
+/// ```
+pub fn parse_window(s: &str) -> Result<u64, String> {
+    let minutes = match s {
+        "1m" => 1,
+        "5m" => 5,
+        "15m" => 15,
+        "1h" | "60m" => 60,
+        _ => 0,
+    };
+    if WINDOWS_MINUTES.contains(&minutes) {
+        Ok(minutes)
+    } else {
+        Err(format!("window {s:?} is not one of 1m, 5m, 15m, 1h"))
+    }
+}
+
+fn bad_request(message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct WindowQuery {
+    window: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BreakdownQuery {
+    flow: Option<String>,
+    window: Option<String>,
+    payment_method: Option<String>,
+    payment_channel: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SlowQuery {
+    flow: Option<String>,
+    stage: Option<String>,
+    limit: Option<usize>,
+}
+
+fn window(w: Option<&str>) -> Result<u64, Response> {
+    parse_window(w.unwrap_or("5m")).map_err(bad_request)
+}
+
+async fn flows(State(p): State<Arc<Pipeline>>, Query(q): Query<WindowQuery>) -> Response {
+    let minutes = match window(q.window.as_deref()) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    Json(serde_json::json!({
+        "window_seconds": minutes * 60,
+        "flows": p.flows(minutes, wall_minute()),
+    }))
+    .into_response()
+}
+
+async fn breakdown(State(p): State<Arc<Pipeline>>, Query(q): Query<BreakdownQuery>) -> Response {
+    let Some(flow) = q.flow.filter(|f| !f.is_empty()) else {
+        return bad_request("the flow parameter is required, e.g. ?flow=checkout".to_owned());
+    };
+    let minutes = match window(q.window.as_deref()) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let b = p.breakdown(
+        &flow,
+        minutes,
+        q.payment_method.as_deref().filter(|s| !s.is_empty()),
+        q.payment_channel.as_deref().filter(|s| !s.is_empty()),
+        wall_minute(),
+    );
+    Json(b).into_response()
+}
+
+async fn slow(State(p): State<Arc<Pipeline>>, Query(q): Query<SlowQuery>) -> Response {
+    let Some(flow) = q.flow.filter(|f| !f.is_empty()) else {
+        return bad_request("the flow parameter is required, e.g. ?flow=checkout".to_owned());
+    };
+    let limit = q.limit.unwrap_or(20).clamp(1, 200);
+    Json(serde_json::json!({
+        "flow": flow,
+        "stage": q.stage,
+        "traces": p.slow(&flow, q.stage.as_deref(), limit),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(p): State<Arc<Pipeline>>) -> Response {
+    let encoder = TextEncoder::new();
+    let mut body = Vec::new();
+    match encoder.encode(&p.registry().gather(), &mut body) {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn ready(State(p): State<Arc<Pipeline>>) -> Response {
+    if p.near_capacity() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "assembly buffer near its byte budget",
+        )
+            .into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+/// The API router.
+pub fn router(pipeline: Arc<Pipeline>) -> Router {
+    Router::new()
+        .route("/api/v1/flows", get(flows))
+        .route("/api/v1/breakdown", get(breakdown))
+        .route("/api/v1/traces/slow", get(slow))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(pipeline)
+}

@@ -1,0 +1,612 @@
+//! The live pipeline: decoded spans in; complete traces, stitched flows,
+//! rolling-window breakdowns, slow flows and Prometheus metrics out.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use paytrace_semconv::{DEFAULT_LATENCY_BUCKETS, OVERFLOW_LABEL_VALUE, label, metric};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+use serde::Serialize;
+
+use crate::analysis::{FlowAnalysis, analyze_flow};
+use crate::assembler::{Assembler, AssemblerLimits};
+use crate::breakdown::{Breakdown, Groups};
+use crate::decode::Decoded;
+use crate::flows::{FinishedFlow, FlowBuffer, FlowSettings};
+
+/// How spans reached the aggregator: the `protocol` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP with a protobuf body.
+    HttpProtobuf,
+    /// OTLP/HTTP with a JSON body.
+    HttpJson,
+}
+
+impl Protocol {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http_protobuf",
+            Self::HttpJson => "http_json",
+        }
+    }
+}
+
+/// Settings of the pipeline.
+#[derive(Clone, Debug, Default)]
+pub struct PipelineConfig {
+    /// Trace assembly.
+    pub assembler: AssemblerLimits,
+    /// Flow stitching.
+    pub flows: FlowSettings,
+    /// Distinct values allowed per metric label (flow, stage, method, channel).
+    pub label_limit: Option<usize>,
+}
+
+/// The windows the API offers, in minutes.
+pub const WINDOWS_MINUTES: [u64; 4] = [1, 5, 15, 60];
+
+const RECENT_PER_FLOW: usize = 500;
+
+/// One flow instance kept for the slow-flows view.
+#[derive(Clone, Debug, Serialize)]
+pub struct SlowFlow {
+    /// The flow.
+    pub flow: String,
+    /// Its flow id, if any.
+    pub flow_id: Option<String>,
+    /// Payment method, if any.
+    pub payment_method: Option<String>,
+    /// Payment channel, if any.
+    pub payment_channel: Option<String>,
+    /// Start, seconds since the epoch.
+    pub start_unix_seconds: f64,
+    /// End to end, seconds.
+    pub duration_seconds: f64,
+    /// Whether a trace root ended in error.
+    pub error: bool,
+    /// Its traces, earliest first.
+    pub trace_ids: Vec<String>,
+    /// The critical path, earliest first.
+    pub critical_path: Vec<PathStep>,
+    /// Per stage: seconds on the critical path.
+    pub stages: Vec<(String, f64)>,
+}
+
+/// One step of a slow flow's critical path.
+#[derive(Clone, Debug, Serialize)]
+pub struct PathStep {
+    /// Its trace.
+    pub trace_id: String,
+    /// The span, absent for an async wait.
+    pub span_id: Option<String>,
+    /// The stage the time counts for.
+    pub stage: String,
+    /// Offset from the flow's start, seconds.
+    pub offset_seconds: f64,
+    /// Length, seconds.
+    pub duration_seconds: f64,
+}
+
+/// One line of the flows overview.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowSummary {
+    /// The flow.
+    pub flow: String,
+    /// Complete flow instances in the window.
+    pub traces: u64,
+    /// End-to-end median, seconds.
+    pub p50: f64,
+    /// End-to-end 99th percentile, seconds.
+    pub p99: f64,
+    /// Share of instances whose root ended in error.
+    pub error_share: f64,
+    /// Instances reported incomplete in the window.
+    pub incomplete: u64,
+}
+
+#[derive(Debug, Default)]
+struct Minute {
+    minute: u64,
+    groups: Groups,
+    errors: HashMap<Arc<str>, u64>,
+    incomplete: HashMap<Arc<str>, u64>,
+}
+
+struct State {
+    assembler: Assembler,
+    flows: FlowBuffer,
+    minutes: VecDeque<Minute>,
+    recent: HashMap<Arc<str>, VecDeque<SlowFlow>>,
+    labels: HashMap<&'static str, HashSet<String>>,
+}
+
+/// The aggregator's Prometheus families.
+struct Metrics {
+    registry: Registry,
+    flow_duration: HistogramVec,
+    stage_critical_path: HistogramVec,
+    stage_self: HistogramVec,
+    flows_incomplete: IntCounterVec,
+    spans_received: IntCounterVec,
+    spans_dropped: IntCounterVec,
+    traces_live: IntGauge,
+    traces_completed: IntCounter,
+    traces_evicted: IntCounterVec,
+    series_overflow: IntCounter,
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<HistogramVec> {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(DEFAULT_LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+}
+
+impl Metrics {
+    fn new() -> prometheus::Result<Self> {
+        let stage_labels = [
+            label::FLOW,
+            label::STAGE,
+            label::PAYMENT_METHOD,
+            label::PAYMENT_CHANNEL,
+        ];
+        let m = Self {
+            registry: Registry::new(),
+            flow_duration: histogram(
+                metric::FLOW_DURATION_SECONDS,
+                "End-to-end duration of complete flow instances, stitched across traces.",
+                &[
+                    label::FLOW,
+                    label::PAYMENT_METHOD,
+                    label::PAYMENT_CHANNEL,
+                    label::OUTCOME,
+                ],
+            )?,
+            stage_critical_path: histogram(
+                metric::STAGE_CRITICAL_PATH_SECONDS,
+                "Per flow instance, a stage's time on the flow's critical path.",
+                &stage_labels,
+            )?,
+            stage_self: histogram(
+                metric::STAGE_SELF_SECONDS,
+                "Per flow instance, a stage's self time (duration minus nested stages).",
+                &stage_labels,
+            )?,
+            flows_incomplete: IntCounterVec::new(
+                Opts::new(
+                    metric::FLOWS_INCOMPLETE_TOTAL,
+                    "Flow instances reported incomplete, by reason.",
+                ),
+                &[label::FLOW, label::REASON],
+            )?,
+            spans_received: IntCounterVec::new(
+                Opts::new(
+                    metric::AGGREGATOR_SPANS_RECEIVED_TOTAL,
+                    "Spans received, by protocol (valid or not).",
+                ),
+                &[label::PROTOCOL],
+            )?,
+            spans_dropped: IntCounterVec::new(
+                Opts::new(
+                    metric::AGGREGATOR_SPANS_DROPPED_TOTAL,
+                    "Spans not analysed, by reason.",
+                ),
+                &[label::REASON],
+            )?,
+            traces_live: IntGauge::new(metric::AGGREGATOR_TRACES_LIVE, "Traces being assembled.")?,
+            traces_completed: IntCounter::new(
+                metric::AGGREGATOR_TRACES_COMPLETED_TOTAL,
+                "Traces assembled and handed to flow stitching.",
+            )?,
+            traces_evicted: IntCounterVec::new(
+                Opts::new(
+                    metric::AGGREGATOR_TRACES_EVICTED_TOTAL,
+                    "Traces handed on before they were idle, by reason.",
+                ),
+                &[label::REASON],
+            )?,
+            series_overflow: IntCounter::new(
+                metric::AGGREGATOR_SERIES_OVERFLOW_TOTAL,
+                "Label values folded into `other` because a label reached its limit.",
+            )?,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.flow_duration.clone()))?;
+        r.register(Box::new(m.stage_critical_path.clone()))?;
+        r.register(Box::new(m.stage_self.clone()))?;
+        r.register(Box::new(m.flows_incomplete.clone()))?;
+        r.register(Box::new(m.spans_received.clone()))?;
+        r.register(Box::new(m.spans_dropped.clone()))?;
+        r.register(Box::new(m.traces_live.clone()))?;
+        r.register(Box::new(m.traces_completed.clone()))?;
+        r.register(Box::new(m.traces_evicted.clone()))?;
+        r.register(Box::new(m.series_overflow.clone()))?;
+        for reason in DROP_REASONS {
+            m.spans_dropped.with_label_values(&[reason]);
+        }
+        for p in [Protocol::Grpc, Protocol::HttpProtobuf, Protocol::HttpJson] {
+            m.spans_received.with_label_values(&[p.as_str()]);
+        }
+        Ok(m)
+    }
+}
+
+/// Every `reason` of `paytrace_aggregator_spans_dropped_total`.
+pub const DROP_REASONS: [&str; 5] = [
+    "invalid",
+    "overloaded",
+    "late",
+    "trace_span_limit",
+    "too_large",
+];
+
+/// The live pipeline; share it behind an `Arc`.
+pub struct Pipeline {
+    state: Mutex<State>,
+    metrics: Metrics,
+    label_limit: usize,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").finish_non_exhaustive()
+    }
+}
+
+/// Minutes since the epoch, by the wall clock.
+pub fn wall_minute() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 60)
+}
+
+impl Pipeline {
+    /// A pipeline with `config`.
+    pub fn new(config: PipelineConfig) -> Self {
+        Self {
+            state: Mutex::new(State {
+                assembler: Assembler::new(config.assembler),
+                flows: FlowBuffer::new(config.flows),
+                minutes: VecDeque::new(),
+                recent: HashMap::new(),
+                labels: HashMap::new(),
+            }),
+            metrics: Metrics::new().expect("the aggregator's families are distinct"),
+            label_limit: config.label_limit.unwrap_or(200),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The registry holding the aggregator's metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.metrics.registry
+    }
+
+    /// Counts spans the receivers turned away before decoding (`overloaded`,
+    /// `too_large`).
+    pub fn count_dropped(&self, reason: &str, spans: u64) {
+        self.metrics
+            .spans_dropped
+            .with_label_values(&[reason])
+            .inc_by(spans);
+    }
+
+    /// Buffers the spans of one decoded request that arrived at `now`.
+    pub fn ingest(&self, protocol: Protocol, decoded: Decoded, now: Instant) {
+        let received = decoded.spans.len() as u64 + decoded.rejected;
+        self.metrics
+            .spans_received
+            .with_label_values(&[protocol.as_str()])
+            .inc_by(received);
+        if decoded.rejected > 0 {
+            self.count_dropped("invalid", decoded.rejected);
+        }
+        let mut state = self.state();
+        let added = state.assembler.add(decoded.spans, now);
+        for (reason, n) in added.dropped {
+            self.count_dropped(reason.as_str(), n);
+        }
+        self.metrics
+            .traces_live
+            .set(state.assembler.live_traces() as i64);
+    }
+
+    /// Moves time forward: completes idle traces, finishes idle flows,
+    /// records them. Call it about once a second.
+    pub fn tick(&self, now: Instant, minute: u64) {
+        let mut state = self.state();
+        let completed = state.assembler.complete_idle(now);
+        let mut finished = Vec::new();
+        for trace in completed {
+            self.metrics.traces_completed.inc();
+            if let Some(reason) = trace.evicted {
+                self.metrics
+                    .traces_evicted
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+            }
+            finished.extend(state.flows.add(trace.spans, trace.last_arrival.max(now)));
+        }
+        finished.extend(state.flows.finish_idle(now));
+        for flow in finished {
+            self.record(&mut state, flow, minute);
+        }
+        self.metrics
+            .traces_live
+            .set(state.assembler.live_traces() as i64);
+    }
+
+    /// Finishes everything buffered now (at shutdown, or in tests).
+    pub fn flush(&self, minute: u64) {
+        let mut state = self.state();
+        let completed = state.assembler.drain();
+        let mut finished = Vec::new();
+        let now = Instant::now();
+        for trace in completed {
+            self.metrics.traces_completed.inc();
+            finished.extend(state.flows.add(trace.spans, now));
+        }
+        finished.extend(state.flows.drain());
+        for flow in finished {
+            self.record(&mut state, flow, minute);
+        }
+        self.metrics
+            .traces_live
+            .set(state.assembler.live_traces() as i64);
+    }
+
+    fn record(&self, state: &mut State, finished: FinishedFlow, minute: u64) {
+        let Some(analysis) = analyze_flow(&finished.traces) else {
+            return;
+        };
+        let slot = slot(&mut state.minutes, minute);
+        if let Some(reason) = finished.incomplete {
+            let flow = self.admit(&mut state.labels, label::FLOW, &analysis.flow);
+            self.metrics
+                .flows_incomplete
+                .with_label_values(&[flow.as_str(), reason])
+                .inc();
+            let slot = slot_mut(&mut state.minutes, slot);
+            *slot.incomplete.entry(analysis.flow.clone()).or_default() += 1;
+            return;
+        }
+        {
+            let slot = slot_mut(&mut state.minutes, slot);
+            slot.groups.add(&analysis);
+            if analysis.is_error {
+                *slot.errors.entry(analysis.flow.clone()).or_default() += 1;
+            }
+        }
+        self.observe(state, &analysis);
+        let recent = state.recent.entry(analysis.flow.clone()).or_default();
+        if recent.len() >= RECENT_PER_FLOW {
+            recent.pop_front();
+        }
+        recent.push_back(slow_flow(&analysis));
+    }
+
+    fn admit(
+        &self,
+        labels: &mut HashMap<&'static str, HashSet<String>>,
+        name: &'static str,
+        value: &str,
+    ) -> String {
+        let seen = labels.entry(name).or_default();
+        if seen.contains(value) || seen.len() < self.label_limit {
+            seen.insert(value.to_owned());
+            value.to_owned()
+        } else {
+            self.metrics.series_overflow.inc();
+            OVERFLOW_LABEL_VALUE.to_owned()
+        }
+    }
+
+    fn observe(&self, state: &mut State, a: &FlowAnalysis) {
+        let flow = self.admit(&mut state.labels, label::FLOW, &a.flow);
+        let method = self.admit(
+            &mut state.labels,
+            label::PAYMENT_METHOD,
+            a.payment_method.as_deref().unwrap_or(""),
+        );
+        let channel = self.admit(
+            &mut state.labels,
+            label::PAYMENT_CHANNEL,
+            a.payment_channel.as_deref().unwrap_or(""),
+        );
+        let outcome = if a.is_error { "error" } else { "ok" };
+        self.metrics
+            .flow_duration
+            .with_label_values(&[flow.as_str(), &method, &channel, outcome])
+            .observe(a.duration_ns() as f64 / 1e9);
+        for s in &a.stages {
+            let stage = self.admit(&mut state.labels, label::STAGE, &s.stage);
+            let labels = [flow.as_str(), &stage, &method, &channel];
+            self.metrics
+                .stage_critical_path
+                .with_label_values(&labels)
+                .observe(s.critical_path_ns as f64 / 1e9);
+            self.metrics
+                .stage_self
+                .with_label_values(&labels)
+                .observe(s.self_ns as f64 / 1e9);
+        }
+    }
+
+    /// The breakdown of `flow` over the last `window_minutes` (the current
+    /// minute and the whole minutes before it), optionally for one method
+    /// and channel.
+    pub fn breakdown(
+        &self,
+        flow: &str,
+        window_minutes: u64,
+        payment_method: Option<&str>,
+        payment_channel: Option<&str>,
+        now_minute: u64,
+    ) -> Breakdown {
+        let state = self.state();
+        let mut acc = crate::breakdown::Accumulator::default();
+        for m in in_window(&state.minutes, now_minute, window_minutes) {
+            acc.merge(&m.groups.select(flow, payment_method, payment_channel));
+        }
+        acc.breakdown(
+            flow,
+            payment_method,
+            payment_channel,
+            Some(window_minutes * 60),
+        )
+    }
+
+    /// Every flow with traffic in the window.
+    pub fn flows(&self, window_minutes: u64, now_minute: u64) -> Vec<FlowSummary> {
+        let state = self.state();
+        let minutes: Vec<&Minute> = in_window(&state.minutes, now_minute, window_minutes).collect();
+        let mut names: Vec<Arc<str>> = minutes
+            .iter()
+            .flat_map(|m| {
+                m.groups
+                    .flows()
+                    .into_iter()
+                    .chain(m.incomplete.keys().cloned())
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|flow| {
+                let mut acc = crate::breakdown::Accumulator::default();
+                let mut errors = 0;
+                let mut incomplete = 0;
+                for m in &minutes {
+                    acc.merge(&m.groups.select(&flow, None, None));
+                    errors += m.errors.get(&flow).copied().unwrap_or(0);
+                    incomplete += m.incomplete.get(&flow).copied().unwrap_or(0);
+                }
+                let b = acc.breakdown(&flow, None, None, None);
+                FlowSummary {
+                    flow: flow.to_string(),
+                    traces: b.traces,
+                    p50: b.end_to_end.p50,
+                    p99: b.end_to_end.p99,
+                    error_share: if b.traces == 0 {
+                        0.0
+                    } else {
+                        errors as f64 / b.traces as f64
+                    },
+                    incomplete,
+                }
+            })
+            .collect()
+    }
+
+    /// The slowest recent instances of `flow`, by end-to-end time, or by
+    /// `stage`'s critical-path time when given.
+    pub fn slow(&self, flow: &str, stage: Option<&str>, limit: usize) -> Vec<SlowFlow> {
+        let state = self.state();
+        let Some(recent) = state.recent.get(flow) else {
+            return Vec::new();
+        };
+        let key = |f: &SlowFlow| match stage {
+            None => f.duration_seconds,
+            Some(s) => f
+                .stages
+                .iter()
+                .find(|(name, _)| name == s)
+                .map_or(-1.0, |(_, t)| *t),
+        };
+        let mut out: Vec<SlowFlow> = recent.iter().filter(|f| key(f) >= 0.0).cloned().collect();
+        out.sort_by(|a, b| key(b).total_cmp(&key(a)));
+        out.truncate(limit);
+        out
+    }
+
+    /// Whether the assembly buffer is within 10% of its byte budget: new
+    /// requests should be told to retry later.
+    pub fn near_capacity(&self) -> bool {
+        let state = self.state();
+        state.assembler.bytes() >= state.assembler.max_bytes() / 10 * 9
+    }
+
+    /// Traces being assembled and flows waiting.
+    pub fn buffered(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.assembler.live_traces(), state.flows.pending())
+    }
+}
+
+fn slot(minutes: &mut VecDeque<Minute>, minute: u64) -> usize {
+    match minutes.back() {
+        Some(last) if last.minute == minute => {}
+        Some(last) if last.minute > minute => {
+            // The wall clock went back: keep adding to the latest slot.
+            return minutes.len() - 1;
+        }
+        _ => {
+            minutes.push_back(Minute {
+                minute,
+                ..Minute::default()
+            });
+            while minutes.len() > 60 || minutes.front().is_some_and(|m| m.minute + 60 <= minute) {
+                minutes.pop_front();
+            }
+        }
+    }
+    minutes.len() - 1
+}
+
+fn slot_mut(minutes: &mut VecDeque<Minute>, i: usize) -> &mut Minute {
+    &mut minutes[i]
+}
+
+fn in_window(
+    minutes: &VecDeque<Minute>,
+    now_minute: u64,
+    window_minutes: u64,
+) -> impl Iterator<Item = &Minute> {
+    minutes
+        .iter()
+        .filter(move |m| m.minute + window_minutes > now_minute && m.minute <= now_minute)
+}
+
+fn slow_flow(a: &FlowAnalysis) -> SlowFlow {
+    let s = |ns: u64| ns as f64 / 1e9;
+    let mut path: Vec<PathStep> = a
+        .critical_path
+        .iter()
+        .map(|seg| PathStep {
+            trace_id: seg.trace_id.to_string(),
+            span_id: seg.span_id.map(|id| id.to_string()),
+            stage: seg.stage.to_string(),
+            offset_seconds: s(seg.start_ns - a.start_ns),
+            duration_seconds: s(seg.end_ns - seg.start_ns),
+        })
+        .collect();
+    path.reverse();
+    SlowFlow {
+        flow: a.flow.to_string(),
+        flow_id: a.flow_id.as_deref().map(str::to_owned),
+        payment_method: a.payment_method.as_deref().map(str::to_owned),
+        payment_channel: a.payment_channel.as_deref().map(str::to_owned),
+        start_unix_seconds: s(a.start_ns),
+        duration_seconds: s(a.duration_ns()),
+        error: a.is_error,
+        trace_ids: a.traces.iter().map(ToString::to_string).collect(),
+        critical_path: path,
+        stages: a
+            .stages
+            .iter()
+            .map(|st| (st.stage.to_string(), s(st.critical_path_ns)))
+            .collect(),
+    }
+}

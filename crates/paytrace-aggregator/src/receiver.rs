@@ -1,0 +1,369 @@
+//! OTLP receivers: gRPC `TraceService/Export` and HTTP `POST /v1/traces`
+//! (protobuf or JSON, optionally gzip), as the OTLP specification describes.
+//!
+//! - Invalid spans are rejected one by one in `partial_success`.
+//! - A malformed payload is `INVALID_ARGUMENT` / `400`; an oversize one
+//!   `RESOURCE_EXHAUSTED` / `413`.
+//! - Under overload (too many requests in flight, or the assembly buffer
+//!   near its byte budget) the answer is retryable: gRPC `UNAVAILABLE` with
+//!   `RetryInfo`, HTTP `503` with `Retry-After`. Memory does not grow.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prometheus::IntCounterVec;
+use prost::Message;
+use tokio::sync::Semaphore;
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::decode::{Decoded, Interner, SpanLimits, decode};
+use crate::pipeline::{Pipeline, Protocol};
+
+/// Limits of the receivers.
+#[derive(Clone, Debug)]
+pub struct ReceiverLimits {
+    /// Largest request body, after decompression.
+    pub max_body_bytes: usize,
+    /// Requests decoded at once; more are told to retry.
+    pub max_in_flight: usize,
+    /// How long a client told to retry should wait.
+    pub retry_after: Duration,
+    /// Per-span limits.
+    pub spans: SpanLimits,
+}
+
+impl Default for ReceiverLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_in_flight: 64,
+            retry_after: Duration::from_secs(1),
+            spans: SpanLimits::default(),
+        }
+    }
+}
+
+/// What both receivers share.
+#[derive(Clone)]
+pub struct Receiver {
+    pipeline: Arc<Pipeline>,
+    limits: ReceiverLimits,
+    in_flight: Arc<Semaphore>,
+    refused: IntCounterVec,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a request was turned away whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Overloaded,
+    TooLarge,
+    Malformed,
+    UnsupportedMediaType,
+}
+
+impl Refusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Overloaded => "overloaded",
+            Self::TooLarge => "too_large",
+            Self::Malformed => "malformed",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+        }
+    }
+}
+
+impl Receiver {
+    /// Receivers feeding `pipeline`; registers their refusal counter in the
+    /// pipeline's registry.
+    pub fn new(pipeline: Arc<Pipeline>, limits: ReceiverLimits) -> prometheus::Result<Self> {
+        let refused = IntCounterVec::new(
+            prometheus::Opts::new(
+                paytrace_semconv::metric::AGGREGATOR_REQUESTS_REFUSED_TOTAL,
+                "OTLP requests turned away whole, by protocol and reason.",
+            ),
+            &[
+                paytrace_semconv::label::PROTOCOL,
+                paytrace_semconv::label::REASON,
+            ],
+        )?;
+        pipeline.registry().register(Box::new(refused.clone()))?;
+        Ok(Self {
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            pipeline,
+            limits,
+            refused,
+        })
+    }
+
+    fn refuse(&self, protocol: Protocol, why: Refusal) {
+        self.refused
+            .with_label_values(&[protocol.as_str(), why.as_str()])
+            .inc();
+    }
+
+    fn overloaded(&self) -> bool {
+        self.pipeline.near_capacity()
+    }
+
+    /// Decodes and buffers `request`; the response carries the rejections.
+    fn accept(
+        &self,
+        protocol: Protocol,
+        request: ExportTraceServiceRequest,
+    ) -> ExportTraceServiceResponse {
+        let mut interner = Interner::default();
+        let decoded: Decoded = decode(request, &self.limits.spans, &mut interner);
+        let partial_success = (decoded.rejected > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: i64::try_from(decoded.rejected).unwrap_or(i64::MAX),
+            error_message: decoded.first_error.clone().unwrap_or_default(),
+        });
+        self.pipeline.ingest(protocol, decoded, Instant::now());
+        ExportTraceServiceResponse { partial_success }
+    }
+
+    /// The gRPC service, for a `tonic` server.
+    pub fn grpc(&self) -> TraceServiceServer<Self> {
+        TraceServiceServer::new(self.clone())
+            .max_decoding_message_size(self.limits.max_body_bytes)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+    }
+
+    /// The HTTP router with `POST /v1/traces`.
+    pub fn http(&self) -> Router {
+        Router::new()
+            .route("/v1/traces", post(http_export))
+            // The handler reads the body with its own limit, so that an
+            // oversize body is answered and counted like every refusal.
+            .layer(DefaultBodyLimit::disable())
+            .with_state(self.clone())
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return Err(self.grpc_overloaded(&request));
+        };
+        if self.overloaded() {
+            return Err(self.grpc_overloaded(&request));
+        }
+        let pipeline_receiver = self.clone();
+        let response =
+            tokio::task::spawn_blocking(move || pipeline_receiver.accept(Protocol::Grpc, request))
+                .await
+                .map_err(|e| tonic::Status::internal(format!("decoding failed: {e}")))?;
+        Ok(tonic::Response::new(response))
+    }
+}
+
+impl Receiver {
+    fn grpc_overloaded(&self, request: &ExportTraceServiceRequest) -> tonic::Status {
+        // Retryable: the exporter resends the spans, so they are not lost;
+        // the refusal is counted, the spans are not dropped.
+        let _ = request;
+        self.refuse(Protocol::Grpc, Refusal::Overloaded);
+        tonic::Status::with_error_details(
+            tonic::Code::Unavailable,
+            "the aggregator is overloaded; retry later",
+            ErrorDetails::with_retry_info(Some(self.limits.retry_after)),
+        )
+    }
+}
+
+/// The body formats of OTLP/HTTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Protobuf,
+    Json,
+}
+
+impl Format {
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::Protobuf => "application/x-protobuf",
+            Self::Json => "application/json",
+        }
+    }
+
+    fn protocol(self) -> Protocol {
+        match self {
+            Self::Protobuf => Protocol::HttpProtobuf,
+            Self::Json => Protocol::HttpJson,
+        }
+    }
+}
+
+fn http_status(format: Format, status: StatusCode, message: String) -> Response {
+    // google.rpc.Status: code 3 is INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED,
+    // 14 UNAVAILABLE.
+    let code = match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE => 3,
+        StatusCode::PAYLOAD_TOO_LARGE => 8,
+        _ => 14,
+    };
+    let body = match format {
+        Format::Json => serde_json::json!({ "code": code, "message": message })
+            .to_string()
+            .into_bytes(),
+        Format::Protobuf => tonic_types::pb::Status {
+            code,
+            message,
+            details: Vec::new(),
+        }
+        .encode_to_vec(),
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response()
+}
+
+async fn http_export(State(rx): State<Receiver>, headers: HeaderMap, body: Body) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let format = match content_type.as_str() {
+        "application/x-protobuf" | "application/protobuf" => Format::Protobuf,
+        "application/json" => Format::Json,
+        other => {
+            rx.refuse(Protocol::HttpProtobuf, Refusal::UnsupportedMediaType);
+            return http_status(
+                Format::Json,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "content type {other:?} is not OTLP: use application/x-protobuf or application/json"
+                ),
+            );
+        }
+    };
+    let protocol = format.protocol();
+    let Ok(_permit) = rx.in_flight.try_acquire() else {
+        return http_overloaded(&rx, format);
+    };
+    if rx.overloaded() {
+        return http_overloaded(&rx, format);
+    }
+    let max = rx.limits.max_body_bytes;
+    let body: Bytes = match axum::body::to_bytes(body, max).await {
+        Ok(b) => b,
+        Err(_) => {
+            rx.refuse(protocol, Refusal::TooLarge);
+            return http_status(
+                format,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body exceeds {max} bytes (or the client stopped sending it)"),
+            );
+        }
+    };
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let worker = rx.clone();
+    let outcome =
+        tokio::task::spawn_blocking(move || -> Result<Vec<u8>, (StatusCode, Refusal, String)> {
+            let raw: Vec<u8> = if gzip {
+                let mut out = Vec::new();
+                let read = flate2::read::GzDecoder::new(&body[..])
+                    .take(max as u64 + 1)
+                    .read_to_end(&mut out);
+                match read {
+                    Ok(n) if n > max => {
+                        return Err((
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            Refusal::TooLarge,
+                            format!("the decompressed body exceeds {max} bytes"),
+                        ));
+                    }
+                    Ok(_) => out,
+                    Err(e) => {
+                        return Err((
+                            StatusCode::BAD_REQUEST,
+                            Refusal::Malformed,
+                            format!("invalid gzip body: {e}"),
+                        ));
+                    }
+                }
+            } else {
+                body.to_vec()
+            };
+            let request = match format {
+                Format::Protobuf => ExportTraceServiceRequest::decode(&raw[..])
+                    .map_err(|e| format!("not an OTLP ExportTraceServiceRequest (protobuf): {e}")),
+                Format::Json => serde_json::from_slice::<ExportTraceServiceRequest>(&raw)
+                    .map_err(|e| format!("not an OTLP ExportTraceServiceRequest (JSON): {e}")),
+            }
+            .map_err(|m| (StatusCode::BAD_REQUEST, Refusal::Malformed, m))?;
+            let response = worker.accept(protocol, request);
+            Ok(match format {
+                Format::Protobuf => response.encode_to_vec(),
+                Format::Json => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
+            })
+        })
+        .await;
+    match outcome {
+        Ok(Ok(body)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, format.content_type())],
+            body,
+        )
+            .into_response(),
+        Ok(Err((status, why, message))) => {
+            rx.refuse(protocol, why);
+            http_status(format, status, message)
+        }
+        Err(e) => http_status(
+            format,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("decoding failed: {e}"),
+        ),
+    }
+}
+
+fn http_overloaded(rx: &Receiver, format: Format) -> Response {
+    rx.refuse(format.protocol(), Refusal::Overloaded);
+    let mut response = http_status(
+        format,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the aggregator is overloaded; retry later".to_owned(),
+    );
+    let secs = rx.limits.retry_after.as_secs().max(1).to_string();
+    if let Ok(v) = HeaderValue::from_str(&secs) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
