@@ -132,16 +132,16 @@ fn convert(
 ) -> Result<Span, String> {
     let trace_id = TraceId::from_bytes(&span.trace_id).ok_or_else(|| {
         format!(
-            "span {:?}: trace_id must be 16 bytes, not all zero (got {} bytes)",
+            "span {:?}: trace_id {}",
             truncate(&span.name),
-            span.trace_id.len()
+            id_problem(span.trace_id.len(), 16)
         )
     })?;
     let span_id = SpanId::from_bytes(&span.span_id).ok_or_else(|| {
         format!(
-            "span {:?} of trace {trace_id}: span_id must be 8 bytes, not all zero (got {} bytes)",
+            "span {:?} of trace {trace_id}: span_id {}",
             truncate(&span.name),
-            span.span_id.len()
+            id_problem(span.span_id.len(), 8)
         )
     })?;
     let parent_span_id = match span.parent_span_id.len() {
@@ -214,6 +214,14 @@ fn convert(
         links,
         business,
     })
+}
+
+fn id_problem(len: usize, expected: usize) -> String {
+    if len == expected {
+        "is all zeros".to_owned()
+    } else {
+        format!("must be {expected} bytes (got {len})")
+    }
 }
 
 fn truncate(s: &str) -> &str {

@@ -1,0 +1,285 @@
+//! Every malformed or hostile OTLP input gets the answer the OTLP
+//! specification names, is counted, and panics nothing.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use paytrace_aggregator::receiver::ReceiverLimits;
+use paytrace_aggregator::server::{Running, ServeConfig, start};
+use prost::Message;
+use serde_json::Value;
+use tonic_types::StatusExt;
+
+async fn aggregator(receiver: ReceiverLimits) -> Running {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    start(ServeConfig {
+        otlp_grpc: loopback,
+        otlp_http: loopback,
+        listen: loopback,
+        receiver,
+        ..ServeConfig::default()
+    })
+    .await
+    .expect("starts")
+}
+
+fn span(trace: u8, id: u8, start: u64, end: u64) -> Span {
+    Span {
+        trace_id: vec![trace; 16],
+        span_id: vec![id; 8],
+        name: "op".into(),
+        start_time_unix_nano: start,
+        end_time_unix_nano: end,
+        ..Default::default()
+    }
+}
+
+fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+async fn metric(running: &Running, line_prefix: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", running.listen))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn post(
+    running: &Running,
+    content_type: &str,
+    encoding: Option<&str>,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", running.otlp_http))
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(e) = encoding {
+        req = req.header("content-encoding", e);
+    }
+    req.send().await.expect("the receiver answers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_spans_are_rejected_through_partial_success() {
+    let running = aggregator(ReceiverLimits::default()).await;
+    let body = request(vec![
+        span(1, 1, 10, 20),
+        span(0, 2, 10, 20), // zero trace id
+        span(1, 3, 30, 20), // ends before it starts
+    ]);
+
+    // HTTP, protobuf.
+    let resp = post(
+        &running,
+        "application/x-protobuf",
+        None,
+        body.encode_to_vec(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let decoded =
+        ExportTraceServiceResponse::decode(resp.bytes().await.expect("body")).expect("protobuf");
+    let partial = decoded.partial_success.expect("partial success");
+    assert_eq!(partial.rejected_spans, 2);
+    assert!(
+        partial.error_message.contains("trace_id"),
+        "{}",
+        partial.error_message
+    );
+
+    // HTTP, JSON.
+    let json = serde_json::to_vec(&body).expect("serialisable");
+    let resp = post(&running, "application/json", None, json).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.expect("JSON");
+    // int64 may be a JSON number or a decimal string (protobuf JSON mapping).
+    let rejected = &v["partialSuccess"]["rejectedSpans"];
+    assert!(rejected == 2 || rejected == "2", "{v}");
+
+    // gRPC.
+    let mut client = TraceServiceClient::connect(format!("http://{}", running.otlp_grpc))
+        .await
+        .expect("connects");
+    let resp = client
+        .export(body.clone())
+        .await
+        .expect("accepted")
+        .into_inner();
+    assert_eq!(resp.partial_success.expect("partial").rejected_spans, 2);
+
+    assert_eq!(
+        metric(
+            &running,
+            "paytrace_aggregator_spans_dropped_total{reason=\"invalid\"}"
+        )
+        .await,
+        6.0
+    );
+    assert_eq!(
+        metric(
+            &running,
+            "paytrace_aggregator_spans_received_total{protocol=\"grpc\"}"
+        )
+        .await,
+        3.0
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_unsupported_and_oversize_bodies_are_refused_and_counted() {
+    let running = aggregator(ReceiverLimits {
+        max_body_bytes: 64 * 1024,
+        ..ReceiverLimits::default()
+    })
+    .await;
+
+    let resp = post(
+        &running,
+        "application/x-protobuf",
+        None,
+        b"\xff\xff\xff garbage".to_vec(),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    let status = tonic_types::pb::Status::decode(resp.bytes().await.expect("body"))
+        .expect("a google.rpc.Status");
+    assert_eq!(status.code, 3, "INVALID_ARGUMENT");
+
+    let resp = post(
+        &running,
+        "application/json",
+        None,
+        b"{\"resourceSpans\": 7}".to_vec(),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.expect("JSON status");
+    assert!(v["message"].as_str().expect("message").contains("JSON"));
+
+    let resp = post(&running, "text/plain", None, b"hello".to_vec()).await;
+    assert_eq!(resp.status(), 415);
+
+    let resp = post(
+        &running,
+        "application/x-protobuf",
+        None,
+        vec![0u8; 200 * 1024],
+    )
+    .await;
+    assert_eq!(resp.status(), 413);
+
+    // A gzip bomb: small on the wire, over the limit once inflated.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![0u8; 1024 * 1024]).expect("compress");
+    let bomb = gz.finish().expect("compressed");
+    assert!(bomb.len() < 64 * 1024);
+    let resp = post(&running, "application/x-protobuf", Some("gzip"), bomb).await;
+    assert_eq!(resp.status(), 413);
+
+    // Valid gzip is accepted.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&request(vec![span(5, 1, 10, 20)]).encode_to_vec())
+        .expect("compress");
+    let resp = post(
+        &running,
+        "application/x-protobuf",
+        Some("gzip"),
+        gz.finish().expect("gz"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+
+    let refused = |reason: &'static str, protocol: &'static str| {
+        format!(
+            "paytrace_aggregator_requests_refused_total{{protocol=\"{protocol}\",reason=\"{reason}\"}}"
+        )
+    };
+    assert_eq!(
+        metric(&running, &refused("malformed", "http_protobuf")).await,
+        1.0
+    );
+    assert_eq!(
+        metric(&running, &refused("malformed", "http_json")).await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &running,
+            &refused("unsupported_media_type", "http_protobuf")
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(&running, &refused("too_large", "http_protobuf")).await,
+        2.0
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_answers_retryable_codes_with_a_delay() {
+    // No request may be in flight: every request meets an overloaded receiver.
+    let running = aggregator(ReceiverLimits {
+        max_in_flight: 0,
+        ..ReceiverLimits::default()
+    })
+    .await;
+    let body = request(vec![span(1, 1, 10, 20)]);
+
+    let resp = post(
+        &running,
+        "application/x-protobuf",
+        None,
+        body.encode_to_vec(),
+    )
+    .await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+
+    let mut client = TraceServiceClient::connect(format!("http://{}", running.otlp_grpc))
+        .await
+        .expect("connects");
+    let status = client.export(body).await.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let retry = status.get_details_retry_info().expect("RetryInfo attached");
+    assert_eq!(retry.retry_delay, Some(std::time::Duration::from_secs(1)));
+
+    assert_eq!(
+        metric(
+            &running,
+            "paytrace_aggregator_requests_refused_total{protocol=\"grpc\",reason=\"overloaded\"}"
+        )
+        .await,
+        1.0
+    );
+    running.shutdown().await;
+}
