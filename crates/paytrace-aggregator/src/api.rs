@@ -69,14 +69,14 @@ struct SlowQuery {
     limit: Option<usize>,
 }
 
-fn window(w: Option<&str>) -> Result<u64, Response> {
-    parse_window(w.unwrap_or("5m")).map_err(bad_request)
+fn window(w: Option<&str>) -> Result<u64, String> {
+    parse_window(w.unwrap_or("5m"))
 }
 
 async fn flows(State(p): State<Arc<Pipeline>>, Query(q): Query<WindowQuery>) -> Response {
     let minutes = match window(q.window.as_deref()) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(e) => return bad_request(e),
     };
     Json(serde_json::json!({
         "window_seconds": minutes * 60,
@@ -91,7 +91,7 @@ async fn breakdown(State(p): State<Arc<Pipeline>>, Query(q): Query<BreakdownQuer
     };
     let minutes = match window(q.window.as_deref()) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(e) => return bad_request(e),
     };
     let b = p.breakdown(
         &flow,

@@ -332,12 +332,11 @@ mod tests {
         assert_eq!(s.duration_ns(), 1_000);
     }
 
+    type Breaker = Box<dyn Fn(&mut opentelemetry_proto::tonic::trace::v1::Span)>;
+
     #[test]
     fn invalid_spans_are_rejected_one_by_one_with_a_reason() {
-        let broken: Vec<(
-            &str,
-            Box<dyn Fn(&mut opentelemetry_proto::tonic::trace::v1::Span)>,
-        )> = vec![
+        let broken: Vec<(&str, Breaker)> = vec![
             ("trace_id", Box::new(|s| s.trace_id = vec![0; 16])),
             ("trace_id", Box::new(|s| s.trace_id = vec![1; 3])),
             ("span_id", Box::new(|s| s.span_id = vec![0; 8])),
