@@ -12,6 +12,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::analysis::analyze_flow;
 use crate::breakdown::{Breakdown, Groups};
+use crate::config::Config;
 use crate::decode::{Interner, SpanLimits, decode};
 use crate::span::Span;
 use crate::stitch::{group_flows, group_traces};
@@ -67,7 +68,7 @@ impl Report {
 }
 
 /// Reads, decodes and analyses `paths`, showing a progress bar on a terminal.
-pub fn analyze_files(paths: &[PathBuf]) -> Result<Report, AnalyzeError> {
+pub fn analyze_files(paths: &[PathBuf], config: &Config) -> Result<Report, AnalyzeError> {
     let total: u64 = paths
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
@@ -85,7 +86,7 @@ pub fn analyze_files(paths: &[PathBuf]) -> Result<Report, AnalyzeError> {
     for path in paths {
         progress.set_message(format!("reading {}", path.display()));
         for request in read_requests(path, &progress)? {
-            let decoded = decode(request, &limits, &mut interner);
+            let decoded = decode(request, &limits, &config.rules, &mut interner);
             report.spans += decoded.spans.len() as u64;
             report.rejected += decoded.rejected;
             if report.first_rejection.is_none() {

@@ -11,6 +11,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use paytrace_semconv::attr;
 
+use crate::config::StageRules;
 use crate::span::{Business, Link, Span, SpanId, TraceId};
 
 /// Limits beyond which a span is rejected as absurd rather than buffered.
@@ -92,15 +93,22 @@ fn string_value(value: &Option<AnyValue>) -> Option<&str> {
 /// Decodes `request` into spans, rejecting invalid spans one by one.
 ///
 /// ```
+/// use paytrace_aggregator::config::StageRules;
 /// use paytrace_aggregator::decode::{Interner, SpanLimits, decode};
 /// use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 ///
-/// let decoded = decode(ExportTraceServiceRequest::default(), &SpanLimits::default(), &mut Interner::default());
+/// let decoded = decode(
+///     ExportTraceServiceRequest::default(),
+///     &SpanLimits::default(),
+///     &StageRules::default(),
+///     &mut Interner::default(),
+/// );
 /// assert!(decoded.spans.is_empty() && decoded.rejected == 0);
 /// ```
 pub fn decode(
     request: ExportTraceServiceRequest,
     limits: &SpanLimits,
+    rules: &StageRules,
     interner: &mut Interner,
 ) -> Decoded {
     let mut out = Decoded::default();
@@ -114,7 +122,7 @@ pub fn decode(
         let service = interner.intern(service);
         for scope_spans in resource_spans.scope_spans {
             for span in scope_spans.spans {
-                match convert(span, &service, limits, interner) {
+                match convert(span, &service, limits, rules, interner) {
                     Ok(span) => out.spans.push(span),
                     Err(reason) => out.reject(reason),
                 }
@@ -128,6 +136,7 @@ fn convert(
     span: opentelemetry_proto::tonic::trace::v1::Span,
     service: &Arc<str>,
     limits: &SpanLimits,
+    rules: &StageRules,
     interner: &mut Interner,
 ) -> Result<Span, String> {
     let trace_id = TraceId::from_bytes(&span.trace_id).ok_or_else(|| {
@@ -185,9 +194,17 @@ fn convert(
             limits.max_links
         ));
     }
-    let business = business(&span.attributes, limits, interner).map_err(|key| {
+    let mut business = business(&span.attributes, limits, interner).map_err(|key| {
         format!("span {span_id} of trace {trace_id}: attribute {key} is too long")
     })?;
+    if business.stage.is_none()
+        && let Some((stage, flow)) = rules.stage_for(service, &span.name, &span.attributes)
+    {
+        business.stage = Some(stage.clone());
+        if business.flow.is_none() {
+            business.flow = flow.cloned();
+        }
+    }
     let links = span
         .links
         .iter()
@@ -321,6 +338,7 @@ mod tests {
         let d = decode(
             request(vec![good_span()]),
             &SpanLimits::default(),
+            &StageRules::default(),
             &mut Interner::default(),
         );
         assert_eq!(d.rejected, 0);
@@ -365,6 +383,7 @@ mod tests {
             let d = decode(
                 request(vec![good_span(), bad]),
                 &SpanLimits::default(),
+                &StageRules::default(),
                 &mut Interner::default(),
             );
             assert_eq!((d.spans.len(), d.rejected), (1, 1), "{expected}");
@@ -377,10 +396,35 @@ mod tests {
     }
 
     #[test]
+    fn rules_name_the_stage_of_plain_spans_but_not_of_marked_ones() {
+        let config = crate::config::Config::from_toml(
+            "t",
+            "[[rules]]\nservice = \"inventory\"\nspan_name = \"*\"\nstage = \"stock.reserve\"\nflow = \"checkout\"\n",
+        )
+        .expect("valid");
+        let mut plain = good_span();
+        plain.attributes.clear();
+        let d = decode(
+            request(vec![plain, good_span()]),
+            &SpanLimits::default(),
+            &config.rules,
+            &mut Interner::default(),
+        );
+        assert_eq!(d.spans[0].business.stage.as_deref(), Some("stock.reserve"));
+        assert_eq!(d.spans[0].business.flow.as_deref(), Some("checkout"));
+        assert_eq!(d.spans[1].business.stage.as_deref(), Some("inventory.try"));
+    }
+
+    #[test]
     fn a_missing_service_name_is_unknown_service() {
         let mut req = request(vec![good_span()]);
         req.resource_spans[0].resource = None;
-        let d = decode(req, &SpanLimits::default(), &mut Interner::default());
+        let d = decode(
+            req,
+            &SpanLimits::default(),
+            &StageRules::default(),
+            &mut Interner::default(),
+        );
         assert_eq!(&*d.spans[0].service, "unknown_service");
     }
 }

@@ -4,7 +4,8 @@
 //! payment method and channel, which stage does the user wait on?*
 //!
 //! Where to start:
-//! - [`decode`]: OTLP requests into spans, rejecting invalid ones one by one.
+//! - [`decode`]: OTLP requests into spans, rejecting invalid ones one by one;
+//!   [`config`]: rules that name the stages of plain OpenTelemetry spans.
 //! - [`span`]: the compact span model decoded from OTLP.
 //! - [`assembler`]: spans into complete traces, within bounded memory.
 //! - [`tree`]: one trace as a tree; its critical path and self times.
@@ -22,6 +23,7 @@ pub mod analyze;
 pub mod api;
 pub mod assembler;
 pub mod breakdown;
+pub mod config;
 pub mod decode;
 pub mod flows;
 pub mod pipeline;

@@ -1,12 +1,13 @@
 //! `paytrace-aggregator`: per-stage latency breakdowns from OpenTelemetry traces.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use paytrace_aggregator::analyze::{analyze_files, render_table};
+use paytrace_aggregator::config::Config;
 use paytrace_aggregator::server::{ServeConfig, start};
 
 #[derive(Parser, Debug)]
@@ -35,6 +36,9 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Configuration file (TOML): stage rules for plain OpenTelemetry spans.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -60,6 +64,20 @@ struct ServeArgs {
     /// this long after it began is counted incomplete.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     flow_timeout: Duration,
+    /// Configuration file (TOML): stage rules for plain OpenTelemetry spans,
+    /// terminal stages of flows.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
+    match path {
+        None => Ok(Config::default()),
+        Some(p) => Config::load(p).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -74,36 +92,43 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Analyze { files, format } => match analyze_files(&files) {
-            Ok(report) => {
-                let breakdowns = report.breakdowns();
-                match format {
-                    Format::Table => {
-                        print!("{}", render_table(&breakdowns));
-                        eprintln!(
-                            "{} spans in {} traces, {} flows; {} spans rejected{}",
-                            report.spans,
-                            report.traces,
-                            report.flows,
-                            report.rejected,
-                            report
-                                .first_rejection
-                                .as_deref()
-                                .map(|r| format!(" (first: {r})"))
-                                .unwrap_or_default()
-                        );
+        Command::Analyze {
+            files,
+            format,
+            config,
+        } => match load_config(config.as_deref()).map(|c| analyze_files(&files, &c)) {
+            Err(code) => code,
+            Ok(result) => match result {
+                Ok(report) => {
+                    let breakdowns = report.breakdowns();
+                    match format {
+                        Format::Table => {
+                            print!("{}", render_table(&breakdowns));
+                            eprintln!(
+                                "{} spans in {} traces, {} flows; {} spans rejected{}",
+                                report.spans,
+                                report.traces,
+                                report.flows,
+                                report.rejected,
+                                report
+                                    .first_rejection
+                                    .as_deref()
+                                    .map(|r| format!(" (first: {r})"))
+                                    .unwrap_or_default()
+                            );
+                        }
+                        Format::Json => {
+                            let doc = serde_json::json!({ "flows": breakdowns });
+                            println!("{doc:#}");
+                        }
                     }
-                    Format::Json => {
-                        let doc = serde_json::json!({ "flows": breakdowns });
-                        println!("{doc:#}");
-                    }
+                    ExitCode::SUCCESS
                 }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            },
         },
     }
 }
@@ -116,6 +141,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let file = match load_config(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     let mut config = ServeConfig {
         otlp_grpc: args.otlp_grpc_listen,
         otlp_http: args.otlp_http_listen,
@@ -125,6 +154,12 @@ fn serve(args: ServeArgs) -> ExitCode {
     config.pipeline.assembler.trace_idle = args.trace_idle;
     config.pipeline.flows.flow_idle = args.flow_idle;
     config.pipeline.flows.flow_timeout = args.flow_timeout;
+    config
+        .pipeline
+        .flows
+        .terminal_stages
+        .extend(file.terminal_stages);
+    config.receiver.rules = std::sync::Arc::new(file.rules);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

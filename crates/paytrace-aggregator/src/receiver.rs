@@ -29,6 +29,7 @@ use prost::Message;
 use tokio::sync::Semaphore;
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::config::StageRules;
 use crate::decode::{Decoded, Interner, SpanLimits, decode};
 use crate::pipeline::{Pipeline, Protocol};
 
@@ -43,6 +44,8 @@ pub struct ReceiverLimits {
     pub retry_after: Duration,
     /// Per-span limits.
     pub spans: SpanLimits,
+    /// Rules naming the stages of plain OpenTelemetry spans.
+    pub rules: Arc<StageRules>,
 }
 
 impl Default for ReceiverLimits {
@@ -52,6 +55,7 @@ impl Default for ReceiverLimits {
             max_in_flight: 64,
             retry_after: Duration::from_secs(1),
             spans: SpanLimits::default(),
+            rules: Arc::new(StageRules::default()),
         }
     }
 }
@@ -133,7 +137,12 @@ impl Receiver {
         request: ExportTraceServiceRequest,
     ) -> ExportTraceServiceResponse {
         let mut interner = Interner::default();
-        let decoded: Decoded = decode(request, &self.limits.spans, &mut interner);
+        let decoded: Decoded = decode(
+            request,
+            &self.limits.spans,
+            &self.limits.rules,
+            &mut interner,
+        );
         let partial_success = (decoded.rejected > 0).then(|| ExportTracePartialSuccess {
             rejected_spans: i64::try_from(decoded.rejected).unwrap_or(i64::MAX),
             error_message: decoded.first_error.clone().unwrap_or_default(),

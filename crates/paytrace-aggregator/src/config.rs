@@ -1,0 +1,259 @@
+//! The aggregator's configuration file (TOML): which spans of services
+//! instrumented with plain OpenTelemetry are which stages, and which stage
+//! ends each flow.
+//!
+//! ```toml
+//! # Spans that carry no `paytrace.stage` are matched against the rules in
+//! # order; the first match names the stage (and the flow, if the span has
+//! # none). Every condition given must hold.
+//! [[rules]]
+//! service = "payment-java"            # service.name, exact
+//! span_name = "POST /pay*"            # glob: * and ?
+//! attributes = { "http.route" = "/pay" }  # string attributes, exact
+//! stage = "payment.create"
+//! flow = "checkout"
+//!
+//! # A flow whose terminal stage has not appeared within --flow-timeout is
+//! # counted incomplete. checkout -> payment.confirm is the default.
+//! [flows.checkout]
+//! terminal_stage = "payment.confirm"
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use serde::Deserialize;
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or has unknown keys.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    rules: Vec<RuleEntry>,
+    #[serde(default)]
+    flows: BTreeMap<String, FlowEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleEntry {
+    service: Option<String>,
+    span_name: Option<String>,
+    #[serde(default)]
+    attributes: BTreeMap<String, String>,
+    stage: String,
+    flow: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowEntry {
+    terminal_stage: Option<String>,
+}
+
+/// One mapping rule.
+#[derive(Debug, Clone)]
+struct Rule {
+    service: Option<String>,
+    span_name: Option<glob::Pattern>,
+    attributes: Vec<(String, String)>,
+    stage: Arc<str>,
+    flow: Option<Arc<str>>,
+}
+
+/// The rules that name stages of spans without `paytrace.stage`.
+///
+/// ```
+/// use paytrace_aggregator::config::Config;
+///
+/// let config = Config::from_toml("t.toml", r#"
+///     [[rules]]
+///     service = "payment-java"
+///     span_name = "POST /pay*"
+///     stage = "payment.create"
+/// "#).unwrap();
+/// let hit = config.rules.stage_for("payment-java", "POST /payments", &[]);
+/// assert_eq!(hit.map(|(stage, _)| &**stage), Some("payment.create"));
+/// assert!(config.rules.stage_for("order", "POST /payments", &[]).is_none());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct StageRules {
+    rules: Vec<Rule>,
+}
+
+impl StageRules {
+    /// The stage (and flow) of the first rule matching a span, if any.
+    pub fn stage_for(
+        &self,
+        service: &str,
+        span_name: &str,
+        attributes: &[KeyValue],
+    ) -> Option<(&Arc<str>, Option<&Arc<str>>)> {
+        self.rules
+            .iter()
+            .find(|r| {
+                r.service.as_deref().is_none_or(|s| s == service)
+                    && r.span_name.as_ref().is_none_or(|p| p.matches(span_name))
+                    && r.attributes.iter().all(|(k, v)| {
+                        attributes.iter().any(|kv| {
+                            kv.key == *k
+                                && matches!(
+                                    kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                                    Some(any_value::Value::StringValue(s)) if s == v
+                                )
+                        })
+                    })
+            })
+            .map(|r| (&r.stage, r.flow.as_ref()))
+    }
+
+    /// Whether there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Stage mapping rules.
+    pub rules: StageRules,
+    /// Terminal stage per flow, on top of the defaults.
+    pub terminal_stages: HashMap<String, String>,
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&path.display().to_string(), &text)
+    }
+
+    /// Parses configuration text; `origin` names it in errors.
+    pub fn from_toml(origin: &str, text: &str) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            message,
+        };
+        let file: File = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut rules = Vec::with_capacity(file.rules.len());
+        for (i, r) in file.rules.into_iter().enumerate() {
+            let span_name = r
+                .span_name
+                .as_deref()
+                .map(glob::Pattern::new)
+                .transpose()
+                .map_err(|e| {
+                    invalid(format!(
+                        "rule {}: span_name is not a valid glob: {e}",
+                        i + 1
+                    ))
+                })?;
+            if r.stage.trim().is_empty() {
+                return Err(invalid(format!("rule {}: stage must not be empty", i + 1)));
+            }
+            rules.push(Rule {
+                service: r.service,
+                span_name,
+                attributes: r.attributes.into_iter().collect(),
+                stage: Arc::from(r.stage),
+                flow: r.flow.map(Arc::from),
+            });
+        }
+        let terminal_stages = file
+            .flows
+            .into_iter()
+            .filter_map(|(flow, f)| f.terminal_stage.map(|s| (flow, s)))
+            .collect();
+        Ok(Self {
+            rules: StageRules { rules },
+            terminal_stages,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.to_owned(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.to_owned())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_condition_must_hold_and_the_first_rule_wins() {
+        let config = Config::from_toml(
+            "t",
+            r#"
+            [[rules]]
+            attributes = { "http.route" = "/pay", "rpc.system" = "grpc" }
+            stage = "first"
+            [[rules]]
+            attributes = { "http.route" = "/pay" }
+            stage = "second"
+            flow = "pay"
+            [flows.pay]
+            terminal_stage = "payment.confirm"
+            "#,
+        )
+        .expect("valid");
+        let one = [kv("http.route", "/pay")];
+        let both = [kv("http.route", "/pay"), kv("rpc.system", "grpc")];
+        assert_eq!(
+            config.rules.stage_for("s", "n", &both).map(|h| &**h.0),
+            Some("first")
+        );
+        let hit = config
+            .rules
+            .stage_for("s", "n", &one)
+            .expect("second matches");
+        assert_eq!((&**hit.0, hit.1.map(|f| &**f)), ("second", Some("pay")));
+        assert_eq!(
+            config.terminal_stages.get("pay").map(String::as_str),
+            Some("payment.confirm")
+        );
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_their_place() {
+        let err = Config::from_toml("c.toml", "[[rules]]\nstage = \"x\"\nspan = \"typo\"\n")
+            .expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.starts_with("c.toml:") && msg.contains("span"), "{msg}");
+        let err = Config::from_toml("c.toml", "[[rules]]\nstage = \"x\"\nspan_name = \"[\"\n")
+            .expect_err("bad glob");
+        assert!(err.to_string().contains("not a valid glob"), "{err}");
+    }
+}
