@@ -5,6 +5,8 @@
 //! exporter that discards them, so the cost measured is instrumentation, not
 //! the network.
 
+pub mod otlp;
+
 use std::sync::OnceLock;
 
 use axum::Router;

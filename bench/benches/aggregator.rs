@@ -1,0 +1,104 @@
+//! Aggregator throughput, in spans per second on one core, all in one run:
+//! - `decode_only`: protobuf decoding of an OTLP request, the floor any
+//!   OTLP consumer pays;
+//! - `decode_convert`: plus validation into paytrace's span model;
+//! - `full_pipeline`: plus trace assembly, flow stitching, critical-path
+//!   analysis and the rolling-window sketches;
+//! - `grpc_loopback`: the full pipeline fed by a tonic client over loopback.
+//!
+//! `cargo bench -p paytrace-bench --bench aggregator`
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use paytrace_aggregator::config::StageRules;
+use paytrace_aggregator::decode::{Interner, SpanLimits, decode};
+use paytrace_aggregator::pipeline::{Pipeline, PipelineConfig, Protocol};
+use paytrace_aggregator::server::{ServeConfig, start};
+use paytrace_bench::otlp::checkout_request;
+use prost::Message;
+
+const TRACES: u64 = 100;
+const SPANS: u64 = TRACES * 10;
+
+fn throughput(c: &mut Criterion) {
+    let bytes = checkout_request(0, TRACES).encode_to_vec();
+    let limits = SpanLimits::default();
+    let rules = StageRules::default();
+    let mut group = c.benchmark_group("aggregator");
+    group.throughput(Throughput::Elements(SPANS));
+
+    group.bench_function("decode_only", |b| {
+        b.iter(|| ExportTraceServiceRequest::decode(&bytes[..]).expect("valid"))
+    });
+    group.bench_function("decode_convert", |b| {
+        let mut interner = Interner::default();
+        b.iter(|| {
+            let request = ExportTraceServiceRequest::decode(&bytes[..]).expect("valid");
+            decode(request, &limits, &rules, &mut interner)
+        })
+    });
+    group.bench_function("full_pipeline", |b| {
+        let pipeline = Pipeline::new(PipelineConfig::default());
+        let mut interner = Interner::default();
+        let mut next = 0u64;
+        b.iter_custom(|iters| {
+            // Fresh trace ids each round, so no span is "late".
+            let payloads: Vec<Vec<u8>> = (0..iters)
+                .map(|i| checkout_request((next + i) * TRACES, TRACES).encode_to_vec())
+                .collect();
+            next += iters;
+            let start = Instant::now();
+            for payload in &payloads {
+                let request = ExportTraceServiceRequest::decode(&payload[..]).expect("valid");
+                let decoded = decode(request, &limits, &rules, &mut interner);
+                pipeline.ingest(Protocol::Grpc, decoded, Instant::now());
+                pipeline.flush(0);
+            }
+            start.elapsed()
+        })
+    });
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let running = rt.block_on(async {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        start(ServeConfig {
+            otlp_grpc: loopback,
+            otlp_http: loopback,
+            listen: loopback,
+            ..ServeConfig::default()
+        })
+        .await
+        .expect("aggregator starts")
+    });
+    let mut client = rt
+        .block_on(TraceServiceClient::connect(format!("http://{}", running.otlp_grpc)))
+        .expect("connects");
+    let mut next = 1_000_000u64;
+    group.bench_function("grpc_loopback", |b| {
+        b.iter_custom(|iters| {
+            let requests: Vec<ExportTraceServiceRequest> = (0..iters)
+                .map(|i| checkout_request((next + i) * TRACES, TRACES))
+                .collect();
+            next += iters;
+            let start = Instant::now();
+            rt.block_on(async {
+                for r in requests {
+                    client.export(r).await.expect("accepted");
+                }
+            });
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, throughput);
+criterion_main!(benches);
