@@ -191,9 +191,11 @@ impl Assembler {
                 continue;
             }
             let bytes = span_bytes(&span);
-            self.idle_order.remove(&(trace.last_arrival, id));
-            trace.last_arrival = now;
-            self.idle_order.insert((now, id));
+            if trace.spans.is_empty() || trace.last_arrival != now {
+                self.idle_order.remove(&(trace.last_arrival, id));
+                trace.last_arrival = now;
+                self.idle_order.insert((now, id));
+            }
             trace.spans.push(span);
             trace.bytes += bytes;
             self.bytes += bytes;

@@ -124,7 +124,7 @@ struct State {
     assembler: Assembler,
     flows: FlowBuffer,
     minutes: VecDeque<Minute>,
-    recent: HashMap<Arc<str>, VecDeque<SlowFlow>>,
+    recent: HashMap<Arc<str>, VecDeque<FlowAnalysis>>,
     labels: HashMap<&'static str, HashSet<String>>,
 }
 
@@ -375,7 +375,7 @@ impl Pipeline {
             let flow = self.admit(&mut state.labels, label::FLOW, &analysis.flow);
             self.metrics
                 .flows_incomplete
-                .with_label_values(&[flow.as_str(), reason])
+                .with_label_values(&[flow, reason])
                 .inc();
             let slot = slot_mut(&mut state.minutes, slot);
             *slot.incomplete.entry(analysis.flow.clone()).or_default() += 1;
@@ -393,22 +393,25 @@ impl Pipeline {
         if recent.len() >= RECENT_PER_FLOW {
             recent.pop_front();
         }
-        recent.push_back(slow_flow(&analysis));
+        recent.push_back(analysis);
     }
 
-    fn admit(
+    fn admit<'a>(
         &self,
         labels: &mut HashMap<&'static str, HashSet<String>>,
         name: &'static str,
-        value: &str,
-    ) -> String {
+        value: &'a str,
+    ) -> &'a str {
         let seen = labels.entry(name).or_default();
-        if seen.contains(value) || seen.len() < self.label_limit {
+        if seen.contains(value) {
+            return value;
+        }
+        if seen.len() < self.label_limit {
             seen.insert(value.to_owned());
-            value.to_owned()
+            value
         } else {
             self.metrics.series_overflow.inc();
-            OVERFLOW_LABEL_VALUE.to_owned()
+            OVERFLOW_LABEL_VALUE
         }
     }
 
@@ -427,11 +430,11 @@ impl Pipeline {
         let outcome = if a.is_error { "error" } else { "ok" };
         self.metrics
             .flow_duration
-            .with_label_values(&[flow.as_str(), &method, &channel, outcome])
+            .with_label_values(&[flow, method, channel, outcome])
             .observe(a.duration_ns() as f64 / 1e9);
         for s in &a.stages {
             let stage = self.admit(&mut state.labels, label::STAGE, &s.stage);
-            let labels = [flow.as_str(), &stage, &method, &channel];
+            let labels = [flow, stage, method, channel];
             self.metrics
                 .stage_critical_path
                 .with_label_values(&labels)
@@ -517,18 +520,24 @@ impl Pipeline {
         let Some(recent) = state.recent.get(flow) else {
             return Vec::new();
         };
-        let key = |f: &SlowFlow| match stage {
-            None => f.duration_seconds,
+        let key = |f: &FlowAnalysis| match stage {
+            None => Some(f.duration_ns()),
             Some(s) => f
                 .stages
                 .iter()
-                .find(|(name, _)| name == s)
-                .map_or(-1.0, |(_, t)| *t),
+                .find(|st| &*st.stage == s)
+                .map(|st| st.critical_path_ns),
         };
-        let mut out: Vec<SlowFlow> = recent.iter().filter(|f| key(f) >= 0.0).cloned().collect();
-        out.sort_by(|a, b| key(b).total_cmp(&key(a)));
-        out.truncate(limit);
-        out
+        let mut matching: Vec<(u64, &FlowAnalysis)> = recent
+            .iter()
+            .filter_map(|f| key(f).map(|k| (k, f)))
+            .collect();
+        matching.sort_by(|a, b| b.0.cmp(&a.0));
+        matching
+            .into_iter()
+            .take(limit)
+            .map(|(_, f)| slow_flow(f))
+            .collect()
     }
 
     /// Whether the assembly buffer is within 10% of its byte budget: new

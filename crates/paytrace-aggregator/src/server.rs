@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -79,7 +80,7 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     let grpc_service = receiver.grpc();
     let grpc_stop = stop(&shutdown);
     tasks.spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
         if let Err(e) = tonic::transport::Server::builder()
             .add_service(grpc_service)
             .serve_with_incoming_shutdown(incoming, grpc_stop)
@@ -91,6 +92,9 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     let http_router = receiver.http();
     let http_stop = stop(&shutdown);
     tasks.spawn(async move {
+        let http = http.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         if let Err(e) = axum::serve(http, http_router)
             .with_graceful_shutdown(http_stop)
             .await
