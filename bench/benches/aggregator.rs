@@ -79,7 +79,10 @@ fn throughput(c: &mut Criterion) {
         .expect("aggregator starts")
     });
     let mut client = rt
-        .block_on(TraceServiceClient::connect(format!("http://{}", running.otlp_grpc)))
+        .block_on(TraceServiceClient::connect(format!(
+            "http://{}",
+            running.otlp_grpc
+        )))
         .expect("connects");
     let mut next = 1_000_000u64;
     group.bench_function("grpc_loopback", |b| {

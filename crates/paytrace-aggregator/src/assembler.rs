@@ -102,13 +102,15 @@ pub struct Added {
 }
 
 /// The estimated memory one buffered span takes: the struct, its strings
-/// and links (interned strings are counted in full, an over-estimate).
+/// and links, plus the allocator's and the containers' overhead (calibrated
+/// against the resident set with `cargo run -p paytrace-bench --bin
+/// buffer_memory`, see BENCHMARKS.md).
 pub fn span_bytes(span: &Span) -> usize {
     std::mem::size_of::<Span>()
         + span.name.len()
         + span.business.flow_id.as_ref().map_or(0, |s| s.len())
         + span.links.len() * std::mem::size_of::<crate::span::Link>()
-        + 32
+        + 170
 }
 
 /// Groups spans by trace and hands traces on when idle or when memory runs out.

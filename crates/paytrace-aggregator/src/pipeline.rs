@@ -125,7 +125,7 @@ struct State {
     flows: FlowBuffer,
     minutes: VecDeque<Minute>,
     recent: HashMap<Arc<str>, VecDeque<FlowAnalysis>>,
-    labels: HashMap<&'static str, HashSet<String>>,
+    labels: HashMap<&'static str, HashSet<Arc<str>>>,
 }
 
 /// The aggregator's Prometheus families.
@@ -367,28 +367,26 @@ impl Pipeline {
     }
 
     fn record(&self, state: &mut State, finished: FinishedFlow, minute: u64) {
-        let Some(analysis) = analyze_flow(&finished.traces) else {
+        let Some(mut analysis) = analyze_flow(&finished.traces) else {
             return;
         };
+        // Every name used as a key from here on is bounded: metric labels,
+        // window groups and the recent-flows lists alike.
+        self.bound(&mut state.labels, &mut analysis);
         let slot = slot(&mut state.minutes, minute);
         if let Some(reason) = finished.incomplete {
-            let flow = self.admit(&mut state.labels, label::FLOW, &analysis.flow);
             self.metrics
                 .flows_incomplete
-                .with_label_values(&[flow, reason])
+                .with_label_values(&[&analysis.flow, reason])
                 .inc();
-            let slot = slot_mut(&mut state.minutes, slot);
             *slot.incomplete.entry(analysis.flow.clone()).or_default() += 1;
             return;
         }
-        {
-            let slot = slot_mut(&mut state.minutes, slot);
-            slot.groups.add(&analysis);
-            if analysis.is_error {
-                *slot.errors.entry(analysis.flow.clone()).or_default() += 1;
-            }
+        slot.groups.add(&analysis);
+        if analysis.is_error {
+            *slot.errors.entry(analysis.flow.clone()).or_default() += 1;
         }
-        self.observe(state, &analysis);
+        self.observe(&analysis);
         let recent = state.recent.entry(analysis.flow.clone()).or_default();
         if recent.len() >= RECENT_PER_FLOW {
             recent.pop_front();
@@ -396,45 +394,69 @@ impl Pipeline {
         recent.push_back(analysis);
     }
 
-    fn admit<'a>(
+    /// `value`, or `other` once `name` has reached its limit of distinct values.
+    fn bounded(
         &self,
-        labels: &mut HashMap<&'static str, HashSet<String>>,
+        labels: &mut HashMap<&'static str, HashSet<Arc<str>>>,
         name: &'static str,
-        value: &'a str,
-    ) -> &'a str {
+        value: &Arc<str>,
+    ) -> Arc<str> {
         let seen = labels.entry(name).or_default();
-        if seen.contains(value) {
-            return value;
+        if let Some(v) = seen.get(value) {
+            return v.clone();
         }
         if seen.len() < self.label_limit {
-            seen.insert(value.to_owned());
-            value
+            seen.insert(value.clone());
+            value.clone()
         } else {
             self.metrics.series_overflow.inc();
-            OVERFLOW_LABEL_VALUE
+            Arc::from(OVERFLOW_LABEL_VALUE)
         }
     }
 
-    fn observe(&self, state: &mut State, a: &FlowAnalysis) {
-        let flow = self.admit(&mut state.labels, label::FLOW, &a.flow);
-        let method = self.admit(
-            &mut state.labels,
-            label::PAYMENT_METHOD,
-            a.payment_method.as_deref().unwrap_or(""),
-        );
-        let channel = self.admit(
-            &mut state.labels,
-            label::PAYMENT_CHANNEL,
-            a.payment_channel.as_deref().unwrap_or(""),
-        );
+    fn bound(&self, labels: &mut HashMap<&'static str, HashSet<Arc<str>>>, a: &mut FlowAnalysis) {
+        a.flow = self.bounded(labels, label::FLOW, &a.flow);
+        if let Some(m) = &a.payment_method {
+            a.payment_method = Some(self.bounded(labels, label::PAYMENT_METHOD, m));
+        }
+        if let Some(c) = &a.payment_channel {
+            a.payment_channel = Some(self.bounded(labels, label::PAYMENT_CHANNEL, c));
+        }
+        let mut folded = false;
+        for st in &mut a.stages {
+            let bounded = self.bounded(labels, label::STAGE, &st.stage);
+            folded |= bounded != st.stage;
+            st.stage = bounded;
+        }
+        if folded {
+            // Stages folded into `other` become one stage of the flow.
+            let mut merged: Vec<crate::analysis::StageTimes> = Vec::with_capacity(a.stages.len());
+            for st in a.stages.drain(..) {
+                match merged.iter_mut().find(|m| m.stage == st.stage) {
+                    Some(m) => {
+                        m.spans += st.spans;
+                        m.duration_ns += st.duration_ns;
+                        m.self_ns += st.self_ns;
+                        m.critical_path_ns += st.critical_path_ns;
+                    }
+                    None => merged.push(st),
+                }
+            }
+            a.stages = merged;
+        }
+    }
+
+    fn observe(&self, a: &FlowAnalysis) {
+        let flow: &str = &a.flow;
+        let method = a.payment_method.as_deref().unwrap_or("");
+        let channel = a.payment_channel.as_deref().unwrap_or("");
         let outcome = if a.is_error { "error" } else { "ok" };
         self.metrics
             .flow_duration
             .with_label_values(&[flow, method, channel, outcome])
             .observe(a.duration_ns() as f64 / 1e9);
         for s in &a.stages {
-            let stage = self.admit(&mut state.labels, label::STAGE, &s.stage);
-            let labels = [flow, stage, method, channel];
+            let labels = [flow, &s.stage, method, channel];
             self.metrics
                 .stage_critical_path
                 .with_label_values(&labels)
@@ -554,13 +576,10 @@ impl Pipeline {
     }
 }
 
-fn slot(minutes: &mut VecDeque<Minute>, minute: u64) -> usize {
+fn slot(minutes: &mut VecDeque<Minute>, minute: u64) -> &mut Minute {
     match minutes.back() {
-        Some(last) if last.minute == minute => {}
-        Some(last) if last.minute > minute => {
-            // The wall clock went back: keep adding to the latest slot.
-            return minutes.len() - 1;
-        }
+        // The same minute, or the wall clock went back: the latest slot.
+        Some(last) if last.minute >= minute => {}
         _ => {
             minutes.push_back(Minute {
                 minute,
@@ -571,11 +590,8 @@ fn slot(minutes: &mut VecDeque<Minute>, minute: u64) -> usize {
             }
         }
     }
-    minutes.len() - 1
-}
-
-fn slot_mut(minutes: &mut VecDeque<Minute>, i: usize) -> &mut Minute {
-    &mut minutes[i]
+    let last = minutes.len() - 1;
+    &mut minutes[last]
 }
 
 fn in_window(
@@ -617,5 +633,84 @@ fn slow_flow(a: &FlowAnalysis) -> SlowFlow {
             .iter()
             .map(|st| (st.stage.to_string(), s(st.critical_path_ns)))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Decoded;
+    use crate::span::TraceId;
+    use crate::testing::{numbered, span, stage};
+
+    fn one_trace(id: u8, flow: &str, ms: u64) -> Decoded {
+        let mut spans = numbered(vec![stage(span(flow, 0, ms * 1_000_000))]);
+        spans[0].trace_id = TraceId([id; 16]);
+        spans[0].business.flow = Some(Arc::from(flow));
+        Decoded {
+            spans,
+            ..Decoded::default()
+        }
+    }
+
+    #[test]
+    fn windows_cover_the_last_minutes_only() {
+        let p = Pipeline::new(PipelineConfig::default());
+        p.ingest(
+            Protocol::Grpc,
+            one_trace(1, "checkout", 100),
+            Instant::now(),
+        );
+        p.flush(100);
+        p.ingest(
+            Protocol::Grpc,
+            one_trace(2, "checkout", 300),
+            Instant::now(),
+        );
+        p.flush(110);
+        assert_eq!(p.breakdown("checkout", 5, None, None, 110).traces, 1);
+        assert_eq!(p.breakdown("checkout", 15, None, None, 110).traces, 2);
+        assert_eq!(
+            p.breakdown("checkout", 60, None, None, 170).traces,
+            0,
+            "an hour later"
+        );
+        let flows = p.flows(15, 110);
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].traces, 2);
+    }
+
+    #[test]
+    fn flow_and_stage_names_past_the_limit_fold_into_other() {
+        let p = Pipeline::new(PipelineConfig {
+            label_limit: Some(2),
+            ..PipelineConfig::default()
+        });
+        for i in 0..5u8 {
+            p.ingest(
+                Protocol::Grpc,
+                one_trace(i + 1, &format!("flow{i}"), 10),
+                Instant::now(),
+            );
+        }
+        p.flush(1);
+        let names: Vec<String> = p.flows(1, 1).into_iter().map(|f| f.flow).collect();
+        assert_eq!(names, vec!["flow0", "flow1", "other"]);
+        let other = p.breakdown("other", 1, None, None, 1);
+        assert_eq!(other.traces, 3);
+        let text = {
+            let mut buf = Vec::new();
+            prometheus::Encoder::encode(
+                &prometheus::TextEncoder::new(),
+                &p.registry().gather(),
+                &mut buf,
+            )
+            .expect("encodes");
+            String::from_utf8(buf).expect("utf-8")
+        };
+        assert!(
+            text.contains("paytrace_aggregator_series_overflow_total 6"),
+            "3 flows and 3 stages folded:\n{text}"
+        );
     }
 }
