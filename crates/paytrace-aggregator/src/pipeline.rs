@@ -554,7 +554,7 @@ impl Pipeline {
             .iter()
             .filter_map(|f| key(f).map(|k| (k, f)))
             .collect();
-        matching.sort_by(|a, b| b.0.cmp(&a.0));
+        matching.sort_by_key(|m| std::cmp::Reverse(m.0));
         matching
             .into_iter()
             .take(limit)
