@@ -21,6 +21,10 @@ use paytrace_aggregator::server::{ServeConfig, start};
 use paytrace_bench::otlp::checkout_request;
 use prost::Message;
 
+// The allocator the `paytrace-aggregator` binary ships with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TRACES: u64 = 100;
 const SPANS: u64 = TRACES * 10;
 

@@ -206,16 +206,21 @@ fn entry(stages: &mut BTreeMap<Arc<str>, StageTimes>, name: Arc<str>) -> &mut St
 /// The critical path of the whole flow, from its last span's end back to its
 /// first span's start.
 fn stitched_critical_path(infos: &[TraceInfo<'_>], start_ns: u64, end_ns: u64) -> Vec<PathSegment> {
-    let by_id: HashMap<(TraceId, SpanId), (usize, usize)> = infos
-        .iter()
-        .enumerate()
-        .flat_map(|(t, info)| {
-            info.spans
-                .iter()
-                .enumerate()
-                .map(move |(i, s)| ((s.trace_id, s.span_id), (t, i)))
-        })
-        .collect();
+    // Only a multi-trace flow needs to resolve links.
+    let by_id: HashMap<(TraceId, SpanId), (usize, usize)> = if infos.len() < 2 {
+        HashMap::new()
+    } else {
+        infos
+            .iter()
+            .enumerate()
+            .flat_map(|(t, info)| {
+                info.spans
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, s)| ((s.trace_id, s.span_id), (t, i)))
+            })
+            .collect()
+    };
     let mut path = Vec::new();
     let mut visited: HashSet<usize> = HashSet::new();
 

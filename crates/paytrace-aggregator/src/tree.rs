@@ -62,11 +62,18 @@ impl<'a> Tree<'a> {
     pub fn new(spans: &'a [Span]) -> Self {
         assert!(!spans.is_empty(), "a tree needs at least one span");
         let n = spans.len();
-        let mut by_id: std::collections::HashMap<SpanId, usize> =
-            std::collections::HashMap::with_capacity(n);
-        for (i, s) in spans.iter().enumerate() {
-            by_id.entry(s.span_id).or_insert(i);
-        }
+        // Span id -> first index with it, as a sorted list: no hashing, one
+        // allocation.
+        let mut by_id: Vec<(SpanId, usize)> = spans
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.span_id, i))
+            .collect();
+        by_id.sort_unstable();
+        let find = |id: SpanId| -> Option<usize> {
+            let at = by_id.partition_point(|(s, _)| *s < id);
+            by_id.get(at).filter(|(s, _)| *s == id).map(|(_, i)| *i)
+        };
         let root = choose_root(spans);
 
         // Parent pointers, with missing parents hanging off the root.
@@ -77,7 +84,7 @@ impl<'a> Tree<'a> {
                 if i == root {
                     return None;
                 }
-                match s.parent_span_id.and_then(|p| by_id.get(&p).copied()) {
+                match s.parent_span_id.and_then(find) {
                     Some(p) if p != i => Some(p),
                     _ => Some(root),
                 }
