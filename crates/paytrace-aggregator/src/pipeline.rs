@@ -293,9 +293,8 @@ impl Pipeline {
         &self.metrics.registry
     }
 
-    /// Counts spans the receivers turned away before decoding (`overloaded`,
-    /// `too_large`).
-    pub fn count_dropped(&self, reason: &str, spans: u64) {
+    /// Counts spans dropped for `reason` (one of [`DROP_REASONS`]).
+    fn count_dropped(&self, reason: &str, spans: u64) {
         self.metrics
             .spans_dropped
             .with_label_values(&[reason])
