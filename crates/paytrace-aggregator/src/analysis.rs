@@ -3,7 +3,8 @@
 //! consumer, a recovery job).
 //!
 //! Per stage it reports the total duration of the stage's spans, their self
-//! time (without nested stages) and their critical-path time. Critical-path
+//! time (duration minus the union of their children) and their
+//! critical-path time. Critical-path
 //! time of a span that is not a stage goes to its nearest stage ancestor; the
 //! time a stitched flow spends between a span and the trace it triggered is
 //! the pseudo-stage `async:<stage of that trace's root>`. So the stages'
@@ -27,7 +28,7 @@ pub struct StageTimes {
     pub spans: u32,
     /// Sum of the stage spans' durations.
     pub duration_ns: u64,
-    /// Sum of their self times (duration minus nested stages).
+    /// Sum of their self times (duration minus the union of their children).
     pub self_ns: u64,
     /// Their time on the flow's critical path.
     pub critical_path_ns: u64,
@@ -383,7 +384,7 @@ mod tests {
         assert_eq!(stage_cp(&flow, "checkout"), 70);
         assert_eq!(stage_cp(&flow, "inventory.try"), 30);
         let checkout = &flow.stages[0];
-        assert_eq!((checkout.duration_ns, checkout.self_ns), (100, 70));
+        assert_eq!((checkout.duration_ns, checkout.self_ns), (100, 50));
         assert_eq!(
             &*flow.flow, "checkout",
             "no paytrace.flow: the root stage names it"

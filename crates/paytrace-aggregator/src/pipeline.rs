@@ -177,7 +177,7 @@ impl Metrics {
             )?,
             stage_self: histogram(
                 metric::STAGE_SELF_SECONDS,
-                "Per flow instance, a stage's self time (duration minus nested stages).",
+                "Per flow instance, a stage's self time (duration minus the union of its children).",
                 &stage_labels,
             )?,
             flows_incomplete: IntCounterVec::new(

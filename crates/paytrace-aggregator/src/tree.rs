@@ -303,33 +303,24 @@ impl<'a> Tree<'a> {
         nearest
     }
 
-    /// Self time of each stage span: its duration minus the union of the
-    /// intervals of its nearest stage descendants (clipped to it). Non-stage
-    /// spans in between count as the stage's own time. Indexed like the
-    /// spans; 0 for spans that are not stages.
+    /// Self time of each stage span: its duration minus the union of its
+    /// children's intervals (clipped to it), whatever the children are.
+    /// Indexed like the spans; 0 for spans that are not stages.
     pub fn stage_self_time(&self, nearest_stage: &[usize]) -> Vec<u64> {
-        let n = self.spans.len();
-        let mut inner: Vec<Vec<(u64, u64)>> = vec![Vec::new(); n];
-        for i in 0..n {
-            if nearest_stage[i] != i {
-                continue;
-            }
-            if let Some(p) = self.parent[i] {
-                let owner = nearest_stage[p];
-                let o = &self.spans[owner];
-                let s = &self.spans[i];
-                let (cs, ce) = (s.start_ns.max(o.start_ns), s.end_ns.min(o.end_ns));
-                if cs < ce {
-                    inner[owner].push((cs, ce));
-                }
-            }
-        }
-        (0..n)
+        let mut intervals: Vec<(u64, u64)> = Vec::new();
+        (0..self.spans.len())
             .map(|i| {
                 if nearest_stage[i] != i {
                     return 0;
                 }
-                self.spans[i].duration_ns() - union_length(&mut inner[i])
+                let s = &self.spans[i];
+                intervals.clear();
+                intervals.extend(self.children[i].iter().filter_map(|&c| {
+                    let c = &self.spans[c];
+                    let (cs, ce) = (c.start_ns.max(s.start_ns), c.end_ns.min(s.end_ns));
+                    (cs < ce).then_some((cs, ce))
+                }));
+                s.duration_ns() - union_length(&mut intervals)
             })
             .collect()
     }
@@ -513,9 +504,9 @@ mod tests {
     }
 
     #[test]
-    fn self_time_subtracts_the_union_of_nearest_stage_descendants() {
+    fn self_time_subtracts_the_union_of_the_children() {
         // stage A 0..100 has a plain span P 10..90 under it, and two stages
-        // B 20..50 and C 40..70 under P: union 20..70 = 50.
+        // B 20..50 and C 40..70 under P. A's self time is outside P.
         let mut spans = numbered(vec![
             span("A", 0, 100),
             child("P", 1, 10, 90),
@@ -529,7 +520,16 @@ mod tests {
         let tree = Tree::new(&spans);
         let nearest = tree.nearest_stage(|i| spans[i].business.stage.is_some());
         assert_eq!(nearest, vec![0, 0, 2, 3]);
-        assert_eq!(tree.stage_self_time(&nearest), vec![50, 0, 30, 30]);
+        assert_eq!(tree.stage_self_time(&nearest), vec![20, 0, 30, 30]);
+        // Overlapping children count once: a stage over B and C only.
+        let spans = numbered(vec![
+            crate::testing::stage(span("A", 0, 100)),
+            child("B", 1, 20, 50),
+            child("C", 1, 40, 70),
+        ]);
+        let tree = Tree::new(&spans);
+        let nearest = tree.nearest_stage(|i| spans[i].business.stage.is_some());
+        assert_eq!(tree.stage_self_time(&nearest)[0], 50);
     }
 
     #[test]

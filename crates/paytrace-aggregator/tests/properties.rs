@@ -133,3 +133,40 @@ fn a_hundred_thousand_span_trace_is_analysed() {
     assert_eq!(total, 4u64.pow(10));
     assert!(flow.stages.iter().all(|s| s.self_ns <= s.duration_ns));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The live pipeline gives the same breakdown however the spans were
+    /// batched into requests and in whatever order the batches arrived.
+    #[test]
+    fn the_result_does_not_depend_on_batching(
+        trace in trace_strategy(),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        use std::time::Instant;
+        use paytrace_aggregator::decode::Decoded;
+        use paytrace_aggregator::pipeline::{Pipeline, PipelineConfig, Protocol};
+
+        let run = |batches: Vec<Vec<Span>>| {
+            let p = Pipeline::new(PipelineConfig::default());
+            for spans in batches {
+                p.ingest(Protocol::Grpc, Decoded { spans, ..Decoded::default() }, Instant::now());
+            }
+            p.flush(1);
+            let flow = p.flows(1, 1).pop().map(|f| f.flow).unwrap_or_default();
+            serde_json::to_string(&p.breakdown(&flow, 1, None, None, 1)).expect("serialisable")
+        };
+        let whole = run(vec![trace.clone()]);
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (trace.len() + 1)).collect();
+        points.sort_unstable();
+        let mut batches = Vec::new();
+        let mut last = 0;
+        for p in points.into_iter().chain([trace.len()]) {
+            batches.push(trace[last..p].to_vec());
+            last = p;
+        }
+        batches.reverse();
+        prop_assert_eq!(whole, run(batches));
+    }
+}
