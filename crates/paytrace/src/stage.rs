@@ -112,6 +112,7 @@ pub struct Stage {
     name: Cow<'static, str>,
     flow: Flow,
     attributes: Vec<(Cow<'static, str>, String)>,
+    links: Vec<opentelemetry::trace::SpanContext>,
 }
 
 impl Stage {
@@ -121,7 +122,27 @@ impl Stage {
             name,
             flow: Flow::default(),
             attributes: Vec::new(),
+            links: Vec::new(),
         }
+    }
+
+    /// Links the stage's span to `producer`, the span whose work it
+    /// continues asynchronously (a queue message's sender, a callback's
+    /// request). The aggregator follows links to stitch flows across traces.
+    ///
+    /// ```
+    /// # async fn demo(producer: opentelemetry::trace::SpanContext) {
+    /// let payment = paytrace::Service::new("payment", "1.0.0");
+    /// let _ = payment
+    ///     .stage("payment.confirm")
+    ///     .link(producer)
+    ///     .run(async { Ok::<_, std::io::Error>(()) })
+    ///     .await;
+    /// # }
+    /// ```
+    pub fn link(mut self, producer: opentelemetry::trace::SpanContext) -> Self {
+        self.links.push(producer);
+        self
     }
 
     /// Sets the flow instead of taking it from baggage.
@@ -217,6 +238,28 @@ impl Stage {
     /// assert!(svc.metrics().render().contains(r#"outcome="rejected""#));
     /// ```
     pub fn start(self) -> StageGuard {
+        self.begin(false)
+    }
+
+    /// Makes the current span (usually the request's server span) the
+    /// stage's span instead of starting a child: it gets the `paytrace.*`
+    /// attributes, the metrics are recorded as for [`Stage::start`].
+    ///
+    /// Use it where the request itself is the stage, so that the trace's
+    /// root is named after it: a callback handler whose request starts a new
+    /// trace, for example, whose wait the aggregator then reports as
+    /// `async:<stage>`.
+    ///
+    /// ```
+    /// let svc = paytrace::Service::with_metrics("payment", "1.0.0", &paytrace::Metrics::new());
+    /// drop(svc.stage("channel.callback").start_on_current_span());
+    /// assert!(svc.metrics().render().contains(r#"stage="channel.callback""#));
+    /// ```
+    pub fn start_on_current_span(self) -> StageGuard {
+        self.begin(true)
+    }
+
+    fn begin(self, on_current: bool) -> StageGuard {
         let ambient = ambient();
         let inherited = Flow::from_context(&ambient);
         let own = self.flow;
@@ -235,27 +278,48 @@ impl Stage {
         fn redacted(v: &Option<String>) -> Option<Cow<'_, str>> {
             v.as_deref().map(redact)
         }
-        let span = tracing::info_span!(
-            target: "paytrace::stage",
-            "stage",
-            otel.name = %self.name,
-            otel.status_code = Empty,
-            paytrace.stage = %self.name,
-            paytrace.flow = redacted(&flow.flow).as_deref(),
-            paytrace.flow_id = redacted(&flow.flow_id).as_deref(),
-            paytrace.outcome = Empty,
-            payment.method = redacted(&flow.payment_method).as_deref(),
-            payment.channel = redacted(&flow.payment_channel).as_deref(),
-        );
-        // Parent on the ambient context, so that baggage a `Flow::scope` added
-        // after the enclosing span started is inherited too. Without an
-        // OpenTelemetry layer, attach that context around the work instead.
-        let attach = match span.set_parent(parent.clone()) {
-            Ok(()) => None,
-            Err(_) => Some(parent),
+        let (span, attach) = if on_current {
+            let span = tracing::Span::current();
+            span.set_attribute(attr::STAGE, self.name.to_string());
+            let fields = [
+                (attr::FLOW, &flow.flow),
+                (attr::FLOW_ID, &flow.flow_id),
+                (attr::PAYMENT_METHOD, &flow.payment_method),
+                (attr::PAYMENT_CHANNEL, &flow.payment_channel),
+            ];
+            for (key, value) in fields {
+                if let Some(v) = redacted(value) {
+                    span.set_attribute(key, v.into_owned());
+                }
+            }
+            (span, None)
+        } else {
+            let span = tracing::info_span!(
+                target: "paytrace::stage",
+                "stage",
+                otel.name = %self.name,
+                otel.status_code = Empty,
+                paytrace.stage = %self.name,
+                paytrace.flow = redacted(&flow.flow).as_deref(),
+                paytrace.flow_id = redacted(&flow.flow_id).as_deref(),
+                paytrace.outcome = Empty,
+                payment.method = redacted(&flow.payment_method).as_deref(),
+                payment.channel = redacted(&flow.payment_channel).as_deref(),
+            );
+            // Parent on the ambient context, so that baggage a `Flow::scope` added
+            // after the enclosing span started is inherited too. Without an
+            // OpenTelemetry layer, attach that context around the work instead.
+            let attach = match span.set_parent(parent.clone()) {
+                Ok(()) => None,
+                Err(_) => Some(parent),
+            };
+            (span, attach)
         };
         for (key, value) in self.attributes {
             span.set_attribute(key, value);
+        }
+        for producer in self.links {
+            span.add_link(producer);
         }
 
         let service = self.service;
@@ -358,9 +422,10 @@ impl Drop for StageGuard {
             ])
             .observe(self.start.elapsed().as_secs_f64());
         self.active.dec();
-        self.span.record(attr::OUTCOME, outcome.as_str());
+        self.span.set_attribute(attr::OUTCOME, outcome.as_str());
         if matches!(outcome, Outcome::Error | Outcome::Timeout) {
-            self.span.record("otel.status_code", "ERROR");
+            self.span
+                .set_status(opentelemetry::trace::Status::error(outcome.as_str()));
         }
     }
 }

@@ -1,0 +1,66 @@
+//! Fault injection: `--chaos NAME[,NAME]`.
+
+use std::collections::HashSet;
+
+use crate::plan::Role;
+
+/// One fault, and the signal it should produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Fault {
+    /// The chaos channel answers 10x slower: its method's `channel.request`
+    /// critical-path time grows tenfold, the others' stay.
+    ChannelSlow,
+    /// The chaos channel answers 503: `channel.request` errors for its method
+    /// only, its checkouts are cancelled.
+    ChannelDown,
+    /// The chaos channel never calls back: `paytrace_flows_incomplete_total`
+    /// counts `terminal_stage_missing` for its checkouts.
+    CallbackLost,
+    /// The inventory pool has one connection: `paytrace_resource_wait_seconds`
+    /// and pool timeouts rise, `inventory.try` slows.
+    PoolExhausted,
+    /// The payment callback consumer stalls: `paytrace_queue_depth` and
+    /// `paytrace_queue_oldest_age_seconds` grow, `async:channel.callback` waits longer.
+    QueueBacklog,
+}
+
+/// The faults in force.
+#[derive(Clone, Debug, Default)]
+pub struct Chaos {
+    faults: HashSet<Fault>,
+    channel: Option<Role>,
+}
+
+impl Chaos {
+    /// `faults`, affecting `channel` where a fault is about one channel.
+    pub fn new(faults: &[Fault], channel: Role) -> Self {
+        Self {
+            faults: faults.iter().copied().collect(),
+            channel: Some(channel),
+        }
+    }
+
+    /// Whether `fault` is in force.
+    pub fn has(&self, fault: Fault) -> bool {
+        self.faults.contains(&fault)
+    }
+
+    fn on_channel(&self, fault: Fault, role: Role) -> bool {
+        self.has(fault) && self.channel == Some(role)
+    }
+
+    /// Whether mock channel `role` is slowed.
+    pub fn channel_slow(&self, role: Role) -> bool {
+        self.on_channel(Fault::ChannelSlow, role)
+    }
+
+    /// Whether mock channel `role` fails.
+    pub fn channel_down(&self, role: Role) -> bool {
+        self.on_channel(Fault::ChannelDown, role)
+    }
+
+    /// Whether mock channel `role` drops its callbacks.
+    pub fn callback_lost(&self, role: Role) -> bool {
+        self.on_channel(Fault::CallbackLost, role)
+    }
+}

@@ -1,0 +1,326 @@
+//! The one-command demo: starts the aggregator and every service, drives
+//! checkouts, shows the live breakdown, and writes the report.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paytrace_aggregator::analyze::render_table;
+use paytrace_aggregator::breakdown::Breakdown;
+use paytrace_aggregator::pipeline::{Pipeline, wall_minute};
+use paytrace_aggregator::server::{Running, ServeConfig};
+use paytrace_semconv::{flow, payment, tcc};
+use serde::Serialize;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::chaos::Fault;
+use crate::load::{Counters, Requests};
+use crate::plan::{Plan, Role};
+
+/// What the demo was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Ports.
+    pub plan: Plan,
+    /// Checkouts per second.
+    pub rps: f64,
+    /// Stop after this long (else at Ctrl-C).
+    pub duration: Option<Duration>,
+    /// Where to write the JSON report.
+    pub report: Option<PathBuf>,
+    /// Send OTLP to this endpoint instead of the in-process aggregator.
+    pub aggregator: Option<String>,
+    /// Run only the services, no load.
+    pub services_only: bool,
+    /// Faults.
+    pub chaos: Vec<Fault>,
+    /// The channel the channel faults hit.
+    pub chaos_channel: Role,
+}
+
+/// The report's `endpoints`.
+#[derive(Debug, Serialize)]
+struct Endpoints {
+    aggregator: Option<String>,
+    metrics: BTreeMap<String, String>,
+}
+
+/// The report written at exit.
+#[derive(Debug, Serialize)]
+struct Report {
+    flows: Vec<Breakdown>,
+    anomalies: BTreeMap<String, u64>,
+    requests: Requests,
+    endpoints: Endpoints,
+}
+
+fn spawn_service(role: Role, o: &Options, otlp: &str) -> std::io::Result<Child> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("service")
+        .arg("--role")
+        .arg(role.name())
+        .arg("--port-base")
+        .arg(o.plan.base.to_string())
+        .arg("--chaos-channel")
+        .arg(o.chaos_channel.name());
+    for fault in &o.chaos {
+        if let Some(v) = clap::ValueEnum::to_possible_value(fault) {
+            cmd.arg("--chaos").arg(v.get_name());
+        }
+    }
+    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_SERVICE_NAME", role.name())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "500")
+        .env(
+            "RUST_LOG",
+            std::env::var("PAYTRACE_DEMO_SERVICE_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .kill_on_drop(true)
+        .spawn()
+}
+
+async fn wait_ready(plan: Plan, children: &mut [(Role, Child)]) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (role, child) in children.iter_mut() {
+        let url = format!("{}/healthz", plan.url(*role));
+        loop {
+            if client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "the {role} service exited during start-up ({status}); is port {} free?",
+                    plan.addr(*role).port()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the {role} service did not answer on {url} within 30 s"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn stop_services(plan: Plan, children: Vec<(Role, Child)>) {
+    let client = reqwest::Client::new();
+    for (role, _) in &children {
+        let _ = client
+            .post(format!("{}/admin/shutdown", plan.url(*role)))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+    }
+    for (role, mut child) in children {
+        match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("the {role} service did not stop in 10 s; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// The report's breakdowns: per flow, and per (flow, payment method).
+fn breakdowns(pipeline: &Pipeline) -> Vec<Breakdown> {
+    let now = wall_minute();
+    let mut out = Vec::new();
+    for f in pipeline.flows(60, now) {
+        out.push(pipeline.breakdown(&f.flow, 60, None, None, now));
+        for m in payment::METHODS {
+            let b = pipeline.breakdown(&f.flow, 60, Some(m), None, now);
+            if b.traces > 0 {
+                out.push(b);
+            }
+        }
+    }
+    out
+}
+
+fn live_view(
+    pipeline: Option<&Pipeline>,
+    requests: Requests,
+    elapsed: Duration,
+    total: Option<Duration>,
+) -> String {
+    let mut view = String::new();
+    let progress = match total {
+        Some(t) => format!("{:>4.0}s / {:.0}s", elapsed.as_secs_f64(), t.as_secs_f64()),
+        None => format!("{:>4.0}s (Ctrl-C to stop)", elapsed.as_secs_f64()),
+    };
+    view.push_str(&format!(
+        "paytrace demo  {progress}  checkouts sent {}  ok {}  failed {}\n\n",
+        requests.sent, requests.ok, requests.failed
+    ));
+    if let Some(p) = pipeline {
+        let now = wall_minute();
+        let per_method: Vec<Breakdown> = payment::METHODS
+            .iter()
+            .map(|m| p.breakdown(flow::CHECKOUT, 5, Some(m), None, now))
+            .filter(|b| b.traces > 0)
+            .map(|mut b| {
+                b.stages.truncate(6);
+                b
+            })
+            .collect();
+        if per_method.is_empty() {
+            view.push_str("waiting for the first complete checkouts (flows finish a few seconds after their callback)...\n");
+        } else {
+            view.push_str("checkout, last 5 minutes, by payment method (top stages by critical-path share):\n");
+            view.push_str(&render_table(&per_method));
+        }
+    }
+    view
+}
+
+/// Runs the demo.
+pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
+    let aggregator: Option<Running> = match &o.aggregator {
+        Some(_) => None,
+        None => {
+            let mut config = ServeConfig {
+                otlp_grpc: o.plan.otlp_grpc(),
+                otlp_http: o.plan.otlp_http(),
+                listen: o.plan.api(),
+                ..ServeConfig::default()
+            };
+            config.pipeline.assembler.trace_idle = Duration::from_secs(2);
+            config.pipeline.flows.flow_idle = Duration::from_secs(4);
+            config.pipeline.flows.flow_timeout = Duration::from_secs(30);
+            Some(
+                paytrace_aggregator::server::start(config)
+                    .await
+                    .map_err(|e| {
+                        format!("cannot start the aggregator on {}: {e}", o.plan.otlp_grpc())
+                    })?,
+            )
+        }
+    };
+    let otlp = o
+        .aggregator
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", o.plan.otlp_grpc()));
+
+    let mut children = Vec::new();
+    for role in Role::ALL {
+        children.push((role, spawn_service(role, &o, &otlp)?));
+    }
+    wait_ready(o.plan, &mut children).await?;
+
+    let mut metrics = BTreeMap::new();
+    for role in Role::ALL {
+        metrics.insert(
+            role.name().to_owned(),
+            format!("{}/metrics", o.plan.url(role)),
+        );
+    }
+    let api = aggregator.as_ref().map(|a| format!("http://{}", a.listen));
+    println!("paytrace demo is up");
+    if let Some(api) = &api {
+        println!("  aggregator API   {api}/api/v1/flows");
+        println!("  breakdown        {api}/api/v1/breakdown?flow=checkout&window=5m");
+        println!("  slow flows       {api}/api/v1/traces/slow?flow=checkout");
+        println!("  aggregator       {api}/metrics");
+    } else {
+        println!("  OTLP goes to     {otlp}");
+    }
+    println!(
+        "  checkout         POST {}/checkout",
+        o.plan.url(Role::Gateway)
+    );
+    for (name, url) in &metrics {
+        println!("  {name:<16} {url}");
+    }
+    println!();
+
+    let counters = Arc::new(Counters::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let load = (!o.services_only).then(|| {
+        tokio::spawn(crate::load::drive(
+            o.plan.url(Role::Gateway),
+            o.rps,
+            counters.clone(),
+            stop_rx,
+        ))
+    });
+
+    let started = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    let mut refresh = tokio::time::interval(Duration::from_secs(if tty { 2 } else { 10 }));
+    let deadline = async {
+        match o.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = refresh.tick() => {
+                let view = live_view(aggregator.as_ref().map(|a| &*a.pipeline), counters.snapshot(), started.elapsed(), o.duration);
+                if tty {
+                    print!("\x1b[2J\x1b[H{view}");
+                } else {
+                    println!("{view}");
+                }
+                let _ = std::io::stdout().flush();
+            }
+            () = &mut deadline => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+
+    println!("stopping: waiting for the last callbacks, then flushing spans...");
+    let _ = stop_tx.send(true);
+    if let Some(load) = load {
+        let _ = load.await;
+    }
+    // Callbacks come up to a few seconds after the last checkout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_services(o.plan, children).await;
+
+    let flows = match &aggregator {
+        Some(a) => {
+            let p = a.pipeline.clone();
+            tokio::task::spawn_blocking(move || p.flush(wall_minute())).await?;
+            breakdowns(&a.pipeline)
+        }
+        None => Vec::new(),
+    };
+    println!("{}", render_table(&flows));
+    let report = Report {
+        flows,
+        anomalies: tcc::ANOMALY_KINDS
+            .iter()
+            .map(|k| ((*k).to_owned(), 0))
+            .collect(),
+        requests: counters.snapshot(),
+        endpoints: Endpoints {
+            aggregator: api,
+            metrics,
+        },
+    };
+    if let Some(path) = &o.report {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .map_err(|e| format!("cannot write the report to {}: {e}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    if let Some(a) = aggregator {
+        a.shutdown().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! The gateway: `POST /checkout` starts the flow (order id, payment method
+//! and channel in baggage) and asks the order service to create the order.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use paytrace::{Client, Flow, Service};
+use paytrace_semconv::{flow, payment};
+use rand::RngExt;
+
+use crate::plan::{Plan, Role};
+use crate::wire::{CheckoutRequest, CheckoutResponse, CreateOrder};
+
+#[derive(Clone)]
+struct Gateway {
+    http: Client,
+    plan: Plan,
+}
+
+/// The channel a payment method goes through.
+pub fn channel_for(method: &str) -> Option<&'static str> {
+    match method {
+        payment::ALIPAY => Some(payment::ALIPAY),
+        payment::WECHAT_PAY => Some(payment::CHANNEL_WXPAY),
+        payment::CARD => Some(payment::CHANNEL_STRIPE),
+        _ => None,
+    }
+}
+
+async fn checkout(
+    State(g): State<Gateway>,
+    Json(req): Json<CheckoutRequest>,
+) -> Result<Json<CheckoutResponse>, (StatusCode, String)> {
+    let channel = channel_for(&req.payment_method).ok_or_else(|| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown payment method {:?}: alipay, wechat_pay or card",
+                req.payment_method
+            ),
+        )
+    })?;
+    let order_id = format!("ord_{:016x}", rand::rng().random::<u64>());
+    let body = CreateOrder {
+        order_id: order_id.clone(),
+        payment_method: req.payment_method.clone(),
+        payment_channel: channel.to_owned(),
+        amount_cents: 4_990,
+        sku: 1,
+    };
+    let url = format!("{}/orders", g.plan.url(Role::Order));
+    let response = Flow::new(flow::CHECKOUT)
+        .id(order_id.clone())
+        .payment_method(req.payment_method)
+        .payment_channel(channel)
+        .scope(g.http.send(g.http.inner().post(&url).json(&body)))
+        .await
+        .map_err(|e| (StatusCode::BAD_GATEWAY, format!("order service: {e}")))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(Json(CheckoutResponse {
+            order_id,
+            status: text,
+        }))
+    } else {
+        Err((
+            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+            text,
+        ))
+    }
+}
+
+/// The gateway's routes.
+pub fn router(svc: &Service, plan: Plan) -> Router {
+    Router::new()
+        .route("/checkout", post(checkout))
+        .with_state(Gateway {
+            http: svc.client(reqwest::Client::new()),
+            plan,
+        })
+}

@@ -1,0 +1,141 @@
+//! `paytrace-demo`: an e-commerce checkout across nine services, traced with
+//! paytrace, broken down live by the in-process aggregator.
+//!
+//! `cargo run --release -p paytrace-demo` starts everything on
+//! `127.0.0.1:7100..` and drives checkouts until Ctrl-C.
+
+// A binary: its modules' `pub` items are visible to the crate only.
+#![allow(unreachable_pub)]
+
+mod channel;
+mod chaos;
+mod demo;
+mod gateway;
+mod load;
+mod order;
+mod participant;
+mod payment;
+mod plan;
+mod service;
+mod wire;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::chaos::{Chaos, Fault};
+use crate::plan::{DEFAULT_PORT_BASE, Plan, Role};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "paytrace-demo",
+    version,
+    about = "A traced e-commerce checkout: gateway, order, inventory, payment, points, coupon and mock payment channels, each its own process",
+    long_about = "A traced e-commerce checkout: gateway, order, inventory, payment, points, coupon and mock payment channels (alipay, wechat_pay, card), each its own process on 127.0.0.1. The aggregator runs in this process. Ports: gateway BASE, order BASE+1, inventory BASE+2, payment BASE+3, points BASE+4, coupon BASE+5, alipay BASE+6, wechat_pay BASE+7, card BASE+8; aggregator OTLP/gRPC BASE+17, OTLP/HTTP BASE+18, API BASE+80."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    demo: DemoArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct DemoArgs {
+    /// First port; every other port is an offset from it.
+    #[arg(long, default_value_t = DEFAULT_PORT_BASE)]
+    port_base: u16,
+    /// Checkouts per second.
+    #[arg(long, default_value_t = 10.0)]
+    rps: f64,
+    /// Stop after this long (`90s`, `5m`); without it, run until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Write the final report (JSON) here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Send OTLP to this endpoint (`http://host:4317`) instead of the
+    /// in-process aggregator.
+    #[arg(long)]
+    aggregator: Option<String>,
+    /// Start the services only: no load, no live view.
+    #[arg(long)]
+    services_only: bool,
+    /// Faults to inject (repeat or separate with commas).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    chaos: Vec<Fault>,
+    /// The channel that channel faults hit.
+    #[arg(long, value_enum, default_value_t = Role::Alipay)]
+    chaos_channel: Role,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one service (the demo starts each this way).
+    #[command(hide = true)]
+    Service {
+        /// Which service.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// First port.
+        #[arg(long, default_value_t = DEFAULT_PORT_BASE)]
+        port_base: u16,
+        /// Faults to inject.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        chaos: Vec<Fault>,
+        /// The channel that channel faults hit.
+        #[arg(long, value_enum, default_value_t = Role::Alipay)]
+        chaos_channel: Role,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Service {
+                role,
+                port_base,
+                chaos,
+                chaos_channel,
+            }) => {
+                service::run(
+                    role,
+                    Plan { base: port_base },
+                    Chaos::new(&chaos, chaos_channel),
+                )
+                .await
+            }
+            None => {
+                let d = cli.demo;
+                demo::run(demo::Options {
+                    plan: Plan { base: d.port_base },
+                    rps: d.rps,
+                    duration: d.duration,
+                    report: d.report,
+                    aggregator: d.aggregator,
+                    services_only: d.services_only,
+                    chaos: d.chaos,
+                    chaos_channel: d.chaos_channel,
+                })
+                .await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

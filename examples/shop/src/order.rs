@@ -1,0 +1,118 @@
+//! The order service: creates the order and coordinates TCC. Try runs on
+//! inventory, coupon, points and payment in parallel; any failure cancels
+//! every branch. Confirm runs when the payment is confirmed, with a timeout
+//! and bounded retries per branch.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use paytrace::{Client, Service};
+
+use crate::plan::{Plan, Role};
+use crate::wire::{CreateOrder, TccCall};
+
+#[derive(Clone)]
+struct Order {
+    svc: Service,
+    http: Client,
+    plan: Plan,
+}
+
+const PARTICIPANTS: [Role; 4] = [Role::Inventory, Role::Coupon, Role::Points, Role::Payment];
+const SECOND_PHASE: [Role; 3] = [Role::Inventory, Role::Coupon, Role::Points];
+
+fn call(order_id: &str, role: Role, channel: &str) -> TccCall {
+    TccCall {
+        xid: order_id.to_owned(),
+        branch_id: format!("{order_id}-{role}"),
+        order_id: order_id.to_owned(),
+        amount_cents: 4_990,
+        sku: 1,
+        payment_channel: channel.to_owned(),
+    }
+}
+
+impl Order {
+    async fn phase(&self, role: Role, phase: &str, body: &TccCall, timeout: Duration) -> bool {
+        let url = format!("{}/tcc/{phase}", self.plan.url(role));
+        let request = self.http.inner().post(&url).json(body).timeout(timeout);
+        matches!(self.http.send(request).await, Ok(r) if r.status().is_success())
+    }
+
+    /// A second-phase call with up to three attempts.
+    async fn second_phase(&self, role: Role, phase: &str, body: &TccCall) -> bool {
+        for attempt in 0..3u32 {
+            if self.phase(role, phase, body, Duration::from_secs(1)).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+        }
+        false
+    }
+}
+
+async fn create(
+    State(o): State<Order>,
+    Json(req): Json<CreateOrder>,
+) -> (StatusCode, &'static str) {
+    let created = o
+        .svc
+        .stage("order.create")
+        .attribute("order.id", &req.order_id)
+        .run(async {
+            tokio::time::sleep(Duration::from_millis(4)).await;
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    if created.is_err() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "failed");
+    }
+    let tries = PARTICIPANTS.map(|role| {
+        let body = call(&req.order_id, role, &req.payment_channel);
+        let o = o.clone();
+        async move { o.phase(role, "try", &body, Duration::from_secs(6)).await }
+    });
+    let [a, b, c, d] = tries;
+    let (a, b, c, d) = tokio::join!(a, b, c, d);
+    if a && b && c && d {
+        return (StatusCode::OK, "pending_payment");
+    }
+    let cancels = PARTICIPANTS.map(|role| {
+        let body = call(&req.order_id, role, &req.payment_channel);
+        let o = o.clone();
+        async move { o.second_phase(role, "cancel", &body).await }
+    });
+    let [a, b, c, d] = cancels;
+    tokio::join!(a, b, c, d);
+    (StatusCode::CONFLICT, "cancelled")
+}
+
+async fn paid(State(o): State<Order>, Path(order_id): Path<String>) -> StatusCode {
+    let confirms = SECOND_PHASE.map(|role| {
+        let body = call(&order_id, role, "");
+        let o = o.clone();
+        async move { o.second_phase(role, "confirm", &body).await }
+    });
+    let [a, b, c] = confirms;
+    let (a, b, c) = tokio::join!(a, b, c);
+    if a && b && c {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    }
+}
+
+/// The order service's routes.
+pub fn router(svc: &Service, plan: Plan) -> Router {
+    Router::new()
+        .route("/orders", post(create))
+        .route("/orders/{id}/paid", post(paid))
+        .with_state(Order {
+            svc: svc.clone(),
+            http: svc.client(reqwest::Client::new()),
+            plan,
+        })
+}

@@ -1,0 +1,211 @@
+//! The payment service: Try creates a payment and requests it from the
+//! channel; the channel's callback arrives later in a new trace, linked to
+//! the request, and goes through a queue to the consumer that confirms the
+//! payment and tells the order service.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use paytrace::{Client, Flow, QueueSender, Service};
+use paytrace_semconv::{attr, flow};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::chaos::{Chaos, Fault};
+use crate::plan::{Plan, Role};
+use crate::wire::{ChannelCallback, PayRequest, TccCall};
+
+/// A confirmed callback waiting for the consumer.
+struct Confirmation {
+    callback: ChannelCallback,
+    producer: SpanContext,
+}
+
+#[derive(Clone)]
+struct Payment {
+    svc: Service,
+    http: Client,
+    plan: Plan,
+    queue: QueueSender<Confirmation>,
+    seen: Arc<Mutex<HashSet<String>>>,
+}
+
+fn channel_role(channel: &str) -> Role {
+    match channel {
+        "alipay" => Role::Alipay,
+        "wxpay" => Role::WechatPay,
+        _ => Role::Card,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PayError {
+    #[error("the channel refused the payment: {0}")]
+    Channel(#[from] reqwest::Error),
+}
+
+async fn tcc_try(State(p): State<Payment>, Json(call): Json<TccCall>) -> StatusCode {
+    let created = p
+        .svc
+        .stage("payment.create")
+        .attribute(attr::TCC_XID, &call.xid)
+        .attribute(attr::TCC_RESOURCE, "payment")
+        .attribute(attr::TCC_PHASE, "try")
+        .run(async {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            Ok::<_, PayError>(())
+        })
+        .await;
+    if created.is_err() {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let channel = channel_role(&call.payment_channel);
+    let request = PayRequest {
+        order_id: call.order_id.clone(),
+        amount_cents: call.amount_cents,
+        callback_url: format!(
+            "{}/callbacks/{}",
+            p.plan.url(Role::Payment),
+            call.payment_channel
+        ),
+    };
+    let url = format!("{}/pay", p.plan.url(channel));
+    let requested = p
+        .svc
+        .stage("channel.request")
+        .run_with_deadline(Duration::from_secs(5), async {
+            let response = p
+                .http
+                .send(p.http.inner().post(&url).json(&request))
+                .await?;
+            response.error_for_status()?;
+            Ok::<_, PayError>(())
+        })
+        .await;
+    match requested {
+        Ok(()) => StatusCode::OK,
+        Err(_) => StatusCode::BAD_GATEWAY,
+    }
+}
+
+fn span_context_of(traceparent: &str) -> Option<SpanContext> {
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
+async fn callback(
+    State(p): State<Payment>,
+    Path(_channel): Path<String>,
+    Json(cb): Json<ChannelCallback>,
+) -> StatusCode {
+    // The callback is a new trace: link it to the payment request it answers.
+    if let Some(sc) = cb.request_traceparent.as_deref().and_then(span_context_of) {
+        tracing::Span::current().add_link(sc);
+    }
+    let first = p
+        .seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(cb.order_id.clone());
+    let flow = Flow::new(flow::CHECKOUT)
+        .id(cb.order_id.clone())
+        .payment_method(cb.payment_method.clone())
+        .payment_channel(cb.channel.clone());
+    let queue = p.queue.clone();
+    flow.scope(async {
+        // The callback request is the stage: its trace's root is named
+        // channel.callback, and the wait before it is async:channel.callback.
+        let mut stage = p.svc.stage("channel.callback").start_on_current_span();
+        if !first {
+            // A duplicate callback: acknowledged, not processed again.
+            stage.set_outcome(paytrace::Outcome::Rejected);
+            return StatusCode::OK;
+        }
+        let producer = stage.span().context().span().span_context().clone();
+        match queue.send(Confirmation {
+            callback: cb,
+            producer,
+        }) {
+            Ok(()) => StatusCode::OK,
+            Err(_) => {
+                stage.set_outcome(paytrace::Outcome::Error);
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    })
+    .await
+}
+
+async fn consume(
+    svc: Service,
+    http: Client,
+    plan: Plan,
+    mut rx: paytrace::QueueReceiver<Confirmation>,
+    stall: bool,
+) {
+    while let Some(Confirmation {
+        callback: cb,
+        producer,
+    }) = rx.recv().await
+    {
+        if stall {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        let url = format!("{}/orders/{}/paid", plan.url(Role::Order), cb.order_id);
+        let flow = Flow::new(flow::CHECKOUT)
+            .id(cb.order_id.clone())
+            .payment_method(cb.payment_method.clone())
+            .payment_channel(cb.channel.clone());
+        // The consumer task has no current span: the stage starts a new
+        // trace, linked to the producer.
+        let done = flow
+            .scope(async {
+                svc.stage("payment.confirm")
+                    .link(producer)
+                    .run(async {
+                        let r = http.send(http.inner().post(&url)).await?;
+                        r.error_for_status()?;
+                        Ok::<_, PayError>(())
+                    })
+                    .await
+            })
+            .await;
+        match done {
+            Ok(()) => rx.metrics().processed(),
+            Err(_) => rx.metrics().failed(),
+        }
+    }
+}
+
+/// The payment service's routes; starts the callback consumer.
+pub fn router(svc: &Service, plan: Plan, chaos: &Chaos) -> Router {
+    let http = svc.client(reqwest::Client::new());
+    let (tx, rx) = paytrace::queue(svc, "payment_callbacks", 10_000);
+    tokio::spawn(consume(
+        svc.clone(),
+        http.clone(),
+        plan,
+        rx,
+        chaos.has(Fault::QueueBacklog),
+    ));
+    Router::new()
+        .route("/tcc/try", post(tcc_try))
+        .route("/callbacks/{channel}", post(callback))
+        .with_state(Payment {
+            svc: svc.clone(),
+            http,
+            plan,
+            queue: tx,
+            seen: Arc::new(Mutex::new(HashSet::new())),
+        })
+}

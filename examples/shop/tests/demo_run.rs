@@ -1,0 +1,111 @@
+//! A short run of the real demo: nine service processes over real HTTP, the
+//! real OTLP exporter, the in-process aggregator. The report must show every
+//! stage of checkout, shares summing to 1, the callback stitched into the
+//! flow, and mostly successful requests.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const CHECKOUT_STAGES: [&str; 13] = [
+    "order.create",
+    "inventory.try",
+    "coupon.try",
+    "points.try",
+    "payment.create",
+    "channel.request",
+    "channel.callback",
+    "async:channel.callback",
+    "payment.confirm",
+    "async:payment.confirm",
+    "inventory.confirm",
+    "coupon.confirm",
+    "points.confirm",
+];
+
+#[test]
+fn a_short_demo_run_reports_a_stitched_checkout() {
+    let report =
+        std::env::temp_dir().join(format!("paytrace-demo-report-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
+        .args([
+            "--duration",
+            "12s",
+            "--rps",
+            "8",
+            "--port-base",
+            "7600",
+            "--report",
+        ])
+        .arg(&report)
+        .output()
+        .expect("the demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&report).expect("report written"))
+        .expect("report is JSON");
+
+    let requests = &doc["requests"];
+    let sent = requests["sent"].as_u64().expect("sent");
+    let ok = requests["ok"].as_u64().expect("ok");
+    assert!(sent >= 50, "{requests}");
+    assert!(
+        ok as f64 >= 0.85 * sent as f64,
+        "requests mostly succeed: {requests}"
+    );
+
+    let flows = doc["flows"].as_array().expect("flows");
+    let checkout = flows
+        .iter()
+        .find(|b| b["flow"] == "checkout" && b["payment_method"].is_null())
+        .expect("a checkout breakdown");
+    let stages: Vec<&str> = checkout["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| s["stage"].as_str().expect("stage name"))
+        .collect();
+    for stage in CHECKOUT_STAGES {
+        assert!(stages.contains(&stage), "{stage} missing from {stages:?}");
+    }
+    let share: f64 = checkout["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| s["critical_path"]["share"].as_f64().expect("share"))
+        .sum();
+    assert!((share - 1.0).abs() < 0.01, "shares sum to {share}");
+    // The callback comes 150-350 ms (median) after the channel answered:
+    // end to end includes it.
+    let p50 = checkout["end_to_end"]["p50"].as_f64().expect("p50");
+    assert!(
+        p50 > 0.15,
+        "end to end p50 {p50}s should include the callback delay"
+    );
+    for method in ["alipay", "wechat_pay", "card"] {
+        assert!(
+            flows
+                .iter()
+                .any(|b| b["flow"] == "checkout" && b["payment_method"] == method),
+            "no breakdown for {method}"
+        );
+    }
+    for service in [
+        "gateway",
+        "order",
+        "inventory",
+        "payment",
+        "points",
+        "coupon",
+        "alipay",
+        "wechat_pay",
+        "card",
+    ] {
+        assert!(
+            doc["endpoints"]["metrics"][service].is_string(),
+            "no /metrics URL for {service}"
+        );
+    }
+    assert_eq!(doc["anomalies"].as_object().map(|o| o.len()), Some(7));
+}
