@@ -109,3 +109,37 @@ fn a_short_demo_run_reports_a_stitched_checkout() {
     }
     assert_eq!(doc["anomalies"].as_object().map(|o| o.len()), Some(7));
 }
+
+fn stage_cp(doc: &Value, method: &str, stage: &str) -> f64 {
+    doc["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .find(|b| b["flow"] == "checkout" && b["payment_method"] == method)
+        .and_then(|b| {
+            b["stages"]
+                .as_array()?
+                .iter()
+                .find(|s| s["stage"] == stage)
+                .and_then(|s| s["critical_path"]["mean"].as_f64())
+        })
+        .unwrap_or_else(|| panic!("no {stage} for {method}"))
+}
+
+#[test]
+fn channel_slow_slows_only_that_channels_requests() {
+    let report = std::env::temp_dir().join(format!("paytrace-demo-slow-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
+        .args(["--duration", "12s", "--rps", "8", "--port-base", "7700"])
+        .args(["--chaos", "channel-slow", "--chaos-channel", "wechat_pay", "--report"])
+        .arg(&report)
+        .output()
+        .expect("the demo runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("JSON");
+    let slow = stage_cp(&doc, "wechat_pay", "channel.request");
+    let alipay = stage_cp(&doc, "alipay", "channel.request");
+    // wechat_pay's channel answers in ~45 ms normally (alipay ~60 ms): tenfold now.
+    assert!(slow > 4.0 * alipay, "wechat_pay {slow}s vs alipay {alipay}s");
+    assert!(alipay < 0.2, "alipay unaffected: {alipay}s");
+}
