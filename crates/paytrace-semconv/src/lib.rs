@@ -402,6 +402,10 @@ pub mod stage {
     pub const PAYMENT_CONFIRM: &str = "payment.confirm";
     /// The user is notified.
     pub const NOTIFY_SEND: &str = "notify.send";
+    /// The payment service refunds a payment.
+    pub const PAYMENT_REFUND: &str = "payment.refund";
+    /// The refund request to the third-party channel.
+    pub const CHANNEL_REFUND: &str = "channel.refund";
 
     /// The stages the design names.
     pub const ALL: &[&str] = &[
@@ -416,6 +420,8 @@ pub mod stage {
         CHANNEL_CALLBACK,
         PAYMENT_CONFIRM,
         NOTIFY_SEND,
+        PAYMENT_REFUND,
+        CHANNEL_REFUND,
     ];
 
     /// The prefix of async-wait pseudo-stages.

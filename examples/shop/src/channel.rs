@@ -151,12 +151,23 @@ async fn pay(
     Ok("accepted")
 }
 
+async fn refund(State(m): State<Mock>) -> Result<&'static str, StatusCode> {
+    tokio::time::sleep(sample_ms(m.profile.median_ms * 1.5, m.profile.sigma)).await;
+    if m.chaos.channel_down(m.role) || rand::rng().random_bool(m.profile.error_rate) {
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    Ok("refunded")
+}
+
 /// The mock channel's routes.
 pub fn router(role: Role, chaos: Arc<Chaos>) -> Router {
-    Router::new().route("/pay", post(pay)).with_state(Mock {
-        role,
-        profile: profile(role),
-        chaos,
-        http: reqwest::Client::new(),
-    })
+    Router::new()
+        .route("/pay", post(pay))
+        .route("/refund", post(refund))
+        .with_state(Mock {
+            role,
+            profile: profile(role),
+            chaos,
+            http: reqwest::Client::new(),
+        })
 }

@@ -10,7 +10,7 @@ use paytrace_semconv::{flow, payment};
 use rand::RngExt;
 
 use crate::plan::{Plan, Role};
-use crate::wire::{CheckoutRequest, CheckoutResponse, CreateOrder};
+use crate::wire::{CheckoutRequest, CheckoutResponse, CreateOrder, RefundRequest};
 
 #[derive(Clone)]
 struct Gateway {
@@ -72,10 +72,38 @@ async fn checkout(
     }
 }
 
+async fn refund(
+    State(g): State<Gateway>,
+    Json(req): Json<RefundRequest>,
+) -> Result<&'static str, (StatusCode, String)> {
+    let channel = channel_for(&req.payment_method).ok_or_else(|| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("unknown payment method {:?}", req.payment_method),
+        )
+    })?;
+    let url = format!("{}/refunds", g.plan.url(Role::Payment));
+    // A refund is its own flow instance: its key is not the order's, or the
+    // aggregator would stitch it into the checkout.
+    let response = Flow::new(flow::REFUND)
+        .id(format!("refund:{}", req.order_id))
+        .payment_method(req.payment_method.clone())
+        .payment_channel(channel)
+        .scope(g.http.send(g.http.inner().post(&url).json(&req)))
+        .await
+        .map_err(|e| (StatusCode::BAD_GATEWAY, format!("payment service: {e}")))?;
+    if response.status().is_success() {
+        Ok("refunded")
+    } else {
+        Err((StatusCode::BAD_GATEWAY, "the refund failed".to_owned()))
+    }
+}
+
 /// The gateway's routes.
 pub fn router(svc: &Service, plan: Plan) -> Router {
     Router::new()
         .route("/checkout", post(checkout))
+        .route("/refund", post(refund))
         .with_state(Gateway {
             http: svc.client(reqwest::Client::new()),
             plan,

@@ -8,7 +8,7 @@ use rand::RngExt;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::wire::CheckoutRequest;
+use crate::wire::{CheckoutRequest, CheckoutResponse, RefundRequest};
 
 /// Request counters.
 #[derive(Debug, Default)]
@@ -39,6 +39,9 @@ impl Counters {
         }
     }
 }
+
+/// The share of successful checkouts that are refunded.
+const REFUND_SHARE: f64 = 0.1;
 
 /// Payment methods and their weights.
 const MIX: [(&str, u32); 3] = [("alipay", 50), ("wechat_pay", 35), ("card", 15)];
@@ -78,13 +81,36 @@ pub async fn drive(
         let (client, url, counters) = (client.clone(), url.clone(), counters.clone());
         counters.sent.fetch_add(1, Ordering::Relaxed);
         in_flight.spawn(async move {
+            let method = pick_method();
             let body = CheckoutRequest {
-                payment_method: pick_method().to_owned(),
+                payment_method: method.to_owned(),
             };
-            match client.post(&url).json(&body).send().await {
-                Ok(r) if r.status().is_success() => counters.ok.fetch_add(1, Ordering::Relaxed),
-                _ => counters.failed.fetch_add(1, Ordering::Relaxed),
+            let order = match client.post(&url).json(&body).send().await {
+                Ok(r) if r.status().is_success() => {
+                    counters.ok.fetch_add(1, Ordering::Relaxed);
+                    r.json::<CheckoutResponse>().await.ok()
+                }
+                _ => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
             };
+            // A share of paid orders is refunded a little later.
+            if let Some(order) = order
+                && rand::rng().random_bool(REFUND_SHARE)
+            {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let refund = RefundRequest {
+                    order_id: order.order_id,
+                    payment_method: method.to_owned(),
+                };
+                let refund_url = url.replace("/checkout", "/refund");
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+                match client.post(&refund_url).json(&refund).send().await {
+                    Ok(r) if r.status().is_success() => counters.ok.fetch_add(1, Ordering::Relaxed),
+                    _ => counters.failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
         });
         while in_flight.try_join_next().is_some() {}
     }

@@ -20,7 +20,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::chaos::{Chaos, Fault};
 use crate::plan::{Plan, Role};
-use crate::wire::{ChannelCallback, PayRequest, TccCall};
+use crate::wire::{ChannelCallback, PayRequest, RefundRequest, TccCall};
 
 /// A confirmed callback waiting for the consumer.
 struct Confirmation {
@@ -187,6 +187,35 @@ async fn consume(
     }
 }
 
+async fn refund(State(p): State<Payment>, Json(req): Json<RefundRequest>) -> StatusCode {
+    let channel = match req.payment_method.as_str() {
+        "alipay" => Role::Alipay,
+        "wechat_pay" => Role::WechatPay,
+        _ => Role::Card,
+    };
+    let url = format!("{}/refund", p.plan.url(channel));
+    let done = p
+        .svc
+        .stage("payment.refund")
+        .run(async {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            p.svc
+                .stage("channel.refund")
+                .run_with_deadline(Duration::from_secs(5), async {
+                    let r = p.http.send(p.http.inner().post(&url).json(&req)).await?;
+                    r.error_for_status()?;
+                    Ok::<_, PayError>(())
+                })
+                .await
+        })
+        .await;
+    if done.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    }
+}
+
 /// The payment service's routes; starts the callback consumer.
 pub fn router(svc: &Service, plan: Plan, chaos: &Chaos) -> Router {
     let http = svc.client(reqwest::Client::new());
@@ -201,6 +230,7 @@ pub fn router(svc: &Service, plan: Plan, chaos: &Chaos) -> Router {
     Router::new()
         .route("/tcc/try", post(tcc_try))
         .route("/callbacks/{channel}", post(callback))
+        .route("/refunds", post(refund))
         .with_state(Payment {
             svc: svc.clone(),
             http,

@@ -76,3 +76,12 @@ pub struct ChannelCallback {
     /// callback's new trace can link to it.
     pub request_traceparent: Option<String>,
 }
+
+/// `POST /refund` at the gateway, and `POST /refunds` at payment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RefundRequest {
+    /// The order to refund.
+    pub order_id: String,
+    /// Its payment method.
+    pub payment_method: String,
+}

@@ -128,18 +128,33 @@ fn stage_cp(doc: &Value, method: &str, stage: &str) -> f64 {
 
 #[test]
 fn channel_slow_slows_only_that_channels_requests() {
-    let report = std::env::temp_dir().join(format!("paytrace-demo-slow-{}.json", std::process::id()));
+    let report =
+        std::env::temp_dir().join(format!("paytrace-demo-slow-{}.json", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
         .args(["--duration", "12s", "--rps", "8", "--port-base", "7700"])
-        .args(["--chaos", "channel-slow", "--chaos-channel", "wechat_pay", "--report"])
+        .args([
+            "--chaos",
+            "channel-slow",
+            "--chaos-channel",
+            "wechat_pay",
+            "--report",
+        ])
         .arg(&report)
         .output()
         .expect("the demo runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let doc: Value = serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("JSON");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("JSON");
     let slow = stage_cp(&doc, "wechat_pay", "channel.request");
     let alipay = stage_cp(&doc, "alipay", "channel.request");
     // wechat_pay's channel answers in ~45 ms normally (alipay ~60 ms): tenfold now.
-    assert!(slow > 4.0 * alipay, "wechat_pay {slow}s vs alipay {alipay}s");
+    assert!(
+        slow > 4.0 * alipay,
+        "wechat_pay {slow}s vs alipay {alipay}s"
+    );
     assert!(alipay < 0.2, "alipay unaffected: {alipay}s");
 }
