@@ -1,0 +1,23 @@
+//! The deployment examples are valid for the real tools.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn the_prometheus_config_passes_promtool() {
+    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".to_owned());
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus.yml");
+    let out = Command::new(&promtool)
+        .args(["check", "config"])
+        .arg(&config)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {promtool} ({e}): install it with `apt-get install prometheus`")
+        });
+    assert!(
+        out.status.success(),
+        "promtool check config failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
