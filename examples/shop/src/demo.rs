@@ -39,6 +39,8 @@ pub struct Options {
     pub chaos: Vec<Fault>,
     /// The channel the channel faults hit.
     pub chaos_channel: Role,
+    /// Redis for the inventory's stock.
+    pub redis: Option<String>,
 }
 
 /// The report's `endpoints`.
@@ -67,6 +69,9 @@ fn spawn_service(role: Role, o: &Options, otlp: &str) -> std::io::Result<Child> 
         .arg(o.plan.base.to_string())
         .arg("--chaos-channel")
         .arg(o.chaos_channel.name());
+    if let Some(url) = &o.redis {
+        cmd.arg("--redis").arg(url);
+    }
     for fault in &o.chaos {
         if let Some(v) = clap::ValueEnum::to_possible_value(fault) {
             cmd.arg("--chaos").arg(v.get_name());

@@ -69,6 +69,10 @@ struct DemoArgs {
     /// The channel that channel faults hit.
     #[arg(long, value_enum, default_value_t = Role::Alipay)]
     chaos_channel: Role,
+    /// Keep inventory stock in this Redis (`redis://127.0.0.1:6379/`),
+    /// reserved atomically with Lua, instead of in memory.
+    #[arg(long)]
+    redis: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,6 +92,9 @@ enum Command {
         /// The channel that channel faults hit.
         #[arg(long, value_enum, default_value_t = Role::Alipay)]
         chaos_channel: Role,
+        /// Redis for the inventory's stock.
+        #[arg(long)]
+        redis: Option<String>,
     },
 }
 
@@ -107,11 +114,13 @@ fn main() -> ExitCode {
                 port_base,
                 chaos,
                 chaos_channel,
+                redis,
             }) => {
                 service::run(
                     role,
                     Plan { base: port_base },
                     Chaos::new(&chaos, chaos_channel),
+                    redis,
                 )
                 .await
             }
@@ -126,6 +135,7 @@ fn main() -> ExitCode {
                     services_only: d.services_only,
                     chaos: d.chaos,
                     chaos_channel: d.chaos_channel,
+                    redis: d.redis,
                 })
                 .await
             }

@@ -10,8 +10,10 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use paytrace::{Pool, Service};
+use paytrace_demo::stock::StockStore;
 use paytrace_semconv::attr;
 use rand::RngExt;
+use tracing::Instrument;
 
 use crate::chaos::{Chaos, Fault};
 use crate::wire::TccCall;
@@ -30,6 +32,7 @@ struct Participant {
     stages: [&'static str; 3],
     branches: Arc<Mutex<HashMap<String, Branch>>>,
     pool: Option<Pool>,
+    stock: Option<Arc<StockStore>>,
     hold: Duration,
 }
 
@@ -37,37 +40,69 @@ struct Participant {
 enum TccError {
     #[error("the pool had no free connection: {0}")]
     Pool(#[from] paytrace::PoolError),
+    #[error("the stock store failed: {0}")]
+    Stock(#[from] paytrace_demo::stock::StockError),
 }
 
 impl Participant {
-    async fn phase(&self, stage: &'static str, call: &TccCall, to: Branch) -> Result<(), TccError> {
-        let work = self
+    /// Runs one phase as a stage; `Ok(false)` when the business refused it
+    /// (not enough stock).
+    async fn phase(
+        &self,
+        stage: &'static str,
+        call: &TccCall,
+        to: Branch,
+    ) -> Result<bool, TccError> {
+        let mut guard = self
             .svc
             .stage(stage)
             .attribute(attr::TCC_XID, &call.xid)
             .attribute(attr::TCC_BRANCH_ID, &call.branch_id)
             .attribute(attr::TCC_RESOURCE, self.resource)
-            .attribute(attr::TCC_PHASE, stage.rsplit('.').next().unwrap_or(stage));
-        work.run(async {
+            .attribute(attr::TCC_PHASE, stage.rsplit('.').next().unwrap_or(stage))
+            .start();
+        let result = async {
             let _conn = match &self.pool {
                 Some(pool) => Some(pool.acquire_timeout(Duration::from_millis(500)).await?),
                 None => None,
             };
             let jitter = rand::rng().random_range(0.5..1.5);
             tokio::time::sleep(self.hold.mul_f64(jitter)).await;
-            self.branches
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(call.xid.clone(), to);
-            Ok(())
-        })
-        .await
+            let accepted = match (&self.stock, to) {
+                (Some(stock), Branch::Tried) => stock.reserve(call.sku, &call.xid, 1).await?,
+                (Some(stock), Branch::Confirmed) => {
+                    stock.commit(call.sku, &call.xid).await?;
+                    true
+                }
+                (Some(stock), Branch::Cancelled) => {
+                    stock.release(call.sku, &call.xid).await?;
+                    true
+                }
+                (None, _) => true,
+            };
+            if accepted {
+                self.branches
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(call.xid.clone(), to);
+            }
+            Ok::<_, TccError>(accepted)
+        }
+        .instrument(guard.span().clone())
+        .await;
+        match &result {
+            Ok(true) => {}
+            Ok(false) => guard.set_outcome(paytrace::Outcome::Rejected),
+            Err(_) => guard.set_outcome(paytrace::Outcome::Error),
+        }
+        result
     }
 }
 
 async fn tcc(p: Participant, index: usize, to: Branch, call: TccCall) -> StatusCode {
     match p.phase(p.stages[index], &call, to).await {
-        Ok(()) => StatusCode::OK,
+        Ok(true) => StatusCode::OK,
+        Ok(false) => StatusCode::CONFLICT,
         Err(e) => {
             tracing::warn!(error = %e, resource = p.resource, "TCC phase failed");
             StatusCode::SERVICE_UNAVAILABLE
@@ -76,7 +111,12 @@ async fn tcc(p: Participant, index: usize, to: Branch, call: TccCall) -> StatusC
 }
 
 /// The participant's routes for `resource` (`inventory`, `coupon`, `points`).
-pub fn router(svc: &Service, resource: &'static str, chaos: &Chaos) -> Router {
+pub fn router(
+    svc: &Service,
+    resource: &'static str,
+    chaos: &Chaos,
+    stock: Option<Arc<StockStore>>,
+) -> Router {
     let stages = match resource {
         "inventory" => ["inventory.try", "inventory.confirm", "inventory.cancel"],
         "coupon" => ["coupon.try", "coupon.confirm", "coupon.cancel"],
@@ -96,6 +136,7 @@ pub fn router(svc: &Service, resource: &'static str, chaos: &Chaos) -> Router {
         stages,
         branches: Arc::new(Mutex::new(HashMap::new())),
         pool,
+        stock,
         hold,
     };
     let (a, b, c) = (p.clone(), p.clone(), p);

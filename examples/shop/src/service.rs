@@ -6,13 +6,22 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use paytrace::Service;
+use paytrace_demo::stock::StockStore;
 use tokio::sync::Notify;
 
 use crate::chaos::Chaos;
 use crate::plan::{Plan, Role};
 
+/// Units of every item the inventory starts with.
+const INITIAL_STOCK: i64 = 1_000_000;
+
 /// Serves `role` until `POST /admin/shutdown` or Ctrl-C; then flushes its spans.
-pub async fn run(role: Role, plan: Plan, chaos: Chaos) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(
+    role: Role,
+    plan: Plan,
+    chaos: Chaos,
+    redis: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let telemetry = paytrace::init(role.name())?;
     let svc = Service::new(role.name(), env!("CARGO_PKG_VERSION"));
     svc.monitor_runtime(&tokio::runtime::Handle::current());
@@ -22,9 +31,16 @@ pub async fn run(role: Role, plan: Plan, chaos: Chaos) -> Result<(), Box<dyn std
         Role::Gateway => crate::gateway::router(&svc, plan),
         Role::Order => crate::order::router(&svc, plan),
         Role::Payment => crate::payment::router(&svc, plan, &chaos),
-        Role::Inventory | Role::Coupon | Role::Points => {
-            crate::participant::router(&svc, role.name(), &chaos)
+        Role::Inventory => {
+            let stock = match &redis {
+                Some(url) => StockStore::redis(url, "paytrace-demo", INITIAL_STOCK)
+                    .await
+                    .map_err(|e| format!("cannot use Redis at {url}: {e}"))?,
+                None => StockStore::memory(INITIAL_STOCK),
+            };
+            crate::participant::router(&svc, role.name(), &chaos, Some(Arc::new(stock)))
         }
+        Role::Coupon | Role::Points => crate::participant::router(&svc, role.name(), &chaos, None),
         Role::Alipay | Role::WechatPay | Role::Card => crate::channel::router(role, chaos.clone()),
     };
     let stop = Arc::new(Notify::new());

@@ -1,0 +1,151 @@
+//! Stock reservation never oversells under concurrent checkouts, in memory
+//! and in a real redis-server (started here; `apt-get install redis-server`).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paytrace_demo::stock::StockStore;
+
+struct RedisServer {
+    child: Child,
+    url: String,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn redis_server() -> RedisServer {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start redis-server ({e}): install it with `apt-get install redis-server`"
+            )
+        });
+    let url = format!("redis://127.0.0.1:{port}/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(client) = redis::Client::open(url.as_str())
+            && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+            && redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not answer on port {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    RedisServer { child, url }
+}
+
+/// 60 concurrent branches each try to reserve 3 of 100 units: exactly 33
+/// succeed; then half commit and half release, and nothing is lost.
+async fn no_oversell(stock: Arc<StockStore>) {
+    let mut tries = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let stock = stock.clone();
+        tries.spawn(async move { (i, stock.reserve(7, &format!("xid-{i}"), 3).await) });
+    }
+    let mut won = Vec::new();
+    while let Some(done) = tries.join_next().await {
+        let (i, reserved) = done.expect("no panic");
+        if reserved.expect("the store answers") {
+            won.push(i);
+        }
+    }
+    assert_eq!(won.len(), 33, "100 units hold 33 reservations of 3");
+    let levels = stock.levels(7).await.expect("levels");
+    assert_eq!((levels.available, levels.reserved, levels.sold), (1, 99, 0));
+
+    // Reserving again for a branch that holds a reservation changes nothing.
+    assert!(
+        stock
+            .reserve(7, &format!("xid-{}", won[0]), 3)
+            .await
+            .expect("answers")
+    );
+    assert_eq!(stock.levels(7).await.expect("levels"), levels);
+
+    for (k, i) in won.iter().enumerate() {
+        let xid = format!("xid-{i}");
+        let settled = if k % 2 == 0 {
+            stock.commit(7, &xid).await
+        } else {
+            stock.release(7, &xid).await
+        };
+        assert!(settled.expect("answers"), "{xid} had a reservation");
+        // Settling twice does nothing.
+        assert!(!stock.commit(7, &xid).await.expect("answers"));
+    }
+    let end = stock.levels(7).await.expect("levels");
+    assert!(end.available >= 0);
+    assert_eq!(end.reserved, 0);
+    assert_eq!(end.sold, 17 * 3);
+    assert_eq!(end.available + end.reserved + end.sold, 100, "{end:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stock_never_oversells() {
+    no_oversell(Arc::new(StockStore::memory(100))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stock_never_oversells_across_connections() {
+    let server = redis_server().await;
+    // Two stores on their own connections: two inventory processes.
+    let a = Arc::new(
+        StockStore::redis(&server.url, "shop", 100)
+            .await
+            .expect("connects"),
+    );
+    let b = Arc::new(
+        StockStore::redis(&server.url, "shop", 100)
+            .await
+            .expect("connects"),
+    );
+    let mut tries = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tries.spawn(async move { store.reserve(9, &format!("x{i}"), 3).await });
+    }
+    let mut won = 0;
+    while let Some(done) = tries.join_next().await {
+        if done.expect("no panic").expect("answers") {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 33);
+    let l = b.levels(9).await.expect("levels");
+    assert_eq!((l.available, l.reserved), (1, 99));
+
+    no_oversell(a).await;
+}
