@@ -68,7 +68,9 @@ fn spawn_service(role: Role, o: &Options, otlp: &str) -> std::io::Result<Child> 
         .arg("--port-base")
         .arg(o.plan.base.to_string())
         .arg("--chaos-channel")
-        .arg(o.chaos_channel.name());
+        .arg(o.chaos_channel.name())
+        .arg("--exit-with-parent")
+        .stdin(std::process::Stdio::piped());
     if let Some(url) = &o.redis {
         cmd.arg("--redis").arg(url);
     }

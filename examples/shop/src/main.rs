@@ -95,6 +95,9 @@ enum Command {
         /// Redis for the inventory's stock.
         #[arg(long)]
         redis: Option<String>,
+        /// Stop when standard input closes (the demo that started us is gone).
+        #[arg(long)]
+        exit_with_parent: bool,
     },
 }
 
@@ -115,12 +118,14 @@ fn main() -> ExitCode {
                 chaos,
                 chaos_channel,
                 redis,
+                exit_with_parent,
             }) => {
                 service::run(
                     role,
                     Plan { base: port_base },
                     Chaos::new(&chaos, chaos_channel),
                     redis,
+                    exit_with_parent,
                 )
                 .await
             }

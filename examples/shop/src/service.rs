@@ -21,6 +21,7 @@ pub async fn run(
     plan: Plan,
     chaos: Chaos,
     redis: Option<String>,
+    exit_with_parent: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let telemetry = paytrace::init(role.name())?;
     let svc = Service::new(role.name(), env!("CARGO_PKG_VERSION"));
@@ -45,6 +46,18 @@ pub async fn run(
     };
     let stop = Arc::new(Notify::new());
     let admin_stop = stop.clone();
+    if exit_with_parent {
+        // The demo holds our stdin open; when it goes away, however it
+        // ended, the pipe closes and this service stops too.
+        let parent_gone = stop.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 64];
+            while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+            parent_gone.notify_one();
+        });
+    }
     let app = routes
         .layer(svc.http_layer().timeout(Duration::from_secs(15)))
         .route(
