@@ -16,7 +16,9 @@
 //!    - [`Service::stage`]: business stages (`inventory.try`, `channel.request`);
 //!    - [`Service::pool`], [`queue`], [`Service::monitor_runtime`]: USE metrics.
 //! 3. [`metrics_route`] serves `/metrics`.
-//! 4. [`Flow::scope`] where a flow starts (the gateway) so that every service
+//! 4. [`tcc`]: the fence that keeps a TCC participant's Try, Confirm and
+//!    Cancel safe and names each anomaly it stops.
+//! 5. [`Flow::scope`] where a flow starts (the gateway) so that every service
 //!    downstream labels its stages with the flow, payment method and channel.
 //!
 //! ```no_run
@@ -70,6 +72,7 @@ mod resource;
 mod server;
 mod service;
 mod stage;
+pub mod tcc;
 mod telemetry;
 
 pub use cardinality::LabelLimits;

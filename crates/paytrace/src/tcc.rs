@@ -1,0 +1,459 @@
+//! The TCC fence: the state machine that keeps a participant's Try, Confirm
+//! and Cancel safe against the network's reorderings, and names every
+//! anomaly it stops.
+//!
+//! The rules, per branch (global transaction id + branch id):
+//!
+//! | phase | no record | `Tried` | `Confirmed` | `Cancelled` | `RolledBackEmpty` |
+//! |---|---|---|---|---|---|
+//! | Try | record `Tried`, **run** | skip (repeat) | skip (repeat) | reject `hanging_try` | reject `hanging_try` |
+//! | Confirm | reject `confirm_without_try` | `Confirmed`, **run** | skip `duplicate_confirm` | reject `confirm_after_cancel` | reject `confirm_after_cancel` |
+//! | Cancel | record `RolledBackEmpty`, skip `empty_rollback` | `Cancelled`, **run** | reject `cancel_after_confirm` | skip `duplicate_cancel` | skip `duplicate_cancel` |
+//!
+//! The business handler runs only on **run**. If it then fails, the branch
+//! goes back to the state it had, so the coordinator's retry can run it again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use paytrace_semconv::tcc as names;
+
+/// A TCC phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Reserve.
+    Try,
+    /// Commit the reservation.
+    Confirm,
+    /// Release the reservation.
+    Cancel,
+}
+
+impl Phase {
+    /// The `phase` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Try => names::PHASE_TRY,
+            Self::Confirm => names::PHASE_CONFIRM,
+            Self::Cancel => names::PHASE_CANCEL,
+        }
+    }
+}
+
+/// What the fence knows of a branch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BranchState {
+    /// Tried; waiting for Confirm or Cancel: its resources are frozen.
+    Tried,
+    /// Confirmed.
+    Confirmed,
+    /// Cancelled after a Try.
+    Cancelled,
+    /// Cancelled before any Try arrived; a later Try is refused.
+    RolledBackEmpty,
+}
+
+impl BranchState {
+    /// Whether phase two has happened (the record may be cleaned up later).
+    pub fn is_finished(self) -> bool {
+        !matches!(self, Self::Tried)
+    }
+}
+
+/// A TCC anomaly the fence detected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Anomaly {
+    /// A Cancel arrived for a branch whose Try never did.
+    EmptyRollback,
+    /// A Try arrived after its branch was cancelled.
+    HangingTry,
+    /// A Cancel arrived after the branch was confirmed.
+    CancelAfterConfirm,
+    /// A Confirm arrived after the branch was cancelled.
+    ConfirmAfterCancel,
+    /// A repeated Confirm.
+    DuplicateConfirm,
+    /// A repeated Cancel.
+    DuplicateCancel,
+    /// A Confirm arrived for a branch that was never tried.
+    ConfirmWithoutTry,
+}
+
+impl Anomaly {
+    /// The `kind` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EmptyRollback => names::EMPTY_ROLLBACK,
+            Self::HangingTry => names::HANGING_TRY,
+            Self::CancelAfterConfirm => names::CANCEL_AFTER_CONFIRM,
+            Self::ConfirmAfterCancel => names::CONFIRM_AFTER_CANCEL,
+            Self::DuplicateConfirm => names::DUPLICATE_CONFIRM,
+            Self::DuplicateCancel => names::DUPLICATE_CANCEL,
+            Self::ConfirmWithoutTry => names::CONFIRM_WITHOUT_TRY,
+        }
+    }
+}
+
+/// The fence's decision on one phase call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Run the business handler.
+    Run,
+    /// Do not run it, and answer success (a repeat, or an empty rollback).
+    Skip(Option<Anomaly>),
+    /// Do not run it, and answer failure.
+    Reject(Anomaly),
+}
+
+/// The transition table: the decision for `phase` on a branch in `state`,
+/// and the state it leaves (before the business handler runs).
+///
+/// ```
+/// use paytrace::tcc::{Anomaly, BranchState, Decision, Phase, decide};
+/// assert_eq!(decide(None, Phase::Try), (Decision::Run, Some(BranchState::Tried)));
+/// assert_eq!(
+///     decide(Some(BranchState::Confirmed), Phase::Cancel),
+///     (Decision::Reject(Anomaly::CancelAfterConfirm), Some(BranchState::Confirmed)),
+/// );
+/// ```
+pub fn decide(state: Option<BranchState>, phase: Phase) -> (Decision, Option<BranchState>) {
+    use Anomaly::*;
+    use BranchState::*;
+    use Decision::*;
+    match (phase, state) {
+        (Phase::Try, None) => (Run, Some(Tried)),
+        (Phase::Try, Some(s @ (Tried | Confirmed))) => (Skip(None), Some(s)),
+        (Phase::Try, Some(s @ (Cancelled | RolledBackEmpty))) => (Reject(HangingTry), Some(s)),
+        (Phase::Confirm, None) => (Reject(ConfirmWithoutTry), None),
+        (Phase::Confirm, Some(Tried)) => (Run, Some(Confirmed)),
+        (Phase::Confirm, Some(Confirmed)) => (Skip(Some(DuplicateConfirm)), Some(Confirmed)),
+        (Phase::Confirm, Some(s @ (Cancelled | RolledBackEmpty))) => {
+            (Reject(ConfirmAfterCancel), Some(s))
+        }
+        (Phase::Cancel, None) => (Skip(Some(EmptyRollback)), Some(RolledBackEmpty)),
+        (Phase::Cancel, Some(Tried)) => (Run, Some(Cancelled)),
+        (Phase::Cancel, Some(Confirmed)) => (Reject(CancelAfterConfirm), Some(Confirmed)),
+        (Phase::Cancel, Some(s @ (Cancelled | RolledBackEmpty))) => {
+            (Skip(Some(DuplicateCancel)), Some(s))
+        }
+    }
+}
+
+/// Identifies a branch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BranchKey {
+    /// The global transaction id.
+    pub xid: String,
+    /// The branch id.
+    pub branch_id: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Record {
+    state: BranchState,
+    since: Instant,
+}
+
+/// Why the fence store could not decide.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FenceError {
+    /// The store holds its maximum of records, all of them frozen branches.
+    #[error("the fence holds {0} records, all tried and waiting: refusing new branches")]
+    Full(usize),
+}
+
+/// An in-memory fence store: bounded, finished records cleaned after a
+/// retention period, tried records never cleaned (they are what "frozen"
+/// means). Every transition is atomic under one lock.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use paytrace::tcc::{BranchKey, Decision, MemoryFence, Phase};
+///
+/// let fence = MemoryFence::new(1000, Duration::from_secs(600));
+/// let key = BranchKey { xid: "ord_1".into(), branch_id: "inventory".into() };
+/// let now = Instant::now();
+/// assert_eq!(fence.begin(&key, Phase::Try, now).unwrap(), Decision::Run);
+/// fence.finish(&key, Phase::Try, true);
+/// assert_eq!(fence.pending(now).0, 1);
+/// ```
+#[derive(Debug)]
+pub struct MemoryFence {
+    records: Mutex<HashMap<BranchKey, Record>>,
+    /// What each branch was before a `Run` decision, until `finish`.
+    before_run: Mutex<HashMap<(BranchKey, Phase), Option<Record>>>,
+    max_records: usize,
+    retention: Duration,
+}
+
+impl MemoryFence {
+    /// A fence holding at most `max_records`, cleaning finished records
+    /// older than `retention`.
+    pub fn new(max_records: usize, retention: Duration) -> Self {
+        Self {
+            records: Mutex::new(HashMap::new()),
+            before_run: Mutex::new(HashMap::new()),
+            max_records,
+            retention,
+        }
+    }
+
+    /// Decides `phase` for `key` at `now` and records the new state. After
+    /// a [`Decision::Run`], call [`MemoryFence::finish`] with the business
+    /// handler's result.
+    pub fn begin(
+        &self,
+        key: &BranchKey,
+        phase: Phase,
+        now: Instant,
+    ) -> Result<Decision, FenceError> {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = records.get(key).copied();
+        if previous.is_none() && records.len() >= self.max_records {
+            let retention = self.retention;
+            records.retain(|_, r| {
+                !(r.state.is_finished() && now.saturating_duration_since(r.since) >= retention)
+            });
+            if records.len() >= self.max_records {
+                // Make room from the oldest finished records before refusing.
+                let mut finished: Vec<(BranchKey, Instant)> = records
+                    .iter()
+                    .filter(|(_, r)| r.state.is_finished())
+                    .map(|(k, r)| (k.clone(), r.since))
+                    .collect();
+                finished.sort_by_key(|(_, since)| *since);
+                let excess = records.len() + 1 - self.max_records;
+                for (k, _) in finished.into_iter().take(excess) {
+                    records.remove(&k);
+                }
+                if records.len() >= self.max_records {
+                    return Err(FenceError::Full(self.max_records));
+                }
+            }
+        }
+        let (decision, next) = decide(previous.map(|r| r.state), phase);
+        match next {
+            Some(state) if Some(state) != previous.map(|r| r.state) => {
+                records.insert(key.clone(), Record { state, since: now });
+            }
+            _ => {}
+        }
+        if decision == Decision::Run {
+            self.before_run
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((key.clone(), phase), previous);
+        }
+        Ok(decision)
+    }
+
+    /// Completes a [`Decision::Run`]: when the business handler failed, the
+    /// branch goes back to the state it had, so a retry runs it again.
+    pub fn finish(&self, key: &BranchKey, phase: Phase, succeeded: bool) {
+        let previous = self
+            .before_run
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(key.clone(), phase));
+        if succeeded {
+            return;
+        }
+        let Some(previous) = previous else {
+            return;
+        };
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        match previous {
+            Some(r) => {
+                records.insert(key.clone(), r);
+            }
+            None => {
+                records.remove(key);
+            }
+        }
+    }
+
+    /// The state of `key`, if recorded.
+    pub fn state(&self, key: &BranchKey) -> Option<BranchState> {
+        self.records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .map(|r| r.state)
+    }
+
+    /// Tried branches waiting for phase two, and the age of the oldest.
+    pub fn pending(&self, now: Instant) -> (usize, Duration) {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let tried = records.values().filter(|r| r.state == BranchState::Tried);
+        let (count, oldest) = tried.fold((0, None::<Instant>), |(n, oldest), r| {
+            (n + 1, Some(oldest.map_or(r.since, |o| o.min(r.since))))
+        });
+        (
+            count,
+            oldest.map_or(Duration::ZERO, |o| now.saturating_duration_since(o)),
+        )
+    }
+
+    /// Drops finished records older than the retention period; returns how many.
+    pub fn clean(&self, now: Instant) -> usize {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let before = records.len();
+        let retention = self.retention;
+        records.retain(|_, r| {
+            !(r.state.is_finished() && now.saturating_duration_since(r.since) >= retention)
+        });
+        before - records.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: &str) -> BranchKey {
+        BranchKey {
+            xid: "x".into(),
+            branch_id: b.into(),
+        }
+    }
+
+    #[test]
+    fn every_transition_of_the_table() {
+        use Anomaly::*;
+        use BranchState::*;
+        use Decision::*;
+        let table = [
+            (None, Phase::Try, Run, Some(Tried)),
+            (Some(Tried), Phase::Try, Skip(None), Some(Tried)),
+            (Some(Confirmed), Phase::Try, Skip(None), Some(Confirmed)),
+            (
+                Some(Cancelled),
+                Phase::Try,
+                Reject(HangingTry),
+                Some(Cancelled),
+            ),
+            (
+                Some(RolledBackEmpty),
+                Phase::Try,
+                Reject(HangingTry),
+                Some(RolledBackEmpty),
+            ),
+            (None, Phase::Confirm, Reject(ConfirmWithoutTry), None),
+            (Some(Tried), Phase::Confirm, Run, Some(Confirmed)),
+            (
+                Some(Confirmed),
+                Phase::Confirm,
+                Skip(Some(DuplicateConfirm)),
+                Some(Confirmed),
+            ),
+            (
+                Some(Cancelled),
+                Phase::Confirm,
+                Reject(ConfirmAfterCancel),
+                Some(Cancelled),
+            ),
+            (
+                Some(RolledBackEmpty),
+                Phase::Confirm,
+                Reject(ConfirmAfterCancel),
+                Some(RolledBackEmpty),
+            ),
+            (
+                None,
+                Phase::Cancel,
+                Skip(Some(EmptyRollback)),
+                Some(RolledBackEmpty),
+            ),
+            (Some(Tried), Phase::Cancel, Run, Some(Cancelled)),
+            (
+                Some(Confirmed),
+                Phase::Cancel,
+                Reject(CancelAfterConfirm),
+                Some(Confirmed),
+            ),
+            (
+                Some(Cancelled),
+                Phase::Cancel,
+                Skip(Some(DuplicateCancel)),
+                Some(Cancelled),
+            ),
+            (
+                Some(RolledBackEmpty),
+                Phase::Cancel,
+                Skip(Some(DuplicateCancel)),
+                Some(RolledBackEmpty),
+            ),
+        ];
+        for (state, phase, decision, next) in table {
+            assert_eq!(
+                decide(state, phase),
+                (decision, next),
+                "{state:?} {phase:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_handler_puts_the_branch_back() {
+        let fence = MemoryFence::new(10, Duration::from_secs(60));
+        let now = Instant::now();
+        assert_eq!(fence.begin(&key("a"), Phase::Try, now), Ok(Decision::Run));
+        fence.finish(&key("a"), Phase::Try, false);
+        assert_eq!(fence.state(&key("a")), None, "the Try can run again");
+        assert_eq!(fence.begin(&key("a"), Phase::Try, now), Ok(Decision::Run));
+        fence.finish(&key("a"), Phase::Try, true);
+        assert_eq!(
+            fence.begin(&key("a"), Phase::Confirm, now),
+            Ok(Decision::Run)
+        );
+        fence.finish(&key("a"), Phase::Confirm, false);
+        assert_eq!(
+            fence.state(&key("a")),
+            Some(BranchState::Tried),
+            "the Confirm can be retried"
+        );
+    }
+
+    #[test]
+    fn an_empty_rollback_blocks_the_late_try() {
+        let fence = MemoryFence::new(10, Duration::from_secs(60));
+        let now = Instant::now();
+        assert_eq!(
+            fence.begin(&key("b"), Phase::Cancel, now),
+            Ok(Decision::Skip(Some(Anomaly::EmptyRollback)))
+        );
+        assert_eq!(
+            fence.begin(&key("b"), Phase::Try, now),
+            Ok(Decision::Reject(Anomaly::HangingTry))
+        );
+    }
+
+    #[test]
+    fn finished_records_are_cleaned_tried_ones_never() {
+        let fence = MemoryFence::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for b in ["a", "b"] {
+            fence.begin(&key(b), Phase::Try, t0).expect("room");
+            fence.finish(&key(b), Phase::Try, true);
+        }
+        fence.begin(&key("a"), Phase::Confirm, t0).expect("room");
+        fence.finish(&key("a"), Phase::Confirm, true);
+        assert_eq!(fence.clean(t0 + Duration::from_secs(61)), 1);
+        assert_eq!(fence.state(&key("b")), Some(BranchState::Tried));
+        assert_eq!(
+            fence.pending(t0 + Duration::from_secs(61)),
+            (1, Duration::from_secs(61))
+        );
+
+        // Full of frozen branches: a new branch is refused, not dropped silently.
+        for b in ["c", "d"] {
+            fence.begin(&key(b), Phase::Try, t0).expect("room");
+            fence.finish(&key(b), Phase::Try, true);
+        }
+        assert_eq!(
+            fence.begin(&key("e"), Phase::Try, t0),
+            Err(FenceError::Full(3))
+        );
+    }
+}
