@@ -204,6 +204,14 @@ fn entry(stages: &mut BTreeMap<Arc<str>, StageTimes>, name: Arc<str>) -> &mut St
     })
 }
 
+/// Every span of the flow with its trace and span index.
+fn all_spans<'a>(infos: &'a [TraceInfo<'_>]) -> impl Iterator<Item = (usize, usize, &'a Span)> {
+    infos
+        .iter()
+        .enumerate()
+        .flat_map(|(t, info)| info.spans.iter().enumerate().map(move |(i, s)| (t, i, s)))
+}
+
 /// The critical path of the whole flow, from its last span's end back to its
 /// first span's start.
 fn stitched_critical_path(infos: &[TraceInfo<'_>], start_ns: u64, end_ns: u64) -> Vec<PathSegment> {
@@ -211,32 +219,17 @@ fn stitched_critical_path(infos: &[TraceInfo<'_>], start_ns: u64, end_ns: u64) -
     let by_id: HashMap<(TraceId, SpanId), (usize, usize)> = if infos.len() < 2 {
         HashMap::new()
     } else {
-        infos
-            .iter()
-            .enumerate()
-            .flat_map(|(t, info)| {
-                info.spans
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, s)| ((s.trace_id, s.span_id), (t, i)))
-            })
+        all_spans(infos)
+            .map(|(t, i, s)| ((s.trace_id, s.span_id), (t, i)))
             .collect()
     };
     let mut path = Vec::new();
     let mut visited: HashSet<usize> = HashSet::new();
 
     // Start at the span that ends last.
-    let Some((mut t, mut from)) = infos
-        .iter()
-        .enumerate()
-        .flat_map(|(t, info)| {
-            info.spans
-                .iter()
-                .enumerate()
-                .map(move |(i, s)| (s.end_ns, t, i))
-        })
-        .max_by_key(|&(end, t, i)| (end, std::cmp::Reverse(infos[t].spans[i].span_id)))
-        .map(|(_, t, i)| (t, i))
+    let Some((mut t, mut from)) = all_spans(infos)
+        .max_by_key(|&(_, _, s)| (s.end_ns, std::cmp::Reverse(s.span_id)))
+        .map(|(t, i, _)| (t, i))
     else {
         return path;
     };

@@ -20,8 +20,32 @@ pub enum Fault {
     /// and pool timeouts rise, `inventory.try` slows.
     PoolExhausted,
     /// The payment callback consumer stalls: `paytrace_queue_depth` and
-    /// `paytrace_queue_oldest_age_seconds` grow, `async:channel.callback` waits longer.
+    /// `paytrace_queue_oldest_age_seconds` grow, `async:payment.confirm` (the
+    /// wait in the queue) takes a larger share.
     QueueBacklog,
+}
+
+/// The mock channel that channel faults hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChaosChannel {
+    /// The alipay mock.
+    Alipay,
+    /// The wechat_pay mock.
+    #[value(name = "wechat_pay")]
+    WechatPay,
+    /// The card mock.
+    Card,
+}
+
+impl ChaosChannel {
+    /// The mock's role.
+    pub fn role(self) -> Role {
+        match self {
+            Self::Alipay => Role::Alipay,
+            Self::WechatPay => Role::WechatPay,
+            Self::Card => Role::Card,
+        }
+    }
 }
 
 /// The faults in force.

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::chaos::{Chaos, Fault};
+use crate::chaos::{Chaos, ChaosChannel, Fault};
 use crate::plan::{DEFAULT_PORT_BASE, Plan, Role};
 
 #[derive(Parser, Debug)]
@@ -63,12 +63,19 @@ struct DemoArgs {
     /// Start the services only: no load, no live view.
     #[arg(long)]
     services_only: bool,
+    #[command(flatten)]
+    services: ServiceOptions,
+}
+
+/// How the services behave: shared by the demo and each service process.
+#[derive(clap::Args, Debug, Clone)]
+struct ServiceOptions {
     /// Faults to inject (repeat or separate with commas).
     #[arg(long, value_enum, value_delimiter = ',')]
     chaos: Vec<Fault>,
     /// The channel that channel faults hit.
-    #[arg(long, value_enum, default_value_t = Role::Alipay)]
-    chaos_channel: Role,
+    #[arg(long, value_enum, default_value_t = ChaosChannel::Alipay)]
+    chaos_channel: ChaosChannel,
     /// Keep inventory stock in this Redis (`redis://127.0.0.1:6379/`),
     /// reserved atomically with Lua, instead of in memory.
     #[arg(long)]
@@ -86,15 +93,8 @@ enum Command {
         /// First port.
         #[arg(long, default_value_t = DEFAULT_PORT_BASE)]
         port_base: u16,
-        /// Faults to inject.
-        #[arg(long, value_enum, value_delimiter = ',')]
-        chaos: Vec<Fault>,
-        /// The channel that channel faults hit.
-        #[arg(long, value_enum, default_value_t = Role::Alipay)]
-        chaos_channel: Role,
-        /// Redis for the inventory's stock.
-        #[arg(long)]
-        redis: Option<String>,
+        #[command(flatten)]
+        services: ServiceOptions,
         /// Stop when standard input closes (the demo that started us is gone).
         #[arg(long)]
         exit_with_parent: bool,
@@ -115,16 +115,14 @@ fn main() -> ExitCode {
             Some(Command::Service {
                 role,
                 port_base,
-                chaos,
-                chaos_channel,
-                redis,
+                services,
                 exit_with_parent,
             }) => {
                 service::run(
                     role,
                     Plan { base: port_base },
-                    Chaos::new(&chaos, chaos_channel),
-                    redis,
+                    Chaos::new(&services.chaos, services.chaos_channel.role()),
+                    services.redis,
                     exit_with_parent,
                 )
                 .await
@@ -138,9 +136,9 @@ fn main() -> ExitCode {
                     report: d.report,
                     aggregator: d.aggregator,
                     services_only: d.services_only,
-                    chaos: d.chaos,
-                    chaos_channel: d.chaos_channel,
-                    redis: d.redis,
+                    chaos: d.services.chaos,
+                    chaos_channel: d.services.chaos_channel.role(),
+                    redis: d.services.redis,
                 })
                 .await
             }
