@@ -50,6 +50,9 @@ pub(crate) struct Families {
     pub(crate) series_overflow: IntCounterVec,
     pub(crate) spans_dropped: IntCounterVec,
     pub(crate) spans_exported: IntCounter,
+    pub(crate) tcc_phases: IntCounterVec,
+    pub(crate) tcc_anomalies: IntCounterVec,
+    pub(crate) tcc_retries: IntCounterVec,
     pub(crate) sampled: Arc<SampledGauges>,
 }
 
@@ -158,6 +161,21 @@ impl Families {
                 metric::SPANS_EXPORTED_TOTAL,
                 "Finished spans the collector accepted.",
             )?,
+            tcc_phases: counter(
+                metric::TCC_PHASE_TOTAL,
+                "TCC phase calls by fence outcome: ok, error (the handler failed), skipped (a repeat or an empty rollback), rejected.",
+                &[SERVICE, label::RESOURCE, label::PHASE, label::OUTCOME],
+            )?,
+            tcc_anomalies: counter(
+                metric::TCC_ANOMALIES_TOTAL,
+                "TCC anomalies the participant's fence detected, by kind.",
+                &[SERVICE, label::RESOURCE, label::KIND],
+            )?,
+            tcc_retries: counter(
+                metric::TCC_PHASE_RETRIES_TOTAL,
+                "TCC phase calls retried by the coordinator.",
+                &[SERVICE, label::RESOURCE, label::PHASE],
+            )?,
             sampled: Arc::new(SampledGauges::new()?),
             registry,
         };
@@ -182,6 +200,9 @@ impl Families {
         r.register(Box::new(self.series_overflow.clone()))?;
         r.register(Box::new(self.spans_dropped.clone()))?;
         r.register(Box::new(self.spans_exported.clone()))?;
+        r.register(Box::new(self.tcc_phases.clone()))?;
+        r.register(Box::new(self.tcc_anomalies.clone()))?;
+        r.register(Box::new(self.tcc_retries.clone()))?;
         r.register(Box::new(SampledCollector(self.sampled.clone())))?;
         // Drop reasons and the exported counter exist from the start, so that
         // `rate()` and alerts see a zero before the first drop.
@@ -308,6 +329,8 @@ pub(crate) trait Sampler: Send + Sync {
 /// Gauges set at scrape time by registered [`Sampler`]s.
 pub(crate) struct SampledGauges {
     pub(crate) queue_oldest_age: GaugeVec,
+    pub(crate) tcc_pending: IntGaugeVec,
+    pub(crate) tcc_pending_oldest: GaugeVec,
     pub(crate) runtime_workers: IntGaugeVec,
     pub(crate) runtime_busy_ratio: GaugeVec,
     pub(crate) runtime_global_queue_depth: IntGaugeVec,
@@ -324,6 +347,18 @@ impl std::fmt::Debug for SampledGauges {
 impl SampledGauges {
     fn new() -> prometheus::Result<Self> {
         Ok(Self {
+            tcc_pending: int_gauge(
+                metric::TCC_BRANCHES_PENDING,
+                "TCC branches tried and waiting for Confirm or Cancel: frozen resources.",
+                &[SERVICE, label::RESOURCE],
+            )?,
+            tcc_pending_oldest: GaugeVec::new(
+                Opts::new(
+                    metric::TCC_PENDING_OLDEST_SECONDS,
+                    "Age of the oldest TCC branch waiting for Confirm or Cancel; 0 when none.",
+                ),
+                &[SERVICE, label::RESOURCE],
+            )?,
             queue_oldest_age: GaugeVec::new(
                 Opts::new(
                     metric::QUEUE_OLDEST_AGE_SECONDS,
@@ -365,8 +400,10 @@ impl SampledGauges {
             .push(sampler);
     }
 
-    fn collectors(&self) -> [&dyn Collector; 5] {
+    fn collectors(&self) -> [&dyn Collector; 7] {
         [
+            &self.tcc_pending,
+            &self.tcc_pending_oldest,
             &self.queue_oldest_age,
             &self.runtime_workers,
             &self.runtime_busy_ratio,

@@ -167,6 +167,15 @@ impl Service {
             .is_some()
     }
 
+    /// A TCC resource of this service, guarded by `fence`; see [`crate::tcc`].
+    pub fn tcc(
+        &self,
+        resource: &str,
+        fence: Arc<crate::tcc::MemoryFence>,
+    ) -> crate::tcc::TccResource {
+        crate::tcc::TccResource::new(self.clone(), resource, fence)
+    }
+
     /// Admits a label value through one of the cardinality guards.
     pub(crate) fn admit<'a>(
         &self,

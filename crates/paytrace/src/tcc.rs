@@ -457,3 +457,181 @@ mod tests {
         );
     }
 }
+
+/// How a branch call ended when the fence let it through or skipped it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BranchOutcome<T> {
+    /// The business handler ran and returned this.
+    Ran(T),
+    /// The fence skipped the handler: a repeat, or an empty rollback (with
+    /// the anomaly, if it is one). Answer success.
+    Skipped(Option<Anomaly>),
+}
+
+/// Why a branch call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BranchError<E> {
+    /// The fence refused the call; answer failure, do not retry.
+    #[error("the TCC fence rejected the call: {}", .0.as_str())]
+    Rejected(Anomaly),
+    /// The business handler failed; the branch is as before, retry.
+    #[error("the TCC handler failed: {0}")]
+    Handler(E),
+    /// The fence could not record the branch.
+    #[error(transparent)]
+    Fence(#[from] FenceError),
+}
+
+/// A TCC resource of one service (`inventory`, `coupon`, …) guarded by a
+/// fence, with its metrics. Made by [`crate::Service::tcc`].
+///
+/// ```
+/// # #[tokio::main] async fn main() {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use paytrace::tcc::{BranchError, BranchKey, BranchOutcome, MemoryFence, Phase};
+///
+/// let svc = paytrace::Service::with_metrics("inventory", "1.0.0", &paytrace::Metrics::new());
+/// let stock = svc.tcc("inventory", Arc::new(MemoryFence::new(10_000, Duration::from_secs(600))));
+/// let branch = BranchKey { xid: "ord_1".into(), branch_id: "inventory".into() };
+///
+/// // A Cancel overtakes its Try: an empty rollback, then a hanging Try.
+/// let cancel = stock.run(Phase::Cancel, &branch, || async { Ok::<_, std::io::Error>(()) }).await;
+/// assert!(matches!(cancel, Ok(BranchOutcome::Skipped(Some(_)))));
+/// let r#try = stock.run(Phase::Try, &branch, || async { Ok::<_, std::io::Error>(()) }).await;
+/// assert!(matches!(r#try, Err(BranchError::Rejected(_))));
+/// assert!(svc.metrics().render().contains(r#"kind="hanging_try""#));
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct TccResource {
+    service: crate::Service,
+    resource: String,
+    fence: std::sync::Arc<MemoryFence>,
+}
+
+impl TccResource {
+    pub(crate) fn new(
+        service: crate::Service,
+        resource: &str,
+        fence: std::sync::Arc<MemoryFence>,
+    ) -> Self {
+        let resource = service.admit(|g| &g.resource, resource).to_owned();
+        service.families().sampled.add(Box::new(PendingSampler {
+            service: service.name().to_owned(),
+            resource: resource.clone(),
+            fence: std::sync::Arc::downgrade(&fence),
+        }));
+        Self {
+            service,
+            resource,
+            fence,
+        }
+    }
+
+    /// Runs `phase` of `branch` through the fence: `handler` runs only when
+    /// the fence allows it. The decision is a span event (`tcc.fence`) on the
+    /// current span and is counted in `paytrace_tcc_phase_total`; anomalies
+    /// in `paytrace_tcc_anomalies_total`.
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        phase: Phase,
+        branch: &BranchKey,
+        handler: F,
+    ) -> Result<BranchOutcome<T>, BranchError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let decision = self.fence.begin(branch, phase, Instant::now())?;
+        let anomaly = match decision {
+            Decision::Skip(a) => a,
+            Decision::Reject(a) => Some(a),
+            Decision::Run => None,
+        };
+        let f = self.service.families();
+        let labels = |outcome: &'static str| {
+            [
+                self.service.name(),
+                self.resource.as_str(),
+                phase.as_str(),
+                outcome,
+            ]
+        };
+        if let Some(a) = anomaly {
+            f.tcc_anomalies
+                .with_label_values(&[self.service.name(), self.resource.as_str(), a.as_str()])
+                .inc();
+        }
+        let decision_name = match decision {
+            Decision::Run => "run",
+            Decision::Skip(_) => "skip",
+            Decision::Reject(_) => "reject",
+        };
+        let mut attributes = vec![
+            opentelemetry::KeyValue::new(paytrace_semconv::attr::TCC_PHASE, phase.as_str()),
+            opentelemetry::KeyValue::new(
+                paytrace_semconv::attr::TCC_RESOURCE,
+                self.resource.clone(),
+            ),
+            opentelemetry::KeyValue::new("tcc.decision", decision_name),
+        ];
+        if let Some(a) = anomaly {
+            attributes.push(opentelemetry::KeyValue::new("tcc.anomaly", a.as_str()));
+        }
+        tracing::Span::current().add_event("tcc.fence", attributes);
+        match decision {
+            Decision::Skip(a) => {
+                f.tcc_phases.with_label_values(&labels("skipped")).inc();
+                Ok(BranchOutcome::Skipped(a))
+            }
+            Decision::Reject(a) => {
+                f.tcc_phases.with_label_values(&labels("rejected")).inc();
+                Err(BranchError::Rejected(a))
+            }
+            Decision::Run => {
+                let result = handler().await;
+                self.fence.finish(branch, phase, result.is_ok());
+                let outcome = if result.is_ok() { "ok" } else { "error" };
+                f.tcc_phases.with_label_values(&labels(outcome)).inc();
+                result.map(BranchOutcome::Ran).map_err(BranchError::Handler)
+            }
+        }
+    }
+
+    /// Counts one retry of `phase` (call it from the coordinator's retry loop).
+    pub fn retried(&self, phase: Phase) {
+        self.service
+            .families()
+            .tcc_retries
+            .with_label_values(&[self.service.name(), self.resource.as_str(), phase.as_str()])
+            .inc();
+    }
+}
+
+/// Reads a fence's pending branches at scrape time.
+struct PendingSampler {
+    service: String,
+    resource: String,
+    fence: std::sync::Weak<MemoryFence>,
+}
+
+impl crate::metrics::Sampler for PendingSampler {
+    fn sample(&self, gauges: &crate::metrics::SampledGauges) -> bool {
+        let Some(fence) = self.fence.upgrade() else {
+            return false;
+        };
+        let (count, oldest) = fence.pending(Instant::now());
+        let labels = [self.service.as_str(), self.resource.as_str()];
+        gauges
+            .tcc_pending
+            .with_label_values(&labels)
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        gauges
+            .tcc_pending_oldest
+            .with_label_values(&labels)
+            .set(oldest.as_secs_f64());
+        true
+    }
+}

@@ -76,6 +76,36 @@ async fn metrics_endpoint_passes_promtool_check_metrics() {
         )
         .await;
 
+    let stock = svc.tcc(
+        "inventory",
+        std::sync::Arc::new(paytrace::tcc::MemoryFence::new(
+            100,
+            Duration::from_secs(60),
+        )),
+    );
+    let branch = paytrace::tcc::BranchKey {
+        xid: "ord_1".into(),
+        branch_id: "inventory".into(),
+    };
+    let ok = || async { Ok::<_, std::io::Error>(()) };
+    assert!(
+        stock
+            .run(paytrace::tcc::Phase::Try, &branch, ok)
+            .await
+            .is_ok()
+    );
+    let orphan = paytrace::tcc::BranchKey {
+        xid: "ord_2".into(),
+        branch_id: "inventory".into(),
+    };
+    assert!(
+        stock
+            .run(paytrace::tcc::Phase::Cancel, &orphan, ok)
+            .await
+            .is_ok()
+    );
+    stock.retried(paytrace::tcc::Phase::Confirm);
+
     let scraped = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .expect("scrape")
@@ -83,8 +113,13 @@ async fn metrics_endpoint_passes_promtool_check_metrics() {
         .await
         .expect("text body");
 
-    // Every family the middleware owns is there (TCC families belong to the fence).
+    // Every family the middleware owns is there.
     for name in [
+        metric::TCC_PHASE_TOTAL,
+        metric::TCC_ANOMALIES_TOTAL,
+        metric::TCC_BRANCHES_PENDING,
+        metric::TCC_PENDING_OLDEST_SECONDS,
+        metric::TCC_PHASE_RETRIES_TOTAL,
         metric::HTTP_SERVER_REQUEST_DURATION_SECONDS,
         metric::HTTP_SERVER_ACTIVE_REQUESTS,
         metric::HTTP_CLIENT_REQUEST_DURATION_SECONDS,
@@ -115,6 +150,13 @@ async fn metrics_endpoint_passes_promtool_check_metrics() {
         );
     }
     assert!(scraped.contains(r#"paytrace_queue_depth{queue="callbacks",service="order"} 1"#));
+    assert!(
+        scraped
+            .contains(r#"paytrace_tcc_branches_pending{resource="inventory",service="order"} 1"#)
+    );
+    assert!(scraped.contains(
+        r#"paytrace_tcc_anomalies_total{kind="empty_rollback",resource="inventory",service="order"} 1"#
+    ));
 
     let mut child = promtool()
         .args(["check", "metrics"])
