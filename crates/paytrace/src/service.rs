@@ -176,6 +176,24 @@ impl Service {
         crate::tcc::TccResource::new(self.clone(), resource, fence)
     }
 
+    /// Counts one retry of `phase` on `resource` by this service acting as
+    /// the TCC coordinator (`paytrace_tcc_phase_retries_total`).
+    ///
+    /// ```
+    /// let svc = paytrace::Service::with_metrics("order", "1.0.0", &paytrace::Metrics::new());
+    /// svc.count_tcc_retry("inventory", paytrace::tcc::Phase::Confirm);
+    /// assert!(svc.metrics().render().contains(
+    ///     r#"paytrace_tcc_phase_retries_total{phase="confirm",resource="inventory",service="order"} 1"#
+    /// ));
+    /// ```
+    pub fn count_tcc_retry(&self, resource: &str, phase: crate::tcc::Phase) {
+        let resource = self.admit(|g| &g.resource, resource);
+        self.families()
+            .tcc_retries
+            .with_label_values(&[self.name(), resource, phase.as_str()])
+            .inc();
+    }
+
     /// Admits a label value through one of the cardinality guards.
     pub(crate) fn admit<'a>(
         &self,

@@ -600,13 +600,9 @@ impl TccResource {
         }
     }
 
-    /// Counts one retry of `phase` (call it from the coordinator's retry loop).
+    /// Counts one retry of `phase` on this resource by this service.
     pub fn retried(&self, phase: Phase) {
-        self.service
-            .families()
-            .tcc_retries
-            .with_label_values(&[self.service.name(), self.resource.as_str(), phase.as_str()])
-            .inc();
+        self.service.count_tcc_retry(&self.resource, phase);
     }
 }
 

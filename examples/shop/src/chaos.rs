@@ -19,6 +19,18 @@ pub enum Fault {
     /// The inventory pool has one connection: `paytrace_resource_wait_seconds`
     /// and pool timeouts rise, `inventory.try` slows.
     PoolExhausted,
+    /// Inventory's Confirm takes longer than the coordinator's 1 s timeout on
+    /// a fifth of orders: the coordinator retries (`paytrace_tcc_phase_retries_total`),
+    /// the retries are `duplicate_confirm` anomalies, branches stay frozen
+    /// longer (`paytrace_tcc_pending_oldest_seconds`).
+    ConfirmNetworkFailure,
+    /// A recovery job sends a late Cancel to inventory after a tenth of
+    /// orders were confirmed: `cancel_after_confirm` anomalies, refused.
+    CancelAfterConfirm,
+    /// On a tenth of orders inventory's Cancel overtakes its Try:
+    /// `empty_rollback`, then the late Try is refused as `hanging_try`, and
+    /// the order's own Cancel is a `duplicate_cancel`.
+    EmptyRollback,
     /// The payment callback consumer stalls: `paytrace_queue_depth` and
     /// `paytrace_queue_oldest_age_seconds` grow, `async:payment.confirm` (the
     /// wait in the queue) takes a larger share.

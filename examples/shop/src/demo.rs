@@ -142,6 +142,41 @@ async fn stop_services(plan: Plan, children: Vec<(Role, Child)>) {
     }
 }
 
+/// `paytrace_tcc_anomalies_total` of every TCC participant, summed by kind
+/// (every kind present, zero when none happened).
+async fn count_anomalies(plan: Plan) -> BTreeMap<String, u64> {
+    let mut counts: BTreeMap<String, u64> = tcc::ANOMALY_KINDS
+        .iter()
+        .map(|k| ((*k).to_owned(), 0))
+        .collect();
+    let client = reqwest::Client::new();
+    for role in [Role::Inventory, Role::Coupon, Role::Points] {
+        let Ok(response) = client
+            .get(format!("{}/metrics", plan.url(role)))
+            .send()
+            .await
+        else {
+            eprintln!("warning: cannot scrape the {role} service for anomalies");
+            continue;
+        };
+        let text = response.text().await.unwrap_or_default();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("paytrace_tcc_anomalies_total{"))
+        {
+            let kind = line
+                .split("kind=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next());
+            let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+            if let (Some(kind), Some(value)) = (kind, value) {
+                *counts.entry(kind.to_owned()).or_default() += value as u64;
+            }
+        }
+    }
+    counts
+}
+
 /// The report's breakdowns: per flow, and per (flow, payment method).
 fn breakdowns(pipeline: &Pipeline) -> Vec<Breakdown> {
     let now = wall_minute();
@@ -298,6 +333,7 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     }
     // Callbacks come up to a few seconds after the last checkout.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let anomalies = count_anomalies(o.plan).await;
     stop_services(o.plan, children).await;
 
     let flows = match &aggregator {
@@ -311,10 +347,7 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     println!("{}", render_table(&flows));
     let report = Report {
         flows,
-        anomalies: tcc::ANOMALY_KINDS
-            .iter()
-            .map(|k| ((*k).to_owned(), 0))
-            .collect(),
+        anomalies,
         requests: counters.snapshot(),
         endpoints: Endpoints {
             aggregator: api,

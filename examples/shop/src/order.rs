@@ -9,7 +9,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
+use paytrace::tcc::Phase;
 use paytrace::{Client, Service};
+use rand::RngExt;
+
+use crate::chaos::{Chaos, Fault};
 
 use crate::plan::{Plan, Role};
 use crate::wire::{CreateOrder, TccCall};
@@ -19,6 +23,8 @@ struct Order {
     svc: Service,
     http: Client,
     plan: Plan,
+    empty_rollbacks: bool,
+    late_cancels: bool,
 }
 
 const PARTICIPANTS: [Role; 4] = [Role::Inventory, Role::Coupon, Role::Points, Role::Payment];
@@ -43,9 +49,15 @@ impl Order {
     }
 
     /// A second-phase call with up to three attempts.
-    async fn second_phase(&self, role: Role, phase: &str, body: &TccCall) -> bool {
+    async fn second_phase(&self, role: Role, phase: Phase, body: &TccCall) -> bool {
         for attempt in 0..3u32 {
-            if self.phase(role, phase, body, Duration::from_secs(1)).await {
+            if attempt > 0 {
+                self.svc.count_tcc_retry(role.name(), phase);
+            }
+            if self
+                .phase(role, phase.as_str(), body, Duration::from_secs(1))
+                .await
+            {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
@@ -70,6 +82,13 @@ async fn create(
     if created.is_err() {
         return (StatusCode::INTERNAL_SERVER_ERROR, "failed");
     }
+    if o.empty_rollbacks && rand::rng().random_bool(0.1) {
+        // The coordinator gave up on inventory's Try before it arrived and
+        // cancelled it: the Cancel overtakes the Try.
+        let body = call(&req.order_id, Role::Inventory, &req.payment_channel);
+        o.phase(Role::Inventory, "cancel", &body, Duration::from_secs(1))
+            .await;
+    }
     let tries = PARTICIPANTS.map(|role| {
         let body = call(&req.order_id, role, &req.payment_channel);
         let o = o.clone();
@@ -83,7 +102,7 @@ async fn create(
     let cancels = PARTICIPANTS.map(|role| {
         let body = call(&req.order_id, role, &req.payment_channel);
         let o = o.clone();
-        async move { o.second_phase(role, "cancel", &body).await }
+        async move { o.second_phase(role, Phase::Cancel, &body).await }
     });
     let [a, b, c, d] = cancels;
     tokio::join!(a, b, c, d);
@@ -94,10 +113,16 @@ async fn paid(State(o): State<Order>, Path(order_id): Path<String>) -> StatusCod
     let confirms = SECOND_PHASE.map(|role| {
         let body = call(&order_id, role, "");
         let o = o.clone();
-        async move { o.second_phase(role, "confirm", &body).await }
+        async move { o.second_phase(role, Phase::Confirm, &body).await }
     });
     let [a, b, c] = confirms;
     let (a, b, c) = tokio::join!(a, b, c);
+    if o.late_cancels && rand::rng().random_bool(0.1) {
+        // A recovery job that missed the Confirm cancels the branch late.
+        let body = call(&order_id, Role::Inventory, "");
+        o.phase(Role::Inventory, "cancel", &body, Duration::from_secs(1))
+            .await;
+    }
     if a && b && c {
         StatusCode::OK
     } else {
@@ -106,7 +131,7 @@ async fn paid(State(o): State<Order>, Path(order_id): Path<String>) -> StatusCod
 }
 
 /// The order service's routes.
-pub fn router(svc: &Service, plan: Plan) -> Router {
+pub fn router(svc: &Service, plan: Plan, chaos: &Chaos) -> Router {
     Router::new()
         .route("/orders", post(create))
         .route("/orders/{id}/paid", post(paid))
@@ -114,5 +139,7 @@ pub fn router(svc: &Service, plan: Plan) -> Router {
             svc: svc.clone(),
             http: svc.client(reqwest::Client::new()),
             plan,
+            empty_rollbacks: chaos.has(Fault::EmptyRollback),
+            late_cancels: chaos.has(Fault::CancelAfterConfirm),
         })
 }

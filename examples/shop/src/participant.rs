@@ -2,13 +2,13 @@
 //! commits, Cancel releases. Inventory reserves through a bounded pool, as a
 //! real one would through its database connections.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
+use paytrace::tcc::{BranchError, BranchKey, MemoryFence, Phase, TccResource};
 use paytrace::{Pool, Service};
 use paytrace_demo::stock::StockStore;
 use paytrace_semconv::attr;
@@ -18,22 +18,16 @@ use tracing::Instrument;
 use crate::chaos::{Chaos, Fault};
 use crate::wire::TccCall;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Branch {
-    Tried,
-    Confirmed,
-    Cancelled,
-}
-
 #[derive(Clone)]
 struct Participant {
     svc: Service,
     resource: &'static str,
     stages: [&'static str; 3],
-    branches: Arc<Mutex<HashMap<String, Branch>>>,
+    fence: TccResource,
     pool: Option<Pool>,
     stock: Option<Arc<StockStore>>,
     hold: Duration,
+    slow_confirms: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,72 +36,84 @@ enum TccError {
     Pool(#[from] paytrace::PoolError),
     #[error("the stock store failed: {0}")]
     Stock(#[from] paytrace_demo::stock::StockError),
+    #[error("not enough stock")]
+    Insufficient,
 }
 
 impl Participant {
-    /// Runs one phase as a stage; `Ok(false)` when the business refused it
-    /// (not enough stock).
-    async fn phase(
-        &self,
-        stage: &'static str,
-        call: &TccCall,
-        to: Branch,
-    ) -> Result<bool, TccError> {
+    /// The business side of a phase: hold a connection, do the work.
+    async fn business(&self, phase: Phase, call: &TccCall) -> Result<(), TccError> {
+        let _conn = match &self.pool {
+            Some(pool) => Some(pool.acquire_timeout(Duration::from_millis(500)).await?),
+            None => None,
+        };
+        let (jitter, slow) = {
+            let mut rng = rand::rng();
+            (rng.random_range(0.5..1.5), rng.random_bool(0.2))
+        };
+        tokio::time::sleep(self.hold.mul_f64(jitter)).await;
+        if phase == Phase::Confirm && self.slow_confirms && slow {
+            // The network eats the answer: the coordinator times out at 1 s.
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+        }
+        match (&self.stock, phase) {
+            (Some(stock), Phase::Try) => {
+                if !stock.reserve(call.sku, &call.xid, 1).await? {
+                    return Err(TccError::Insufficient);
+                }
+            }
+            (Some(stock), Phase::Confirm) => {
+                stock.commit(call.sku, &call.xid).await?;
+            }
+            (Some(stock), Phase::Cancel) => {
+                stock.release(call.sku, &call.xid).await?;
+            }
+            (None, _) => {}
+        }
+        Ok(())
+    }
+
+    /// Runs one phase as a stage, through the fence.
+    async fn phase(&self, phase: Phase, call: &TccCall) -> StatusCode {
+        let stage = match phase {
+            Phase::Try => self.stages[0],
+            Phase::Confirm => self.stages[1],
+            Phase::Cancel => self.stages[2],
+        };
         let mut guard = self
             .svc
             .stage(stage)
             .attribute(attr::TCC_XID, &call.xid)
             .attribute(attr::TCC_BRANCH_ID, &call.branch_id)
             .attribute(attr::TCC_RESOURCE, self.resource)
-            .attribute(attr::TCC_PHASE, stage.rsplit('.').next().unwrap_or(stage))
+            .attribute(attr::TCC_PHASE, phase.as_str())
             .start();
-        let result = async {
-            let _conn = match &self.pool {
-                Some(pool) => Some(pool.acquire_timeout(Duration::from_millis(500)).await?),
-                None => None,
-            };
-            let jitter = rand::rng().random_range(0.5..1.5);
-            tokio::time::sleep(self.hold.mul_f64(jitter)).await;
-            let accepted = match (&self.stock, to) {
-                (Some(stock), Branch::Tried) => stock.reserve(call.sku, &call.xid, 1).await?,
-                (Some(stock), Branch::Confirmed) => {
-                    stock.commit(call.sku, &call.xid).await?;
-                    true
-                }
-                (Some(stock), Branch::Cancelled) => {
-                    stock.release(call.sku, &call.xid).await?;
-                    true
-                }
-                (None, _) => true,
-            };
-            if accepted {
-                self.branches
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(call.xid.clone(), to);
+        let key = BranchKey {
+            xid: call.xid.clone(),
+            branch_id: call.branch_id.clone(),
+        };
+        let result = self
+            .fence
+            .run(phase, &key, || self.business(phase, call))
+            .instrument(guard.span().clone())
+            .await;
+        match result {
+            Ok(_) => StatusCode::OK,
+            Err(BranchError::Rejected(_)) | Err(BranchError::Handler(TccError::Insufficient)) => {
+                guard.set_outcome(paytrace::Outcome::Rejected);
+                StatusCode::CONFLICT
             }
-            Ok::<_, TccError>(accepted)
+            Err(e) => {
+                tracing::warn!(error = %e, resource = self.resource, "TCC phase failed");
+                guard.set_outcome(paytrace::Outcome::Error);
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
-        .instrument(guard.span().clone())
-        .await;
-        match &result {
-            Ok(true) => {}
-            Ok(false) => guard.set_outcome(paytrace::Outcome::Rejected),
-            Err(_) => guard.set_outcome(paytrace::Outcome::Error),
-        }
-        result
     }
 }
 
-async fn tcc(p: Participant, index: usize, to: Branch, call: TccCall) -> StatusCode {
-    match p.phase(p.stages[index], &call, to).await {
-        Ok(true) => StatusCode::OK,
-        Ok(false) => StatusCode::CONFLICT,
-        Err(e) => {
-            tracing::warn!(error = %e, resource = p.resource, "TCC phase failed");
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-    }
+async fn tcc(p: Participant, phase: Phase, call: TccCall) -> StatusCode {
+    p.phase(phase, &call).await
 }
 
 /// The participant's routes for `resource` (`inventory`, `coupon`, `points`).
@@ -130,27 +136,29 @@ pub fn router(
         ("inventory", false) => Duration::from_millis(6),
         _ => Duration::from_millis(3),
     };
+    let fence = Arc::new(MemoryFence::new(1_000_000, Duration::from_secs(600)));
     let p = Participant {
         svc: svc.clone(),
         resource,
         stages,
-        branches: Arc::new(Mutex::new(HashMap::new())),
+        fence: svc.tcc(resource, fence),
         pool,
         stock,
         hold,
+        slow_confirms: resource == "inventory" && chaos.has(Fault::ConfirmNetworkFailure),
     };
     let (a, b, c) = (p.clone(), p.clone(), p);
     Router::new()
         .route(
             "/tcc/try",
-            post(move |Json(call): Json<TccCall>| tcc(a.clone(), 0, Branch::Tried, call)),
+            post(move |Json(call): Json<TccCall>| tcc(a.clone(), Phase::Try, call)),
         )
         .route(
             "/tcc/confirm",
-            post(move |Json(call): Json<TccCall>| tcc(b.clone(), 1, Branch::Confirmed, call)),
+            post(move |Json(call): Json<TccCall>| tcc(b.clone(), Phase::Confirm, call)),
         )
         .route(
             "/tcc/cancel",
-            post(move |Json(call): Json<TccCall>| tcc(c.clone(), 2, Branch::Cancelled, call)),
+            post(move |Json(call): Json<TccCall>| tcc(c.clone(), Phase::Cancel, call)),
         )
 }

@@ -35,6 +35,7 @@ struct Payment {
     plan: Plan,
     queue: QueueSender<Confirmation>,
     seen: Arc<Mutex<HashSet<String>>>,
+    cancelled: Arc<Mutex<HashSet<String>>>,
 }
 
 fn channel_role(channel: &str) -> Role {
@@ -103,6 +104,16 @@ fn span_context_of(traceparent: &str) -> Option<SpanContext> {
     sc.is_valid().then_some(sc)
 }
 
+/// TCC Cancel of a payment: the order was cancelled; a callback that still
+/// arrives for it is acknowledged and ignored (the channel refunds it).
+async fn tcc_cancel(State(p): State<Payment>, Json(call): Json<TccCall>) -> StatusCode {
+    p.cancelled
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(call.order_id);
+    StatusCode::OK
+}
+
 async fn callback(
     State(p): State<Payment>,
     Path(_channel): Path<String>,
@@ -112,11 +123,16 @@ async fn callback(
     if let Some(sc) = cb.request_traceparent.as_deref().and_then(span_context_of) {
         tracing::Span::current().add_link(sc);
     }
-    let first = p
-        .seen
+    let cancelled = p
+        .cancelled
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(cb.order_id.clone());
+        .contains(&cb.order_id);
+    let first = !cancelled
+        && p.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cb.order_id.clone());
     let flow = Flow::new(flow::CHECKOUT)
         .id(cb.order_id.clone())
         .payment_method(cb.payment_method.clone())
@@ -127,7 +143,8 @@ async fn callback(
         // channel.callback, and the wait before it is async:channel.callback.
         let mut stage = p.svc.stage("channel.callback").start_on_current_span();
         if !first {
-            // A duplicate callback: acknowledged, not processed again.
+            // A duplicate callback, or one for a cancelled order:
+            // acknowledged, not processed.
             stage.set_outcome(paytrace::Outcome::Rejected);
             return StatusCode::OK;
         }
@@ -229,6 +246,7 @@ pub fn router(svc: &Service, plan: Plan, chaos: &Chaos) -> Router {
     ));
     Router::new()
         .route("/tcc/try", post(tcc_try))
+        .route("/tcc/cancel", post(tcc_cancel))
         .route("/callbacks/{channel}", post(callback))
         .route("/refunds", post(refund))
         .with_state(Payment {
@@ -237,5 +255,6 @@ pub fn router(svc: &Service, plan: Plan, chaos: &Chaos) -> Router {
             plan,
             queue: tx,
             seen: Arc::new(Mutex::new(HashSet::new())),
+            cancelled: Arc::new(Mutex::new(HashSet::new())),
         })
 }

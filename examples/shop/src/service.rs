@@ -30,7 +30,7 @@ pub async fn run(
 
     let routes: Router = match role {
         Role::Gateway => crate::gateway::router(&svc, plan),
-        Role::Order => crate::order::router(&svc, plan),
+        Role::Order => crate::order::router(&svc, plan, &chaos),
         Role::Payment => crate::payment::router(&svc, plan, &chaos),
         Role::Inventory => {
             let stock = match &redis {

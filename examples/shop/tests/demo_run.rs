@@ -107,7 +107,60 @@ fn a_short_demo_run_reports_a_stitched_checkout() {
             "no /metrics URL for {service}"
         );
     }
-    assert_eq!(doc["anomalies"].as_object().map(|o| o.len()), Some(7));
+    let anomalies = doc["anomalies"].as_object().expect("anomalies");
+    assert_eq!(anomalies.len(), 7);
+    assert!(
+        anomalies.values().all(|v| v == 0),
+        "no faults injected, no TCC anomalies: {anomalies:?}"
+    );
+}
+
+#[test]
+fn tcc_faults_produce_their_anomalies() {
+    let report =
+        std::env::temp_dir().join(format!("paytrace-demo-tcc-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
+        .args([
+            "--duration",
+            "12s",
+            "--rps",
+            "10",
+            "--port-base",
+            "7800",
+            "--report",
+        ])
+        .arg(&report)
+        .args([
+            "--chaos",
+            "empty-rollback,cancel-after-confirm,confirm-network-failure",
+        ])
+        .output()
+        .expect("the demo runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("JSON");
+    let a = &doc["anomalies"];
+    for kind in [
+        "empty_rollback",
+        "hanging_try",
+        "duplicate_cancel",
+        "cancel_after_confirm",
+        "duplicate_confirm",
+    ] {
+        assert!(a[kind].as_u64().unwrap_or(0) > 0, "{kind} expected: {a}");
+    }
+    // A hanging Try needs an empty rollback before it.
+    assert!(
+        a["hanging_try"].as_u64() <= a["empty_rollback"].as_u64(),
+        "{a}"
+    );
+    for kind in ["confirm_after_cancel", "confirm_without_try"] {
+        assert_eq!(a[kind], 0, "{kind} not injected: {a}");
+    }
 }
 
 fn stage_cp(doc: &Value, method: &str, stage: &str) -> f64 {
