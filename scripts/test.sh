@@ -30,6 +30,7 @@ need() {
 
 need promtool prometheus
 need redis-server redis-server
+need amtool prometheus-alertmanager
 need cargo cargo   # the Rust toolchain itself: https://rustup.rs if apt's is too old
 
 echo "==> cargo fmt --check"
