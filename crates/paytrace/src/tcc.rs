@@ -161,6 +161,69 @@ pub enum FenceError {
     /// The store holds its maximum of records, all of them frozen branches.
     #[error("the fence holds {0} records, all tried and waiting: refusing new branches")]
     Full(usize),
+    /// The store could not be reached or refused the transition.
+    #[error("the fence store failed: {0}")]
+    Store(String),
+}
+
+/// A boxed future, so that [`FenceStore`] can be used as a trait object.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Where a fence keeps its branch records. Each transition must be atomic:
+/// concurrent calls for one branch, from any number of processes sharing
+/// the store, see one order.
+///
+/// [`MemoryFence`] keeps them in the process; with the `redis` feature,
+/// [`RedisFence`] shares them between processes.
+pub trait FenceStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Decides `phase` for `key` and records the new state (see [`decide`]).
+    fn begin<'a>(
+        &'a self,
+        key: &'a BranchKey,
+        phase: Phase,
+    ) -> BoxFuture<'a, Result<Decision, FenceError>>;
+
+    /// Completes a [`Decision::Run`]: on failure the branch goes back to the
+    /// state it had.
+    fn finish<'a>(
+        &'a self,
+        key: &'a BranchKey,
+        phase: Phase,
+        succeeded: bool,
+    ) -> BoxFuture<'a, Result<(), FenceError>>;
+
+    /// Tried branches waiting for phase two and the age of the oldest, as
+    /// last known (read at every scrape, so it must not block).
+    fn pending_now(&self) -> (usize, Duration);
+}
+
+impl FenceStore for MemoryFence {
+    fn begin<'a>(
+        &'a self,
+        key: &'a BranchKey,
+        phase: Phase,
+    ) -> BoxFuture<'a, Result<Decision, FenceError>> {
+        Box::pin(std::future::ready(MemoryFence::begin(
+            self,
+            key,
+            phase,
+            Instant::now(),
+        )))
+    }
+
+    fn finish<'a>(
+        &'a self,
+        key: &'a BranchKey,
+        phase: Phase,
+        succeeded: bool,
+    ) -> BoxFuture<'a, Result<(), FenceError>> {
+        MemoryFence::finish(self, key, phase, succeeded);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn pending_now(&self) -> (usize, Duration) {
+        self.pending(Instant::now())
+    }
 }
 
 /// An in-memory fence store: bounded, finished records cleaned after a
@@ -507,14 +570,14 @@ pub enum BranchError<E> {
 pub struct TccResource {
     service: crate::Service,
     resource: String,
-    fence: std::sync::Arc<MemoryFence>,
+    fence: std::sync::Arc<dyn FenceStore>,
 }
 
 impl TccResource {
     pub(crate) fn new(
         service: crate::Service,
         resource: &str,
-        fence: std::sync::Arc<MemoryFence>,
+        fence: std::sync::Arc<dyn FenceStore>,
     ) -> Self {
         let resource = service.admit(|g| &g.resource, resource).to_owned();
         service.families().sampled.add(Box::new(PendingSampler {
@@ -544,7 +607,7 @@ impl TccResource {
         Fut: std::future::Future<Output = Result<T, E>>,
     {
         use tracing_opentelemetry::OpenTelemetrySpanExt;
-        let decision = self.fence.begin(branch, phase, Instant::now())?;
+        let decision = self.fence.begin(branch, phase).await?;
         let anomaly = match decision {
             Decision::Skip(a) => a,
             Decision::Reject(a) => Some(a),
@@ -592,7 +655,9 @@ impl TccResource {
             }
             Decision::Run => {
                 let result = handler().await;
-                self.fence.finish(branch, phase, result.is_ok());
+                if let Err(e) = self.fence.finish(branch, phase, result.is_ok()).await {
+                    tracing::warn!(error = %e, "the TCC fence could not record the handler's result");
+                }
                 let outcome = if result.is_ok() { "ok" } else { "error" };
                 f.tcc_phases.with_label_values(&labels(outcome)).inc();
                 result.map(BranchOutcome::Ran).map_err(BranchError::Handler)
@@ -610,7 +675,7 @@ impl TccResource {
 struct PendingSampler {
     service: String,
     resource: String,
-    fence: std::sync::Weak<MemoryFence>,
+    fence: std::sync::Weak<dyn FenceStore>,
 }
 
 impl crate::metrics::Sampler for PendingSampler {
@@ -618,7 +683,7 @@ impl crate::metrics::Sampler for PendingSampler {
         let Some(fence) = self.fence.upgrade() else {
             return false;
         };
-        let (count, oldest) = fence.pending(Instant::now());
+        let (count, oldest) = fence.pending_now();
         let labels = [self.service.as_str(), self.resource.as_str()];
         gauges
             .tcc_pending
