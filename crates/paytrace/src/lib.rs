@@ -73,6 +73,8 @@ mod server;
 mod service;
 mod stage;
 pub mod tcc;
+#[cfg(feature = "redis")]
+mod tcc_redis;
 mod telemetry;
 
 pub use cardinality::LabelLimits;

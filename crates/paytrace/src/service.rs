@@ -171,7 +171,7 @@ impl Service {
     pub fn tcc(
         &self,
         resource: &str,
-        fence: Arc<crate::tcc::MemoryFence>,
+        fence: Arc<dyn crate::tcc::FenceStore>,
     ) -> crate::tcc::TccResource {
         crate::tcc::TccResource::new(self.clone(), resource, fence)
     }

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use paytrace_semconv::tcc as names;
 
+#[cfg(feature = "redis")]
+pub use crate::tcc_redis::RedisFence;
+
 /// A TCC phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Phase {
@@ -174,7 +177,7 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 /// the store, see one order.
 ///
 /// [`MemoryFence`] keeps them in the process; with the `redis` feature,
-/// [`RedisFence`] shares them between processes.
+/// `RedisFence` shares them between processes.
 pub trait FenceStore: Send + Sync + std::fmt::Debug + 'static {
     /// Decides `phase` for `key` and records the new state (see [`decide`]).
     fn begin<'a>(

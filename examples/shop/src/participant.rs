@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use paytrace::tcc::{BranchError, BranchKey, MemoryFence, Phase, TccResource};
+use paytrace::tcc::{BranchError, BranchKey, FenceStore, Phase, TccResource};
 use paytrace::{Pool, Service};
 use paytrace_demo::stock::StockStore;
 use paytrace_semconv::attr;
@@ -122,6 +122,7 @@ pub fn router(
     resource: &'static str,
     chaos: &Chaos,
     stock: Option<Arc<StockStore>>,
+    fence: Arc<dyn FenceStore>,
 ) -> Router {
     let stages = match resource {
         "inventory" => ["inventory.try", "inventory.confirm", "inventory.cancel"],
@@ -136,7 +137,6 @@ pub fn router(
         ("inventory", false) => Duration::from_millis(6),
         _ => Duration::from_millis(3),
     };
-    let fence = Arc::new(MemoryFence::new(1_000_000, Duration::from_secs(600)));
     let p = Participant {
         svc: svc.clone(),
         resource,

@@ -6,11 +6,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use paytrace::Service;
+use paytrace::tcc::{FenceStore, MemoryFence, RedisFence};
 use paytrace_demo::stock::StockStore;
 use tokio::sync::Notify;
 
 use crate::chaos::Chaos;
 use crate::plan::{Plan, Role};
+
+/// How long finished TCC fence records are kept to catch repeats.
+const FENCE_RETENTION: Duration = Duration::from_secs(600);
 
 /// Units of every item the inventory starts with.
 const INITIAL_STOCK: i64 = 1_000_000;
@@ -32,16 +36,26 @@ pub async fn run(
         Role::Gateway => crate::gateway::router(&svc, plan),
         Role::Order => crate::order::router(&svc, plan, &chaos),
         Role::Payment => crate::payment::router(&svc, plan, &chaos),
-        Role::Inventory => {
-            let stock = match &redis {
-                Some(url) => StockStore::redis(url, "paytrace-demo", INITIAL_STOCK)
-                    .await
-                    .map_err(|e| format!("cannot use Redis at {url}: {e}"))?,
-                None => StockStore::memory(INITIAL_STOCK),
+        Role::Inventory | Role::Coupon | Role::Points => {
+            let fence: Arc<dyn FenceStore> = match &redis {
+                Some(url) => Arc::new(
+                    RedisFence::connect(url, &format!("paytrace-demo:{role}"), FENCE_RETENTION)
+                        .await
+                        .map_err(|e| format!("cannot use Redis at {url}: {e}"))?,
+                ),
+                None => Arc::new(MemoryFence::new(1_000_000, FENCE_RETENTION)),
             };
-            crate::participant::router(&svc, role.name(), &chaos, Some(Arc::new(stock)))
+            let stock = match (role, &redis) {
+                (Role::Inventory, Some(url)) => Some(
+                    StockStore::redis(url, "paytrace-demo", INITIAL_STOCK)
+                        .await
+                        .map_err(|e| format!("cannot use Redis at {url}: {e}"))?,
+                ),
+                (Role::Inventory, None) => Some(StockStore::memory(INITIAL_STOCK)),
+                _ => None,
+            };
+            crate::participant::router(&svc, role.name(), &chaos, stock.map(Arc::new), fence)
         }
-        Role::Coupon | Role::Points => crate::participant::router(&svc, role.name(), &chaos, None),
         Role::Alipay | Role::WechatPay | Role::Card => crate::channel::router(role, chaos.clone()),
     };
     let stop = Arc::new(Notify::new());

@@ -1,0 +1,184 @@
+//! The Redis fence against a real redis-server (started here;
+//! `apt-get install redis-server`): the transition rules, failure rollback,
+//! expiry of finished records, and concurrent Confirm/Cancel from two
+//! "processes" (two fences on their own connections) with exactly one winner.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paytrace::tcc::{Anomaly, BranchKey, Decision, FenceStore, Phase, RedisFence};
+
+struct RedisServer {
+    child: Child,
+    url: String,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn redis_server() -> RedisServer {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start redis-server ({e}): install it with `apt-get install redis-server`"
+            )
+        });
+    let url = format!("redis://127.0.0.1:{port}/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while RedisFence::connect(&url, "probe", Duration::from_secs(1))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not answer on port {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    RedisServer { child, url }
+}
+
+fn key(b: usize) -> BranchKey {
+    BranchKey {
+        xid: "ord".into(),
+        branch_id: format!("b{b}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_rollback_and_expiry_hold_in_redis() {
+    let server = redis_server().await;
+    let fence = RedisFence::connect(&server.url, "t1", Duration::from_secs(60))
+        .await
+        .expect("connects");
+
+    assert_eq!(
+        fence.begin(&key(1), Phase::Cancel).await,
+        Ok(Decision::Skip(Some(Anomaly::EmptyRollback)))
+    );
+    assert_eq!(
+        fence.begin(&key(1), Phase::Try).await,
+        Ok(Decision::Reject(Anomaly::HangingTry))
+    );
+
+    assert_eq!(fence.begin(&key(2), Phase::Try).await, Ok(Decision::Run));
+    fence
+        .finish(&key(2), Phase::Try, false)
+        .await
+        .expect("recorded");
+    assert_eq!(
+        fence.begin(&key(2), Phase::Try).await,
+        Ok(Decision::Run),
+        "a failed Try can run again"
+    );
+    fence
+        .finish(&key(2), Phase::Try, true)
+        .await
+        .expect("recorded");
+    assert_eq!(fence.pending_now().0, 1);
+    assert_eq!(
+        fence.begin(&key(2), Phase::Confirm).await,
+        Ok(Decision::Run)
+    );
+    fence
+        .finish(&key(2), Phase::Confirm, true)
+        .await
+        .expect("recorded");
+    assert_eq!(
+        fence.begin(&key(2), Phase::Confirm).await,
+        Ok(Decision::Skip(Some(Anomaly::DuplicateConfirm)))
+    );
+    assert_eq!(
+        fence.begin(&key(2), Phase::Cancel).await,
+        Ok(Decision::Reject(Anomaly::CancelAfterConfirm))
+    );
+    assert_eq!(fence.pending_now().0, 0);
+
+    // Finished records expire; tried ones do not.
+    let client = redis::Client::open(server.url.as_str()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("t1:fence:ord:b2")
+        .query_async(&mut conn)
+        .await
+        .expect("ttl");
+    assert!(ttl > 0 && ttl <= 60, "finished record expires, ttl {ttl}");
+    assert_eq!(fence.begin(&key(3), Phase::Try).await, Ok(Decision::Run));
+    fence
+        .finish(&key(3), Phase::Try, true)
+        .await
+        .expect("recorded");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("t1:fence:ord:b3")
+        .query_async(&mut conn)
+        .await
+        .expect("ttl");
+    assert_eq!(ttl, -1, "a tried record never expires");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_confirm_and_cancel_across_processes_let_exactly_one_win() {
+    let server = redis_server().await;
+    let a = Arc::new(
+        RedisFence::connect(&server.url, "race", Duration::from_secs(60))
+            .await
+            .expect("connects"),
+    );
+    let b = Arc::new(
+        RedisFence::connect(&server.url, "race", Duration::from_secs(60))
+            .await
+            .expect("connects"),
+    );
+    const BRANCHES: usize = 100;
+    for i in 0..BRANCHES {
+        assert_eq!(a.begin(&key(i), Phase::Try).await, Ok(Decision::Run));
+        a.finish(&key(i), Phase::Try, true).await.expect("recorded");
+    }
+    let mut racers = tokio::task::JoinSet::new();
+    for (fence, phase) in [
+        (a.clone(), Phase::Confirm),
+        (b.clone(), Phase::Cancel),
+        (b, Phase::Confirm),
+        (a, Phase::Cancel),
+    ] {
+        racers.spawn(async move {
+            let mut runs = 0;
+            for i in 0..BRANCHES {
+                if fence.begin(&key(i), phase).await == Ok(Decision::Run) {
+                    fence.finish(&key(i), phase, true).await.expect("recorded");
+                    runs += 1;
+                }
+            }
+            runs
+        });
+    }
+    let mut runs = 0;
+    while let Some(n) = racers.join_next().await {
+        runs += n.expect("no panic");
+    }
+    assert_eq!(runs, BRANCHES, "one phase two per branch");
+}
