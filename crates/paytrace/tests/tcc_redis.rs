@@ -182,3 +182,52 @@ async fn concurrent_confirm_and_cancel_across_processes_let_exactly_one_win() {
     }
     assert_eq!(runs, BRANCHES, "one phase two per branch");
 }
+
+/// Brings a fresh branch to `state` through legal calls.
+async fn reach(fence: &dyn FenceStore, k: &BranchKey, state: Option<paytrace::tcc::BranchState>) {
+    use paytrace::tcc::BranchState::*;
+    let calls: &[Phase] = match state {
+        None => &[],
+        Some(Tried) => &[Phase::Try],
+        Some(Confirmed) => &[Phase::Try, Phase::Confirm],
+        Some(Cancelled) => &[Phase::Try, Phase::Cancel],
+        Some(RolledBackEmpty) => &[Phase::Cancel],
+    };
+    for phase in calls {
+        if fence.begin(k, *phase).await.expect("store answers") == Decision::Run {
+            fence.finish(k, *phase, true).await.expect("recorded");
+        }
+    }
+}
+
+/// Every cell of the transition table, in both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transition_in_both_stores() {
+    use paytrace::tcc::BranchState::*;
+    let server = redis_server().await;
+    let redis = RedisFence::connect(&server.url, "table", Duration::from_secs(60))
+        .await
+        .expect("connects");
+    let memory = paytrace::tcc::MemoryFence::new(1000, Duration::from_secs(60));
+    let stores: [(&str, &dyn FenceStore); 2] = [("redis", &redis), ("memory", &memory)];
+    let states = [
+        None,
+        Some(Tried),
+        Some(Confirmed),
+        Some(Cancelled),
+        Some(RolledBackEmpty),
+    ];
+    let mut case = 0;
+    for (name, store) in stores {
+        for state in states {
+            for phase in [Phase::Try, Phase::Confirm, Phase::Cancel] {
+                case += 1;
+                let k = key(1000 + case);
+                reach(store, &k, state).await;
+                let expected = paytrace::tcc::decide(state, phase).0;
+                let got = store.begin(&k, phase).await.expect("store answers");
+                assert_eq!(got, expected, "{name}: {phase:?} on {state:?}");
+            }
+        }
+    }
+}
