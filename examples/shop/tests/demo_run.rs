@@ -23,28 +23,31 @@ const CHECKOUT_STAGES: [&str; 13] = [
     "points.confirm",
 ];
 
-#[test]
-fn a_short_demo_run_reports_a_stitched_checkout() {
+/// Runs the demo for 12 s on `port_base` with `args`, and returns its report.
+fn run_demo(name: &str, port_base: u16, rps: u32, args: &[&str]) -> Value {
     let report =
-        std::env::temp_dir().join(format!("paytrace-demo-report-{}.json", std::process::id()));
+        std::env::temp_dir().join(format!("paytrace-demo-{name}-{}.json", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
-        .args([
-            "--duration",
-            "12s",
-            "--rps",
-            "8",
-            "--port-base",
-            "7600",
-            "--report",
-        ])
+        .args(["--duration", "12s", "--rps", &rps.to_string()])
+        .args(["--port-base", &port_base.to_string()])
+        .args(args)
+        .arg("--report")
         .arg(&report)
         .output()
         .expect("the demo runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
-    let doc: Value = serde_json::from_slice(&std::fs::read(&report).expect("report written"))
-        .expect("report is JSON");
+    assert!(
+        out.status.success(),
+        "demo failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&std::fs::read(&report).expect("report written"))
+        .expect("report is JSON")
+}
+
+#[test]
+fn a_short_demo_run_reports_a_stitched_checkout() {
+    let doc = run_demo("report", 7600, 8, &[]);
 
     let requests = &doc["requests"];
     let sent = requests["sent"].as_u64().expect("sent");
@@ -117,32 +120,15 @@ fn a_short_demo_run_reports_a_stitched_checkout() {
 
 #[test]
 fn tcc_faults_produce_their_anomalies() {
-    let report =
-        std::env::temp_dir().join(format!("paytrace-demo-tcc-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
-        .args([
-            "--duration",
-            "12s",
-            "--rps",
-            "10",
-            "--port-base",
-            "7800",
-            "--report",
-        ])
-        .arg(&report)
-        .args([
+    let doc = run_demo(
+        "tcc",
+        7800,
+        10,
+        &[
             "--chaos",
             "empty-rollback,cancel-after-confirm,confirm-network-failure",
-        ])
-        .output()
-        .expect("the demo runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let doc: Value =
-        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("JSON");
     let a = &doc["anomalies"];
     for kind in [
         "empty_rollback",
@@ -181,27 +167,12 @@ fn stage_cp(doc: &Value, method: &str, stage: &str) -> f64 {
 
 #[test]
 fn channel_slow_slows_only_that_channels_requests() {
-    let report =
-        std::env::temp_dir().join(format!("paytrace-demo-slow-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
-        .args(["--duration", "12s", "--rps", "8", "--port-base", "7700"])
-        .args([
-            "--chaos",
-            "channel-slow",
-            "--chaos-channel",
-            "wechat_pay",
-            "--report",
-        ])
-        .arg(&report)
-        .output()
-        .expect("the demo runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let doc = run_demo(
+        "slow",
+        7700,
+        8,
+        &["--chaos", "channel-slow", "--chaos-channel", "wechat_pay"],
     );
-    let doc: Value =
-        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("JSON");
     let slow = stage_cp(&doc, "wechat_pay", "channel.request");
     let alipay = stage_cp(&doc, "alipay", "channel.request");
     // wechat_pay's channel answers in ~45 ms normally (alipay ~60 ms): tenfold now.
