@@ -8,7 +8,6 @@
 //!
 //! `cargo bench -p paytrace-bench --bench aggregator`
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -72,15 +71,9 @@ fn throughput(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let running = rt.block_on(async {
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        start(ServeConfig {
-            otlp_grpc: loopback,
-            otlp_http: loopback,
-            listen: loopback,
-            ..ServeConfig::default()
-        })
-        .await
-        .expect("aggregator starts")
+        start(ServeConfig::on_free_loopback_ports())
+            .await
+            .expect("aggregator starts")
     });
     let mut client = rt
         .block_on(TraceServiceClient::connect(format!(

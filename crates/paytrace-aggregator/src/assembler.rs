@@ -157,11 +157,6 @@ impl Assembler {
         self.live.len()
     }
 
-    /// The byte budget.
-    pub fn max_bytes(&self) -> usize {
-        self.limits.max_bytes
-    }
-
     /// Estimated bytes buffered.
     pub fn bytes(&self) -> usize {
         self.bytes

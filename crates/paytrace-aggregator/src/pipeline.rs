@@ -2,6 +2,7 @@
 //! rolling-window breakdowns, slow flows and Prometheus metrics out.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -253,6 +254,8 @@ pub struct Pipeline {
     state: Mutex<State>,
     metrics: Metrics,
     label_limit: usize,
+    buffered_bytes: AtomicUsize,
+    max_bytes: usize,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -271,7 +274,10 @@ pub fn wall_minute() -> u64 {
 impl Pipeline {
     /// A pipeline with `config`.
     pub fn new(config: PipelineConfig) -> Self {
+        let max_bytes = config.assembler.max_bytes;
         Self {
+            buffered_bytes: AtomicUsize::new(0),
+            max_bytes,
             state: Mutex::new(State {
                 assembler: Assembler::new(config.assembler),
                 flows: FlowBuffer::new(config.flows),
@@ -316,9 +322,7 @@ impl Pipeline {
         for (reason, n) in added.dropped {
             self.count_dropped(reason.as_str(), n);
         }
-        self.metrics
-            .traces_live
-            .set(state.assembler.live_traces() as i64);
+        self.publish_size(&state);
     }
 
     /// Moves time forward: completes idle traces, finishes idle flows,
@@ -341,9 +345,7 @@ impl Pipeline {
         for flow in finished {
             self.record(&mut state, flow, minute);
         }
-        self.metrics
-            .traces_live
-            .set(state.assembler.live_traces() as i64);
+        self.publish_size(&state);
     }
 
     /// Finishes everything buffered now (at shutdown, or in tests).
@@ -360,9 +362,7 @@ impl Pipeline {
         for flow in finished {
             self.record(&mut state, flow, minute);
         }
-        self.metrics
-            .traces_live
-            .set(state.assembler.live_traces() as i64);
+        self.publish_size(&state);
     }
 
     fn record(&self, state: &mut State, finished: FinishedFlow, minute: u64) {
@@ -562,16 +562,20 @@ impl Pipeline {
     }
 
     /// Whether the assembly buffer is within 10% of its byte budget: new
-    /// requests should be told to retry later.
+    /// requests should be told to retry later. Reads a copy kept up to date
+    /// by every change, so receivers do not take the pipeline's lock for it.
     pub fn near_capacity(&self) -> bool {
-        let state = self.state();
-        state.assembler.bytes() >= state.assembler.max_bytes() / 10 * 9
+        self.buffered_bytes.load(Ordering::Relaxed) >= self.max_bytes / 10 * 9
     }
 
-    /// Traces being assembled and flows waiting.
-    pub fn buffered(&self) -> (usize, usize) {
-        let state = self.state();
-        (state.assembler.live_traces(), state.flows.pending())
+    /// Publishes the assembler's size: the live-traces gauge and the byte
+    /// count [`Pipeline::near_capacity`] reads.
+    fn publish_size(&self, state: &State) {
+        self.metrics
+            .traces_live
+            .set(state.assembler.live_traces() as i64);
+        self.buffered_bytes
+            .store(state.assembler.bytes(), Ordering::Relaxed);
     }
 }
 

@@ -43,6 +43,25 @@ impl Default for ServeConfig {
     }
 }
 
+impl ServeConfig {
+    /// Every listener on a free loopback port (port 0): for tests, benchmarks
+    /// and embedding.
+    ///
+    /// ```
+    /// let config = paytrace_aggregator::server::ServeConfig::on_free_loopback_ports();
+    /// assert_eq!(config.listen.port(), 0);
+    /// ```
+    pub fn on_free_loopback_ports() -> Self {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            otlp_grpc: loopback,
+            otlp_http: loopback,
+            listen: loopback,
+            ..Self::default()
+        }
+    }
+}
+
 /// A running aggregator.
 #[derive(Debug)]
 pub struct Running {

@@ -2,7 +2,6 @@
 //! specification names, is counted, and panics nothing.
 
 use std::io::Write;
-use std::net::SocketAddr;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{
@@ -16,13 +15,9 @@ use serde_json::Value;
 use tonic_types::StatusExt;
 
 async fn aggregator(receiver: ReceiverLimits) -> Running {
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     start(ServeConfig {
-        otlp_grpc: loopback,
-        otlp_http: loopback,
-        listen: loopback,
         receiver,
-        ..ServeConfig::default()
+        ..ServeConfig::on_free_loopback_ports()
     })
     .await
     .expect("starts")

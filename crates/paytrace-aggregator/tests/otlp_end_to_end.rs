@@ -17,15 +17,9 @@ use paytrace_aggregator::server::{Running, ServeConfig, start};
 use serde_json::Value;
 
 async fn aggregator() -> Running {
-    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    start(ServeConfig {
-        otlp_grpc: loopback,
-        otlp_http: loopback,
-        listen: loopback,
-        ..ServeConfig::default()
-    })
-    .await
-    .expect("the aggregator starts")
+    start(ServeConfig::on_free_loopback_ports())
+        .await
+        .expect("the aggregator starts")
 }
 
 const MS: Duration = Duration::from_millis(1);

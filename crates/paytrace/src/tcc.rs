@@ -277,10 +277,7 @@ impl MemoryFence {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let previous = records.get(key).copied();
         if previous.is_none() && records.len() >= self.max_records {
-            let retention = self.retention;
-            records.retain(|_, r| {
-                !(r.state.is_finished() && now.saturating_duration_since(r.since) >= retention)
-            });
+            self.expire(&mut records, now);
             if records.len() >= self.max_records {
                 // Make room from the oldest finished records before refusing.
                 let mut finished: Vec<(BranchKey, Instant)> = records
@@ -365,11 +362,16 @@ impl MemoryFence {
     pub fn clean(&self, now: Instant) -> usize {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let before = records.len();
+        self.expire(&mut records, now);
+        before - records.len()
+    }
+
+    /// Drops the finished records older than the retention period.
+    fn expire(&self, records: &mut HashMap<BranchKey, Record>, now: Instant) {
         let retention = self.retention;
         records.retain(|_, r| {
             !(r.state.is_finished() && now.saturating_duration_since(r.since) >= retention)
         });
-        before - records.len()
     }
 }
 
