@@ -3,6 +3,9 @@
 //! - `GET /api/v1/flows?window=5m`
 //! - `GET /api/v1/breakdown?flow=F&window=5m[&payment_method=M][&payment_channel=C]`
 //! - `GET /api/v1/traces/slow?flow=F[&stage=S][&limit=N]`
+//! - `GET /api/v1/tcc/anomalies[?kind=K][&resource=R][&limit=N]`: newest first
+//! - `GET /api/v1/tcc/unfinished[?limit=N]`: transactions waiting past the
+//!   TCC timeout, oldest first
 //! - `GET /metrics`, `GET /healthz`, `GET /readyz`
 
 use std::sync::Arc;
@@ -69,6 +72,18 @@ struct SlowQuery {
     limit: Option<usize>,
 }
 
+#[derive(Debug, Deserialize)]
+struct AnomalyQuery {
+    kind: Option<String>,
+    resource: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
 fn window(w: Option<&str>) -> Result<u64, String> {
     parse_window(w.unwrap_or("5m"))
 }
@@ -116,6 +131,30 @@ async fn slow(State(p): State<Arc<Pipeline>>, Query(q): Query<SlowQuery>) -> Res
     .into_response()
 }
 
+async fn tcc_anomalies(State(p): State<Arc<Pipeline>>, Query(q): Query<AnomalyQuery>) -> Response {
+    let kind = q.kind.as_deref().filter(|k| !k.is_empty());
+    if let Some(k) = kind
+        && !paytrace_semconv::tcc::GLOBAL_ANOMALY_KINDS.contains(&k)
+    {
+        return bad_request(format!(
+            "kind {k:?} is not one of {}",
+            paytrace_semconv::tcc::GLOBAL_ANOMALY_KINDS.join(", ")
+        ));
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let resource = q.resource.as_deref().filter(|r| !r.is_empty());
+    Json(serde_json::json!({
+        "counts": p.tcc_anomaly_counts(),
+        "anomalies": p.tcc_anomalies(kind, resource, limit),
+    }))
+    .into_response()
+}
+
+async fn tcc_unfinished(State(p): State<Arc<Pipeline>>, Query(q): Query<LimitQuery>) -> Response {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Json(serde_json::json!({ "unfinished": p.tcc_unfinished(limit) })).into_response()
+}
+
 async fn metrics(State(p): State<Arc<Pipeline>>) -> Response {
     let encoder = TextEncoder::new();
     let mut body = Vec::new();
@@ -147,6 +186,8 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/breakdown", get(breakdown))
         .route("/api/v1/traces/slow", get(slow))
+        .route("/api/v1/tcc/anomalies", get(tcc_anomalies))
+        .route("/api/v1/tcc/unfinished", get(tcc_unfinished))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))

@@ -257,24 +257,43 @@ fn business<'a>(
 ) -> Result<Business, &'a str> {
     let mut b = Business::default();
     for kv in attributes {
-        let slot = match kv.key.as_str() {
+        let key = kv.key.as_str();
+        let slot = match key {
             attr::STAGE => &mut b.stage,
             attr::FLOW => &mut b.flow,
             attr::FLOW_ID => &mut b.flow_id,
             attr::PAYMENT_METHOD => &mut b.payment_method,
             attr::PAYMENT_CHANNEL => &mut b.payment_channel,
+            attr::OUTCOME => &mut b.outcome,
+            _ if key.starts_with("tcc.") => {
+                let tcc = b.tcc.get_or_insert_with(Box::default);
+                match key {
+                    attr::TCC_XID => &mut tcc.xid,
+                    attr::TCC_BRANCH_ID => &mut tcc.branch_id,
+                    attr::TCC_RESOURCE => &mut tcc.resource,
+                    attr::TCC_PHASE => &mut tcc.phase,
+                    attr::TCC_DECISION => &mut tcc.decision,
+                    _ => continue,
+                }
+            }
             _ => continue,
         };
-        let Some(value) = string_value(&kv.value) else {
-            continue;
-        };
+        let is_id = matches!(key, attr::FLOW_ID | attr::TCC_XID | attr::TCC_BRANCH_ID);
+        let value: std::borrow::Cow<'_, str> =
+            match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => s.into(),
+                // Some SDKs send numeric transaction ids.
+                Some(any_value::Value::IntValue(i)) if is_id => i.to_string().into(),
+                _ => continue,
+            };
         if value.len() > limits.max_business_value_bytes {
             return Err(&kv.key);
         }
-        *slot = Some(if kv.key == attr::FLOW_ID {
-            Arc::from(value)
+        // Ids are unique per span: interning them would only grow the table.
+        *slot = Some(if is_id {
+            Arc::from(value.as_ref())
         } else {
-            interner.intern(value)
+            interner.intern(&value)
         });
     }
     Ok(b)

@@ -14,6 +14,8 @@
 //! - [`stitch`]: spans into traces, traces into flow instances (offline).
 //! - [`flows`]: completed traces waiting, bounded, for the rest of their flow (live).
 //! - [`breakdown`]: flow analyses accumulated into per-stage breakdowns.
+//! - [`tcc`]: global TCC transactions followed across services, and their
+//!   anomalies.
 //! - [`pipeline`]: the live pipeline; [`receiver`]: OTLP in; [`api`]: JSON out;
 //!   [`server`]: all of it on sockets.
 //! - [`testing`]: builders for hand-made spans.
@@ -31,7 +33,8 @@ pub mod receiver;
 pub mod server;
 pub mod span;
 pub mod stitch;
+pub mod tcc;
 pub mod testing;
 pub mod tree;
 
-pub use span::{Business, Link, Span, SpanId, TraceId};
+pub use span::{Business, Link, Span, SpanId, Tcc, TraceId};

@@ -69,6 +69,11 @@ struct ServeArgs {
     /// this long after it began is counted incomplete.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     flow_timeout: Duration,
+    /// A TCC branch tried this long ago with no Confirm or Cancel from any
+    /// service is frozen: counted, listed, and its transaction unfinished.
+    /// Set it above your order payment timeout.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    tcc_timeout: Duration,
     /// Configuration file (TOML): stage rules for plain OpenTelemetry spans,
     /// terminal stages of flows.
     #[arg(long)]
@@ -159,6 +164,10 @@ fn serve(args: ServeArgs) -> ExitCode {
     config.pipeline.assembler.trace_idle = args.trace_idle;
     config.pipeline.flows.flow_idle = args.flow_idle;
     config.pipeline.flows.flow_timeout = args.flow_timeout;
+    // A transaction's phases are replayed once its spans stop arriving, as
+    // a flow is final once idle.
+    config.pipeline.tcc.settle = args.flow_idle;
+    config.pipeline.tcc.timeout = args.tcc_timeout;
     config
         .pipeline
         .flows

@@ -17,6 +17,7 @@ use crate::assembler::{Assembler, AssemblerLimits};
 use crate::breakdown::{Breakdown, Groups};
 use crate::decode::Decoded;
 use crate::flows::{FinishedFlow, FlowBuffer, FlowSettings};
+use crate::tcc::{GlobalAnomaly, Observed, TccSettings, TccTracker, Unfinished};
 
 /// How spans reached the aggregator: the `protocol` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +48,8 @@ pub struct PipelineConfig {
     pub assembler: AssemblerLimits,
     /// Flow stitching.
     pub flows: FlowSettings,
+    /// Following TCC transactions.
+    pub tcc: TccSettings,
     /// Distinct values allowed per metric label (flow, stage, method, channel).
     pub label_limit: Option<usize>,
 }
@@ -96,6 +99,17 @@ pub struct PathStep {
     pub duration_seconds: f64,
 }
 
+/// How many TCC anomalies of one kind one resource had.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AnomalyCount {
+    /// The TCC resource (bounded: `other` past the label limit).
+    pub resource: String,
+    /// The anomaly kind.
+    pub kind: &'static str,
+    /// Since the aggregator started.
+    pub count: u64,
+}
+
 /// One line of the flows overview.
 #[derive(Clone, Debug, Serialize)]
 pub struct FlowSummary {
@@ -127,6 +141,9 @@ struct State {
     minutes: VecDeque<Minute>,
     recent: HashMap<Arc<str>, VecDeque<FlowAnalysis>>,
     labels: HashMap<&'static str, HashSet<Arc<str>>>,
+    tcc: TccTracker,
+    /// Anomalies counted since start, by (resource, kind), as in the counter.
+    tcc_counts: std::collections::BTreeMap<(Arc<str>, &'static str), u64>,
 }
 
 /// The aggregator's Prometheus families.
@@ -142,6 +159,9 @@ struct Metrics {
     traces_completed: IntCounter,
     traces_evicted: IntCounterVec,
     series_overflow: IntCounter,
+    tcc_unfinished: IntGauge,
+    tcc_unfinished_oldest: prometheus::Gauge,
+    tcc_anomalies: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<HistogramVec> {
@@ -218,6 +238,21 @@ impl Metrics {
                 metric::AGGREGATOR_SERIES_OVERFLOW_TOTAL,
                 "Label values folded into `other` because a label reached its limit.",
             )?,
+            tcc_unfinished: IntGauge::new(
+                metric::TCC_TRANSACTIONS_UNFINISHED,
+                "Global TCC transactions with a branch tried and waiting past the TCC timeout.",
+            )?,
+            tcc_unfinished_oldest: prometheus::Gauge::new(
+                metric::TCC_UNFINISHED_OLDEST_SECONDS,
+                "Age of the oldest waiting Try among unfinished TCC transactions (0 when none).",
+            )?,
+            tcc_anomalies: IntCounterVec::new(
+                Opts::new(
+                    metric::TCC_GLOBAL_ANOMALIES_TOTAL,
+                    "TCC anomalies found across services from span timestamps, by resource and kind.",
+                ),
+                &[label::RESOURCE, label::KIND],
+            )?,
         };
         let r = &m.registry;
         r.register(Box::new(m.flow_duration.clone()))?;
@@ -230,6 +265,9 @@ impl Metrics {
         r.register(Box::new(m.traces_completed.clone()))?;
         r.register(Box::new(m.traces_evicted.clone()))?;
         r.register(Box::new(m.series_overflow.clone()))?;
+        r.register(Box::new(m.tcc_unfinished.clone()))?;
+        r.register(Box::new(m.tcc_unfinished_oldest.clone()))?;
+        r.register(Box::new(m.tcc_anomalies.clone()))?;
         for reason in DROP_REASONS {
             m.spans_dropped.with_label_values(&[reason]);
         }
@@ -241,12 +279,13 @@ impl Metrics {
 }
 
 /// Every `reason` of `paytrace_aggregator_spans_dropped_total`.
-pub const DROP_REASONS: [&str; 5] = [
+pub const DROP_REASONS: [&str; 6] = [
     "invalid",
     "overloaded",
     "late",
     "trace_span_limit",
     "too_large",
+    "tcc_limit",
 ];
 
 /// The live pipeline; share it behind an `Arc`.
@@ -262,6 +301,13 @@ impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline").finish_non_exhaustive()
     }
+}
+
+/// Nanoseconds since the epoch, by the wall clock.
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Minutes since the epoch, by the wall clock.
@@ -284,6 +330,8 @@ impl Pipeline {
                 minutes: VecDeque::new(),
                 recent: HashMap::new(),
                 labels: HashMap::new(),
+                tcc: TccTracker::new(config.tcc),
+                tcc_counts: std::collections::BTreeMap::new(),
             }),
             metrics: Metrics::new().expect("the aggregator's families are distinct"),
             label_limit: config.label_limit.unwrap_or(200),
@@ -339,13 +387,96 @@ impl Pipeline {
                     .with_label_values(&[reason.as_str()])
                     .inc();
             }
+            self.follow_tcc(&mut state, &trace.spans, now);
             finished.extend(state.flows.add(trace.spans, trace.last_arrival.max(now)));
         }
         finished.extend(state.flows.finish_idle(now));
         for flow in finished {
             self.record(&mut state, flow, minute);
         }
+        let wall = wall_ns();
+        let found = state.tcc.tick(now, wall);
+        self.count_tcc(&mut state, &found, wall);
         self.publish_size(&state);
+    }
+
+    /// Hands the TCC spans of one completed trace to the tracker.
+    fn follow_tcc(&self, state: &mut State, spans: &[crate::span::Span], now: Instant) {
+        for span in spans.iter().filter(|s| s.business.tcc.is_some()) {
+            match state.tcc.observe(span, now) {
+                Observed::Ignored | Observed::Tracked => {}
+                Observed::Limit => self.count_dropped("tcc_limit", 1),
+                Observed::Malformed(anomaly) => {
+                    self.count_tcc_anomaly(state, &anomaly);
+                    state.tcc.list(anomaly);
+                }
+            }
+        }
+    }
+
+    fn count_tcc_anomaly(&self, state: &mut State, a: &GlobalAnomaly) {
+        let resource = self.bounded(
+            &mut state.labels,
+            label::RESOURCE,
+            &Arc::from(a.resource.as_str()),
+        );
+        self.metrics
+            .tcc_anomalies
+            .with_label_values(&[&resource, a.kind])
+            .inc();
+        *state.tcc_counts.entry((resource, a.kind)).or_default() += 1;
+    }
+
+    /// TCC anomalies counted since start, by resource and kind (what
+    /// `paytrace_tcc_global_anomalies_total` holds).
+    pub fn tcc_anomaly_counts(&self) -> Vec<AnomalyCount> {
+        self.state()
+            .tcc_counts
+            .iter()
+            .map(|((resource, kind), count)| AnomalyCount {
+                resource: resource.to_string(),
+                kind,
+                count: *count,
+            })
+            .collect()
+    }
+
+    /// Counts anomalies a replay found and refreshes the unfinished gauges.
+    fn count_tcc(&self, state: &mut State, found: &[GlobalAnomaly], wall: u64) {
+        for a in found {
+            self.count_tcc_anomaly(state, a);
+        }
+        let unfinished = state.tcc.unfinished(wall);
+        self.metrics
+            .tcc_unfinished
+            .set(i64::try_from(unfinished.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .tcc_unfinished_oldest
+            .set(unfinished.first().map_or(0.0, |u| u.age_seconds));
+    }
+
+    /// The most recent TCC anomalies, newest first, that match the filters.
+    pub fn tcc_anomalies(
+        &self,
+        kind: Option<&str>,
+        resource: Option<&str>,
+        limit: usize,
+    ) -> Vec<GlobalAnomaly> {
+        self.state()
+            .tcc
+            .recent()
+            .filter(|a| kind.is_none_or(|k| a.kind == k))
+            .filter(|a| resource.is_none_or(|r| a.resource == r))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// TCC transactions waiting past the timeout, oldest first.
+    pub fn tcc_unfinished(&self, limit: usize) -> Vec<Unfinished> {
+        let mut all = self.state().tcc.unfinished(wall_ns());
+        all.truncate(limit);
+        all
     }
 
     /// Finishes everything buffered now (at shutdown, or in tests).
@@ -356,12 +487,16 @@ impl Pipeline {
         let now = Instant::now();
         for trace in completed {
             self.metrics.traces_completed.inc();
+            self.follow_tcc(&mut state, &trace.spans, now);
             finished.extend(state.flows.add(trace.spans, now));
         }
         finished.extend(state.flows.drain());
         for flow in finished {
             self.record(&mut state, flow, minute);
         }
+        let wall = wall_ns();
+        let found = state.tcc.flush(wall);
+        self.count_tcc(&mut state, &found, wall);
         self.publish_size(&state);
     }
 

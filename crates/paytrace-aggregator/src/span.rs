@@ -113,6 +113,26 @@ pub struct Business {
     pub payment_method: Option<Arc<str>>,
     /// `payment.channel`.
     pub payment_channel: Option<Arc<str>>,
+    /// `paytrace.outcome`.
+    pub outcome: Option<Arc<str>>,
+    /// The `tcc.*` attributes, when the span has any.
+    pub tcc: Option<Box<Tcc>>,
+}
+
+/// The `tcc.*` attributes of a span, as sent: the TCC tracker classifies
+/// them, so nothing here is validated beyond its length.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tcc {
+    /// `tcc.xid`: the global transaction.
+    pub xid: Option<Arc<str>>,
+    /// `tcc.branch_id`.
+    pub branch_id: Option<Arc<str>>,
+    /// `tcc.resource`.
+    pub resource: Option<Arc<str>>,
+    /// `tcc.phase`.
+    pub phase: Option<Arc<str>>,
+    /// `tcc.decision`: the coordinator's decision.
+    pub decision: Option<Arc<str>>,
 }
 
 /// One finished span.

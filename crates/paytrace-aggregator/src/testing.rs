@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use crate::span::{Business, Span, SpanId, TraceId};
+use crate::span::{Business, Span, SpanId, Tcc, TraceId};
 
 /// The trace id every builder here uses.
 pub const TRACE: TraceId = TraceId([7; 16]);
@@ -62,4 +62,48 @@ pub fn numbered(mut spans: Vec<Span>) -> Vec<Span> {
         s.span_id = id(i as u64 + 1);
     }
     spans
+}
+
+/// A TCC phase span of `resource` in transaction `xid`, alone in trace
+/// `[n; 16]` with span id `n`; an empty `xid` or `resource` is left out.
+///
+/// ```
+/// use paytrace_aggregator::testing::tcc_phase;
+/// let s = tcc_phase(3, "ord_1", "inventory", "try", 10, 20);
+/// assert_eq!(s.business.tcc.unwrap().phase.as_deref(), Some("try"));
+/// ```
+pub fn tcc_phase(n: u8, xid: &str, resource: &str, phase: &str, start: u64, end: u64) -> Span {
+    let mut s = alone(n, phase, start, end);
+    let nonempty = |v: &str| (!v.is_empty()).then(|| Arc::from(v));
+    s.business.tcc = Some(Box::new(Tcc {
+        xid: nonempty(xid),
+        resource: nonempty(resource),
+        phase: Some(Arc::from(phase)),
+        ..Tcc::default()
+    }));
+    s
+}
+
+/// The coordinator's span deciding `decision` for `xid`, alone in trace `[n; 16]`.
+pub fn tcc_decision(n: u8, xid: &str, decision: &str, start: u64, end: u64) -> Span {
+    let mut s = alone(n, decision, start, end);
+    s.business.tcc = Some(Box::new(Tcc {
+        xid: Some(Arc::from(xid)),
+        decision: Some(Arc::from(decision)),
+        ..Tcc::default()
+    }));
+    s
+}
+
+/// `span` with `paytrace.outcome` set to `outcome`.
+pub fn with_outcome(mut span: Span, outcome: &str) -> Span {
+    span.business.outcome = Some(Arc::from(outcome));
+    span
+}
+
+fn alone(n: u8, name: &str, start: u64, end: u64) -> Span {
+    let mut s = span(name, start, end);
+    s.trace_id = TraceId([n.max(1); 16]);
+    s.span_id = id(u64::from(n));
+    s
 }

@@ -81,6 +81,10 @@ pub mod attr {
     pub const TCC_RESOURCE: &str = "tcc.resource";
     /// The TCC phase: one of [`crate::tcc`] phases.
     pub const TCC_PHASE: &str = "tcc.phase";
+    /// The coordinator's global decision, `confirm` or `cancel`, on the span
+    /// in which it starts phase two. The aggregator checks every branch
+    /// against it.
+    pub const TCC_DECISION: &str = "tcc.decision";
 
     /// OpenTelemetry HTTP semconv: the request method.
     pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
@@ -113,6 +117,7 @@ pub mod attr {
         TCC_BRANCH_ID,
         TCC_RESOURCE,
         TCC_PHASE,
+        TCC_DECISION,
         HTTP_REQUEST_METHOD,
         HTTP_ROUTE,
         HTTP_RESPONSE_STATUS_CODE,
@@ -400,6 +405,12 @@ pub mod stage {
     pub const CHANNEL_CALLBACK: &str = "channel.callback";
     /// The payment is confirmed after the callback.
     pub const PAYMENT_CONFIRM: &str = "payment.confirm";
+    /// TCC Cancel of a payment: the order was cancelled.
+    pub const PAYMENT_CANCEL: &str = "payment.cancel";
+    /// The coordinator runs phase two: Confirm on every branch.
+    pub const ORDER_CONFIRM: &str = "order.confirm";
+    /// The coordinator runs phase two: Cancel on every branch.
+    pub const ORDER_CANCEL: &str = "order.cancel";
     /// The user is notified.
     pub const NOTIFY_SEND: &str = "notify.send";
     /// The payment service refunds a payment.
@@ -419,6 +430,9 @@ pub mod stage {
         CHANNEL_REQUEST,
         CHANNEL_CALLBACK,
         PAYMENT_CONFIRM,
+        PAYMENT_CANCEL,
+        ORDER_CONFIRM,
+        ORDER_CANCEL,
         NOTIFY_SEND,
         PAYMENT_REFUND,
         CHANNEL_REFUND,
@@ -556,6 +570,30 @@ pub mod tcc {
         DUPLICATE_CONFIRM,
         DUPLICATE_CANCEL,
         CONFIRM_WITHOUT_TRY,
+    ];
+
+    /// A branch ran the phase two opposite to the coordinator's decision:
+    /// the global transaction is inconsistent. Seen only by the aggregator.
+    pub const DECISION_VIOLATED: &str = "decision_violated";
+    /// A branch stayed tried, with no Confirm or Cancel, past the
+    /// aggregator's TCC timeout: its resources are frozen.
+    pub const FROZEN: &str = "frozen";
+    /// A span carries `tcc.*` attributes the aggregator cannot classify (no
+    /// xid, unknown phase, neither branch id nor resource).
+    pub const MALFORMED: &str = "malformed";
+    /// The kinds of `paytrace_tcc_global_anomalies_total`: the fence's kinds,
+    /// replayed from span timestamps across services, and the aggregator's own.
+    pub const GLOBAL_ANOMALY_KINDS: &[&str] = &[
+        EMPTY_ROLLBACK,
+        HANGING_TRY,
+        CANCEL_AFTER_CONFIRM,
+        CONFIRM_AFTER_CANCEL,
+        DUPLICATE_CONFIRM,
+        DUPLICATE_CANCEL,
+        CONFIRM_WITHOUT_TRY,
+        DECISION_VIOLATED,
+        FROZEN,
+        MALFORMED,
     ];
 }
 

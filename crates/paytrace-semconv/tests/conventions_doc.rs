@@ -91,6 +91,7 @@ fn outcomes_match() {
 fn tcc_names_match() {
     assert_same("TCC phases", tcc::PHASES);
     assert_same("TCC anomaly kinds", tcc::ANOMALY_KINDS);
+    assert_same("TCC global anomaly kinds", tcc::GLOBAL_ANOMALY_KINDS);
 }
 
 #[test]

@@ -643,10 +643,13 @@ impl TccResource {
                 paytrace_semconv::attr::TCC_RESOURCE,
                 self.resource.clone(),
             ),
-            opentelemetry::KeyValue::new("tcc.decision", decision_name),
+            opentelemetry::KeyValue::new("tcc.fence.decision", decision_name),
         ];
         if let Some(a) = anomaly {
-            attributes.push(opentelemetry::KeyValue::new("tcc.anomaly", a.as_str()));
+            attributes.push(opentelemetry::KeyValue::new(
+                "tcc.fence.anomaly",
+                a.as_str(),
+            ));
         }
         tracing::Span::current().add_event("tcc.fence", attributes);
         match decision {

@@ -54,9 +54,35 @@ struct Endpoints {
 #[derive(Debug, Serialize)]
 struct Report {
     flows: Vec<Breakdown>,
+    /// What the participants' fences counted, by kind.
     anomalies: BTreeMap<String, u64>,
+    /// What the aggregator found across services.
+    tcc: TccReport,
     requests: Requests,
     endpoints: Endpoints,
+}
+
+/// The aggregator's view of the global TCC transactions.
+#[derive(Debug, Serialize, Default)]
+struct TccReport {
+    /// `paytrace_tcc_global_anomalies_total` by kind, every kind present.
+    anomalies: BTreeMap<String, u64>,
+    /// Transactions with a branch tried and waiting past the timeout.
+    unfinished: usize,
+}
+
+fn tcc_report(pipeline: &Pipeline) -> TccReport {
+    let mut anomalies: BTreeMap<String, u64> = tcc::GLOBAL_ANOMALY_KINDS
+        .iter()
+        .map(|k| ((*k).to_owned(), 0))
+        .collect();
+    for c in pipeline.tcc_anomaly_counts() {
+        *anomalies.entry(c.kind.to_owned()).or_default() += c.count;
+    }
+    TccReport {
+        anomalies,
+        unfinished: pipeline.tcc_unfinished(usize::MAX).len(),
+    }
 }
 
 fn spawn_service(role: Role, o: &Options, otlp: &str) -> std::io::Result<Child> {
@@ -243,6 +269,10 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
             config.pipeline.assembler.trace_idle = Duration::from_secs(2);
             config.pipeline.flows.flow_idle = Duration::from_secs(4);
             config.pipeline.flows.flow_timeout = Duration::from_secs(30);
+            config.pipeline.tcc.settle = Duration::from_secs(4);
+            // Callbacks come within seconds here; a real shop waits for
+            // its payment timeout.
+            config.pipeline.tcc.timeout = Duration::from_secs(8);
             Some(
                 paytrace_aggregator::server::start(config)
                     .await
@@ -336,18 +366,19 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     let anomalies = count_anomalies(o.plan).await;
     stop_services(o.plan, children).await;
 
-    let flows = match &aggregator {
+    let (flows, tcc) = match &aggregator {
         Some(a) => {
             let p = a.pipeline.clone();
             tokio::task::spawn_blocking(move || p.flush(wall_minute())).await?;
-            breakdowns(&a.pipeline)
+            (breakdowns(&a.pipeline), tcc_report(&a.pipeline))
         }
-        None => Vec::new(),
+        None => (Vec::new(), TccReport::default()),
     };
     println!("{}", render_table(&flows));
     let report = Report {
         flows,
         anomalies,
+        tcc,
         requests: counters.snapshot(),
         endpoints: Endpoints {
             aggregator: api,

@@ -11,7 +11,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use paytrace::tcc::Phase;
 use paytrace::{Client, Service};
+use paytrace_semconv::{attr, stage};
 use rand::RngExt;
+use tracing::Instrument;
 
 use crate::chaos::{Chaos, Fault};
 
@@ -46,6 +48,23 @@ impl Order {
         let url = format!("{}/tcc/{phase}", self.plan.url(role));
         let request = self.http.inner().post(&url).json(body).timeout(timeout);
         matches!(self.http.send(request).await, Ok(r) if r.status().is_success())
+    }
+
+    /// Runs phase two as the stage `order.confirm` or `order.cancel`, whose
+    /// span carries the global decision for the aggregator to check every
+    /// branch against.
+    async fn decide<T>(&self, xid: &str, decision: Phase, fan_out: impl Future<Output = T>) -> T {
+        let stage = match decision {
+            Phase::Cancel => stage::ORDER_CANCEL,
+            _ => stage::ORDER_CONFIRM,
+        };
+        let guard = self
+            .svc
+            .stage(stage)
+            .attribute(attr::TCC_XID, xid)
+            .attribute(attr::TCC_DECISION, decision.as_str())
+            .start();
+        fan_out.instrument(guard.span().clone()).await
     }
 
     /// A second-phase call with up to three attempts.
@@ -105,7 +124,11 @@ async fn create(
         async move { o.second_phase(role, Phase::Cancel, &body).await }
     });
     let [a, b, c, d] = cancels;
-    tokio::join!(a, b, c, d);
+    let _ = o
+        .decide(&req.order_id, Phase::Cancel, async {
+            tokio::join!(a, b, c, d);
+        })
+        .await;
     (StatusCode::CONFLICT, "cancelled")
 }
 
@@ -116,7 +139,9 @@ async fn paid(State(o): State<Order>, Path(order_id): Path<String>) -> StatusCod
         async move { o.second_phase(role, Phase::Confirm, &body).await }
     });
     let [a, b, c] = confirms;
-    let (a, b, c) = tokio::join!(a, b, c);
+    let (a, b, c) = o
+        .decide(&order_id, Phase::Confirm, async { tokio::join!(a, b, c) })
+        .await;
     if o.late_cancels && rand::rng().random_bool(0.1) {
         // A recovery job that missed the Confirm cancels the branch late.
         let body = call(&order_id, Role::Inventory, "");

@@ -15,7 +15,7 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use paytrace::{Client, Flow, QueueSender, Service};
-use paytrace_semconv::{attr, flow};
+use paytrace_semconv::{attr, flow, stage, tcc};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::chaos::{Chaos, Fault};
@@ -107,6 +107,13 @@ fn span_context_of(traceparent: &str) -> Option<SpanContext> {
 /// TCC Cancel of a payment: the order was cancelled; a callback that still
 /// arrives for it is acknowledged and ignored (the channel refunds it).
 async fn tcc_cancel(State(p): State<Payment>, Json(call): Json<TccCall>) -> StatusCode {
+    let _stage = p
+        .svc
+        .stage(stage::PAYMENT_CANCEL)
+        .attribute(attr::TCC_XID, &call.xid)
+        .attribute(attr::TCC_RESOURCE, tcc::RESOURCE_PAYMENT)
+        .attribute(attr::TCC_PHASE, tcc::PHASE_CANCEL)
+        .start();
     p.cancelled
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -187,7 +194,12 @@ async fn consume(
         // trace, linked to the producer.
         let done = flow
             .scope(async {
+                // The payment branch's Confirm: money captured, the order
+                // told. xid and order id are one in the shop.
                 svc.stage("payment.confirm")
+                    .attribute(attr::TCC_XID, &cb.order_id)
+                    .attribute(attr::TCC_RESOURCE, tcc::RESOURCE_PAYMENT)
+                    .attribute(attr::TCC_PHASE, tcc::PHASE_CONFIRM)
                     .link(producer)
                     .run(async {
                         let r = http.send(http.inner().post(&url)).await?;

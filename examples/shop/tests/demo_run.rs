@@ -116,6 +116,16 @@ fn a_short_demo_run_reports_a_stitched_checkout() {
         anomalies.values().all(|v| v == 0),
         "no faults injected, no TCC anomalies: {anomalies:?}"
     );
+    // The aggregator agrees across services: nothing but the duplicates
+    // that at-least-once delivery legitimately causes.
+    let global = doc["tcc"]["anomalies"].as_object().expect("tcc anomalies");
+    assert_eq!(global.len(), 10, "{global:?}");
+    for (kind, count) in global {
+        if !kind.starts_with("duplicate_") {
+            assert_eq!(count, 0, "{kind} without a fault: {global:?}");
+        }
+    }
+    assert_eq!(doc["tcc"]["unfinished"], 0);
 }
 
 #[test]
@@ -126,7 +136,9 @@ fn tcc_faults_produce_their_anomalies() {
         10,
         &[
             "--chaos",
-            "empty-rollback,cancel-after-confirm,confirm-network-failure",
+            "empty-rollback,cancel-after-confirm,confirm-network-failure,callback-lost",
+            "--chaos-channel",
+            "card",
         ],
     );
     let a = &doc["anomalies"];
@@ -146,6 +158,30 @@ fn tcc_faults_produce_their_anomalies() {
     );
     for kind in ["confirm_after_cancel", "confirm_without_try"] {
         assert_eq!(a[kind], 0, "{kind} not injected: {a}");
+    }
+
+    // The aggregator, from the spans of every service, finds the same
+    // anomalies by timestamps, and what no fence can see: card's callbacks
+    // never come, so its orders' branches stay tried past the timeout.
+    let g = &doc["tcc"]["anomalies"];
+    for kind in ["empty_rollback", "hanging_try", "cancel_after_confirm"] {
+        assert_eq!(g[kind], a[kind], "{kind}: aggregator {g} vs fences {a}");
+    }
+    for kind in ["duplicate_confirm", "duplicate_cancel", "frozen"] {
+        assert!(g[kind].as_u64().unwrap_or(0) > 0, "{kind} expected: {g}");
+    }
+    assert!(
+        doc["tcc"]["unfinished"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        doc["tcc"]
+    );
+    for kind in [
+        "confirm_after_cancel",
+        "confirm_without_try",
+        "decision_violated",
+        "malformed",
+    ] {
+        assert_eq!(g[kind], 0, "{kind} not injected: {g}");
     }
 }
 
