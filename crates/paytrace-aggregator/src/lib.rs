@@ -18,6 +18,7 @@
 //!   anomalies.
 //! - [`pipeline`]: the live pipeline; [`receiver`]: OTLP in; [`api`]: JSON out;
 //!   [`server`]: all of it on sockets.
+//! - [`slo`]: SLOs as code: burn-rate rules generated from a spec.
 //! - [`testing`]: builders for hand-made spans.
 
 pub mod analysis;
@@ -31,6 +32,7 @@ pub mod flows;
 pub mod pipeline;
 pub mod receiver;
 pub mod server;
+pub mod slo;
 pub mod span;
 pub mod stitch;
 pub mod tcc;

@@ -45,6 +45,73 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// SLOs as code: Prometheus burn-rate rules from an SLO spec.
+    #[command(subcommand)]
+    Slo(SloCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum SloCommand {
+    /// Generate multi-window multi-burn-rate recording and alerting rules
+    /// from SPEC (YAML, see alerts/slos.yaml) and write them to --output, or
+    /// to standard output.
+    Generate {
+        /// The SLO spec.
+        spec: PathBuf,
+        /// The rule file to write.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Write nothing; fail if --output differs from what SPEC generates.
+        #[arg(long, requires = "output")]
+        check: bool,
+    },
+}
+
+fn slo_generate(spec: &Path, output: Option<&Path>, check: bool) -> ExitCode {
+    use paytrace_aggregator::slo;
+    let text = match std::fs::read_to_string(spec) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", spec.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let rules = match slo::parse(&text).and_then(|s| slo::generate(&s)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}: {e}", spec.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match (output, check) {
+        (None, _) => {
+            print!("{rules}");
+            ExitCode::SUCCESS
+        }
+        (Some(out), true) => match std::fs::read_to_string(out) {
+            Ok(existing) if existing == rules => ExitCode::SUCCESS,
+            Ok(_) => {
+                eprintln!(
+                    "error: {} is out of date: run `paytrace-aggregator slo generate {} --output {}`",
+                    out.display(),
+                    spec.display(),
+                    out.display()
+                );
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", out.display());
+                ExitCode::FAILURE
+            }
+        },
+        (Some(out), false) => match std::fs::write(out, rules) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write {}: {e}", out.display());
+                ExitCode::FAILURE
+            }
+        },
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -102,6 +169,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Slo(SloCommand::Generate {
+            spec,
+            output,
+            check,
+        }) => slo_generate(&spec, output.as_deref(), check),
         Command::Analyze {
             files,
             format,
