@@ -110,10 +110,7 @@ fn fence(c: &mut Criterion) {
                 async move {
                     let key = fresh_key();
                     let d = store.begin(&key, Phase::Try).await.expect("decides");
-                    store
-                        .finish(&key, Phase::Try, true)
-                        .await
-                        .expect("records");
+                    store.finish(&key, Phase::Try, true).await.expect("records");
                     d
                 }
             });

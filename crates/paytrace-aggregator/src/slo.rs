@@ -236,9 +236,9 @@ const TIERS: [Tier; 2] = [
 
 fn period_label(d: Duration) -> String {
     let s = d.as_secs();
-    if s % 86_400 == 0 {
+    if s.is_multiple_of(86_400) {
         format!("{}d", s / 86_400)
-    } else if s % 3600 == 0 {
+    } else if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
     } else {
         format!("{}m", s / 60)
@@ -250,7 +250,11 @@ fn period_label(d: Duration) -> String {
 fn number(x: f64) -> String {
     let s = format!("{x:.10}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s.is_empty() { "0".to_owned() } else { s.to_owned() }
+    if s.is_empty() {
+        "0".to_owned()
+    } else {
+        s.to_owned()
+    }
 }
 
 fn is_label_name(s: &str) -> bool {
@@ -276,7 +280,11 @@ fn validate(slo: &Slo) -> Result<(), SpecError> {
     if !snake {
         return Err(invalid("name must be lower snake case".to_owned()));
     }
-    if !slo.alert.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+    if !slo
+        .alert
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_uppercase())
         || !slo.alert.chars().all(|c| c.is_ascii_alphanumeric())
     {
         return Err(invalid(format!("alert {:?} must be CamelCase", slo.alert)));
@@ -292,7 +300,7 @@ fn validate(slo: &Slo) -> Result<(), SpecError> {
             "period must be at least 3d, the longest alert window".to_owned(),
         ));
     }
-    if !(slo.min_rate >= 0.0) {
+    if slo.min_rate.is_nan() || slo.min_rate < 0.0 {
         return Err(invalid("min_rate must be 0 or more".to_owned()));
     }
     if let Some(bad) = slo.by.iter().find(|l| !is_label_name(l)) {
@@ -427,7 +435,10 @@ fn slo_group(slo: &Slo, runbook_base: &str) -> Group {
                 selector,
                 threshold,
             } => {
-                let total = sum(format!("rate({histogram}_count{{{}}}[{w}])", selector.trim()));
+                let total = sum(format!(
+                    "rate({histogram}_count{{{}}}[{w}])",
+                    selector.trim()
+                ));
                 let good = sum(format!(
                     "rate({histogram}_bucket{{{}}}[{w}])",
                     join(selector, &le_matcher(*threshold))
@@ -630,11 +641,15 @@ slos:
                 "slos:\n  - name: x\n    alert: X\n    objective: 0.99\n    summary: s\n    sli: {latency: {histogram: h, selector: '', threshold: 0.3}}\n",
             )?)
         });
-        assert!(matches!(threshold, Err(SpecError::Invalid { problem, .. }) if problem.contains("bucket boundary")));
+        assert!(
+            matches!(threshold, Err(SpecError::Invalid { problem, .. }) if problem.contains("bucket boundary"))
+        );
         let objective = generate(
             &parse("slos:\n  - name: x\n    alert: X\n    objective: 99.9\n    summary: s\n    sli: {errors: {metric: m, selector: '', bad: 'a=\"b\"'}}\n")
                 .expect("parses"),
         );
-        assert!(matches!(objective, Err(SpecError::Invalid { problem, .. }) if problem.contains("0.999 for 99.9%")));
+        assert!(
+            matches!(objective, Err(SpecError::Invalid { problem, .. }) if problem.contains("0.999 for 99.9%"))
+        );
     }
 }
