@@ -268,8 +268,16 @@ impl Metrics {
         r.register(Box::new(m.tcc_unfinished.clone()))?;
         r.register(Box::new(m.tcc_unfinished_oldest.clone()))?;
         r.register(Box::new(m.tcc_anomalies.clone()))?;
+        // Series exist from the start at zero, so that `increase()` and
+        // `rate()` see the first event.
         for reason in DROP_REASONS {
             m.spans_dropped.with_label_values(&[reason]);
+        }
+        for reason in [
+            crate::assembler::Overflow::MaxTraces,
+            crate::assembler::Overflow::MaxBytes,
+        ] {
+            m.traces_evicted.with_label_values(&[reason.as_str()]);
         }
         for p in [Protocol::Grpc, Protocol::HttpProtobuf, Protocol::HttpJson] {
             m.spans_received.with_label_values(&[p.as_str()]);
@@ -403,6 +411,22 @@ impl Pipeline {
     /// Hands the TCC spans of one completed trace to the tracker.
     fn follow_tcc(&self, state: &mut State, spans: &[crate::span::Span], now: Instant) {
         for span in spans.iter().filter(|s| s.business.tcc.is_some()) {
+            if let Some(resource) = span.business.tcc.as_ref().and_then(|t| t.resource.as_ref()) {
+                // A resource's anomaly series start at zero when it is first
+                // seen, before any anomaly of it can be counted.
+                let known = state
+                    .labels
+                    .get(label::RESOURCE)
+                    .is_some_and(|seen| seen.contains(resource));
+                if !known {
+                    let bounded = self.bounded(&mut state.labels, label::RESOURCE, resource);
+                    for kind in paytrace_semconv::tcc::GLOBAL_ANOMALY_KINDS {
+                        self.metrics
+                            .tcc_anomalies
+                            .with_label_values(&[bounded.as_ref(), *kind]);
+                    }
+                }
+            }
             match state.tcc.observe(span, now) {
                 Observed::Ignored | Observed::Tracked => {}
                 Observed::Limit => self.count_dropped("tcc_limit", 1),

@@ -112,6 +112,18 @@ impl Receiver {
             ],
         )?;
         pipeline.registry().register(Box::new(refused.clone()))?;
+        // Every series exists from the start at zero, so that `increase()`
+        // sees the first refusal.
+        for protocol in [Protocol::Grpc, Protocol::HttpProtobuf, Protocol::HttpJson] {
+            for why in [
+                Refusal::Overloaded,
+                Refusal::TooLarge,
+                Refusal::Malformed,
+                Refusal::UnsupportedMediaType,
+            ] {
+                refused.with_label_values(&[protocol.as_str(), why.as_str()]);
+            }
+        }
         Ok(Self {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             pipeline,

@@ -145,6 +145,23 @@ pub(crate) struct Guards {
 }
 
 impl Guards {
+    /// Calls `f` with every guard.
+    pub(crate) fn each(&self, mut f: impl FnMut(&LabelGuard)) {
+        for g in [
+            &self.route,
+            &self.server_address,
+            &self.flow,
+            &self.stage,
+            &self.payment_method,
+            &self.payment_channel,
+            &self.resource,
+            &self.queue,
+            &self.kind,
+        ] {
+            f(g);
+        }
+    }
+
     pub(crate) fn new(limits: &LabelLimits) -> Self {
         Self {
             route: limits.guard(label::HTTP_ROUTE),

@@ -58,6 +58,13 @@ impl Service {
             .build_info
             .with_label_values(&[name.as_str(), version])
             .set(1);
+        metrics.families().guards.each(|guard| {
+            // At zero from the start, so that `increase()` sees the first overflow.
+            metrics
+                .families()
+                .series_overflow
+                .with_label_values(&[name.as_str(), guard.name()]);
+        });
         Self {
             inner: Arc::new(Inner {
                 name,

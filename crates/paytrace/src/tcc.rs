@@ -585,6 +585,19 @@ impl TccResource {
         fence: std::sync::Arc<dyn FenceStore>,
     ) -> Self {
         let resource = service.admit(|g| &g.resource, resource).to_owned();
+        // Every series of the resource exists from the start at zero, so
+        // that `increase()` sees the first anomaly.
+        let f = service.families();
+        for kind in paytrace_semconv::tcc::ANOMALY_KINDS {
+            f.tcc_anomalies
+                .with_label_values(&[service.name(), resource.as_str(), kind]);
+        }
+        for phase in [Phase::Try, Phase::Confirm, Phase::Cancel] {
+            for outcome in ["ok", "error", "skipped", "rejected"] {
+                f.tcc_phases
+                    .with_label_values(&[service.name(), resource.as_str(), phase.as_str(), outcome]);
+            }
+        }
         service.families().sampled.add(Box::new(PendingSampler {
             service: service.name().to_owned(),
             resource: resource.clone(),

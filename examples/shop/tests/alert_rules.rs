@@ -1,90 +1,16 @@
 //! The shipped alerting rules (`alerts/`): they load in the real promtool,
 //! their unit tests pass, every alert has a firing and a quiet test and a
-//! runbook, every expression parses, and the generated SLO rules are what
-//! `alerts/slos.yaml` generates. promtool: `apt-get install prometheus`.
+//! runbook, every expression parses, the generated SLO rules are what
+//! `alerts/slos.yaml` generates, and Alertmanager routes every alert.
+//! promtool and amtool: `apt-get install prometheus prometheus-alertmanager`.
+
+mod monitoring;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use monitoring::*;
 use serde_yaml_ng::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn files(dir: &str, suffix: &str) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(repo().join(dir))
-        .unwrap_or_else(|e| panic!("cannot list {dir}: {e}"))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.to_string_lossy().ends_with(suffix))
-        .collect();
-    out.sort();
-    assert!(!out.is_empty(), "no {suffix} files in {dir}");
-    out
-}
-
-fn rule_files() -> Vec<PathBuf> {
-    files("alerts", ".rules.yml")
-}
-
-fn test_files() -> Vec<PathBuf> {
-    files("alerts/tests", ".test.yml")
-}
-
-fn yaml(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn promtool(args: &[&str], files: &[PathBuf]) {
-    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".to_owned());
-    let out = Command::new(&promtool)
-        .args(args)
-        .args(files)
-        .current_dir(repo())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {promtool} ({e}): install it with `apt-get install prometheus`")
-        });
-    assert!(
-        out.status.success(),
-        "promtool {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Every rule of every rule file, with the file it is in.
-fn rules() -> Vec<(PathBuf, Value)> {
-    let mut out = Vec::new();
-    for path in rule_files() {
-        let doc = yaml(&path);
-        for group in doc["groups"].as_sequence().expect("groups") {
-            assert!(
-                group.get("labels").is_none() && group.get("query_offset").is_none(),
-                "{}: group {:?} uses a field Prometheus 2.42 rejects",
-                path.display(),
-                group["name"]
-            );
-            for rule in group["rules"].as_sequence().expect("rules") {
-                out.push((path.clone(), rule.clone()));
-            }
-        }
-    }
-    out
-}
-
-fn alerts() -> Vec<(PathBuf, Value)> {
-    rules()
-        .into_iter()
-        .filter(|(_, r)| r.get("alert").is_some())
-        .collect()
-}
-
-fn text(v: &Value, key: &str) -> String {
-    v[key].as_str().map(str::to_owned).unwrap_or_default()
-}
 
 #[test]
 fn rules_pass_promtool_check() {
@@ -225,60 +151,6 @@ fn the_slo_rules_are_what_the_spec_generates() {
         .map(|(_, a)| text(&a, "alert"))
         .collect();
     assert_eq!(shipped_alerts, paytrace_aggregator::slo::alert_names(&spec));
-}
-
-#[test]
-fn the_generate_command_checks_and_writes() {
-    let exe = env!("CARGO_BIN_EXE_paytrace-aggregator");
-    let spec = repo().join("alerts/slos.yaml");
-    let out = Command::new(exe)
-        .args(["slo", "generate"])
-        .arg(&spec)
-        .args(["--check", "--output"])
-        .arg(repo().join("alerts/slo.rules.yml"))
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let stale = std::env::temp_dir().join(format!("paytrace-stale-{}.yml", std::process::id()));
-    std::fs::write(&stale, "groups: []\n").expect("temp file");
-    let out = Command::new(exe)
-        .args(["slo", "generate"])
-        .arg(&spec)
-        .args(["--check", "--output"])
-        .arg(&stale)
-        .output()
-        .expect("runs");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("out of date"));
-
-    let out = Command::new(exe)
-        .args(["slo", "generate"])
-        .arg(&spec)
-        .args(["--output"])
-        .arg(&stale)
-        .output()
-        .expect("runs");
-    assert!(out.status.success());
-    let written = std::fs::read_to_string(&stale).expect("written");
-    let _ = std::fs::remove_file(&stale);
-    assert!(written.contains("alert: PaymentSuccessBurnRateFast"));
-
-    let bad = std::env::temp_dir().join(format!("paytrace-bad-slo-{}.yaml", std::process::id()));
-    std::fs::write(&bad, "slos:\n  - name: Bad Name\n").expect("temp file");
-    let out = Command::new(exe)
-        .args(["slo", "generate"])
-        .arg(&bad)
-        .output()
-        .expect("runs");
-    let _ = std::fs::remove_file(&bad);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("missing field"), "{err}");
 }
 
 fn amtool(args: &[&str]) -> std::process::Output {

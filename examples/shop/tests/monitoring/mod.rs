@@ -1,0 +1,126 @@
+//! Shared by the monitoring tests: the shipped rules, promtool tests and
+//! dashboards, and the metric names their PromQL reads.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use promql_parser::parser::Expr;
+use serde_yaml_ng::Value;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn files(dir: &str, suffix: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(repo().join(dir))
+        .unwrap_or_else(|e| panic!("cannot list {dir}: {e}"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no {suffix} files in {dir}");
+    out
+}
+
+pub fn rule_files() -> Vec<PathBuf> {
+    files("alerts", ".rules.yml")
+}
+
+pub fn test_files() -> Vec<PathBuf> {
+    files("alerts/tests", ".test.yml")
+}
+
+pub fn yaml(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn promtool(args: &[&str], files: &[PathBuf]) {
+    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".to_owned());
+    let out = Command::new(&promtool)
+        .args(args)
+        .args(files)
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {promtool} ({e}): install it with `apt-get install prometheus`")
+        });
+    assert!(
+        out.status.success(),
+        "promtool {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every rule of every rule file, with the file it is in.
+pub fn rules() -> Vec<(PathBuf, Value)> {
+    let mut out = Vec::new();
+    for path in rule_files() {
+        let doc = yaml(&path);
+        for group in doc["groups"].as_sequence().expect("groups") {
+            assert!(
+                group.get("labels").is_none() && group.get("query_offset").is_none(),
+                "{}: group {:?} uses a field Prometheus 2.42 rejects",
+                path.display(),
+                group["name"]
+            );
+            for rule in group["rules"].as_sequence().expect("rules") {
+                out.push((path.clone(), rule.clone()));
+            }
+        }
+    }
+    out
+}
+
+pub fn alerts() -> Vec<(PathBuf, Value)> {
+    rules()
+        .into_iter()
+        .filter(|(_, r)| r.get("alert").is_some())
+        .collect()
+}
+
+pub fn text(v: &Value, key: &str) -> String {
+    v[key].as_str().map(str::to_owned).unwrap_or_default()
+}
+
+
+/// The metric names `expr` reads (recording rules' names included).
+pub fn metric_names(expr: &str) -> Result<BTreeSet<String>, String> {
+    fn walk(e: &Expr, out: &mut BTreeSet<String>) {
+        match e {
+            Expr::Aggregate(a) => {
+                walk(&a.expr, out);
+                if let Some(p) = &a.param {
+                    walk(p, out);
+                }
+            }
+            Expr::Unary(u) => walk(&u.expr, out),
+            Expr::Binary(b) => {
+                walk(&b.lhs, out);
+                walk(&b.rhs, out);
+            }
+            Expr::Paren(p) => walk(&p.expr, out),
+            Expr::Subquery(s) => walk(&s.expr, out),
+            Expr::VectorSelector(v) => {
+                if let Some(n) = &v.name {
+                    out.insert(n.clone());
+                }
+            }
+            Expr::MatrixSelector(m) => {
+                if let Some(n) = &m.vs.name {
+                    out.insert(n.clone());
+                }
+            }
+            Expr::Call(c) => c.args.args.iter().for_each(|a| walk(a, out)),
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        }
+    }
+    let parsed = promql_parser::parser::parse(expr)?;
+    let mut out = BTreeSet::new();
+    walk(&parsed, &mut out);
+    Ok(out)
+}

@@ -1,0 +1,176 @@
+//! What the alerts and dashboards read exists: every metric name in
+//! `alerts/*.rules.yml` and `dashboards/*.json` is emitted by a live run of
+//! the demo (its nine services and its aggregator, scraped for real) or by a
+//! real node exporter, or recorded by one of the rules. Names are taken from
+//! the scrapes, never from a list typed here. The node exporter:
+//! `apt-get install prometheus-node-exporter`.
+
+mod monitoring;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use monitoring::*;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Metric names in the exposition `text`, histogram series names included.
+fn exposed(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let mut parts = rest.split_whitespace();
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
+            }
+        } else {
+            names.insert(name.to_owned());
+        }
+    }
+    names
+}
+
+/// Every metric name the shipped rules and dashboards read, and the names
+/// the rules record.
+fn used_and_recorded() -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut used = BTreeSet::new();
+    let mut recorded = BTreeSet::new();
+    for (_, rule) in rules() {
+        used.extend(metric_names(&text(&rule, "expr")).expect("rules parse"));
+        if let Some(r) = rule.get("record").and_then(|r| r.as_str()) {
+            recorded.insert(r.to_owned());
+        }
+    }
+    for path in files("dashboards", ".json") {
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("JSON");
+        for p in doc["panels"].as_array().into_iter().flatten() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if let Some(e) = t["expr"].as_str() {
+                    let e = e.replace("$__rate_interval", "5m");
+                    let e = regex_free_substitute(&e);
+                    used.extend(metric_names(&e).expect("dashboards parse"));
+                }
+            }
+        }
+    }
+    (used, recorded)
+}
+
+/// Replaces `$name` and `${name}` with a plain value.
+fn regex_free_substitute(expr: &str) -> String {
+    let mut out = String::new();
+    let mut chars = expr.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        let braced = chars.peek() == Some(&'{');
+        if braced {
+            chars.next();
+        }
+        while chars.peek().is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_') {
+            chars.next();
+        }
+        if braced {
+            chars.next();
+        }
+        out.push_str("value");
+    }
+    out
+}
+
+async fn scrape(client: &reqwest::Client, url: &str) -> Option<String> {
+    let r = client.get(url).send().await.ok()?;
+    r.status().is_success().then_some(())?;
+    r.text().await.ok()
+}
+
+#[test]
+fn every_metric_the_alerts_and_dashboards_read_is_emitted() {
+    let (used, recorded) = used_and_recorded();
+    const BASE: u16 = 7900;
+    const NODE: u16 = 7995;
+    let node = Killed(
+        Command::new("prometheus-node-exporter")
+            .arg(format!("--web.listen-address=127.0.0.1:{NODE}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start prometheus-node-exporter ({e}): install it with `apt-get install prometheus-node-exporter`")
+            }),
+    );
+    // Faults that make the lazily created series appear: pool timeouts,
+    // TCC anomalies, lost callbacks (incomplete flows, frozen branches).
+    let demo = Killed(
+        Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
+            .args(["--duration", "120s", "--rps", "10", "--port-base", &BASE.to_string()])
+            .args([
+                "--chaos",
+                "pool-exhausted,empty-rollback,cancel-after-confirm,confirm-network-failure,callback-lost,queue-backlog",
+                "--chaos-channel",
+                "card",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the demo starts"),
+    );
+    let mut targets: Vec<String> = (0..9).map(|i| format!("http://127.0.0.1:{}/metrics", BASE + i)).collect();
+    targets.push(format!("http://127.0.0.1:{}/metrics", BASE + 80));
+    targets.push(format!("http://127.0.0.1:{NODE}/metrics"));
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (emitted, missing) = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(100);
+        loop {
+            let mut emitted = BTreeSet::new();
+            for t in &targets {
+                if let Some(text) = scrape(&client, t).await {
+                    emitted.extend(exposed(&text));
+                }
+            }
+            // `up` is Prometheus's own, recorded names come from the rules.
+            let missing: BTreeSet<String> = used
+                .iter()
+                .filter(|n| *n != "up" && !recorded.contains(*n) && !emitted.contains(*n))
+                .cloned()
+                .collect();
+            if missing.is_empty() || Instant::now() > deadline {
+                return (emitted, missing);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    drop(demo);
+    drop(node);
+    assert!(
+        missing.is_empty(),
+        "read by alerts or dashboards but never emitted: {missing:#?}\n(emitted: {} names)",
+        emitted.len()
+    );
+    // Recording rules read by the dashboards exist.
+    let unrecorded: Vec<&String> = used
+        .iter()
+        .filter(|n| n.contains(':') && !recorded.contains(*n))
+        .collect();
+    assert!(unrecorded.is_empty(), "{unrecorded:?} are read but no rule records them");
+}
