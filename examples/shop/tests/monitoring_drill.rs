@@ -1,0 +1,253 @@
+//! A live drill with the real stack: the demo under faults, a real
+//! Prometheus scraping it with the shipped rules loaded (in a copy whose
+//! `for:` durations are shortened, nothing else changed), the shipped
+//! Alertmanager configuration in a real Alertmanager, and a webhook receiver
+//! on the address that configuration names.
+//!
+//! - The card channel is down: the payment-success SLO of its channel
+//!   (`stripe`) burns, its fast-burn alert fires and reaches the pager
+//!   webhook.
+//! - Inventory's pool is exhausted (a critical infra alert for `inventory`)
+//!   while a recovery job cancels confirmed branches there (a critical
+//!   business alert for `inventory`): Alertmanager holds the business alert
+//!   back, inhibited by the infra one.
+//!
+//! Needs `prometheus` and `prometheus-alertmanager` (Debian packages).
+
+mod monitoring;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use monitoring::*;
+use serde_json::Value;
+
+const BASE: u16 = 7400;
+const PROMETHEUS: u16 = 7491;
+const ALERTMANAGER: u16 = 7493;
+/// The webhook address in `alerts/alertmanager.yml`.
+const WEBHOOK: &str = "127.0.0.1:5001";
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(program: &str, args: &[String], package: &str) -> Killed {
+    Killed(
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {program} ({e}): install it with `apt-get install {package}`")
+            }),
+    )
+}
+
+/// The shipped rule files with every `for:` shortened to `3s`.
+fn drill_rules(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for path in rule_files() {
+        let mut doc = yaml(&path);
+        for group in doc["groups"].as_sequence_mut().into_iter().flatten() {
+            for rule in group["rules"].as_sequence_mut().into_iter().flatten() {
+                if let Some(map) = rule.as_mapping_mut()
+                    && map.contains_key("for")
+                {
+                    map.insert("for".into(), "3s".into());
+                }
+            }
+        }
+        let name = path.file_name().expect("a file name");
+        let copy = dir.join(name);
+        std::fs::write(&copy, serde_yaml_ng::to_string(&doc).expect("YAML")).expect("write rules");
+        out.push(copy.to_string_lossy().into_owned());
+    }
+    out
+}
+
+fn prometheus_config(dir: &std::path::Path, rules: &[String]) -> String {
+    let targets: Vec<String> = (0..9)
+        .map(|i| format!("\"127.0.0.1:{}\"", BASE + i))
+        .chain([format!("\"127.0.0.1:{}\"", BASE + 80)])
+        .collect();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{}]\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"127.0.0.1:{ALERTMANAGER}\"]\nscrape_configs:\n  - job_name: paytrace-demo\n    static_configs:\n      - targets: [{}]\n",
+        rules
+            .iter()
+            .map(|r| format!("\"{r}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        targets.join(", ")
+    );
+    let path = dir.join("prometheus.yml");
+    std::fs::write(&path, config).expect("write prometheus.yml");
+    path.to_string_lossy().into_owned()
+}
+
+type Received = Arc<Mutex<Vec<(String, Value)>>>;
+
+async fn webhook(State(got): State<Received>, Path(receiver): Path<String>, Json(body): Json<Value>) {
+    got.lock().unwrap_or_else(|e| e.into_inner()).push((receiver, body));
+}
+
+/// Alerts Prometheus holds now, by name, with their state and labels.
+async fn prometheus_alerts(client: &reqwest::Client) -> Vec<Value> {
+    let url = format!("http://127.0.0.1:{PROMETHEUS}/api/v1/alerts");
+    match client.get(url).send().await {
+        Ok(r) => r
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v["data"]["alerts"].as_array().cloned())
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn alertmanager_alerts(client: &reqwest::Client) -> Vec<Value> {
+    let url = format!("http://127.0.0.1:{ALERTMANAGER}/api/v2/alerts");
+    match client.get(url).send().await {
+        Ok(r) => r.json::<Vec<Value>>().await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn labelled<'a>(alerts: &'a [Value], name: &str, key: &str, value: &str) -> Option<&'a Value> {
+    alerts
+        .iter()
+        .find(|a| a["labels"]["alertname"] == name && a["labels"][key] == value)
+}
+
+#[test]
+fn a_channel_outage_pages_and_an_infra_cause_inhibits_its_business_symptom() {
+    let dir = std::env::temp_dir().join(format!("paytrace-drill-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("prometheus")).expect("temp dir");
+    std::fs::create_dir_all(dir.join("alertmanager")).expect("temp dir");
+    let rules = drill_rules(&dir);
+    let config = prometheus_config(&dir, &rules);
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let received: Received = Arc::default();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(WEBHOOK))
+        .unwrap_or_else(|e| panic!("the webhook needs {WEBHOOK} free: {e}"));
+    let app = axum::Router::new()
+        .route("/{receiver}", axum::routing::post(webhook))
+        .with_state(received.clone());
+    rt.spawn(async move { axum::serve(listener, app).await });
+
+    let _alertmanager = spawn(
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}", repo().join("alerts/alertmanager.yml").display()),
+            format!("--storage.path={}", dir.join("alertmanager").display()),
+            format!("--web.listen-address=127.0.0.1:{ALERTMANAGER}"),
+            "--cluster.listen-address=".to_owned(),
+        ],
+        "prometheus-alertmanager",
+    );
+    let _prometheus = spawn(
+        "prometheus",
+        &[
+            format!("--config.file={config}"),
+            format!("--storage.tsdb.path={}", dir.join("prometheus").display()),
+            format!("--web.listen-address=127.0.0.1:{PROMETHEUS}"),
+        ],
+        "prometheus",
+    );
+    let _demo = spawn(
+        env!("CARGO_BIN_EXE_paytrace-demo"),
+        &[
+            "--duration".into(),
+            "300s".into(),
+            "--rps".into(),
+            "15".into(),
+            "--port-base".into(),
+            BASE.to_string(),
+            "--chaos".into(),
+            "channel-down,pool-exhausted,cancel-after-confirm".into(),
+            "--chaos-channel".into(),
+            "card".into(),
+        ],
+        "the demo (cargo build)",
+    );
+
+    let outcome = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let mut paged = false;
+        let mut inhibited = None;
+        while Instant::now() < deadline && !(paged && inhibited.is_some()) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            paged = received
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|(receiver, body)| {
+                    receiver == "pager"
+                        && body["alerts"].as_array().into_iter().flatten().any(|a| {
+                            a["status"] == "firing"
+                                && a["labels"]["alertname"] == "PaymentSuccessBurnRateFast"
+                                && a["labels"]["payment_channel"] == "stripe"
+                        })
+                });
+            let am = alertmanager_alerts(&client).await;
+            let source = labelled(&am, "ResourcePoolExhausted", "service", "inventory");
+            let target = labelled(&am, "TccCancelAfterConfirm", "service", "inventory");
+            if let (Some(source), Some(target)) = (source, target)
+                && target["status"]["state"] == "suppressed"
+                && target["status"]["inhibitedBy"]
+                    .as_array()
+                    .is_some_and(|by| by.contains(&source["fingerprint"]))
+            {
+                inhibited = Some(target.clone());
+            }
+        }
+        let prom = prometheus_alerts(&client).await;
+        let am = alertmanager_alerts(&client).await;
+        (paged, inhibited, prom, am)
+    });
+    let (paged, inhibited, prom, am) = outcome;
+    let states: BTreeMap<String, String> = prom
+        .iter()
+        .map(|a| {
+            (
+                format!("{} {}", a["labels"]["alertname"], a["labels"]["service"]),
+                a["state"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        paged,
+        "PaymentSuccessBurnRateFast{{payment_channel=\"stripe\"}} never reached the pager webhook.\nPrometheus: {states:#?}\nwebhook: {:#?}",
+        received.lock().unwrap_or_else(|e| e.into_inner())
+    );
+    assert!(
+        inhibited.is_some(),
+        "TccCancelAfterConfirm{{service=\"inventory\"}} was not held back by ResourcePoolExhausted{{service=\"inventory\"}}.\nPrometheus: {states:#?}\nAlertmanager: {am:#?}"
+    );
+    // The payment service has no infra alert: its page went through.
+    let payment = labelled(&am, "PaymentSuccessBurnRateFast", "payment_channel", "stripe")
+        .expect("still active in Alertmanager");
+    assert_eq!(payment["status"]["state"], "active", "{payment}");
+    // Only the channel that is down burns.
+    for channel in ["alipay", "wxpay"] {
+        assert!(
+            labelled(&prom, "PaymentSuccessBurnRateFast", "payment_channel", channel).is_none(),
+            "{channel} is not down: {states:#?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
