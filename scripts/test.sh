@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of paytrace: formatting, clippy, unit and
-# integration tests (against real promtool, real HTTP servers and real OTLP
-# receivers), and doc tests.
+# integration tests (against real HTTP servers, real OTLP receivers, real
+# redis-server, real Prometheus/promtool, Alertmanager/amtool and node
+# exporter), and doc tests.
 #
 # On a fresh Debian machine it installs the system packages the suite needs
 # when run as root; otherwise it says which command installs them.
@@ -29,8 +30,12 @@ need() {
 }
 
 need promtool prometheus
+need prometheus prometheus
 need redis-server redis-server
 need amtool prometheus-alertmanager
+need prometheus-alertmanager prometheus-alertmanager
+need prometheus-node-exporter prometheus-node-exporter
+need python3 python3   # scripts/dashboards.py --check
 need cargo cargo   # the Rust toolchain itself: https://rustup.rs if apt's is too old
 
 echo "==> cargo fmt --check"

@@ -594,8 +594,12 @@ impl TccResource {
         }
         for phase in [Phase::Try, Phase::Confirm, Phase::Cancel] {
             for outcome in ["ok", "error", "skipped", "rejected"] {
-                f.tcc_phases
-                    .with_label_values(&[service.name(), resource.as_str(), phase.as_str(), outcome]);
+                f.tcc_phases.with_label_values(&[
+                    service.name(),
+                    resource.as_str(),
+                    phase.as_str(),
+                    outcome,
+                ]);
             }
         }
         service.families().sampled.add(Box::new(PendingSampler {

@@ -16,9 +16,13 @@ fn dashboards() -> Vec<(String, Value)> {
     files("dashboards", ".json")
         .into_iter()
         .map(|p| {
-            let name = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let doc = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
+            let doc =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
             (name, doc)
         })
         .collect()
@@ -37,41 +41,15 @@ fn exprs(panel: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The expression with Grafana's variables replaced by values PromQL accepts.
-pub fn substituted(expr: &str) -> String {
-    let expr = expr.replace("$__rate_interval", "5m");
-    let mut out = String::new();
-    let mut chars = expr.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '$' {
-            out.push(c);
-            continue;
-        }
-        let braced = chars.peek() == Some(&'{');
-        if braced {
-            chars.next();
-        }
-        while chars
-            .peek()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_')
-        {
-            chars.next();
-        }
-        if braced {
-            chars.next();
-        }
-        out.push_str("value");
-    }
-    out
-}
-
 #[test]
 fn the_dashboards_are_what_the_script_writes() {
     let out = Command::new("python3")
         .arg(repo().join("scripts/dashboards.py"))
         .arg("--check")
         .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 ({e}): install it with `apt-get install python3`"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run python3 ({e}): install it with `apt-get install python3`")
+        });
     assert!(
         out.status.success(),
         "{}",
@@ -82,14 +60,26 @@ fn the_dashboards_are_what_the_script_writes() {
 #[test]
 fn every_dashboard_is_importable() {
     let all = dashboards();
-    assert_eq!(all.len(), 5, "checkout overview, stage breakdown, TCC, USE, aggregator");
+    assert_eq!(
+        all.len(),
+        5,
+        "checkout overview, stage breakdown, TCC, USE, aggregator"
+    );
     let mut uids = std::collections::BTreeSet::new();
     for (name, doc) in &all {
-        assert!(uids.insert(doc["uid"].as_str().expect("uid").to_owned()), "{name}: uid reused");
-        assert!(doc["title"].as_str().is_some_and(|t| !t.is_empty()), "{name}: no title");
+        assert!(
+            uids.insert(doc["uid"].as_str().expect("uid").to_owned()),
+            "{name}: uid reused"
+        );
+        assert!(
+            doc["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{name}: no title"
+        );
         let vars = doc["templating"]["list"].as_array().expect("templating");
         assert!(
-            vars.iter().any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus"),
+            vars.iter().any(|v| v["name"] == "datasource"
+                && v["type"] == "datasource"
+                && v["query"] == "prometheus"),
             "{name}: no prometheus `datasource` variable"
         );
         let mut ids = std::collections::BTreeSet::new();
@@ -104,7 +94,10 @@ fn every_dashboard_is_importable() {
                 g["w"].as_u64().expect("w"),
                 g["h"].as_u64().expect("h"),
             );
-            assert!(w > 0 && h > 0 && x + w <= 24, "{name}: panel {id} is off the grid: {g}");
+            assert!(
+                w > 0 && h > 0 && x + w <= 24,
+                "{name}: panel {id} is off the grid: {g}"
+            );
             for cx in x..x + w {
                 for cy in y..y + h {
                     if let Some(other) = cells.insert((cx, cy), id) {
@@ -128,13 +121,19 @@ fn every_panel_is_described_and_queries_the_datasource_variable() {
             if p["description"].as_str().is_none_or(str::is_empty) {
                 problems.push(format!("{at}: no description"));
             }
-            if p["fieldConfig"]["defaults"]["unit"].as_str().is_none_or(str::is_empty) {
+            if p["fieldConfig"]["defaults"]["unit"]
+                .as_str()
+                .is_none_or(str::is_empty)
+            {
                 problems.push(format!("{at}: no unit"));
             }
             if p["datasource"]["uid"] != "${datasource}" {
                 problems.push(format!("{at}: panel datasource is not ${{datasource}}"));
             }
-            let targets = p["targets"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let targets = p["targets"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             if targets.is_empty() {
                 problems.push(format!("{at}: no query"));
             }
@@ -153,7 +152,7 @@ fn every_panel_is_described_and_queries_the_datasource_variable() {
                         }
                     }
                 }
-                if let Err(err) = metric_names(&substituted(&e)) {
+                if let Err(err) = metric_names(&grafana_substituted(&e)) {
                     problems.push(format!("{at}: does not parse ({err}): {e}"));
                 }
             }
@@ -171,9 +170,9 @@ fn stage_panels_link_to_the_aggregator_page_and_histograms_have_heatmaps() {
         .expect("the stage breakdown dashboard");
     let mut linked = 0;
     for p in panels(stages).into_iter().filter(|p| p["type"] != "row") {
-        let by_stage = exprs(p)
-            .iter()
-            .any(|e| e.contains("by (stage") || e.contains("stage=\"$stage\"") || e.contains(", stage)"));
+        let by_stage = exprs(p).iter().any(|e| {
+            e.contains("by (stage") || e.contains("stage=\"$stage\"") || e.contains(", stage)")
+        });
         if !by_stage {
             continue;
         }
@@ -190,6 +189,9 @@ fn stage_panels_link_to_the_aggregator_page_and_histograms_have_heatmaps() {
         linked += 1;
     }
     assert!(linked >= 5, "only {linked} stage panels");
-    let heatmaps = panels(stages).iter().filter(|p| p["type"] == "heatmap").count();
+    let heatmaps = panels(stages)
+        .iter()
+        .filter(|p| p["type"] == "heatmap")
+        .count();
     assert!(heatmaps >= 3, "stage and end-to-end histograms as heatmaps");
 }

@@ -98,8 +98,14 @@ fn prometheus_config(dir: &std::path::Path, rules: &[String]) -> String {
 
 type Received = Arc<Mutex<Vec<(String, Value)>>>;
 
-async fn webhook(State(got): State<Received>, Path(receiver): Path<String>, Json(body): Json<Value>) {
-    got.lock().unwrap_or_else(|e| e.into_inner()).push((receiver, body));
+async fn webhook(
+    State(got): State<Received>,
+    Path(receiver): Path<String>,
+    Json(body): Json<Value>,
+) {
+    got.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((receiver, body));
 }
 
 /// Alerts Prometheus holds now, by name, with their state and labels.
@@ -151,7 +157,10 @@ fn a_channel_outage_pages_and_an_infra_cause_inhibits_its_business_symptom() {
     let _alertmanager = spawn(
         "prometheus-alertmanager",
         &[
-            format!("--config.file={}", repo().join("alerts/alertmanager.yml").display()),
+            format!(
+                "--config.file={}",
+                repo().join("alerts/alertmanager.yml").display()
+            ),
             format!("--storage.path={}", dir.join("alertmanager").display()),
             format!("--web.listen-address=127.0.0.1:{ALERTMANAGER}"),
             "--cluster.listen-address=".to_owned(),
@@ -239,13 +248,24 @@ fn a_channel_outage_pages_and_an_infra_cause_inhibits_its_business_symptom() {
         "TccCancelAfterConfirm{{service=\"inventory\"}} was not held back by ResourcePoolExhausted{{service=\"inventory\"}}.\nPrometheus: {states:#?}\nAlertmanager: {am:#?}"
     );
     // The payment service has no infra alert: its page went through.
-    let payment = labelled(&am, "PaymentSuccessBurnRateFast", "payment_channel", "stripe")
-        .expect("still active in Alertmanager");
+    let payment = labelled(
+        &am,
+        "PaymentSuccessBurnRateFast",
+        "payment_channel",
+        "stripe",
+    )
+    .expect("still active in Alertmanager");
     assert_eq!(payment["status"]["state"], "active", "{payment}");
     // Only the channel that is down burns.
     for channel in ["alipay", "wxpay"] {
         assert!(
-            labelled(&prom, "PaymentSuccessBurnRateFast", "payment_channel", channel).is_none(),
+            labelled(
+                &prom,
+                "PaymentSuccessBurnRateFast",
+                "payment_channel",
+                channel
+            )
+            .is_none(),
             "{channel} is not down: {states:#?}"
         );
     }

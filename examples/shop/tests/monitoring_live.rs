@@ -57,42 +57,17 @@ fn used_and_recorded() -> (BTreeSet<String>, BTreeSet<String>) {
     }
     for path in files("dashboards", ".json") {
         let doc: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("JSON");
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard"))
+                .expect("JSON");
         for p in doc["panels"].as_array().into_iter().flatten() {
             for t in p["targets"].as_array().into_iter().flatten() {
                 if let Some(e) = t["expr"].as_str() {
-                    let e = e.replace("$__rate_interval", "5m");
-                    let e = regex_free_substitute(&e);
-                    used.extend(metric_names(&e).expect("dashboards parse"));
+                    used.extend(metric_names(&grafana_substituted(e)).expect("dashboards parse"));
                 }
             }
         }
     }
     (used, recorded)
-}
-
-/// Replaces `$name` and `${name}` with a plain value.
-fn regex_free_substitute(expr: &str) -> String {
-    let mut out = String::new();
-    let mut chars = expr.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '$' {
-            out.push(c);
-            continue;
-        }
-        let braced = chars.peek() == Some(&'{');
-        if braced {
-            chars.next();
-        }
-        while chars.peek().is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_') {
-            chars.next();
-        }
-        if braced {
-            chars.next();
-        }
-        out.push_str("value");
-    }
-    out
 }
 
 async fn scrape(client: &reqwest::Client, url: &str) -> Option<String> {
@@ -133,7 +108,9 @@ fn every_metric_the_alerts_and_dashboards_read_is_emitted() {
             .spawn()
             .expect("the demo starts"),
     );
-    let mut targets: Vec<String> = (0..9).map(|i| format!("http://127.0.0.1:{}/metrics", BASE + i)).collect();
+    let mut targets: Vec<String> = (0..9)
+        .map(|i| format!("http://127.0.0.1:{}/metrics", BASE + i))
+        .collect();
     targets.push(format!("http://127.0.0.1:{}/metrics", BASE + 80));
     targets.push(format!("http://127.0.0.1:{NODE}/metrics"));
 
@@ -172,5 +149,8 @@ fn every_metric_the_alerts_and_dashboards_read_is_emitted() {
         .iter()
         .filter(|n| n.contains(':') && !recorded.contains(*n))
         .collect();
-    assert!(unrecorded.is_empty(), "{unrecorded:?} are read but no rule records them");
+    assert!(
+        unrecorded.is_empty(),
+        "{unrecorded:?} are read but no rule records them"
+    );
 }

@@ -10,11 +10,11 @@ use std::process::Command;
 use promql_parser::parser::Expr;
 use serde_yaml_ng::Value;
 
-pub fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-pub fn files(dir: &str, suffix: &str) -> Vec<PathBuf> {
+pub(crate) fn files(dir: &str, suffix: &str) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(repo().join(dir))
         .unwrap_or_else(|e| panic!("cannot list {dir}: {e}"))
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -25,20 +25,20 @@ pub fn files(dir: &str, suffix: &str) -> Vec<PathBuf> {
     out
 }
 
-pub fn rule_files() -> Vec<PathBuf> {
+pub(crate) fn rule_files() -> Vec<PathBuf> {
     files("alerts", ".rules.yml")
 }
 
-pub fn test_files() -> Vec<PathBuf> {
+pub(crate) fn test_files() -> Vec<PathBuf> {
     files("alerts/tests", ".test.yml")
 }
 
-pub fn yaml(path: &Path) -> Value {
+pub(crate) fn yaml(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-pub fn promtool(args: &[&str], files: &[PathBuf]) {
+pub(crate) fn promtool(args: &[&str], files: &[PathBuf]) {
     let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".to_owned());
     let out = Command::new(&promtool)
         .args(args)
@@ -57,7 +57,7 @@ pub fn promtool(args: &[&str], files: &[PathBuf]) {
 }
 
 /// Every rule of every rule file, with the file it is in.
-pub fn rules() -> Vec<(PathBuf, Value)> {
+pub(crate) fn rules() -> Vec<(PathBuf, Value)> {
     let mut out = Vec::new();
     for path in rule_files() {
         let doc = yaml(&path);
@@ -76,20 +76,19 @@ pub fn rules() -> Vec<(PathBuf, Value)> {
     out
 }
 
-pub fn alerts() -> Vec<(PathBuf, Value)> {
+pub(crate) fn alerts() -> Vec<(PathBuf, Value)> {
     rules()
         .into_iter()
         .filter(|(_, r)| r.get("alert").is_some())
         .collect()
 }
 
-pub fn text(v: &Value, key: &str) -> String {
+pub(crate) fn text(v: &Value, key: &str) -> String {
     v[key].as_str().map(str::to_owned).unwrap_or_default()
 }
 
-
 /// The metric names `expr` reads (recording rules' names included).
-pub fn metric_names(expr: &str) -> Result<BTreeSet<String>, String> {
+pub(crate) fn metric_names(expr: &str) -> Result<BTreeSet<String>, String> {
     fn walk(e: &Expr, out: &mut BTreeSet<String>) {
         match e {
             Expr::Aggregate(a) => {
@@ -123,4 +122,33 @@ pub fn metric_names(expr: &str) -> Result<BTreeSet<String>, String> {
     let mut out = BTreeSet::new();
     walk(&parsed, &mut out);
     Ok(out)
+}
+
+/// A Grafana query with its variables replaced by values PromQL accepts:
+/// `$__rate_interval` by `5m`, any other `$name` or `${name}` by `value`.
+pub(crate) fn grafana_substituted(expr: &str) -> String {
+    let expr = expr.replace("$__rate_interval", "5m");
+    let mut out = String::new();
+    let mut chars = expr.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        let braced = chars.peek() == Some(&'{');
+        if braced {
+            chars.next();
+        }
+        while chars
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_')
+        {
+            chars.next();
+        }
+        if braced {
+            chars.next();
+        }
+        out.push_str("value");
+    }
+    out
 }
