@@ -2,7 +2,7 @@
 # Runs every check and test of paytrace: formatting, clippy, unit and
 # integration tests (against real HTTP servers, real OTLP receivers, real
 # redis-server, real Prometheus/promtool, Alertmanager/amtool and node
-# exporter), and doc tests.
+# exporter, headless Chromium), and doc tests.
 #
 # On a fresh Debian machine it installs the system packages the suite needs
 # when run as root; otherwise it says which command installs them.
@@ -36,6 +36,8 @@ need amtool prometheus-alertmanager
 need prometheus-alertmanager prometheus-alertmanager
 need prometheus-node-exporter prometheus-node-exporter
 need python3 python3   # scripts/dashboards.py --check
+need chromium chromium # the aggregator page's browser tests
+need chromedriver chromium-driver
 need cargo cargo   # the Rust toolchain itself: https://rustup.rs if apt's is too old
 
 echo "==> cargo fmt --check"

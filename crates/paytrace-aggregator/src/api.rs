@@ -6,6 +6,8 @@
 //! - `GET /api/v1/tcc/anomalies[?kind=K][&resource=R][&limit=N]`: newest first
 //! - `GET /api/v1/tcc/unfinished[?limit=N]`: transactions waiting past the
 //!   TCC timeout, oldest first
+//! - `GET /api/v1/timeseries?flow=F&window=1h[&payment_method=M][&payment_channel=C]`:
+//!   end-to-end p50/p99 per minute
 //! - `GET /metrics`, `GET /healthz`, `GET /readyz`
 
 use std::sync::Arc;
@@ -118,6 +120,24 @@ async fn breakdown(State(p): State<Arc<Pipeline>>, Query(q): Query<BreakdownQuer
     Json(b).into_response()
 }
 
+async fn timeseries(State(p): State<Arc<Pipeline>>, Query(q): Query<BreakdownQuery>) -> Response {
+    let Some(flow) = q.flow.filter(|f| !f.is_empty()) else {
+        return bad_request("the flow parameter is required, e.g. ?flow=checkout".to_owned());
+    };
+    let minutes = match window(q.window.as_deref()) {
+        Ok(m) => m,
+        Err(e) => return bad_request(e),
+    };
+    let points = p.timeseries(
+        &flow,
+        minutes,
+        q.payment_method.as_deref().filter(|s| !s.is_empty()),
+        q.payment_channel.as_deref().filter(|s| !s.is_empty()),
+        wall_minute(),
+    );
+    Json(serde_json::json!({ "flow": flow, "points": points })).into_response()
+}
+
 async fn slow(State(p): State<Arc<Pipeline>>, Query(q): Query<SlowQuery>) -> Response {
     let Some(flow) = q.flow.filter(|f| !f.is_empty()) else {
         return bad_request("the flow parameter is required, e.g. ?flow=checkout".to_owned());
@@ -186,6 +206,7 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/breakdown", get(breakdown))
         .route("/api/v1/traces/slow", get(slow))
+        .route("/api/v1/timeseries", get(timeseries))
         .route("/api/v1/tcc/anomalies", get(tcc_anomalies))
         .route("/api/v1/tcc/unfinished", get(tcc_unfinished))
         .route("/metrics", get(metrics))

@@ -333,6 +333,11 @@ impl Groups {
         acc
     }
 
+    /// The groups with data.
+    pub fn keys(&self) -> impl Iterator<Item = &GroupKey> {
+        self.groups.keys()
+    }
+
     /// The flows seen, sorted.
     pub fn flows(&self) -> Vec<Arc<str>> {
         let mut flows: Vec<_> = self.groups.keys().map(|k| k.flow.clone()).collect();

@@ -17,7 +17,7 @@
 //! - [`tcc`]: global TCC transactions followed across services, and their
 //!   anomalies.
 //! - [`pipeline`]: the live pipeline; [`receiver`]: OTLP in; [`api`]: JSON out;
-//!   [`server`]: all of it on sockets.
+//!   [`page`]: the web page; [`server`]: all of it on sockets.
 //! - [`slo`]: SLOs as code: burn-rate rules generated from a spec.
 //! - [`testing`]: builders for hand-made spans.
 
@@ -29,6 +29,7 @@ pub mod breakdown;
 pub mod config;
 pub mod decode;
 pub mod flows;
+pub mod page;
 pub mod pipeline;
 pub mod receiver;
 pub mod server;

@@ -28,8 +28,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Receive OTLP traces and serve live breakdowns: the JSON API and
-    /// `/metrics` on --listen. Everything binds to 127.0.0.1 by default.
+    /// Receive OTLP traces and serve live breakdowns: the web page, the JSON
+    /// API and `/metrics` on --listen. Everything binds to 127.0.0.1 by default.
     Serve(ServeArgs),
     /// Analyse OTLP JSON files (the OpenTelemetry Collector file exporter's
     /// format: one ExportTraceServiceRequest per line) and print where each
@@ -141,6 +141,10 @@ struct ServeArgs {
     /// Set it above your order payment timeout.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     tcc_timeout: Duration,
+    /// Link traces on the page to a trace viewer, e.g.
+    /// 'http://jaeger:16686/trace/{trace_id}' or a Grafana Tempo explore URL.
+    #[arg(long)]
+    trace_url_template: Option<String>,
     /// Configuration file (TOML): stage rules for plain OpenTelemetry spans,
     /// terminal stages of flows.
     #[arg(long)]
@@ -240,6 +244,15 @@ fn serve(args: ServeArgs) -> ExitCode {
     // a flow is final once idle.
     config.pipeline.tcc.settle = args.flow_idle;
     config.pipeline.tcc.timeout = args.tcc_timeout;
+    if let Some(t) = &args.trace_url_template {
+        config.page = match config.page.trace_url_template(t) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    }
     config
         .pipeline
         .flows
@@ -264,6 +277,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         tracing::info!(
             otlp_grpc = %running.otlp_grpc,
             otlp_http = %running.otlp_http,
+            page = %format!("http://{}/", running.listen),
             api = %format!("http://{}/api/v1/flows", running.listen),
             metrics = %format!("http://{}/metrics", running.listen),
             "paytrace-aggregator listening"

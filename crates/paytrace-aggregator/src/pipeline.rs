@@ -58,6 +58,55 @@ pub struct PipelineConfig {
 pub const WINDOWS_MINUTES: [u64; 4] = [1, 5, 15, 60];
 
 const RECENT_PER_FLOW: usize = 500;
+/// Recent instances per flow that keep their spans (for the waterfall):
+/// the slowest, and always the newest few.
+const HELD_PER_FLOW: usize = 100;
+const NEWEST_HELD: usize = 20;
+
+/// A recent flow instance: its analysis and, while held, its spans.
+#[derive(Debug)]
+struct Recent {
+    analysis: FlowAnalysis,
+    spans: Option<Vec<Vec<crate::span::Span>>>,
+}
+
+/// One span of a slow flow, for a waterfall.
+#[derive(Clone, Debug, Serialize)]
+pub struct SpanView {
+    /// Its trace.
+    pub trace_id: String,
+    /// Its id.
+    pub span_id: String,
+    /// Its parent, if any.
+    pub parent_span_id: Option<String>,
+    /// The span name.
+    pub name: String,
+    /// `service.name`.
+    pub service: String,
+    /// Its stage, if it is one.
+    pub stage: Option<String>,
+    /// Start, seconds after the flow's start.
+    pub offset_seconds: f64,
+    /// Duration, seconds.
+    pub duration_seconds: f64,
+    /// Whether its status is an error.
+    pub error: bool,
+    /// Whether part of it is on the flow's critical path.
+    pub critical: bool,
+}
+
+/// One minute of a flow's end-to-end latency.
+#[derive(Clone, Debug, Serialize)]
+pub struct MinutePoint {
+    /// The minute's start, seconds since the epoch.
+    pub start_unix_seconds: u64,
+    /// Complete instances that ended in the minute.
+    pub traces: u64,
+    /// End-to-end median, seconds.
+    pub p50: f64,
+    /// End-to-end 99th percentile, seconds.
+    pub p99: f64,
+}
 
 /// One flow instance kept for the slow-flows view.
 #[derive(Clone, Debug, Serialize)]
@@ -82,6 +131,9 @@ pub struct SlowFlow {
     pub critical_path: Vec<PathStep>,
     /// Per stage: seconds on the critical path.
     pub stages: Vec<(String, f64)>,
+    /// Every span, earliest first, while the aggregator still holds them
+    /// (it holds the slowest and the newest instances of each flow).
+    pub spans: Option<Vec<SpanView>>,
 }
 
 /// One step of a slow flow's critical path.
@@ -125,6 +177,10 @@ pub struct FlowSummary {
     pub error_share: f64,
     /// Instances reported incomplete in the window.
     pub incomplete: u64,
+    /// Payment methods seen in the window.
+    pub payment_methods: Vec<String>,
+    /// Payment channels seen in the window.
+    pub payment_channels: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -139,7 +195,7 @@ struct State {
     assembler: Assembler,
     flows: FlowBuffer,
     minutes: VecDeque<Minute>,
-    recent: HashMap<Arc<str>, VecDeque<FlowAnalysis>>,
+    recent: HashMap<Arc<str>, VecDeque<Recent>>,
     labels: HashMap<&'static str, HashSet<Arc<str>>>,
     tcc: TccTracker,
     /// Anomalies counted since start, by (resource, kind), as in the counter.
@@ -549,7 +605,11 @@ impl Pipeline {
         if recent.len() >= RECENT_PER_FLOW {
             recent.pop_front();
         }
-        recent.push_back(analysis);
+        recent.push_back(Recent {
+            analysis,
+            spans: Some(finished.traces),
+        });
+        release_spans(recent);
     }
 
     /// `value`, or `other` once `name` has reached its limit of distinct values.
@@ -677,7 +737,17 @@ impl Pipeline {
                     incomplete += m.incomplete.get(&flow).copied().unwrap_or(0);
                 }
                 let b = acc.breakdown(&flow, None, None, None);
+                let mut payment_methods = std::collections::BTreeSet::new();
+                let mut payment_channels = std::collections::BTreeSet::new();
+                for m in &minutes {
+                    for key in m.groups.keys().filter(|k| k.flow == flow) {
+                        payment_methods.extend(key.payment_method.as_deref().map(str::to_owned));
+                        payment_channels.extend(key.payment_channel.as_deref().map(str::to_owned));
+                    }
+                }
                 FlowSummary {
+                    payment_methods: payment_methods.into_iter().collect(),
+                    payment_channels: payment_channels.into_iter().collect(),
                     flow: flow.to_string(),
                     traces: b.traces,
                     p50: b.end_to_end.p50,
@@ -708,15 +778,41 @@ impl Pipeline {
                 .find(|st| &*st.stage == s)
                 .map(|st| st.critical_path_ns),
         };
-        let mut matching: Vec<(u64, &FlowAnalysis)> = recent
+        let mut matching: Vec<(u64, &Recent)> = recent
             .iter()
-            .filter_map(|f| key(f).map(|k| (k, f)))
+            .filter_map(|r| key(&r.analysis).map(|k| (k, r)))
             .collect();
         matching.sort_by_key(|m| std::cmp::Reverse(m.0));
         matching
             .into_iter()
             .take(limit)
-            .map(|(_, f)| slow_flow(f))
+            .map(|(_, r)| slow_flow(&r.analysis, r.spans.as_deref()))
+            .collect()
+    }
+
+    /// End-to-end latency of `flow` per minute over the window, oldest first.
+    pub fn timeseries(
+        &self,
+        flow: &str,
+        window_minutes: u64,
+        payment_method: Option<&str>,
+        payment_channel: Option<&str>,
+        now_minute: u64,
+    ) -> Vec<MinutePoint> {
+        let state = self.state();
+        in_window(&state.minutes, now_minute, window_minutes)
+            .map(|m| {
+                let b = m
+                    .groups
+                    .select(flow, payment_method, payment_channel)
+                    .breakdown(flow, payment_method, payment_channel, Some(60));
+                MinutePoint {
+                    start_unix_seconds: m.minute * 60,
+                    traces: b.traces,
+                    p50: b.end_to_end.p50,
+                    p99: b.end_to_end.p99,
+                }
+            })
             .collect()
     }
 
@@ -766,7 +862,51 @@ fn in_window(
         .filter(move |m| m.minute + window_minutes > now_minute && m.minute <= now_minute)
 }
 
-fn slow_flow(a: &FlowAnalysis) -> SlowFlow {
+/// Keeps the spans of at most [`HELD_PER_FLOW`] instances: past it, the
+/// fastest instance that is not among the newest [`NEWEST_HELD`] lets go.
+fn release_spans(recent: &mut VecDeque<Recent>) {
+    let held = recent.iter().filter(|r| r.spans.is_some()).count();
+    if held <= HELD_PER_FLOW {
+        return;
+    }
+    let older = recent.len().saturating_sub(NEWEST_HELD);
+    if let Some(fastest) = recent
+        .iter_mut()
+        .take(older)
+        .filter(|r| r.spans.is_some())
+        .min_by_key(|r| r.analysis.duration_ns())
+    {
+        fastest.spans = None;
+    }
+}
+
+fn span_views(a: &FlowAnalysis, traces: &[Vec<crate::span::Span>]) -> Vec<SpanView> {
+    let critical: HashSet<crate::span::SpanId> = a
+        .critical_path
+        .iter()
+        .filter_map(|seg| seg.span_id)
+        .collect();
+    let mut spans: Vec<SpanView> = traces
+        .iter()
+        .flatten()
+        .map(|span| SpanView {
+            trace_id: span.trace_id.to_string(),
+            span_id: span.span_id.to_string(),
+            parent_span_id: span.parent_span_id.map(|p| p.to_string()),
+            name: span.name.to_string(),
+            service: span.service.to_string(),
+            stage: span.business.stage.as_deref().map(str::to_owned),
+            offset_seconds: span.start_ns.saturating_sub(a.start_ns) as f64 / 1e9,
+            duration_seconds: span.duration_ns() as f64 / 1e9,
+            error: span.is_error,
+            critical: critical.contains(&span.span_id),
+        })
+        .collect();
+    spans.sort_by(|x, y| x.offset_seconds.total_cmp(&y.offset_seconds));
+    spans
+}
+
+fn slow_flow(a: &FlowAnalysis, traces: Option<&[Vec<crate::span::Span>]>) -> SlowFlow {
     let s = |ns: u64| ns as f64 / 1e9;
     let mut path: Vec<PathStep> = a
         .critical_path
@@ -795,6 +935,7 @@ fn slow_flow(a: &FlowAnalysis) -> SlowFlow {
             .iter()
             .map(|st| (st.stage.to_string(), s(st.critical_path_ns)))
             .collect(),
+        spans: traces.map(|t| span_views(a, t)),
     }
 }
 
@@ -813,6 +954,41 @@ mod tests {
             spans,
             ..Decoded::default()
         }
+    }
+
+    #[test]
+    fn spans_are_held_for_the_slowest_and_the_newest_instances_only() {
+        let p = Pipeline::new(PipelineConfig::default());
+        // 150 instances; durations 1..=150 ms, except the oldest, the slowest.
+        for i in 0..150u64 {
+            let ms = if i == 0 { 10_000 } else { i };
+            let mut t = one_trace(0, "checkout", ms);
+            t.spans[0].trace_id = TraceId((i as u128 + 1).to_be_bytes());
+            p.ingest(Protocol::Grpc, t, Instant::now());
+            p.flush(100);
+        }
+        let slow = p.slow("checkout", None, 500);
+        assert_eq!(slow.len(), 150);
+        let held: Vec<&SlowFlow> = slow.iter().filter(|f| f.spans.is_some()).collect();
+        assert_eq!(held.len(), HELD_PER_FLOW);
+        assert!(
+            slow[0].spans.is_some(),
+            "the slowest keeps its spans however old"
+        );
+        assert!(
+            (130..150).all(|ms| slow
+                .iter()
+                .any(|f| (f.duration_seconds - ms as f64 / 1e3).abs() < 1e-9 && f.spans.is_some())),
+            "the newest keep theirs"
+        );
+        let spans = slow[0].spans.as_ref().expect("held");
+        assert_eq!(spans.len(), 1);
+        assert!(spans[0].critical, "a lone root is its own critical path");
+        // Per minute: one point with all of them.
+        let points = p.timeseries("checkout", 15, None, None, 100);
+        assert_eq!(points.len(), 1);
+        assert_eq!(points[0].traces, 150);
+        assert_eq!(points[0].start_unix_seconds, 6_000);
     }
 
     #[test]

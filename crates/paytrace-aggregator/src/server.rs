@@ -28,6 +28,8 @@ pub struct ServeConfig {
     pub receiver: ReceiverLimits,
     /// How often traces and flows are checked for completion.
     pub tick: Duration,
+    /// The web page.
+    pub page: crate::page::PageConfig,
 }
 
 impl Default for ServeConfig {
@@ -39,6 +41,7 @@ impl Default for ServeConfig {
             pipeline: PipelineConfig::default(),
             receiver: ReceiverLimits::default(),
             tick: Duration::from_millis(250),
+            page: crate::page::PageConfig::default(),
         }
     }
 }
@@ -121,7 +124,8 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
             tracing::error!(error = %e, "the OTLP/HTTP receiver stopped");
         }
     });
-    let api_router = crate::api::router(pipeline.clone());
+    let api_router =
+        crate::api::router(pipeline.clone()).merge(crate::page::router(config.page.clone()));
     let api_stop = stop(&shutdown);
     tasks.spawn(async move {
         if let Err(e) = axum::serve(api, api_router)
