@@ -17,7 +17,7 @@
 mod monitoring;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,15 +31,6 @@ const PROMETHEUS: u16 = 7491;
 const ALERTMANAGER: u16 = 7493;
 /// The webhook address in `alerts/alertmanager.yml`.
 const WEBHOOK: &str = "127.0.0.1:5001";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn spawn(program: &str, args: &[String], package: &str) -> Killed {
     Killed(

@@ -8,19 +8,10 @@
 mod monitoring;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use monitoring::*;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Metric names in the exposition `text`, histogram series names included.
 fn exposed(text: &str) -> BTreeSet<String> {
