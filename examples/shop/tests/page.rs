@@ -349,6 +349,10 @@ fn addresses() -> ServeConfig {
     config.pipeline.assembler.trace_idle = Duration::from_millis(100);
     config.pipeline.flows.flow_idle = Duration::from_millis(100);
     config.pipeline.flows.terminal_stages.clear();
+    config.page = config
+        .page
+        .trace_url_template("http://jaeger.example:16686/trace/{trace_id}")
+        .expect("a template with {trace_id}");
     config
 }
 
@@ -427,6 +431,22 @@ async fn an_empty_aggregator_says_so_and_a_restart_leaves_no_stale_error() {
         )
         .await;
     browser.screenshot("restarted").await;
+    // Its instance opens, and links its trace to the configured viewer.
+    browser.click("#slow tbody tr[data-instance]").await;
+    let href = browser
+        .wait_for(
+            "a link to the trace viewer",
+            r#"const a = document.querySelector('#waterfall a[href]'); return a && a.getAttribute('href');"#,
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(
+        href,
+        json!(format!(
+            "http://jaeger.example:16686/trace/{}",
+            "5b".repeat(16)
+        ))
+    );
     browser.close().await;
     running.shutdown().await;
 }
