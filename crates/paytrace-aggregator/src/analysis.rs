@@ -10,7 +10,7 @@
 //! the pseudo-stage `async:<stage of that trace's root>`. So the stages'
 //! critical-path times sum to the flow's end-to-end duration.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use paytrace_semconv::stage::ASYNC_PREFIX;
@@ -216,15 +216,15 @@ fn all_spans<'a>(infos: &'a [TraceInfo<'_>]) -> impl Iterator<Item = (usize, usi
 /// first span's start.
 fn stitched_critical_path(infos: &[TraceInfo<'_>], start_ns: u64, end_ns: u64) -> Vec<PathSegment> {
     // Only a multi-trace flow needs to resolve links.
-    let by_id: HashMap<(TraceId, SpanId), (usize, usize)> = if infos.len() < 2 {
-        HashMap::new()
+    let by_id: crate::FastMap<(TraceId, SpanId), (usize, usize)> = if infos.len() < 2 {
+        crate::FastMap::default()
     } else {
         all_spans(infos)
             .map(|(t, i, s)| ((s.trace_id, s.span_id), (t, i)))
             .collect()
     };
     let mut path = Vec::new();
-    let mut visited: HashSet<usize> = HashSet::new();
+    let mut visited: crate::FastSet<usize> = crate::FastSet::default();
 
     // Start at the span that ends last.
     let Some((mut t, mut from)) = all_spans(infos)
@@ -314,8 +314,8 @@ fn segment(info: &TraceInfo<'_>, span: usize, start_ns: u64, end_ns: u64) -> Pat
 /// the latest-ending span of the other unvisited traces that ended by then.
 fn predecessor(
     infos: &[TraceInfo<'_>],
-    by_id: &HashMap<(TraceId, SpanId), (usize, usize)>,
-    visited: &HashSet<usize>,
+    by_id: &crate::FastMap<(TraceId, SpanId), (usize, usize)>,
+    visited: &crate::FastSet<usize>,
     t: usize,
     before: u64,
 ) -> Option<(usize, usize)> {

@@ -12,7 +12,7 @@
 //! A span of a trace handed on recently is late (`late`) and dropped: the
 //! trace's numbers are already out.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::span::{Span, TraceId};
@@ -129,11 +129,11 @@ pub fn span_bytes(span: &Span) -> usize {
 #[derive(Debug)]
 pub struct Assembler {
     limits: AssemblerLimits,
-    live: HashMap<TraceId, LiveTrace>,
+    live: crate::FastMap<TraceId, LiveTrace>,
     /// (last arrival, trace) of every live trace: the idle order.
     idle_order: BTreeSet<(Instant, TraceId)>,
     bytes: usize,
-    completed: HashSet<TraceId>,
+    completed: crate::FastSet<TraceId>,
     completed_order: VecDeque<TraceId>,
     evicted: Vec<CompletedTrace>,
 }
@@ -143,10 +143,10 @@ impl Assembler {
     pub fn new(limits: AssemblerLimits) -> Self {
         Self {
             limits,
-            live: HashMap::new(),
+            live: crate::FastMap::default(),
             idle_order: BTreeSet::new(),
             bytes: 0,
-            completed: HashSet::new(),
+            completed: crate::FastSet::default(),
             completed_order: VecDeque::new(),
             evicted: Vec::new(),
         }

@@ -3,7 +3,6 @@
 //! Each span is checked on its own; an invalid one is rejected with a reason
 //! (for `partial_success.rejected_spans`) and the rest of the request is kept.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -62,7 +61,7 @@ impl Decoded {
 /// up to a bounded number of distinct values.
 #[derive(Debug, Default)]
 pub struct Interner {
-    values: HashSet<Arc<str>>,
+    values: crate::FastSet<Arc<str>>,
 }
 
 impl Interner {

@@ -7,7 +7,7 @@
 //! (checkout: `payment.confirm`) has not appeared is kept until
 //! `flow_timeout` after its first trace arrived, then reported incomplete.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,9 +61,9 @@ pub const BUFFER_FULL: &str = "buffer_full";
 struct Pending {
     traces: Vec<Vec<Span>>,
     trace_ids: Vec<TraceId>,
-    flow_ids: HashSet<Arc<str>>,
+    flow_ids: crate::FastSet<Arc<str>>,
     flow: Option<Arc<str>>,
-    stages: HashSet<Arc<str>>,
+    stages: crate::FastSet<Arc<str>>,
     first_arrival: Instant,
     last_arrival: Instant,
 }
@@ -72,9 +72,9 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct FlowBuffer {
     settings: FlowSettings,
-    pending: HashMap<u64, Pending>,
-    by_flow_id: HashMap<Arc<str>, u64>,
-    by_trace: HashMap<TraceId, u64>,
+    pending: crate::FastMap<u64, Pending>,
+    by_flow_id: crate::FastMap<Arc<str>, u64>,
+    by_trace: crate::FastMap<TraceId, u64>,
     next: u64,
 }
 
@@ -100,7 +100,7 @@ impl FlowBuffer {
             return Vec::new();
         };
         let trace_id = first.trace_id;
-        let flow_ids: HashSet<Arc<str>> = spans
+        let flow_ids: crate::FastSet<Arc<str>> = spans
             .iter()
             .filter_map(|s| s.business.flow_id.clone())
             .collect();
@@ -136,9 +136,9 @@ impl FlowBuffer {
                     Pending {
                         traces: Vec::new(),
                         trace_ids: Vec::new(),
-                        flow_ids: HashSet::new(),
+                        flow_ids: crate::FastSet::default(),
                         flow: None,
-                        stages: HashSet::new(),
+                        stages: crate::FastSet::default(),
                         first_arrival: now,
                         last_arrival: now,
                     },

@@ -41,3 +41,9 @@ pub mod testing;
 pub mod tree;
 
 pub use span::{Business, Link, Span, SpanId, Tcc, TraceId};
+
+/// Hash maps and sets on the hot path: foldhash, seeded per process (cheap
+/// for the short keys used here, and not predictable by whoever sends spans).
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// See [`FastMap`].
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;

@@ -204,7 +204,7 @@ struct State {
     flows: FlowBuffer,
     minutes: VecDeque<Minute>,
     recent: HashMap<Arc<str>, RecentFlows>,
-    labels: HashMap<&'static str, HashSet<Arc<str>>>,
+    labels: HashMap<&'static str, crate::FastSet<Arc<str>>>,
     tcc: TccTracker,
     /// Anomalies counted since start, by (resource, kind), as in the counter.
     tcc_counts: std::collections::BTreeMap<(Arc<str>, &'static str), u64>,
@@ -626,7 +626,7 @@ impl Pipeline {
     /// `value`, or `other` once `name` has reached its limit of distinct values.
     fn bounded(
         &self,
-        labels: &mut HashMap<&'static str, HashSet<Arc<str>>>,
+        labels: &mut HashMap<&'static str, crate::FastSet<Arc<str>>>,
         name: &'static str,
         value: &Arc<str>,
     ) -> Arc<str> {
@@ -643,7 +643,11 @@ impl Pipeline {
         }
     }
 
-    fn bound(&self, labels: &mut HashMap<&'static str, HashSet<Arc<str>>>, a: &mut FlowAnalysis) {
+    fn bound(
+        &self,
+        labels: &mut HashMap<&'static str, crate::FastSet<Arc<str>>>,
+        a: &mut FlowAnalysis,
+    ) {
         a.flow = self.bounded(labels, label::FLOW, &a.flow);
         if let Some(m) = &a.payment_method {
             a.payment_method = Some(self.bounded(labels, label::PAYMENT_METHOD, m));
