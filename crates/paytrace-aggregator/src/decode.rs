@@ -111,6 +111,15 @@ pub fn decode(
     interner: &mut Interner,
 ) -> Decoded {
     let mut out = Decoded::default();
+    // One allocation for the request's spans, not a doubling per power of two.
+    out.spans.reserve(
+        request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum(),
+    );
     for resource_spans in request.resource_spans {
         let service = resource_spans
             .resource
