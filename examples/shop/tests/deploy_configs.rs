@@ -1,25 +1,15 @@
-//! The deployment example is valid for the real Prometheus. The
-//! Alertmanager configuration lives with the rules (`alerts/`) and is tested
-//! there.
+//! The deployment example is valid for the real Prometheus: its
+//! configuration, and the rule files it loads from `alerts/`. The
+//! Alertmanager configuration lives with the rules and is tested there.
 
-use std::path::Path;
-use std::process::Command;
+mod monitoring;
+
+use monitoring::{promtool, repo};
 
 #[test]
 fn the_prometheus_config_passes_promtool() {
-    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".to_owned());
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus.yml");
-    let out = Command::new(&promtool)
-        .args(["check", "config"])
-        .arg(&config)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {promtool} ({e}): install it with `apt-get install prometheus`")
-        });
-    assert!(
-        out.status.success(),
-        "promtool check config failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    promtool(
+        &["check", "config"],
+        &[repo().join("examples/deploy/prometheus.yml")],
     );
 }
