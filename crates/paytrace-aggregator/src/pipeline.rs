@@ -165,7 +165,7 @@ pub struct AnomalyCount {
     /// The TCC resource (bounded: `other` past the label limit).
     pub resource: String,
     /// The anomaly kind.
-    pub kind: &'static str,
+    pub kind: String,
     /// Since the aggregator started.
     pub count: u64,
 }
@@ -206,8 +206,6 @@ struct State {
     recent: HashMap<Arc<str>, RecentFlows>,
     labels: HashMap<&'static str, crate::FastSet<Arc<str>>>,
     tcc: TccTracker,
-    /// Anomalies counted since start, by (resource, kind), as in the counter.
-    tcc_counts: std::collections::BTreeMap<(Arc<str>, &'static str), u64>,
 }
 
 /// The aggregator's Prometheus families.
@@ -403,7 +401,6 @@ impl Pipeline {
                 recent: HashMap::new(),
                 labels: HashMap::new(),
                 tcc: TccTracker::new(config.tcc),
-                tcc_counts: std::collections::BTreeMap::new(),
             }),
             metrics: Metrics::new().expect("the aggregator's families are distinct"),
             label_limit: config.label_limit.unwrap_or(200),
@@ -512,21 +509,35 @@ impl Pipeline {
             .tcc_anomalies
             .with_label_values(&[&resource, a.kind])
             .inc();
-        *state.tcc_counts.entry((resource, a.kind)).or_default() += 1;
     }
 
     /// TCC anomalies counted since start, by resource and kind (what
     /// `paytrace_tcc_global_anomalies_total` holds).
     pub fn tcc_anomaly_counts(&self) -> Vec<AnomalyCount> {
-        self.state()
-            .tcc_counts
-            .iter()
-            .map(|((resource, kind), count)| AnomalyCount {
-                resource: resource.to_string(),
-                kind,
-                count: *count,
-            })
+        use prometheus::core::Collector;
+        let mut counts: Vec<AnomalyCount> = self
+            .metrics
+            .tcc_anomalies
             .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter_map(|m| {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                };
+                let count = m.get_counter().get_value() as u64;
+                (count > 0).then(|| AnomalyCount {
+                    resource: label(label::RESOURCE).unwrap_or_default(),
+                    kind: label(label::KIND).unwrap_or_default(),
+                    count,
+                })
+            })
+            .collect();
+        counts.sort_by(|a, b| (&a.resource, &a.kind).cmp(&(&b.resource, &b.kind)));
+        counts
     }
 
     /// Counts anomalies a replay found and refreshes the unfinished gauges.
@@ -534,13 +545,11 @@ impl Pipeline {
         for a in found {
             self.count_tcc_anomaly(state, a);
         }
-        let unfinished = state.tcc.unfinished(wall);
+        let (unfinished, oldest) = state.tcc.unfinished_summary(wall);
         self.metrics
             .tcc_unfinished
-            .set(i64::try_from(unfinished.len()).unwrap_or(i64::MAX));
-        self.metrics
-            .tcc_unfinished_oldest
-            .set(unfinished.first().map_or(0.0, |u| u.age_seconds));
+            .set(i64::try_from(unfinished).unwrap_or(i64::MAX));
+        self.metrics.tcc_unfinished_oldest.set(oldest);
     }
 
     /// The most recent TCC anomalies, newest first, that match the filters.

@@ -115,7 +115,8 @@ struct Observation {
     trace_id: TraceId,
     span_id: SpanId,
     service: Arc<str>,
-    /// Kinds already reported for this span, as bits of [`KIND_BITS`].
+    /// Kinds already reported for this span, as bits of
+    /// [`names::GLOBAL_ANOMALY_KINDS`].
     reported: u16,
 }
 
@@ -193,21 +194,11 @@ pub enum Observed {
     Malformed(GlobalAnomaly),
 }
 
-const KIND_BITS: [&str; 10] = [
-    names::EMPTY_ROLLBACK,
-    names::HANGING_TRY,
-    names::CANCEL_AFTER_CONFIRM,
-    names::CONFIRM_AFTER_CANCEL,
-    names::DUPLICATE_CONFIRM,
-    names::DUPLICATE_CANCEL,
-    names::CONFIRM_WITHOUT_TRY,
-    names::DECISION_VIOLATED,
-    names::FROZEN,
-    names::MALFORMED,
-];
-
 fn bit(kind: &str) -> u16 {
-    let i = KIND_BITS.iter().position(|k| *k == kind).unwrap_or(0);
+    let i = names::GLOBAL_ANOMALY_KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(0);
     1 << i
 }
 
@@ -389,10 +380,7 @@ impl TccTracker {
             tx.dirty || idle < keep_for
         });
         for a in &found {
-            if self.recent.len() >= self.settings.max_listed {
-                self.recent.pop_front();
-            }
-            self.recent.push_back(a.clone());
+            self.list(a.clone());
         }
         found
     }
@@ -410,19 +398,45 @@ impl TccTracker {
         self.recent.iter().rev()
     }
 
+    /// The branches of `tx` tried at least `timeout` before `now_unix_ns`.
+    fn waiting<'t>(
+        &self,
+        tx: &'t Transaction,
+        now_unix_ns: u64,
+    ) -> impl Iterator<Item = &'t Pending> {
+        let timeout_ns = u64::try_from(self.settings.timeout.as_nanos()).unwrap_or(u64::MAX);
+        tx.pending
+            .iter()
+            .filter(move |p| p.tried_end_ns.saturating_add(timeout_ns) <= now_unix_ns)
+    }
+
+    /// How many transactions [`TccTracker::unfinished`] would list, and the
+    /// age of the oldest in seconds (0 when none), without building the list.
+    pub fn unfinished_summary(&self, now_unix_ns: u64) -> (usize, f64) {
+        let mut count = 0;
+        let mut oldest = u64::MAX;
+        for tx in self.transactions.values() {
+            if let Some(t) = self.waiting(tx, now_unix_ns).map(|p| p.tried_end_ns).min() {
+                count += 1;
+                oldest = oldest.min(t);
+            }
+        }
+        let age = if count == 0 {
+            0.0
+        } else {
+            now_unix_ns.saturating_sub(oldest) as f64 / 1e9
+        };
+        (count, age)
+    }
+
     /// Transactions with a branch tried at least `timeout` before
     /// `now_unix_ns` and still waiting, oldest first.
     pub fn unfinished(&self, now_unix_ns: u64) -> Vec<Unfinished> {
-        let timeout_ns = u64::try_from(self.settings.timeout.as_nanos()).unwrap_or(u64::MAX);
         let mut out: Vec<Unfinished> = self
             .transactions
             .iter()
             .filter_map(|(xid, tx)| {
-                let waiting: Vec<&Pending> = tx
-                    .pending
-                    .iter()
-                    .filter(|p| p.tried_end_ns.saturating_add(timeout_ns) <= now_unix_ns)
-                    .collect();
+                let waiting: Vec<&Pending> = self.waiting(tx, now_unix_ns).collect();
                 let oldest = waiting.iter().map(|p| p.tried_end_ns).min()?;
                 let mut resources: Vec<String> =
                     waiting.iter().map(|p| p.resource.to_string()).collect();
