@@ -141,6 +141,11 @@ struct ServeArgs {
     /// Set it above your order payment timeout.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     tcc_timeout: Duration,
+    /// Bytes of spans waiting for their traces to complete; past it the
+    /// oldest traces are analysed early (counted as evicted) and receivers
+    /// answer "retry later" near it. About 375 bytes a span.
+    #[arg(long, default_value_t = 512 * 1024 * 1024)]
+    max_buffer_bytes: usize,
     /// Link traces on the page to a trace viewer, e.g.
     /// 'http://jaeger:16686/trace/{trace_id}' or a Grafana Tempo explore URL.
     #[arg(long)]
@@ -244,6 +249,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     // a flow is final once idle.
     config.pipeline.tcc.settle = args.flow_idle;
     config.pipeline.tcc.timeout = args.tcc_timeout;
+    config.pipeline.assembler.max_bytes = args.max_buffer_bytes;
     if let Some(t) = &args.trace_url_template {
         config.page = match config.page.trace_url_template(t) {
             Ok(p) => p,
