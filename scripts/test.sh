@@ -40,6 +40,14 @@ need chromium chromium # the aggregator page's browser tests
 need chromedriver chromium-driver
 need cargo cargo   # the Rust toolchain itself: https://rustup.rs if apt's is too old
 
+# A clean build of the workspace's tests takes a few GiB; say so up front
+# rather than failing halfway with ENOSPC.
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+echo "==> $((free_kib / 1024)) MiB free for target/"
+if [ "$free_kib" -lt $((4 * 1024 * 1024)) ]; then
+    echo "warning: less than 4 GiB free; a clean build of the tests may run out of disk" >&2
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
