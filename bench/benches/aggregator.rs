@@ -1,9 +1,13 @@
 //! Aggregator throughput, in spans per second on one core, all in one run:
-//! - `decode_only`: protobuf decoding of an OTLP request, the floor any
-//!   OTLP consumer pays;
-//! - `decode_convert`: plus validation into paytrace's span model;
-//! - `full_pipeline`: plus trace assembly, flow stitching, critical-path
-//!   analysis and the rolling-window sketches;
+//! - `decode_only`: `prost` decoding of an OTLP request into OTLP messages,
+//!   the floor any OTLP consumer that decodes the messages pays;
+//! - `decode_convert`: plus validation into paytrace's span model (the
+//!   OTLP/JSON path);
+//! - `decode_wire`: paytrace's decoder from protobuf bytes straight into its
+//!   span model, what the receivers use;
+//! - `full_pipeline`: `decode_wire` plus trace assembly, flow stitching,
+//!   critical-path analysis and the rolling-window sketches;
+//! - `full_pipeline_prost`: the same pipeline behind `decode_convert`;
 //! - `grpc_loopback`: the full pipeline fed by a tonic client over loopback.
 //!
 //! `cargo bench -p paytrace-bench --bench aggregator`
@@ -14,7 +18,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use paytrace_aggregator::config::StageRules;
-use paytrace_aggregator::decode::{Interner, SpanLimits, decode};
+use paytrace_aggregator::decode::{Interner, SpanLimits, decode, decode_protobuf};
 use paytrace_aggregator::pipeline::{Pipeline, PipelineConfig, Protocol};
 use paytrace_aggregator::server::{ServeConfig, start};
 use paytrace_bench::otlp::checkout_request;
@@ -41,29 +45,40 @@ fn throughput(c: &mut Criterion) {
         let mut interner = Interner::default();
         b.iter(|| {
             let request = ExportTraceServiceRequest::decode(&bytes[..]).expect("valid");
-            decode(request, &limits, &rules, &mut interner)
+            decode(&request, &limits, &rules, &mut interner)
         })
     });
-    group.bench_function("full_pipeline", |b| {
-        let pipeline = Pipeline::new(PipelineConfig::default());
+    group.bench_function("decode_wire", |b| {
         let mut interner = Interner::default();
-        let mut next = 0u64;
-        b.iter_custom(|iters| {
-            // Fresh trace ids each round, so no span is "late".
-            let payloads: Vec<Vec<u8>> = (0..iters)
-                .map(|i| checkout_request((next + i) * TRACES, TRACES).encode_to_vec())
-                .collect();
-            next += iters;
-            let start = Instant::now();
-            for payload in &payloads {
-                let request = ExportTraceServiceRequest::decode(&payload[..]).expect("valid");
-                let decoded = decode(request, &limits, &rules, &mut interner);
-                pipeline.ingest(Protocol::Grpc, decoded, Instant::now());
-                pipeline.flush(0);
-            }
-            start.elapsed()
-        })
+        b.iter(|| decode_protobuf(&bytes, &limits, &rules, &mut interner).expect("valid"))
     });
+    for (name, wire) in [("full_pipeline", true), ("full_pipeline_prost", false)] {
+        group.bench_function(name, |b| {
+            let pipeline = Pipeline::new(PipelineConfig::default());
+            let mut interner = Interner::default();
+            let mut next = 0u64;
+            b.iter_custom(|iters| {
+                // Fresh trace ids each round, so no span is "late".
+                let payloads: Vec<Vec<u8>> = (0..iters)
+                    .map(|i| checkout_request((next + i) * TRACES, TRACES).encode_to_vec())
+                    .collect();
+                next += iters;
+                let start = Instant::now();
+                for payload in &payloads {
+                    let decoded = if wire {
+                        decode_protobuf(payload, &limits, &rules, &mut interner).expect("valid")
+                    } else {
+                        let request =
+                            ExportTraceServiceRequest::decode(&payload[..]).expect("valid");
+                        decode(&request, &limits, &rules, &mut interner)
+                    };
+                    pipeline.ingest(Protocol::Grpc, decoded, Instant::now());
+                    pipeline.flush(0);
+                }
+                start.elapsed()
+            })
+        });
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

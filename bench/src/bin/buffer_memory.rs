@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use paytrace_aggregator::assembler::{Assembler, AssemblerLimits};
 use paytrace_aggregator::config::StageRules;
-use paytrace_aggregator::decode::{Interner, SpanLimits, decode};
+use paytrace_aggregator::decode::{Interner, SpanLimits, decode, decode_protobuf};
 use paytrace_bench::otlp::checkout_request;
+use prost::Message;
 
 fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -29,7 +30,7 @@ fn main() {
     // at a time, only the spans stay.
     let now = Instant::now();
     let warm = decode(
-        checkout_request(u64::MAX / 2, 1),
+        &checkout_request(u64::MAX / 2, 1),
         &limits,
         &rules,
         &mut interner,
@@ -40,8 +41,12 @@ fn main() {
         std::process::exit(1);
     };
     for r in 0..REQUESTS {
-        let request = checkout_request(r * TRACES_PER_REQUEST, TRACES_PER_REQUEST);
-        let decoded = decode(request, &limits, &rules, &mut interner);
+        // As the receivers do: protobuf bytes, one interner per request.
+        let body = checkout_request(r * TRACES_PER_REQUEST, TRACES_PER_REQUEST).encode_to_vec();
+        let Ok(decoded) = decode_protobuf(&body, &limits, &rules, &mut Interner::default()) else {
+            eprintln!("error: a generated request does not decode");
+            std::process::exit(1);
+        };
         assembler.add(decoded.spans, now);
     }
     let after = resident_bytes().unwrap_or(before);

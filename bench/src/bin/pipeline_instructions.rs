@@ -3,22 +3,25 @@
 //!
 //! ```sh
 //! cargo build --release -p paytrace-bench --bin pipeline_instructions
-//! for mode in setup decode full; do
+//! for mode in setup decode convert wire full full-prost; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null \
 //!     target/release/pipeline_instructions $mode 100 2>&1 | grep Collected
 //! done
 //! ```
 //!
-//! `setup` only builds the encoded requests; `decode` adds protobuf decoding
-//! (the floor any OTLP consumer pays); `full` adds conversion, assembly,
-//! stitching, analysis, sketches and Prometheus histograms. Subtract `setup`
-//! from the others and divide by the spans (`N` requests of 1,000 spans).
+//! `setup` only builds the encoded requests; `decode` adds `prost` decoding
+//! into OTLP messages (the floor of a consumer that decodes them);
+//! `convert` adds their conversion into paytrace's spans; `wire` is
+//! paytrace's own decoder from bytes to spans instead; `full` adds to `wire`
+//! assembly, stitching, analysis, sketches and Prometheus histograms, and
+//! `full-prost` the same to `convert`. Subtract `setup` from the others and
+//! divide by the spans (`N` requests of 1,000 spans).
 
 use std::time::Instant;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use paytrace_aggregator::config::StageRules;
-use paytrace_aggregator::decode::{Interner, SpanLimits, decode};
+use paytrace_aggregator::decode::{Decoded, Interner, SpanLimits, decode, decode_protobuf};
 use paytrace_aggregator::pipeline::{Pipeline, PipelineConfig, Protocol};
 use paytrace_bench::otlp::checkout_request;
 use prost::Message;
@@ -32,8 +35,12 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_default();
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
-    if !["setup", "decode", "full"].contains(&mode.as_str()) {
-        eprintln!("usage: pipeline_instructions setup|decode|full [REQUESTS]");
+    let modes = ["setup", "decode", "convert", "wire", "full", "full-prost"];
+    if !modes.contains(&mode.as_str()) {
+        eprintln!(
+            "usage: pipeline_instructions {} [REQUESTS]",
+            modes.join("|")
+        );
         std::process::exit(2);
     }
     let payloads: Vec<Vec<u8>> = (0..n)
@@ -49,22 +56,36 @@ fn main() {
             std::hint::black_box(payload);
             continue;
         }
-        let Ok(request) = ExportTraceServiceRequest::decode(&payload[..]) else {
-            eprintln!("a generated request does not decode");
-            std::process::exit(1);
-        };
-        match mode.as_str() {
+        let (decoded, into_pipeline): (Decoded, bool) = match mode.as_str() {
             "decode" => {
+                let request = prost_decode(payload);
                 spans += std::hint::black_box(&request).resource_spans.len();
+                continue;
             }
-            "full" => {
-                let decoded = decode(request, &limits, &rules, &mut interner);
-                spans += decoded.spans.len();
-                pipeline.ingest(Protocol::Grpc, decoded, Instant::now());
-                pipeline.flush(0);
-            }
-            _ => {}
+            "convert" | "full-prost" => (
+                decode(&prost_decode(payload), &limits, &rules, &mut interner),
+                mode == "full-prost",
+            ),
+            _ => match decode_protobuf(payload, &limits, &rules, &mut interner) {
+                Ok(decoded) => (decoded, mode == "full"),
+                Err(e) => {
+                    eprintln!("a generated request does not decode: {e}");
+                    std::process::exit(1);
+                }
+            },
+        };
+        spans += decoded.spans.len();
+        if into_pipeline {
+            pipeline.ingest(Protocol::Grpc, decoded, Instant::now());
+            pipeline.flush(0);
         }
     }
     println!("{mode}: {n} requests, {spans}");
+}
+
+fn prost_decode(payload: &[u8]) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest::decode(payload).unwrap_or_else(|e| {
+        eprintln!("a generated request does not decode: {e}");
+        std::process::exit(1);
+    })
 }

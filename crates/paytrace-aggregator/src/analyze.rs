@@ -86,7 +86,7 @@ pub fn analyze_files(paths: &[PathBuf], config: &Config) -> Result<Report, Analy
     for path in paths {
         progress.set_message(format!("reading {}", path.display()));
         for request in read_requests(path, &progress)? {
-            let decoded = decode(request, &limits, &config.rules, &mut interner);
+            let decoded = decode(&request, &limits, &config.rules, &mut interner);
             report.spans += decoded.spans.len() as u64;
             report.rejected += decoded.rejected;
             if report.first_rejection.is_none() {

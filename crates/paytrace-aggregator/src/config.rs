@@ -23,8 +23,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use serde::Deserialize;
+
+use crate::decode::Attr;
 
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +110,7 @@ impl StageRules {
         &self,
         service: &str,
         span_name: &str,
-        attributes: &[KeyValue],
+        attributes: &[Attr<'_>],
     ) -> Option<(&Arc<str>, Option<&Arc<str>>)> {
         self.rules
             .iter()
@@ -117,13 +118,9 @@ impl StageRules {
                 r.service.as_deref().is_none_or(|s| s == service)
                     && r.span_name.as_ref().is_none_or(|p| p.matches(span_name))
                     && r.attributes.iter().all(|(k, v)| {
-                        attributes.iter().any(|kv| {
-                            kv.key == *k
-                                && matches!(
-                                    kv.value.as_ref().and_then(|v| v.value.as_ref()),
-                                    Some(any_value::Value::StringValue(s)) if s == v
-                                )
-                        })
+                        attributes
+                            .iter()
+                            .any(|a| a.key == k.as_bytes() && a.str_value() == Some(v.as_bytes()))
                     })
             })
             .map(|r| (&r.stage, r.flow.as_ref()))
@@ -200,15 +197,12 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::AnyValue;
+    use crate::decode::AttrValue;
 
-    fn kv(k: &str, v: &str) -> KeyValue {
-        KeyValue {
-            key: k.to_owned(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(v.to_owned())),
-            }),
-            ..Default::default()
+    fn kv<'a>(k: &'a str, v: &'a str) -> Attr<'a> {
+        Attr {
+            key: k.as_bytes(),
+            value: AttrValue::Str(v.as_bytes()),
         }
     }
 

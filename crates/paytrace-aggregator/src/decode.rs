@@ -13,6 +13,10 @@ use paytrace_semconv::attr;
 use crate::config::StageRules;
 use crate::span::{Business, Link, Span, SpanId, TraceId};
 
+mod wire;
+
+pub use wire::{MalformedRequest, decode_protobuf};
+
 /// Limits beyond which a span is rejected as absurd rather than buffered.
 #[derive(Clone, Debug)]
 pub struct SpanLimits {
@@ -38,7 +42,7 @@ impl Default for SpanLimits {
 }
 
 /// The result of decoding one request.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Decoded {
     /// The valid spans.
     pub spans: Vec<Span>,
@@ -82,6 +86,59 @@ impl Interner {
 
 const UNKNOWN_SERVICE: &str = "unknown_service";
 
+/// An attribute's value, as far as paytrace reads it: strings, and integers
+/// (some SDKs send transaction ids as numbers). Other values are never
+/// decoded.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AttrValue<'a> {
+    /// `string_value`, not yet checked to be UTF-8 (it is only when kept).
+    Str(&'a [u8]),
+    /// `int_value`.
+    Int(i64),
+    /// Any other value, or none.
+    Other,
+}
+
+/// One attribute of a span, borrowed from the request it came in.
+///
+/// ```
+/// use paytrace_aggregator::decode::{Attr, AttrValue};
+/// let attr = Attr { key: b"http.route", value: AttrValue::Str(b"/pay") };
+/// assert_eq!(attr.str_value(), Some(&b"/pay"[..]));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Attr<'a> {
+    /// The key, as bytes: compared with known keys, never kept.
+    pub key: &'a [u8],
+    /// The value.
+    pub value: AttrValue<'a>,
+}
+
+impl<'a> Attr<'a> {
+    /// The string value, if the value is a string.
+    pub fn str_value(&self) -> Option<&'a [u8]> {
+        match self.value {
+            AttrValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// One span as either decoder saw it, borrowed: the one place where spans
+/// are validated and turned into [`Span`]s, so both decoders agree.
+struct RawSpan<'a, 's> {
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+    parent_span_id: &'a [u8],
+    name: &'a [u8],
+    start_ns: u64,
+    end_ns: u64,
+    is_error: bool,
+    attributes: &'s [Attr<'a>],
+    /// (trace id, span id) of each link, unchecked.
+    links: &'s [(&'a [u8], &'a [u8])],
+}
+
 fn string_value(value: &Option<AnyValue>) -> Option<&str> {
     match value.as_ref()?.value.as_ref()? {
         any_value::Value::StringValue(s) => Some(s),
@@ -89,7 +146,22 @@ fn string_value(value: &Option<AnyValue>) -> Option<&str> {
     }
 }
 
+fn attr_of(kv: &KeyValue) -> Attr<'_> {
+    Attr {
+        key: kv.key.as_bytes(),
+        value: match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => AttrValue::Str(s.as_bytes()),
+            Some(any_value::Value::IntValue(i)) => AttrValue::Int(*i),
+            _ => AttrValue::Other,
+        },
+    }
+}
+
 /// Decodes `request` into spans, rejecting invalid spans one by one.
+///
+/// This is for requests already decoded into OTLP messages (OTLP/JSON, the
+/// file exporter's output); protobuf bytes go faster through
+/// [`decode_protobuf`], with the same result.
 ///
 /// ```
 /// use paytrace_aggregator::config::StageRules;
@@ -97,7 +169,7 @@ fn string_value(value: &Option<AnyValue>) -> Option<&str> {
 /// use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 ///
 /// let decoded = decode(
-///     ExportTraceServiceRequest::default(),
+///     &ExportTraceServiceRequest::default(),
 ///     &SpanLimits::default(),
 ///     &StageRules::default(),
 ///     &mut Interner::default(),
@@ -105,7 +177,7 @@ fn string_value(value: &Option<AnyValue>) -> Option<&str> {
 /// assert!(decoded.spans.is_empty() && decoded.rejected == 0);
 /// ```
 pub fn decode(
-    request: ExportTraceServiceRequest,
+    request: &ExportTraceServiceRequest,
     limits: &SpanLimits,
     rules: &StageRules,
     interner: &mut Interner,
@@ -120,7 +192,9 @@ pub fn decode(
             .map(|s| s.spans.len())
             .sum(),
     );
-    for resource_spans in request.resource_spans {
+    let mut attributes = Vec::new();
+    let mut links = Vec::new();
+    for resource_spans in &request.resource_spans {
         let service = resource_spans
             .resource
             .as_ref()
@@ -128,57 +202,84 @@ pub fn decode(
             .and_then(|kv| string_value(&kv.value))
             .unwrap_or(UNKNOWN_SERVICE);
         let service = interner.intern(service);
-        for scope_spans in resource_spans.scope_spans {
-            for span in scope_spans.spans {
-                match convert(span, &service, limits, rules, interner) {
-                    Ok(span) => out.spans.push(span),
-                    Err(reason) => out.reject(reason),
-                }
-            }
+        for span in resource_spans.scope_spans.iter().flat_map(|s| &s.spans) {
+            attributes.clear();
+            attributes.extend(span.attributes.iter().map(attr_of));
+            links.clear();
+            links.extend(
+                span.links
+                    .iter()
+                    .map(|l| (l.trace_id.as_slice(), l.span_id.as_slice())),
+            );
+            let raw = RawSpan {
+                trace_id: &span.trace_id,
+                span_id: &span.span_id,
+                parent_span_id: &span.parent_span_id,
+                name: span.name.as_bytes(),
+                start_ns: span.start_time_unix_nano,
+                end_ns: span.end_time_unix_nano,
+                is_error: span
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.code == StatusCode::Error as i32),
+                attributes: &attributes,
+                links: &links,
+            };
+            out.push(build(&raw, &service, limits, rules, interner));
         }
     }
     out
 }
 
-fn convert(
-    span: opentelemetry_proto::tonic::trace::v1::Span,
+impl Decoded {
+    fn push(&mut self, span: Result<Span, String>) {
+        match span {
+            Ok(span) => self.spans.push(span),
+            Err(reason) => self.reject(reason),
+        }
+    }
+}
+
+fn build(
+    span: &RawSpan<'_, '_>,
     service: &Arc<str>,
     limits: &SpanLimits,
     rules: &StageRules,
     interner: &mut Interner,
 ) -> Result<Span, String> {
-    let trace_id = TraceId::from_bytes(&span.trace_id).ok_or_else(|| {
+    let name = String::from_utf8_lossy(span.name);
+    let trace_id = TraceId::from_bytes(span.trace_id).ok_or_else(|| {
         format!(
             "span {:?}: trace_id {}",
-            truncate(&span.name),
+            truncate(&name),
             id_problem(span.trace_id.len(), 16)
         )
     })?;
-    let span_id = SpanId::from_bytes(&span.span_id).ok_or_else(|| {
+    let span_id = SpanId::from_bytes(span.span_id).ok_or_else(|| {
         format!(
             "span {:?} of trace {trace_id}: span_id {}",
-            truncate(&span.name),
+            truncate(&name),
             id_problem(span.span_id.len(), 8)
         )
     })?;
     let parent_span_id = match span.parent_span_id.len() {
         0 => None,
-        8 => SpanId::from_bytes(&span.parent_span_id),
+        8 => SpanId::from_bytes(span.parent_span_id),
         n => {
             return Err(format!(
                 "span {span_id} of trace {trace_id}: parent_span_id must be empty or 8 bytes (got {n})"
             ));
         }
     };
-    if span.start_time_unix_nano == 0 {
+    if span.start_ns == 0 {
         return Err(format!(
             "span {span_id} of trace {trace_id}: start_time_unix_nano is missing"
         ));
     }
-    if span.end_time_unix_nano < span.start_time_unix_nano {
+    if span.end_ns < span.start_ns {
         return Err(format!(
             "span {span_id} of trace {trace_id}: ends before it starts ({} < {})",
-            span.end_time_unix_nano, span.start_time_unix_nano
+            span.end_ns, span.start_ns
         ));
     }
     if span.name.len() > limits.max_name_bytes {
@@ -188,6 +289,11 @@ fn convert(
             limits.max_name_bytes
         ));
     }
+    let std::borrow::Cow::Borrowed(name) = name else {
+        return Err(format!(
+            "span {span_id} of trace {trace_id}: the name is not UTF-8"
+        ));
+    };
     if span.attributes.len() > limits.max_attributes {
         return Err(format!(
             "span {span_id} of trace {trace_id}: {} attributes exceed {}",
@@ -202,11 +308,10 @@ fn convert(
             limits.max_links
         ));
     }
-    let mut business = business(&span.attributes, limits, interner).map_err(|key| {
-        format!("span {span_id} of trace {trace_id}: attribute {key} is too long")
-    })?;
+    let mut business = business(span.attributes, limits, interner)
+        .map_err(|e| format!("span {span_id} of trace {trace_id}: attribute {e}"))?;
     if business.stage.is_none()
-        && let Some((stage, flow)) = rules.stage_for(service, &span.name, &span.attributes)
+        && let Some((stage, flow)) = rules.stage_for(service, name, span.attributes)
     {
         business.stage = Some(stage.clone());
         if business.flow.is_none() {
@@ -216,26 +321,23 @@ fn convert(
     let links = span
         .links
         .iter()
-        .filter_map(|l| {
+        .filter_map(|(trace_id, span_id)| {
             Some(Link {
-                trace_id: TraceId::from_bytes(&l.trace_id)?,
-                span_id: SpanId::from_bytes(&l.span_id)?,
+                trace_id: TraceId::from_bytes(trace_id)?,
+                span_id: SpanId::from_bytes(span_id)?,
             })
         })
         .collect();
-    let is_error = span
-        .status
-        .as_ref()
-        .is_some_and(|s| s.code == StatusCode::Error as i32);
     Ok(Span {
         trace_id,
         span_id,
         parent_span_id,
-        name: Arc::from(span.name),
+        // Span names repeat: within a request, they share one allocation.
+        name: interner.intern(name),
         service: service.clone(),
-        start_ns: span.start_time_unix_nano,
-        end_ns: span.end_time_unix_nano,
-        is_error,
+        start_ns: span.start_ns,
+        end_ns: span.end_ns,
+        is_error: span.is_error,
         links,
         business,
     })
@@ -257,51 +359,61 @@ fn truncate(s: &str) -> &str {
     &s[..end]
 }
 
-/// The paytrace attributes of a span; `Err(key)` when one is absurdly long.
-fn business<'a>(
-    attributes: &'a [KeyValue],
+/// The paytrace attributes of a span; `Err` names an attribute whose value
+/// is absurdly long or not UTF-8.
+fn business(
+    attributes: &[Attr<'_>],
     limits: &SpanLimits,
     interner: &mut Interner,
-) -> Result<Business, &'a str> {
+) -> Result<Business, String> {
     let mut b = Business::default();
-    for kv in attributes {
-        let key = kv.key.as_str();
-        let slot = match key {
-            attr::STAGE => &mut b.stage,
-            attr::FLOW => &mut b.flow,
-            attr::FLOW_ID => &mut b.flow_id,
-            attr::PAYMENT_METHOD => &mut b.payment_method,
-            attr::PAYMENT_CHANNEL => &mut b.payment_channel,
-            attr::OUTCOME => &mut b.outcome,
-            _ if key.starts_with("tcc.") => {
+    for a in attributes {
+        let slot = match a.key {
+            k if k == attr::STAGE.as_bytes() => &mut b.stage,
+            k if k == attr::FLOW.as_bytes() => &mut b.flow,
+            k if k == attr::FLOW_ID.as_bytes() => &mut b.flow_id,
+            k if k == attr::PAYMENT_METHOD.as_bytes() => &mut b.payment_method,
+            k if k == attr::PAYMENT_CHANNEL.as_bytes() => &mut b.payment_channel,
+            k if k == attr::OUTCOME.as_bytes() => &mut b.outcome,
+            k if k.starts_with(b"tcc.") => {
                 let tcc = b.tcc.get_or_insert_with(Box::default);
-                match key {
-                    attr::TCC_XID => &mut tcc.xid,
-                    attr::TCC_BRANCH_ID => &mut tcc.branch_id,
-                    attr::TCC_RESOURCE => &mut tcc.resource,
-                    attr::TCC_PHASE => &mut tcc.phase,
-                    attr::TCC_DECISION => &mut tcc.decision,
+                match k {
+                    k if k == attr::TCC_XID.as_bytes() => &mut tcc.xid,
+                    k if k == attr::TCC_BRANCH_ID.as_bytes() => &mut tcc.branch_id,
+                    k if k == attr::TCC_RESOURCE.as_bytes() => &mut tcc.resource,
+                    k if k == attr::TCC_PHASE.as_bytes() => &mut tcc.phase,
+                    k if k == attr::TCC_DECISION.as_bytes() => &mut tcc.decision,
                     _ => continue,
                 }
             }
             _ => continue,
         };
-        let is_id = matches!(key, attr::FLOW_ID | attr::TCC_XID | attr::TCC_BRANCH_ID);
-        let value: std::borrow::Cow<'_, str> =
-            match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                Some(any_value::Value::StringValue(s)) => s.into(),
-                // Some SDKs send numeric transaction ids.
-                Some(any_value::Value::IntValue(i)) if is_id => i.to_string().into(),
-                _ => continue,
-            };
-        if value.len() > limits.max_business_value_bytes {
-            return Err(&kv.key);
-        }
+        // The key matched one of ours, so it is UTF-8.
+        let key = String::from_utf8_lossy(a.key);
+        let is_id = matches!(
+            key.as_ref(),
+            attr::FLOW_ID | attr::TCC_XID | attr::TCC_BRANCH_ID
+        );
+        let number;
+        let value: &str = match a.value {
+            AttrValue::Str(s) => {
+                if s.len() > limits.max_business_value_bytes {
+                    return Err(format!("{key} is too long"));
+                }
+                std::str::from_utf8(s).map_err(|_| format!("{key} is not UTF-8"))?
+            }
+            // Some SDKs send numeric transaction ids.
+            AttrValue::Int(i) if is_id => {
+                number = i.to_string();
+                &number
+            }
+            _ => continue,
+        };
         // Ids are unique per span: interning them would only grow the table.
         *slot = Some(if is_id {
-            Arc::from(value.as_ref())
+            Arc::from(value)
         } else {
-            interner.intern(&value)
+            interner.intern(value)
         });
     }
     Ok(b)
@@ -363,7 +475,7 @@ mod tests {
     #[test]
     fn valid_spans_keep_their_business_attributes() {
         let d = decode(
-            request(vec![good_span()]),
+            &request(vec![good_span()]),
             &SpanLimits::default(),
             &StageRules::default(),
             &mut Interner::default(),
@@ -408,7 +520,7 @@ mod tests {
             let mut bad = good_span();
             breaker(&mut bad);
             let d = decode(
-                request(vec![good_span(), bad]),
+                &request(vec![good_span(), bad]),
                 &SpanLimits::default(),
                 &StageRules::default(),
                 &mut Interner::default(),
@@ -432,7 +544,7 @@ mod tests {
         let mut plain = good_span();
         plain.attributes.clear();
         let d = decode(
-            request(vec![plain, good_span()]),
+            &request(vec![plain, good_span()]),
             &SpanLimits::default(),
             &config.rules,
             &mut Interner::default(),
@@ -447,7 +559,7 @@ mod tests {
         let mut req = request(vec![good_span()]);
         req.resource_spans[0].resource = None;
         let d = decode(
-            req,
+            &req,
             &SpanLimits::default(),
             &StageRules::default(),
             &mut Interner::default(),

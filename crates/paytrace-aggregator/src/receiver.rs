@@ -18,9 +18,6 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -30,8 +27,12 @@ use tokio::sync::Semaphore;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::config::StageRules;
-use crate::decode::{Decoded, Interner, SpanLimits, decode};
+use crate::decode::{Decoded, Interner, SpanLimits, decode, decode_protobuf};
 use crate::pipeline::{Pipeline, Protocol};
+
+mod grpc;
+
+pub use grpc::TraceServiceExport;
 
 /// Limits of the receivers.
 #[derive(Clone, Debug)]
@@ -142,19 +143,9 @@ impl Receiver {
         self.pipeline.near_capacity()
     }
 
-    /// Decodes and buffers `request`; the response carries the rejections.
-    fn accept(
-        &self,
-        protocol: Protocol,
-        request: ExportTraceServiceRequest,
-    ) -> ExportTraceServiceResponse {
-        let mut interner = Interner::default();
-        let decoded: Decoded = decode(
-            request,
-            &self.limits.spans,
-            &self.limits.rules,
-            &mut interner,
-        );
+    /// Buffers the spans of a decoded request; the response carries the
+    /// rejections.
+    fn accept(&self, protocol: Protocol, decoded: Decoded) -> ExportTraceServiceResponse {
         let partial_success = (decoded.rejected > 0).then(|| ExportTracePartialSuccess {
             rejected_spans: i64::try_from(decoded.rejected).unwrap_or(i64::MAX),
             error_message: decoded.first_error.clone().unwrap_or_default(),
@@ -163,11 +154,24 @@ impl Receiver {
         ExportTraceServiceResponse { partial_success }
     }
 
+    /// Decodes a protobuf `ExportTraceServiceRequest` and buffers its spans.
+    fn accept_protobuf(
+        &self,
+        protocol: Protocol,
+        body: &[u8],
+    ) -> Result<ExportTraceServiceResponse, crate::decode::MalformedRequest> {
+        let decoded = decode_protobuf(
+            body,
+            &self.limits.spans,
+            &self.limits.rules,
+            &mut Interner::default(),
+        )?;
+        Ok(self.accept(protocol, decoded))
+    }
+
     /// The gRPC service, for a `tonic` server.
-    pub fn grpc(&self) -> TraceServiceServer<Self> {
-        TraceServiceServer::new(self.clone())
-            .max_decoding_message_size(self.limits.max_body_bytes)
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+    pub fn grpc(&self) -> TraceServiceExport {
+        TraceServiceExport::new(self.clone())
     }
 
     /// The HTTP router with `POST /v1/traces`.
@@ -179,35 +183,35 @@ impl Receiver {
             .layer(DefaultBodyLimit::disable())
             .with_state(self.clone())
     }
-}
 
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
+    /// One gRPC `Export` call, its message still in bytes.
+    async fn export_grpc(
         &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
+        body: Bytes,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let request = request.into_inner();
         let Ok(_permit) = self.in_flight.try_acquire() else {
-            return Err(self.grpc_overloaded(&request));
+            return Err(self.grpc_overloaded());
         };
         if self.overloaded() {
-            return Err(self.grpc_overloaded(&request));
+            return Err(self.grpc_overloaded());
         }
-        let pipeline_receiver = self.clone();
-        let response =
-            tokio::task::spawn_blocking(move || pipeline_receiver.accept(Protocol::Grpc, request))
+        let worker = self.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || worker.accept_protobuf(Protocol::Grpc, &body))
                 .await
                 .map_err(|e| tonic::Status::internal(format!("decoding failed: {e}")))?;
-        Ok(tonic::Response::new(response))
+        match outcome {
+            Ok(response) => Ok(tonic::Response::new(response)),
+            Err(malformed) => {
+                self.refuse(Protocol::Grpc, Refusal::Malformed);
+                Err(tonic::Status::invalid_argument(malformed.to_string()))
+            }
+        }
     }
-}
 
-impl Receiver {
-    fn grpc_overloaded(&self, request: &ExportTraceServiceRequest) -> tonic::Status {
+    fn grpc_overloaded(&self) -> tonic::Status {
         // Retryable: the exporter resends the spans, so they are not lost;
         // the refusal is counted, the spans are not dropped.
-        let _ = request;
         self.refuse(Protocol::Grpc, Refusal::Overloaded);
         tonic::Status::with_error_details(
             tonic::Code::Unavailable,
@@ -317,7 +321,7 @@ async fn http_export(State(rx): State<Receiver>, headers: HeaderMap, body: Body)
     let worker = rx.clone();
     let outcome =
         tokio::task::spawn_blocking(move || -> Result<Vec<u8>, (StatusCode, Refusal, String)> {
-            let raw: Vec<u8> = if gzip {
+            let raw: Bytes = if gzip {
                 let mut out = Vec::new();
                 let read = flate2::read::GzDecoder::new(&body[..])
                     .take(max as u64 + 1)
@@ -330,7 +334,7 @@ async fn http_export(State(rx): State<Receiver>, headers: HeaderMap, body: Body)
                             format!("the decompressed body exceeds {max} bytes"),
                         ));
                     }
-                    Ok(_) => out,
+                    Ok(_) => out.into(),
                     Err(e) => {
                         return Err((
                             StatusCode::BAD_REQUEST,
@@ -340,16 +344,25 @@ async fn http_export(State(rx): State<Receiver>, headers: HeaderMap, body: Body)
                     }
                 }
             } else {
-                body.to_vec()
+                body
             };
-            let request = match format {
-                Format::Protobuf => ExportTraceServiceRequest::decode(&raw[..])
-                    .map_err(|e| format!("not an OTLP ExportTraceServiceRequest (protobuf): {e}")),
+            let response = match format {
+                Format::Protobuf => worker
+                    .accept_protobuf(protocol, &raw)
+                    .map_err(|e| e.to_string()),
                 Format::Json => serde_json::from_slice::<ExportTraceServiceRequest>(&raw)
+                    .map(|request| {
+                        let decoded = decode(
+                            &request,
+                            &worker.limits.spans,
+                            &worker.limits.rules,
+                            &mut Interner::default(),
+                        );
+                        worker.accept(protocol, decoded)
+                    })
                     .map_err(|e| format!("not an OTLP ExportTraceServiceRequest (JSON): {e}")),
             }
             .map_err(|m| (StatusCode::BAD_REQUEST, Refusal::Malformed, m))?;
-            let response = worker.accept(protocol, request);
             Ok(match format {
                 Format::Protobuf => response.encode_to_vec(),
                 Format::Json => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),

@@ -235,6 +235,71 @@ async fn malformed_unsupported_and_oversize_bodies_are_refused_and_counted() {
     running.shutdown().await;
 }
 
+/// A message whose field 1 (`resource_spans`) is a number: valid protobuf,
+/// not an OTLP request.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotARequest {
+    #[prost(uint64, tag = "1")]
+    resource_spans: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_refuses_malformed_and_oversize_messages_with_the_codes_otlp_names() {
+    let running = aggregator(ReceiverLimits {
+        max_body_bytes: 64 * 1024,
+        ..ReceiverLimits::default()
+    })
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.otlp_grpc))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects");
+
+    let mut raw = tonic::client::Grpc::new(channel.clone());
+    raw.ready().await.expect("ready");
+    let status = raw
+        .unary::<_, ExportTraceServiceResponse, _>(
+            tonic::Request::new(NotARequest { resource_spans: 7 }),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            ),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("resource_spans"),
+        "{}",
+        status.message()
+    );
+
+    let mut client = TraceServiceClient::new(channel);
+    let big: Vec<Span> = (0..2_000u32)
+        .map(|i| span(9, (i % 250 + 1) as u8, 10, 20))
+        .collect();
+    let big = request(big);
+    assert!(big.encoded_len() > 64 * 1024);
+    let status = client.export(big).await.expect_err("too large");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+
+    // A small valid request on the same connection still goes through.
+    client
+        .export(request(vec![span(8, 1, 10, 20)]))
+        .await
+        .expect("accepted");
+
+    let refused = |reason: &str| {
+        format!(
+            "paytrace_aggregator_requests_refused_total{{protocol=\"grpc\",reason=\"{reason}\"}}"
+        )
+    };
+    assert_eq!(metric(&running, &refused("malformed")).await, 1.0);
+    assert_eq!(metric(&running, &refused("too_large")).await, 1.0);
+    running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_answers_retryable_codes_with_a_delay() {
     // No request may be in flight: every request meets an overloaded receiver.

@@ -170,3 +170,203 @@ proptest! {
         prop_assert_eq!(whole, run(batches));
     }
 }
+
+/// Strategies for OTLP requests with every kind of span the decoders must
+/// tell apart: valid and invalid ids and times, business attributes as
+/// strings, numbers and other values, oversize names and values, links,
+/// statuses, events and fields paytrace never reads.
+mod otlp {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{
+        AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    use proptest::prelude::*;
+
+    fn id(len: usize) -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            8 => proptest::collection::vec(any::<u8>(), len),
+            1 => Just(vec![0; len]),
+            1 => proptest::collection::vec(any::<u8>(), 0..20),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Option<AnyValue>> {
+        let v = prop_oneof![
+            4 => "[a-z0-9/]{0,12}".prop_map(any_value::Value::StringValue),
+            1 => any::<i64>().prop_map(any_value::Value::IntValue),
+            1 => any::<bool>().prop_map(any_value::Value::BoolValue),
+            1 => any::<f64>().prop_map(any_value::Value::DoubleValue),
+            1 => Just(any_value::Value::ArrayValue(ArrayValue {
+                values: vec![AnyValue {
+                    value: Some(any_value::Value::StringValue("x".into())),
+                }],
+            })),
+        ];
+        proptest::option::weighted(0.9, v.prop_map(|v| AnyValue { value: Some(v) }))
+    }
+
+    fn key_value() -> impl Strategy<Value = KeyValue> {
+        let key = prop_oneof![
+            Just("paytrace.stage".to_owned()),
+            Just("paytrace.flow".to_owned()),
+            Just("paytrace.flow_id".to_owned()),
+            Just("payment.method".to_owned()),
+            Just("payment.channel".to_owned()),
+            Just("tcc.xid".to_owned()),
+            Just("tcc.phase".to_owned()),
+            Just("tcc.other".to_owned()),
+            Just("http.route".to_owned()),
+            "[a-z.]{1,10}",
+        ];
+        (key, value()).prop_map(|(key, value)| KeyValue {
+            key,
+            value,
+            ..Default::default()
+        })
+    }
+
+    fn span() -> impl Strategy<Value = Span> {
+        (
+            (id(16), id(8), prop_oneof![Just(Vec::new()), id(8)]),
+            "[a-zA-Zé /]{0,20}",
+            (0u64..3, 0u64..3),
+            proptest::collection::vec(key_value(), 0..8),
+            proptest::collection::vec((id(16), id(8)), 0..4),
+            proptest::option::of(0i32..4),
+            proptest::collection::vec("[a-z]{0,5}", 0..2),
+        )
+            .prop_map(
+                |(ids, name, times, attributes, links, status, events)| Span {
+                    trace_id: ids.0,
+                    span_id: ids.1,
+                    parent_span_id: ids.2,
+                    trace_state: "k=v".into(),
+                    name,
+                    kind: 2,
+                    start_time_unix_nano: times.0 * 1_000,
+                    end_time_unix_nano: times.1 * 1_000,
+                    attributes,
+                    events: events
+                        .into_iter()
+                        .map(|name| Event {
+                            name,
+                            time_unix_nano: 5,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    links: links
+                        .into_iter()
+                        .map(|(trace_id, span_id)| Link {
+                            trace_id,
+                            span_id,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    status: status.map(|code| Status {
+                        message: "m".into(),
+                        code,
+                    }),
+                    dropped_attributes_count: 3,
+                    ..Default::default()
+                },
+            )
+    }
+
+    pub(crate) fn request() -> impl Strategy<Value = ExportTraceServiceRequest> {
+        let resource = proptest::option::of(
+            (proptest::collection::vec(key_value(), 0..3), value()).prop_map(
+                |(mut attributes, service)| {
+                    attributes.push(KeyValue {
+                        key: "service.name".into(),
+                        value: service,
+                        ..Default::default()
+                    });
+                    Resource {
+                        attributes,
+                        ..Default::default()
+                    }
+                },
+            ),
+        );
+        let scope_spans = proptest::collection::vec(span(), 0..5).prop_map(|spans| ScopeSpans {
+            scope: Some(InstrumentationScope {
+                name: "scope".into(),
+                ..Default::default()
+            }),
+            spans,
+            schema_url: "s".into(),
+        });
+        proptest::collection::vec(
+            (resource, proptest::collection::vec(scope_spans, 0..3)).prop_map(
+                |(resource, scope_spans)| ResourceSpans {
+                    resource,
+                    scope_spans,
+                    schema_url: String::new(),
+                },
+            ),
+            0..3,
+        )
+        .prop_map(|resource_spans| ExportTraceServiceRequest { resource_spans })
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// The receivers decode protobuf with their own wire decoder; OTLP/JSON
+    /// and files go through OTLP messages. Both must give the same spans and
+    /// the same rejections.
+    #[test]
+    fn the_wire_decoder_agrees_with_decoding_the_messages(request in otlp::request()) {
+        use paytrace_aggregator::decode::{Interner, SpanLimits, decode, decode_protobuf};
+        use prost::Message;
+
+        // Small limits, so that every rejection reason comes up.
+        let limits = SpanLimits {
+            max_name_bytes: 16,
+            max_attributes: 6,
+            max_links: 2,
+            max_business_value_bytes: 8,
+        };
+        let config = paytrace_aggregator::config::Config::from_toml(
+            "rules.toml",
+            "[[rules]]\nattributes = { \"http.route\" = \"/pay\" }\nstage = \"payment.create\"\nflow = \"checkout\"\n",
+        )
+        .expect("valid rules");
+        let body = request.encode_to_vec();
+        let wire = decode_protobuf(&body, &limits, &config.rules, &mut Interner::default())
+            .expect("a prost-encoded request is valid");
+        let messages = decode(&request, &limits, &config.rules, &mut Interner::default());
+        prop_assert_eq!(wire, messages);
+    }
+
+    /// Whatever the bytes, the wire decoder answers without panicking, and
+    /// where `prost` accepts them as a request, with the same spans.
+    #[test]
+    fn the_wire_decoder_survives_damaged_bytes(
+        request in otlp::request(),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<(prop::sample::Index, u8)>(),
+    ) {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use paytrace_aggregator::config::StageRules;
+        use paytrace_aggregator::decode::{Interner, SpanLimits, decode, decode_protobuf};
+        use prost::Message;
+
+        let mut body = request.encode_to_vec();
+        if !body.is_empty() {
+            let at = flip.0.index(body.len());
+            body[at] ^= flip.1;
+            body.truncate(cut.index(body.len() + 1));
+        }
+        let (limits, rules) = (SpanLimits::default(), StageRules::default());
+        let wire = decode_protobuf(&body, &limits, &rules, &mut Interner::default());
+        if let Ok(request) = ExportTraceServiceRequest::decode(&body[..]) {
+            let messages = decode(&request, &limits, &rules, &mut Interner::default());
+            prop_assert_eq!(wire, Ok(messages));
+        }
+    }
+}
