@@ -247,18 +247,20 @@ fn build(
     rules: &StageRules,
     interner: &mut Interner,
 ) -> Result<Span, String> {
-    let name = String::from_utf8_lossy(span.name);
+    let name = std::str::from_utf8(span.name);
+    // Error messages quote what they can of a name that is not UTF-8.
+    let quoted = || String::from_utf8_lossy(span.name);
     let trace_id = TraceId::from_bytes(span.trace_id).ok_or_else(|| {
         format!(
             "span {:?}: trace_id {}",
-            truncate(&name),
+            truncate(&quoted()),
             id_problem(span.trace_id.len(), 16)
         )
     })?;
     let span_id = SpanId::from_bytes(span.span_id).ok_or_else(|| {
         format!(
             "span {:?} of trace {trace_id}: span_id {}",
-            truncate(&name),
+            truncate(&quoted()),
             id_problem(span.span_id.len(), 8)
         )
     })?;
@@ -289,7 +291,7 @@ fn build(
             limits.max_name_bytes
         ));
     }
-    let std::borrow::Cow::Borrowed(name) = name else {
+    let Ok(name) = name else {
         return Err(format!(
             "span {span_id} of trace {trace_id}: the name is not UTF-8"
         ));
@@ -368,28 +370,36 @@ fn business(
 ) -> Result<Business, String> {
     let mut b = Business::default();
     for a in attributes {
-        let slot = match a.key {
-            k if k == attr::STAGE.as_bytes() => &mut b.stage,
-            k if k == attr::FLOW.as_bytes() => &mut b.flow,
-            k if k == attr::FLOW_ID.as_bytes() => &mut b.flow_id,
-            k if k == attr::PAYMENT_METHOD.as_bytes() => &mut b.payment_method,
-            k if k == attr::PAYMENT_CHANNEL.as_bytes() => &mut b.payment_channel,
-            k if k == attr::OUTCOME.as_bytes() => &mut b.outcome,
+        let (slot, key) = match a.key {
+            k if k == attr::STAGE.as_bytes() => (&mut b.stage, attr::STAGE),
+            k if k == attr::FLOW.as_bytes() => (&mut b.flow, attr::FLOW),
+            k if k == attr::FLOW_ID.as_bytes() => (&mut b.flow_id, attr::FLOW_ID),
+            k if k == attr::PAYMENT_METHOD.as_bytes() => {
+                (&mut b.payment_method, attr::PAYMENT_METHOD)
+            }
+            k if k == attr::PAYMENT_CHANNEL.as_bytes() => {
+                (&mut b.payment_channel, attr::PAYMENT_CHANNEL)
+            }
+            k if k == attr::OUTCOME.as_bytes() => (&mut b.outcome, attr::OUTCOME),
             k if k.starts_with(b"tcc.") => {
                 let tcc = b.tcc.get_or_insert_with(Box::default);
                 match k {
-                    k if k == attr::TCC_XID.as_bytes() => &mut tcc.xid,
-                    k if k == attr::TCC_BRANCH_ID.as_bytes() => &mut tcc.branch_id,
-                    k if k == attr::TCC_RESOURCE.as_bytes() => &mut tcc.resource,
-                    k if k == attr::TCC_PHASE.as_bytes() => &mut tcc.phase,
-                    k if k == attr::TCC_DECISION.as_bytes() => &mut tcc.decision,
+                    k if k == attr::TCC_XID.as_bytes() => (&mut tcc.xid, attr::TCC_XID),
+                    k if k == attr::TCC_BRANCH_ID.as_bytes() => {
+                        (&mut tcc.branch_id, attr::TCC_BRANCH_ID)
+                    }
+                    k if k == attr::TCC_RESOURCE.as_bytes() => {
+                        (&mut tcc.resource, attr::TCC_RESOURCE)
+                    }
+                    k if k == attr::TCC_PHASE.as_bytes() => (&mut tcc.phase, attr::TCC_PHASE),
+                    k if k == attr::TCC_DECISION.as_bytes() => {
+                        (&mut tcc.decision, attr::TCC_DECISION)
+                    }
                     _ => continue,
                 }
             }
             _ => continue,
         };
-        // The key matched one of ours, so it is UTF-8.
-        let key = String::from_utf8_lossy(a.key);
         let is_id = matches!(
             key.as_ref(),
             attr::FLOW_ID | attr::TCC_XID | attr::TCC_BRANCH_ID

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+use prost::encoding::{DecodeContext, WireType, decode_varint, skip_field};
 
 use super::{Attr, AttrValue, Decoded, Interner, RawSpan, SpanLimits, UNKNOWN_SERVICE, build};
 use crate::config::StageRules;
@@ -85,7 +85,7 @@ struct Scratch<'a> {
     links: Vec<(&'a [u8], &'a [u8])>,
 }
 
-fn count_spans(body: &[u8]) -> Result<usize, MalformedRequest> {
+fn count_spans(body: &[u8]) -> Result<usize, WireError> {
     let mut n = 0;
     let mut request = Fields::new(body);
     while let Some((tag, value)) = request.next()? {
@@ -114,7 +114,7 @@ fn decode_resource_spans<'a>(
     interner: &mut Interner,
     scratch: &mut Scratch<'a>,
     out: &mut Decoded,
-) -> Result<(), MalformedRequest> {
+) -> Result<(), WireError> {
     // The resource may follow the spans on the wire: find it first.
     let mut service = None;
     let mut fields = Fields::new(buf);
@@ -124,8 +124,9 @@ fn decode_resource_spans<'a>(
         }
     }
     let service = match service {
-        Some(AttrValue::Str(name)) => std::str::from_utf8(name)
-            .map_err(|_| MalformedRequest("the resource's service.name is not UTF-8".into()))?,
+        Some(AttrValue::Str(name)) => {
+            std::str::from_utf8(name).map_err(|_| WireError::ServiceNameNotUtf8)?
+        }
         _ => UNKNOWN_SERVICE,
     };
     let service: Arc<str> = interner.intern(service);
@@ -149,7 +150,7 @@ fn decode_resource_spans<'a>(
 }
 
 /// The value of the first `service.name` attribute of a `Resource`, if any.
-fn service_name(resource: &[u8]) -> Result<Option<AttrValue<'_>>, MalformedRequest> {
+fn service_name(resource: &[u8]) -> Result<Option<AttrValue<'_>>, WireError> {
     let mut fields = Fields::new(resource);
     while let Some((tag, value)) = fields.next()? {
         if tag == 1 {
@@ -165,7 +166,7 @@ fn service_name(resource: &[u8]) -> Result<Option<AttrValue<'_>>, MalformedReque
 fn decode_span<'a, 's>(
     buf: &'a [u8],
     scratch: &'s mut Scratch<'a>,
-) -> Result<RawSpan<'a, 's>, MalformedRequest> {
+) -> Result<RawSpan<'a, 's>, WireError> {
     let mut span = RawSpan {
         trace_id: &[],
         span_id: &[],
@@ -211,7 +212,7 @@ fn decode_span<'a, 's>(
     Ok(span)
 }
 
-fn decode_key_value(buf: &[u8]) -> Result<Attr<'_>, MalformedRequest> {
+fn decode_key_value(buf: &[u8]) -> Result<Attr<'_>, WireError> {
     let mut attr = Attr {
         key: &[],
         value: AttrValue::Other,
@@ -231,7 +232,7 @@ fn decode_key_value(buf: &[u8]) -> Result<Attr<'_>, MalformedRequest> {
 fn decode_any_value<'a>(
     buf: &'a [u8],
     previous: AttrValue<'a>,
-) -> Result<AttrValue<'a>, MalformedRequest> {
+) -> Result<AttrValue<'a>, WireError> {
     let mut result = previous;
     let mut fields = Fields::new(buf);
     while let Some((tag, value)) = fields.next()? {
@@ -246,7 +247,7 @@ fn decode_any_value<'a>(
     Ok(result)
 }
 
-fn decode_link(buf: &[u8]) -> Result<(&[u8], &[u8]), MalformedRequest> {
+fn decode_link(buf: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
     let (mut trace_id, mut span_id): (&[u8], &[u8]) = (&[], &[]);
     let mut fields = Fields::new(buf);
     while let Some((tag, value)) = fields.next()? {
@@ -259,7 +260,64 @@ fn decode_link(buf: &[u8]) -> Result<(&[u8], &[u8]), MalformedRequest> {
     Ok((trace_id, span_id))
 }
 
+/// What is wrong with a request, cheap to return from every field read;
+/// worded once, in [`MalformedRequest`].
+#[derive(Clone, Copy, Debug)]
+enum WireError {
+    Truncated {
+        need: u64,
+        left: usize,
+    },
+    InvalidVarint,
+    InvalidKey(u64),
+    WrongType {
+        field: &'static str,
+        expected: WireType,
+        got: WireType,
+    },
+    UnmatchedEndGroup(u32),
+    InvalidGroup,
+    ServiceNameNotUtf8,
+}
+
+fn wire_type_name(wire_type: WireType) -> &'static str {
+    match wire_type {
+        WireType::Varint => "a varint",
+        WireType::SixtyFourBit => "64-bit",
+        WireType::LengthDelimited => "length-delimited",
+        WireType::StartGroup | WireType::EndGroup => "a group",
+        WireType::ThirtyTwoBit => "32-bit",
+    }
+}
+
+impl From<WireError> for MalformedRequest {
+    fn from(e: WireError) -> Self {
+        Self(match e {
+            WireError::Truncated { need, left } => {
+                format!("truncated: a field of {need} bytes with {left} left")
+            }
+            WireError::InvalidVarint => "an invalid varint".to_owned(),
+            WireError::InvalidKey(key) => format!("an invalid field key {key}"),
+            WireError::WrongType {
+                field,
+                expected,
+                got,
+            } => format!(
+                "{field} must be {}, got {}",
+                wire_type_name(expected),
+                wire_type_name(got)
+            ),
+            WireError::UnmatchedEndGroup(tag) => {
+                format!("an end-group marker for field {tag} without its start")
+            }
+            WireError::InvalidGroup => "an invalid group".to_owned(),
+            WireError::ServiceNameNotUtf8 => "the resource's service.name is not UTF-8".to_owned(),
+        })
+    }
+}
+
 /// One field's payload, borrowed from the message.
+#[derive(Clone, Copy)]
 enum Value<'a> {
     Varint(u64),
     Fixed64(u64),
@@ -269,41 +327,46 @@ enum Value<'a> {
 }
 
 impl<'a> Value<'a> {
-    fn wire_type(&self) -> &'static str {
+    fn wire_type(self) -> WireType {
         match self {
-            Self::Varint(_) => "varint",
-            Self::Fixed64(_) => "64-bit",
-            Self::Fixed32 => "32-bit",
-            Self::Bytes(_) => "length-delimited",
-            Self::Group => "group",
+            Self::Varint(_) => WireType::Varint,
+            Self::Fixed64(_) => WireType::SixtyFourBit,
+            Self::Fixed32 => WireType::ThirtyTwoBit,
+            Self::Bytes(_) => WireType::LengthDelimited,
+            Self::Group => WireType::StartGroup,
         }
     }
 
-    fn mismatch(&self, field: &str, expected: &str) -> MalformedRequest {
-        MalformedRequest(format!(
-            "{field} must be {expected}, got a {} field",
-            self.wire_type()
-        ))
-    }
-
-    fn bytes(self, field: &str) -> Result<&'a [u8], MalformedRequest> {
+    #[inline]
+    fn bytes(self, field: &'static str) -> Result<&'a [u8], WireError> {
         match self {
             Self::Bytes(b) => Ok(b),
-            other => Err(other.mismatch(field, "length-delimited")),
+            other => Err(other.mismatch(field, WireType::LengthDelimited)),
         }
     }
 
-    fn varint(self, field: &str) -> Result<u64, MalformedRequest> {
+    #[inline]
+    fn varint(self, field: &'static str) -> Result<u64, WireError> {
         match self {
             Self::Varint(v) => Ok(v),
-            other => Err(other.mismatch(field, "a varint")),
+            other => Err(other.mismatch(field, WireType::Varint)),
         }
     }
 
-    fn fixed64(self, field: &str) -> Result<u64, MalformedRequest> {
+    #[inline]
+    fn fixed64(self, field: &'static str) -> Result<u64, WireError> {
         match self {
             Self::Fixed64(v) => Ok(v),
-            other => Err(other.mismatch(field, "64-bit")),
+            other => Err(other.mismatch(field, WireType::SixtyFourBit)),
+        }
+    }
+
+    #[cold]
+    fn mismatch(self, field: &'static str, expected: WireType) -> WireError {
+        WireError::WrongType {
+            field,
+            expected,
+            got: self.wire_type(),
         }
     }
 }
@@ -318,54 +381,74 @@ impl<'a> Fields<'a> {
         Self { buf }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], MalformedRequest> {
-        if n > self.buf.len() {
-            return Err(MalformedRequest(format!(
-                "truncated: a field of {n} bytes with {} left",
-                self.buf.len()
-            )));
+    #[inline(always)]
+    fn take(&mut self, n: u64) -> Result<&'a [u8], WireError> {
+        match usize::try_from(n) {
+            Ok(n) if n <= self.buf.len() => {
+                let (head, tail) = self.buf.split_at(n);
+                self.buf = tail;
+                Ok(head)
+            }
+            _ => Err(WireError::Truncated {
+                need: n,
+                left: self.buf.len(),
+            }),
         }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
     }
 
-    fn next(&mut self) -> Result<Option<(u32, Value<'a>)>, MalformedRequest> {
+    /// A varint; nearly all tags and lengths fit one byte, which is read
+    /// here, the rest by `prost`.
+    #[inline(always)]
+    fn varint(&mut self) -> Result<u64, WireError> {
+        match self.buf.split_first() {
+            Some((&b, rest)) if b < 0x80 => {
+                self.buf = rest;
+                Ok(u64::from(b))
+            }
+            _ => decode_varint(&mut self.buf).map_err(|_| WireError::InvalidVarint),
+        }
+    }
+
+    #[inline]
+    fn next(&mut self) -> Result<Option<(u32, Value<'a>)>, WireError> {
         if self.buf.is_empty() {
             return Ok(None);
         }
-        let wire = |e: prost::DecodeError| MalformedRequest(e.to_string());
-        let (tag, wire_type) = decode_key(&mut self.buf).map_err(wire)?;
-        let value = match wire_type {
-            WireType::Varint => Value::Varint(decode_varint(&mut self.buf).map_err(wire)?),
-            WireType::SixtyFourBit => {
+        let key = self.varint()?;
+        let tag = match u32::try_from(key >> 3) {
+            Ok(tag) if tag > 0 => tag,
+            _ => return Err(WireError::InvalidKey(key)),
+        };
+        let value = match key & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => {
                 let b = self.take(8)?;
-                Value::Fixed64(u64::from_le_bytes(
-                    b.try_into()
-                        .map_err(|_| MalformedRequest("truncated 64-bit field".into()))?,
-                ))
+                let mut le = [0; 8];
+                le.copy_from_slice(b);
+                Value::Fixed64(u64::from_le_bytes(le))
             }
-            WireType::ThirtyTwoBit => {
+            2 => {
+                let len = self.varint()?;
+                Value::Bytes(self.take(len)?)
+            }
+            3 => {
+                // Deprecated groups appear in no OTLP message; skip them as
+                // any protobuf decoder would, with its nesting limit.
+                skip_field(
+                    WireType::StartGroup,
+                    tag,
+                    &mut self.buf,
+                    DecodeContext::default(),
+                )
+                .map_err(|_| WireError::InvalidGroup)?;
+                Value::Group
+            }
+            4 => return Err(WireError::UnmatchedEndGroup(tag)),
+            5 => {
                 self.take(4)?;
                 Value::Fixed32
             }
-            WireType::LengthDelimited => {
-                let len = decode_varint(&mut self.buf).map_err(wire)?;
-                let len = usize::try_from(len).unwrap_or(usize::MAX);
-                Value::Bytes(self.take(len)?)
-            }
-            WireType::StartGroup => {
-                // Deprecated groups appear in no OTLP message; skip them as
-                // any protobuf decoder would, with its nesting limit.
-                skip_field(wire_type, tag, &mut self.buf, DecodeContext::default())
-                    .map_err(wire)?;
-                Value::Group
-            }
-            WireType::EndGroup => {
-                return Err(MalformedRequest(format!(
-                    "an end-group marker for field {tag} without its start"
-                )));
-            }
+            _ => return Err(WireError::InvalidKey(key)),
         };
         Ok(Some((tag, value)))
     }
