@@ -400,10 +400,7 @@ fn business(
             }
             _ => continue,
         };
-        let is_id = matches!(
-            key.as_ref(),
-            attr::FLOW_ID | attr::TCC_XID | attr::TCC_BRANCH_ID
-        );
+        let is_id = matches!(key, attr::FLOW_ID | attr::TCC_XID | attr::TCC_BRANCH_ID);
         let number;
         let value: &str = match a.value {
             AttrValue::Str(s) => {
