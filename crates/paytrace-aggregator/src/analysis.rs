@@ -10,7 +10,6 @@
 //! the pseudo-stage `async:<stage of that trace's root>`. So the stages'
 //! critical-path times sum to the flow's end-to-end duration.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use paytrace_semconv::stage::ASYNC_PREFIX;
@@ -132,14 +131,14 @@ pub fn analyze_flow(traces: &[Vec<Span>]) -> Option<FlowAnalysis> {
         .max()
         .unwrap_or(start_ns);
 
-    let mut stages: BTreeMap<Arc<str>, StageTimes> = BTreeMap::new();
+    let mut stages = StageTable::default();
 
     // Durations and self times of every stage span.
     for info in &infos {
         let self_times = info.tree.stage_self_time(&info.nearest);
         for (i, span) in info.spans.iter().enumerate() {
             if info.nearest[i] == i {
-                let times = entry(&mut stages, info.tree.stage_name(i));
+                let times = stages.entry(info.tree.stage_name(i));
                 times.spans += 1;
                 times.duration_ns += span.duration_ns();
                 times.self_ns += self_times[i];
@@ -149,15 +148,15 @@ pub fn analyze_flow(traces: &[Vec<Span>]) -> Option<FlowAnalysis> {
 
     let critical_path = stitched_critical_path(&infos, start_ns, end_ns);
     for seg in &critical_path {
-        entry(&mut stages, seg.stage.clone()).critical_path_ns += seg.end_ns - seg.start_ns;
+        stages.entry(seg.stage.clone()).critical_path_ns += seg.end_ns - seg.start_ns;
     }
-    for times in stages.values_mut() {
+    let mut stages = stages.list;
+    for times in &mut stages {
         if times.stage.starts_with(ASYNC_PREFIX) {
             times.duration_ns = times.critical_path_ns;
             times.self_ns = times.critical_path_ns;
         }
     }
-    let mut stages: Vec<StageTimes> = stages.into_values().collect();
     stages.sort_by(|a, b| {
         b.critical_path_ns
             .cmp(&a.critical_path_ns)
@@ -194,14 +193,49 @@ pub fn analyze_flow(traces: &[Vec<Span>]) -> Option<FlowAnalysis> {
     })
 }
 
-fn entry(stages: &mut BTreeMap<Arc<str>, StageTimes>, name: Arc<str>) -> &mut StageTimes {
-    stages.entry(name.clone()).or_insert_with(|| StageTimes {
-        stage: name,
-        spans: 0,
-        duration_ns: 0,
-        self_ns: 0,
-        critical_path_ns: 0,
-    })
+/// The stages of one flow as they are met. A flow has a handful of stages,
+/// found by a scan that mostly compares pointers (names are interned); past
+/// [`StageTable::SCAN`] stages, a hash index takes over.
+#[derive(Default)]
+struct StageTable {
+    list: Vec<StageTimes>,
+    index: crate::FastMap<Arc<str>, usize>,
+}
+
+impl StageTable {
+    const SCAN: usize = 16;
+
+    fn entry(&mut self, name: Arc<str>) -> &mut StageTimes {
+        let found = if self.list.len() <= Self::SCAN {
+            self.list
+                .iter()
+                .position(|t| Arc::ptr_eq(&t.stage, &name) || t.stage == name)
+        } else {
+            if self.index.is_empty() {
+                self.index = (self.list.iter().enumerate())
+                    .map(|(i, t)| (t.stage.clone(), i))
+                    .collect();
+            }
+            self.index.get(&name).copied()
+        };
+        let at = match found {
+            Some(at) => at,
+            None => {
+                if !self.index.is_empty() {
+                    self.index.insert(name.clone(), self.list.len());
+                }
+                self.list.push(StageTimes {
+                    stage: name,
+                    spans: 0,
+                    duration_ns: 0,
+                    self_ns: 0,
+                    critical_path_ns: 0,
+                });
+                self.list.len() - 1
+            }
+        };
+        &mut self.list[at]
+    }
 }
 
 /// Every span of the flow with its trace and span index.

@@ -204,8 +204,77 @@ struct State {
     flows: FlowBuffer,
     minutes: VecDeque<Minute>,
     recent: HashMap<Arc<str>, RecentFlows>,
-    labels: HashMap<&'static str, crate::FastSet<Arc<str>>>,
+    labels: LabelValues,
+    series: SeriesCache,
     tcc: TccTracker,
+}
+
+/// The distinct values seen per metric label, up to the label limit. Every
+/// bounded value is the one `Arc` kept here, so its pointer identifies it.
+#[derive(Debug)]
+struct LabelValues {
+    flow: crate::FastSet<Arc<str>>,
+    payment_method: crate::FastSet<Arc<str>>,
+    payment_channel: crate::FastSet<Arc<str>>,
+    stage: crate::FastSet<Arc<str>>,
+    /// TCC resources.
+    resource: crate::FastSet<Arc<str>>,
+    overflow: Arc<str>,
+}
+
+impl Default for LabelValues {
+    fn default() -> Self {
+        Self {
+            flow: Default::default(),
+            payment_method: Default::default(),
+            payment_channel: Default::default(),
+            stage: Default::default(),
+            resource: Default::default(),
+            overflow: Arc::from(OVERFLOW_LABEL_VALUE),
+        }
+    }
+}
+
+/// A bounded label value, compared and hashed by its pointer.
+#[derive(Clone, Debug)]
+struct ByPtr(Option<Arc<str>>);
+
+impl PartialEq for ByPtr {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ByPtr {}
+
+impl std::hash::Hash for ByPtr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_usize(
+            self.0
+                .as_ref()
+                .map_or(0, |a| Arc::as_ptr(a).cast::<u8>() as usize),
+        );
+    }
+}
+
+/// Histogram handles by their bounded label values: `with_label_values`
+/// hashes every label string under a lock, a few times per flow instance.
+/// Equal strings behind different pointers only cost a second entry for
+/// the same series; the cache is dropped whole past a size.
+#[derive(Debug, Default)]
+struct SeriesCache {
+    /// (flow, stage, method, channel) -> critical path, self.
+    stages: crate::FastMap<[ByPtr; 4], [prometheus::Histogram; 2]>,
+    /// (flow, method, channel), is_error -> end to end.
+    flows: crate::FastMap<([ByPtr; 3], bool), prometheus::Histogram>,
+}
+
+impl SeriesCache {
+    const MAX: usize = 16_384;
 }
 
 /// The aggregator's Prometheus families.
@@ -399,7 +468,8 @@ impl Pipeline {
                 flows: FlowBuffer::new(config.flows),
                 minutes: VecDeque::new(),
                 recent: HashMap::new(),
-                labels: HashMap::new(),
+                labels: LabelValues::default(),
+                series: SeriesCache::default(),
                 tcc: TccTracker::new(config.tcc),
             }),
             metrics: Metrics::new().expect("the aggregator's families are distinct"),
@@ -475,12 +545,9 @@ impl Pipeline {
             if let Some(resource) = span.business.tcc.as_ref().and_then(|t| t.resource.as_ref()) {
                 // A resource's anomaly series start at zero when it is first
                 // seen, before any anomaly of it can be counted.
-                let known = state
-                    .labels
-                    .get(label::RESOURCE)
-                    .is_some_and(|seen| seen.contains(resource));
-                if !known {
-                    let bounded = self.bounded(&mut state.labels, label::RESOURCE, resource);
+                if !state.labels.resource.contains(resource) {
+                    let labels = &mut state.labels;
+                    let bounded = self.bounded(&mut labels.resource, &labels.overflow, resource);
                     for kind in paytrace_semconv::tcc::GLOBAL_ANOMALY_KINDS {
                         self.metrics
                             .tcc_anomalies
@@ -500,9 +567,10 @@ impl Pipeline {
     }
 
     fn count_tcc_anomaly(&self, state: &mut State, a: &GlobalAnomaly) {
+        let labels = &mut state.labels;
         let resource = self.bounded(
-            &mut state.labels,
-            label::RESOURCE,
+            &mut labels.resource,
+            &labels.overflow,
             &Arc::from(a.resource.as_str()),
         );
         self.metrics
@@ -617,7 +685,7 @@ impl Pipeline {
         if analysis.is_error {
             *slot.errors.entry(analysis.flow.clone()).or_default() += 1;
         }
-        self.observe(&analysis);
+        self.observe(&mut state.series, &analysis);
         let recent = state.recent.entry(analysis.flow.clone()).or_default();
         if recent.items.len() >= RECENT_PER_FLOW
             && recent.items.pop_front().is_some_and(|r| r.spans.is_some())
@@ -632,14 +700,14 @@ impl Pipeline {
         release_spans(recent);
     }
 
-    /// `value`, or `other` once `name` has reached its limit of distinct values.
+    /// The kept copy of `value`, or `other` once `seen` has reached the
+    /// label limit.
     fn bounded(
         &self,
-        labels: &mut HashMap<&'static str, crate::FastSet<Arc<str>>>,
-        name: &'static str,
+        seen: &mut crate::FastSet<Arc<str>>,
+        overflow: &Arc<str>,
         value: &Arc<str>,
     ) -> Arc<str> {
-        let seen = labels.entry(name).or_default();
         if let Some(v) = seen.get(value) {
             return v.clone();
         }
@@ -648,26 +716,23 @@ impl Pipeline {
             value.clone()
         } else {
             self.metrics.series_overflow.inc();
-            Arc::from(OVERFLOW_LABEL_VALUE)
+            overflow.clone()
         }
     }
 
-    fn bound(
-        &self,
-        labels: &mut HashMap<&'static str, crate::FastSet<Arc<str>>>,
-        a: &mut FlowAnalysis,
-    ) {
-        a.flow = self.bounded(labels, label::FLOW, &a.flow);
+    fn bound(&self, labels: &mut LabelValues, a: &mut FlowAnalysis) {
+        let overflow = labels.overflow.clone();
+        a.flow = self.bounded(&mut labels.flow, &overflow, &a.flow);
         if let Some(m) = &a.payment_method {
-            a.payment_method = Some(self.bounded(labels, label::PAYMENT_METHOD, m));
+            a.payment_method = Some(self.bounded(&mut labels.payment_method, &overflow, m));
         }
         if let Some(c) = &a.payment_channel {
-            a.payment_channel = Some(self.bounded(labels, label::PAYMENT_CHANNEL, c));
+            a.payment_channel = Some(self.bounded(&mut labels.payment_channel, &overflow, c));
         }
         let mut folded = false;
         for st in &mut a.stages {
-            let bounded = self.bounded(labels, label::STAGE, &st.stage);
-            folded |= bounded != st.stage;
+            let bounded = self.bounded(&mut labels.stage, &overflow, &st.stage);
+            folded |= Arc::ptr_eq(&bounded, &overflow);
             st.stage = bounded;
         }
         if folded {
@@ -688,25 +753,45 @@ impl Pipeline {
         }
     }
 
-    fn observe(&self, a: &FlowAnalysis) {
+    /// Observes a bounded analysis in the Prometheus histograms.
+    fn observe(&self, series: &mut SeriesCache, a: &FlowAnalysis) {
+        if series.stages.len() + series.flows.len() > SeriesCache::MAX {
+            *series = SeriesCache::default();
+        }
         let flow: &str = &a.flow;
         let method = a.payment_method.as_deref().unwrap_or("");
         let channel = a.payment_channel.as_deref().unwrap_or("");
-        let outcome = if a.is_error { "error" } else { "ok" };
-        self.metrics
-            .flow_duration
-            .with_label_values(&[flow, method, channel, outcome])
+        let key = [
+            ByPtr(Some(a.flow.clone())),
+            ByPtr(a.payment_method.clone()),
+            ByPtr(a.payment_channel.clone()),
+        ];
+        series
+            .flows
+            .entry((key, a.is_error))
+            .or_insert_with(|| {
+                let outcome = if a.is_error { "error" } else { "ok" };
+                self.metrics
+                    .flow_duration
+                    .with_label_values(&[flow, method, channel, outcome])
+            })
             .observe(a.duration_ns() as f64 / 1e9);
         for s in &a.stages {
-            let labels = [flow, &s.stage, method, channel];
-            self.metrics
-                .stage_critical_path
-                .with_label_values(&labels)
-                .observe(s.critical_path_ns as f64 / 1e9);
-            self.metrics
-                .stage_self
-                .with_label_values(&labels)
-                .observe(s.self_ns as f64 / 1e9);
+            let key = [
+                ByPtr(Some(a.flow.clone())),
+                ByPtr(Some(s.stage.clone())),
+                ByPtr(a.payment_method.clone()),
+                ByPtr(a.payment_channel.clone()),
+            ];
+            let [critical_path, self_time] = series.stages.entry(key).or_insert_with(|| {
+                let labels = [flow, &s.stage, method, channel];
+                [
+                    self.metrics.stage_critical_path.with_label_values(&labels),
+                    self.metrics.stage_self.with_label_values(&labels),
+                ]
+            });
+            critical_path.observe(s.critical_path_ns as f64 / 1e9);
+            self_time.observe(s.self_ns as f64 / 1e9);
         }
     }
 

@@ -51,6 +51,8 @@ pub struct Tree<'a> {
     /// Each span's interval clipped to its parent's window; `None` when it
     /// lies entirely outside (then its subtree is off the critical path).
     window: Vec<Option<(u64, u64)>>,
+    /// The root's stage name when it has no `paytrace.stage`, made once.
+    root_stage: Option<Arc<str>>,
 }
 
 impl<'a> Tree<'a> {
@@ -127,12 +129,17 @@ impl<'a> Tree<'a> {
         for list in &mut children {
             list.sort_by_key(|&c| (window[c].map_or(0, |w| w.1), spans[c].span_id, c));
         }
+        let root_stage = match &spans[root].business.stage {
+            Some(_) => None,
+            None => Some(format!("{} {}", spans[root].service, spans[root].name).into()),
+        };
         Self {
             spans,
             root,
             parent,
             children,
             window,
+            root_stage,
         }
     }
 
@@ -190,14 +197,14 @@ impl<'a> Tree<'a> {
         while let Some(p) = self.parent[*chain.last().unwrap_or(&anchor)] {
             chain.push(p);
         }
-        let mut frames: Vec<Frame> = Vec::with_capacity(chain.len());
+        let mut frames: Vec<Frame> = Vec::with_capacity(chain.len() + 8);
         for pair in chain.windows(2).rev() {
             let (child, ancestor) = (pair[0], pair[1]);
             let resume = self.window[child].map_or(t, |w| w.0);
             frames.push(self.frame(ancestor, resume, Some(child)));
         }
         frames.push(self.frame(anchor, t, None));
-        let mut segments = Vec::new();
+        let mut segments = Vec::with_capacity(self.spans.len() + 1);
         self.walk(frames, &mut segments);
         (t, segments)
     }
@@ -275,12 +282,13 @@ impl<'a> Tree<'a> {
     pub fn nearest_stage(&self, is_stage: impl Fn(usize) -> bool) -> Vec<usize> {
         let n = self.spans.len();
         let mut nearest = vec![usize::MAX; n];
+        let mut path = Vec::new();
         // Parents before children: resolve along each span's ancestor path.
         for i in 0..n {
             if nearest[i] != usize::MAX {
                 continue;
             }
-            let mut path = Vec::new();
+            path.clear();
             let mut cur = i;
             let found = loop {
                 if nearest[cur] != usize::MAX {
@@ -296,7 +304,7 @@ impl<'a> Tree<'a> {
                     None => break self.root,
                 }
             };
-            for p in path {
+            for &p in &path {
                 nearest[p] = found;
             }
         }
@@ -329,9 +337,10 @@ impl<'a> Tree<'a> {
     /// without one, `"{service.name} {span name}"`.
     pub fn stage_name(&self, i: usize) -> Arc<str> {
         let s = &self.spans[i];
-        match &s.business.stage {
-            Some(stage) => stage.clone(),
-            None => format!("{} {}", s.service, s.name).into(),
+        match (&s.business.stage, &self.root_stage) {
+            (Some(stage), _) => stage.clone(),
+            (None, Some(root_stage)) if i == self.root => root_stage.clone(),
+            (None, _) => format!("{} {}", s.service, s.name).into(),
         }
     }
 }
