@@ -126,6 +126,25 @@ impl StageRules {
             .map(|r| (&r.stage, r.flow.as_ref()))
     }
 
+    /// Whether naming a span's stage may read the attribute `key`: the
+    /// paytrace attributes (`paytrace.*`, `payment.*`, `tcc.*`) and those
+    /// the rules test. Decoders skip the values of all others.
+    ///
+    /// ```
+    /// use paytrace_aggregator::config::StageRules;
+    /// let rules = StageRules::default();
+    /// assert!(rules.reads(b"payment.channel") && !rules.reads(b"http.route"));
+    /// ```
+    pub fn reads(&self, key: &[u8]) -> bool {
+        key.starts_with(b"paytrace.")
+            || key.starts_with(b"payment.")
+            || key.starts_with(b"tcc.")
+            || self
+                .rules
+                .iter()
+                .any(|r| r.attributes.iter().any(|(k, _)| k.as_bytes() == key))
+    }
+
     /// Whether there are no rules.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()

@@ -142,7 +142,7 @@ fn decode_resource_spans<'a>(
             }
             scratch.attributes.clear();
             scratch.links.clear();
-            let span = decode_span(value.bytes("ScopeSpans.spans")?, scratch)?;
+            let span = decode_span(value.bytes("ScopeSpans.spans")?, rules, scratch)?;
             out.push(build(&span, &service, limits, rules, interner));
         }
     }
@@ -154,7 +154,9 @@ fn service_name(resource: &[u8]) -> Result<Option<AttrValue<'_>>, WireError> {
     let mut fields = Fields::new(resource);
     while let Some((tag, value)) = fields.next()? {
         if tag == 1 {
-            let attr = decode_key_value(value.bytes("Resource.attributes")?)?;
+            let attr = decode_key_value(value.bytes("Resource.attributes")?, |key| {
+                key == b"service.name"
+            })?;
             if attr.key == b"service.name" {
                 return Ok(Some(attr.value));
             }
@@ -165,6 +167,7 @@ fn service_name(resource: &[u8]) -> Result<Option<AttrValue<'_>>, WireError> {
 
 fn decode_span<'a, 's>(
     buf: &'a [u8],
+    rules: &StageRules,
     scratch: &'s mut Scratch<'a>,
 ) -> Result<RawSpan<'a, 's>, WireError> {
     let mut span = RawSpan {
@@ -190,7 +193,9 @@ fn decode_span<'a, 's>(
             8 => span.end_ns = value.fixed64("Span.end_time_unix_nano")?,
             9 => scratch
                 .attributes
-                .push(decode_key_value(value.bytes("Span.attributes")?)?),
+                .push(decode_key_value(value.bytes("Span.attributes")?, |key| {
+                    rules.reads(key)
+                })?),
             13 => scratch.links.push(decode_link(value.bytes("Span.links")?)?),
             15 => {
                 // Status messages seen twice merge: a later one without a
@@ -212,20 +217,40 @@ fn decode_span<'a, 's>(
     Ok(span)
 }
 
-fn decode_key_value(buf: &[u8]) -> Result<Attr<'_>, WireError> {
-    let mut attr = Attr {
-        key: &[],
-        value: AttrValue::Other,
-    };
+/// One attribute. Its value is decoded only when `wanted(key)`: the
+/// aggregator reads a few attributes of each span and skips the rest.
+fn decode_key_value(buf: &[u8], wanted: impl Fn(&[u8]) -> bool) -> Result<Attr<'_>, WireError> {
+    let mut key: &[u8] = &[];
+    let mut value = None;
+    let mut values = 0u32;
     let mut fields = Fields::new(buf);
-    while let Some((tag, value)) = fields.next()? {
+    while let Some((tag, field)) = fields.next()? {
         match tag {
-            1 => attr.key = value.bytes("KeyValue.key")?,
-            2 => attr.value = decode_any_value(value.bytes("KeyValue.value")?, attr.value)?,
+            1 => key = field.bytes("KeyValue.key")?,
+            2 => {
+                value = Some(field.bytes("KeyValue.value")?);
+                values += 1;
+            }
             _ => {}
         }
     }
-    Ok(attr)
+    let value = match value {
+        Some(_) if !wanted(key) => AttrValue::Other,
+        None => AttrValue::Other,
+        Some(only) if values == 1 => decode_any_value(only, AttrValue::Other)?,
+        Some(_) => {
+            // A value sent in pieces merges, in wire order.
+            let mut merged = AttrValue::Other;
+            let mut fields = Fields::new(buf);
+            while let Some((tag, field)) = fields.next()? {
+                if tag == 2 {
+                    merged = decode_any_value(field.bytes("KeyValue.value")?, merged)?;
+                }
+            }
+            merged
+        }
+    };
+    Ok(Attr { key, value })
 }
 
 /// An `AnyValue` merged onto `previous`, as a value seen twice merges.
