@@ -47,7 +47,7 @@ pub struct Tree<'a> {
     root: usize,
     parent: Vec<Option<usize>>,
     /// Children of each span, sorted by the end of their window.
-    children: Vec<Vec<usize>>,
+    children: Children,
     /// Each span's interval clipped to its parent's window; `None` when it
     /// lies entirely outside (then its subtree is off the critical path).
     window: Vec<Option<(u64, u64)>>,
@@ -94,24 +94,19 @@ impl<'a> Tree<'a> {
             .collect();
 
         // Break cycles: anything not reachable from the root hangs off it.
-        let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (i, p) in parent.iter().enumerate() {
-            if let Some(p) = p {
-                children[*p].push(i);
-            }
-        }
+        let mut children = Children::from_parents(&parent);
         let mut reached = vec![false; n];
         let mut order = Vec::with_capacity(n);
         visit(root, &children, &mut reached, &mut order);
-        for i in 0..n {
-            if !reached[i] {
-                if let Some(old) = parent[i] {
-                    children[old].retain(|&c| c != i);
+        if order.len() < n {
+            for i in 0..n {
+                if !reached[i] {
+                    parent[i] = Some(root);
+                    // `i`'s own children are unchanged by the move.
+                    visit(i, &children, &mut reached, &mut order);
                 }
-                parent[i] = Some(root);
-                children[root].push(i);
-                visit(i, &children, &mut reached, &mut order);
             }
+            children = Children::from_parents(&parent);
         }
 
         // Windows, parents before children (`order` is a pre-order).
@@ -126,8 +121,10 @@ impl<'a> Tree<'a> {
                 }),
             };
         }
-        for list in &mut children {
-            list.sort_by_key(|&c| (window[c].map_or(0, |w| w.1), spans[c].span_id, c));
+        for i in 0..n {
+            children
+                .of_mut(i)
+                .sort_by_key(|&c| (window[c].map_or(0, |w| w.1), spans[c].span_id, c));
         }
         let root_stage = match &spans[root].business.stage {
             Some(_) => None,
@@ -223,7 +220,7 @@ impl<'a> Tree<'a> {
         Frame {
             span,
             t,
-            next: self.children[span].len(),
+            next: self.children.of(span).len(),
             skip,
         }
     }
@@ -234,7 +231,7 @@ impl<'a> Tree<'a> {
                 stack.pop();
                 continue;
             };
-            let children = &self.children[frame.span];
+            let children = self.children.of(frame.span);
             // The child that finished last at or before `t`.
             let mut found = None;
             while frame.next > 0 && frame.t > ws {
@@ -323,7 +320,7 @@ impl<'a> Tree<'a> {
                 }
                 let s = &self.spans[i];
                 intervals.clear();
-                intervals.extend(self.children[i].iter().filter_map(|&c| {
+                intervals.extend(self.children.of(i).iter().filter_map(|&c| {
                     let c = &self.spans[c];
                     let (cs, ce) = (c.start_ns.max(s.start_ns), c.end_ns.min(s.end_ns));
                     (cs < ce).then_some((cs, ce))
@@ -357,12 +354,54 @@ struct Frame {
 }
 
 /// Pre-order walk from `start` over spans not yet reached.
-fn visit(start: usize, children: &[Vec<usize>], reached: &mut [bool], order: &mut Vec<usize>) {
+/// The children of every span in one allocation: span `i`'s are
+/// `list[offsets[i]..offsets[i + 1]]`, in index order until sorted.
+#[derive(Debug)]
+struct Children {
+    offsets: Vec<usize>,
+    list: Vec<usize>,
+}
+
+impl Children {
+    fn from_parents(parent: &[Option<usize>]) -> Self {
+        let n = parent.len();
+        let mut offsets = vec![0; n + 1];
+        for &p in parent.iter().flatten() {
+            offsets[p + 1] += 1;
+        }
+        for i in 0..n {
+            offsets[i + 1] += offsets[i];
+        }
+        let mut list = vec![0; offsets[n]];
+        // Fill each span's range from its start, moving the start along:
+        // afterwards each start is where the next span's range begins, so
+        // shifting the offsets by one puts them back.
+        for (i, p) in parent.iter().enumerate() {
+            if let Some(p) = *p {
+                list[offsets[p]] = i;
+                offsets[p] += 1;
+            }
+        }
+        offsets.copy_within(0..n, 1);
+        offsets[0] = 0;
+        Self { offsets, list }
+    }
+
+    fn of(&self, i: usize) -> &[usize] {
+        &self.list[self.offsets[i]..self.offsets[i + 1]]
+    }
+
+    fn of_mut(&mut self, i: usize) -> &mut [usize] {
+        &mut self.list[self.offsets[i]..self.offsets[i + 1]]
+    }
+}
+
+fn visit(start: usize, children: &Children, reached: &mut [bool], order: &mut Vec<usize>) {
     let mut stack = vec![start];
     reached[start] = true;
     while let Some(s) = stack.pop() {
         order.push(s);
-        for &c in &children[s] {
+        for &c in children.of(s) {
             if !reached[c] {
                 reached[c] = true;
                 stack.push(c);
