@@ -61,8 +61,8 @@ impl Overflow {
     /// The `reason` label value.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::TraceSpanLimit => "trace_span_limit",
-            Self::Late => "late",
+            Self::TraceSpanLimit => paytrace_semconv::aggregator_drop_reason::TRACE_SPAN_LIMIT,
+            Self::Late => paytrace_semconv::aggregator_drop_reason::LATE,
             Self::MaxTraces => "max_traces",
             Self::MaxBytes => "max_bytes",
         }

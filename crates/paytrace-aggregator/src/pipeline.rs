@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use paytrace_semconv::{DEFAULT_LATENCY_BUCKETS, OVERFLOW_LABEL_VALUE, label, metric};
+use paytrace_semconv::{
+    DEFAULT_LATENCY_BUCKETS, OVERFLOW_LABEL_VALUE, aggregator_drop_reason, label, metric,
+};
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
@@ -401,7 +403,7 @@ impl Metrics {
         r.register(Box::new(m.tcc_anomalies.clone()))?;
         // Series exist from the start at zero, so that `increase()` and
         // `rate()` see the first event.
-        for reason in DROP_REASONS {
+        for reason in aggregator_drop_reason::ALL {
             m.spans_dropped.with_label_values(&[reason]);
         }
         for reason in [
@@ -416,16 +418,6 @@ impl Metrics {
         Ok(m)
     }
 }
-
-/// Every `reason` of `paytrace_aggregator_spans_dropped_total`.
-pub const DROP_REASONS: [&str; 6] = [
-    "invalid",
-    "overloaded",
-    "late",
-    "trace_span_limit",
-    "too_large",
-    "tcc_limit",
-];
 
 /// The live pipeline; share it behind an `Arc`.
 pub struct Pipeline {
@@ -486,7 +478,8 @@ impl Pipeline {
         &self.metrics.registry
     }
 
-    /// Counts spans dropped for `reason` (one of [`DROP_REASONS`]).
+    /// Counts spans dropped for `reason` (one of
+    /// [`paytrace_semconv::aggregator_drop_reason::ALL`]).
     fn count_dropped(&self, reason: &str, spans: u64) {
         self.metrics
             .spans_dropped
@@ -502,7 +495,7 @@ impl Pipeline {
             .with_label_values(&[protocol.as_str()])
             .inc_by(received);
         if decoded.rejected > 0 {
-            self.count_dropped("invalid", decoded.rejected);
+            self.count_dropped(aggregator_drop_reason::INVALID, decoded.rejected);
         }
         let mut state = self.state();
         let added = state.assembler.add(decoded.spans, now);
@@ -557,7 +550,7 @@ impl Pipeline {
             }
             match state.tcc.observe(span, now) {
                 Observed::Ignored | Observed::Tracked => {}
-                Observed::Limit => self.count_dropped("tcc_limit", 1),
+                Observed::Limit => self.count_dropped(aggregator_drop_reason::TCC_LIMIT, 1),
                 Observed::Malformed(anomaly) => {
                     self.count_tcc_anomaly(state, &anomaly);
                     state.tcc.list(anomaly);

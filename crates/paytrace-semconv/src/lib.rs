@@ -516,6 +516,26 @@ pub mod drop_reason {
     pub const ALL: &[&str] = &[QUEUE_FULL, EXPORT_FAILED, EXPORT_TIMEOUT];
 }
 
+/// Values of the `reason` label of `paytrace_aggregator_spans_dropped_total`.
+///
+/// ```
+/// assert!(paytrace_semconv::aggregator_drop_reason::ALL.contains(&"late"));
+/// ```
+pub mod aggregator_drop_reason {
+    /// Invalid, rejected through OTLP `partial_success`.
+    pub const INVALID: &str = "invalid";
+    /// Its trace was already complete and analysed.
+    pub const LATE: &str = "late";
+    /// Its trace already held the most spans one trace may.
+    pub const TRACE_SPAN_LIMIT: &str = "trace_span_limit";
+    /// Analysed for latency, but not followed as a TCC transaction: the
+    /// aggregator follows its maximum of transactions already, or the
+    /// transaction holds its maximum of spans.
+    pub const TCC_LIMIT: &str = "tcc_limit";
+    /// All reasons.
+    pub const ALL: &[&str] = &[INVALID, LATE, TRACE_SPAN_LIMIT, TCC_LIMIT];
+}
+
 /// TCC vocabulary: phases, resources and anomaly kinds.
 ///
 /// ```

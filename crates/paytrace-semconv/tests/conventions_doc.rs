@@ -85,6 +85,10 @@ fn outcomes_match() {
     assert_same("Outcomes", outcome::ALL);
     assert_same("Queue outcomes", queue_outcome::ALL);
     assert_same("Span drop reasons", drop_reason::ALL);
+    assert_same(
+        "Aggregator span drop reasons",
+        paytrace_semconv::aggregator_drop_reason::ALL,
+    );
 }
 
 #[test]
