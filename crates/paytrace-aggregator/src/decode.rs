@@ -2,6 +2,10 @@
 //!
 //! Each span is checked on its own; an invalid one is rejected with a reason
 //! (for `partial_success.rejected_spans`) and the rest of the request is kept.
+//!
+//! Two decoders share that check, so they agree: [`decode_protobuf`]
+//! reads protobuf bytes directly and is what the receivers use;
+//! [`decode`] takes OTLP messages, for OTLP/JSON and files.
 
 use std::sync::Arc;
 

@@ -4,7 +4,9 @@
 //! payment method and channel, which stage does the user wait on?*
 //!
 //! Where to start:
-//! - [`decode`]: OTLP requests into spans, rejecting invalid ones one by one;
+//! - [`decode`]: OTLP requests into spans, rejecting invalid ones one by one:
+//!   protobuf bytes straight from the wire ([`decode::decode_protobuf`], what
+//!   the receivers use), or OTLP messages (JSON, files);
 //!   [`config`]: rules that name the stages of plain OpenTelemetry spans.
 //! - [`span`]: the compact span model decoded from OTLP.
 //! - [`assembler`]: spans into complete traces, within bounded memory.
