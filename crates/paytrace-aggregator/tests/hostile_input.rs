@@ -275,13 +275,22 @@ async fn grpc_refuses_malformed_and_oversize_messages_with_the_codes_otlp_names(
         status.message()
     );
 
-    let mut client = TraceServiceClient::new(channel);
+    let mut client = TraceServiceClient::new(channel.clone());
     let big: Vec<Span> = (0..2_000u32)
         .map(|i| span(9, (i % 250 + 1) as u8, 10, 20))
         .collect();
     let big = request(big);
     assert!(big.encoded_len() > 64 * 1024);
-    let status = client.export(big).await.expect_err("too large");
+    let status = client.export(big.clone()).await.expect_err("too large");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+
+    // Small on the wire, over the limit once decompressed.
+    let mut gzip_client =
+        TraceServiceClient::new(channel).send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let status = gzip_client
+        .export(big)
+        .await
+        .expect_err("too large inflated");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
 
     // A small valid request on the same connection still goes through.
@@ -296,7 +305,7 @@ async fn grpc_refuses_malformed_and_oversize_messages_with_the_codes_otlp_names(
         )
     };
     assert_eq!(metric(&running, &refused("malformed")).await, 1.0);
-    assert_eq!(metric(&running, &refused("too_large")).await, 1.0);
+    assert_eq!(metric(&running, &refused("too_large")).await, 2.0);
     running.shutdown().await;
 }
 

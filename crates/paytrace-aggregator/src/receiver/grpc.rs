@@ -77,16 +77,21 @@ where
     }
 }
 
-/// `tonic` refuses a message over the size limit with `OUT_OF_RANGE`
-/// before the handler runs; OTLP clients expect `RESOURCE_EXHAUSTED`, and
-/// the refusal must be counted. The handler itself never answers
-/// `OUT_OF_RANGE`, so the code says which refusal this is.
+/// `tonic` refuses a message over the size limit before the handler runs:
+/// with `OUT_OF_RANGE` when its frame says so, with `RESOURCE_EXHAUSTED`
+/// when it only grows past the limit while being decompressed. OTLP clients
+/// expect `RESOURCE_EXHAUSTED`, and each refusal must be counted. The
+/// handler itself answers neither code, so the code says which refusal
+/// this is.
 fn too_large_is_resource_exhausted(
     receiver: &Receiver,
     response: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
-    match tonic::Status::from_header_map(response.headers()) {
-        Some(status) if status.code() == tonic::Code::OutOfRange => {
+    let Some(status) = tonic::Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    match status.code() {
+        tonic::Code::OutOfRange => {
             receiver.refuse(Protocol::Grpc, Refusal::TooLarge);
             tonic::Status::resource_exhausted(format!(
                 "the message exceeds {} bytes: {}",
@@ -94,6 +99,10 @@ fn too_large_is_resource_exhausted(
                 status.message()
             ))
             .into_http()
+        }
+        tonic::Code::ResourceExhausted => {
+            receiver.refuse(Protocol::Grpc, Refusal::TooLarge);
+            response
         }
         _ => response,
     }
