@@ -50,13 +50,7 @@ async fn send(running: &Running, service: &str, spans: Vec<Value>) {
             "scopeSpans": [{ "spans": spans }],
         }],
     });
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/v1/traces", running.otlp_http))
-        .json(&body)
-        .send()
-        .await
-        .expect("the receiver answers");
-    assert!(r.status().is_success(), "{}", r.status());
+    paytrace_testkit::post_otlp_json(running.otlp_http, &body).await;
 }
 
 async fn get(running: &Running, path: &str) -> (u16, Value) {

@@ -3,61 +3,11 @@
 //! expiry of finished records, and concurrent Confirm/Cancel from two
 //! "processes" (two fences on their own connections) with exactly one winner.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use paytrace::tcc::{Anomaly, BranchKey, Decision, FenceStore, Phase, RedisFence};
-
-struct RedisServer {
-    child: Child,
-    url: String,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn redis_server() -> RedisServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start redis-server ({e}): install it with `apt-get install redis-server`"
-            )
-        });
-    let url = format!("redis://127.0.0.1:{port}/");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while RedisFence::connect(&url, "probe", Duration::from_secs(1))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not answer on port {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    RedisServer { child, url }
-}
+use paytrace_testkit::RedisServer;
 
 fn key(b: usize) -> BranchKey {
     BranchKey {
@@ -68,8 +18,8 @@ fn key(b: usize) -> BranchKey {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_rollback_and_expiry_hold_in_redis() {
-    let server = redis_server().await;
-    let fence = RedisFence::connect(&server.url, "t1", Duration::from_secs(60))
+    let server = RedisServer::start().await;
+    let fence = RedisFence::connect(server.url(), "t1", Duration::from_secs(60))
         .await
         .expect("connects");
 
@@ -116,7 +66,7 @@ async fn rules_rollback_and_expiry_hold_in_redis() {
     assert_eq!(fence.pending_now().0, 0);
 
     // Finished records expire; tried ones do not.
-    let client = redis::Client::open(server.url.as_str()).expect("url");
+    let client = redis::Client::open(server.url()).expect("url");
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
@@ -142,14 +92,14 @@ async fn rules_rollback_and_expiry_hold_in_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_confirm_and_cancel_across_processes_let_exactly_one_win() {
-    let server = redis_server().await;
+    let server = RedisServer::start().await;
     let a = Arc::new(
-        RedisFence::connect(&server.url, "race", Duration::from_secs(60))
+        RedisFence::connect(server.url(), "race", Duration::from_secs(60))
             .await
             .expect("connects"),
     );
     let b = Arc::new(
-        RedisFence::connect(&server.url, "race", Duration::from_secs(60))
+        RedisFence::connect(server.url(), "race", Duration::from_secs(60))
             .await
             .expect("connects"),
     );
@@ -204,8 +154,8 @@ async fn reach(fence: &dyn FenceStore, k: &BranchKey, state: Option<paytrace::tc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_transition_in_both_stores() {
     use paytrace::tcc::BranchState::*;
-    let server = redis_server().await;
-    let redis = RedisFence::connect(&server.url, "table", Duration::from_secs(60))
+    let server = RedisServer::start().await;
+    let redis = RedisFence::connect(server.url(), "table", Duration::from_secs(60))
         .await
         .expect("connects");
     let memory = paytrace::tcc::MemoryFence::new(1000, Duration::from_secs(60));

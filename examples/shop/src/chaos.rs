@@ -7,8 +7,10 @@ use crate::plan::Role;
 /// One fault, and the signal it should produce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Fault {
-    /// The chaos channel answers 10x slower: its method's `channel.request`
-    /// critical-path time grows tenfold, the others' stay.
+    /// The chaos channel answers 20x slower: its method's `channel.request`
+    /// critical-path time grows twentyfold, the others' stay, and it is the
+    /// largest stage of that method's checkout (larger than the wait for the
+    /// channel's callback, which is not slowed).
     ChannelSlow,
     /// The chaos channel answers 503: `channel.request` errors for its method
     /// only, its checkouts are cancelled.

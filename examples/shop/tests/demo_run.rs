@@ -211,7 +211,7 @@ fn channel_slow_slows_only_that_channels_requests() {
     );
     let slow = stage_cp(&doc, "wechat_pay", "channel.request");
     let alipay = stage_cp(&doc, "alipay", "channel.request");
-    // wechat_pay's channel answers in ~45 ms normally (alipay ~60 ms): tenfold now.
+    // wechat_pay's channel answers in ~45 ms normally (alipay ~60 ms): twentyfold now.
     assert!(
         slow > 4.0 * alipay,
         "wechat_pay {slow}s vs alipay {alipay}s"

@@ -1,71 +1,10 @@
 //! Stock reservation never oversells under concurrent checkouts, in memory
 //! and in a real redis-server (started here; `apt-get install redis-server`).
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use paytrace_demo::stock::StockStore;
-
-struct RedisServer {
-    child: Child,
-    url: String,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-async fn redis_server() -> RedisServer {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start redis-server ({e}): install it with `apt-get install redis-server`"
-            )
-        });
-    let url = format!("redis://127.0.0.1:{port}/");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(client) = redis::Client::open(url.as_str())
-            && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-            && redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .is_ok()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not answer on port {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    RedisServer { child, url }
-}
+use paytrace_testkit::RedisServer;
 
 /// 60 concurrent branches each try to reserve 3 of 100 units: exactly 33
 /// succeed; then half commit and half release, and nothing is lost.
@@ -120,15 +59,15 @@ async fn memory_stock_never_oversells() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stock_never_oversells_across_connections() {
-    let server = redis_server().await;
+    let server = RedisServer::start().await;
     // Two stores on their own connections: two inventory processes.
     let a = Arc::new(
-        StockStore::redis(&server.url, "shop", 100)
+        StockStore::redis(server.url(), "shop", 100)
             .await
             .expect("connects"),
     );
     let b = Arc::new(
-        StockStore::redis(&server.url, "shop", 100)
+        StockStore::redis(server.url(), "shop", 100)
             .await
             .expect("connects"),
     );

@@ -1,0 +1,136 @@
+//! Helpers for paytrace's own tests, shared by the crates' test suites.
+//!
+//! The tests run against real servers, so these start them and say how to
+//! install what is missing; they panic rather than return errors, because a
+//! test cannot go on without them.
+//!
+//! - [`RedisServer`]: a throwaway `redis-server` on a free loopback port.
+//! - [`post_otlp_json`]: an OTLP/HTTP JSON request, as an SDK sends it.
+//! - [`free_port`]: a loopback port nobody listens on.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A loopback TCP port that was free a moment ago.
+///
+/// ```
+/// let port = paytrace_testkit::free_port();
+/// assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+/// ```
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+}
+
+/// A `redis-server` of its own on a free loopback port, without
+/// persistence, stopped when dropped.
+///
+/// ```no_run
+/// # async fn run() {
+/// let server = paytrace_testkit::RedisServer::start().await;
+/// let client = redis::Client::open(server.url()).unwrap();
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Child,
+    url: String,
+}
+
+impl RedisServer {
+    /// Starts the server and waits until it answers `PING`.
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` is not installed (the message says how to
+    /// install it) or does not answer within 10 seconds.
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): install it with `apt-get install redis-server`"
+                )
+            });
+        // Owned from here on, so that a failed wait still stops it.
+        let server = Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}/"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.answers().await {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer on port {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+    }
+
+    /// Its URL, `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn answers(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url.as_str()) else {
+            return false;
+        };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return false;
+        };
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .is_ok()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Posts `body`, an OTLP/JSON `ExportTraceServiceRequest`, to the OTLP/HTTP
+/// receiver at `otlp_http`.
+///
+/// # Panics
+///
+/// When the receiver does not answer, or answers with an error status.
+///
+/// ```no_run
+/// # async fn run(otlp_http: std::net::SocketAddr) {
+/// paytrace_testkit::post_otlp_json(otlp_http, &serde_json::json!({ "resourceSpans": [] })).await;
+/// # }
+/// ```
+pub async fn post_otlp_json(otlp_http: SocketAddr, body: &serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{otlp_http}/v1/traces"))
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("the OTLP/HTTP receiver at {otlp_http} does not answer: {e}"));
+    assert!(
+        response.status().is_success(),
+        "the OTLP/HTTP receiver answered {}",
+        response.status()
+    );
+}
