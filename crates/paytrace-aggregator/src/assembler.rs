@@ -170,12 +170,17 @@ impl Assembler {
         let mut too_many = 0;
         for span in spans {
             let id = span.trace_id;
-            if self.completed.contains(&id) {
-                late += 1;
-                continue;
-            }
-            if !self.live.contains_key(&id) && self.live.len() >= self.limits.max_traces {
-                self.evict_oldest(Overflow::MaxTraces);
+            if !self.live.contains_key(&id) {
+                // Only a span that would start a trace is looked up among
+                // the completed ones: that set is large and cold, the live
+                // one small and hot.
+                if self.completed.contains(&id) {
+                    late += 1;
+                    continue;
+                }
+                if self.live.len() >= self.limits.max_traces {
+                    self.evict_oldest(Overflow::MaxTraces);
+                }
             }
             let trace = self.live.entry(id).or_insert_with(|| LiveTrace {
                 spans: Vec::new(),
