@@ -80,8 +80,7 @@ fn throughput(c: &mut Criterion) {
                             decode(&prost(), &limits, &rules, &mut interner)
                         }
                         Step::DecodeWire | Step::FullPipeline => {
-                            decode_protobuf(payload, &limits, &rules, &mut interner)
-                                .expect("valid")
+                            decode_protobuf(payload, &limits, &rules, &mut interner).expect("valid")
                         }
                     };
                     if matches!(step, Step::DecodeConvert | Step::DecodeWire) {
