@@ -102,40 +102,58 @@ async fn flows(State(p): State<Arc<Pipeline>>, Query(q): Query<WindowQuery>) -> 
     .into_response()
 }
 
+/// A checked [`BreakdownQuery`].
+struct Selection<'a> {
+    flow: &'a str,
+    minutes: u64,
+    payment_method: Option<&'a str>,
+    payment_channel: Option<&'a str>,
+}
+
+impl BreakdownQuery {
+    /// The flow (required), the window in minutes, and the method and
+    /// channel when given and not empty; what is wrong otherwise.
+    fn checked(&self) -> Result<Selection<'_>, String> {
+        fn given(v: &Option<String>) -> Option<&str> {
+            v.as_deref().filter(|s| !s.is_empty())
+        }
+        Ok(Selection {
+            flow: given(&self.flow).ok_or("the flow parameter is required, e.g. ?flow=checkout")?,
+            minutes: window(self.window.as_deref())?,
+            payment_method: given(&self.payment_method),
+            payment_channel: given(&self.payment_channel),
+        })
+    }
+}
+
 async fn breakdown(State(p): State<Arc<Pipeline>>, Query(q): Query<BreakdownQuery>) -> Response {
-    let Some(flow) = q.flow.filter(|f| !f.is_empty()) else {
-        return bad_request("the flow parameter is required, e.g. ?flow=checkout".to_owned());
-    };
-    let minutes = match window(q.window.as_deref()) {
-        Ok(m) => m,
+    let s = match q.checked() {
+        Ok(s) => s,
         Err(e) => return bad_request(e),
     };
     let b = p.breakdown(
-        &flow,
-        minutes,
-        q.payment_method.as_deref().filter(|s| !s.is_empty()),
-        q.payment_channel.as_deref().filter(|s| !s.is_empty()),
+        s.flow,
+        s.minutes,
+        s.payment_method,
+        s.payment_channel,
         wall_minute(),
     );
     Json(b).into_response()
 }
 
 async fn timeseries(State(p): State<Arc<Pipeline>>, Query(q): Query<BreakdownQuery>) -> Response {
-    let Some(flow) = q.flow.filter(|f| !f.is_empty()) else {
-        return bad_request("the flow parameter is required, e.g. ?flow=checkout".to_owned());
-    };
-    let minutes = match window(q.window.as_deref()) {
-        Ok(m) => m,
+    let s = match q.checked() {
+        Ok(s) => s,
         Err(e) => return bad_request(e),
     };
     let points = p.timeseries(
-        &flow,
-        minutes,
-        q.payment_method.as_deref().filter(|s| !s.is_empty()),
-        q.payment_channel.as_deref().filter(|s| !s.is_empty()),
+        s.flow,
+        s.minutes,
+        s.payment_method,
+        s.payment_channel,
         wall_minute(),
     );
-    Json(serde_json::json!({ "flow": flow, "points": points })).into_response()
+    Json(serde_json::json!({ "flow": s.flow, "points": points })).into_response()
 }
 
 async fn slow(State(p): State<Arc<Pipeline>>, Query(q): Query<SlowQuery>) -> Response {

@@ -57,10 +57,15 @@ pub struct Decoded {
 }
 
 impl Decoded {
-    fn reject(&mut self, reason: String) {
-        self.rejected += 1;
-        if self.first_error.is_none() {
-            self.first_error = Some(reason);
+    fn push(&mut self, span: Result<Span, String>) {
+        match span {
+            Ok(span) => self.spans.push(span),
+            Err(reason) => {
+                self.rejected += 1;
+                if self.first_error.is_none() {
+                    self.first_error = Some(reason);
+                }
+            }
         }
     }
 }
@@ -233,15 +238,6 @@ pub fn decode(
         }
     }
     out
-}
-
-impl Decoded {
-    fn push(&mut self, span: Result<Span, String>) {
-        match span {
-            Ok(span) => self.spans.push(span),
-            Err(reason) => self.reject(reason),
-        }
-    }
 }
 
 fn build(

@@ -237,42 +237,23 @@ impl Default for LabelValues {
     }
 }
 
-/// A bounded label value, compared and hashed by its pointer.
-#[derive(Clone, Debug)]
-struct ByPtr(Option<Arc<str>>);
-
-impl PartialEq for ByPtr {
-    fn eq(&self, other: &Self) -> bool {
-        match (&self.0, &other.0) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        }
-    }
+/// The address of a bounded label value (0 for none). [`LabelValues`] keeps
+/// every bounded value alive as long as the pipeline, so an address names
+/// one value and is never reused for another.
+fn label_addr(value: Option<&Arc<str>>) -> usize {
+    value.map_or(0, |v| Arc::as_ptr(v).cast::<u8>() as usize)
 }
 
-impl Eq for ByPtr {}
-
-impl std::hash::Hash for ByPtr {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_usize(
-            self.0
-                .as_ref()
-                .map_or(0, |a| Arc::as_ptr(a).cast::<u8>() as usize),
-        );
-    }
-}
-
-/// Histogram handles by their bounded label values: `with_label_values`
-/// hashes every label string under a lock, a few times per flow instance.
-/// Equal strings behind different pointers only cost a second entry for
-/// the same series; the cache is dropped whole past a size.
+/// Histogram handles by the addresses of their bounded label values:
+/// `with_label_values` hashes every label string under a lock, a few times
+/// per flow instance. Equal strings behind different pointers only cost a
+/// second entry for the same series; the cache is dropped whole past a size.
 #[derive(Debug, Default)]
 struct SeriesCache {
     /// (flow, stage, method, channel) -> critical path, self.
-    stages: crate::FastMap<[ByPtr; 4], [prometheus::Histogram; 2]>,
+    stages: crate::FastMap<[usize; 4], [prometheus::Histogram; 2]>,
     /// (flow, method, channel), is_error -> end to end.
-    flows: crate::FastMap<([ByPtr; 3], bool), prometheus::Histogram>,
+    flows: crate::FastMap<([usize; 3], bool), prometheus::Histogram>,
 }
 
 impl SeriesCache {
@@ -755,9 +736,9 @@ impl Pipeline {
         let method = a.payment_method.as_deref().unwrap_or("");
         let channel = a.payment_channel.as_deref().unwrap_or("");
         let key = [
-            ByPtr(Some(a.flow.clone())),
-            ByPtr(a.payment_method.clone()),
-            ByPtr(a.payment_channel.clone()),
+            label_addr(Some(&a.flow)),
+            label_addr(a.payment_method.as_ref()),
+            label_addr(a.payment_channel.as_ref()),
         ];
         series
             .flows
@@ -770,12 +751,7 @@ impl Pipeline {
             })
             .observe(a.duration_ns() as f64 / 1e9);
         for s in &a.stages {
-            let key = [
-                ByPtr(Some(a.flow.clone())),
-                ByPtr(Some(s.stage.clone())),
-                ByPtr(a.payment_method.clone()),
-                ByPtr(a.payment_channel.clone()),
-            ];
+            let key = [key[0], label_addr(Some(&s.stage)), key[1], key[2]];
             let [critical_path, self_time] = series.stages.entry(key).or_insert_with(|| {
                 let labels = [flow, &s.stage, method, channel];
                 [

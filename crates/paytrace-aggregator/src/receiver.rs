@@ -88,6 +88,13 @@ enum Refusal {
 }
 
 impl Refusal {
+    const ALL: [Self; 4] = [
+        Self::Overloaded,
+        Self::TooLarge,
+        Self::Malformed,
+        Self::UnsupportedMediaType,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Overloaded => "overloaded",
@@ -116,12 +123,7 @@ impl Receiver {
         // Every series exists from the start at zero, so that `increase()`
         // sees the first refusal.
         for protocol in [Protocol::Grpc, Protocol::HttpProtobuf, Protocol::HttpJson] {
-            for why in [
-                Refusal::Overloaded,
-                Refusal::TooLarge,
-                Refusal::Malformed,
-                Refusal::UnsupportedMediaType,
-            ] {
+            for why in Refusal::ALL {
                 refused.with_label_values(&[protocol.as_str(), why.as_str()]);
             }
         }
@@ -167,6 +169,19 @@ impl Receiver {
             &mut Interner::default(),
         )?;
         Ok(self.accept(protocol, decoded))
+    }
+
+    /// Decodes an OTLP/JSON `ExportTraceServiceRequest` and buffers its spans.
+    fn accept_json(&self, body: &[u8]) -> Result<ExportTraceServiceResponse, String> {
+        let request = serde_json::from_slice::<ExportTraceServiceRequest>(body)
+            .map_err(|e| format!("not an OTLP ExportTraceServiceRequest (JSON): {e}"))?;
+        let decoded = decode(
+            &request,
+            &self.limits.spans,
+            &self.limits.rules,
+            &mut Interner::default(),
+        );
+        Ok(self.accept(Protocol::HttpJson, decoded))
     }
 
     /// The gRPC service, for a `tonic` server.
@@ -350,17 +365,7 @@ async fn http_export(State(rx): State<Receiver>, headers: HeaderMap, body: Body)
                 Format::Protobuf => worker
                     .accept_protobuf(protocol, &raw)
                     .map_err(|e| e.to_string()),
-                Format::Json => serde_json::from_slice::<ExportTraceServiceRequest>(&raw)
-                    .map(|request| {
-                        let decoded = decode(
-                            &request,
-                            &worker.limits.spans,
-                            &worker.limits.rules,
-                            &mut Interner::default(),
-                        );
-                        worker.accept(protocol, decoded)
-                    })
-                    .map_err(|e| format!("not an OTLP ExportTraceServiceRequest (JSON): {e}")),
+                Format::Json => worker.accept_json(&raw),
             }
             .map_err(|m| (StatusCode::BAD_REQUEST, Refusal::Malformed, m))?;
             Ok(match format {

@@ -221,35 +221,28 @@ fn decode_span<'a, 's>(
 /// aggregator reads a few attributes of each span and skips the rest.
 fn decode_key_value(buf: &[u8], wanted: impl Fn(&[u8]) -> bool) -> Result<Attr<'_>, WireError> {
     let mut key: &[u8] = &[];
-    let mut value = None;
-    let mut values = 0u32;
+    let mut has_value = false;
     let mut fields = Fields::new(buf);
     while let Some((tag, field)) = fields.next()? {
         match tag {
             1 => key = field.bytes("KeyValue.key")?,
             2 => {
-                value = Some(field.bytes("KeyValue.value")?);
-                values += 1;
+                field.bytes("KeyValue.value")?;
+                has_value = true;
             }
             _ => {}
         }
     }
-    let value = match value {
-        Some(_) if !wanted(key) => AttrValue::Other,
-        None => AttrValue::Other,
-        Some(only) if values == 1 => decode_any_value(only, AttrValue::Other)?,
-        Some(_) => {
-            // A value sent in pieces merges, in wire order.
-            let mut merged = AttrValue::Other;
-            let mut fields = Fields::new(buf);
-            while let Some((tag, field)) = fields.next()? {
-                if tag == 2 {
-                    merged = decode_any_value(field.bytes("KeyValue.value")?, merged)?;
-                }
+    let mut value = AttrValue::Other;
+    if has_value && wanted(key) {
+        // A value sent in pieces merges, in wire order.
+        let mut fields = Fields::new(buf);
+        while let Some((tag, field)) = fields.next()? {
+            if tag == 2 {
+                value = decode_any_value(field.bytes("KeyValue.value")?, value)?;
             }
-            merged
         }
-    };
+    }
     Ok(Attr { key, value })
 }
 
