@@ -7,15 +7,20 @@
 //! critical-path time. Critical-path
 //! time of a span that is not a stage goes to its nearest stage ancestor; the
 //! time a stitched flow spends between a span and the trace it triggered is
-//! the pseudo-stage `async:<stage of that trace's root>`. So the stages'
-//! critical-path times sum to the flow's end-to-end duration.
+//! the pseudo-stage `async:<stage>`, named after the stage of the span that
+//! links to the earlier trace (any span of the later trace may carry the
+//! link), or after the later trace's root stage when no link names it. So
+//! the stages' critical-path times sum to the flow's end-to-end duration.
+//!
+//! Timestamps are read with a clock tolerance (see [`crate::tree`]): coarse
+//! SDK clocks must not push a sequential stage off the critical path.
 
 use std::sync::Arc;
 
 use paytrace_semconv::stage::ASYNC_PREFIX;
 
 use crate::span::{Span, SpanId, TraceId};
-use crate::tree::Tree;
+use crate::tree::{DEFAULT_CLOCK_TOLERANCE_NS, Tree};
 
 /// One stage's times in one flow instance, in nanoseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,11 +107,34 @@ struct TraceInfo<'a> {
 /// assert_eq!(cp, flow.duration_ns());
 /// ```
 pub fn analyze_flow(traces: &[Vec<Span>]) -> Option<FlowAnalysis> {
+    analyze_flow_with(traces, DEFAULT_CLOCK_TOLERANCE_NS)
+}
+
+/// [`analyze_flow`] with the critical-path walk's clock tolerance set: a
+/// span that ended up to `clock_tolerance_ns` after its next sibling
+/// started still precedes it on the path (0 reads timestamps exactly).
+///
+/// ```
+/// use paytrace_aggregator::analysis::analyze_flow_with;
+/// use paytrace_aggregator::testing::{child, numbered, span, stage};
+///
+/// // a (0..2 ms) then b, whose start a millisecond clock put 0.4 ms early.
+/// let ms = 1_000_000;
+/// let trace = numbered(vec![
+///     stage(span("checkout", 0, 5 * ms)),
+///     stage(child("a", 1, 0, 2 * ms)),
+///     stage(child("b", 1, 2 * ms - 400_000, 5 * ms)),
+/// ]);
+/// let flow = analyze_flow_with(&[trace], ms).unwrap();
+/// let a = flow.stages.iter().find(|s| &*s.stage == "a").unwrap();
+/// assert_eq!(a.critical_path_ns, 2 * ms - 400_000);
+/// ```
+pub fn analyze_flow_with(traces: &[Vec<Span>], clock_tolerance_ns: u64) -> Option<FlowAnalysis> {
     let mut infos: Vec<TraceInfo<'_>> = traces
         .iter()
         .filter(|t| !t.is_empty())
         .map(|spans| {
-            let tree = Tree::new(spans);
+            let tree = Tree::with_tolerance(spans, clock_tolerance_ns);
             let nearest = tree.nearest_stage(|i| spans[i].business.stage.is_some());
             TraceInfo {
                 spans,
@@ -288,9 +316,13 @@ fn stitched_critical_path(infos: &[TraceInfo<'_>], start_ns: u64, end_ns: u64) -
         if cursor <= start_ns {
             break;
         }
+        let hop = predecessor(infos, &by_id, &visited, t, cursor);
+        // The wait is named after the stage that carries the link (the
+        // handler's stage under an auto-instrumented root), else the root's.
+        let waiting = hop.and_then(|h| h.linked_from).unwrap_or(root);
         let wait_stage: Arc<str> =
-            format!("{ASYNC_PREFIX}{}", info.tree.stage_name(info.nearest[root])).into();
-        match predecessor(infos, &by_id, &visited, t, cursor) {
+            format!("{ASYNC_PREFIX}{}", info.tree.stage_name(info.nearest[waiting])).into();
+        match hop.map(|h| h.span) {
             Some((pt, pi)) => {
                 let pred_end = infos[pt].spans[pi].end_ns.min(cursor);
                 if cursor > pred_end {
@@ -343,23 +375,46 @@ fn segment(info: &TraceInfo<'_>, span: usize, start_ns: u64, end_ns: u64) -> Pat
     }
 }
 
+/// Where a trace of a flow was started from.
+#[derive(Clone, Copy)]
+struct Hop {
+    /// (trace, span) of the span of an earlier trace.
+    span: (usize, usize),
+    /// The span of the later trace that links to it, if a link named it.
+    linked_from: Option<usize>,
+}
+
 /// The span of an earlier trace of the flow that trace `t` (whose root
-/// starts at `before`) was started from: the one its root links to, else
-/// the latest-ending span of the other unvisited traces that ended by then.
+/// starts at `before`) was started from: the one a span of `t` links to
+/// (any span: with auto-instrumentation the link sits on the handler's
+/// span, not on the HTTP server root), the latest-ending if several do;
+/// else the latest-ending span of the other unvisited traces that ended by
+/// then.
 fn predecessor(
     infos: &[TraceInfo<'_>],
     by_id: &crate::FastMap<(TraceId, SpanId), (usize, usize)>,
     visited: &crate::FastSet<usize>,
     t: usize,
     before: u64,
-) -> Option<(usize, usize)> {
-    let root = &infos[t].spans[infos[t].tree.root()];
-    let linked = root
-        .links
+) -> Option<Hop> {
+    let linked = infos[t]
+        .spans
         .iter()
-        .filter_map(|l| by_id.get(&(l.trace_id, l.span_id)).copied())
-        .filter(|(lt, _)| !visited.contains(lt))
-        .max_by_key(|&(lt, li)| infos[lt].spans[li].end_ns);
+        .enumerate()
+        .flat_map(|(from, s)| s.links.iter().map(move |l| (from, l)))
+        .filter_map(|(from, l)| {
+            let (lt, li) = by_id.get(&(l.trace_id, l.span_id)).copied()?;
+            (!visited.contains(&lt)).then_some((from, lt, li))
+        })
+        .max_by_key(|&(from, lt, li)| {
+            let s = &infos[lt].spans[li];
+            // Ties: the link nearest the root wins, then the lowest index.
+            (s.end_ns, std::cmp::Reverse((from != infos[t].tree.root(), from)))
+        })
+        .map(|(from, lt, li)| Hop {
+            span: (lt, li),
+            linked_from: Some(from),
+        });
     linked.or_else(|| {
         infos
             .iter()
@@ -376,7 +431,10 @@ fn predecessor(
                 let s = &infos[ot].spans[i];
                 (end, std::cmp::Reverse((s.trace_id, s.span_id)))
             })
-            .map(|(_, ot, i)| (ot, i))
+            .map(|(_, ot, i)| Hop {
+                span: (ot, i),
+                linked_from: None,
+            })
     })
 }
 
@@ -459,6 +517,34 @@ mod tests {
         assert_eq!(stage_cp(&flow, "channel.request"), 60);
         // checkout's time after channel.request (80..100) is not waited on.
         assert_eq!(stage_cp(&flow, "checkout"), 20);
+        let total: u64 = flow.stages.iter().map(|s| s.critical_path_ns).sum();
+        assert_eq!(total, flow.duration_ns());
+    }
+
+    #[test]
+    fn a_link_on_a_child_span_marks_the_hop_and_names_the_wait() {
+        // Trace A: checkout 0..100 with channel.request 20..80 and a
+        // parallel notify.send 30..250 that is never waited on.
+        let a = retrace(
+            numbered(vec![
+                stage(span("checkout", 0, 100)),
+                stage(child("channel.request", 1, 20, 80)),
+                stage(child("notify.send", 1, 30, 250)),
+            ]),
+            1,
+        );
+        // Trace B: an auto-instrumented HTTP root 300..400 whose handler
+        // stage channel.callback (310..390) carries the link.
+        let mut handler = stage(child("channel.callback", 1, 310, 390));
+        handler.links.push(Link {
+            trace_id: TraceId([1; 16]),
+            span_id: a[1].span_id,
+        });
+        let b = retrace(numbered(vec![span("POST", 300, 400), handler]), 2);
+        let flow = analyze_flow(&[a, b]).expect("two traces");
+        assert_eq!(stage_cp(&flow, "async:channel.callback"), 220);
+        assert_eq!(stage_cp(&flow, "notify.send"), 0);
+        assert_eq!(stage_cp(&flow, "channel.request"), 60);
         let total: u64 = flow.stages.iter().map(|s| s.critical_path_ns).sum();
         assert_eq!(total, flow.duration_ns());
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-use crate::analysis::analyze_flow;
+use crate::analysis::analyze_flow_with;
 use crate::breakdown::{Breakdown, Groups};
 use crate::config::Config;
 use crate::decode::{Interner, SpanLimits, decode};
@@ -99,7 +99,8 @@ pub fn analyze_files(paths: &[PathBuf], config: &Config) -> Result<Report, Analy
     let traces = group_traces(spans);
     report.traces = traces.len() as u64;
     for flow in group_flows(traces) {
-        if let Some(analysis) = analyze_flow(&flow) {
+        let tolerance = u64::try_from(config.clock_tolerance.as_nanos()).unwrap_or(u64::MAX);
+        if let Some(analysis) = analyze_flow_with(&flow, tolerance) {
             report.flows += 1;
             report.groups.add(&analysis);
         }

@@ -9,13 +9,22 @@
 //! - live traces and total bytes: the longest-idle trace is handed on early
 //!   (evicted, `max_traces` / `max_bytes`).
 //!
-//! A span of a trace handed on recently is late (`late`) and dropped: the
-//! trace's numbers are already out.
+//! A span of a trace handed on recently is late: [`Added::late`] gives it
+//! back, for the trace's flow to take if it still waits
+//! ([`crate::flows::FlowBuffer::add_late`]); otherwise it is dropped and
+//! counted (`late`).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::span::{Span, TraceId};
+
+/// The default of [`AssemblerLimits::trace_idle`]: 15 s. SDKs export in
+/// batches (`OTEL_BSP_SCHEDULE_DELAY`, 5 s by default, often raised to 10 s),
+/// so two spans of one trace from different services can arrive a whole
+/// batch delay apart; the idle period must exceed the longest delay of any
+/// SDK that sends here, with room for the export itself.
+pub const DEFAULT_TRACE_IDLE: Duration = Duration::from_secs(15);
 
 /// Limits of the assembler.
 #[derive(Clone, Debug)]
@@ -35,7 +44,7 @@ pub struct AssemblerLimits {
 impl Default for AssemblerLimits {
     fn default() -> Self {
         Self {
-            trace_idle: Duration::from_secs(5),
+            trace_idle: DEFAULT_TRACE_IDLE,
             max_traces: 100_000,
             max_spans_per_trace: 10_000,
             max_bytes: 512 * 1024 * 1024,
@@ -99,6 +108,9 @@ pub struct Added {
     pub accepted: u64,
     /// Spans dropped, by reason.
     pub dropped: Vec<(Overflow, u64)>,
+    /// Spans of traces already handed on: the caller offers them to their
+    /// flow, and counts those nobody takes as dropped ([`Overflow::Late`]).
+    pub late: Vec<Span>,
 }
 
 /// The estimated memory one buffered span takes: the struct, its strings
@@ -166,7 +178,6 @@ impl Assembler {
     /// are returned by the next [`Assembler::complete_idle`].
     pub fn add(&mut self, spans: Vec<Span>, now: Instant) -> Added {
         let mut added = Added::default();
-        let mut late = 0;
         let mut too_many = 0;
         for span in spans {
             let id = span.trace_id;
@@ -175,7 +186,7 @@ impl Assembler {
                 // the completed ones: that set is large and cold, the live
                 // one small and hot.
                 if self.completed.contains(&id) {
-                    late += 1;
+                    added.late.push(span);
                     continue;
                 }
                 if self.live.len() >= self.limits.max_traces {
@@ -205,9 +216,6 @@ impl Assembler {
             while self.bytes > self.limits.max_bytes && self.live.len() > 1 {
                 self.evict_oldest(Overflow::MaxBytes);
             }
-        }
-        if late > 0 {
-            added.dropped.push((Overflow::Late, late));
         }
         if too_many > 0 {
             added.dropped.push((Overflow::TraceSpanLimit, too_many));
@@ -308,14 +316,16 @@ mod tests {
     }
 
     #[test]
-    fn late_spans_are_counted_and_dropped() {
+    fn late_spans_are_given_back() {
         let mut asm = Assembler::new(limits());
         let t0 = Instant::now();
         asm.add(vec![in_trace("a", 1)], t0);
         asm.complete_idle(t0 + Duration::from_secs(5));
         let added = asm.add(vec![in_trace("late", 1)], t0 + Duration::from_secs(6));
         assert_eq!(added.accepted, 0);
-        assert_eq!(added.dropped, vec![(Overflow::Late, 1)]);
+        assert!(added.dropped.is_empty());
+        assert_eq!(added.late.len(), 1);
+        assert_eq!(&*added.late[0].name, "late");
     }
 
     #[test]

@@ -152,12 +152,28 @@ impl StageRules {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Stage mapping rules.
     pub rules: StageRules,
     /// Terminal stage per flow, on top of the defaults.
     pub terminal_stages: HashMap<String, String>,
+    /// How far a span may end past its next sibling's start and still
+    /// precede it on the critical path (see [`crate::tree`]); set by
+    /// `--clock-tolerance`, not by the file.
+    pub clock_tolerance: std::time::Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            rules: StageRules::default(),
+            terminal_stages: HashMap::new(),
+            clock_tolerance: std::time::Duration::from_nanos(
+                crate::tree::DEFAULT_CLOCK_TOLERANCE_NS,
+            ),
+        }
+    }
 }
 
 impl Config {
@@ -209,6 +225,7 @@ impl Config {
         Ok(Self {
             rules: StageRules { rules },
             terminal_stages,
+            ..Self::default()
         })
     }
 }

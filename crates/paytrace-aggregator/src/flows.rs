@@ -5,7 +5,14 @@
 //! A trace that carries no flow id and links to no waiting trace is a flow on
 //! its own and is final at once. A flow whose configured terminal stage
 //! (checkout: `payment.confirm`) has not appeared is kept until
-//! `flow_timeout` after its first trace arrived, then reported incomplete.
+//! `flow_timeout` after its first trace arrived, then reported incomplete;
+//! unless its first trace's root ended in error: a failed flow never reaches
+//! its terminal stage, and is final, as an error, once idle.
+//!
+//! A span that arrives after its trace was handed on, while the trace's flow
+//! still waits here, joins its trace ([`FlowBuffer::add_late`]): SDKs export
+//! in batches every few seconds, so a trace's last span can come long after
+//! the others.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,8 +71,31 @@ struct Pending {
     flow_ids: crate::FastSet<Arc<str>>,
     flow: Option<Arc<str>>,
     stages: crate::FastSet<Arc<str>>,
+    /// (start, is error) of the earliest trace root seen.
+    first_root: Option<(u64, bool)>,
     first_arrival: Instant,
     last_arrival: Instant,
+}
+
+impl Pending {
+    fn failed(&self) -> bool {
+        self.first_root.is_some_and(|(_, error)| error)
+    }
+
+    /// Takes note of a trace root: the earliest decides whether the flow failed.
+    fn see_root(&mut self, root: Option<(u64, bool)>) {
+        if let Some(root) = root
+            && self.first_root.is_none_or(|(start, _)| root.0 < start)
+        {
+            self.first_root = Some(root);
+        }
+    }
+}
+
+/// (start, is error) of the root of a trace's spans.
+fn root_of(spans: &[Span]) -> Option<(u64, bool)> {
+    let root = spans.get(crate::tree::choose_root(spans))?;
+    Some((root.start_ns, root.is_error))
 }
 
 /// Completed traces waiting for the rest of their flow.
@@ -139,6 +169,7 @@ impl FlowBuffer {
                         flow_ids: crate::FastSet::default(),
                         flow: None,
                         stages: crate::FastSet::default(),
+                        first_root: None,
                         first_arrival: now,
                         last_arrival: now,
                     },
@@ -159,6 +190,7 @@ impl FlowBuffer {
                     target.trace_ids.extend(p.trace_ids);
                     target.flow_ids.extend(p.flow_ids);
                     target.stages.extend(p.stages);
+                    target.see_root(p.first_root);
                     target.flow = target.flow.take().or(p.flow);
                     target.first_arrival = target.first_arrival.min(p.first_arrival);
                 }
@@ -176,6 +208,7 @@ impl FlowBuffer {
             target
                 .stages
                 .extend(spans.iter().filter_map(|s| s.business.stage.clone()));
+            target.see_root(root_of(&spans));
             target.trace_ids.push(trace_id);
             target.flow_ids.extend(flow_ids);
             target.traces.push(spans);
@@ -211,7 +244,7 @@ impl FlowBuffer {
                     .as_deref()
                     .and_then(|f| self.settings.terminal_stages.get(f));
                 match terminal {
-                    Some(stage) if !p.stages.iter().any(|s| &**s == stage) => {
+                    Some(stage) if !p.failed() && !p.stages.iter().any(|s| &**s == stage) => {
                         let timed_out = now.saturating_duration_since(p.first_arrival)
                             >= self.settings.flow_timeout;
                         timed_out.then_some((*id, Some(TERMINAL_STAGE_MISSING)))
@@ -224,6 +257,43 @@ impl FlowBuffer {
             .into_iter()
             .filter_map(|(id, reason)| self.finish(id, reason))
             .collect()
+    }
+
+    /// Whether the flow of trace `id` is waiting here.
+    pub fn waits_for(&self, id: TraceId) -> bool {
+        self.by_trace.contains_key(&id)
+    }
+
+    /// Adds `span`, which arrived at `now` after its trace was handed on,
+    /// to that trace if the trace's flow is still waiting; gives it back
+    /// otherwise (then it is late, and the caller counts it dropped).
+    pub fn add_late(&mut self, span: Span, now: Instant) -> Result<(), Span> {
+        let Some(&id) = self.by_trace.get(&span.trace_id) else {
+            return Err(span);
+        };
+        let Some(p) = self.pending.get_mut(&id) else {
+            return Err(span);
+        };
+        let Some(at) = p.trace_ids.iter().position(|t| *t == span.trace_id) else {
+            return Err(span);
+        };
+        if let Some(flow_id) = &span.business.flow_id
+            && p.flow_ids.insert(flow_id.clone())
+        {
+            self.by_flow_id.entry(flow_id.clone()).or_insert(id);
+        }
+        if let Some(stage) = &span.business.stage {
+            p.stages.insert(stage.clone());
+        }
+        if p.flow.is_none() {
+            p.flow = span.business.flow.clone();
+        }
+        p.last_arrival = p.last_arrival.max(now);
+        let trace = &mut p.traces[at];
+        trace.push(span);
+        let root = root_of(trace);
+        p.see_root(root);
+        Ok(())
     }
 
     /// Every waiting flow, final now (at shutdown).
@@ -337,6 +407,51 @@ mod tests {
         assert!(buf.finish_idle(t0 + Duration::from_secs(60)).is_empty());
         let done = buf.finish_idle(t0 + Duration::from_secs(120));
         assert_eq!(done[0].incomplete, Some(TERMINAL_STAGE_MISSING));
+    }
+
+    #[test]
+    fn a_failed_flow_is_final_once_idle_not_incomplete() {
+        let mut buf = FlowBuffer::new(settings());
+        let t0 = Instant::now();
+        let mut failed = trace(1, Some("ord_8"), Some("checkout"), "order.create");
+        failed[0].is_error = true;
+        buf.add(failed, t0);
+        assert!(buf.finish_idle(t0 + Duration::from_secs(29)).is_empty());
+        let done = buf.finish_idle(t0 + Duration::from_secs(30));
+        assert_eq!(done.len(), 1, "final at flow_idle, not at flow_timeout");
+        assert_eq!(done[0].incomplete, None);
+    }
+
+    #[test]
+    fn a_late_span_joins_its_trace_while_the_flow_waits() {
+        let mut buf = FlowBuffer::new(settings());
+        let t0 = Instant::now();
+        // The trace was handed on without its root: only a child had come.
+        let mut child = stage(span("inventory.try", 10, 20));
+        child.trace_id = TraceId([1; 16]);
+        child.parent_span_id = Some(crate::span::SpanId([9; 8]));
+        child.business.flow_id = Some("ord_1".into());
+        buf.add(vec![child], t0);
+        // Its root, failed, comes 8 s later, as a slow batch exporter sends it.
+        let mut root = stage(span("checkout", 0, 30));
+        root.trace_id = TraceId([1; 16]);
+        root.span_id = crate::span::SpanId([9; 8]);
+        root.business.flow = Some("checkout".into());
+        root.is_error = true;
+        let late = t0 + Duration::from_secs(8);
+        assert!(buf.add_late(root, late).is_ok());
+        // Idle counts from the late span; the failed root makes it final
+        // then, without waiting for the terminal stage.
+        assert!(buf.finish_idle(t0 + Duration::from_secs(30)).is_empty());
+        let done = buf.finish_idle(late + Duration::from_secs(30));
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].traces[0].len(), 2);
+        assert_eq!(done[0].flow.as_deref(), Some("checkout"));
+        assert_eq!(done[0].incomplete, None);
+        // A span of a trace no flow waits for is given back.
+        let mut stray = span("x", 0, 1);
+        stray.trace_id = TraceId([5; 16]);
+        assert!(buf.add_late(stray, late).is_err());
     }
 
     #[test]

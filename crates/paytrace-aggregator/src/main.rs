@@ -44,6 +44,10 @@ enum Command {
         /// Configuration file (TOML): stage rules for plain OpenTelemetry spans.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// How long a span may appear to end after its next sibling started
+        /// and still precede it on the critical path (coarse SDK clocks).
+        #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+        clock_tolerance: Duration,
     },
     /// SLOs as code: Prometheus burn-rate rules from an SLO spec.
     #[command(subcommand)]
@@ -125,13 +129,22 @@ struct ServeArgs {
     /// API, `/metrics`, `/healthz` and `/readyz` listen address.
     #[arg(long, default_value = "127.0.0.1:8686")]
     listen: SocketAddr,
-    /// A trace is complete once no span of it arrived for this long.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    /// A trace is complete once no span of it arrived for this long. Set it
+    /// above the longest batch delay of the SDKs that send here
+    /// (OTEL_BSP_SCHEDULE_DELAY, 5 s by default) plus their export time.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     trace_idle: Duration,
     /// A flow (traces joined by links or flow id) is final once none of its
-    /// spans arrived for this long.
+    /// spans arrived for this long; until then late spans still join it. Set
+    /// it above the longest async hop (callback, queue) plus the batch delay.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     flow_idle: Duration,
+    /// How long a span may appear to end after its next sibling started and
+    /// still precede it on the critical path: millisecond SDK clocks (the JS
+    /// SDK, browsers) and skew between hosts make sequential stages overlap
+    /// by up to this much.
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    clock_tolerance: Duration,
     /// A flow still missing its terminal stage (checkout: payment.confirm)
     /// this long after it began is counted incomplete.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
@@ -187,7 +200,11 @@ fn main() -> ExitCode {
             files,
             format,
             config,
-        } => match load_config(config.as_deref()).map(|c| analyze_files(&files, &c)) {
+            clock_tolerance,
+        } => match load_config(config.as_deref()).map(|mut c| {
+            c.clock_tolerance = clock_tolerance;
+            analyze_files(&files, &c)
+        }) {
             Err(code) => code,
             Ok(result) => match result {
                 Ok(report) => {
@@ -243,6 +260,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         ..ServeConfig::default()
     };
     config.pipeline.assembler.trace_idle = args.trace_idle;
+    config.pipeline.clock_tolerance = Some(args.clock_tolerance);
     config.pipeline.flows.flow_idle = args.flow_idle;
     config.pipeline.flows.flow_timeout = args.flow_timeout;
     // A transaction's phases are replayed once its spans stop arriving, as

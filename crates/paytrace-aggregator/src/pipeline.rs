@@ -14,7 +14,7 @@ use prometheus::{
 };
 use serde::Serialize;
 
-use crate::analysis::{FlowAnalysis, analyze_flow};
+use crate::analysis::{FlowAnalysis, analyze_flow_with};
 use crate::assembler::{Assembler, AssemblerLimits};
 use crate::breakdown::{Breakdown, Groups};
 use crate::decode::Decoded;
@@ -54,6 +54,9 @@ pub struct PipelineConfig {
     pub tcc: TccSettings,
     /// Distinct values allowed per metric label (flow, stage, method, channel).
     pub label_limit: Option<usize>,
+    /// The critical-path walk's clock tolerance; `None` for
+    /// [`DEFAULT_CLOCK_TOLERANCE_NS`](crate::tree::DEFAULT_CLOCK_TOLERANCE_NS).
+    pub clock_tolerance: Option<std::time::Duration>,
 }
 
 /// The windows the API offers, in minutes.
@@ -405,6 +408,7 @@ pub struct Pipeline {
     state: Mutex<State>,
     metrics: Metrics,
     label_limit: usize,
+    clock_tolerance_ns: u64,
     buffered_bytes: AtomicUsize,
     max_bytes: usize,
 }
@@ -447,6 +451,10 @@ impl Pipeline {
             }),
             metrics: Metrics::new().expect("the aggregator's families are distinct"),
             label_limit: config.label_limit.unwrap_or(200),
+            clock_tolerance_ns: config.clock_tolerance.map_or(
+                crate::tree::DEFAULT_CLOCK_TOLERANCE_NS,
+                |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX),
+            ),
         }
     }
 
@@ -482,6 +490,20 @@ impl Pipeline {
         let added = state.assembler.add(decoded.spans, now);
         for (reason, n) in added.dropped {
             self.count_dropped(reason.as_str(), n);
+        }
+        let mut late = 0;
+        for span in added.late {
+            // The TCC tracker sees a span that joins its flow, as it saw
+            // the rest of the trace.
+            if span.business.tcc.is_some() && state.flows.waits_for(span.trace_id) {
+                self.follow_tcc(&mut state, std::slice::from_ref(&span), now);
+            }
+            if state.flows.add_late(span, now).is_err() {
+                late += 1;
+            }
+        }
+        if late > 0 {
+            self.count_dropped(aggregator_drop_reason::LATE, late);
         }
         self.publish_size(&state);
     }
@@ -640,7 +662,7 @@ impl Pipeline {
     }
 
     fn record(&self, state: &mut State, finished: FinishedFlow, minute: u64) {
-        let Some(mut analysis) = analyze_flow(&finished.traces) else {
+        let Some(mut analysis) = analyze_flow_with(&finished.traces, self.clock_tolerance_ns) else {
             return;
         };
         // Every name used as a key from here on is bounded: metric labels,

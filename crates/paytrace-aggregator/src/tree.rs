@@ -11,11 +11,28 @@
 //!   entirely outside its parent is not on the path at all.
 //! - A span whose parent is not in the trace (lost, or sampled out) hangs off
 //!   the root; so does a span caught in a parent cycle.
+//! - Clocks are coarse: the OpenTelemetry JS SDK starts spans on whole
+//!   milliseconds (`Date.now()`) and ends them at start plus a precise
+//!   duration, so a stage that ran strictly after its sibling can appear to
+//!   start up to 1 ms before the sibling ended; proxies, browsers and small
+//!   skew between hosts do the same. A child that ends after the walk point
+//!   by no more than the *clock tolerance* (and started before it) is taken
+//!   as having ended at the walk point: the sequential sibling stays on the
+//!   path, and at most the tolerance is moved between the two. Without it the
+//!   walk would skip the sibling and hand its whole duration to the parent's
+//!   self time. See [`DEFAULT_CLOCK_TOLERANCE_NS`].
 //! - Everything is iterative: a 10,000-deep chain needs no deep stack.
 
 use std::sync::Arc;
 
 use crate::span::{Span, SpanId};
+
+/// The default clock tolerance of the critical-path walk: 1 ms, the
+/// resolution of the clocks that start spans in the OpenTelemetry JS SDK
+/// and in browsers, and more than the skew NTP leaves between hosts of one
+/// data centre. A child ending at most this long after the walk point counts
+/// as ended at it.
+pub const DEFAULT_CLOCK_TOLERANCE_NS: u64 = 1_000_000;
 
 /// A piece of the critical path: `span` was doing its own work from
 /// `start_ns` to `end_ns`, and the root's end waited on it.
@@ -53,15 +70,35 @@ pub struct Tree<'a> {
     window: Vec<Option<(u64, u64)>>,
     /// The root's stage name when it has no `paytrace.stage`, made once.
     root_stage: Option<Arc<str>>,
+    /// How far past the walk point a child may end and still be followed.
+    tolerance_ns: u64,
 }
 
 impl<'a> Tree<'a> {
-    /// Builds the tree. `spans` must not be empty.
+    /// Builds the tree with exact timestamps (no clock tolerance). `spans`
+    /// must not be empty.
     ///
     /// The root is the earliest-starting span without a parent id (the
     /// longest on ties); if every span names a parent, the earliest-starting
     /// span. Spans whose parent is missing hang off the root.
     pub fn new(spans: &'a [Span]) -> Self {
+        Self::with_tolerance(spans, 0)
+    }
+
+    /// Builds the tree; the critical-path walk follows a child that ended
+    /// up to `tolerance_ns` after the walk point as if it had ended there
+    /// (see the module docs).
+    ///
+    /// ```
+    /// use paytrace_aggregator::testing::{child, numbered, span};
+    /// use paytrace_aggregator::tree::Tree;
+    ///
+    /// // a ends 400 ns after b started, as millisecond clocks make it look.
+    /// let spans = numbered(vec![span("root", 0, 1000), child("a", 1, 0, 500), child("b", 1, 100, 1000)]);
+    /// assert_eq!(Tree::new(&spans).critical_path_by_span(), vec![100, 0, 900]);
+    /// assert_eq!(Tree::with_tolerance(&spans, 500).critical_path_by_span(), vec![0, 100, 900]);
+    /// ```
+    pub fn with_tolerance(spans: &'a [Span], tolerance_ns: u64) -> Self {
         assert!(!spans.is_empty(), "a tree needs at least one span");
         let n = spans.len();
         // Span id -> first index with it, as a sorted list: no hashing, one
@@ -137,6 +174,7 @@ impl<'a> Tree<'a> {
             children,
             window,
             root_stage,
+            tolerance_ns,
         }
     }
 
@@ -232,7 +270,9 @@ impl<'a> Tree<'a> {
                 continue;
             };
             let children = self.children.of(frame.span);
-            // The child that finished last at or before `t`.
+            // The child that finished last at or before `t`, or within the
+            // clock tolerance after it (then taken as ending at `t`).
+            let limit = frame.t.saturating_add(self.tolerance_ns);
             let mut found = None;
             while frame.next > 0 && frame.t > ws {
                 frame.next -= 1;
@@ -241,9 +281,10 @@ impl<'a> Tree<'a> {
                     continue;
                 }
                 if let Some((cs, ce)) = self.window[c]
-                    && ce <= frame.t
+                    && ce <= limit
+                    && (ce <= frame.t || cs < frame.t)
                 {
-                    found = Some((c, cs, ce));
+                    found = Some((c, cs, ce.min(frame.t)));
                     break;
                 }
             }
@@ -410,7 +451,10 @@ fn visit(start: usize, children: &Children, reached: &mut [bool], order: &mut Ve
     }
 }
 
-fn choose_root(spans: &[Span]) -> usize {
+/// The index of the span [`Tree::new`] takes as the root of `spans`: the
+/// earliest-starting span without a parent id (the longest on ties), else
+/// the earliest-starting span; 0 for no spans.
+pub(crate) fn choose_root(spans: &[Span]) -> usize {
     let best = |candidates: &mut dyn Iterator<Item = (usize, &Span)>| {
         candidates
             .min_by_key(|(i, s)| (s.start_ns, std::cmp::Reverse(s.end_ns), s.span_id, *i))

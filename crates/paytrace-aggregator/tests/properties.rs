@@ -103,6 +103,68 @@ proptest! {
     }
 }
 
+/// A root with sequential stages (durations in ms, optional gaps), then
+/// shifted as a millisecond clock shifts them: each span starts up to 1 ms
+/// early and ends its precise duration later, as the OpenTelemetry JS SDK
+/// records them. Returns the spans and each stage's true duration.
+fn sequential_with_jitter() -> impl Strategy<Value = (Vec<Span>, Vec<u64>)> {
+    const MS: u64 = 1_000_000;
+    proptest::collection::vec((5 * MS..300 * MS, 0u64..3 * MS, 0..=MS), 1..8).prop_flat_map(
+        |stages| {
+            let n = stages.len();
+            (Just(stages), 0..=MS, proptest::collection::vec(any::<bool>(), n))
+        },
+    )
+    .prop_map(|(stages, root_jitter, nested)| {
+        let mut spans = Vec::new();
+        let mut durations = Vec::new();
+        let mut t = 10 * MS;
+        let start = t;
+        for (i, &(len, gap, jitter)) in stages.iter().enumerate() {
+            t += gap;
+            let name = format!("stage{i}");
+            let (s, e) = (t - jitter, t - jitter + len);
+            spans.push(stage(child(&name, 1, s, e)));
+            if nested[i] {
+                // A plain span inside the stage (its HTTP server span).
+                let parent = spans.len();
+                spans.push(child(&format!("inner{i}"), parent + 1, s + len / 4, e - len / 4));
+            }
+            durations.push(len);
+            t += len;
+        }
+        let root = stage(span("root", start - root_jitter, t + MS - root_jitter));
+        let mut all = vec![root];
+        all.extend(spans);
+        // Children were numbered counting the root as position 1.
+        (numbered(all), durations)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Millisecond clocks never move a sequential stage off the critical
+    /// path: each keeps its duration, less at most the 1 ms its start moved
+    /// at either end.
+    #[test]
+    fn millisecond_jitter_keeps_sequential_stages_on_the_path(
+        (trace, durations) in sequential_with_jitter(),
+    ) {
+        let flow = analyze_flow(&[trace]).expect("non-empty");
+        for (i, duration) in durations.iter().enumerate() {
+            let name = format!("stage{i}");
+            let cp = flow.stages.iter().find(|s| *s.stage == *name).map_or(0, |s| s.critical_path_ns);
+            prop_assert!(
+                cp + 2_000_000 >= *duration,
+                "{} has {} ns on the path of its {} ns: {:?}", name, cp, duration, flow.stages
+            );
+        }
+        let total: u64 = flow.stages.iter().map(|s| s.critical_path_ns).sum();
+        prop_assert_eq!(total, flow.duration_ns());
+    }
+}
+
 #[test]
 fn a_hundred_thousand_span_trace_is_analysed() {
     // A 4-ary tree: span i (0-based) is the parent of 4i+1..4i+4; children
