@@ -320,8 +320,11 @@ fn stitched_critical_path(infos: &[TraceInfo<'_>], start_ns: u64, end_ns: u64) -
         // The wait is named after the stage that carries the link (the
         // handler's stage under an auto-instrumented root), else the root's.
         let waiting = hop.and_then(|h| h.linked_from).unwrap_or(root);
-        let wait_stage: Arc<str> =
-            format!("{ASYNC_PREFIX}{}", info.tree.stage_name(info.nearest[waiting])).into();
+        let wait_stage: Arc<str> = format!(
+            "{ASYNC_PREFIX}{}",
+            info.tree.stage_name(info.nearest[waiting])
+        )
+        .into();
         match hop.map(|h| h.span) {
             Some((pt, pi)) => {
                 let pred_end = infos[pt].spans[pi].end_ns.min(cursor);
@@ -409,7 +412,10 @@ fn predecessor(
         .max_by_key(|&(from, lt, li)| {
             let s = &infos[lt].spans[li];
             // Ties: the link nearest the root wins, then the lowest index.
-            (s.end_ns, std::cmp::Reverse((from != infos[t].tree.root(), from)))
+            (
+                s.end_ns,
+                std::cmp::Reverse((from != infos[t].tree.root(), from)),
+            )
         })
         .map(|(from, lt, li)| Hop {
             span: (lt, li),

@@ -127,11 +127,12 @@ pub fn read_requests(
         if line.trim().is_empty() {
             continue;
         }
-        let request = serde_json::from_str(line).map_err(|e| AnalyzeError::Parse {
-            path: path.to_owned(),
-            line: i + 1,
-            message: e.to_string(),
-        })?;
+        let request =
+            crate::decode::parse_json(line.as_bytes()).map_err(|message| AnalyzeError::Parse {
+                path: path.to_owned(),
+                line: i + 1,
+                message,
+            })?;
         requests.push(request);
     }
     Ok(requests)

@@ -127,18 +127,32 @@ impl StageRules {
     }
 
     /// Whether naming a span's stage may read the attribute `key`: the
-    /// paytrace attributes (`paytrace.*`, `payment.*`, `tcc.*`) and those
-    /// the rules test. Decoders skip the values of all others.
+    /// paytrace attributes (`paytrace.*`, `payment.*`, `tcc.*`), the HTTP and
+    /// RPC ones that name a plain span and tell a failed server span, and
+    /// those the rules test. Decoders skip the values of all others.
     ///
     /// ```
     /// use paytrace_aggregator::config::StageRules;
     /// let rules = StageRules::default();
-    /// assert!(rules.reads(b"payment.channel") && !rules.reads(b"http.route"));
+    /// assert!(rules.reads(b"payment.channel") && rules.reads(b"http.route"));
+    /// assert!(!rules.reads(b"url.full"));
     /// ```
     pub fn reads(&self, key: &[u8]) -> bool {
+        use paytrace_semconv::attr;
         key.starts_with(b"paytrace.")
             || key.starts_with(b"payment.")
             || key.starts_with(b"tcc.")
+            || [
+                attr::HTTP_REQUEST_METHOD,
+                attr::HTTP_METHOD_LEGACY,
+                attr::HTTP_ROUTE,
+                attr::HTTP_RESPONSE_STATUS_CODE,
+                attr::HTTP_STATUS_CODE_LEGACY,
+                attr::RPC_METHOD,
+                attr::RPC_SERVICE,
+            ]
+            .iter()
+            .any(|k| k.as_bytes() == key)
             || self
                 .rules
                 .iter()

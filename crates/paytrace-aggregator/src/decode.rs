@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use paytrace_semconv::attr;
 
 use crate::config::StageRules;
@@ -21,16 +20,18 @@ mod wire;
 
 pub use wire::{MalformedRequest, decode_protobuf};
 
-/// Limits beyond which a span is rejected as absurd rather than buffered.
+/// Limits a span is cut to (and counted, see [`Truncation`]): only a
+/// structurally invalid span is rejected, an over-long one is kept.
 #[derive(Clone, Debug)]
 pub struct SpanLimits {
-    /// Longest span name, in bytes.
+    /// Longest span name, in bytes; a longer one keeps its start.
     pub max_name_bytes: usize,
-    /// Most attributes on one span.
+    /// Most attributes read of one span; the rest are ignored.
     pub max_attributes: usize,
-    /// Most links on one span.
+    /// Most links kept of one span.
     pub max_links: usize,
-    /// Longest value of a paytrace attribute (stage, flow, flow id, method, channel).
+    /// Longest value of a paytrace attribute (stage, flow, flow id, method,
+    /// channel, `tcc.*`); a longer one keeps its start.
     pub max_business_value_bytes: usize,
 }
 
@@ -45,6 +46,47 @@ impl Default for SpanLimits {
     }
 }
 
+/// What was cut from a span that was kept: the `reason` label of
+/// `paytrace_aggregator_spans_truncated_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Truncation {
+    /// The name was longer than [`SpanLimits::max_name_bytes`].
+    NameTooLong,
+    /// A paytrace value was longer than [`SpanLimits::max_business_value_bytes`].
+    ValueTooLong,
+    /// More attributes than [`SpanLimits::max_attributes`].
+    TooManyAttributes,
+    /// More links than [`SpanLimits::max_links`].
+    TooManyLinks,
+}
+
+impl Truncation {
+    /// Every kind, in the order of [`Decoded::truncated`].
+    pub const ALL: [Self; 4] = [
+        Self::NameTooLong,
+        Self::ValueTooLong,
+        Self::TooManyAttributes,
+        Self::TooManyLinks,
+    ];
+
+    /// The label value.
+    ///
+    /// ```
+    /// use paytrace_aggregator::decode::Truncation;
+    /// assert_eq!(Truncation::ValueTooLong.as_str(), "value_too_long");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        use paytrace_semconv::aggregator_truncation as t;
+        match self {
+            Self::NameTooLong => t::NAME_TOO_LONG,
+            Self::ValueTooLong => t::VALUE_TOO_LONG,
+            Self::TooManyAttributes => t::TOO_MANY_ATTRIBUTES,
+            Self::TooManyLinks => t::TOO_MANY_LINKS,
+        }
+    }
+}
+
 /// The result of decoding one request.
 #[derive(Debug, Default, PartialEq)]
 pub struct Decoded {
@@ -52,8 +94,13 @@ pub struct Decoded {
     pub spans: Vec<Span>,
     /// How many spans were rejected.
     pub rejected: u64,
-    /// Why the first rejected span was rejected.
+    /// Why the first rejected span was rejected, naming the field.
     pub first_error: Option<String>,
+    /// Spans kept with something cut, by [`Truncation`] (indexed as
+    /// [`Truncation::ALL`]).
+    pub truncated: [u64; 4],
+    /// What the first cut was, naming the field: a warning for the sender.
+    pub first_truncation: Option<String>,
 }
 
 impl Decoded {
@@ -68,6 +115,81 @@ impl Decoded {
             }
         }
     }
+
+    fn truncate(&mut self, kind: Truncation, what: impl FnOnce() -> String) {
+        let at = Truncation::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.truncated[at] += 1;
+        if self.first_truncation.is_none() {
+            self.first_truncation = Some(what());
+        }
+    }
+
+    /// The message for `partial_success.error_message`: the first rejection,
+    /// or else the first truncation as a warning; `None` when neither.
+    ///
+    /// ```
+    /// use paytrace_aggregator::decode::Decoded;
+    /// assert_eq!(Decoded::default().message(), None);
+    /// ```
+    pub fn message(&self) -> Option<String> {
+        let cut: u64 = self.truncated.iter().sum();
+        match (&self.first_error, &self.first_truncation) {
+            (Some(error), _) => Some(error.clone()),
+            (None, Some(cut_first)) => Some(format!(
+                "all spans accepted; {cut} cut to the aggregator's limits, first: {cut_first}"
+            )),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Where a span sits in its request, written as OTLP/JSON names the fields:
+/// `resourceSpans[0].scopeSpans[1].spans[3]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SpanPath {
+    resource: usize,
+    scope: usize,
+    span: usize,
+}
+
+impl std::fmt::Display for SpanPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "resourceSpans[{}].scopeSpans[{}].spans[{}]",
+            self.resource, self.scope, self.span
+        )
+    }
+}
+
+/// Parses an OTLP/JSON `ExportTraceServiceRequest`; an error names the
+/// field it is about, as the OTLP/JSON names it
+/// (`resourceSpans[0].scopeSpans[1].spans[3].traceId: ...`), and says so
+/// when ids are base64 where the OTLP/JSON encoding wants hex.
+///
+/// ```
+/// use paytrace_aggregator::decode::parse_json;
+/// let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"S/kvNXezTaajzpKdDg5HNg=="}]}]}]}"#;
+/// let err = parse_json(body).unwrap_err();
+/// assert!(err.starts_with("resourceSpans[0].scopeSpans[0].spans[0].traceId: "), "{err}");
+/// assert!(err.contains("hex"), "{err}");
+/// ```
+pub fn parse_json(body: &[u8]) -> Result<ExportTraceServiceRequest, String> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let hint = if path.ends_with("traceId") || path.ends_with("spanId") {
+            " (OTLP/JSON ids are hex strings, not base64)"
+        } else {
+            ""
+        };
+        if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}{hint}")
+        }
+    })
 }
 
 /// Shares one allocation among equal strings (service names, stages, flows),
@@ -136,13 +258,17 @@ impl<'a> Attr<'a> {
 /// One span as either decoder saw it, borrowed: the one place where spans
 /// are validated and turned into [`Span`]s, so both decoders agree.
 struct RawSpan<'a, 's> {
+    at: SpanPath,
     trace_id: &'a [u8],
     span_id: &'a [u8],
     parent_span_id: &'a [u8],
     name: &'a [u8],
     start_ns: u64,
     end_ns: u64,
-    is_error: bool,
+    /// `status.code` (0 unset, 1 ok, 2 error).
+    status_code: i32,
+    /// `kind` (2 is a server span).
+    kind: i32,
     attributes: &'s [Attr<'a>],
     /// (trace id, span id) of each link, unchecked.
     links: &'s [(&'a [u8], &'a [u8])],
@@ -203,7 +329,7 @@ pub fn decode(
     );
     let mut attributes = Vec::new();
     let mut links = Vec::new();
-    for resource_spans in &request.resource_spans {
+    for (r, resource_spans) in request.resource_spans.iter().enumerate() {
         let service = resource_spans
             .resource
             .as_ref()
@@ -211,7 +337,13 @@ pub fn decode(
             .and_then(|kv| string_value(&kv.value))
             .unwrap_or(UNKNOWN_SERVICE);
         let service = interner.intern(service);
-        for span in resource_spans.scope_spans.iter().flat_map(|s| &s.spans) {
+        let spans = (resource_spans.scope_spans.iter().enumerate()).flat_map(|(sc, s)| {
+            s.spans
+                .iter()
+                .enumerate()
+                .map(move |(k, span)| (sc, k, span))
+        });
+        for (scope, k, span) in spans {
             attributes.clear();
             attributes.extend(span.attributes.iter().map(attr_of));
             links.clear();
@@ -221,20 +353,24 @@ pub fn decode(
                     .map(|l| (l.trace_id.as_slice(), l.span_id.as_slice())),
             );
             let raw = RawSpan {
+                at: SpanPath {
+                    resource: r,
+                    scope,
+                    span: k,
+                },
                 trace_id: &span.trace_id,
                 span_id: &span.span_id,
                 parent_span_id: &span.parent_span_id,
                 name: span.name.as_bytes(),
                 start_ns: span.start_time_unix_nano,
                 end_ns: span.end_time_unix_nano,
-                is_error: span
-                    .status
-                    .as_ref()
-                    .is_some_and(|s| s.code == StatusCode::Error as i32),
+                status_code: span.status.as_ref().map_or(0, |s| s.code),
+                kind: span.kind,
                 attributes: &attributes,
                 links: &links,
             };
-            out.push(build(&raw, &service, limits, rules, interner));
+            let built = build(&raw, &service, limits, rules, interner, &mut out);
+            out.push(built);
         }
     }
     out
@@ -246,82 +382,89 @@ fn build(
     limits: &SpanLimits,
     rules: &StageRules,
     interner: &mut Interner,
+    out: &mut Decoded,
 ) -> Result<Span, String> {
-    let name = std::str::from_utf8(span.name);
-    // Error messages quote what they can of a name that is not UTF-8.
-    let quoted = || String::from_utf8_lossy(span.name);
-    let trace_id = TraceId::from_bytes(span.trace_id).ok_or_else(|| {
-        format!(
-            "span {:?}: trace_id {}",
-            truncate(&quoted()),
-            id_problem(span.trace_id.len(), 16)
-        )
-    })?;
-    let span_id = SpanId::from_bytes(span.span_id).ok_or_else(|| {
-        format!(
-            "span {:?} of trace {trace_id}: span_id {}",
-            truncate(&quoted()),
-            id_problem(span.span_id.len(), 8)
-        )
-    })?;
+    let at = span.at;
+    let trace_id = TraceId::from_bytes(span.trace_id)
+        .ok_or_else(|| format!("{at}.traceId: {}", id_problem(span.trace_id.len(), 16)))?;
+    let span_id = SpanId::from_bytes(span.span_id)
+        .ok_or_else(|| format!("{at}.spanId: {}", id_problem(span.span_id.len(), 8)))?;
     let parent_span_id = match span.parent_span_id.len() {
         0 => None,
         8 => SpanId::from_bytes(span.parent_span_id),
         n => {
             return Err(format!(
-                "span {span_id} of trace {trace_id}: parent_span_id must be empty or 8 bytes (got {n})"
+                "{at}.parentSpanId: must be empty or 8 bytes (got {n})"
             ));
         }
     };
     if span.start_ns == 0 {
-        return Err(format!(
-            "span {span_id} of trace {trace_id}: start_time_unix_nano is missing"
-        ));
+        return Err(format!("{at}.startTimeUnixNano: missing"));
     }
     if span.end_ns < span.start_ns {
         return Err(format!(
-            "span {span_id} of trace {trace_id}: ends before it starts ({} < {})",
+            "{at}.endTimeUnixNano: before the start ({} < {})",
             span.end_ns, span.start_ns
         ));
     }
-    if span.name.len() > limits.max_name_bytes {
-        return Err(format!(
-            "span {span_id} of trace {trace_id}: name of {} bytes exceeds {}",
-            span.name.len(),
-            limits.max_name_bytes
-        ));
-    }
-    let Ok(name) = name else {
-        return Err(format!(
-            "span {span_id} of trace {trace_id}: the name is not UTF-8"
-        ));
+    let Ok(mut name) = std::str::from_utf8(span.name) else {
+        return Err(format!("{at}.name: not UTF-8"));
     };
-    if span.attributes.len() > limits.max_attributes {
-        return Err(format!(
-            "span {span_id} of trace {trace_id}: {} attributes exceed {}",
-            span.attributes.len(),
-            limits.max_attributes
-        ));
+    if name.len() > limits.max_name_bytes {
+        let bytes = name.len();
+        name = cut(name, limits.max_name_bytes);
+        out.truncate(Truncation::NameTooLong, || {
+            format!("{at}.name: {bytes} bytes cut to {}", limits.max_name_bytes)
+        });
     }
-    if span.links.len() > limits.max_links {
-        return Err(format!(
-            "span {span_id} of trace {trace_id}: {} links exceed {}",
-            span.links.len(),
-            limits.max_links
-        ));
+    let mut attributes = span.attributes;
+    if attributes.len() > limits.max_attributes {
+        let n = attributes.len();
+        attributes = &attributes[..limits.max_attributes];
+        out.truncate(Truncation::TooManyAttributes, || {
+            format!(
+                "{at}.attributes: {n} attributes, the first {} read",
+                limits.max_attributes
+            )
+        });
     }
-    let mut business = business(span.attributes, limits, interner)
-        .map_err(|e| format!("span {span_id} of trace {trace_id}: attribute {e}"))?;
+    let mut links = span.links;
+    if links.len() > limits.max_links {
+        let n = links.len();
+        links = &links[..limits.max_links];
+        out.truncate(Truncation::TooManyLinks, || {
+            format!("{at}.links: {n} links, the first {} kept", limits.max_links)
+        });
+    }
+    let read = read_attributes(attributes, limits, interner)
+        .map_err(|key| format!("{at}.attributes[{key}]: not UTF-8"))?;
+    if let Some((key, bytes)) = read.first_cut {
+        out.truncate(Truncation::ValueTooLong, || {
+            format!(
+                "{at}.attributes[{key}]: a value of {bytes} bytes cut to {}",
+                limits.max_business_value_bytes
+            )
+        });
+    }
+    let mut business = read.business;
     if business.stage.is_none()
-        && let Some((stage, flow)) = rules.stage_for(service, name, span.attributes)
+        && let Some((stage, flow)) = rules.stage_for(service, name, attributes)
     {
         business.stage = Some(stage.clone());
         if business.flow.is_none() {
             business.flow = flow.cloned();
         }
     }
-    let links = span
-        .links
+    const STATUS_UNSET: i32 = 0;
+    const STATUS_ERROR: i32 = 2;
+    const KIND_SERVER: i32 = 2;
+    // A server that answered 5xx failed, whether or not its instrumentation
+    // set the status (the HTTP conventions say it should).
+    let is_error = span.status_code == STATUS_ERROR
+        || (span.status_code == STATUS_UNSET
+            && span.kind == KIND_SERVER
+            && read.http_status.is_some_and(|c| c >= 500));
+    let links = links
         .iter()
         .filter_map(|(trace_id, span_id)| {
             Some(Link {
@@ -339,10 +482,20 @@ fn build(
         service: service.clone(),
         start_ns: span.start_ns,
         end_ns: span.end_ns,
-        is_error: span.is_error,
+        is_error,
         links,
         business,
     })
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a
+/// character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn id_problem(len: usize, expected: usize) -> String {
@@ -353,22 +506,26 @@ fn id_problem(len: usize, expected: usize) -> String {
     }
 }
 
-fn truncate(s: &str) -> &str {
-    let mut end = s.len().min(64);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+/// What a span's attributes tell the aggregator.
+struct Read {
+    business: Business,
+    /// `http.response.status_code` (or the older `http.status_code`).
+    http_status: Option<i64>,
+    /// The first value cut to the limit: its key and its length.
+    first_cut: Option<(&'static str, usize)>,
 }
 
-/// The paytrace attributes of a span; `Err` names an attribute whose value
-/// is absurdly long or not UTF-8.
-fn business(
+/// Reads the paytrace attributes of a span, and the HTTP and RPC ones that
+/// name a plain span's operation. Values over the limit keep their start;
+/// `Err` names a paytrace attribute whose value is not UTF-8.
+fn read_attributes(
     attributes: &[Attr<'_>],
     limits: &SpanLimits,
     interner: &mut Interner,
-) -> Result<Business, String> {
+) -> Result<Read, &'static str> {
     let mut b = Business::default();
+    let mut first_cut = None;
+    let mut http = HttpNames::default();
     for a in attributes {
         let (slot, key) = match a.key {
             k if k == attr::STAGE.as_bytes() => (&mut b.stage, attr::STAGE),
@@ -398,16 +555,20 @@ fn business(
                     _ => continue,
                 }
             }
-            _ => continue,
+            _ => {
+                http.read(a);
+                continue;
+            }
         };
         let is_id = matches!(key, attr::FLOW_ID | attr::TCC_XID | attr::TCC_BRANCH_ID);
         let number;
         let value: &str = match a.value {
             AttrValue::Str(s) => {
-                if s.len() > limits.max_business_value_bytes {
-                    return Err(format!("{key} is too long"));
+                let whole = std::str::from_utf8(s).map_err(|_| key)?;
+                if whole.len() > limits.max_business_value_bytes {
+                    first_cut.get_or_insert((key, whole.len()));
                 }
-                std::str::from_utf8(s).map_err(|_| format!("{key} is not UTF-8"))?
+                cut(whole, limits.max_business_value_bytes)
             }
             // Some SDKs send numeric transaction ids.
             AttrValue::Int(i) if is_id => {
@@ -423,13 +584,76 @@ fn business(
             interner.intern(value)
         });
     }
-    Ok(b)
+    b.operation = http.operation(interner);
+    Ok(Read {
+        business: b,
+        http_status: http.status,
+        first_cut,
+    })
+}
+
+/// The HTTP and RPC attributes that name a plain span's operation, as the
+/// OpenTelemetry conventions define them (current names first, the names
+/// before HTTP semconv 1.23 where those are missing).
+#[derive(Default)]
+struct HttpNames<'a> {
+    method: Option<&'a [u8]>,
+    legacy_method: Option<&'a [u8]>,
+    route: Option<&'a [u8]>,
+    rpc_method: Option<&'a [u8]>,
+    rpc_service: Option<&'a [u8]>,
+    status: Option<i64>,
+    legacy_status: Option<i64>,
+}
+
+impl<'a> HttpNames<'a> {
+    fn read(&mut self, a: &Attr<'a>) {
+        let text = || a.str_value().filter(|v| !v.is_empty() && v.len() <= 256);
+        let number = || match a.value {
+            AttrValue::Int(i) => Some(i),
+            AttrValue::Str(s) => std::str::from_utf8(s).ok()?.parse().ok(),
+            AttrValue::Other => None,
+        };
+        match a.key {
+            k if k == attr::HTTP_REQUEST_METHOD.as_bytes() => self.method = text(),
+            k if k == attr::HTTP_METHOD_LEGACY.as_bytes() => self.legacy_method = text(),
+            k if k == attr::HTTP_ROUTE.as_bytes() => self.route = text(),
+            k if k == attr::RPC_METHOD.as_bytes() => self.rpc_method = text(),
+            k if k == attr::RPC_SERVICE.as_bytes() => self.rpc_service = text(),
+            k if k == attr::HTTP_RESPONSE_STATUS_CODE.as_bytes() => self.status = number(),
+            k if k == attr::HTTP_STATUS_CODE_LEGACY.as_bytes() => self.legacy_status = number(),
+            _ => {}
+        }
+        if self.status.is_none() {
+            self.status = self.legacy_status;
+        }
+    }
+
+    /// `"{method} {route}"` for an HTTP span with a known route, the method
+    /// (`"{rpc.service}/{rpc.method}"`) for an RPC span.
+    fn operation(&self, interner: &mut Interner) -> Option<Arc<str>> {
+        let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_owned);
+        let name = if let Some(route) = self.route.and_then(text) {
+            match self.method.or(self.legacy_method).and_then(text) {
+                Some(method) => format!("{method} {route}"),
+                None => route,
+            }
+        } else {
+            let method = self.rpc_method.and_then(text)?;
+            match self.rpc_service.and_then(text) {
+                Some(service) if !method.contains('/') => format!("{service}/{method}"),
+                _ => method,
+            }
+        };
+        Some(interner.intern(&name))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status};
 
     fn kv(key: &str, value: &str) -> KeyValue {
@@ -500,27 +724,31 @@ mod tests {
 
     #[test]
     fn invalid_spans_are_rejected_one_by_one_with_a_reason() {
+        let at = "resourceSpans[0].scopeSpans[0].spans[1]";
         let broken: Vec<(&str, Breaker)> = vec![
-            ("trace_id", Box::new(|s| s.trace_id = vec![0; 16])),
-            ("trace_id", Box::new(|s| s.trace_id = vec![1; 3])),
-            ("span_id", Box::new(|s| s.span_id = vec![0; 8])),
             (
-                "parent_span_id",
+                ".traceId: is all zeros",
+                Box::new(|s| s.trace_id = vec![0; 16]),
+            ),
+            (
+                ".traceId: must be 16 bytes (got 3)",
+                Box::new(|s| s.trace_id = vec![1; 3]),
+            ),
+            (
+                ".spanId: is all zeros",
+                Box::new(|s| s.span_id = vec![0; 8]),
+            ),
+            (
+                ".parentSpanId: must be empty or 8 bytes",
                 Box::new(|s| s.parent_span_id = vec![1; 5]),
             ),
             (
-                "ends before it starts",
+                ".endTimeUnixNano: before the start",
                 Box::new(|s| s.end_time_unix_nano = 10),
             ),
-            ("start_time", Box::new(|s| s.start_time_unix_nano = 0)),
-            ("name", Box::new(|s| s.name = "x".repeat(5000))),
             (
-                "attributes exceed",
-                Box::new(|s| s.attributes = vec![kv("k", "v"); 2000]),
-            ),
-            (
-                "too long",
-                Box::new(|s| s.attributes = vec![kv(attr::FLOW_ID, &"9".repeat(1000))]),
+                ".startTimeUnixNano: missing",
+                Box::new(|s| s.start_time_unix_nano = 0),
             ),
         ];
         for (expected, breaker) in broken {
@@ -535,10 +763,124 @@ mod tests {
             assert_eq!((d.spans.len(), d.rejected), (1, 1), "{expected}");
             let reason = d.first_error.expect("a reason");
             assert!(
-                reason.contains(expected),
-                "{reason:?} should mention {expected:?}"
+                reason.starts_with(&format!("{at}{expected}")),
+                "{reason:?} should name the field: {at}{expected}"
             );
         }
+    }
+
+    #[test]
+    fn over_long_and_over_full_spans_are_cut_and_counted_not_rejected() {
+        let mut big = good_span();
+        big.name = "é".repeat(600); // 1,200 bytes: cut on a character boundary
+        big.attributes = vec![kv("k", "v"); 1500];
+        big.attributes
+            .push(kv(attr::STAGE, "never read: past the limit"));
+        big.attributes
+            .insert(0, kv(attr::FLOW_ID, &"9".repeat(1000)));
+        big.links = (0..200)
+            .map(|i| opentelemetry_proto::tonic::trace::v1::span::Link {
+                trace_id: vec![3; 16],
+                span_id: vec![i as u8 + 1; 8],
+                ..Default::default()
+            })
+            .collect();
+        let d = decode(
+            &request(vec![good_span(), big]),
+            &SpanLimits::default(),
+            &StageRules::default(),
+            &mut Interner::default(),
+        );
+        assert_eq!((d.spans.len(), d.rejected), (2, 0));
+        let s = &d.spans[1];
+        assert_eq!(s.name.len(), 1024);
+        assert_eq!(s.business.flow_id.as_deref().map(str::len), Some(256));
+        assert_eq!(s.business.stage, None);
+        assert_eq!(s.links.len(), 128);
+        assert_eq!(d.truncated, [1, 1, 1, 1]);
+        let warning = d.message().expect("a warning");
+        assert!(
+            warning
+                .contains("resourceSpans[0].scopeSpans[0].spans[1].name: 1200 bytes cut to 1024"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn plain_spans_are_named_by_route_or_rpc_method_and_5xx_servers_fail() {
+        fn int(key: &str, value: i64) -> KeyValue {
+            KeyValue {
+                key: key.to_owned(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::IntValue(value)),
+                }),
+                ..Default::default()
+            }
+        }
+        let plain = |attributes: Vec<KeyValue>, kind: i32| {
+            let mut s = good_span();
+            s.attributes = attributes;
+            s.status = None;
+            s.kind = kind;
+            s
+        };
+        let server = 2;
+        let spans = vec![
+            plain(
+                vec![
+                    kv("http.request.method", "POST"),
+                    kv("http.route", "/pay"),
+                    int("http.response.status_code", 502),
+                ],
+                server,
+            ),
+            // The names before HTTP semconv 1.23, as the JS SDK sends them.
+            plain(
+                vec![
+                    kv("http.method", "GET"),
+                    kv("http.route", "/orders/:id"),
+                    int("http.status_code", 200),
+                ],
+                server,
+            ),
+            plain(
+                vec![
+                    kv("rpc.service", "inventory.v1.Inventory"),
+                    kv("rpc.method", "Try"),
+                ],
+                server,
+            ),
+            // A client span that got a 503 is the server's failure, not its own.
+            plain(
+                vec![
+                    kv("http.request.method", "GET"),
+                    int("http.response.status_code", 503),
+                ],
+                3,
+            ),
+        ];
+        let d = decode(
+            &request(spans),
+            &SpanLimits::default(),
+            &StageRules::default(),
+            &mut Interner::default(),
+        );
+        let ops: Vec<Option<&str>> = d
+            .spans
+            .iter()
+            .map(|s| s.business.operation.as_deref())
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                Some("POST /pay"),
+                Some("GET /orders/:id"),
+                Some("inventory.v1.Inventory/Try"),
+                None
+            ]
+        );
+        let errors: Vec<bool> = d.spans.iter().map(|s| s.is_error).collect();
+        assert_eq!(errors, [true, false, false, false]);
     }
 
     #[test]

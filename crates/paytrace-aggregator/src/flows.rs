@@ -265,17 +265,17 @@ impl FlowBuffer {
     }
 
     /// Adds `span`, which arrived at `now` after its trace was handed on,
-    /// to that trace if the trace's flow is still waiting; gives it back
-    /// otherwise (then it is late, and the caller counts it dropped).
-    pub fn add_late(&mut self, span: Span, now: Instant) -> Result<(), Span> {
+    /// to that trace if the trace's flow is still waiting, and says whether
+    /// it did (if not, the span is late: the caller counts it dropped).
+    pub fn add_late(&mut self, span: Span, now: Instant) -> bool {
         let Some(&id) = self.by_trace.get(&span.trace_id) else {
-            return Err(span);
+            return false;
         };
         let Some(p) = self.pending.get_mut(&id) else {
-            return Err(span);
+            return false;
         };
         let Some(at) = p.trace_ids.iter().position(|t| *t == span.trace_id) else {
-            return Err(span);
+            return false;
         };
         if let Some(flow_id) = &span.business.flow_id
             && p.flow_ids.insert(flow_id.clone())
@@ -293,7 +293,7 @@ impl FlowBuffer {
         trace.push(span);
         let root = root_of(trace);
         p.see_root(root);
-        Ok(())
+        true
     }
 
     /// Every waiting flow, final now (at shutdown).
@@ -439,7 +439,7 @@ mod tests {
         root.business.flow = Some("checkout".into());
         root.is_error = true;
         let late = t0 + Duration::from_secs(8);
-        assert!(buf.add_late(root, late).is_ok());
+        assert!(buf.add_late(root, late));
         // Idle counts from the late span; the failed root makes it final
         // then, without waiting for the terminal stage.
         assert!(buf.finish_idle(t0 + Duration::from_secs(30)).is_empty());
@@ -451,7 +451,7 @@ mod tests {
         // A span of a trace no flow waits for is given back.
         let mut stray = span("x", 0, 1);
         stray.trace_id = TraceId([5; 16]);
-        assert!(buf.add_late(stray, late).is_err());
+        assert!(!buf.add_late(stray, late));
     }
 
     #[test]

@@ -272,6 +272,7 @@ struct Metrics {
     flows_incomplete: IntCounterVec,
     spans_received: IntCounterVec,
     spans_dropped: IntCounterVec,
+    spans_truncated: IntCounterVec,
     traces_live: IntGauge,
     traces_completed: IntCounter,
     traces_evicted: IntCounterVec,
@@ -339,6 +340,13 @@ impl Metrics {
                 ),
                 &[label::REASON],
             )?,
+            spans_truncated: IntCounterVec::new(
+                Opts::new(
+                    metric::AGGREGATOR_SPANS_TRUNCATED_TOTAL,
+                    "Spans kept with part of them cut to the aggregator's limits, by reason.",
+                ),
+                &[label::REASON],
+            )?,
             traces_live: IntGauge::new(metric::AGGREGATOR_TRACES_LIVE, "Traces being assembled.")?,
             traces_completed: IntCounter::new(
                 metric::AGGREGATOR_TRACES_COMPLETED_TOTAL,
@@ -378,6 +386,7 @@ impl Metrics {
         r.register(Box::new(m.flows_incomplete.clone()))?;
         r.register(Box::new(m.spans_received.clone()))?;
         r.register(Box::new(m.spans_dropped.clone()))?;
+        r.register(Box::new(m.spans_truncated.clone()))?;
         r.register(Box::new(m.traces_live.clone()))?;
         r.register(Box::new(m.traces_completed.clone()))?;
         r.register(Box::new(m.traces_evicted.clone()))?;
@@ -389,6 +398,9 @@ impl Metrics {
         // `rate()` see the first event.
         for reason in aggregator_drop_reason::ALL {
             m.spans_dropped.with_label_values(&[reason]);
+        }
+        for reason in paytrace_semconv::aggregator_truncation::ALL {
+            m.spans_truncated.with_label_values(&[reason]);
         }
         for reason in [
             crate::assembler::Overflow::MaxTraces,
@@ -451,10 +463,11 @@ impl Pipeline {
             }),
             metrics: Metrics::new().expect("the aggregator's families are distinct"),
             label_limit: config.label_limit.unwrap_or(200),
-            clock_tolerance_ns: config.clock_tolerance.map_or(
-                crate::tree::DEFAULT_CLOCK_TOLERANCE_NS,
-                |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX),
-            ),
+            clock_tolerance_ns: config
+                .clock_tolerance
+                .map_or(crate::tree::DEFAULT_CLOCK_TOLERANCE_NS, |t| {
+                    u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
+                }),
         }
     }
 
@@ -486,6 +499,14 @@ impl Pipeline {
         if decoded.rejected > 0 {
             self.count_dropped(aggregator_drop_reason::INVALID, decoded.rejected);
         }
+        for (kind, n) in crate::decode::Truncation::ALL.iter().zip(decoded.truncated) {
+            if n > 0 {
+                self.metrics
+                    .spans_truncated
+                    .with_label_values(&[kind.as_str()])
+                    .inc_by(n);
+            }
+        }
         let mut state = self.state();
         let added = state.assembler.add(decoded.spans, now);
         for (reason, n) in added.dropped {
@@ -498,7 +519,7 @@ impl Pipeline {
             if span.business.tcc.is_some() && state.flows.waits_for(span.trace_id) {
                 self.follow_tcc(&mut state, std::slice::from_ref(&span), now);
             }
-            if state.flows.add_late(span, now).is_err() {
+            if !state.flows.add_late(span, now) {
                 late += 1;
             }
         }
@@ -662,7 +683,8 @@ impl Pipeline {
     }
 
     fn record(&self, state: &mut State, finished: FinishedFlow, minute: u64) {
-        let Some(mut analysis) = analyze_flow_with(&finished.traces, self.clock_tolerance_ns) else {
+        let Some(mut analysis) = analyze_flow_with(&finished.traces, self.clock_tolerance_ns)
+        else {
             return;
         };
         // Every name used as a key from here on is bounded: metric labels,

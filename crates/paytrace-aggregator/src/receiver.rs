@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use prometheus::IntCounterVec;
 use prost::Message;
@@ -148,10 +148,14 @@ impl Receiver {
     /// Buffers the spans of a decoded request; the response carries the
     /// rejections.
     fn accept(&self, protocol: Protocol, decoded: Decoded) -> ExportTraceServiceResponse {
-        let partial_success = (decoded.rejected > 0).then(|| ExportTracePartialSuccess {
-            rejected_spans: i64::try_from(decoded.rejected).unwrap_or(i64::MAX),
-            error_message: decoded.first_error.clone().unwrap_or_default(),
-        });
+        // A rejection, or a warning with nothing rejected (the OTLP spec
+        // allows `partial_success` with `rejected_spans` 0 for warnings).
+        let partial_success = decoded
+            .message()
+            .map(|error_message| ExportTracePartialSuccess {
+                rejected_spans: i64::try_from(decoded.rejected).unwrap_or(i64::MAX),
+                error_message,
+            });
         self.pipeline.ingest(protocol, decoded, Instant::now());
         ExportTraceServiceResponse { partial_success }
     }
@@ -173,7 +177,7 @@ impl Receiver {
 
     /// Decodes an OTLP/JSON `ExportTraceServiceRequest` and buffers its spans.
     fn accept_json(&self, body: &[u8]) -> Result<ExportTraceServiceResponse, String> {
-        let request = serde_json::from_slice::<ExportTraceServiceRequest>(body)
+        let request = crate::decode::parse_json(body)
             .map_err(|e| format!("not an OTLP ExportTraceServiceRequest (JSON): {e}"))?;
         let decoded = decode(
             &request,

@@ -117,6 +117,10 @@ pub struct Business {
     pub outcome: Option<Arc<str>>,
     /// The `tcc.*` attributes, when the span has any.
     pub tcc: Option<Box<Tcc>>,
+    /// What a plain span did, from the OpenTelemetry HTTP and RPC
+    /// conventions: `"POST /pay"` (`http.request.method` and `http.route`)
+    /// or the RPC method. Names the stage of a span without `paytrace.stage`.
+    pub operation: Option<Arc<str>>,
 }
 
 /// The `tcc.*` attributes of a span, as sent: the TCC tracker classifies

@@ -165,7 +165,7 @@ impl<'a> Tree<'a> {
         }
         let root_stage = match &spans[root].business.stage {
             Some(_) => None,
-            None => Some(format!("{} {}", spans[root].service, spans[root].name).into()),
+            None => Some(plain_stage_name(&spans[root])),
         };
         Self {
             spans,
@@ -371,16 +371,24 @@ impl<'a> Tree<'a> {
             .collect()
     }
 
-    /// The stage name of span `i`: its `paytrace.stage`, or for the root
-    /// without one, `"{service.name} {span name}"`.
+    /// The stage name of span `i`: its `paytrace.stage`, or for a span
+    /// without one (the root, an auto-instrumented server span),
+    /// `"{service.name} {operation}"` where the HTTP or RPC attributes name
+    /// the operation (`"payment POST /pay"`), else `"{service.name} {span name}"`.
     pub fn stage_name(&self, i: usize) -> Arc<str> {
         let s = &self.spans[i];
         match (&s.business.stage, &self.root_stage) {
             (Some(stage), _) => stage.clone(),
             (None, Some(root_stage)) if i == self.root => root_stage.clone(),
-            (None, _) => format!("{} {}", s.service, s.name).into(),
+            (None, _) => plain_stage_name(s),
         }
     }
+}
+
+/// The stage name of a span without `paytrace.stage`.
+fn plain_stage_name(s: &Span) -> Arc<str> {
+    let operation = s.business.operation.as_deref().unwrap_or(&s.name);
+    format!("{} {operation}", s.service).into()
 }
 
 #[derive(Debug)]

@@ -284,7 +284,11 @@ fn analyze_table_counts_rejected_spans() {
         stderr.contains("7 spans in 3 traces, 2 flows; 1 spans rejected"),
         "{stderr}"
     );
-    assert!(stderr.contains("ends before it starts"), "{stderr}");
+    assert!(
+        stderr
+            .contains("resourceSpans[0].scopeSpans[0].spans[2].endTimeUnixNano: before the start"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -99,7 +99,9 @@ async fn invalid_spans_are_rejected_through_partial_success() {
     let partial = decoded.partial_success.expect("partial success");
     assert_eq!(partial.rejected_spans, 2);
     assert!(
-        partial.error_message.contains("trace_id"),
+        partial
+            .error_message
+            .starts_with("resourceSpans[0].scopeSpans[0].spans[1].traceId: is all zeros"),
         "{}",
         partial.error_message
     );
@@ -231,6 +233,79 @@ async fn malformed_unsupported_and_oversize_bodies_are_refused_and_counted() {
     assert_eq!(
         metric(&running, &refused("too_large", "http_protobuf")).await,
         2.0
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_errors_name_the_field_and_long_values_are_cut_not_rejected() {
+    let running = aggregator(ReceiverLimits::default()).await;
+
+    // Base64 ids, as some hand-written senders write them (OTLP/JSON wants hex).
+    let body = br#"{"resourceSpans":[{"scopeSpans":[{},{"spans":[
+        {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"ok",
+         "startTimeUnixNano":"1","endTimeUnixNano":"2"},
+        {"traceId":"W47/95gDgQPSabYzgT/GDA==","spanId":"7uGbfsPBsXQ=","name":"b64",
+         "startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}"#;
+    let resp = post(&running, "application/json", None, body.to_vec()).await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.expect("JSON status");
+    let message = v["message"].as_str().expect("message");
+    assert!(
+        message.contains("resourceSpans[0].scopeSpans[1].spans[1].traceId: ")
+            && message.contains("hex"),
+        "{message}"
+    );
+
+    // A root whose flow id is far over the limit is kept, cut and counted;
+    // the response warns without rejecting anything.
+    let mut root = span(7, 1, 10, 40);
+    root.attributes
+        .push(opentelemetry_proto::tonic::common::v1::KeyValue {
+            key: "paytrace.flow_id".into(),
+            value: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                value: Some(
+                    opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                        "x".repeat(10_000),
+                    ),
+                ),
+            }),
+            ..Default::default()
+        });
+    let resp = post(
+        &running,
+        "application/x-protobuf",
+        None,
+        request(vec![root]).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let answer =
+        ExportTraceServiceResponse::decode(resp.bytes().await.expect("body")).expect("protobuf");
+    let warning = answer.partial_success.expect("a warning");
+    assert_eq!(warning.rejected_spans, 0);
+    assert!(
+        warning
+            .error_message
+            .contains("resourceSpans[0].scopeSpans[0].spans[0].attributes[paytrace.flow_id]"),
+        "{}",
+        warning.error_message
+    );
+    assert_eq!(
+        metric(
+            &running,
+            "paytrace_aggregator_spans_truncated_total{reason=\"value_too_long\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &running,
+            "paytrace_aggregator_spans_dropped_total{reason=\"invalid\"}"
+        )
+        .await,
+        0.0
     );
     running.shutdown().await;
 }

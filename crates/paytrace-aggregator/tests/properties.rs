@@ -109,36 +109,44 @@ proptest! {
 /// records them. Returns the spans and each stage's true duration.
 fn sequential_with_jitter() -> impl Strategy<Value = (Vec<Span>, Vec<u64>)> {
     const MS: u64 = 1_000_000;
-    proptest::collection::vec((5 * MS..300 * MS, 0u64..3 * MS, 0..=MS), 1..8).prop_flat_map(
-        |stages| {
+    proptest::collection::vec((5 * MS..300 * MS, 0u64..3 * MS, 0..=MS), 1..8)
+        .prop_flat_map(|stages| {
             let n = stages.len();
-            (Just(stages), 0..=MS, proptest::collection::vec(any::<bool>(), n))
-        },
-    )
-    .prop_map(|(stages, root_jitter, nested)| {
-        let mut spans = Vec::new();
-        let mut durations = Vec::new();
-        let mut t = 10 * MS;
-        let start = t;
-        for (i, &(len, gap, jitter)) in stages.iter().enumerate() {
-            t += gap;
-            let name = format!("stage{i}");
-            let (s, e) = (t - jitter, t - jitter + len);
-            spans.push(stage(child(&name, 1, s, e)));
-            if nested[i] {
-                // A plain span inside the stage (its HTTP server span).
-                let parent = spans.len();
-                spans.push(child(&format!("inner{i}"), parent + 1, s + len / 4, e - len / 4));
+            (
+                Just(stages),
+                0..=MS,
+                proptest::collection::vec(any::<bool>(), n),
+            )
+        })
+        .prop_map(|(stages, root_jitter, nested)| {
+            let mut spans = Vec::new();
+            let mut durations = Vec::new();
+            let mut t = 10 * MS;
+            let start = t;
+            for (i, &(len, gap, jitter)) in stages.iter().enumerate() {
+                t += gap;
+                let name = format!("stage{i}");
+                let (s, e) = (t - jitter, t - jitter + len);
+                spans.push(stage(child(&name, 1, s, e)));
+                if nested[i] {
+                    // A plain span inside the stage (its HTTP server span).
+                    let parent = spans.len();
+                    spans.push(child(
+                        &format!("inner{i}"),
+                        parent + 1,
+                        s + len / 4,
+                        e - len / 4,
+                    ));
+                }
+                durations.push(len);
+                t += len;
             }
-            durations.push(len);
-            t += len;
-        }
-        let root = stage(span("root", start - root_jitter, t + MS - root_jitter));
-        let mut all = vec![root];
-        all.extend(spans);
-        // Children were numbered counting the root as position 1.
-        (numbered(all), durations)
-    })
+            let root = stage(span("root", start - root_jitter, t + MS - root_jitter));
+            let mut all = vec![root];
+            all.extend(spans);
+            // Children were numbered counting the root as position 1.
+            (numbered(all), durations)
+        })
 }
 
 proptest! {

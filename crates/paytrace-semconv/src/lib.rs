@@ -104,6 +104,17 @@ pub mod attr {
     pub const URL_FULL: &str = "url.full";
     /// OpenTelemetry semconv: the class of error the operation ended with.
     pub const ERROR_TYPE: &str = "error.type";
+    /// OpenTelemetry HTTP semconv before 1.23: the request method. SDKs
+    /// still send it by default (`OTEL_SEMCONV_STABILITY_OPT_IN` unset);
+    /// the aggregator reads it where `http.request.method` is missing.
+    pub const HTTP_METHOD_LEGACY: &str = "http.method";
+    /// OpenTelemetry HTTP semconv before 1.23: the response status code.
+    pub const HTTP_STATUS_CODE_LEGACY: &str = "http.status_code";
+    /// OpenTelemetry RPC semconv: the method called (`Check`, or in newer
+    /// conventions the fully qualified `grpc.health.v1.Health/Check`).
+    pub const RPC_METHOD: &str = "rpc.method";
+    /// OpenTelemetry RPC semconv: the full service name (`grpc.health.v1.Health`).
+    pub const RPC_SERVICE: &str = "rpc.service";
 
     /// Every key above, for consistency checks.
     pub const ALL: &[&str] = &[
@@ -127,6 +138,10 @@ pub mod attr {
         URL_PATH,
         URL_FULL,
         ERROR_TYPE,
+        HTTP_METHOD_LEGACY,
+        HTTP_STATUS_CODE_LEGACY,
+        RPC_METHOD,
+        RPC_SERVICE,
     ];
 
     /// The keys paytrace reads from and writes to W3C baggage.
@@ -240,6 +255,9 @@ pub mod metric {
         "paytrace_aggregator_requests_refused_total";
     /// Counter.
     pub const AGGREGATOR_SERIES_OVERFLOW_TOTAL: &str = "paytrace_aggregator_series_overflow_total";
+    /// Spans kept with part of them cut to the aggregator's limits, by
+    /// `reason` (see [`crate::aggregator_truncation`]).
+    pub const AGGREGATOR_SPANS_TRUNCATED_TOTAL: &str = "paytrace_aggregator_spans_truncated_total";
 
     /// Every metric name above, for consistency checks.
     pub const ALL: &[&str] = &[
@@ -286,6 +304,7 @@ pub mod metric {
         AGGREGATOR_TRACES_EVICTED_TOTAL,
         AGGREGATOR_REQUESTS_REFUSED_TOTAL,
         AGGREGATOR_SERIES_OVERFLOW_TOTAL,
+        AGGREGATOR_SPANS_TRUNCATED_TOTAL,
     ];
 }
 
@@ -534,6 +553,31 @@ pub mod aggregator_drop_reason {
     pub const TCC_LIMIT: &str = "tcc_limit";
     /// All reasons.
     pub const ALL: &[&str] = &[INVALID, LATE, TRACE_SPAN_LIMIT, TCC_LIMIT];
+}
+
+/// Values of the `reason` label of `paytrace_aggregator_spans_truncated_total`:
+/// what the aggregator cut from a span it kept. Only a structurally invalid
+/// span is rejected; an over-long or over-full one is cut to the limits.
+///
+/// ```
+/// assert!(paytrace_semconv::aggregator_truncation::ALL.contains(&"value_too_long"));
+/// ```
+pub mod aggregator_truncation {
+    /// The span name was longer than the limit; its start is kept.
+    pub const NAME_TOO_LONG: &str = "name_too_long";
+    /// A paytrace attribute's value was longer than the limit; its start is kept.
+    pub const VALUE_TOO_LONG: &str = "value_too_long";
+    /// The span had more attributes than the limit; the first are read.
+    pub const TOO_MANY_ATTRIBUTES: &str = "too_many_attributes";
+    /// The span had more links than the limit; the first are kept.
+    pub const TOO_MANY_LINKS: &str = "too_many_links";
+    /// All reasons.
+    pub const ALL: &[&str] = &[
+        NAME_TOO_LONG,
+        VALUE_TOO_LONG,
+        TOO_MANY_ATTRIBUTES,
+        TOO_MANY_LINKS,
+    ];
 }
 
 /// TCC vocabulary: phases, resources and anomaly kinds.

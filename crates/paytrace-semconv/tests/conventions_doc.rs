@@ -89,6 +89,10 @@ fn outcomes_match() {
         "Aggregator span drop reasons",
         paytrace_semconv::aggregator_drop_reason::ALL,
     );
+    assert_same(
+        "Aggregator truncation reasons",
+        paytrace_semconv::aggregator_truncation::ALL,
+    );
 }
 
 #[test]

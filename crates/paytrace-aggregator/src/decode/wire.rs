@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use prost::encoding::{DecodeContext, WireType, decode_varint, skip_field};
 
-use super::{Attr, AttrValue, Decoded, Interner, RawSpan, SpanLimits, UNKNOWN_SERVICE, build};
+use super::{
+    Attr, AttrValue, Decoded, Interner, RawSpan, SpanLimits, SpanPath, UNKNOWN_SERVICE, build,
+};
 use crate::config::StageRules;
 
 /// A request body that is not a protobuf `ExportTraceServiceRequest`.
@@ -61,17 +63,20 @@ pub fn decode_protobuf(
     out.spans.reserve(count_spans(body)?);
     let mut scratch = Scratch::default();
     let mut request = Fields::new(body);
+    let mut resource = 0;
     while let Some((tag, value)) = request.next()? {
         if tag == 1 {
             let resource_spans = value.bytes("ExportTraceServiceRequest.resource_spans")?;
             decode_resource_spans(
                 resource_spans,
+                resource,
                 limits,
                 rules,
                 interner,
                 &mut scratch,
                 &mut out,
             )?;
+            resource += 1;
         }
     }
     Ok(out)
@@ -109,6 +114,7 @@ fn count_spans(body: &[u8]) -> Result<usize, WireError> {
 
 fn decode_resource_spans<'a>(
     buf: &'a [u8],
+    resource: usize,
     limits: &SpanLimits,
     rules: &StageRules,
     interner: &mut Interner,
@@ -131,20 +137,29 @@ fn decode_resource_spans<'a>(
     };
     let service: Arc<str> = interner.intern(service);
     let mut fields = Fields::new(buf);
+    let mut at = SpanPath {
+        resource,
+        scope: 0,
+        span: 0,
+    };
     while let Some((tag, value)) = fields.next()? {
         if tag != 2 {
             continue;
         }
         let mut scope_spans = Fields::new(value.bytes("ResourceSpans.scope_spans")?);
+        at.span = 0;
         while let Some((tag, value)) = scope_spans.next()? {
             if tag != 2 {
                 continue;
             }
             scratch.attributes.clear();
             scratch.links.clear();
-            let span = decode_span(value.bytes("ScopeSpans.spans")?, rules, scratch)?;
-            out.push(build(&span, &service, limits, rules, interner));
+            let span = decode_span(value.bytes("ScopeSpans.spans")?, at, rules, scratch)?;
+            let built = build(&span, &service, limits, rules, interner, out);
+            out.push(built);
+            at.span += 1;
         }
+        at.scope += 1;
     }
     Ok(())
 }
@@ -167,21 +182,23 @@ fn service_name(resource: &[u8]) -> Result<Option<AttrValue<'_>>, WireError> {
 
 fn decode_span<'a, 's>(
     buf: &'a [u8],
+    at: SpanPath,
     rules: &StageRules,
     scratch: &'s mut Scratch<'a>,
 ) -> Result<RawSpan<'a, 's>, WireError> {
     let mut span = RawSpan {
+        at,
         trace_id: &[],
         span_id: &[],
         parent_span_id: &[],
         name: &[],
         start_ns: 0,
         end_ns: 0,
-        is_error: false,
+        status_code: 0,
+        kind: 0,
         attributes: &[],
         links: &[],
     };
-    let mut status_code = 0;
     let mut fields = Fields::new(buf);
     while let Some((tag, value)) = fields.next()? {
         match tag {
@@ -189,6 +206,8 @@ fn decode_span<'a, 's>(
             2 => span.span_id = value.bytes("Span.span_id")?,
             4 => span.parent_span_id = value.bytes("Span.parent_span_id")?,
             5 => span.name = value.bytes("Span.name")?,
+            // An enum is an int32 on the wire.
+            6 => span.kind = value.varint("Span.kind")? as i32,
             7 => span.start_ns = value.fixed64("Span.start_time_unix_nano")?,
             8 => span.end_ns = value.fixed64("Span.end_time_unix_nano")?,
             9 => scratch
@@ -203,15 +222,13 @@ fn decode_span<'a, 's>(
                 let mut status = Fields::new(value.bytes("Span.status")?);
                 while let Some((tag, value)) = status.next()? {
                     if tag == 3 {
-                        // An enum is an int32 on the wire.
-                        status_code = value.varint("Status.code")? as i32;
+                        span.status_code = value.varint("Status.code")? as i32;
                     }
                 }
             }
             _ => {}
         }
     }
-    span.is_error = status_code == 2;
     span.attributes = &scratch.attributes;
     span.links = &scratch.links;
     Ok(span)
