@@ -135,7 +135,8 @@ pub fn analyze_flow_with(traces: &[Vec<Span>], clock_tolerance_ns: u64) -> Optio
         .filter(|t| !t.is_empty())
         .map(|spans| {
             let tree = Tree::with_tolerance(spans, clock_tolerance_ns);
-            let nearest = tree.nearest_stage(|i| spans[i].business.stage.is_some());
+            let is_stage = stages_of(&tree);
+            let nearest = tree.nearest_stage(|i| is_stage[i]);
             TraceInfo {
                 spans,
                 tree,
@@ -219,6 +220,39 @@ pub fn analyze_flow_with(traces: &[Vec<Span>], clock_tolerance_ns: u64) -> Optio
         stages,
         critical_path,
     })
+}
+
+/// Which spans of a trace are stages: those with `paytrace.stage`, and
+/// entry spans (a request entering a service) with no stage below them, so
+/// that a service instrumented only automatically is a stage of its own
+/// (`"order POST /orders"`) rather than time of its caller's stage.
+fn stages_of(tree: &Tree<'_>) -> Vec<bool> {
+    let spans = tree.spans();
+    let mut is_stage: Vec<bool> = spans.iter().map(|s| s.business.stage.is_some()).collect();
+    if !spans
+        .iter()
+        .any(|s| s.business.entry && s.business.stage.is_none())
+    {
+        return is_stage;
+    }
+    // Mark the ancestors of every named stage; each is marked once.
+    let mut has_stage_below = vec![false; spans.len()];
+    for i in (0..spans.len()).filter(|&i| is_stage[i]) {
+        let mut cur = tree.parent(i);
+        while let Some(p) = cur {
+            if has_stage_below[p] {
+                break;
+            }
+            has_stage_below[p] = true;
+            cur = tree.parent(p);
+        }
+    }
+    for (i, s) in spans.iter().enumerate() {
+        if s.business.entry && !has_stage_below[i] {
+            is_stage[i] = true;
+        }
+    }
+    is_stage
 }
 
 /// The stages of one flow as they are met. A flow has a handful of stages,
@@ -480,6 +514,30 @@ mod tests {
             &*flow.flow, "checkout",
             "no paytrace.flow: the root stage names it"
         );
+    }
+
+    #[test]
+    fn an_entry_span_with_no_stage_below_is_a_stage_named_by_its_route() {
+        let entry = |mut s: Span, service: &str, operation: &str| {
+            s.service = service.into();
+            s.business.entry = true;
+            s.business.operation = Some(operation.into());
+            s
+        };
+        let trace = numbered(vec![
+            entry(span("POST", 0, 100), "gateway", "POST /checkout"),
+            child("POST", 1, 5, 45), // the gateway's client span
+            entry(child("POST", 2, 10, 40), "order", "POST /orders"),
+            child("POST", 1, 50, 95),
+            // An instrumented service: its entry span holds a named stage.
+            entry(child("POST", 4, 55, 90), "inventory", "POST /reserve"),
+            stage(child("inventory.try", 5, 60, 85)),
+        ]);
+        let flow = analyze_flow(&[trace]).expect("one trace");
+        assert_eq!(stage_cp(&flow, "order POST /orders"), 30);
+        assert_eq!(stage_cp(&flow, "inventory.try"), 25);
+        assert_eq!(stage_cp(&flow, "inventory POST /reserve"), 0);
+        assert_eq!(stage_cp(&flow, "gateway POST /checkout"), 45);
     }
 
     #[test]

@@ -376,6 +376,13 @@ pub fn decode(
     out
 }
 
+/// `Span.kind`: a server span.
+const KIND_SERVER: i32 = 2;
+/// `Status.code`: unset.
+const STATUS_UNSET: i32 = 0;
+/// `Status.code`: error.
+const STATUS_ERROR: i32 = 2;
+
 fn build(
     span: &RawSpan<'_, '_>,
     service: &Arc<str>,
@@ -447,6 +454,8 @@ fn build(
         });
     }
     let mut business = read.business;
+    const KIND_CONSUMER: i32 = 5;
+    business.entry = span.kind == KIND_SERVER || span.kind == KIND_CONSUMER;
     if business.stage.is_none()
         && let Some((stage, flow)) = rules.stage_for(service, name, attributes)
     {
@@ -455,9 +464,6 @@ fn build(
             business.flow = flow.cloned();
         }
     }
-    const STATUS_UNSET: i32 = 0;
-    const STATUS_ERROR: i32 = 2;
-    const KIND_SERVER: i32 = 2;
     // A server that answered 5xx failed, whether or not its instrumentation
     // set the status (the HTTP conventions say it should).
     let is_error = span.status_code == STATUS_ERROR

@@ -121,6 +121,10 @@ pub struct Business {
     /// conventions: `"POST /pay"` (`http.request.method` and `http.route`)
     /// or the RPC method. Names the stage of a span without `paytrace.stage`.
     pub operation: Option<Arc<str>>,
+    /// Whether the span is where a request entered a service (span kind
+    /// SERVER or CONSUMER). Such a span with no stage below it is a stage of
+    /// its own: a service instrumented only automatically still shows up.
+    pub entry: bool,
 }
 
 /// The `tcc.*` attributes of a span, as sent: the TCC tracker classifies
