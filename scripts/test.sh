@@ -39,6 +39,22 @@ need python3 python3   # scripts/dashboards.py --check
 need chromium chromium # the aggregator page's browser tests
 need chromedriver chromium-driver
 need cargo cargo   # the Rust toolchain itself: https://rustup.rs if apt's is too old
+need node nodejs   # the conformance suite's OpenTelemetry JS SDK services
+need npm npm
+
+# The conformance suite's foreign SDKs, pinned: the JS SDK from the committed
+# lockfile, the Python SDK from requirements.txt into a virtualenv.
+echo "==> npm ci (conformance/js)"
+npm ci --prefix conformance/js --no-audit --no-fund --loglevel=error
+echo "==> Python SDK (conformance/python/.venv)"
+if [ ! -x conformance/python/.venv/bin/python ]; then
+    python3 -m venv conformance/python/.venv || {
+        echo "error: cannot create a virtualenv; install it with: sudo apt-get install python3-venv" >&2
+        exit 1
+    }
+fi
+conformance/python/.venv/bin/pip install --quiet --disable-pip-version-check \
+    -r conformance/python/requirements.txt
 
 # A clean build of the workspace's tests takes a few GiB; say so up front
 # rather than failing halfway with ENOSPC.

@@ -1,0 +1,62 @@
+// The OpenTelemetry JS SDK set up as a Node service sets it up: W3C trace
+// context and baggage, automatic HTTP and Express instrumentation, a batch
+// processor and one OTLP exporter. Must be required before http and express.
+'use strict';
+
+const api = require('@opentelemetry/api');
+const { TracerProvider, BatchSpanProcessor } = require('@opentelemetry/sdk-trace');
+const { AsyncLocalStorageContextManager } = require('@opentelemetry/context-async-hooks');
+const {
+  CompositePropagator,
+  W3CBaggagePropagator,
+  W3CTraceContextPropagator,
+} = require('@opentelemetry/core');
+const { resourceFromAttributes } = require('@opentelemetry/resources');
+const { registerInstrumentations } = require('@opentelemetry/instrumentation');
+const { HttpInstrumentation } = require('@opentelemetry/instrumentation-http');
+const { ExpressInstrumentation } = require('@opentelemetry/instrumentation-express');
+
+function exporter(protocol, endpoint) {
+  switch (protocol) {
+    case 'grpc': {
+      const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-grpc');
+      return new OTLPTraceExporter({ url: endpoint });
+    }
+    case 'http/protobuf': {
+      const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-proto');
+      return new OTLPTraceExporter({ url: `${endpoint}/v1/traces` });
+    }
+    case 'http/json': {
+      const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-http');
+      return new OTLPTraceExporter({ url: `${endpoint}/v1/traces` });
+    }
+    default:
+      throw new Error(`unknown OTLP protocol ${protocol}`);
+  }
+}
+
+/** Installs the SDK for `serviceName`; returns the provider (to shut down). */
+function init(serviceName, protocol, endpoint) {
+  api.context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+  api.propagation.setGlobalPropagator(
+    new CompositePropagator({
+      propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()],
+    }),
+  );
+  // @opentelemetry/sdk-node reads OTEL_BSP_SCHEDULE_DELAY for its users; the
+  // bare TracerProvider takes it as an option.
+  const delay = Number(process.env.OTEL_BSP_SCHEDULE_DELAY || 5000);
+  const provider = new TracerProvider({
+    resource: resourceFromAttributes({ 'service.name': serviceName }),
+    spanProcessors: [
+      new BatchSpanProcessor({ exporter: exporter(protocol, endpoint), scheduledDelayMillis: delay }),
+    ],
+  });
+  api.trace.setGlobalTracerProvider(provider);
+  registerInstrumentations({
+    instrumentations: [new HttpInstrumentation(), new ExpressInstrumentation()],
+  });
+  return provider;
+}
+
+module.exports = { init };

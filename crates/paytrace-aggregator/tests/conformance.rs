@@ -1,0 +1,706 @@
+//! Conformance: OpenTelemetry SDKs nobody here wrote send checkouts with
+//! known stage durations into the real `paytrace-aggregator` binary, and the
+//! breakdown it answers is compared with the design.
+//!
+//! The SDKs: the JS SDK on Node (`conformance/js`, five processes with
+//! automatic HTTP and Express instrumentation, over OTLP/gRPC, HTTP/protobuf
+//! and HTTP/JSON), the Python SDK (`conformance/python`, OTLP/HTTP protobuf)
+//! and the Rust SDK (below, OTLP/HTTP protobuf). `scripts/test.sh` installs
+//! the first two (`npm ci`, a pinned virtualenv).
+//!
+//! The checkout (design): the gateway calls order (`order.create`, 40 ms),
+//! inventory (`inventory.try`, 60 ms) and payment (`channel.request`: the
+//! channel answers in 50 ms; then `notify.send`, 60 ms in the background,
+//! never waited on), in sequence. 100 ms after it answered, the channel
+//! calls payment back in a new trace: `channel.callback` (30 ms, carrying
+//! the link to `channel.request`) then `payment.confirm` (20 ms). So the
+//! async wait `async:channel.callback` is 100 ms.
+//!
+//! One test per case and SDK: millisecond-clock overlap, a link on a child
+//! span, failed checkouts, an over-long attribute on the root, a late export
+//! (8 s batch delay, default idle settings), plain automatic instrumentation.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+
+const FLOWS: usize = 20;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The aggregator binary on free loopback ports, killed when dropped.
+struct Aggregator {
+    child: Child,
+    api: String,
+    otlp_grpc: String,
+    otlp_http: String,
+}
+
+impl Aggregator {
+    async fn start(args: &[&str]) -> Self {
+        let (api, grpc, http) = (
+            paytrace_testkit::free_port(),
+            paytrace_testkit::free_port(),
+            paytrace_testkit::free_port(),
+        );
+        let child = Command::new(env!("CARGO_BIN_EXE_paytrace-aggregator"))
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{api}")])
+            .args(["--otlp-grpc-listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--otlp-http-listen", &format!("127.0.0.1:{http}")])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the aggregator binary starts");
+        let aggregator = Self {
+            child,
+            api: format!("http://127.0.0.1:{api}"),
+            otlp_grpc: format!("http://127.0.0.1:{grpc}"),
+            otlp_http: format!("http://127.0.0.1:{http}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = reqwest::get(format!("{}/readyz", aggregator.api)).await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return aggregator;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the aggregator did not get ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        reqwest::get(format!("{}{path}", self.api))
+            .await
+            .expect("the API answers")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
+    async fn metric(&self, line_prefix: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.api))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find(|l| l.starts_with(line_prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Polls the breakdown of `flow` until it holds `n` instances.
+    async fn breakdown(&self, flow: &str, n: u64, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        let path = format!(
+            "/api/v1/breakdown?flow={}&window=15m",
+            flow.replace(' ', "%20")
+        );
+        loop {
+            let b = self.get(&path).await;
+            if b["traces"].as_u64().unwrap_or(0) >= n {
+                return b;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} instances of {flow} not analysed within {within:?}: {b}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Aggregator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Sdk {
+    /// The JS SDK with this OTLP protocol.
+    Js(&'static str),
+    Python,
+    Rust,
+}
+
+fn checked(output: Output, what: &str) -> Output {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Sends FLOWS checkouts of `case` through `sdk` to `aggregator`.
+async fn drive(sdk: Sdk, case: &'static str, aggregator: &Aggregator, batch_delay: Option<u64>) {
+    let delay = batch_delay.map(|ms| ms.to_string());
+    match sdk {
+        Sdk::Js(protocol) => {
+            let dir = repo().join("conformance/js");
+            assert!(
+                dir.join("node_modules/@opentelemetry/sdk-trace").is_dir(),
+                "the JS SDK is not installed: run `npm ci --prefix conformance/js` (scripts/test.sh does)"
+            );
+            let endpoint = if protocol == "grpc" {
+                &aggregator.otlp_grpc
+            } else {
+                &aggregator.otlp_http
+            };
+            let mut cmd = Command::new("node");
+            cmd.arg(dir.join("run.js"))
+                .args([case, protocol, endpoint, &FLOWS.to_string()]);
+            if let Some(d) = &delay {
+                cmd.env("OTEL_BSP_SCHEDULE_DELAY", d);
+            }
+            let out = tokio::task::spawn_blocking(move || cmd.output())
+                .await
+                .expect("joined")
+                .expect("node runs: install it with `apt-get install nodejs npm`");
+            checked(out, "the JS SDK's checkouts");
+        }
+        Sdk::Python => {
+            let python = repo().join("conformance/python/.venv/bin/python");
+            assert!(
+                python.exists(),
+                "the Python SDK is not installed: run `python3 -m venv conformance/python/.venv && \
+                 conformance/python/.venv/bin/pip install -r conformance/python/requirements.txt` \
+                 (scripts/test.sh does)"
+            );
+            let mut cmd = Command::new(python);
+            cmd.arg(repo().join("conformance/python/checkout.py"))
+                .args([case, &aggregator.otlp_http, &FLOWS.to_string()]);
+            if let Some(d) = &delay {
+                cmd.env("OTEL_BSP_SCHEDULE_DELAY", d);
+            }
+            let out = tokio::task::spawn_blocking(move || cmd.output())
+                .await
+                .expect("joined")
+                .expect("the virtualenv's python runs");
+            checked(out, "the Python SDK's checkouts");
+        }
+        Sdk::Rust => {
+            let endpoint = aggregator.otlp_http.clone();
+            let delay = batch_delay.map(Duration::from_millis);
+            tokio::task::spawn_blocking(move || rust_sdk::checkouts(case, &endpoint, FLOWS, delay))
+                .await
+                .expect("the Rust SDK's checkouts");
+        }
+    }
+}
+
+fn stage<'a>(b: &'a Value, name: &str) -> &'a Value {
+    b["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["stage"] == name))
+        .unwrap_or_else(|| panic!("no stage {name} in {b}"))
+}
+
+fn seconds(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// Within 5% or 3 ms of the design, whichever is wider.
+fn close(actual: f64, design: f64) -> bool {
+    (actual - design).abs() <= (design * 0.05).max(0.003)
+}
+
+/// A stage run in sequence with the others: on the critical path for all of
+/// its time, in every instance. `design` is what it sleeps; a stage around
+/// an HTTP call (`around_call`) also spends the round trip.
+fn assert_sequential(b: &Value, name: &str, design: f64, around_call: bool) {
+    let s = stage(b, name);
+    assert_eq!(s["count"], b["traces"], "{name} in every instance: {s}");
+    let duration = seconds(&s["duration"]["mean"]);
+    let critical = seconds(&s["critical_path"]["mean"]);
+    if around_call {
+        assert!(
+            duration >= design - 0.0015 && duration <= design + 0.015,
+            "{name}: a {design} s call took {duration} s"
+        );
+        assert!(
+            close(critical, duration),
+            "{name}: {critical} s of {duration} s on the path"
+        );
+    } else {
+        assert!(
+            close(critical, design),
+            "{name}: {critical} s on the path, designed {design} s: {s}"
+        );
+    }
+}
+
+fn assert_checkout_design(b: &Value) {
+    assert_sequential(b, "order.create", 0.040, false);
+    assert_sequential(b, "inventory.try", 0.060, false);
+    assert_sequential(b, "channel.request", 0.050, true);
+    assert_sequential(b, "channel.callback", 0.030, false);
+    assert_sequential(b, "payment.confirm", 0.020, false);
+    let wait = stage(b, "async:channel.callback");
+    let wait_mean = seconds(&wait["critical_path"]["mean"]);
+    assert!(
+        close(wait_mean, 0.100),
+        "the callback's wait: {wait_mean} s"
+    );
+    let notify = seconds(&stage(b, "notify.send")["critical_path"]["mean"]);
+    assert!(
+        notify < 0.001,
+        "notify.send is never waited on, yet {notify} s"
+    );
+}
+
+/// The slowest instances name the callback's wait as their biggest stage.
+async fn assert_slowest_name_the_wait(aggregator: &Aggregator) {
+    let slow = aggregator
+        .get("/api/v1/traces/slow?flow=checkout&limit=5")
+        .await;
+    let slow = slow["traces"].as_array().expect("a list");
+    assert!(!slow.is_empty());
+    for instance in slow {
+        assert_eq!(
+            instance["stages"][0][0], "async:channel.callback",
+            "{instance}"
+        );
+    }
+}
+
+const FAST: [&str; 4] = ["--trace-idle", "2s", "--flow-idle", "3s"];
+
+async fn overlap(sdk: Sdk) {
+    let aggregator = Aggregator::start(&FAST).await;
+    drive(sdk, "overlap", &aggregator, None).await;
+    let b = aggregator
+        .breakdown("checkout", FLOWS as u64, Duration::from_secs(60))
+        .await;
+    assert_eq!(b["traces"], FLOWS);
+    assert_checkout_design(&b);
+    assert_slowest_name_the_wait(&aggregator).await;
+}
+
+async fn link(sdk: Sdk) {
+    let aggregator = Aggregator::start(&FAST).await;
+    drive(sdk, "link", &aggregator, None).await;
+    let b = aggregator
+        .breakdown("checkout", FLOWS as u64, Duration::from_secs(60))
+        .await;
+    let wait = stage(&b, "async:channel.callback");
+    assert!(
+        close(seconds(&wait["critical_path"]["mean"]), 0.100),
+        "{wait}"
+    );
+    let notify = stage(&b, "notify.send");
+    assert!(
+        seconds(&notify["critical_path"]["share"]) < 0.005,
+        "{notify}"
+    );
+    assert_checkout_design(&b);
+}
+
+async fn failures(sdk: Sdk) {
+    // A failed checkout never reaches payment.confirm: it must be final as
+    // an error at --flow-idle, not wait for --flow-timeout (2 minutes).
+    let aggregator = Aggregator::start(&FAST).await;
+    drive(sdk, "failures", &aggregator, None).await;
+    aggregator
+        .breakdown("checkout", FLOWS as u64, Duration::from_secs(60))
+        .await;
+    let flows = aggregator.get("/api/v1/flows?window=15m").await;
+    let checkout = flows["flows"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["flow"] == "checkout"))
+        .expect("checkout listed");
+    assert_eq!(checkout["traces"], FLOWS, "{flows}");
+    assert_eq!(checkout["incomplete"], 0, "{flows}");
+    let share = seconds(&checkout["error_share"]);
+    assert!((share - 0.4).abs() < 1e-9, "8 of 20 failed: {flows}");
+    // Every failed checkout is in the end-to-end histogram as an error.
+    let text = reqwest::get(format!("{}/metrics", aggregator.api))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let errors: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("paytrace_flow_duration_seconds_count{")
+                && l.contains(r#"flow="checkout""#)
+                && l.contains(r#"outcome="error""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(errors, 8.0);
+}
+
+async fn long_attribute(sdk: Sdk) {
+    let aggregator = Aggregator::start(&FAST).await;
+    drive(sdk, "long", &aggregator, None).await;
+    let b = aggregator
+        .breakdown("checkout", FLOWS as u64, Duration::from_secs(60))
+        .await;
+    assert_eq!(b["traces"], FLOWS);
+    // The root was kept (cut, not rejected): no bogus flow of its children.
+    assert_eq!(stage(&b, "gateway POST /checkout")["count"], FLOWS, "{b}");
+    let flows = aggregator.get("/api/v1/flows?window=15m").await;
+    let names: Vec<&str> = flows["flows"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|f| f["flow"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["checkout"], "{flows}");
+    let cut = aggregator
+        .metric(r#"paytrace_aggregator_spans_truncated_total{reason="value_too_long"}"#)
+        .await;
+    assert_eq!(cut, FLOWS as f64);
+    let invalid = aggregator
+        .metric(r#"paytrace_aggregator_spans_dropped_total{reason="invalid"}"#)
+        .await;
+    assert_eq!(invalid, 0.0);
+}
+
+async fn late(sdk: Sdk) {
+    // Default --trace-idle and --flow-idle; every SDK batches for 8 s.
+    let aggregator = Aggregator::start(&[]).await;
+    drive(sdk, "late", &aggregator, Some(8_000)).await;
+    let b = aggregator
+        .breakdown("checkout", FLOWS as u64, Duration::from_secs(150))
+        .await;
+    assert_eq!(b["traces"], FLOWS);
+    assert_eq!(
+        stage(&b, "gateway POST /checkout")["count"],
+        FLOWS,
+        "every root: {b}"
+    );
+    assert_checkout_design(&b);
+    let late = aggregator
+        .metric(r#"paytrace_aggregator_spans_dropped_total{reason="late"}"#)
+        .await;
+    assert_eq!(late, 0.0);
+}
+
+async fn plain(sdk: Sdk) {
+    let aggregator = Aggregator::start(&FAST).await;
+    drive(sdk, "plain", &aggregator, None).await;
+    let flow = "gateway POST /checkout";
+    let b = aggregator
+        .breakdown(flow, FLOWS as u64, Duration::from_secs(60))
+        .await;
+    // Each endpoint of a service is a stage of its own, named by its route.
+    assert_sequential(&b, "order POST /orders", 0.040, true);
+    assert_sequential(&b, "inventory GET /stock/:sku", 0.015, true);
+    assert_sequential(&b, "inventory POST /reserve", 0.060, true);
+    assert_sequential(&b, "payment POST /pay", 0.050, true);
+}
+
+macro_rules! conformance {
+    ($($name:ident: $case:ident($sdk:expr);)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $case($sdk).await;
+        }
+    )*};
+}
+
+conformance! {
+    js_overlap_from_millisecond_clocks: overlap(Sdk::Js("grpc"));
+    js_link_on_a_child_span: link(Sdk::Js("http/json"));
+    js_failed_checkouts_are_errors: failures(Sdk::Js("http/protobuf"));
+    js_over_long_attribute_on_the_root: long_attribute(Sdk::Js("grpc"));
+    js_late_export: late(Sdk::Js("http/protobuf"));
+    js_plain_auto_instrumentation: plain(Sdk::Js("http/json"));
+    python_overlap_from_millisecond_clocks: overlap(Sdk::Python);
+    python_link_on_a_child_span: link(Sdk::Python);
+    python_failed_checkouts_are_errors: failures(Sdk::Python);
+    python_over_long_attribute_on_the_root: long_attribute(Sdk::Python);
+    python_late_export: late(Sdk::Python);
+    python_plain_auto_instrumentation: plain(Sdk::Python);
+    rust_overlap_from_millisecond_clocks: overlap(Sdk::Rust);
+    rust_link_on_a_child_span: link(Sdk::Rust);
+    rust_failed_checkouts_are_errors: failures(Sdk::Rust);
+    rust_over_long_attribute_on_the_root: long_attribute(Sdk::Rust);
+    rust_late_export: late(Sdk::Rust);
+    rust_plain_auto_instrumentation: plain(Sdk::Rust);
+}
+
+/// The same checkouts from the OpenTelemetry Rust SDK: one tracer provider
+/// per service, W3C trace context between them through the SDK's
+/// propagator, the HTTP attributes the HTTP instrumentations set.
+mod rust_sdk {
+    use std::collections::HashMap;
+    use std::thread::sleep;
+
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::{
+        Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+    };
+    use opentelemetry::{Context, KeyValue};
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+
+    use super::*;
+
+    struct Services {
+        providers: HashMap<&'static str, SdkTracerProvider>,
+        endpoint: String,
+        delay: Option<Duration>,
+        coarse: bool,
+    }
+
+    impl Services {
+        fn provider(&mut self, service: &'static str) -> &SdkTracerProvider {
+            let (endpoint, delay) = (self.endpoint.clone(), self.delay);
+            self.providers.entry(service).or_insert_with(|| {
+                let exporter = opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(format!("{endpoint}/v1/traces"))
+                    .with_headers(Default::default())
+                    .build()
+                    .expect("exporter");
+                let mut config = BatchConfigBuilder::default();
+                if let Some(d) = delay {
+                    config = config.with_scheduled_delay(d);
+                }
+                let processor = BatchSpanProcessor::builder(exporter)
+                    .with_batch_config(config.build())
+                    .build();
+                SdkTracerProvider::builder()
+                    .with_span_processor(processor)
+                    .with_resource(Resource::builder().with_service_name(service).build())
+                    .build()
+            })
+        }
+
+        /// Starts a span; a millisecond clock drops the sub-millisecond part
+        /// of its start (and [`Services::end`] keeps its precise duration).
+        fn start(
+            &mut self,
+            service: &'static str,
+            name: &str,
+            kind: SpanKind,
+            attributes: Vec<KeyValue>,
+            links: Vec<Link>,
+            parent: &Context,
+        ) -> (Context, Instant, SystemTime) {
+            let coarse = self.coarse;
+            let now = SystemTime::now();
+            let start = if coarse {
+                let since = now
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
+                SystemTime::UNIX_EPOCH + Duration::from_millis(since.as_millis() as u64)
+            } else {
+                now
+            };
+            let tracer = self.provider(service).tracer("paytrace-conformance");
+            let span = tracer
+                .span_builder(name.to_owned())
+                .with_kind(kind)
+                .with_start_time(start)
+                .with_attributes(attributes)
+                .with_links(links)
+                .start_with_context(&tracer, parent);
+            (parent.with_span(span), Instant::now(), start)
+        }
+
+        fn end(cx: &Context, started: Instant, start: SystemTime) {
+            cx.span().end_with_timestamp(start + started.elapsed());
+        }
+    }
+
+    fn http(method: &str, route: &str) -> Vec<KeyValue> {
+        vec![
+            KeyValue::new("http.request.method", method.to_owned()),
+            KeyValue::new("http.route", route.to_owned()),
+        ]
+    }
+
+    /// Runs FLOWS checkouts of `case` and shuts every provider down.
+    pub(super) fn checkouts(case: &str, endpoint: &str, flows: usize, delay: Option<Duration>) {
+        let mut s = Services {
+            providers: HashMap::new(),
+            endpoint: endpoint.to_owned(),
+            delay,
+            coarse: case == "overlap",
+        };
+        let plain = case == "plain";
+        for i in 0..flows {
+            let flow_id = format!("ord_rs_{case}_{i}");
+            let fail = case == "failures" && i % 5 < 2;
+            let business = |stage: &str| -> Vec<KeyValue> {
+                vec![
+                    KeyValue::new("paytrace.stage", stage.to_owned()),
+                    KeyValue::new("paytrace.flow", "checkout"),
+                    KeyValue::new("paytrace.flow_id", flow_id.clone()),
+                    KeyValue::new("payment.method", "alipay"),
+                ]
+            };
+            let mut root_attributes = http("POST", "/checkout");
+            if case == "long" {
+                root_attributes.push(KeyValue::new(
+                    "paytrace.outcome",
+                    format!("error: {}", "x".repeat(4000)),
+                ));
+            }
+            let root = s.start(
+                "gateway",
+                "POST /checkout",
+                SpanKind::Server,
+                root_attributes,
+                vec![],
+                &Context::new(),
+            );
+            // One HTTP call: the client span, the traceparent header the
+            // propagator writes, the server span continuing it, `work` in it.
+            let call = |s: &mut Services,
+                        callee: &'static str,
+                        method: &str,
+                        route: &str,
+                        work: &mut dyn FnMut(&mut Services, &Context) -> u16|
+             -> u16 {
+                let client = s.start(
+                    "gateway",
+                    method,
+                    SpanKind::Client,
+                    vec![KeyValue::new("http.request.method", method.to_owned())],
+                    vec![],
+                    &root.0,
+                );
+                let mut headers = HashMap::new();
+                TraceContextPropagator::new().inject_context(&client.0, &mut headers);
+                let incoming = TraceContextPropagator::new().extract(&headers);
+                let server = s.start(
+                    callee,
+                    &format!("{method} {route}"),
+                    SpanKind::Server,
+                    http(method, route),
+                    vec![],
+                    &incoming,
+                );
+                let status = work(s, &server.0);
+                server.0.span().set_attribute(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status),
+                ));
+                if status >= 500 {
+                    server.0.span().set_status(Status::error("server error"));
+                }
+                Services::end(&server.0, server.1, server.2);
+                Services::end(&client.0, client.1, client.2);
+                status
+            };
+            let stage =
+                |s: &mut Services, service: &'static str, name: &str, parent: &Context, ms: u64| {
+                    if plain {
+                        sleep(Duration::from_millis(ms));
+                        return None;
+                    }
+                    let cx = s.start(
+                        service,
+                        name,
+                        SpanKind::Internal,
+                        business(name),
+                        vec![],
+                        parent,
+                    );
+                    sleep(Duration::from_millis(ms));
+                    let span_context: SpanContext = cx.0.span().span_context().clone();
+                    Services::end(&cx.0, cx.1, cx.2);
+                    Some(span_context)
+                };
+            call(&mut s, "order", "POST", "/orders", &mut |s, cx| {
+                stage(s, "order", "order.create", cx, 40);
+                200
+            });
+            if plain {
+                call(&mut s, "inventory", "GET", "/stock/:sku", &mut |_, _| {
+                    sleep(Duration::from_millis(15));
+                    200
+                });
+            }
+            let reserved = call(&mut s, "inventory", "POST", "/reserve", &mut |s, cx| {
+                stage(s, "inventory", "inventory.try", cx, 60);
+                if fail { 500 } else { 200 }
+            });
+            if reserved >= 500 {
+                root.0
+                    .span()
+                    .set_attribute(KeyValue::new("http.response.status_code", 502));
+                root.0.span().set_status(Status::error("inventory failed"));
+                Services::end(&root.0, root.1, root.2);
+                continue;
+            }
+            let mut request = None;
+            let mut notify = None;
+            call(&mut s, "payment", "POST", "/pay", &mut |s, cx| {
+                request = stage(s, "payment", "channel.request", cx, 50);
+                if !plain {
+                    // Sent in the background: never waited on.
+                    notify = Some(s.start(
+                        "payment",
+                        "notify.send",
+                        SpanKind::Internal,
+                        business("notify.send"),
+                        vec![],
+                        cx,
+                    ));
+                }
+                200
+            });
+            root.0
+                .span()
+                .set_attribute(KeyValue::new("http.response.status_code", 200));
+            Services::end(&root.0, root.1, root.2);
+            sleep(Duration::from_millis(60));
+            if let Some(n) = notify {
+                Services::end(&n.0, n.1, n.2);
+            }
+            sleep(Duration::from_millis(40));
+            // The channel's callback: a new trace, linked by its handler's stage.
+            let callback = s.start(
+                "payment",
+                "POST /callback",
+                SpanKind::Server,
+                http("POST", "/callback"),
+                vec![],
+                &Context::new(),
+            );
+            if plain {
+                sleep(Duration::from_millis(50));
+            } else {
+                let links = request
+                    .map(|r| vec![Link::with_context(r)])
+                    .unwrap_or_default();
+                let handler = s.start(
+                    "payment",
+                    "channel.callback",
+                    SpanKind::Internal,
+                    business("channel.callback"),
+                    links,
+                    &callback.0,
+                );
+                sleep(Duration::from_millis(30));
+                Services::end(&handler.0, handler.1, handler.2);
+                stage(&mut s, "payment", "payment.confirm", &callback.0, 20);
+            }
+            Services::end(&callback.0, callback.1, callback.2);
+        }
+        for provider in s.providers.values() {
+            provider.shutdown().expect("the spans are exported");
+        }
+    }
+}
