@@ -220,42 +220,55 @@ fn close(actual: f64, design: f64) -> bool {
 }
 
 /// A stage run in sequence with the others: on the critical path for all of
-/// its time, in every instance. `design` is what it sleeps; a stage around
-/// an HTTP call (`around_call`) also spends the round trip.
-fn assert_sequential(b: &Value, name: &str, design: f64, around_call: bool) {
+/// its time, in every instance (its critical-path mean within 5% or 3 ms of
+/// its duration). `design` is what it sleeps; the duration the SDK measured
+/// must show the design happened: never shorter (less a coarse clock's
+/// millisecond), and not much longer (the round trip of a stage around an
+/// HTTP call, a busy test machine's late timers).
+fn assert_sequential(b: &Value, name: &str, design: f64) {
     let s = stage(b, name);
     assert_eq!(s["count"], b["traces"], "{name} in every instance: {s}");
     let duration = seconds(&s["duration"]["mean"]);
     let critical = seconds(&s["critical_path"]["mean"]);
-    if around_call {
-        assert!(
-            duration >= design - 0.0015 && duration <= design + 0.015,
-            "{name}: a {design} s call took {duration} s"
-        );
-        assert!(
-            close(critical, duration),
-            "{name}: {critical} s of {duration} s on the path"
-        );
-    } else {
-        assert!(
-            close(critical, design),
-            "{name}: {critical} s on the path, designed {design} s: {s}"
-        );
-    }
+    assert!(
+        duration >= design - 0.0015 && duration <= design + 0.025,
+        "{name}: designed {design} s, the SDK measured {duration} s"
+    );
+    assert!(
+        close(critical, duration),
+        "{name}: {critical} s of its {duration} s on the critical path: {s}"
+    );
+}
+
+/// The callback's wait: the 100 ms the channel waited before calling back.
+fn assert_wait(b: &Value) {
+    let wait = stage(b, "async:channel.callback");
+    assert_eq!(wait["count"], b["traces"], "{wait}");
+    let mean = seconds(&wait["critical_path"]["mean"]);
+    assert!(
+        (0.0985..=0.125).contains(&mean),
+        "the callback's wait is designed 100 ms: {mean} s"
+    );
+}
+
+/// The callback's wait: the 100 ms the channel waited before calling back.
+fn assert_wait(b: &Value) {
+    let wait = stage(b, "async:channel.callback");
+    assert_eq!(wait["count"], b["traces"], "{wait}");
+    let mean = seconds(&wait["critical_path"]["mean"]);
+    assert!(
+        (0.0985..=0.125).contains(&mean),
+        "the callback's wait is designed 100 ms: {mean} s"
+    );
 }
 
 fn assert_checkout_design(b: &Value) {
-    assert_sequential(b, "order.create", 0.040, false);
-    assert_sequential(b, "inventory.try", 0.060, false);
-    assert_sequential(b, "channel.request", 0.050, true);
-    assert_sequential(b, "channel.callback", 0.030, false);
-    assert_sequential(b, "payment.confirm", 0.020, false);
-    let wait = stage(b, "async:channel.callback");
-    let wait_mean = seconds(&wait["critical_path"]["mean"]);
-    assert!(
-        close(wait_mean, 0.100),
-        "the callback's wait: {wait_mean} s"
-    );
+    assert_sequential(b, "order.create", 0.040);
+    assert_sequential(b, "inventory.try", 0.060);
+    assert_sequential(b, "channel.request", 0.050);
+    assert_sequential(b, "channel.callback", 0.030);
+    assert_sequential(b, "payment.confirm", 0.020);
+    assert_wait(b);
     let notify = seconds(&stage(b, "notify.send")["critical_path"]["mean"]);
     assert!(
         notify < 0.001,
@@ -297,11 +310,7 @@ async fn link(sdk: Sdk) {
     let b = aggregator
         .breakdown("checkout", FLOWS as u64, Duration::from_secs(60))
         .await;
-    let wait = stage(&b, "async:channel.callback");
-    assert!(
-        close(seconds(&wait["critical_path"]["mean"]), 0.100),
-        "{wait}"
-    );
+    assert_wait(&b);
     let notify = stage(&b, "notify.send");
     assert!(
         seconds(&notify["critical_path"]["share"]) < 0.005,
@@ -399,10 +408,10 @@ async fn plain(sdk: Sdk) {
         .breakdown(flow, FLOWS as u64, Duration::from_secs(60))
         .await;
     // Each endpoint of a service is a stage of its own, named by its route.
-    assert_sequential(&b, "order POST /orders", 0.040, true);
-    assert_sequential(&b, "inventory GET /stock/:sku", 0.015, true);
-    assert_sequential(&b, "inventory POST /reserve", 0.060, true);
-    assert_sequential(&b, "payment POST /pay", 0.050, true);
+    assert_sequential(&b, "order POST /orders", 0.040);
+    assert_sequential(&b, "inventory GET /stock/:sku", 0.015);
+    assert_sequential(&b, "inventory POST /reserve", 0.060);
+    assert_sequential(&b, "payment POST /pay", 0.050);
 }
 
 macro_rules! conformance {
