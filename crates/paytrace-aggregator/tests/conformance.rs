@@ -251,17 +251,6 @@ fn assert_wait(b: &Value) {
     );
 }
 
-/// The callback's wait: the 100 ms the channel waited before calling back.
-fn assert_wait(b: &Value) {
-    let wait = stage(b, "async:channel.callback");
-    assert_eq!(wait["count"], b["traces"], "{wait}");
-    let mean = seconds(&wait["critical_path"]["mean"]);
-    assert!(
-        (0.0985..=0.125).contains(&mean),
-        "the callback's wait is designed 100 ms: {mean} s"
-    );
-}
-
 fn assert_checkout_design(b: &Value) {
     assert_sequential(b, "order.create", 0.040);
     assert_sequential(b, "inventory.try", 0.060);
