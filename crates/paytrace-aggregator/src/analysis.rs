@@ -223,9 +223,11 @@ pub fn analyze_flow_with(traces: &[Vec<Span>], clock_tolerance_ns: u64) -> Optio
 }
 
 /// Which spans of a trace are stages: those with `paytrace.stage`, and
-/// entry spans (a request entering a service) with no stage below them, so
-/// that a service instrumented only automatically is a stage of its own
-/// (`"order POST /orders"`) rather than time of its caller's stage.
+/// entry spans (a request entering a service) with no stage below them and
+/// none named above them, so that a service instrumented only automatically
+/// is a stage of its own (`"order POST /orders"`) rather than time of its
+/// caller's root, while a call made inside a named stage (`channel.request`
+/// calling the channel) stays that stage's time.
 fn stages_of(tree: &Tree<'_>) -> Vec<bool> {
     let spans = tree.spans();
     let mut is_stage: Vec<bool> = spans.iter().map(|s| s.business.stage.is_some()).collect();
@@ -247,8 +249,13 @@ fn stages_of(tree: &Tree<'_>) -> Vec<bool> {
             cur = tree.parent(p);
         }
     }
+    // The nearest named stage above each span (the root when none is).
+    let named = tree.nearest_stage(|i| spans[i].business.stage.is_some());
     for (i, s) in spans.iter().enumerate() {
-        if s.business.entry && !has_stage_below[i] {
+        let under_named = tree
+            .parent(i)
+            .is_some_and(|p| spans[named[p]].business.stage.is_some());
+        if s.business.entry && !has_stage_below[i] && !under_named {
             is_stage[i] = true;
         }
     }
@@ -533,11 +540,18 @@ mod tests {
             entry(child("POST", 4, 55, 90), "inventory", "POST /reserve"),
             stage(child("inventory.try", 5, 60, 85)),
         ]);
+        let mut trace = trace;
+        // A service called from inside a named stage is that stage's time.
+        trace.push(stage(child("channel.request", 1, 95, 99)));
+        trace.push(entry(child("POST", 7, 96, 98), "channel", "POST /pay"));
+        let trace = numbered(trace);
         let flow = analyze_flow(&[trace]).expect("one trace");
+        assert_eq!(stage_cp(&flow, "channel.request"), 4);
+        assert_eq!(stage_cp(&flow, "channel POST /pay"), 0);
         assert_eq!(stage_cp(&flow, "order POST /orders"), 30);
         assert_eq!(stage_cp(&flow, "inventory.try"), 25);
         assert_eq!(stage_cp(&flow, "inventory POST /reserve"), 0);
-        assert_eq!(stage_cp(&flow, "gateway POST /checkout"), 45);
+        assert_eq!(stage_cp(&flow, "gateway POST /checkout"), 41);
     }
 
     #[test]
