@@ -142,17 +142,18 @@ impl StageRules {
         key.starts_with(b"paytrace.")
             || key.starts_with(b"payment.")
             || key.starts_with(b"tcc.")
-            || [
-                attr::HTTP_REQUEST_METHOD,
-                attr::HTTP_METHOD_LEGACY,
-                attr::HTTP_ROUTE,
-                attr::HTTP_RESPONSE_STATUS_CODE,
-                attr::HTTP_STATUS_CODE_LEGACY,
-                attr::RPC_METHOD,
-                attr::RPC_SERVICE,
-            ]
-            .iter()
-            .any(|k| k.as_bytes() == key)
+            || ((key.starts_with(b"http.") || key.starts_with(b"rpc."))
+                && [
+                    attr::HTTP_REQUEST_METHOD,
+                    attr::HTTP_METHOD_LEGACY,
+                    attr::HTTP_ROUTE,
+                    attr::HTTP_RESPONSE_STATUS_CODE,
+                    attr::HTTP_STATUS_CODE_LEGACY,
+                    attr::RPC_METHOD,
+                    attr::RPC_SERVICE,
+                ]
+                .iter()
+                .any(|k| k.as_bytes() == key))
             || self
                 .rules
                 .iter()

@@ -614,6 +614,9 @@ struct HttpNames<'a> {
 
 impl<'a> HttpNames<'a> {
     fn read(&mut self, a: &Attr<'a>) {
+        if !(a.key.starts_with(b"http.") || a.key.starts_with(b"rpc.")) {
+            return;
+        }
         let text = || a.str_value().filter(|v| !v.is_empty() && v.len() <= 256);
         let number = || match a.value {
             AttrValue::Int(i) => Some(i),
