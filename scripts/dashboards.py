@@ -149,7 +149,7 @@ def dashboard(uid, title, description, variables, panels, tags):
 
 
 def checkout_overview():
-    svc = 'service=~"$service"'
+    svc = 'service_name=~"$service_name"'
     panels = [
         row("Service level objectives"),
         panel("stat", "Error budget remaining",
@@ -172,26 +172,26 @@ def checkout_overview():
         row("RED per service"),
         panel("timeseries", "Requests per service",
               "Requests per second each service answers (http_server_request_duration_seconds_count).",
-              "reqps", [(f"sum by (service) (rate(http_server_request_duration_seconds_count{{{svc}}}[{RATE}]))", "{{service}}")]),
+              "reqps", [(f"sum by (service_name) (rate(http_server_request_duration_seconds_count{{{svc}}}[{RATE}]))", "{{service_name}}")]),
         panel("timeseries", "Errors per service and route",
               "Share of each route's requests answered 5xx. 502/504 usually means a downstream failed; 499 means the caller gave up.",
-              "percentunit", [(f'sum by (service, http_route) (rate(http_server_request_duration_seconds_count{{{svc},http_response_status_code=~"5.."}}[{RATE}])) / sum by (service, http_route) (rate(http_server_request_duration_seconds_count{{{svc}}}[{RATE}]))', "{{service}} {{http_route}}")]),
+              "percentunit", [(f'sum by (service_name, http_route) (rate(http_server_request_duration_seconds_count{{{svc},http_response_status_code=~"5.."}}[{RATE}])) / sum by (service_name, http_route) (rate(http_server_request_duration_seconds_count{{{svc}}}[{RATE}]))', "{{service_name}} {{http_route}}")]),
         panel("timeseries", "p99 per service and route",
               "99th percentile of request duration per route (from the histogram buckets).",
-              "s", [(f"histogram_quantile(0.99, sum by (service, http_route, le) (rate(http_server_request_duration_seconds_bucket{{{svc}}}[{RATE}])))", "{{service}} {{http_route}}")]),
+              "s", [(f"histogram_quantile(0.99, sum by (service_name, http_route, le) (rate(http_server_request_duration_seconds_bucket{{{svc}}}[{RATE}])))", "{{service_name}} {{http_route}}")]),
         panel("timeseries", "Downstream errors",
               "Share of each service's outgoing calls per downstream that failed: 5xx or no answer at all.",
-              "percentunit", [(f'sum by (service, server_address) (rate(http_client_request_duration_seconds_count{{{svc},http_response_status_code=~"5..|"}}[{RATE}])) / sum by (service, server_address) (rate(http_client_request_duration_seconds_count{{{svc}}}[{RATE}]))', "{{service}} → {{server_address}}")]),
+              "percentunit", [(f'sum by (service_name, server_address) (rate(http_client_request_duration_seconds_count{{{svc},http_response_status_code=~"5..|"}}[{RATE}])) / sum by (service_name, server_address) (rate(http_client_request_duration_seconds_count{{{svc}}}[{RATE}]))', "{{service_name}} → {{server_address}}")]),
         panel("timeseries", "Downstream p99",
               "99th percentile of outgoing call duration per service and downstream.",
-              "s", [(f"histogram_quantile(0.99, sum by (service, server_address, le) (rate(http_client_request_duration_seconds_bucket{{{svc}}}[{RATE}])))", "{{service}} → {{server_address}}")]),
+              "s", [(f"histogram_quantile(0.99, sum by (service_name, server_address, le) (rate(http_client_request_duration_seconds_bucket{{{svc}}}[{RATE}])))", "{{service_name}} → {{server_address}}")]),
         panel("timeseries", "Requests in flight",
               "Requests being served now, per service (http_server_active_requests).",
-              "short", [(f"sum by (service) (http_server_active_requests{{{svc}}})", "{{service}}")]),
+              "short", [(f"sum by (service_name) (http_server_active_requests{{{svc}}})", "{{service_name}}")]),
     ]
     return dashboard("paytrace-checkout", "paytrace / Checkout overview",
                      "Checkout SLOs, their error budgets and burn rates, and RED per service.",
-                     [var_query("service", "Service", "label_values(paytrace_build_info, service)")],
+                     [var_query("service_name", "Service", "label_values(paytrace_build_info, service_name)")],
                      panels, ["checkout", "slo"])
 
 
@@ -273,10 +273,10 @@ def tcc():
         row("Pending and frozen"),
         panel("timeseries", "Pending branches",
               "Branches tried and waiting for Confirm or Cancel, per participant and resource.",
-              "short", [(f"sum by (service, resource) (paytrace_tcc_branches_pending{{{res}}})", "{{service}} {{resource}}")]),
+              "short", [(f"sum by (service_name, resource) (paytrace_tcc_branches_pending{{{res}}})", "{{service_name}} {{resource}}")]),
         panel("timeseries", "Oldest pending branch",
               "Age of the oldest tried branch per participant; the frozen-branch alert fires past 15 minutes.",
-              "s", [(f"max by (service, resource) (paytrace_tcc_pending_oldest_seconds{{{res}}})", "{{service}} {{resource}}")]),
+              "s", [(f"max by (service_name, resource) (paytrace_tcc_pending_oldest_seconds{{{res}}})", "{{service_name}} {{resource}}")]),
         panel("timeseries", "Unfinished transactions",
               "Global transactions the aggregator sees with a branch tried and no phase two anywhere past its TCC timeout, and the oldest one's age.",
               "short", [("sum(paytrace_tcc_transactions_unfinished)", "unfinished"),
@@ -289,48 +289,48 @@ def tcc():
 
 
 def use():
-    svc = 'service=~"$service"'
+    svc = 'service_name=~"$service_name"'
     panels = [
         row("Runtime"),
         panel("timeseries", "Tokio workers busy",
               "Share of time the service's tokio workers were busy (paytrace_runtime_worker_busy_ratio); near 1, tasks wait for a worker.",
-              "percentunit", [(f"paytrace_runtime_worker_busy_ratio{{{svc}}}", "{{service}}")]),
+              "percentunit", [(f"paytrace_runtime_worker_busy_ratio{{{svc}}}", "{{service_name}}")]),
         panel("timeseries", "Global queue depth",
               "Tasks waiting in the runtime's global queue.",
-              "short", [(f"paytrace_runtime_global_queue_depth{{{svc}}}", "{{service}}")]),
+              "short", [(f"paytrace_runtime_global_queue_depth{{{svc}}}", "{{service_name}}")]),
         panel("timeseries", "Alive tasks",
               "Tasks alive in the runtime; a steady climb is a task leak.",
-              "short", [(f"paytrace_runtime_alive_tasks{{{svc}}}", "{{service}}")]),
+              "short", [(f"paytrace_runtime_alive_tasks{{{svc}}}", "{{service_name}}")]),
         row("Pools"),
         panel("timeseries", "Pool utilisation",
               "Resources of each pool in use over its capacity (paytrace_resource_in_use / paytrace_resource_capacity).",
-              "percentunit", [(f"paytrace_resource_in_use{{{svc}}} / paytrace_resource_capacity{{{svc}}}", "{{service}} {{resource}}")]),
+              "percentunit", [(f"paytrace_resource_in_use{{{svc}}} / paytrace_resource_capacity{{{svc}}}", "{{service_name}} {{resource}}")]),
         panel("timeseries", "Pool wait p99",
               "99th percentile of the time callers waited for a pool resource.",
-              "s", [(f"histogram_quantile(0.99, sum by (service, resource, le) (rate(paytrace_resource_wait_seconds_bucket{{{svc}}}[{RATE}])))", "{{service}} {{resource}}")]),
+              "s", [(f"histogram_quantile(0.99, sum by (service_name, resource, le) (rate(paytrace_resource_wait_seconds_bucket{{{svc}}}[{RATE}])))", "{{service_name}} {{resource}}")]),
         panel("timeseries", "Pool errors",
               "Failures to acquire or use a pool resource per second, by kind.",
-              "ops", [(f"sum by (service, resource, kind) (rate(paytrace_resource_errors_total{{{svc}}}[{RATE}]))", "{{service}} {{resource}} {{kind}}")]),
+              "ops", [(f"sum by (service_name, resource, kind) (rate(paytrace_resource_errors_total{{{svc}}}[{RATE}]))", "{{service_name}} {{resource}} {{kind}}")]),
         row("Queues"),
         panel("timeseries", "Queue depth",
               "Messages waiting in each queue.",
-              "short", [(f"paytrace_queue_depth{{{svc}}}", "{{service}} {{queue}}")]),
+              "short", [(f"paytrace_queue_depth{{{svc}}}", "{{service_name}} {{queue}}")]),
         panel("timeseries", "Oldest message age",
               "How long the oldest waiting message has waited.",
-              "s", [(f"paytrace_queue_oldest_age_seconds{{{svc}}}", "{{service}} {{queue}}")]),
+              "s", [(f"paytrace_queue_oldest_age_seconds{{{svc}}}", "{{service_name}} {{queue}}")]),
         panel("timeseries", "Messages by outcome",
               "Messages handled per second: processed, failed (retried), dead_lettered (given up).",
-              "ops", [(f"sum by (service, queue, outcome) (rate(paytrace_queue_messages_total{{{svc}}}[{RATE}]))", "{{service}} {{queue}} {{outcome}}")]),
+              "ops", [(f"sum by (service_name, queue, outcome) (rate(paytrace_queue_messages_total{{{svc}}}[{RATE}]))", "{{service_name}} {{queue}} {{outcome}}")]),
         row("Process"),
         panel("timeseries", "Process CPU",
               "CPU seconds per second each service process uses (1 = one core).",
-              "percentunit", [(f"rate(process_cpu_seconds_total[{RATE}]) * on (job, instance) group_left (service) max by (job, instance, service) (paytrace_build_info{{{svc}}})", "{{service}}")]),
+              "percentunit", [(f"rate(process_cpu_seconds_total[{RATE}]) * on (job, instance) group_left (service_name) max by (job, instance, service_name) (paytrace_build_info{{{svc}}})", "{{service_name}}")]),
         panel("timeseries", "Process resident memory",
               "Resident memory of each service process.",
-              "bytes", [(f"process_resident_memory_bytes * on (job, instance) group_left (service) max by (job, instance, service) (paytrace_build_info{{{svc}}})", "{{service}}")]),
+              "bytes", [(f"process_resident_memory_bytes * on (job, instance) group_left (service_name) max by (job, instance, service_name) (paytrace_build_info{{{svc}}})", "{{service_name}}")]),
         panel("timeseries", "Open file descriptors",
               "Open file descriptors of each service process over its limit.",
-              "percentunit", [(f"process_open_fds / process_max_fds * on (job, instance) group_left (service) max by (job, instance, service) (paytrace_build_info{{{svc}}})", "{{service}}")]),
+              "percentunit", [(f"process_open_fds / process_max_fds * on (job, instance) group_left (service_name) max by (job, instance, service_name) (paytrace_build_info{{{svc}}})", "{{service_name}}")]),
         row("Host"),
         panel("timeseries", "CPU utilisation",
               "Share of CPU time not idle, per host (node_exporter).",
@@ -347,7 +347,7 @@ def use():
     ]
     return dashboard("paytrace-use", "paytrace / USE",
                      "Utilisation, saturation and errors: tokio runtime, pools, queues, processes, hosts.",
-                     [var_query("service", "Service", "label_values(paytrace_build_info, service)")],
+                     [var_query("service_name", "Service", "label_values(paytrace_build_info, service_name)")],
                      panels, ["use"])
 
 

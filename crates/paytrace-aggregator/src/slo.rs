@@ -29,7 +29,7 @@
 //!     sli:
 //!       errors:
 //!         metric: http_server_request_duration_seconds_count
-//!         selector: 'service="gateway",http_route="/checkout"'
+//!         selector: 'service_name="gateway",http_route="/checkout"'
 //!         bad: 'http_response_status_code=~"5.."'
 //! "#).unwrap();
 //! let rules = generate(&spec).unwrap();
@@ -80,10 +80,10 @@ pub struct Slo {
     /// The `layer` label of the alerts.
     #[serde(default = "default_layer")]
     pub layer: String,
-    /// A `service` label for the alerts, so that Alertmanager can inhibit
-    /// them while a critical infra alert of that service fires.
+    /// A `service_name` label for the alerts, so that Alertmanager can
+    /// inhibit them while a critical infra alert of that service fires.
     #[serde(default)]
-    pub service: Option<String>,
+    pub service_name: Option<String>,
     /// One line: what is wrong, for the alert's `summary`.
     pub summary: String,
     /// More: the user impact, for the alert's `description`.
@@ -495,8 +495,8 @@ fn slo_group(slo: &Slo, runbook_base: &str) -> Group {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        if let Some(s) = &slo.service {
-            labels.insert("service".to_owned(), s.clone());
+        if let Some(s) = &slo.service_name {
+            labels.insert(paytrace_semconv::label::SERVICE_NAME.to_owned(), s.clone());
         }
         let per = if slo.by.is_empty() {
             String::new()

@@ -314,8 +314,11 @@ pub mod metric {
 /// assert_eq!(paytrace_semconv::label::PAYMENT_METHOD, "payment_method");
 /// ```
 pub mod label {
-    /// The service that emitted the metric (one process may host several).
-    pub const SERVICE: &str = "service";
+    /// The service that emitted the metric (one process may host several):
+    /// `service_name`, never `service`, which the Prometheus Operator's
+    /// ServiceMonitor sets as a target label and renames ours to
+    /// `exported_service`. No paytrace label is named like a target label.
+    pub const SERVICE_NAME: &str = "service_name";
     /// The request method (`GET`, `POST`; `_OTHER` for non-standard methods).
     pub const HTTP_REQUEST_METHOD: &str = "http_request_method";
     /// The matched route template, or [`crate::UNMATCHED_ROUTE`].
@@ -354,7 +357,7 @@ pub mod label {
 
     /// Every label name above, for consistency checks.
     pub const ALL: &[&str] = &[
-        SERVICE,
+        SERVICE_NAME,
         HTTP_REQUEST_METHOD,
         HTTP_ROUTE,
         HTTP_RESPONSE_STATUS_CODE,

@@ -23,7 +23,7 @@ use crate::cardinality::{Guards, LabelGuard, LabelLimits, OTHER};
 /// let metrics = paytrace::Metrics::new();
 /// let order = paytrace::Service::with_metrics("order", "1.0.0", &metrics);
 /// let text = metrics.render();
-/// assert!(text.contains(r#"paytrace_build_info{service="order",version="1.0.0"} 1"#));
+/// assert!(text.contains(r#"paytrace_build_info{service_name="order",version="1.0.0"} 1"#));
 /// # drop(order);
 /// ```
 #[derive(Clone, Debug)]
@@ -73,7 +73,7 @@ fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCou
 
 use label::{
     HTTP_REQUEST_METHOD as METHOD, HTTP_RESPONSE_STATUS_CODE as STATUS, HTTP_ROUTE as ROUTE,
-    SERVICE,
+    SERVICE_NAME,
 };
 
 impl Families {
@@ -83,23 +83,23 @@ impl Families {
             http_server_duration: histogram(
                 metric::HTTP_SERVER_REQUEST_DURATION_SECONDS,
                 "Duration of HTTP server requests, until the response head is ready.",
-                &[SERVICE, METHOD, ROUTE, STATUS],
+                &[SERVICE_NAME, METHOD, ROUTE, STATUS],
             )?,
             http_server_active: int_gauge(
                 metric::HTTP_SERVER_ACTIVE_REQUESTS,
                 "HTTP server requests in flight.",
-                &[SERVICE, METHOD, ROUTE],
+                &[SERVICE_NAME, METHOD, ROUTE],
             )?,
             http_client_duration: histogram(
                 metric::HTTP_CLIENT_REQUEST_DURATION_SECONDS,
                 "Duration of outgoing HTTP requests, until the response head arrived.",
-                &[SERVICE, METHOD, label::SERVER_ADDRESS, STATUS],
+                &[SERVICE_NAME, METHOD, label::SERVER_ADDRESS, STATUS],
             )?,
             stage_duration: histogram(
                 metric::STAGE_DURATION_SECONDS,
                 "Duration of business stages.",
                 &[
-                    SERVICE,
+                    SERVICE_NAME,
                     label::FLOW,
                     label::STAGE,
                     label::PAYMENT_METHOD,
@@ -110,47 +110,47 @@ impl Families {
             stage_active: int_gauge(
                 metric::STAGE_ACTIVE,
                 "Business stages in progress.",
-                &[SERVICE, label::FLOW, label::STAGE],
+                &[SERVICE_NAME, label::FLOW, label::STAGE],
             )?,
             resource_in_use: int_gauge(
                 metric::RESOURCE_IN_USE,
                 "Units of a pooled resource in use (utilisation = in_use / capacity).",
-                &[SERVICE, label::RESOURCE],
+                &[SERVICE_NAME, label::RESOURCE],
             )?,
             resource_capacity: int_gauge(
                 metric::RESOURCE_CAPACITY,
                 "Units of a pooled resource in total.",
-                &[SERVICE, label::RESOURCE],
+                &[SERVICE_NAME, label::RESOURCE],
             )?,
             resource_wait: histogram(
                 metric::RESOURCE_WAIT_SECONDS,
                 "Time spent waiting to acquire a unit of a pooled resource (saturation).",
-                &[SERVICE, label::RESOURCE],
+                &[SERVICE_NAME, label::RESOURCE],
             )?,
             resource_errors: counter(
                 metric::RESOURCE_ERRORS_TOTAL,
                 "Errors of a pooled resource, by kind (timeout, closed, …).",
-                &[SERVICE, label::RESOURCE, label::KIND],
+                &[SERVICE_NAME, label::RESOURCE, label::KIND],
             )?,
             queue_depth: int_gauge(
                 metric::QUEUE_DEPTH,
                 "Messages waiting in a queue.",
-                &[SERVICE, label::QUEUE],
+                &[SERVICE_NAME, label::QUEUE],
             )?,
             queue_messages: counter(
                 metric::QUEUE_MESSAGES_TOTAL,
                 "Messages taken off a queue, by outcome.",
-                &[SERVICE, label::QUEUE, label::OUTCOME],
+                &[SERVICE_NAME, label::QUEUE, label::OUTCOME],
             )?,
             build_info: int_gauge(
                 metric::BUILD_INFO,
                 "Always 1; the labels say which service and version run.",
-                &[SERVICE, label::VERSION],
+                &[SERVICE_NAME, label::VERSION],
             )?,
             series_overflow: counter(
                 metric::SERIES_OVERFLOW_TOTAL,
                 "Label values folded into `other` because the label reached its value limit.",
-                &[SERVICE, label::LABEL],
+                &[SERVICE_NAME, label::LABEL],
             )?,
             spans_dropped: counter(
                 metric::SPANS_DROPPED_TOTAL,
@@ -164,17 +164,17 @@ impl Families {
             tcc_phases: counter(
                 metric::TCC_PHASE_TOTAL,
                 "TCC phase calls by fence outcome: ok, error (the handler failed), skipped (a repeat or an empty rollback), rejected.",
-                &[SERVICE, label::RESOURCE, label::PHASE, label::OUTCOME],
+                &[SERVICE_NAME, label::RESOURCE, label::PHASE, label::OUTCOME],
             )?,
             tcc_anomalies: counter(
                 metric::TCC_ANOMALIES_TOTAL,
                 "TCC anomalies the participant's fence detected, by kind.",
-                &[SERVICE, label::RESOURCE, label::KIND],
+                &[SERVICE_NAME, label::RESOURCE, label::KIND],
             )?,
             tcc_retries: counter(
                 metric::TCC_PHASE_RETRIES_TOTAL,
                 "TCC phase calls retried by the coordinator.",
-                &[SERVICE, label::RESOURCE, label::PHASE],
+                &[SERVICE_NAME, label::RESOURCE, label::PHASE],
             )?,
             sampled: Arc::new(SampledGauges::new()?),
             registry,
@@ -350,43 +350,43 @@ impl SampledGauges {
             tcc_pending: int_gauge(
                 metric::TCC_BRANCHES_PENDING,
                 "TCC branches tried and waiting for Confirm or Cancel: frozen resources.",
-                &[SERVICE, label::RESOURCE],
+                &[SERVICE_NAME, label::RESOURCE],
             )?,
             tcc_pending_oldest: GaugeVec::new(
                 Opts::new(
                     metric::TCC_PENDING_OLDEST_SECONDS,
                     "Age of the oldest TCC branch waiting for Confirm or Cancel; 0 when none.",
                 ),
-                &[SERVICE, label::RESOURCE],
+                &[SERVICE_NAME, label::RESOURCE],
             )?,
             queue_oldest_age: GaugeVec::new(
                 Opts::new(
                     metric::QUEUE_OLDEST_AGE_SECONDS,
                     "Age of the oldest message waiting in a queue; 0 when empty.",
                 ),
-                &[SERVICE, label::QUEUE],
+                &[SERVICE_NAME, label::QUEUE],
             )?,
             runtime_workers: int_gauge(
                 metric::RUNTIME_WORKERS,
                 "Worker threads of the tokio runtime.",
-                &[SERVICE],
+                &[SERVICE_NAME],
             )?,
             runtime_busy_ratio: GaugeVec::new(
                 Opts::new(
                     metric::RUNTIME_WORKER_BUSY_RATIO,
                     "Share of time the tokio workers were busy since the previous scrape (0 to 1).",
                 ),
-                &[SERVICE],
+                &[SERVICE_NAME],
             )?,
             runtime_global_queue_depth: int_gauge(
                 metric::RUNTIME_GLOBAL_QUEUE_DEPTH,
                 "Tasks waiting in the tokio runtime's global queue.",
-                &[SERVICE],
+                &[SERVICE_NAME],
             )?,
             runtime_alive_tasks: int_gauge(
                 metric::RUNTIME_ALIVE_TASKS,
                 "Tasks alive in the tokio runtime.",
-                &[SERVICE],
+                &[SERVICE_NAME],
             )?,
             samplers: Mutex::new(Vec::new()),
         })

@@ -30,7 +30,7 @@ use crate::service::Service;
 /// db.observe_wait(std::time::Duration::from_millis(2));
 /// db.error("timeout");
 /// assert!(svc.metrics().render().contains(
-///     r#"paytrace_resource_in_use{resource="inventory_db",service="inventory"} 3"#
+///     r#"paytrace_resource_in_use{resource="inventory_db",service_name="inventory"} 3"#
 /// ));
 /// ```
 #[derive(Clone, Debug)]
@@ -207,7 +207,7 @@ impl Pool {
 /// q.processed();
 /// q.dead_lettered();
 /// assert!(svc.metrics().render().contains(
-///     r#"paytrace_queue_messages_total{outcome="dead_lettered",queue="callbacks",service="payment"} 1"#
+///     r#"paytrace_queue_messages_total{outcome="dead_lettered",queue="callbacks",service_name="payment"} 1"#
 /// ));
 /// ```
 #[derive(Clone, Debug)]
@@ -272,7 +272,7 @@ impl QueueMetrics {
 /// let (tx, mut rx) = paytrace::queue::<u32>(&svc, "callbacks", 16);
 /// tx.send(7).unwrap();
 /// assert!(svc.metrics().render().contains(
-///     r#"paytrace_queue_depth{queue="callbacks",service="payment"} 1"#
+///     r#"paytrace_queue_depth{queue="callbacks",service_name="payment"} 1"#
 /// ));
 /// assert_eq!(rx.recv().await, Some(7));
 /// rx.metrics().processed();

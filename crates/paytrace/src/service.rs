@@ -153,7 +153,7 @@ impl Service {
     /// # #[tokio::main] async fn main() {
     /// let svc = paytrace::Service::with_metrics("gateway", "1.0.0", &paytrace::Metrics::new());
     /// svc.monitor_runtime(&tokio::runtime::Handle::current());
-    /// assert!(svc.metrics().render().contains(r#"paytrace_runtime_workers{service="gateway"}"#));
+    /// assert!(svc.metrics().render().contains(r#"paytrace_runtime_workers{service_name="gateway"}"#));
     /// # }
     /// ```
     pub fn monitor_runtime(&self, handle: &tokio::runtime::Handle) {
@@ -190,7 +190,7 @@ impl Service {
     /// let svc = paytrace::Service::with_metrics("order", "1.0.0", &paytrace::Metrics::new());
     /// svc.count_tcc_retry("inventory", paytrace::tcc::Phase::Confirm);
     /// assert!(svc.metrics().render().contains(
-    ///     r#"paytrace_tcc_phase_retries_total{phase="confirm",resource="inventory",service="order"} 1"#
+    ///     r#"paytrace_tcc_phase_retries_total{phase="confirm",resource="inventory",service_name="order"} 1"#
     /// ));
     /// ```
     pub fn count_tcc_retry(&self, resource: &str, phase: crate::tcc::Phase) {

@@ -35,7 +35,7 @@ fn request(method: &str, uri: &str) -> Request<Body> {
 
 fn server_labels<'a>(route: &'a str, status: &'a str) -> [(&'a str, &'a str); 4] {
     [
-        ("service", "order"),
+        ("service_name", "order"),
         ("http_request_method", "GET"),
         ("http_route", route),
         ("http_response_status_code", status),
@@ -73,7 +73,7 @@ async fn labels_are_the_route_template_method_and_status() {
             &metrics,
             DURATION,
             &[
-                ("service", "order"),
+                ("service_name", "order"),
                 ("http_request_method", "POST"),
                 ("http_route", "/orders"),
                 ("http_response_status_code", "201"),
@@ -124,7 +124,7 @@ async fn unmatched_paths_and_unknown_methods_do_not_mint_labels() {
             &metrics,
             DURATION,
             &[
-                ("service", "order"),
+                ("service_name", "order"),
                 ("http_request_method", "_OTHER"),
                 ("http_route", "/orders/{id}"),
                 ("http_response_status_code", "405"),
@@ -179,7 +179,7 @@ async fn routes_past_the_limit_fold_into_other_and_are_counted() {
         value(
             &metrics,
             metric::SERIES_OVERFLOW_TOTAL,
-            &[("service", "order"), ("label", "http_route")]
+            &[("service_name", "order"), ("label", "http_route")]
         ),
         Some(3.0)
     );
@@ -227,7 +227,7 @@ async fn server_errors_and_panics_are_counted_as_500_and_release_the_gauge() {
             &metrics,
             ACTIVE,
             &[
-                ("service", "order"),
+                ("service_name", "order"),
                 ("http_request_method", "GET"),
                 ("http_route", "/panic")
             ]
@@ -260,7 +260,7 @@ async fn the_active_gauge_counts_requests_in_flight_and_returns_to_zero() {
         )
         .layer(svc.http_layer());
     let labels = [
-        ("service", "order"),
+        ("service_name", "order"),
         ("http_request_method", "GET"),
         ("http_route", "/slow"),
     ];
@@ -307,7 +307,7 @@ async fn a_request_dropped_by_its_caller_is_recorded_as_499() {
             &metrics,
             ACTIVE,
             &[
-                ("service", "order"),
+                ("service_name", "order"),
                 ("http_request_method", "GET"),
                 ("http_route", "/hang")
             ]
@@ -348,7 +348,7 @@ fn stage_labels<'a>(
     outcome: &'a str,
 ) -> [(&'a str, &'a str); 6] {
     [
-        ("service", "order"),
+        ("service_name", "order"),
         ("flow", flow),
         ("stage", "payment.create"),
         ("payment_method", method),
@@ -397,7 +397,7 @@ async fn stage_outcomes_come_from_the_result_and_the_deadline() {
             &metrics,
             metric::STAGE_ACTIVE,
             &[
-                ("service", "order"),
+                ("service_name", "order"),
                 ("flow", "checkout"),
                 ("stage", "payment.create")
             ]

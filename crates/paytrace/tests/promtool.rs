@@ -149,13 +149,14 @@ async fn metrics_endpoint_passes_promtool_check_metrics() {
             "{name} is missing from /metrics"
         );
     }
-    assert!(scraped.contains(r#"paytrace_queue_depth{queue="callbacks",service="order"} 1"#));
+    assert!(scraped.contains(r#"paytrace_queue_depth{queue="callbacks",service_name="order"} 1"#));
     assert!(
-        scraped
-            .contains(r#"paytrace_tcc_branches_pending{resource="inventory",service="order"} 1"#)
+        scraped.contains(
+            r#"paytrace_tcc_branches_pending{resource="inventory",service_name="order"} 1"#
+        )
     );
     assert!(scraped.contains(
-        r#"paytrace_tcc_anomalies_total{kind="empty_rollback",resource="inventory",service="order"} 1"#
+        r#"paytrace_tcc_anomalies_total{kind="empty_rollback",resource="inventory",service_name="order"} 1"#
     ));
 
     let mut child = promtool()

@@ -176,7 +176,7 @@ async fn one_trace_crosses_both_services_with_baggage_as_labels() {
             metrics,
             metric::STAGE_DURATION_SECONDS,
             &[
-                ("service", "inventory"),
+                ("service_name", "inventory"),
                 ("flow", "checkout"),
                 ("stage", "inventory.try"),
                 ("payment_method", "wechat_pay"),
@@ -191,7 +191,7 @@ async fn one_trace_crosses_both_services_with_baggage_as_labels() {
             metrics,
             metric::HTTP_CLIENT_REQUEST_DURATION_SECONDS,
             &[
-                ("service", "gateway"),
+                ("service_name", "gateway"),
                 ("http_request_method", "GET"),
                 ("server_address", "127.0.0.1"),
                 ("http_response_status_code", "200"),

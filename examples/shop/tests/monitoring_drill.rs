@@ -236,7 +236,7 @@ fn a_channel_outage_pages_and_an_infra_cause_inhibits_its_business_symptom() {
     );
     assert!(
         inhibited.is_some(),
-        "TccCancelAfterConfirm{{service=\"inventory\"}} was not held back by ResourcePoolExhausted{{service=\"inventory\"}}.\nPrometheus: {states:#?}\nAlertmanager: {am:#?}"
+        "TccCancelAfterConfirm{{service_name=\"inventory\"}} was not held back by ResourcePoolExhausted{{service_name=\"inventory\"}}.\nPrometheus: {states:#?}\nAlertmanager: {am:#?}"
     );
     // The payment service has no infra alert: its page went through.
     let payment = labelled(

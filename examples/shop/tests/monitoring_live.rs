@@ -2,8 +2,10 @@
 //! `alerts/*.rules.yml` and `dashboards/*.json` is emitted by a live run of
 //! the demo (its nine services and its aggregator, scraped for real) or by a
 //! real node exporter, or recorded by one of the rules. Names are taken from
-//! the scrapes, never from a list typed here. The node exporter:
-//! `apt-get install prometheus-node-exporter`.
+//! the scrapes, never from a list typed here. And no family of the demo or
+//! the aggregator carries a label named like a Prometheus or Kubernetes
+//! target label, which a scrape (a ServiceMonitor) would overwrite or rename
+//! to `exported_*`. The node exporter: `apt-get install prometheus-node-exporter`.
 
 mod monitoring;
 
@@ -61,6 +63,48 @@ fn used_and_recorded() -> (BTreeSet<String>, BTreeSet<String>) {
     (used, recorded)
 }
 
+/// The labels a Prometheus scrape or the Prometheus Operator sets on every
+/// target: a metric must not carry one of its own.
+const TARGET_LABELS: [&str; 7] = [
+    "service",
+    "job",
+    "instance",
+    "namespace",
+    "pod",
+    "container",
+    "endpoint",
+];
+
+/// `(family, label)` for every sample in `text` that carries a target label.
+fn target_like_labels(text: &str) -> BTreeSet<(String, String)> {
+    let mut found = BTreeSet::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, rest)) = line.split_once('{') else {
+            continue;
+        };
+        let labels = rest.rsplit_once('}').map_or(rest, |(l, _)| l);
+        // Label values are quoted; names are what precedes each `="`.
+        for part in labels.split("\",") {
+            let label = part.split_once("=\"").map_or(part, |(l, _)| l);
+            let label = label.trim_start_matches(',');
+            if TARGET_LABELS.contains(&label) {
+                found.insert((name.to_owned(), label.to_owned()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_target_label_in_a_sample_is_found() {
+    let text = "# TYPE x counter\nx{service=\"a\",flow=\"b\"} 1\ny{service_name=\"a\",kind=\"c,d\"} 2\nz{a=\"1\",pod=\"p\"} 3\n";
+    let found: Vec<(String, String)> = target_like_labels(text).into_iter().collect();
+    assert_eq!(
+        found,
+        [("x".into(), "service".into()), ("z".into(), "pod".into())]
+    );
+}
+
 async fn scrape(client: &reqwest::Client, url: &str) -> Option<String> {
     let r = client.get(url).send().await.ok()?;
     r.status().is_success().then_some(())?;
@@ -106,14 +150,19 @@ fn every_metric_the_alerts_and_dashboards_read_is_emitted() {
     targets.push(format!("http://127.0.0.1:{NODE}/metrics"));
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (emitted, missing) = rt.block_on(async {
+    let node_target = format!("http://127.0.0.1:{NODE}/metrics");
+    let (emitted, missing, colliding) = rt.block_on(async {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(100);
         loop {
             let mut emitted = BTreeSet::new();
+            let mut colliding = BTreeSet::new();
             for t in &targets {
                 if let Some(text) = scrape(&client, t).await {
                     emitted.extend(exposed(&text));
+                    if *t != node_target {
+                        colliding.extend(target_like_labels(&text));
+                    }
                 }
             }
             // `up` is Prometheus's own, recorded names come from the rules.
@@ -123,7 +172,7 @@ fn every_metric_the_alerts_and_dashboards_read_is_emitted() {
                 .cloned()
                 .collect();
             if missing.is_empty() || Instant::now() > deadline {
-                return (emitted, missing);
+                return (emitted, missing, colliding);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -134,6 +183,10 @@ fn every_metric_the_alerts_and_dashboards_read_is_emitted() {
         missing.is_empty(),
         "read by alerts or dashboards but never emitted: {missing:#?}\n(emitted: {} names)",
         emitted.len()
+    );
+    assert!(
+        colliding.is_empty(),
+        "families with a label named like a target label (renamed `exported_*` by a ServiceMonitor): {colliding:#?}"
     );
     // Recording rules read by the dashboards exist.
     let unrecorded: Vec<&String> = used
