@@ -399,17 +399,22 @@ pub fn generate(spec: &Spec) -> Result<String, SpecError> {
     Ok(format!("{HEADER}{yaml}"))
 }
 
+/// The labels every aggregation keeps, so that one rule set serves many
+/// clusters, namespaces and jobs (on Thanos, Mimir, or a Prometheus that
+/// scrapes several environments) without mixing them.
+pub const KEPT_LABELS: [&str; 3] = ["cluster", "namespace", "job"];
+
 fn slo_group(slo: &Slo, runbook_base: &str) -> Group {
-    let by = slo.by.join(", ");
-    let sum = |inner: String| {
-        if by.is_empty() {
-            format!("sum({inner})")
-        } else {
-            format!("sum by ({by}) ({inner})")
-        }
-    };
+    let by = KEPT_LABELS
+        .iter()
+        .map(|l| (*l).to_owned())
+        .chain(slo.by.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sum = |inner: String| format!("sum by ({by}) ({inner})");
     let on = {
-        let mut l = vec!["slo".to_owned()];
+        let mut l: Vec<String> = KEPT_LABELS.iter().map(|l| (*l).to_owned()).collect();
+        l.push("slo".to_owned());
         l.extend(slo.by.iter().cloned());
         l.join(", ")
     };
@@ -608,9 +613,9 @@ slos:
     fn a_latency_slo_counts_the_bucket_at_its_threshold_per_label() {
         let rules = spec("").expect("valid");
         assert!(rules.contains(
-            r#"1 - sum by (payment_channel) (rate(paytrace_stage_duration_seconds_bucket{stage="channel.request",le="0.5"}[5m]))"#
+            r#"1 - sum by (cluster, namespace, job, payment_channel) (rate(paytrace_stage_duration_seconds_bucket{stage="channel.request",le="0.5"}[5m]))"#
         ), "{rules}");
-        assert!(rules.contains("and on (slo, payment_channel)"));
+        assert!(rules.contains("and on (cluster, namespace, job, slo, payment_channel)"));
         assert!(rules.contains("slo:sli_error:ratio_rate30d"), "the period");
         assert!(rules.contains(r#"runbook_url: docs/runbooks/ChannelLatencyBurnRateFast.md"#));
     }

@@ -32,42 +32,6 @@ const ALERTMANAGER: u16 = 7493;
 /// The webhook address in `alerts/alertmanager.yml`.
 const WEBHOOK: &str = "127.0.0.1:5001";
 
-fn spawn(program: &str, args: &[String], package: &str) -> Killed {
-    Killed(
-        Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {program} ({e}): install it with `apt-get install {package}`")
-            }),
-    )
-}
-
-/// The shipped rule files with every `for:` shortened to `3s`.
-fn drill_rules(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for path in rule_files() {
-        let mut doc = yaml(&path);
-        for group in doc["groups"].as_sequence_mut().into_iter().flatten() {
-            for rule in group["rules"].as_sequence_mut().into_iter().flatten() {
-                if let Some(map) = rule.as_mapping_mut()
-                    && map.contains_key("for")
-                {
-                    map.insert("for".into(), "3s".into());
-                }
-            }
-        }
-        let name = path.file_name().expect("a file name");
-        let copy = dir.join(name);
-        std::fs::write(&copy, serde_yaml_ng::to_string(&doc).expect("YAML")).expect("write rules");
-        out.push(copy.to_string_lossy().into_owned());
-    }
-    out
-}
-
 fn prometheus_config(dir: &std::path::Path, rules: &[String]) -> String {
     let targets: Vec<String> = (0..9)
         .map(|i| format!("\"127.0.0.1:{}\"", BASE + i))

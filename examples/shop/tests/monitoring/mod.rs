@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 
 use promql_parser::parser::Expr;
 use serde_yaml_ng::Value;
@@ -159,6 +159,44 @@ pub(crate) fn grafana_substituted(expr: &str) -> String {
             chars.next();
         }
         out.push_str("value");
+    }
+    out
+}
+
+/// Starts `program`, killed when dropped; a missing program says which
+/// Debian package installs it.
+pub(crate) fn spawn(program: &str, args: &[String], package: &str) -> Killed {
+    Killed(
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {program} ({e}): install it with `apt-get install {package}`")
+            }),
+    )
+}
+
+/// The shipped rule files with every `for:` shortened to `3s`.
+pub(crate) fn drill_rules(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for path in rule_files() {
+        let mut doc = yaml(&path);
+        for group in doc["groups"].as_sequence_mut().into_iter().flatten() {
+            for rule in group["rules"].as_sequence_mut().into_iter().flatten() {
+                if let Some(map) = rule.as_mapping_mut()
+                    && map.contains_key("for")
+                {
+                    map.insert("for".into(), "3s".into());
+                }
+            }
+        }
+        let name = path.file_name().expect("a file name");
+        let copy = dir.join(name);
+        std::fs::write(&copy, serde_yaml_ng::to_string(&doc).expect("YAML")).expect("write rules");
+        out.push(copy.to_string_lossy().into_owned());
     }
     out
 }

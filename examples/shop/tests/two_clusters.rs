@@ -1,0 +1,220 @@
+//! One rule set, many clusters: a real Prometheus scrapes the demo twice, as
+//! two jobs labelled `cluster="a"` and `cluster="b"` (what a Thanos or Mimir
+//! query over two environments sees), with the shipped rules loaded (every
+//! `for:` shortened, nothing else changed). Every recording rule with data
+//! and every alert that fires keeps the two apart: each series carries its
+//! cluster, and each has a twin in the other cluster.
+//!
+//! Needs `prometheus` (Debian package).
+
+mod monitoring;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use monitoring::*;
+use serde_json::Value;
+
+const BASE: u16 = 7600;
+const PROMETHEUS: u16 = 7691;
+
+fn prometheus_config(dir: &std::path::Path, rules: &[String]) -> String {
+    let targets: Vec<String> = (0..9)
+        .map(|i| format!("\"127.0.0.1:{}\"", BASE + i))
+        .chain([format!("\"127.0.0.1:{}\"", BASE + 80)])
+        .collect();
+    let job = |cluster: &str| {
+        format!(
+            "  - job_name: shop-{cluster}\n    static_configs:\n      - targets: [{}]\n        labels: {{cluster: {cluster}}}\n",
+            targets.join(", ")
+        )
+    };
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{}]\nscrape_configs:\n{}{}",
+        rules
+            .iter()
+            .map(|r| format!("\"{r}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        job("a"),
+        job("b"),
+    );
+    let path = dir.join("prometheus.yml");
+    std::fs::write(&path, config).expect("write prometheus.yml");
+    path.to_string_lossy().into_owned()
+}
+
+async fn query(client: &reqwest::Client, promql: &str) -> Vec<Value> {
+    let encoded: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let url = format!("http://127.0.0.1:{PROMETHEUS}/api/v1/query?query={encoded}");
+    match client.get(url).send().await {
+        Ok(r) => r
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn firing(client: &reqwest::Client) -> Vec<Value> {
+    let url = format!("http://127.0.0.1:{PROMETHEUS}/api/v1/alerts");
+    match client.get(url).send().await {
+        Ok(r) => r
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v["data"]["alerts"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a["state"] == "firing")
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A series' labels without `cluster` and `job` (which name the cluster
+/// here): what its twin in the other cluster must have too.
+fn twin_key(labels: &Value) -> String {
+    let mut map: BTreeMap<String, String> =
+        serde_json::from_value(labels.clone()).unwrap_or_default();
+    map.remove("cluster");
+    map.remove("job");
+    format!("{map:?}")
+}
+
+/// What is wrong with `series` (a query result or alerts): series without a
+/// cluster, and series of one cluster without a twin in the other.
+fn apart(what: &str, series: &[Value], labels_of: impl Fn(&Value) -> &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut by_cluster: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for s in series {
+        let labels = labels_of(s);
+        match labels["cluster"].as_str() {
+            Some(c @ ("a" | "b")) => {
+                by_cluster
+                    .entry(c.to_owned())
+                    .or_default()
+                    .insert(twin_key(labels));
+            }
+            _ => problems.push(format!("{what}: no cluster in {labels}")),
+        }
+    }
+    let (a, b) = (
+        by_cluster.remove("a").unwrap_or_default(),
+        by_cluster.remove("b").unwrap_or_default(),
+    );
+    for only in a.symmetric_difference(&b) {
+        problems.push(format!("{what}: only in one cluster: {only}"));
+    }
+    problems
+}
+
+#[test]
+fn every_recording_rule_and_alert_keeps_two_clusters_apart() {
+    let dir = std::env::temp_dir().join(format!("paytrace-clusters-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("prometheus")).expect("temp dir");
+    let rules = drill_rules(&dir);
+    let config = prometheus_config(&dir, &rules);
+    // Recording rules that read a metric (not constants such as an SLO's
+    // objective, which is the same in every cluster).
+    let recorded: BTreeSet<String> = monitoring::rules()
+        .iter()
+        .filter(|(_, r)| {
+            !metric_names(&text(r, "expr"))
+                .unwrap_or_default()
+                .is_empty()
+        })
+        .filter_map(|(_, r)| r.get("record").and_then(|r| r.as_str()).map(str::to_owned))
+        .collect();
+
+    let _demo = spawn(
+        env!("CARGO_BIN_EXE_paytrace-demo"),
+        &[
+            "--duration".into(),
+            "300s".into(),
+            "--rps".into(),
+            "10".into(),
+            "--port-base".into(),
+            BASE.to_string(),
+            "--chaos".into(),
+            "channel-down,pool-exhausted,cancel-after-confirm".into(),
+            "--chaos-channel".into(),
+            "card".into(),
+        ],
+        "the demo (cargo build)",
+    );
+    let _prometheus = spawn(
+        "prometheus",
+        &[
+            format!("--config.file={config}"),
+            format!("--storage.tsdb.path={}", dir.join("prometheus").display()),
+            format!("--web.listen-address=127.0.0.1:{PROMETHEUS}"),
+        ],
+        "prometheus",
+    );
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (with_data, problems, alerts) = rt.block_on(async {
+        let client = reqwest::Client::new();
+        // Until the alerts the faults cause fire in both clusters, and the
+        // recording rules have had data for a while.
+        let deadline = Instant::now() + Duration::from_secs(150);
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let alerts = firing(&client).await;
+            let names: BTreeSet<String> = alerts
+                .iter()
+                .filter_map(|a| a["labels"]["alertname"].as_str().map(str::to_owned))
+                .collect();
+            let ready = ["PaymentSuccessBurnRateFast", "ResourcePoolExhausted"]
+                .iter()
+                .all(|n| names.contains(*n));
+            if !(ready || Instant::now() > deadline) {
+                continue;
+            }
+            let mut problems = Vec::new();
+            let mut with_data = 0;
+            for name in &recorded {
+                let series = query(&client, name).await;
+                if !series.is_empty() {
+                    with_data += 1;
+                }
+                problems.extend(apart(name, &series, |s| &s["metric"]));
+            }
+            // The Watchdog fires on a constant, once for all clusters.
+            let alerts: Vec<Value> = alerts
+                .into_iter()
+                .filter(|a| a["labels"]["alertname"] != "Watchdog")
+                .collect();
+            problems.extend(apart("alerts", &alerts, |a| &a["labels"]));
+            return (with_data, problems, names.into_iter().collect::<Vec<_>>());
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        alerts.iter().any(|a| a == "PaymentSuccessBurnRateFast"),
+        "the channel outage fires its page in both clusters: {alerts:?}"
+    );
+    assert!(
+        alerts.iter().any(|a| a == "ResourcePoolExhausted"),
+        "the exhausted pool fires in both clusters: {alerts:?}"
+    );
+    assert!(
+        with_data * 2 >= recorded.len(),
+        "only {with_data} of {} recording rules had data",
+        recorded.len()
+    );
+    assert!(
+        problems.is_empty(),
+        "the clusters mix:\n{}",
+        problems.join("\n")
+    );
+}
