@@ -17,6 +17,10 @@
 //! # counted incomplete. checkout -> payment.confirm is the default.
 //! [flows.checkout]
 //! terminal_stage = "payment.confirm"
+//!
+//! # Bucket boundaries (seconds) of the flow and stage histograms; the
+//! # default reaches 300 s (paytrace_semconv::DEFAULT_LATENCY_BUCKETS).
+//! buckets = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +59,7 @@ struct File {
     rules: Vec<RuleEntry>,
     #[serde(default)]
     flows: BTreeMap<String, FlowEntry>,
+    buckets: Option<Vec<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +182,8 @@ pub struct Config {
     /// precede it on the critical path (see [`crate::tree`]); set by
     /// `--clock-tolerance`, not by the file.
     pub clock_tolerance: std::time::Duration,
+    /// Bucket boundaries (seconds) of the flow and stage histograms.
+    pub buckets: Vec<f64>,
 }
 
 impl Default for Config {
@@ -187,6 +194,7 @@ impl Default for Config {
             clock_tolerance: std::time::Duration::from_nanos(
                 crate::tree::DEFAULT_CLOCK_TOLERANCE_NS,
             ),
+            buckets: paytrace_semconv::DEFAULT_LATENCY_BUCKETS.to_vec(),
         }
     }
 }
@@ -237,9 +245,22 @@ impl Config {
             .into_iter()
             .filter_map(|(flow, f)| f.terminal_stage.map(|s| (flow, s)))
             .collect();
+        let buckets = match file.buckets {
+            None => paytrace_semconv::DEFAULT_LATENCY_BUCKETS.to_vec(),
+            Some(b) => {
+                let increasing = b.windows(2).all(|w| w[0] < w[1]);
+                if b.is_empty() || !increasing || b.iter().any(|v| !v.is_finite() || *v <= 0.0) {
+                    return Err(invalid(format!(
+                        "buckets must be positive and strictly increasing, got {b:?}"
+                    )));
+                }
+                b
+            }
+        };
         Ok(Self {
             rules: StageRules { rules },
             terminal_stages,
+            buckets,
             ..Self::default()
         })
     }
@@ -289,6 +310,16 @@ mod tests {
             config.terminal_stages.get("pay").map(String::as_str),
             Some("payment.confirm")
         );
+    }
+
+    #[test]
+    fn buckets_default_to_300_seconds_and_are_checked() {
+        let config = Config::from_toml("t", "").expect("empty is valid");
+        assert_eq!(config.buckets.last(), Some(&300.0));
+        let config = Config::from_toml("t", "buckets = [1, 10, 600]").expect("valid");
+        assert_eq!(config.buckets, [1.0, 10.0, 600.0]);
+        let err = Config::from_toml("t", "buckets = [1, 1, 600]").expect_err("not increasing");
+        assert!(err.to_string().contains("strictly increasing"), "{err}");
     }
 
     #[test]

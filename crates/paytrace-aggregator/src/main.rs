@@ -282,6 +282,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         .flows
         .terminal_stages
         .extend(file.terminal_stages);
+    config.pipeline.buckets = Some(file.buckets);
     config.receiver.rules = std::sync::Arc::new(file.rules);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

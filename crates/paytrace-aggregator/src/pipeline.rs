@@ -54,6 +54,10 @@ pub struct PipelineConfig {
     pub tcc: TccSettings,
     /// Distinct values allowed per metric label (flow, stage, method, channel).
     pub label_limit: Option<usize>,
+    /// Bucket boundaries (seconds) of the flow and stage histograms, strictly
+    /// increasing (the configuration file checks them); `None` for
+    /// [`DEFAULT_LATENCY_BUCKETS`].
+    pub buckets: Option<Vec<f64>>,
     /// The critical-path walk's clock tolerance; `None` for
     /// [`DEFAULT_CLOCK_TOLERANCE_NS`](crate::tree::DEFAULT_CLOCK_TOLERANCE_NS).
     pub clock_tolerance: Option<std::time::Duration>,
@@ -282,15 +286,14 @@ struct Metrics {
     tcc_anomalies: IntCounterVec,
 }
 
-fn histogram(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<HistogramVec> {
-    HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(DEFAULT_LATENCY_BUCKETS.to_vec()),
-        labels,
-    )
-}
-
 impl Metrics {
-    fn new() -> prometheus::Result<Self> {
+    fn new(buckets: &[f64]) -> prometheus::Result<Self> {
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )
+        };
         let stage_labels = [
             label::FLOW,
             label::STAGE,
@@ -461,7 +464,8 @@ impl Pipeline {
                 series: SeriesCache::default(),
                 tcc: TccTracker::new(config.tcc),
             }),
-            metrics: Metrics::new().expect("the aggregator's families are distinct"),
+            metrics: Metrics::new(config.buckets.as_deref().unwrap_or(DEFAULT_LATENCY_BUCKETS))
+                .expect("the aggregator's families are distinct and their buckets checked"),
             label_limit: config.label_limit.unwrap_or(200),
             clock_tolerance_ns: config
                 .clock_tolerance

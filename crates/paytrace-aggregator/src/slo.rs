@@ -312,12 +312,13 @@ fn validate(slo: &Slo) -> Result<(), SpecError> {
             slo.layer
         )));
     }
+    use paytrace_semconv::{DEFAULT_LATENCY_BUCKETS, HTTP_LATENCY_BUCKETS};
     if let Sli::Latency { threshold, .. } = slo.sli
-        && !paytrace_semconv::DEFAULT_LATENCY_BUCKETS.contains(&threshold)
+        && !DEFAULT_LATENCY_BUCKETS.contains(&threshold)
+        && !HTTP_LATENCY_BUCKETS.contains(&threshold)
     {
         return Err(invalid(format!(
-            "threshold {threshold} is not a bucket boundary ({:?}): a latency SLO counts the bucket at the threshold",
-            paytrace_semconv::DEFAULT_LATENCY_BUCKETS
+            "threshold {threshold} is not a bucket boundary (flows and stages: {DEFAULT_LATENCY_BUCKETS:?}; HTTP and RPC: {HTTP_LATENCY_BUCKETS:?}): a latency SLO counts the bucket at the threshold"
         )));
     }
     Ok(())

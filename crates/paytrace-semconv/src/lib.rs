@@ -12,7 +12,8 @@
 //! - [`attr`]: span attribute keys (`paytrace.stage`, `payment.method`, …).
 //! - [`metric`]: Prometheus metric names; [`label`]: their label names.
 //! - [`flow`], [`stage`], [`outcome`], [`tcc`]: the values those labels take.
-//! - [`DEFAULT_LATENCY_BUCKETS`]: the histogram buckets every latency metric uses.
+//! - [`DEFAULT_LATENCY_BUCKETS`] and [`HTTP_LATENCY_BUCKETS`]: the histogram
+//!   buckets of the flow and stage, and of the HTTP and RPC latency metrics.
 //!
 //! ```
 //! use paytrace_semconv::{attr, metric, stage};
@@ -24,16 +25,31 @@
 
 #![forbid(unsafe_code)]
 
-/// Default latency buckets, in seconds, for every latency histogram.
+/// Default latency buckets, in seconds, of the flow, stage and resource-wait
+/// histograms. They reach 300 s: a flow waits up to the aggregator's
+/// `--flow-timeout` (2 minutes) for a slow callback or a 3-D Secure step,
+/// and such a flow must land in a bucket, not in `+Inf`.
 ///
-/// SLO thresholds must be one of these boundaries. Prefer thresholds that
+/// SLO thresholds must be one of these boundaries (or of
+/// [`HTTP_LATENCY_BUCKETS`] for HTTP and RPC SLOs). Prefer thresholds that
 /// Prometheus 3 does not rewrite in `le` labels (`0.5`, `2.5`; not `1`).
 ///
 /// ```
-/// assert_eq!(paytrace_semconv::DEFAULT_LATENCY_BUCKETS.len(), 12);
+/// assert_eq!(paytrace_semconv::DEFAULT_LATENCY_BUCKETS.last(), Some(&300.0));
 /// ```
 pub const DEFAULT_LATENCY_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Buckets, in seconds, of the HTTP and RPC duration histograms: the
+/// boundaries the OpenTelemetry semantic conventions advise for
+/// `http.server.request.duration` and `rpc.server.call.duration`.
+///
+/// ```
+/// assert!(paytrace_semconv::HTTP_LATENCY_BUCKETS.contains(&0.075));
+/// ```
+pub const HTTP_LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
 /// The label value a guarded label takes once its value limit is reached.
@@ -712,6 +728,7 @@ mod tests {
     #[test]
     fn buckets_are_strictly_increasing() {
         assert!(DEFAULT_LATENCY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+        assert!(HTTP_LATENCY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -102,20 +102,27 @@ fn tcc_names_match() {
     assert_same("TCC global anomaly kinds", tcc::GLOBAL_ANOMALY_KINDS);
 }
 
-#[test]
-fn buckets_match() {
+/// The back-quoted numbers of the line that starts with `prefix`.
+fn documented_buckets(prefix: &str) -> Vec<f64> {
     let doc = doc();
     let line = doc
         .lines()
-        .find(|l| l.starts_with("Seconds: `"))
-        .expect("the Latency buckets section starts with `Seconds: `");
-    let documented: Vec<f64> = line
-        .split('`')
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("the Latency buckets section has a line `{prefix}`"));
+    line.split('`')
         .skip(1)
         .step_by(2)
         .map(|v| v.parse().expect("a bucket boundary is a number"))
-        .collect();
-    assert_eq!(documented, DEFAULT_LATENCY_BUCKETS);
+        .collect()
+}
+
+#[test]
+fn buckets_match() {
+    assert_eq!(documented_buckets("Seconds: `"), DEFAULT_LATENCY_BUCKETS);
+    assert_eq!(
+        documented_buckets("HTTP and RPC seconds: `"),
+        paytrace_semconv::HTTP_LATENCY_BUCKETS
+    );
 }
 
 #[test]

@@ -80,7 +80,7 @@ mod telemetry;
 pub use cardinality::LabelLimits;
 pub use client::Client;
 pub use handler::metrics_route;
-pub use metrics::Metrics;
+pub use metrics::{Buckets, Metrics};
 pub use propagation::Flow;
 pub use resource::{
     Pool, PoolError, PoolPermit, QueueError, QueueMetrics, QueueReceiver, QueueSender,

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use paytrace_semconv::{DEFAULT_LATENCY_BUCKETS, label, metric};
+use paytrace_semconv::{DEFAULT_LATENCY_BUCKETS, HTTP_LATENCY_BUCKETS, label, metric};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
@@ -56,9 +56,47 @@ pub(crate) struct Families {
     pub(crate) sampled: Arc<SampledGauges>,
 }
 
-fn histogram(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<HistogramVec> {
+/// The bucket boundaries (seconds) of the middleware's latency histograms.
+///
+/// ```
+/// use paytrace::{Buckets, LabelLimits, Metrics};
+///
+/// // A payment team whose 3-D Secure stages take minutes.
+/// let buckets = Buckets { stage: vec![0.1, 1.0, 10.0, 60.0, 600.0], ..Buckets::default() };
+/// let metrics = Metrics::register_with_buckets(prometheus::Registry::new(), &LabelLimits::default(), &buckets)?;
+/// let svc = paytrace::Service::with_metrics("payment", "1.0.0", &metrics);
+/// drop(svc.stage("channel.request").start());
+/// assert!(metrics.render().contains(r#"le="600""#));
+/// # Ok::<(), prometheus::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buckets {
+    /// `http_server_request_duration_seconds` and
+    /// `http_client_request_duration_seconds`; default
+    /// [`HTTP_LATENCY_BUCKETS`], the OpenTelemetry-advised boundaries.
+    pub http: Vec<f64>,
+    /// `paytrace_stage_duration_seconds` and `paytrace_resource_wait_seconds`;
+    /// default [`DEFAULT_LATENCY_BUCKETS`] (to 300 s).
+    pub stage: Vec<f64>,
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Self {
+            http: HTTP_LATENCY_BUCKETS.to_vec(),
+            stage: DEFAULT_LATENCY_BUCKETS.to_vec(),
+        }
+    }
+}
+
+fn histogram(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> prometheus::Result<HistogramVec> {
     HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(DEFAULT_LATENCY_BUCKETS.to_vec()),
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
         labels,
     )
 }
@@ -77,13 +115,18 @@ use label::{
 };
 
 impl Families {
-    fn new(registry: Registry, limits: &LabelLimits) -> prometheus::Result<Self> {
+    fn new(
+        registry: Registry,
+        limits: &LabelLimits,
+        buckets: &Buckets,
+    ) -> prometheus::Result<Self> {
         let families = Self {
             guards: Guards::new(limits),
             http_server_duration: histogram(
                 metric::HTTP_SERVER_REQUEST_DURATION_SECONDS,
                 "Duration of HTTP server requests, until the response head is ready.",
                 &[SERVICE_NAME, METHOD, ROUTE, STATUS],
+                &buckets.http,
             )?,
             http_server_active: int_gauge(
                 metric::HTTP_SERVER_ACTIVE_REQUESTS,
@@ -94,6 +137,7 @@ impl Families {
                 metric::HTTP_CLIENT_REQUEST_DURATION_SECONDS,
                 "Duration of outgoing HTTP requests, until the response head arrived.",
                 &[SERVICE_NAME, METHOD, label::SERVER_ADDRESS, STATUS],
+                &buckets.http,
             )?,
             stage_duration: histogram(
                 metric::STAGE_DURATION_SECONDS,
@@ -106,6 +150,7 @@ impl Families {
                     label::PAYMENT_CHANNEL,
                     label::OUTCOME,
                 ],
+                &buckets.stage,
             )?,
             stage_active: int_gauge(
                 metric::STAGE_ACTIVE,
@@ -126,6 +171,7 @@ impl Families {
                 metric::RESOURCE_WAIT_SECONDS,
                 "Time spent waiting to acquire a unit of a pooled resource (saturation).",
                 &[SERVICE_NAME, label::RESOURCE],
+                &buckets.stage,
             )?,
             resource_errors: counter(
                 metric::RESOURCE_ERRORS_TOTAL,
@@ -281,8 +327,18 @@ impl Metrics {
     /// # Ok::<(), prometheus::Error>(())
     /// ```
     pub fn register(registry: Registry, limits: &LabelLimits) -> prometheus::Result<Self> {
+        Self::register_with_buckets(registry, limits, &Buckets::default())
+    }
+
+    /// [`Metrics::register`] with bucket boundaries of your own (see
+    /// [`Buckets`]).
+    pub fn register_with_buckets(
+        registry: Registry,
+        limits: &LabelLimits,
+        buckets: &Buckets,
+    ) -> prometheus::Result<Self> {
         Ok(Self {
-            inner: Arc::new(Families::new(registry, limits)?),
+            inner: Arc::new(Families::new(registry, limits, buckets)?),
         })
     }
 

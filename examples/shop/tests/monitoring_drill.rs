@@ -167,8 +167,8 @@ fn a_channel_outage_pages_and_an_infra_cause_inhibits_its_business_symptom() {
                         })
                 });
             let am = alertmanager_alerts(&client).await;
-            let source = labelled(&am, "ResourcePoolExhausted", "service", "inventory");
-            let target = labelled(&am, "TccCancelAfterConfirm", "service", "inventory");
+            let source = labelled(&am, "ResourcePoolExhausted", "service_name", "inventory");
+            let target = labelled(&am, "TccCancelAfterConfirm", "service_name", "inventory");
             if let (Some(source), Some(target)) = (source, target)
                 && target["status"]["state"] == "suppressed"
                 && target["status"]["inhibitedBy"]
