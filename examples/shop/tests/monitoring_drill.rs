@@ -187,7 +187,10 @@ fn a_channel_outage_pages_and_an_infra_cause_inhibits_its_business_symptom() {
         .iter()
         .map(|a| {
             (
-                format!("{} {}", a["labels"]["alertname"], a["labels"]["service"]),
+                format!(
+                    "{} {}",
+                    a["labels"]["alertname"], a["labels"]["service_name"]
+                ),
                 a["state"].as_str().unwrap_or("").to_owned(),
             )
         })
