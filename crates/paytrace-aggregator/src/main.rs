@@ -52,6 +52,76 @@ enum Command {
     /// SLOs as code: Prometheus burn-rate rules from an SLO spec.
     #[command(subcommand)]
     Slo(SloCommand),
+    /// The whole rule set from templates and the SLO spec, mixin style.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCommand {
+    /// Render every template in --templates (`*.rules.yml`, metric selectors
+    /// marked `{${selector}}`, runbooks `${runbook_base}`) with the SPEC's
+    /// `selector` and `runbook_base`, generate the SLO rules of SPEC
+    /// (`slo.rules.yml`), write them all to --out-dir, and all of them as
+    /// one Prometheus Operator PrometheusRule to --prometheus-rule.
+    Render {
+        /// The SLO spec, which also holds `selector` and `runbook_base`.
+        spec: PathBuf,
+        /// The directory of rule templates.
+        #[arg(long)]
+        templates: PathBuf,
+        /// Where the rule files go.
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Where the PrometheusRule manifest goes.
+        #[arg(long)]
+        prometheus_rule: Option<PathBuf>,
+        /// Write nothing; fail if any output differs from what would be written.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+fn rules_render(
+    spec: &Path,
+    templates: &Path,
+    out_dir: &Path,
+    prometheus_rule: Option<&Path>,
+    check: bool,
+) -> ExitCode {
+    let outputs =
+        match paytrace_aggregator::rules::render_set(spec, templates, out_dir, prometheus_rule) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let mut stale = Vec::new();
+    for (path, text) in &outputs {
+        if check {
+            if std::fs::read_to_string(path).ok().as_deref() != Some(text.as_str()) {
+                stale.push(path.display().to_string());
+            }
+        } else if let Err(e) = std::fs::write(path, text) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if !stale.is_empty() {
+        eprintln!(
+            "error: out of date: {}; run `paytrace-aggregator rules render {} --templates {} --out-dir {}{}`",
+            stale.join(", "),
+            spec.display(),
+            templates.display(),
+            out_dir.display(),
+            prometheus_rule
+                .map(|p| format!(" --prometheus-rule {}", p.display()))
+                .unwrap_or_default()
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,6 +261,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Rules(RulesCommand::Render {
+            spec,
+            templates,
+            out_dir,
+            prometheus_rule,
+            check,
+        }) => rules_render(
+            &spec,
+            &templates,
+            &out_dir,
+            prometheus_rule.as_deref(),
+            check,
+        ),
         Command::Slo(SloCommand::Generate {
             spec,
             output,

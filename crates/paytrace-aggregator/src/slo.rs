@@ -46,9 +46,15 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     /// Where runbooks live; an alert's `runbook_url` is this followed by
-    /// `<AlertName>.md`.
+    /// `<AlertName>.md`. Make it an absolute URL (`https://…/docs/runbooks/`):
+    /// a pager or a chat message cannot open a relative path.
     #[serde(default = "default_runbook_base")]
     pub runbook_base: String,
+    /// Matchers added to every metric selector of every rule, without
+    /// braces (`job=~"payments-.*"`): which targets this rule set watches.
+    /// Empty for all.
+    #[serde(default)]
+    pub selector: String,
     /// The SLOs.
     pub slos: Vec<Slo>,
 }
@@ -393,7 +399,7 @@ pub fn generate(spec: &Spec) -> Result<String, SpecError> {
                 problem: "two SLOs have this name".to_owned(),
             });
         }
-        groups.push(slo_group(slo, &spec.runbook_base));
+        groups.push(slo_group(slo, &spec.runbook_base, &spec.selector));
     }
     let yaml = serde_yaml_ng::to_string(&RuleFile { groups })
         .map_err(|e| SpecError::Parse(e.to_string()))?;
@@ -405,7 +411,7 @@ pub fn generate(spec: &Spec) -> Result<String, SpecError> {
 /// scrapes several environments) without mixing them.
 pub const KEPT_LABELS: [&str; 3] = ["cluster", "namespace", "job"];
 
-fn slo_group(slo: &Slo, runbook_base: &str) -> Group {
+fn slo_group(slo: &Slo, runbook_base: &str, global_selector: &str) -> Group {
     let by = KEPT_LABELS
         .iter()
         .map(|l| (*l).to_owned())
@@ -432,8 +438,9 @@ fn slo_group(slo: &Slo, runbook_base: &str) -> Group {
                 selector,
                 bad,
             } => {
-                let total = sum(format!("rate({metric}{{{}}}[{w}])", selector.trim()));
-                let bad = sum(format!("rate({metric}{{{}}}[{w}])", join(selector, bad)));
+                let selector = join(global_selector, selector);
+                let total = sum(format!("rate({metric}{{{selector}}}[{w}])"));
+                let bad = sum(format!("rate({metric}{{{}}}[{w}])", join(&selector, bad)));
                 (total.clone(), format!("{bad} / {total}"))
             }
             Sli::Latency {
@@ -443,11 +450,11 @@ fn slo_group(slo: &Slo, runbook_base: &str) -> Group {
             } => {
                 let total = sum(format!(
                     "rate({histogram}_count{{{}}}[{w}])",
-                    selector.trim()
+                    join(global_selector, selector)
                 ));
                 let good = sum(format!(
                     "rate({histogram}_bucket{{{}}}[{w}])",
-                    join(selector, &le_matcher(*threshold))
+                    join(&join(global_selector, selector), &le_matcher(*threshold))
                 ));
                 (total.clone(), format!("1 - {good} / {total}"))
             }
@@ -460,7 +467,10 @@ fn slo_group(slo: &Slo, runbook_base: &str) -> Group {
         ));
     }
     let budget = 1.0 - slo.objective;
-    let sel = format!("{{slo=\"{}\"}}", slo.name);
+    let sel = format!(
+        "{{{}}}",
+        join(global_selector, &format!("slo=\"{}\"", slo.name))
+    );
     rules.push(record(
         "slo:objective:ratio".to_owned(),
         format!("vector({})", number(slo.objective)),

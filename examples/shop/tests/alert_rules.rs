@@ -91,8 +91,11 @@ fn every_alert_is_labelled_annotated_and_has_a_runbook() {
             }
         }
         let runbook = format!("docs/runbooks/{name}.md");
-        if text(annotations, "runbook_url") != runbook {
-            problems.push(format!("{at}: runbook_url must be {runbook}"));
+        let url = format!("{}{name}.md", spec().runbook_base);
+        if text(annotations, "runbook_url") != url || !url.starts_with("https://") {
+            problems.push(format!(
+                "{at}: runbook_url must be the absolute {url} (runbook_base of alerts/slos.yaml)"
+            ));
         }
         match std::fs::read_to_string(repo().join(&runbook)) {
             Err(_) => problems.push(format!("{at}: {runbook} is missing")),
@@ -137,22 +140,214 @@ fn every_expression_parses() {
 }
 
 #[test]
-fn the_slo_rules_are_what_the_spec_generates() {
-    let spec = std::fs::read_to_string(repo().join("alerts/slos.yaml")).expect("alerts/slos.yaml");
-    let spec = paytrace_aggregator::slo::parse(&spec).expect("a valid spec");
-    let generated = paytrace_aggregator::slo::generate(&spec).expect("rules");
-    let shipped =
-        std::fs::read_to_string(repo().join("alerts/slo.rules.yml")).expect("alerts/slo.rules.yml");
-    assert!(
-        generated == shipped,
-        "alerts/slo.rules.yml is out of date: run\n  cargo run -p paytrace-aggregator -- slo generate alerts/slos.yaml --output alerts/slo.rules.yml"
+fn the_rule_files_are_what_the_templates_and_the_spec_render() {
+    let spec = spec();
+    let outputs = paytrace_aggregator::rules::render_set(
+        &repo().join("alerts/slos.yaml"),
+        &repo().join("alerts/src"),
+        &repo().join("alerts"),
+        Some(&repo().join("alerts/prometheusrule.yaml")),
+    )
+    .expect("the rule set renders");
+    assert_eq!(
+        outputs.len(),
+        rule_files().len() + 1,
+        "every rule file and the manifest"
     );
+    for (path, rendered) in &outputs {
+        let shipped = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            *rendered == shipped,
+            "{} is out of date: run\n  cargo run -p paytrace-aggregator -- rules render alerts/slos.yaml --templates alerts/src --out-dir alerts --prometheus-rule alerts/prometheusrule.yaml",
+            path.display()
+        );
+    }
     let shipped_alerts: Vec<String> = alerts()
         .into_iter()
         .filter(|(p, _)| p.ends_with("slo.rules.yml"))
         .map(|(_, a)| text(&a, "alert"))
         .collect();
     assert_eq!(shipped_alerts, paytrace_aggregator::slo::alert_names(&spec));
+}
+
+fn spec() -> paytrace_aggregator::slo::Spec {
+    let text = std::fs::read_to_string(repo().join("alerts/slos.yaml")).expect("alerts/slos.yaml");
+    paytrace_aggregator::slo::parse(&text).expect("a valid spec")
+}
+
+/// Every vector selector in `expr` (matchers as `name op value`).
+fn selectors(expr: &str) -> Vec<Vec<String>> {
+    use promql_parser::parser::{Expr, parse};
+    fn walk(e: &Expr, out: &mut Vec<Vec<String>>) {
+        match e {
+            Expr::VectorSelector(v) => {
+                out.push(v.matchers.matchers.iter().map(|m| m.to_string()).collect())
+            }
+            Expr::MatrixSelector(m) => walk(&Expr::VectorSelector(m.vs.clone()), out),
+            Expr::Aggregate(a) => {
+                walk(&a.expr, out);
+                if let Some(p) = &a.param {
+                    walk(p, out);
+                }
+            }
+            Expr::Unary(u) => walk(&u.expr, out),
+            Expr::Binary(b) => {
+                walk(&b.lhs, out);
+                walk(&b.rhs, out);
+            }
+            Expr::Paren(p) => walk(&p.expr, out),
+            Expr::Subquery(s) => walk(&s.expr, out),
+            Expr::Call(c) => c.args.args.iter().for_each(|a| walk(a, out)),
+            Expr::Extension(_) | Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        &parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}")),
+        &mut out,
+    );
+    out
+}
+
+#[test]
+fn the_spec_selector_reaches_every_metric_selector_of_every_rule() {
+    let dir = std::env::temp_dir().join(format!("paytrace-selector-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let spec_text = std::fs::read_to_string(repo().join("alerts/slos.yaml"))
+        .expect("alerts/slos.yaml")
+        .replace("selector: ''", "selector: 'job=~\"payments-.*\"'");
+    let spec_path = dir.join("slos.yaml");
+    std::fs::write(&spec_path, spec_text).expect("spec written");
+    let outputs =
+        paytrace_aggregator::rules::render_set(&spec_path, &repo().join("alerts/src"), &dir, None)
+            .expect("renders");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut checked = 0;
+    for (path, text) in outputs {
+        let doc: Value = serde_yaml_ng::from_str(&text).expect("YAML");
+        for group in doc["groups"].as_sequence().into_iter().flatten() {
+            for rule in group["rules"].as_sequence().into_iter().flatten() {
+                let expr = text_of(rule, "expr");
+                for matchers in selectors(&expr) {
+                    checked += 1;
+                    assert!(
+                        matchers.iter().any(|m| m == r#"job=~"payments-.*""#),
+                        "{}: a selector without the spec's matcher in {expr}: {matchers:?}",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} selectors checked");
+}
+
+fn text_of(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(|x| x.as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The manifest as the PrometheusRule custom resource's schema
+/// (monitoring.coreos.com/v1) has it: the fields, their types, one of
+/// `record` and `alert` per rule, durations where it asks for them.
+#[test]
+fn the_prometheus_rule_manifest_follows_the_crd_schema() {
+    let doc = yaml(&repo().join("alerts/prometheusrule.yaml"));
+    assert_eq!(text_of(&doc, "apiVersion"), "monitoring.coreos.com/v1");
+    assert_eq!(text_of(&doc, "kind"), "PrometheusRule");
+    let name = text_of(&doc["metadata"], "name");
+    let dns1123 = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    assert!(dns1123, "metadata.name {name:?}");
+    let duration = |v: &str| {
+        !v.is_empty()
+            && v.split_inclusive(|c: char| c.is_ascii_alphabetic())
+                .all(|part| {
+                    let digits = part.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+                    let unit = &part[digits.len()..];
+                    !digits.is_empty()
+                        && digits.chars().all(|c| c.is_ascii_digit())
+                        && ["ms", "s", "m", "h", "d", "w", "y"].contains(&unit)
+                })
+    };
+    let strings = |v: &Value| {
+        v.as_mapping()
+            .is_none_or(|m| m.iter().all(|(k, v)| k.is_string() && v.is_string()))
+    };
+    let mut rules = 0;
+    let mut problems = Vec::new();
+    for group in doc["spec"]["groups"].as_sequence().expect("spec.groups") {
+        let map = group.as_mapping().expect("a group is an object");
+        for key in map.keys().filter_map(|k| k.as_str()) {
+            if ![
+                "name",
+                "interval",
+                "rules",
+                "partial_response_strategy",
+                "limit",
+                "query_offset",
+            ]
+            .contains(&key)
+            {
+                problems.push(format!("group field {key} is not in the schema"));
+            }
+        }
+        if text_of(group, "name").is_empty() {
+            problems.push("a group without a name".into());
+        }
+        if let Some(i) = group.get("interval").and_then(|i| i.as_str())
+            && !duration(i)
+        {
+            problems.push(format!("interval {i:?} is not a duration"));
+        }
+        for rule in group["rules"].as_sequence().expect("rules") {
+            rules += 1;
+            let map = rule.as_mapping().expect("a rule is an object");
+            for key in map.keys().filter_map(|k| k.as_str()) {
+                if ![
+                    "record",
+                    "alert",
+                    "expr",
+                    "for",
+                    "keep_firing_for",
+                    "labels",
+                    "annotations",
+                ]
+                .contains(&key)
+                {
+                    problems.push(format!("rule field {key} is not in the schema"));
+                }
+            }
+            if rule.get("record").is_some() == rule.get("alert").is_some() {
+                problems.push(format!("exactly one of record and alert: {rule:?}"));
+            }
+            if text_of(rule, "expr").is_empty() {
+                problems.push(format!("no expr: {rule:?}"));
+            }
+            if let Some(f) = rule.get("for").and_then(|f| f.as_str())
+                && !duration(f)
+            {
+                problems.push(format!("for {f:?} is not a duration"));
+            }
+            if !strings(&rule["labels"]) || !strings(&rule["annotations"]) {
+                problems.push(format!(
+                    "labels and annotations map strings to strings: {rule:?}"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    let shipped: usize = rules_count();
+    assert_eq!(rules, shipped, "every shipped rule is in the manifest");
+}
+
+fn rules_count() -> usize {
+    monitoring::rules().len()
 }
 
 fn amtool(args: &[&str]) -> std::process::Output {
