@@ -5,17 +5,76 @@
     python3 scripts/dashboards.py --check  # fail if they differ (the tests run this)
 
 Every panel: a title, a description, a unit, `${datasource}`, and
-`$__rate_interval` wherever it rates. Panels are laid out left to right, top
-to bottom, in rows of 24 columns.
+`$__rate_interval` wherever it rates. Every metric selector of every query is
+scoped by the `cluster`, `namespace`, `job` and `instance` variables (added
+here, not written in each query). Panels are laid out left to right, top to
+bottom, in rows of 24 columns.
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
 OUT = Path(__file__).resolve().parent.parent / "dashboards"
+SCOPE = 'cluster=~"$cluster",namespace=~"$namespace",job=~"$job",instance=~"$instance"'
+
+_AGGREGATIONS = {"sum", "avg", "max", "min", "count", "topk", "bottomk", "quantile", "stddev",
+                 "stdvar", "count_values", "group"}
+_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
+             "offset", "bool"} | _AGGREGATIONS
+_LABEL_LISTS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
+
+
+def scoped(expr):
+    """`expr` with SCOPE added to every metric selector."""
+    out, i, n = [], 0, len(expr)
+    while i < n:
+        c = expr[i]
+        if c == '"':
+            j = i + 1
+            while j < n and expr[j] != '"':
+                j += 2 if expr[j] == "\\" else 1
+            out.append(expr[i:j + 1])
+            i = j + 1
+        elif c == "[":
+            j = expr.index("]", i)
+            out.append(expr[i:j + 1])
+            i = j + 1
+        elif c.isdigit():
+            m = re.match(r"[0-9][0-9.]*(?:[eE][+-]?[0-9]+)?[a-zA-Z]*", expr[i:])
+            out.append(m.group(0))
+            i += len(m.group(0))
+        elif c == "$":
+            m = re.match(r"\$[A-Za-z_]+", expr[i:])
+            out.append(m.group(0))
+            i += len(m.group(0))
+        elif re.match(r"[A-Za-z_:]", c):
+            ident = re.match(r"[A-Za-z_:][A-Za-z0-9_:]*", expr[i:]).group(0)
+            j = k = i + len(ident)
+            while k < n and expr[k] == " ":
+                k += 1
+            if ident in _LABEL_LISTS and k < n and expr[k] == "(":
+                e = expr.index(")", k)
+                out.append(expr[i:e + 1])
+                i = e + 1
+            elif ident in _KEYWORDS or (k < n and expr[k] == "("):
+                out.append(ident)
+                i = j
+            elif j < n and expr[j] == "{":
+                e = expr.index("}", j)
+                inner = expr[j + 1:e]
+                out.append(f"{ident}{{{SCOPE}{',' + inner if inner else ''}}}")
+                i = e + 1
+            else:
+                out.append(f"{ident}{{{SCOPE}}}")
+                i = j
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 
 def var_datasource():
@@ -59,8 +118,47 @@ def var_aggregator():
     }
 
 
+def scope_variables():
+    """cluster, namespace, job and instance, each narrowing the next."""
+    return [
+        var_query("cluster", "Cluster", "label_values(up, cluster)"),
+        var_query("namespace", "Namespace", 'label_values(up{cluster=~"$cluster"}, namespace)'),
+        var_query("job", "Job", 'label_values(up{cluster=~"$cluster",namespace=~"$namespace"}, job)'),
+        var_query("instance", "Instance",
+                  'label_values(up{cluster=~"$cluster",namespace=~"$namespace",job=~"$job"}, instance)'),
+    ]
+
+
+def deploys():
+    """An annotation at each new version of a service: a (service, version)
+    of paytrace_build_info that was not there a minute before."""
+    info = scoped("paytrace_build_info")
+    return {
+        "name": "Deploys",
+        "datasource": DS,
+        "enable": True,
+        "iconColor": "blue",
+        "expr": f"count by (service_name, version) ({info}) unless count by (service_name, version) ({info} offset 1m)",
+        "step": "1m",
+        "titleFormat": "Deploy {{service_name}} {{version}}",
+        "textFormat": "{{service_name}} now runs {{version}}",
+    }
+
+
+def thresholds(panel_, steps, line=False):
+    """Colour steps [(colour, from), ...]; drawn as lines on a graph when `line`."""
+    defaults = panel_["fieldConfig"]["defaults"]
+    defaults["thresholds"] = {"mode": "absolute",
+                              "steps": [{"color": c, "value": v} for c, v in steps]}
+    if line:
+        defaults["custom"] = {"thresholdsStyle": {"mode": "line"}}
+    else:
+        defaults["color"] = {"mode": "thresholds"}
+    return panel_
+
+
 def target(expr, legend="", fmt="time_series", ref="A"):
-    t = {"datasource": DS, "expr": expr, "legendFormat": legend, "refId": ref}
+    t = {"datasource": DS, "expr": scoped(expr), "legendFormat": legend, "refId": ref}
     if fmt != "time_series":
         t["format"] = fmt
     return t
@@ -141,8 +239,8 @@ def dashboard(uid, title, description, variables, panels, tags):
         "graphTooltip": 1,
         "refresh": "30s",
         "time": {"from": "now-1h", "to": "now"},
-        "templating": {"list": [var_datasource()] + variables},
-        "annotations": {"list": []},
+        "templating": {"list": [var_datasource()] + scope_variables() + variables},
+        "annotations": {"list": [deploys()]},
         "links": [{"title": "paytrace dashboards", "type": "dashboards", "tags": ["paytrace"], "asDropdown": True}],
         "panels": laid,
     }
@@ -152,23 +250,28 @@ def checkout_overview():
     svc = 'service_name=~"$service_name"'
     panels = [
         row("Service level objectives"),
-        panel("stat", "Error budget remaining",
-              "Share of each SLO's 30-day error budget left (1 = untouched, 0 = spent, below 0 = overspent). From slo:error_budget_remaining:ratio, generated from alerts/slos.yaml.",
+        thresholds(panel("stat", "Error budget remaining",
+              "Share of each SLO's 30-day error budget left (1 = untouched, 0 = spent, below 0 = overspent): red once spent, orange below a quarter. From slo:error_budget_remaining:ratio, generated from alerts/slos.yaml.",
               "percentunit", [("slo:error_budget_remaining:ratio", "{{slo}} {{payment_channel}}")], width=12),
-        panel("timeseries", "Burn rate (1h)",
-              "How fast each SLO spends its budget: 1 = exactly on budget over the period; the fast-burn page fires above 14.4 (with the 5m window agreeing).",
-              "none", [("slo:sli_error:ratio_rate1h / on (slo) group_left () (1 - slo:objective:ratio)", "{{slo}} {{payment_channel}}")], width=12),
-        panel("timeseries", "Checkout availability",
-              "Share of POST /checkout requests at the gateway that did not answer 5xx, against the 99.9% objective.",
+              [("red", None), ("orange", 0), ("green", 0.25)]),
+        thresholds(panel("timeseries", "Burn rate (1h)",
+              "How fast each SLO spends its budget: 1 = exactly on budget over the period; the lines are the slow-burn ticket (6) and the fast-burn page (14.4, with the 5m window agreeing).",
+              "none", [("slo:sli_error:ratio_rate1h / on (cluster, namespace, job, slo) group_left () (1 - slo:objective:ratio)", "{{slo}} {{payment_channel}}")], width=12),
+              [("green", None), ("orange", 6), ("red", 14.4)], line=True),
+        thresholds(panel("timeseries", "Checkout availability",
+              "Share of POST /checkout requests at the gateway that did not answer 5xx; the line is the 99.9% objective.",
               "percentunit", [('1 - slo:sli_error:ratio_rate5m{slo="checkout_availability"}', "5m"),
                               ('1 - slo:sli_error:ratio_rate1h{slo="checkout_availability"}', "1h")]),
-        panel("timeseries", "Checkouts within 2.5 s",
-              "Share of checkouts that completed end to end (stitched across the payment callback) within 2.5 s, against the 99% objective.",
+              [("red", None), ("green", 0.999)], line=True),
+        thresholds(panel("timeseries", "Checkouts within 2.5 s",
+              "Share of checkouts that completed end to end (stitched across the payment callback) within 2.5 s; the line is the 99% objective.",
               "percentunit", [('1 - slo:sli_error:ratio_rate5m{slo="checkout_latency"}', "5m"),
                               ('1 - slo:sli_error:ratio_rate1h{slo="checkout_latency"}', "1h")]),
-        panel("timeseries", "Payment success per channel",
-              "Share of requests to each third-party payment channel that succeeded, against the 99% objective.",
+              [("red", None), ("green", 0.99)], line=True),
+        thresholds(panel("timeseries", "Payment success per channel",
+              "Share of requests to each third-party payment channel that succeeded; the line is the 99% objective.",
               "percentunit", [('1 - slo:sli_error:ratio_rate5m{slo="payment_success"}', "{{payment_channel}}")]),
+              [("red", None), ("green", 0.99)], line=True),
         row("RED per service"),
         panel("timeseries", "Requests per service",
               "Requests per second each service answers (http_server_request_duration_seconds_count).",
@@ -278,9 +381,11 @@ def tcc():
               "Age of the oldest tried branch per participant; the frozen-branch alert fires past 15 minutes.",
               "s", [(f"max by (service_name, resource) (paytrace_tcc_pending_oldest_seconds{{{res}}})", "{{service_name}} {{resource}}")]),
         panel("timeseries", "Unfinished transactions",
-              "Global transactions the aggregator sees with a branch tried and no phase two anywhere past its TCC timeout, and the oldest one's age.",
-              "short", [("sum(paytrace_tcc_transactions_unfinished)", "unfinished"),
-                        ("max(paytrace_tcc_unfinished_oldest_seconds)", "oldest (s)")]),
+              "Global transactions the aggregator sees with a branch tried and no phase two anywhere past its TCC timeout.",
+              "short", [("sum(paytrace_tcc_transactions_unfinished)", "unfinished")], width=4),
+        panel("timeseries", "Oldest unfinished transaction",
+              "Age of the oldest waiting Try among the unfinished transactions (0 when none).",
+              "s", [("max(paytrace_tcc_unfinished_oldest_seconds)", "oldest")], width=4),
     ]
     return dashboard("paytrace-tcc", "paytrace / TCC",
                      "TCC phases, anomalies at the participants and across services, pending and frozen branches, unfinished transactions.",
@@ -324,13 +429,13 @@ def use():
         row("Process"),
         panel("timeseries", "Process CPU",
               "CPU seconds per second each service process uses (1 = one core).",
-              "percentunit", [(f"rate(process_cpu_seconds_total[{RATE}]) * on (job, instance) group_left (service_name) max by (job, instance, service_name) (paytrace_build_info{{{svc}}})", "{{service_name}}")]),
+              "percentunit", [(f"rate(process_cpu_seconds_total[{RATE}]) * on (cluster, namespace, job, instance) group_left (service_name) max by (cluster, namespace, job, instance, service_name) (paytrace_build_info{{{svc}}})", "{{service_name}}")]),
         panel("timeseries", "Process resident memory",
               "Resident memory of each service process.",
-              "bytes", [(f"process_resident_memory_bytes * on (job, instance) group_left (service_name) max by (job, instance, service_name) (paytrace_build_info{{{svc}}})", "{{service_name}}")]),
+              "bytes", [(f"process_resident_memory_bytes * on (cluster, namespace, job, instance) group_left (service_name) max by (cluster, namespace, job, instance, service_name) (paytrace_build_info{{{svc}}})", "{{service_name}}")]),
         panel("timeseries", "Open file descriptors",
               "Open file descriptors of each service process over its limit.",
-              "percentunit", [(f"process_open_fds / process_max_fds * on (job, instance) group_left (service_name) max by (job, instance, service_name) (paytrace_build_info{{{svc}}})", "{{service_name}}")]),
+              "percentunit", [(f"process_open_fds / process_max_fds * on (cluster, namespace, job, instance) group_left (service_name) max by (cluster, namespace, job, instance, service_name) (paytrace_build_info{{{svc}}})", "{{service_name}}")]),
         row("Host"),
         panel("timeseries", "CPU utilisation",
               "Share of CPU time not idle, per host (node_exporter).",

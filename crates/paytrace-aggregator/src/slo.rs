@@ -2,10 +2,16 @@
 //! recording and alerting rules out (`paytrace-aggregator slo generate`).
 //!
 //! For each SLO and each window (5m, 30m, 1h, 2h, 6h, 1d, 3d and the budget
-//! period) two recording rules, labelled `slo="<name>"` and kept per the
-//! SLO's `by` labels:
+//! period) two recording rules, labelled `slo="<name>"` and kept per
+//! `cluster`, `namespace`, `job` and the SLO's `by` labels:
 //! - `slo:requests:rate<w>`: events per second;
 //! - `slo:sli_error:ratio_rate<w>`: the share of bad events;
+//!
+//! The short windows (to 6h) read the raw series, in a group evaluated every
+//! 30 s; the long ones (1d, 3d, the period) sum the recorded 5-minute rates
+//! (`slo:sli_errors:rate5m` over `slo:requests:rate5m`, Sloth's method
+//! weighted by traffic) in a group evaluated every 5 minutes, instead of a
+//! `rate()` over days of every raw series (BENCHMARKS.md has the cost).
 //!
 //! and `slo:objective:ratio`, `slo:error_budget_remaining:ratio` (1 = untouched,
 //! 0 = spent, below 0 = overspent over the period). Two alerts per SLO, as in
@@ -212,7 +218,17 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
 }
 
 /// The windows: (label suffix, range), short to long.
-const WINDOWS: [&str; 7] = ["5m", "30m", "1h", "2h", "6h", "1d", "3d"];
+/// Windows computed from the raw series, evaluated every 30 s.
+const SHORT_WINDOWS: [&str; 5] = ["5m", "30m", "1h", "2h", "6h"];
+/// Windows computed from the recorded 5-minute series (Sloth's method, but
+/// weighted by traffic: errors summed over requests summed), evaluated
+/// every 5 minutes: a `rate()` over days of raw counters reads every sample
+/// of every raw series, this reads one recorded series.
+const LONG_WINDOWS: [&str; 2] = ["1d", "3d"];
+/// How often the short windows and the alerts are evaluated.
+const SHORT_INTERVAL: &str = "30s";
+/// How often the long windows are evaluated.
+const LONG_INTERVAL: &str = "5m";
 
 /// (tier, severity, for, [(long, short, factor)], traffic window)
 type Tier = (
@@ -356,6 +372,7 @@ struct RuleFile {
 #[derive(Serialize)]
 struct Group {
     name: String,
+    interval: &'static str,
     rules: Vec<Rule>,
 }
 
@@ -399,7 +416,7 @@ pub fn generate(spec: &Spec) -> Result<String, SpecError> {
                 problem: "two SLOs have this name".to_owned(),
             });
         }
-        groups.push(slo_group(slo, &spec.runbook_base, &spec.selector));
+        groups.extend(slo_groups(slo, &spec.runbook_base, &spec.selector));
     }
     let yaml = serde_yaml_ng::to_string(&RuleFile { groups })
         .map_err(|e| SpecError::Parse(e.to_string()))?;
@@ -411,7 +428,7 @@ pub fn generate(spec: &Spec) -> Result<String, SpecError> {
 /// scrapes several environments) without mixing them.
 pub const KEPT_LABELS: [&str; 3] = ["cluster", "namespace", "job"];
 
-fn slo_group(slo: &Slo, runbook_base: &str, global_selector: &str) -> Group {
+fn slo_groups(slo: &Slo, runbook_base: &str, global_selector: &str) -> [Group; 2] {
     let by = KEPT_LABELS
         .iter()
         .map(|l| (*l).to_owned())
@@ -426,13 +443,13 @@ fn slo_group(slo: &Slo, runbook_base: &str, global_selector: &str) -> Group {
         l.join(", ")
     };
     let period = period_label(slo.period);
+    let sel = format!(
+        "{{{}}}",
+        join(global_selector, &format!("slo=\"{}\"", slo.name))
+    );
     let mut rules = Vec::new();
-    let mut windows: Vec<String> = WINDOWS.iter().map(|w| (*w).to_owned()).collect();
-    if !windows.contains(&period) {
-        windows.push(period.clone());
-    }
-    for w in &windows {
-        let (total, bad_ratio) = match &slo.sli {
+    for w in SHORT_WINDOWS {
+        let (total, bad, bad_ratio) = match &slo.sli {
             Sli::Errors {
                 metric,
                 selector,
@@ -441,7 +458,7 @@ fn slo_group(slo: &Slo, runbook_base: &str, global_selector: &str) -> Group {
                 let selector = join(global_selector, selector);
                 let total = sum(format!("rate({metric}{{{selector}}}[{w}])"));
                 let bad = sum(format!("rate({metric}{{{}}}[{w}])", join(&selector, bad)));
-                (total.clone(), format!("{bad} / {total}"))
+                (total.clone(), bad.clone(), format!("{bad} / {total}"))
             }
             Sli::Latency {
                 histogram,
@@ -456,21 +473,44 @@ fn slo_group(slo: &Slo, runbook_base: &str, global_selector: &str) -> Group {
                     "rate({histogram}_bucket{{{}}}[{w}])",
                     join(&join(global_selector, selector), &le_matcher(*threshold))
                 ));
-                (total.clone(), format!("1 - {good} / {total}"))
+                (
+                    total.clone(),
+                    format!("{total} - {good}"),
+                    format!("1 - {good} / {total}"),
+                )
             }
         };
         rules.push(record(format!("slo:requests:rate{w}"), total, &slo.name));
+        if w == "5m" {
+            // Bad events per second: what the long windows sum.
+            rules.push(record("slo:sli_errors:rate5m".to_owned(), bad, &slo.name));
+        }
         rules.push(record(
             format!("slo:sli_error:ratio_rate{w}"),
             bad_ratio,
             &slo.name,
         ));
     }
+    let mut long_windows: Vec<String> = LONG_WINDOWS.iter().map(|w| (*w).to_owned()).collect();
+    if !long_windows.contains(&period) && !SHORT_WINDOWS.contains(&period.as_str()) {
+        long_windows.push(period.clone());
+    }
+    let mut long = Vec::new();
+    for w in &long_windows {
+        long.push(record(
+            format!("slo:requests:rate{w}"),
+            format!("avg_over_time(slo:requests:rate5m{sel}[{w}])"),
+            &slo.name,
+        ));
+        long.push(record(
+            format!("slo:sli_error:ratio_rate{w}"),
+            format!(
+                "sum_over_time(slo:sli_errors:rate5m{sel}[{w}]) / sum_over_time(slo:requests:rate5m{sel}[{w}])"
+            ),
+            &slo.name,
+        ));
+    }
     let budget = 1.0 - slo.objective;
-    let sel = format!(
-        "{{{}}}",
-        join(global_selector, &format!("slo=\"{}\"", slo.name))
-    );
     rules.push(record(
         "slo:objective:ratio".to_owned(),
         format!("vector({})", number(slo.objective)),
@@ -571,10 +611,18 @@ fn slo_group(slo: &Slo, runbook_base: &str, global_selector: &str) -> Group {
             annotations,
         });
     }
-    Group {
-        name: format!("slo:{}", slo.name),
-        rules,
-    }
+    [
+        Group {
+            name: format!("slo:{}", slo.name),
+            interval: SHORT_INTERVAL,
+            rules,
+        },
+        Group {
+            name: format!("slo:{}:long", slo.name),
+            interval: LONG_INTERVAL,
+            rules: long,
+        },
+    ]
 }
 
 /// The alert names `spec` generates, in order.

@@ -175,40 +175,6 @@ fn spec() -> paytrace_aggregator::slo::Spec {
     paytrace_aggregator::slo::parse(&text).expect("a valid spec")
 }
 
-/// Every vector selector in `expr` (matchers as `name op value`).
-fn selectors(expr: &str) -> Vec<Vec<String>> {
-    use promql_parser::parser::{Expr, parse};
-    fn walk(e: &Expr, out: &mut Vec<Vec<String>>) {
-        match e {
-            Expr::VectorSelector(v) => {
-                out.push(v.matchers.matchers.iter().map(|m| m.to_string()).collect())
-            }
-            Expr::MatrixSelector(m) => walk(&Expr::VectorSelector(m.vs.clone()), out),
-            Expr::Aggregate(a) => {
-                walk(&a.expr, out);
-                if let Some(p) = &a.param {
-                    walk(p, out);
-                }
-            }
-            Expr::Unary(u) => walk(&u.expr, out),
-            Expr::Binary(b) => {
-                walk(&b.lhs, out);
-                walk(&b.rhs, out);
-            }
-            Expr::Paren(p) => walk(&p.expr, out),
-            Expr::Subquery(s) => walk(&s.expr, out),
-            Expr::Call(c) => c.args.args.iter().for_each(|a| walk(a, out)),
-            Expr::Extension(_) | Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk(
-        &parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}")),
-        &mut out,
-    );
-    out
-}
-
 #[test]
 fn the_spec_selector_reaches_every_metric_selector_of_every_rule() {
     let dir = std::env::temp_dir().join(format!("paytrace-selector-{}", std::process::id()));
@@ -228,7 +194,7 @@ fn the_spec_selector_reaches_every_metric_selector_of_every_rule() {
         for group in doc["groups"].as_sequence().into_iter().flatten() {
             for rule in group["rules"].as_sequence().into_iter().flatten() {
                 let expr = text_of(rule, "expr");
-                for matchers in selectors(&expr) {
+                for (_, matchers, _) in selectors(&expr) {
                     checked += 1;
                     assert!(
                         matchers.iter().any(|m| m == r#"job=~"payments-.*""#),

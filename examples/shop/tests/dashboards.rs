@@ -3,7 +3,11 @@
 //! unique panel ids, a grid without overlaps, the `datasource` variable on
 //! every query); every panel titled, described and with a unit; every rate
 //! over `$__rate_interval`; every expression parses; stage panels link to
-//! the aggregator's page.
+//! the aggregator's page; and the rules of Grafana's dashboard-linter,
+//! written out here (the linter itself is not packaged): datasource,
+//! cluster, namespace, job and instance variables that reload on time
+//! change, every selector scoped by them, counters only under a rate, SLO
+//! thresholds and deploy annotations.
 
 mod monitoring;
 
@@ -194,4 +198,118 @@ fn stage_panels_link_to_the_aggregator_page_and_histograms_have_heatmaps() {
         .filter(|p| p["type"] == "heatmap")
         .count();
     assert!(heatmaps >= 3, "stage and end-to-end histograms as heatmaps");
+}
+
+/// Grafana's dashboard-linter rules, in the repository's own words:
+/// template-datasource-rule, template-job-rule, template-instance-rule and
+/// template-on-time-change-reload-rule (the variables), target-job-rule and
+/// target-instance-rule (every selector filtered by them, here with cluster
+/// and namespace too), target-counter-agg-rule (a counter only under a
+/// rate), target-rate-interval-rule (rates over `$__rate_interval`);
+/// and what an SRE expects besides: deploy annotations and SLO thresholds.
+#[test]
+fn every_dashboard_follows_the_dashboard_linter_rules() {
+    let scope = [
+        r#"cluster=~"$cluster""#,
+        r#"namespace=~"$namespace""#,
+        r#"job=~"$job""#,
+        r#"instance=~"$instance""#,
+    ];
+    let mut problems = Vec::new();
+    for (name, doc) in dashboards() {
+        let vars = doc["templating"]["list"].as_array().expect("variables");
+        for wanted in ["datasource", "cluster", "namespace", "job", "instance"] {
+            if !vars.iter().any(|v| v["name"] == wanted) {
+                problems.push(format!("{name}: no {wanted} variable"));
+            }
+        }
+        for v in vars.iter().filter(|v| v["type"] == "query") {
+            if v["refresh"] != 2 {
+                problems.push(format!(
+                    "{name}: variable {} does not reload on time change",
+                    v["name"]
+                ));
+            }
+        }
+        let annotations = doc["annotations"]["list"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !annotations.iter().any(|a| {
+            a["expr"]
+                .as_str()
+                .is_some_and(|e| e.contains("paytrace_build_info"))
+        }) {
+            problems.push(format!(
+                "{name}: no deploy annotation from paytrace_build_info"
+            ));
+        }
+        let mut queries: Vec<(String, String)> = annotations
+            .iter()
+            .filter_map(|a| {
+                Some((
+                    format!("annotation {}", a["name"]),
+                    a["expr"].as_str()?.to_owned(),
+                ))
+            })
+            .collect();
+        for p in panels(&doc) {
+            queries.extend(
+                exprs(p)
+                    .into_iter()
+                    .map(|e| (format!("panel {}", p["title"]), e)),
+            );
+        }
+        for (at, expr) in queries {
+            if expr.contains("rate(") && !expr.contains("$__rate_interval") {
+                problems.push(format!("{name} {at}: a rate not over $__rate_interval"));
+            }
+            let parsed = selectors(&expr.replace("$__rate_interval", "5m"));
+            for (metric, matchers, in_rate) in parsed {
+                for s in scope {
+                    if !matchers.iter().any(|m| m == s) {
+                        problems.push(format!("{name} {at}: {metric} is not filtered by {s}"));
+                    }
+                }
+                let counter = ["_total", "_count", "_sum", "_bucket"]
+                    .iter()
+                    .any(|x| metric.ends_with(x));
+                if counter && !in_rate {
+                    problems.push(format!(
+                        "{name} {at}: the counter {metric} is read without a rate"
+                    ));
+                }
+            }
+        }
+    }
+    // The SLO panels show their objective, and the budget turns red when spent.
+    let (_, overview) = dashboards()
+        .into_iter()
+        .find(|(n, _)| n == "checkout-overview.json")
+        .expect("the checkout overview");
+    let panel = |title: &str| {
+        panels(&overview)
+            .into_iter()
+            .find(|p| p["title"] == title)
+            .cloned()
+            .unwrap_or_else(|| panic!("no panel {title}"))
+    };
+    let steps = |p: &Value| {
+        p["fieldConfig"]["defaults"]["thresholds"]["steps"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let budget = steps(&panel("Error budget remaining"));
+    assert!(
+        budget.first().is_some_and(|s| s["color"] == "red")
+            && budget.iter().any(|s| s["value"] == 0),
+        "the error budget is red below 0: {budget:?}"
+    );
+    let availability = steps(&panel("Checkout availability"));
+    assert!(
+        availability.iter().any(|s| s["value"] == 0.999),
+        "the 99.9% line: {availability:?}"
+    );
+    assert!(problems.is_empty(), "{problems:#?}");
 }

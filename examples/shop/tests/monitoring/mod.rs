@@ -200,3 +200,50 @@ pub(crate) fn drill_rules(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// Every vector selector in the PromQL `expr`: its metric name, its
+/// matchers (as `name op "value"`), and whether it sits inside a function
+/// that turns a counter into a rate (`rate`, `irate`, `increase`, `resets`,
+/// `changes`).
+pub(crate) fn selectors(expr: &str) -> Vec<(String, Vec<String>, bool)> {
+    use promql_parser::parser::{Expr, parse};
+    fn walk(e: &Expr, in_rate: bool, out: &mut Vec<(String, Vec<String>, bool)>) {
+        match e {
+            Expr::VectorSelector(v) => out.push((
+                v.name.clone().unwrap_or_default(),
+                v.matchers.matchers.iter().map(|m| m.to_string()).collect(),
+                in_rate,
+            )),
+            Expr::MatrixSelector(m) => walk(&Expr::VectorSelector(m.vs.clone()), in_rate, out),
+            Expr::Aggregate(a) => {
+                walk(&a.expr, in_rate, out);
+                if let Some(p) = &a.param {
+                    walk(p, in_rate, out);
+                }
+            }
+            Expr::Unary(u) => walk(&u.expr, in_rate, out),
+            Expr::Binary(b) => {
+                walk(&b.lhs, in_rate, out);
+                walk(&b.rhs, in_rate, out);
+            }
+            Expr::Paren(p) => walk(&p.expr, in_rate, out),
+            Expr::Subquery(s) => walk(&s.expr, in_rate, out),
+            Expr::Call(c) => {
+                let rates =
+                    ["rate", "irate", "increase", "resets", "changes"].contains(&c.func.name);
+                c.args
+                    .args
+                    .iter()
+                    .for_each(|a| walk(a, in_rate || rates, out));
+            }
+            Expr::Extension(_) | Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        &parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}")),
+        false,
+        &mut out,
+    );
+    out
+}
