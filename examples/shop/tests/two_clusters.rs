@@ -3,7 +3,9 @@
 //! query over two environments sees), with the shipped rules loaded (every
 //! `for:` shortened, nothing else changed). Every recording rule with data
 //! and every alert that fires keeps the two apart: each series carries its
-//! cluster, and each has a twin in the other cluster.
+//! cluster, and each has a twin in the other cluster. Then the demo stops:
+//! its targets page, in each cluster, through `TargetDown` and
+//! `SloMetricsAbsent` (the families the SLO alerts read are gone).
 //!
 //! Needs `prometheus` (Debian package).
 
@@ -135,7 +137,7 @@ fn every_recording_rule_and_alert_keeps_two_clusters_apart() {
         .filter_map(|(_, r)| r.get("record").and_then(|r| r.as_str()).map(str::to_owned))
         .collect();
 
-    let _demo = spawn(
+    let demo = spawn(
         env!("CARGO_BIN_EXE_paytrace-demo"),
         &[
             "--duration".into(),
@@ -199,7 +201,43 @@ fn every_recording_rule_and_alert_keeps_two_clusters_apart() {
             return (with_data, problems, names.into_iter().collect::<Vec<_>>());
         }
     });
+    // The targets stop: the missing-data alerts fire in both clusters.
+    drop(demo);
+    let missing = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let alerts = firing(&client).await;
+            let fired = |name: &str| -> BTreeSet<String> {
+                alerts
+                    .iter()
+                    .filter(|a| {
+                        a["labels"]["alertname"] == name && a["labels"]["severity"] == "critical"
+                    })
+                    .filter_map(|a| a["labels"]["cluster"].as_str().map(str::to_owned))
+                    .collect()
+            };
+            let (down, absent) = (fired("TargetDown"), fired("SloMetricsAbsent"));
+            let both: BTreeSet<String> = ["a", "b"].iter().map(|c| (*c).to_owned()).collect();
+            if (down == both && absent == both) || Instant::now() > deadline {
+                return (down, absent);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
     let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        missing.0.len(),
+        2,
+        "TargetDown pages in both clusters: {:?}",
+        missing.0
+    );
+    assert_eq!(
+        missing.1.len(),
+        2,
+        "SloMetricsAbsent pages in both clusters: {:?}",
+        missing.1
+    );
     assert!(
         alerts.iter().any(|a| a == "PaymentSuccessBurnRateFast"),
         "the channel outage fires its page in both clusters: {alerts:?}"
