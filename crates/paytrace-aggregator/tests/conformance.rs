@@ -87,17 +87,7 @@ impl Aggregator {
     }
 
     async fn metric(&self, line_prefix: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.api))
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .find(|l| l.starts_with(line_prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        paytrace_testkit::scrape_value(&format!("{}/metrics", self.api), line_prefix).await
     }
 
     /// Polls the breakdown of `flow` until it holds `n` instances.

@@ -47,17 +47,7 @@ fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
 }
 
 async fn metric(running: &Running, line_prefix: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", running.listen))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    paytrace_testkit::scrape_value(&format!("http://{}/metrics", running.listen), line_prefix).await
 }
 
 async fn post(

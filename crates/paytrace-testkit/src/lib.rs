@@ -7,6 +7,7 @@
 //! - [`RedisServer`]: a throwaway `redis-server` on a free loopback port.
 //! - [`post_otlp_json`]: an OTLP/HTTP JSON request, as an SDK sends it.
 //! - [`free_port`]: a loopback port nobody listens on.
+//! - [`scrape_value`]: one sample of a `/metrics` page.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -133,4 +134,35 @@ pub async fn post_otlp_json(otlp_http: SocketAddr, body: &serde_json::Value) {
         "the OTLP/HTTP receiver answered {}",
         response.status()
     );
+}
+
+/// The value of the first sample of the `/metrics` page at `url` whose line
+/// starts with `line_prefix` (the name and the labels, in the exposition's
+/// order), 0 when there is none.
+///
+/// # Panics
+///
+/// When the page cannot be fetched.
+///
+/// ```no_run
+/// # async fn run() {
+/// let dropped = paytrace_testkit::scrape_value(
+///     "http://127.0.0.1:8686/metrics",
+///     r#"paytrace_aggregator_spans_dropped_total{reason="late"}"#,
+/// ).await;
+/// # }
+/// ```
+pub async fn scrape_value(url: &str, line_prefix: &str) -> f64 {
+    let text = reqwest::get(url)
+        .await
+        .and_then(|r| r.error_for_status())
+        .unwrap_or_else(|e| panic!("cannot scrape {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("cannot read {url}: {e}"));
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }

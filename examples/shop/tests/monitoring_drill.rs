@@ -64,16 +64,8 @@ async fn webhook(
 
 /// Alerts Prometheus holds now, by name, with their state and labels.
 async fn prometheus_alerts(client: &reqwest::Client) -> Vec<Value> {
-    let url = format!("http://127.0.0.1:{PROMETHEUS}/api/v1/alerts");
-    match client.get(url).send().await {
-        Ok(r) => r
-            .json::<Value>()
-            .await
-            .ok()
-            .and_then(|v| v["data"]["alerts"].as_array().cloned())
-            .unwrap_or_default(),
-        Err(_) => Vec::new(),
-    }
+    let data = prometheus_api(client, PROMETHEUS, "alerts").await;
+    data["alerts"].as_array().cloned().unwrap_or_default()
 }
 
 async fn alertmanager_alerts(client: &reqwest::Client) -> Vec<Value> {

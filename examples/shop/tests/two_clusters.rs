@@ -47,39 +47,18 @@ fn prometheus_config(dir: &std::path::Path, rules: &[String]) -> String {
 }
 
 async fn query(client: &reqwest::Client, promql: &str) -> Vec<Value> {
-    let encoded: String = promql
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let url = format!("http://127.0.0.1:{PROMETHEUS}/api/v1/query?query={encoded}");
-    match client.get(url).send().await {
-        Ok(r) => r
-            .json::<Value>()
-            .await
-            .ok()
-            .and_then(|v| v["data"]["result"].as_array().cloned())
-            .unwrap_or_default(),
-        Err(_) => Vec::new(),
-    }
+    let path = format!("query?query={}", url_encoded(promql));
+    let data = prometheus_api(client, PROMETHEUS, &path).await;
+    data["result"].as_array().cloned().unwrap_or_default()
 }
 
 async fn firing(client: &reqwest::Client) -> Vec<Value> {
-    let url = format!("http://127.0.0.1:{PROMETHEUS}/api/v1/alerts");
-    match client.get(url).send().await {
-        Ok(r) => r
-            .json::<Value>()
-            .await
-            .ok()
-            .and_then(|v| v["data"]["alerts"].as_array().cloned())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|a| a["state"] == "firing")
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    let data = prometheus_api(client, PROMETHEUS, "alerts").await;
+    let alerts = data["alerts"].as_array().cloned().unwrap_or_default();
+    alerts
+        .into_iter()
+        .filter(|a| a["state"] == "firing")
+        .collect()
 }
 
 /// A series' labels without `cluster` and `job` (which name the cluster

@@ -247,3 +247,31 @@ pub(crate) fn selectors(expr: &str) -> Vec<(String, Vec<String>, bool)> {
     );
     out
 }
+
+/// `data` of a Prometheus HTTP API answer at `http://127.0.0.1:{port}/api/v1/{path}`
+/// (`alerts`, `query?query=...`), `Null` while Prometheus does not answer.
+pub(crate) async fn prometheus_api(
+    client: &reqwest::Client,
+    port: u16,
+    path: &str,
+) -> serde_json::Value {
+    let url = format!("http://127.0.0.1:{port}/api/v1/{path}");
+    match client.get(url).send().await {
+        Ok(r) => r
+            .json::<serde_json::Value>()
+            .await
+            .map(|v| v["data"].clone())
+            .unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// `s` percent-encoded for a URL query.
+pub(crate) fn url_encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
