@@ -20,9 +20,6 @@
 //!   anomalies.
 //! - [`pipeline`]: the live pipeline; [`receiver`]: OTLP in; [`api`]: JSON out;
 //!   [`page`]: the web page; [`server`]: all of it on sockets.
-//! - [`slo`]: SLOs as code: burn-rate rules generated from a spec;
-//!   [`rules`]: every rule file rendered from templates with the spec's
-//!   selector and runbook base, and as a `PrometheusRule`.
 //! - [`testing`]: builders for hand-made spans.
 
 pub mod analysis;
@@ -36,9 +33,7 @@ pub mod flows;
 pub mod page;
 pub mod pipeline;
 pub mod receiver;
-pub mod rules;
 pub mod server;
-pub mod slo;
 pub mod span;
 pub mod stitch;
 pub mod tcc;

@@ -142,7 +142,7 @@ fn every_expression_parses() {
 #[test]
 fn the_rule_files_are_what_the_templates_and_the_spec_render() {
     let spec = spec();
-    let outputs = paytrace_aggregator::rules::render_set(
+    let outputs = paytrace_slo::render::render_set(
         &repo().join("alerts/slos.yaml"),
         &repo().join("alerts/src"),
         &repo().join("alerts"),
@@ -158,7 +158,7 @@ fn the_rule_files_are_what_the_templates_and_the_spec_render() {
         let shipped = std::fs::read_to_string(path).unwrap_or_default();
         assert!(
             *rendered == shipped,
-            "{} is out of date: run\n  cargo run -p paytrace-aggregator -- rules render alerts/slos.yaml --templates alerts/src --out-dir alerts --prometheus-rule alerts/prometheusrule.yaml",
+            "{} is out of date: run\n  cargo run -p paytrace-slo -- render alerts/slos.yaml --templates alerts/src --out-dir alerts --prometheus-rule alerts/prometheusrule.yaml",
             path.display()
         );
     }
@@ -167,12 +167,12 @@ fn the_rule_files_are_what_the_templates_and_the_spec_render() {
         .filter(|(p, _)| p.ends_with("slo.rules.yml"))
         .map(|(_, a)| text(&a, "alert"))
         .collect();
-    assert_eq!(shipped_alerts, paytrace_aggregator::slo::alert_names(&spec));
+    assert_eq!(shipped_alerts, paytrace_slo::alert_names(&spec));
 }
 
-fn spec() -> paytrace_aggregator::slo::Spec {
+fn spec() -> paytrace_slo::Spec {
     let text = std::fs::read_to_string(repo().join("alerts/slos.yaml")).expect("alerts/slos.yaml");
-    paytrace_aggregator::slo::parse(&text).expect("a valid spec")
+    paytrace_slo::parse(&text).expect("a valid spec")
 }
 
 #[test]
@@ -185,7 +185,7 @@ fn the_spec_selector_reaches_every_metric_selector_of_every_rule() {
     let spec_path = dir.join("slos.yaml");
     std::fs::write(&spec_path, spec_text).expect("spec written");
     let outputs =
-        paytrace_aggregator::rules::render_set(&spec_path, &repo().join("alerts/src"), &dir, None)
+        paytrace_slo::render::render_set(&spec_path, &repo().join("alerts/src"), &dir, None)
             .expect("renders");
     let _ = std::fs::remove_dir_all(&dir);
     let mut checked = 0;
