@@ -72,8 +72,8 @@ impl Overflow {
         match self {
             Self::TraceSpanLimit => paytrace_semconv::aggregator_drop_reason::TRACE_SPAN_LIMIT,
             Self::Late => paytrace_semconv::aggregator_drop_reason::LATE,
-            Self::MaxTraces => "max_traces",
-            Self::MaxBytes => "max_bytes",
+            Self::MaxTraces => paytrace_semconv::eviction_reason::MAX_TRACES,
+            Self::MaxBytes => paytrace_semconv::eviction_reason::MAX_BYTES,
         }
     }
 }

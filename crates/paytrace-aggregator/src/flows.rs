@@ -59,10 +59,7 @@ pub struct FinishedFlow {
     pub flow: Option<Arc<str>>,
 }
 
-/// The reason of a flow whose terminal stage never came.
-pub const TERMINAL_STAGE_MISSING: &str = "terminal_stage_missing";
-/// The reason of a flow pushed out by a full buffer.
-pub const BUFFER_FULL: &str = "buffer_full";
+use paytrace_semconv::incomplete_reason::{BUFFER_FULL, TERMINAL_STAGE_MISSING};
 
 #[derive(Debug)]
 struct Pending {

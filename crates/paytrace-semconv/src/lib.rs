@@ -131,6 +131,12 @@ pub mod attr {
     pub const RPC_METHOD: &str = "rpc.method";
     /// OpenTelemetry RPC semconv: the full service name (`grpc.health.v1.Health`).
     pub const RPC_SERVICE: &str = "rpc.service";
+    /// The name of the span event the TCC fence adds for each phase it judges.
+    pub const TCC_FENCE_EVENT: &str = "tcc.fence";
+    /// On the `tcc.fence` event: what the fence decided (`run`, `skip`, `reject`).
+    pub const TCC_FENCE_DECISION: &str = "tcc.fence.decision";
+    /// On the `tcc.fence` event: the anomaly kind it found, if any.
+    pub const TCC_FENCE_ANOMALY: &str = "tcc.fence.anomaly";
 
     /// Every key above, for consistency checks.
     pub const ALL: &[&str] = &[
@@ -158,6 +164,9 @@ pub mod attr {
         HTTP_STATUS_CODE_LEGACY,
         RPC_METHOD,
         RPC_SERVICE,
+        TCC_FENCE_EVENT,
+        TCC_FENCE_DECISION,
+        TCC_FENCE_ANOMALY,
     ];
 
     /// The keys paytrace reads from and writes to W3C baggage.
@@ -572,6 +581,55 @@ pub mod aggregator_drop_reason {
     pub const TCC_LIMIT: &str = "tcc_limit";
     /// All reasons.
     pub const ALL: &[&str] = &[INVALID, LATE, TRACE_SPAN_LIMIT, TCC_LIMIT];
+}
+
+/// Values of the `reason` label of `paytrace_flows_incomplete_total`: why
+/// the aggregator gave up on a flow instance. Alerts read them.
+///
+/// ```
+/// assert!(paytrace_semconv::incomplete_reason::ALL.contains(&"terminal_stage_missing"));
+/// ```
+pub mod incomplete_reason {
+    /// The flow's terminal stage (checkout: `payment.confirm`) never came
+    /// within `--flow-timeout`: a lost callback, a hung consumer.
+    pub const TERMINAL_STAGE_MISSING: &str = "terminal_stage_missing";
+    /// The flow buffer was full and this, the oldest flow, was pushed out.
+    pub const BUFFER_FULL: &str = "buffer_full";
+    /// All reasons.
+    pub const ALL: &[&str] = &[TERMINAL_STAGE_MISSING, BUFFER_FULL];
+}
+
+/// Values of the `reason` label of `paytrace_aggregator_traces_evicted_total`.
+///
+/// ```
+/// assert_eq!(paytrace_semconv::eviction_reason::ALL, ["max_traces", "max_bytes"]);
+/// ```
+pub mod eviction_reason {
+    /// Too many traces were being assembled.
+    pub const MAX_TRACES: &str = "max_traces";
+    /// The buffered spans took too many bytes.
+    pub const MAX_BYTES: &str = "max_bytes";
+    /// All reasons.
+    pub const ALL: &[&str] = &[MAX_TRACES, MAX_BYTES];
+}
+
+/// Values of the `outcome` label of `paytrace_tcc_phase_total`: what the
+/// fence did with a phase.
+///
+/// ```
+/// assert!(paytrace_semconv::tcc_phase_outcome::ALL.contains(&"skipped"));
+/// ```
+pub mod tcc_phase_outcome {
+    /// The handler ran and succeeded.
+    pub const OK: &str = "ok";
+    /// The handler ran and failed.
+    pub const ERROR: &str = "error";
+    /// The fence answered without running the handler (a repeat, an empty rollback).
+    pub const SKIPPED: &str = "skipped";
+    /// The fence refused the phase (a Try after its Cancel, a Cancel after Confirm).
+    pub const REJECTED: &str = "rejected";
+    /// All outcomes.
+    pub const ALL: &[&str] = &[OK, ERROR, SKIPPED, REJECTED];
 }
 
 /// Values of the `reason` label of `paytrace_aggregator_spans_truncated_total`:

@@ -93,6 +93,18 @@ fn outcomes_match() {
         "Aggregator truncation reasons",
         paytrace_semconv::aggregator_truncation::ALL,
     );
+    assert_same(
+        "Incomplete flow reasons",
+        paytrace_semconv::incomplete_reason::ALL,
+    );
+    assert_same(
+        "Aggregator eviction reasons",
+        paytrace_semconv::eviction_reason::ALL,
+    );
+    assert_same(
+        "TCC phase outcomes",
+        paytrace_semconv::tcc_phase_outcome::ALL,
+    );
 }
 
 #[test]

@@ -593,7 +593,7 @@ impl TccResource {
                 .with_label_values(&[service.name(), resource.as_str(), kind]);
         }
         for phase in [Phase::Try, Phase::Confirm, Phase::Cancel] {
-            for outcome in ["ok", "error", "skipped", "rejected"] {
+            for outcome in paytrace_semconv::tcc_phase_outcome::ALL {
                 f.tcc_phases.with_label_values(&[
                     service.name(),
                     resource.as_str(),
@@ -660,22 +660,26 @@ impl TccResource {
                 paytrace_semconv::attr::TCC_RESOURCE,
                 self.resource.clone(),
             ),
-            opentelemetry::KeyValue::new("tcc.fence.decision", decision_name),
+            opentelemetry::KeyValue::new(paytrace_semconv::attr::TCC_FENCE_DECISION, decision_name),
         ];
         if let Some(a) = anomaly {
             attributes.push(opentelemetry::KeyValue::new(
-                "tcc.fence.anomaly",
+                paytrace_semconv::attr::TCC_FENCE_ANOMALY,
                 a.as_str(),
             ));
         }
-        tracing::Span::current().add_event("tcc.fence", attributes);
+        tracing::Span::current().add_event(paytrace_semconv::attr::TCC_FENCE_EVENT, attributes);
         match decision {
             Decision::Skip(a) => {
-                f.tcc_phases.with_label_values(&labels("skipped")).inc();
+                f.tcc_phases
+                    .with_label_values(&labels(paytrace_semconv::tcc_phase_outcome::SKIPPED))
+                    .inc();
                 Ok(BranchOutcome::Skipped(a))
             }
             Decision::Reject(a) => {
-                f.tcc_phases.with_label_values(&labels("rejected")).inc();
+                f.tcc_phases
+                    .with_label_values(&labels(paytrace_semconv::tcc_phase_outcome::REJECTED))
+                    .inc();
                 Err(BranchError::Rejected(a))
             }
             Decision::Run => {
@@ -683,7 +687,11 @@ impl TccResource {
                 if let Err(e) = self.fence.finish(branch, phase, result.is_ok()).await {
                     tracing::warn!(error = %e, "the TCC fence could not record the handler's result");
                 }
-                let outcome = if result.is_ok() { "ok" } else { "error" };
+                let outcome = if result.is_ok() {
+                    paytrace_semconv::tcc_phase_outcome::OK
+                } else {
+                    paytrace_semconv::tcc_phase_outcome::ERROR
+                };
                 f.tcc_phases.with_label_values(&labels(outcome)).inc();
                 result.map(BranchOutcome::Ran).map_err(BranchError::Handler)
             }
