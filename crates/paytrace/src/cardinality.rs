@@ -110,7 +110,7 @@ impl LabelGuard {
     /// [`OVERFLOW_LABEL_VALUE`] and counts the overflow).
     pub(crate) fn admit<'a>(&self, value: &'a str) -> Option<&'a str> {
         {
-            let seen = self.seen.read().unwrap_or_else(|e| e.into_inner());
+            let seen = crate::sync::read(&self.seen);
             if seen.contains(value) {
                 return Some(value);
             }
@@ -118,7 +118,7 @@ impl LabelGuard {
                 return None;
             }
         }
-        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        let mut seen = crate::sync::write(&self.seen);
         if seen.contains(value) {
             return Some(value);
         }

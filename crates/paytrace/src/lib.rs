@@ -72,6 +72,7 @@ mod resource;
 mod server;
 mod service;
 mod stage;
+mod sync;
 pub mod tcc;
 #[cfg(feature = "redis")]
 mod tcc_redis;

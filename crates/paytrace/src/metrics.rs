@@ -450,10 +450,7 @@ impl SampledGauges {
 
     pub(crate) fn add(&self, sampler: Box<dyn Sampler>) {
         sampler.sample(self);
-        self.samplers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(sampler);
+        crate::sync::lock(&self.samplers).push(sampler);
     }
 
     fn collectors(&self) -> [&dyn Collector; 7] {
@@ -481,11 +478,7 @@ impl Collector for SampledCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        self.0
-            .samplers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|s| s.sample(&self.0));
+        crate::sync::lock(&self.0.samplers).retain(|s| s.sample(&self.0));
         self.0
             .collectors()
             .into_iter()

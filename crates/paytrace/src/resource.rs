@@ -311,7 +311,7 @@ struct QueueShared {
 
 impl QueueShared {
     fn times(&self) -> std::sync::MutexGuard<'_, VecDeque<Instant>> {
-        self.enqueued_at.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.enqueued_at)
     }
 }
 
@@ -414,7 +414,7 @@ impl RuntimeSampler {
 impl Sampler for RuntimeSampler {
     fn sample(&self, gauges: &SampledGauges) -> bool {
         let sample = {
-            let mut intervals = self.intervals.lock().unwrap_or_else(|e| e.into_inner());
+            let mut intervals = crate::sync::lock(&self.intervals);
             intervals.next()
         };
         let Some(m) = sample else {

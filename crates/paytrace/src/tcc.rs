@@ -274,7 +274,7 @@ impl MemoryFence {
         phase: Phase,
         now: Instant,
     ) -> Result<Decision, FenceError> {
-        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut records = crate::sync::lock(&self.records);
         let previous = records.get(key).copied();
         if previous.is_none() && records.len() >= self.max_records {
             self.expire(&mut records, now);
@@ -303,10 +303,7 @@ impl MemoryFence {
             _ => {}
         }
         if decision == Decision::Run {
-            self.before_run
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert((key.clone(), phase), previous);
+            crate::sync::lock(&self.before_run).insert((key.clone(), phase), previous);
         }
         Ok(decision)
     }
@@ -314,18 +311,14 @@ impl MemoryFence {
     /// Completes a [`Decision::Run`]: when the business handler failed, the
     /// branch goes back to the state it had, so a retry runs it again.
     pub fn finish(&self, key: &BranchKey, phase: Phase, succeeded: bool) {
-        let previous = self
-            .before_run
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(key.clone(), phase));
+        let previous = crate::sync::lock(&self.before_run).remove(&(key.clone(), phase));
         if succeeded {
             return;
         }
         let Some(previous) = previous else {
             return;
         };
-        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut records = crate::sync::lock(&self.records);
         match previous {
             Some(r) => {
                 records.insert(key.clone(), r);
@@ -338,16 +331,12 @@ impl MemoryFence {
 
     /// The state of `key`, if recorded.
     pub fn state(&self, key: &BranchKey) -> Option<BranchState> {
-        self.records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .map(|r| r.state)
+        crate::sync::lock(&self.records).get(key).map(|r| r.state)
     }
 
     /// Tried branches waiting for phase two, and the age of the oldest.
     pub fn pending(&self, now: Instant) -> (usize, Duration) {
-        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let records = crate::sync::lock(&self.records);
         let tried = records.values().filter(|r| r.state == BranchState::Tried);
         let (count, oldest) = tried.fold((0, None::<Instant>), |(n, oldest), r| {
             (n + 1, Some(oldest.map_or(r.since, |o| o.min(r.since))))
@@ -360,7 +349,7 @@ impl MemoryFence {
 
     /// Drops finished records older than the retention period; returns how many.
     pub fn clean(&self, now: Instant) -> usize {
-        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut records = crate::sync::lock(&self.records);
         let before = records.len();
         self.expire(&mut records, now);
         before - records.len()

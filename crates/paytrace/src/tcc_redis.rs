@@ -157,7 +157,7 @@ impl RedisFence {
             .await
             .map_err(store_error)?;
         if swapped == 1 {
-            *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = (
+            *crate::sync::lock(&self.pending) = (
                 usize::try_from(pending).unwrap_or(0),
                 oldest.parse::<f64>().ok().map(|v| v as u64),
             );
@@ -183,9 +183,7 @@ impl FenceStore for RedisFence {
                 }
                 if self.swap(key, previous, next).await? {
                     if decision == Decision::Run {
-                        self.before_run
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
+                        crate::sync::lock(&self.before_run)
                             .insert((key.clone(), phase), (previous, next));
                     }
                     return Ok(decision);
@@ -205,11 +203,7 @@ impl FenceStore for RedisFence {
         succeeded: bool,
     ) -> BoxFuture<'a, Result<(), FenceError>> {
         Box::pin(async move {
-            let recorded = self
-                .before_run
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&(key.clone(), phase));
+            let recorded = crate::sync::lock(&self.before_run).remove(&(key.clone(), phase));
             if let (false, Some((previous, set))) = (succeeded, recorded) {
                 // Only undo our own transition.
                 self.swap(key, set, previous).await?;
@@ -219,7 +213,7 @@ impl FenceStore for RedisFence {
     }
 
     fn pending_now(&self) -> (usize, Duration) {
-        let (count, oldest) = *self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let (count, oldest) = *crate::sync::lock(&self.pending);
         let age = oldest.map_or(Duration::ZERO, |ms| {
             Duration::from_millis(now_ms().saturating_sub(ms))
         });
