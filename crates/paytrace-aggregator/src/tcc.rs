@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paytrace_semconv::{outcome, tcc as names};
+use paytrace_tcc::{BranchState, Phase};
 use serde::Serialize;
 
 use crate::span::{Span, SpanId, TraceId};
@@ -75,33 +76,6 @@ impl Default for TccSettings {
             max_listed: 1_000,
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Phase {
-    Try,
-    Confirm,
-    Cancel,
-}
-
-impl Phase {
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            names::PHASE_TRY => Some(Self::Try),
-            names::PHASE_CONFIRM => Some(Self::Confirm),
-            names::PHASE_CANCEL => Some(Self::Cancel),
-            _ => None,
-        }
-    }
-}
-
-/// A branch's state in the replay: the fence's states.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Tried,
-    Confirmed,
-    Cancelled,
-    RolledBackEmpty,
 }
 
 #[derive(Clone, Debug)]
@@ -260,12 +234,12 @@ impl TccTracker {
         let Some(xid) = t.xid.clone().filter(|x| !x.trim().is_empty()) else {
             return malformed("no tcc.xid");
         };
-        let decision = match t.decision.as_deref().map(Phase::parse) {
+        let decision = match t.decision.as_deref().map(|p| p.parse::<Phase>().ok()) {
             None => None,
             Some(Some(p @ (Phase::Confirm | Phase::Cancel))) => Some(p),
             Some(_) => return malformed("tcc.decision is neither confirm nor cancel"),
         };
-        let phase = match t.phase.as_deref().map(Phase::parse) {
+        let phase = match t.phase.as_deref().map(|p| p.parse::<Phase>().ok()) {
             None => None,
             Some(Some(p)) => Some(p),
             Some(None) => return malformed("tcc.phase is not try, confirm or cancel"),
@@ -501,66 +475,24 @@ fn replay_branch(
     found: &mut Vec<GlobalAnomaly>,
 ) -> Option<Pending> {
     use names::*;
-    let mut state: Option<State> = None;
-    let mut try_failed = false;
+    let mut branch = paytrace_tcc::Branch::default();
     // The span that set the current state, to name it next to an anomaly.
     let mut cause: Option<TraceId> = None;
     let mut tried: Option<(u64, TraceId)> = None;
     for o in obs.iter_mut() {
-        let mut kinds: [Option<&'static str>; 2] = [None, None];
-        let mut ran = false;
-        match (o.phase, state) {
-            (Phase::Try, None) => {
-                if o.ok {
-                    state = Some(State::Tried);
-                    tried = Some((o.end_ns, o.trace_id));
-                    cause = Some(o.trace_id);
-                } else {
-                    try_failed = true;
-                }
-            }
-            (Phase::Try, Some(State::Tried | State::Confirmed)) => {}
-            (Phase::Try, Some(State::Cancelled | State::RolledBackEmpty)) => {
-                kinds[0] = Some(HANGING_TRY);
-            }
-            (Phase::Confirm, None) => kinds[0] = Some(CONFIRM_WITHOUT_TRY),
-            (Phase::Confirm, Some(State::Tried)) => ran = o.ok,
-            (Phase::Confirm, Some(State::Confirmed)) => kinds[0] = Some(DUPLICATE_CONFIRM),
-            (Phase::Confirm, Some(State::Cancelled | State::RolledBackEmpty)) => {
-                kinds[0] = Some(CONFIRM_AFTER_CANCEL);
-                // A participant without a fence that confirms anyway.
-                ran = o.ok && state == Some(State::Cancelled);
-            }
-            (Phase::Cancel, None) => {
-                if try_failed {
-                    // A failed Try compensated: what Cancel is for.
-                    ran = o.ok;
-                } else {
-                    kinds[0] = Some(EMPTY_ROLLBACK);
-                    if o.ok {
-                        state = Some(State::RolledBackEmpty);
-                        cause = Some(o.trace_id);
-                    }
-                }
-            }
-            (Phase::Cancel, Some(State::Tried)) => ran = o.ok,
-            (Phase::Cancel, Some(State::Confirmed)) => {
-                kinds[0] = Some(CANCEL_AFTER_CONFIRM);
-                ran = o.ok;
-            }
-            (Phase::Cancel, Some(State::Cancelled | State::RolledBackEmpty)) => {
-                kinds[0] = Some(DUPLICATE_CANCEL);
+        let before = branch.state;
+        let seen = paytrace_tcc::observe(&mut branch, o.phase, o.ok);
+        let mut kinds: [Option<&'static str>; 2] = [seen.anomaly.map(|a| a.as_str()), None];
+        let ran = seen.took_effect;
+        if before.is_none() && branch.state.is_some() {
+            // A Try that took, or an empty rollback: the span to name.
+            cause = Some(o.trace_id);
+            if branch.state == Some(BranchState::Tried) {
+                tried = Some((o.end_ns, o.trace_id));
             }
         }
-        if ran {
-            state = Some(if o.phase == Phase::Confirm {
-                State::Confirmed
-            } else {
-                State::Cancelled
-            });
-            if decision.is_some_and(|d| d.phase != o.phase) {
-                kinds[1] = Some(DECISION_VIOLATED);
-            }
+        if ran && decision.is_some_and(|d| d.phase != o.phase) {
+            kinds[1] = Some(DECISION_VIOLATED);
         }
         for kind in kinds.into_iter().flatten() {
             if o.reported & bit(kind) != 0 {
@@ -592,8 +524,8 @@ fn replay_branch(
         }
     }
     let first = obs.first()?;
-    match (state, tried) {
-        (Some(State::Tried), Some((tried_end_ns, trace_id))) => Some(Pending {
+    match (branch.state, tried) {
+        (Some(BranchState::Tried), Some((tried_end_ns, trace_id))) => Some(Pending {
             branch: first.branch.clone(),
             resource: first.resource.clone(),
             tried_end_ns,

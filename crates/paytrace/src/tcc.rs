@@ -12,136 +12,19 @@
 //!
 //! The business handler runs only on **run**. If it then fails, the branch
 //! goes back to the state it had, so the coordinator's retry can run it again.
+//!
+//! The phases, states, anomaly kinds and this table ([`decide`]) live in the
+//! `paytrace-tcc` crate, which the aggregator's replay of participants
+//! without a fence follows too.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use paytrace_semconv::tcc as names;
-
 #[cfg(feature = "redis")]
 pub use crate::tcc_redis::RedisFence;
 
-/// A TCC phase.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Phase {
-    /// Reserve.
-    Try,
-    /// Commit the reservation.
-    Confirm,
-    /// Release the reservation.
-    Cancel,
-}
-
-impl Phase {
-    /// The `phase` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Try => names::PHASE_TRY,
-            Self::Confirm => names::PHASE_CONFIRM,
-            Self::Cancel => names::PHASE_CANCEL,
-        }
-    }
-}
-
-/// What the fence knows of a branch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BranchState {
-    /// Tried; waiting for Confirm or Cancel: its resources are frozen.
-    Tried,
-    /// Confirmed.
-    Confirmed,
-    /// Cancelled after a Try.
-    Cancelled,
-    /// Cancelled before any Try arrived; a later Try is refused.
-    RolledBackEmpty,
-}
-
-impl BranchState {
-    /// Whether phase two has happened (the record may be cleaned up later).
-    pub fn is_finished(self) -> bool {
-        !matches!(self, Self::Tried)
-    }
-}
-
-/// A TCC anomaly the fence detected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Anomaly {
-    /// A Cancel arrived for a branch whose Try never did.
-    EmptyRollback,
-    /// A Try arrived after its branch was cancelled.
-    HangingTry,
-    /// A Cancel arrived after the branch was confirmed.
-    CancelAfterConfirm,
-    /// A Confirm arrived after the branch was cancelled.
-    ConfirmAfterCancel,
-    /// A repeated Confirm.
-    DuplicateConfirm,
-    /// A repeated Cancel.
-    DuplicateCancel,
-    /// A Confirm arrived for a branch that was never tried.
-    ConfirmWithoutTry,
-}
-
-impl Anomaly {
-    /// The `kind` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::EmptyRollback => names::EMPTY_ROLLBACK,
-            Self::HangingTry => names::HANGING_TRY,
-            Self::CancelAfterConfirm => names::CANCEL_AFTER_CONFIRM,
-            Self::ConfirmAfterCancel => names::CONFIRM_AFTER_CANCEL,
-            Self::DuplicateConfirm => names::DUPLICATE_CONFIRM,
-            Self::DuplicateCancel => names::DUPLICATE_CANCEL,
-            Self::ConfirmWithoutTry => names::CONFIRM_WITHOUT_TRY,
-        }
-    }
-}
-
-/// The fence's decision on one phase call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Run the business handler.
-    Run,
-    /// Do not run it, and answer success (a repeat, or an empty rollback).
-    Skip(Option<Anomaly>),
-    /// Do not run it, and answer failure.
-    Reject(Anomaly),
-}
-
-/// The transition table: the decision for `phase` on a branch in `state`,
-/// and the state it leaves (before the business handler runs).
-///
-/// ```
-/// use paytrace::tcc::{Anomaly, BranchState, Decision, Phase, decide};
-/// assert_eq!(decide(None, Phase::Try), (Decision::Run, Some(BranchState::Tried)));
-/// assert_eq!(
-///     decide(Some(BranchState::Confirmed), Phase::Cancel),
-///     (Decision::Reject(Anomaly::CancelAfterConfirm), Some(BranchState::Confirmed)),
-/// );
-/// ```
-pub fn decide(state: Option<BranchState>, phase: Phase) -> (Decision, Option<BranchState>) {
-    use Anomaly::*;
-    use BranchState::*;
-    use Decision::*;
-    match (phase, state) {
-        (Phase::Try, None) => (Run, Some(Tried)),
-        (Phase::Try, Some(s @ (Tried | Confirmed))) => (Skip(None), Some(s)),
-        (Phase::Try, Some(s @ (Cancelled | RolledBackEmpty))) => (Reject(HangingTry), Some(s)),
-        (Phase::Confirm, None) => (Reject(ConfirmWithoutTry), None),
-        (Phase::Confirm, Some(Tried)) => (Run, Some(Confirmed)),
-        (Phase::Confirm, Some(Confirmed)) => (Skip(Some(DuplicateConfirm)), Some(Confirmed)),
-        (Phase::Confirm, Some(s @ (Cancelled | RolledBackEmpty))) => {
-            (Reject(ConfirmAfterCancel), Some(s))
-        }
-        (Phase::Cancel, None) => (Skip(Some(EmptyRollback)), Some(RolledBackEmpty)),
-        (Phase::Cancel, Some(Tried)) => (Run, Some(Cancelled)),
-        (Phase::Cancel, Some(Confirmed)) => (Reject(CancelAfterConfirm), Some(Confirmed)),
-        (Phase::Cancel, Some(s @ (Cancelled | RolledBackEmpty))) => {
-            (Skip(Some(DuplicateCancel)), Some(s))
-        }
-    }
-}
+pub use paytrace_tcc::{Anomaly, BranchState, Decision, Phase, decide};
 
 /// Identifies a branch.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
