@@ -2,7 +2,10 @@
 //!
 //! Input is what the OpenTelemetry Collector's file exporter writes (one
 //! `ExportTraceServiceRequest` per line), or one such request as a single
-//! (possibly pretty-printed) JSON document.
+//! (possibly pretty-printed) JSON document. The spans go through the same
+//! [`Pipeline`] as `serve` (assembly, stitching, label bounding, analysis),
+//! with its memory limits lifted, and are flushed at the end of the input:
+//! `serve` and `analyze` give the same answer for the same spans.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -10,12 +13,12 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-use crate::analysis::analyze_flow_with;
+use crate::assembler::AssemblerLimits;
 use crate::breakdown::{Breakdown, Groups};
 use crate::config::Config;
 use crate::decode::{Interner, SpanLimits, decode};
-use crate::span::Span;
-use crate::stitch::{group_flows, group_traces};
+use crate::flows::FlowSettings;
+use crate::pipeline::{Pipeline, PipelineConfig, Protocol};
 
 /// Why a file could not be analysed.
 #[derive(Debug, thiserror::Error)]
@@ -80,9 +83,11 @@ pub fn analyze_files(paths: &[PathBuf], config: &Config) -> Result<Report, Analy
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut report = Report::default();
-    let mut spans: Vec<Span> = Vec::new();
+    let pipeline = offline_pipeline(config);
     let mut interner = Interner::default();
     let limits = SpanLimits::default();
+    let mut traces = std::collections::HashSet::new();
+    let now = std::time::Instant::now();
     for path in paths {
         progress.set_message(format!("reading {}", path.display()));
         for request in read_requests(path, &progress)? {
@@ -90,22 +95,43 @@ pub fn analyze_files(paths: &[PathBuf], config: &Config) -> Result<Report, Analy
             report.spans += decoded.spans.len() as u64;
             report.rejected += decoded.rejected;
             if report.first_rejection.is_none() {
-                report.first_rejection = decoded.first_error;
+                report.first_rejection = decoded.first_error.clone();
             }
-            spans.extend(decoded.spans);
+            traces.extend(decoded.spans.iter().map(|s| s.trace_id));
+            pipeline.ingest(Protocol::HttpJson, decoded, now);
         }
     }
     progress.finish_and_clear();
-    let traces = group_traces(spans);
+    pipeline.flush(OFFLINE_MINUTE);
     report.traces = traces.len() as u64;
-    for flow in group_flows(traces) {
-        let tolerance = u64::try_from(config.clock_tolerance.as_nanos()).unwrap_or(u64::MAX);
-        if let Some(analysis) = analyze_flow_with(&flow, tolerance) {
-            report.flows += 1;
-            report.groups.add(&analysis);
-        }
-    }
+    report.groups = pipeline.groups(1, OFFLINE_MINUTE);
+    report.flows = report.groups.instances();
     Ok(report)
+}
+
+/// The minute every offline flow is recorded in: the input has no clock.
+const OFFLINE_MINUTE: u64 = 0;
+
+/// The live pipeline with the settings of `config` and no limit that would
+/// analyse part of the input early: a file is read whole, then flushed.
+fn offline_pipeline(config: &Config) -> Pipeline {
+    let mut flows = FlowSettings {
+        max_pending: usize::MAX,
+        ..FlowSettings::default()
+    };
+    flows.terminal_stages.extend(config.terminal_stages.clone());
+    Pipeline::new(PipelineConfig {
+        assembler: AssemblerLimits {
+            max_traces: usize::MAX,
+            max_bytes: usize::MAX,
+            max_spans_per_trace: usize::MAX,
+            ..AssemblerLimits::default()
+        },
+        flows,
+        clock_tolerance: Some(config.clock_tolerance),
+        buckets: Some(config.buckets.clone()),
+        ..PipelineConfig::default()
+    })
 }
 
 /// The requests in one file.

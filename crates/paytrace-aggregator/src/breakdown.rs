@@ -333,6 +333,18 @@ impl Groups {
         acc
     }
 
+    /// Adds every group of `other` to this one.
+    pub fn merge(&mut self, other: &Groups) {
+        for (key, group) in &other.groups {
+            self.groups.entry(key.clone()).or_default().merge(group);
+        }
+    }
+
+    /// Flow instances recorded, over all groups.
+    pub fn instances(&self) -> u64 {
+        self.groups.values().map(Accumulator::flows).sum()
+    }
+
     /// The groups with data.
     pub fn keys(&self) -> impl Iterator<Item = &GroupKey> {
         self.groups.keys()

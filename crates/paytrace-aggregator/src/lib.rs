@@ -13,12 +13,13 @@
 //! - [`tree`]: one trace as a tree; its critical path and self times.
 //! - [`analysis`]: one flow instance (one trace, or traces stitched across
 //!   async hops): per-stage duration, self time and critical-path time.
-//! - [`stitch`]: spans into traces, traces into flow instances (offline).
-//! - [`flows`]: completed traces waiting, bounded, for the rest of their flow (live).
+//! - [`flows`]: completed traces waiting, bounded, for the rest of their
+//!   flow: the one stitcher, for `serve` and `analyze` alike.
 //! - [`breakdown`]: flow analyses accumulated into per-stage breakdowns.
 //! - [`tcc`]: global TCC transactions followed across services, and their
 //!   anomalies.
-//! - [`pipeline`]: the live pipeline; [`receiver`]: OTLP in; [`api`]: JSON out;
+//! - [`pipeline`]: the pipeline (what `serve` runs live and [`analyze`]
+//!   runs over files); [`receiver`]: OTLP in; [`api`]: JSON out;
 //!   [`page`]: the web page; [`server`]: all of it on sockets.
 //! - [`testing`]: builders for hand-made spans.
 
@@ -35,7 +36,6 @@ pub mod pipeline;
 pub mod receiver;
 pub mod server;
 pub mod span;
-pub mod stitch;
 pub mod tcc;
 pub mod testing;
 pub mod tree;

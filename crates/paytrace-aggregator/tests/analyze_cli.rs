@@ -343,3 +343,55 @@ fn malformed_input_names_the_file_and_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/traces.jsonl"));
 }
+
+/// `analyze` over a file and `serve` over the same spans give the same
+/// breakdown: one pipeline, one stitcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_and_serve_agree_on_the_same_spans() {
+    let file = checkout_file();
+    let path = write_temp("agree.jsonl", &file);
+    let out = run(&[
+        "analyze",
+        "--format",
+        "json",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let offline: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+
+    let running = paytrace_aggregator::server::start(
+        paytrace_aggregator::server::ServeConfig::on_free_loopback_ports(),
+    )
+    .await
+    .expect("starts");
+    for line in file.lines() {
+        let body: Value = serde_json::from_str(line).expect("a request per line");
+        paytrace_testkit::post_otlp_json(running.otlp_http, &body).await;
+    }
+    // Analyse whatever is buffered now, as the file's end does.
+    let api = running.listen;
+    let pipeline = running.pipeline.clone();
+    tokio::task::spawn_blocking(move || {
+        pipeline.flush(paytrace_aggregator::pipeline::wall_minute())
+    })
+    .await
+    .expect("flushed");
+    let live: Value = reqwest::get(format!(
+        "http://{api}/api/v1/breakdown?flow=checkout&window=5m"
+    ))
+    .await
+    .expect("the API answers")
+    .json()
+    .await
+    .expect("JSON");
+    running.shutdown().await;
+
+    let offline = breakdown(&offline, None);
+    assert_eq!(live["traces"], offline["traces"], "{live:#}\n{offline:#}");
+    assert_eq!(live["end_to_end"], offline["end_to_end"]);
+    assert_eq!(live["stages"], offline["stages"]);
+}
