@@ -14,8 +14,9 @@
 //!    - [`Service::http_layer`]: the tower layer for your `Router`;
 //!    - [`Service::client`]: outgoing calls that carry trace context and baggage;
 //!    - [`Service::stage`]: business stages (`inventory.try`, `channel.request`);
-//!    - [`Service::pool`], [`queue`], [`Service::monitor_runtime`]: USE metrics.
-//! 3. [`metrics_route`] serves `/metrics`.
+//!    - [`Service::pool`], [`Service::queue`], [`Service::monitor_runtime`]: USE metrics;
+//!    - the service itself, to handlers behind the layer, as an extractor.
+//! 3. [`Service::metrics_route`] serves `/metrics`.
 //! 4. [`tcc`]: the fence that keeps a TCC participant's Try, Confirm and
 //!    Cancel safe and names each anomaly it stops.
 //! 5. [`Flow::scope`] where a flow starts (the gateway) so that every service
@@ -23,7 +24,15 @@
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
-//! use paytrace::{Flow, Service};
+//! use paytrace::Service;
+//!
+//! // Behind `svc.http_layer()`, a handler takes its service as an extractor.
+//! async fn create(svc: Service) -> &'static str {
+//!     svc.stage("order.create")
+//!         .run(async { Ok::<_, std::io::Error>("created") })
+//!         .await
+//!         .unwrap_or("failed")
+//! }
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,19 +40,10 @@
 //!     let svc = Service::new("order", env!("CARGO_PKG_VERSION"));
 //!     svc.monitor_runtime(&tokio::runtime::Handle::current());
 //!
-//!     let handler_svc = svc.clone();
 //!     let app = Router::new()
-//!         .route("/orders/{id}", get(move || {
-//!             let svc = handler_svc.clone();
-//!             async move {
-//!                 svc.stage("order.create")
-//!                     .run(async { Ok::<_, std::io::Error>("created") })
-//!                     .await
-//!                     .unwrap_or("failed")
-//!             }
-//!         }))
+//!         .route("/orders/{id}", get(create))
 //!         .layer(svc.http_layer())
-//!         .route("/metrics", paytrace::metrics_route(svc.metrics().registry().clone()));
+//!         .route("/metrics", svc.metrics_route());
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //!     axum::serve(listener, app).await?;
 //!     Ok(())
@@ -64,6 +64,7 @@
 
 mod cardinality;
 mod client;
+mod extract;
 mod handler;
 mod metrics;
 mod propagation;

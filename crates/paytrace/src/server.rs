@@ -117,8 +117,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let service = &self.layer.service;
+        // Handlers take it as an extractor (`svc: paytrace::Service`).
+        req.extensions_mut().insert(service.clone());
         let method = method_label(req.method());
         let route = match req.extensions().get::<MatchedPath>() {
             Some(p) if service.is_admitted(|g| &g.route, p.as_str()) => {

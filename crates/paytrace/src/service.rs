@@ -141,9 +141,48 @@ impl Service {
     }
 
     /// Metrics of a queue named `queue`; see [`QueueMetrics`] and
-    /// [`crate::queue`].
+    /// [`Service::queue`].
     pub fn queue_metrics(&self, queue: &str) -> QueueMetrics {
         QueueMetrics::new(self, queue)
+    }
+
+    /// A bounded in-process queue named `queue` of up to `capacity`
+    /// messages, measured as this service's: depth, oldest message's age,
+    /// messages by outcome. The same as [`crate::queue`], as a method like
+    /// [`Service::pool`].
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// let svc = paytrace::Service::with_metrics("payment", "1.0.0", &paytrace::Metrics::new());
+    /// let (tx, mut rx) = svc.queue::<u32>("callbacks", 16);
+    /// tx.send(7).unwrap();
+    /// assert_eq!(rx.recv().await, Some(7));
+    /// # }
+    /// ```
+    pub fn queue<T>(
+        &self,
+        queue: &str,
+        capacity: usize,
+    ) -> (crate::QueueSender<T>, crate::QueueReceiver<T>) {
+        crate::queue(self, queue, capacity)
+    }
+
+    /// The route that serves this service's metrics registry (`GET
+    /// /metrics`) in the Prometheus text format.
+    ///
+    /// ```
+    /// use axum::{Router, routing::get};
+    /// let svc = paytrace::Service::new("order", "1.0.0");
+    /// let app: Router = Router::new()
+    ///     .route("/orders/{id}", get(|| async { "ok" }))
+    ///     .layer(svc.http_layer())
+    ///     .route("/metrics", svc.metrics_route());
+    /// ```
+    pub fn metrics_route<S>(&self) -> axum::routing::MethodRouter<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        crate::metrics_route(self.metrics().registry().clone())
     }
 
     /// Reports the tokio runtime behind `handle` as this service's

@@ -485,3 +485,42 @@ async fn baggage_values_past_the_limit_fold_into_other() {
         Some(2.0)
     );
 }
+
+#[tokio::test]
+async fn handlers_take_the_service_as_an_extractor() {
+    async fn create(svc: Service) -> &'static str {
+        svc.stage("order.create")
+            .run(async { Ok::<_, std::io::Error>("created") })
+            .await
+            .unwrap_or("failed")
+    }
+    let (svc, metrics) = service();
+    let app = Router::new()
+        .route("/orders", post(create))
+        .layer(svc.http_layer());
+    let response = app
+        .oneshot(request("POST", "/orders"))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let recorded = common::series(&metrics, metric::STAGE_DURATION_SECONDS);
+    assert!(
+        recorded.iter().any(|labels| {
+            let has = |k: &str, v: &str| labels.iter().any(|(lk, lv)| lk == k && lv == v);
+            has("service_name", "order") && has("stage", "order.create") && has("outcome", "ok")
+        }),
+        "the stage ran in the extracted service: {recorded:?}"
+    );
+
+    // Without the layer the handler cannot run, and says what is missing.
+    let bare = Router::new().route("/orders", post(create));
+    let response = bare
+        .oneshot(request("POST", "/orders"))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = axum::body::to_bytes(response.into_body(), 1024)
+        .await
+        .expect("body");
+    assert!(String::from_utf8_lossy(&body).contains("http_layer"));
+}
