@@ -61,10 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/orders/{id}", get(get_order))
         .route("/inventory/{id}", get(get_inventory))
         .layer(svc.http_layer().timeout(Duration::from_secs(10)))
-        .route(
-            "/metrics",
-            paytrace::metrics_route(svc.metrics().registry().clone()),
-        )
+        .route("/metrics", svc.metrics_route())
         .with_state(app);
 
     tracing::info!(%addr, "paytrace-minimal listening: try GET /orders/42 and /metrics");
