@@ -83,7 +83,7 @@ pub use cardinality::LabelLimits;
 pub use client::Client;
 pub use handler::metrics_route;
 pub use metrics::{Buckets, Metrics};
-pub use propagation::Flow;
+pub use propagation::{Flow, current_traceparent};
 pub use resource::{
     Pool, PoolError, PoolPermit, QueueError, QueueMetrics, QueueReceiver, QueueSender,
     ResourceMetrics, queue,

@@ -37,6 +37,30 @@ pub(crate) fn inject(cx: &Context, headers: &mut http::HeaderMap) {
     PROPAGATOR.inject_context(cx, &mut HeaderInjector(headers));
 }
 
+/// The span context a W3C `traceparent` value names, if it is valid.
+pub(crate) fn span_context_of(traceparent: &str) -> Option<opentelemetry::trace::SpanContext> {
+    let mut carrier = std::collections::HashMap::new();
+    carrier.insert("traceparent".to_owned(), traceparent.trim().to_owned());
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| sc.clone())
+}
+
+/// The `traceparent` value of the span that is current now (the stage or
+/// request being handled), for a message or callback to carry; `None`
+/// outside any span.
+///
+/// ```
+/// assert_eq!(paytrace::current_traceparent(), None);
+/// ```
+pub fn current_traceparent() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
 /// The context a new span of ours should start from: the active OpenTelemetry
 /// context (the entered tracing span, with context activation, plus any
 /// baggage a [`Flow`] scope attached).
@@ -185,5 +209,29 @@ impl Flow {
     /// outgoing call inside carries it.
     pub fn scope<F: Future>(&self, fut: F) -> WithContext<F> {
         fut.with_context(self.merge_into(&Context::current()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_names_its_span_and_garbage_names_none() {
+        let sc = span_context_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .expect("a valid traceparent");
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(sc.is_remote());
+        for bad in [
+            "",
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            assert!(span_context_of(bad).is_none(), "{bad:?}");
+        }
     }
 }

@@ -145,6 +145,61 @@ impl Stage {
         self
     }
 
+    /// Links this stage to a span of an earlier trace given as a W3C
+    /// `traceparent` value (what a callback or a queue message carries);
+    /// a value that is not a valid `traceparent` is ignored, so a sender
+    /// that sent none still gets its stage.
+    ///
+    /// ```
+    /// # async fn demo() {
+    /// let payment = paytrace::Service::new("payment", "1.0.0");
+    /// let _ = payment
+    ///     .stage("channel.callback")
+    ///     .link_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    ///     .run(async { Ok::<_, std::io::Error>(()) })
+    ///     .await;
+    /// # }
+    /// ```
+    pub fn link_traceparent(self, traceparent: &str) -> Self {
+        match crate::propagation::span_context_of(traceparent) {
+            Some(producer) => self.link(producer),
+            None => self,
+        }
+    }
+
+    /// Marks the stage as phase `phase` of the TCC branch `branch` of
+    /// `resource`: the `tcc.*` attributes the aggregator follows global
+    /// transactions by. [`crate::tcc::TccResource::stage`] fills them for a
+    /// fenced participant.
+    ///
+    /// ```
+    /// use paytrace::tcc::{BranchKey, Phase};
+    /// let payment = paytrace::Service::new("payment", "1.0.0");
+    /// let branch = BranchKey { xid: "ord_1".into(), branch_id: "payment".into() };
+    /// let stage = payment.stage("payment.create").tcc(&branch, "payment", Phase::Try);
+    /// # drop(stage);
+    /// ```
+    pub fn tcc(
+        self,
+        branch: &crate::tcc::BranchKey,
+        resource: &str,
+        phase: crate::tcc::Phase,
+    ) -> Self {
+        use paytrace_semconv::attr;
+        self.attribute(attr::TCC_XID, &branch.xid)
+            .attribute(attr::TCC_BRANCH_ID, &branch.branch_id)
+            .attribute(attr::TCC_RESOURCE, resource)
+            .attribute(attr::TCC_PHASE, phase.as_str())
+    }
+
+    /// Marks the stage as the coordinator's decision `decision` (Confirm or
+    /// Cancel) on the global transaction `xid`.
+    pub fn tcc_decision(self, xid: &str, decision: crate::tcc::Phase) -> Self {
+        use paytrace_semconv::attr;
+        self.attribute(attr::TCC_XID, xid)
+            .attribute(attr::TCC_DECISION, decision.as_str())
+    }
+
     /// Sets the flow instead of taking it from baggage.
     pub fn flow(mut self, flow: impl Into<String>) -> Self {
         self.flow.flow = Some(flow.into());
@@ -398,6 +453,14 @@ impl StageGuard {
     /// The stage's span.
     pub fn span(&self) -> &tracing::Span {
         &self.span
+    }
+
+    /// The stage span's OpenTelemetry context: what a message or callback
+    /// sent from inside the stage links back to ([`Stage::link`]).
+    pub fn span_context(&self) -> opentelemetry::trace::SpanContext {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        self.span.context().span().span_context().clone()
     }
 }
 

@@ -486,6 +486,27 @@ impl TccResource {
         }
     }
 
+    /// The stage of `phase` of `branch` on this resource, named `name`,
+    /// with every `tcc.*` attribute the aggregator needs; run the phase
+    /// inside it ([`TccResource::run`] with `.instrument(guard.span())`).
+    ///
+    /// ```
+    /// use paytrace::tcc::{BranchKey, Phase, TccResource};
+    /// # fn demo(inventory: &TccResource) {
+    /// let branch = BranchKey { xid: "ord_1".into(), branch_id: "b1".into() };
+    /// let guard = inventory.stage("inventory.try", Phase::Try, &branch).start();
+    /// # drop(guard);
+    /// # }
+    /// ```
+    pub fn stage(
+        &self,
+        name: impl Into<std::borrow::Cow<'static, str>>,
+        phase: Phase,
+        branch: &BranchKey,
+    ) -> crate::Stage {
+        self.service.stage(name).tcc(branch, &self.resource, phase)
+    }
+
     /// Runs `phase` of `branch` through the fence: `handler` runs only when
     /// the fence allows it. The decision is a span event (`tcc.fence`) on the
     /// current span and is counted in `paytrace_tcc_phase_total`; anomalies

@@ -11,7 +11,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use paytrace::tcc::Phase;
 use paytrace::{Client, Service};
-use paytrace_semconv::{attr, stage};
+use paytrace_semconv::stage;
 use rand::RngExt;
 use tracing::Instrument;
 
@@ -58,12 +58,7 @@ impl Order {
             Phase::Cancel => stage::ORDER_CANCEL,
             _ => stage::ORDER_CONFIRM,
         };
-        let guard = self
-            .svc
-            .stage(stage)
-            .attribute(attr::TCC_XID, xid)
-            .attribute(attr::TCC_DECISION, decision.as_str())
-            .start();
+        let guard = self.svc.stage(stage).tcc_decision(xid, decision).start();
         fan_out.instrument(guard.span().clone()).await
     }
 

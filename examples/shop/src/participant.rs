@@ -11,7 +11,6 @@ use axum::{Json, Router};
 use paytrace::tcc::{BranchError, BranchKey, FenceStore, Phase, TccResource};
 use paytrace::{Pool, Service};
 use paytrace_demo::stock::StockStore;
-use paytrace_semconv::attr;
 use rand::RngExt;
 use tracing::Instrument;
 
@@ -20,7 +19,6 @@ use crate::wire::TccCall;
 
 #[derive(Clone)]
 struct Participant {
-    svc: Service,
     resource: &'static str,
     stages: [&'static str; 3],
     fence: TccResource,
@@ -80,18 +78,11 @@ impl Participant {
             Phase::Confirm => self.stages[1],
             Phase::Cancel => self.stages[2],
         };
-        let mut guard = self
-            .svc
-            .stage(stage)
-            .attribute(attr::TCC_XID, &call.xid)
-            .attribute(attr::TCC_BRANCH_ID, &call.branch_id)
-            .attribute(attr::TCC_RESOURCE, self.resource)
-            .attribute(attr::TCC_PHASE, phase.as_str())
-            .start();
         let key = BranchKey {
             xid: call.xid.clone(),
             branch_id: call.branch_id.clone(),
         };
+        let mut guard = self.fence.stage(stage, phase, &key).start();
         let result = self
             .fence
             .run(phase, &key, || self.business(phase, call))
@@ -138,7 +129,6 @@ pub fn router(
         _ => Duration::from_millis(3),
     };
     let p = Participant {
-        svc: svc.clone(),
         resource,
         stages,
         fence: svc.tcc(resource, fence),

@@ -11,12 +11,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{SpanContext, TraceContextExt};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry::trace::SpanContext;
+use paytrace::tcc::{BranchKey, Phase};
 use paytrace::{Client, Flow, QueueSender, Service};
-use paytrace_semconv::{attr, flow, stage, tcc};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use paytrace_semconv::{flow, stage, tcc};
 
 use crate::chaos::{Chaos, Fault};
 use crate::plan::{Plan, Role};
@@ -56,9 +54,7 @@ async fn tcc_try(State(p): State<Payment>, Json(call): Json<TccCall>) -> StatusC
     let created = p
         .svc
         .stage("payment.create")
-        .attribute(attr::TCC_XID, &call.xid)
-        .attribute(attr::TCC_RESOURCE, "payment")
-        .attribute(attr::TCC_PHASE, "try")
+        .tcc(&branch(&call.xid), tcc::RESOURCE_PAYMENT, Phase::Try)
         .run(async {
             tokio::time::sleep(Duration::from_millis(3)).await;
             Ok::<_, PayError>(())
@@ -96,12 +92,12 @@ async fn tcc_try(State(p): State<Payment>, Json(call): Json<TccCall>) -> StatusC
     }
 }
 
-fn span_context_of(traceparent: &str) -> Option<SpanContext> {
-    let carrier =
-        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then_some(sc)
+/// The payment's TCC branch of global transaction `xid` (one per order).
+fn branch(xid: &str) -> BranchKey {
+    BranchKey {
+        xid: xid.to_owned(),
+        branch_id: tcc::RESOURCE_PAYMENT.to_owned(),
+    }
 }
 
 /// TCC Cancel of a payment: the order was cancelled; a callback that still
@@ -110,9 +106,7 @@ async fn tcc_cancel(State(p): State<Payment>, Json(call): Json<TccCall>) -> Stat
     let _stage = p
         .svc
         .stage(stage::PAYMENT_CANCEL)
-        .attribute(attr::TCC_XID, &call.xid)
-        .attribute(attr::TCC_RESOURCE, tcc::RESOURCE_PAYMENT)
-        .attribute(attr::TCC_PHASE, tcc::PHASE_CANCEL)
+        .tcc(&branch(&call.xid), tcc::RESOURCE_PAYMENT, Phase::Cancel)
         .start();
     p.cancelled
         .lock()
@@ -126,10 +120,6 @@ async fn callback(
     Path(_channel): Path<String>,
     Json(cb): Json<ChannelCallback>,
 ) -> StatusCode {
-    // The callback is a new trace: link it to the payment request it answers.
-    if let Some(sc) = cb.request_traceparent.as_deref().and_then(span_context_of) {
-        tracing::Span::current().add_link(sc);
-    }
     let cancelled = p
         .cancelled
         .lock()
@@ -148,14 +138,19 @@ async fn callback(
     flow.scope(async {
         // The callback request is the stage: its trace's root is named
         // channel.callback, and the wait before it is async:channel.callback.
-        let mut stage = p.svc.stage("channel.callback").start_on_current_span();
+        // The callback is a new trace: link it to the payment request it answers.
+        let mut stage = p
+            .svc
+            .stage("channel.callback")
+            .link_traceparent(cb.request_traceparent.as_deref().unwrap_or_default())
+            .start_on_current_span();
         if !first {
             // A duplicate callback, or one for a cancelled order:
             // acknowledged, not processed.
             stage.set_outcome(paytrace::Outcome::Rejected);
             return StatusCode::OK;
         }
-        let producer = stage.span().context().span().span_context().clone();
+        let producer = stage.span_context();
         match queue.send(Confirmation {
             callback: cb,
             producer,
@@ -197,9 +192,7 @@ async fn consume(
                 // The payment branch's Confirm: money captured, the order
                 // told. xid and order id are one in the shop.
                 svc.stage("payment.confirm")
-                    .attribute(attr::TCC_XID, &cb.order_id)
-                    .attribute(attr::TCC_RESOURCE, tcc::RESOURCE_PAYMENT)
-                    .attribute(attr::TCC_PHASE, tcc::PHASE_CONFIRM)
+                    .tcc(&branch(&cb.order_id), tcc::RESOURCE_PAYMENT, Phase::Confirm)
                     .link(producer)
                     .run(async {
                         let r = http.send(http.inner().post(&url)).await?;
