@@ -9,7 +9,8 @@
 //! # Where to start
 //!
 //! 1. [`init`] once at start-up: tracing + OpenTelemetry + OTLP from the
-//!    standard `OTEL_*` variables.
+//!    standard `OTEL_*` variables; or [`layer`] when the application builds
+//!    its own `tracing` subscriber and only needs the OpenTelemetry layer.
 //! 2. A [`Service`] per service you run; everything else hangs off it:
 //!    - [`Service::http_layer`]: the tower layer for your `Router`;
 //!    - [`Service::client`]: outgoing calls that carry trace context and baggage;
@@ -91,6 +92,8 @@ pub use resource::{
 pub use server::{HttpLayer, HttpService, ResponseFuture};
 pub use service::Service;
 pub use stage::{Outcome, Stage, StageError, StageGuard};
-pub use telemetry::{InitError, Protocol, SamplerConfig, TelemetryConfig, TelemetryGuard, init};
+pub use telemetry::{
+    InitError, OtelLayer, Protocol, SamplerConfig, TelemetryConfig, TelemetryGuard, init, layer,
+};
 
 pub use paytrace_semconv as semconv;

@@ -389,14 +389,45 @@ impl TelemetryConfig {
             )
     }
 
-    /// Installs everything globally: the W3C propagators, the tracer
-    /// provider, and a `tracing` subscriber that logs to stderr (filtered by
-    /// `RUST_LOG`) and turns spans into OpenTelemetry spans.
-    pub fn install(self) -> Result<TelemetryGuard, InitError> {
+    /// For applications that build their own `tracing` subscriber: installs
+    /// the W3C propagators and the tracer provider globally, and returns the
+    /// layer that turns spans into OpenTelemetry spans (INFO and above) for
+    /// you to add, with the guard that flushes them at the end.
+    ///
+    /// ```no_run
+    /// use tracing_subscriber::layer::SubscriberExt;
+    /// use tracing_subscriber::util::SubscriberInitExt;
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (otel, _telemetry) = paytrace::TelemetryConfig::from_env("order")?.layer()?;
+    /// tracing_subscriber::registry()
+    ///     .with(otel)
+    ///     .with(tracing_subscriber::fmt::layer().with_target(false))
+    ///     .init();
+    /// # Ok(()) }
+    /// ```
+    pub fn layer<S>(&self) -> Result<(OtelLayer<S>, TelemetryGuard), InitError>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+    {
         let provider = self.build_provider()?;
         let otel = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("paytrace"))
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+        opentelemetry::global::set_text_map_propagator(propagator());
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        Ok((
+            Box::new(otel),
+            TelemetryGuard {
+                provider: Some(provider),
+            },
+        ))
+    }
+
+    /// Installs everything globally: the W3C propagators, the tracer
+    /// provider, and a `tracing` subscriber that logs to stderr (filtered by
+    /// `RUST_LOG`) and turns spans into OpenTelemetry spans.
+    pub fn install(self) -> Result<TelemetryGuard, InitError> {
         let filter = EnvFilter::try_new(&self.log_filter).map_err(|_| {
             invalid(
                 "RUST_LOG",
@@ -407,17 +438,18 @@ impl TelemetryConfig {
         let fmt = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_filter(filter);
+        let (otel, guard) = self.layer()?;
         tracing_subscriber::registry()
             .with(otel)
             .with(fmt)
             .try_init()?;
-        opentelemetry::global::set_text_map_propagator(propagator());
-        opentelemetry::global::set_tracer_provider(provider.clone());
-        Ok(TelemetryGuard {
-            provider: Some(provider),
-        })
+        Ok(guard)
     }
 }
+
+/// The OpenTelemetry layer [`TelemetryConfig::layer`] returns, for a
+/// subscriber `S`.
+pub type OtelLayer<S> = Box<dyn Layer<S> + Send + Sync + 'static>;
 
 fn invalid(var: &'static str, value: &str, expected: &'static str) -> InitError {
     InitError::InvalidVar {
@@ -446,6 +478,26 @@ fn invalid(var: &'static str, value: &str, expected: &'static str) -> InitError 
 /// ```
 pub fn init(service_name: &str) -> Result<TelemetryGuard, InitError> {
     TelemetryConfig::from_env(service_name)?.install()
+}
+
+/// [`init`] for applications with a `tracing` subscriber of their own: the
+/// OpenTelemetry layer (configured from the standard `OTEL_*` variables) to
+/// add to it, and the guard to keep. See [`TelemetryConfig::layer`].
+///
+/// ```no_run
+/// use tracing_subscriber::layer::SubscriberExt;
+/// use tracing_subscriber::util::SubscriberInitExt;
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (otel, _telemetry) = paytrace::layer("order")?;
+/// tracing_subscriber::registry().with(otel).init();
+/// # Ok(()) }
+/// ```
+pub fn layer<S>(service_name: &str) -> Result<(OtelLayer<S>, TelemetryGuard), InitError>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+{
+    TelemetryConfig::from_env(service_name)?.layer()
 }
 
 /// Keeps the tracer provider alive; flushes and shuts it down when dropped.

@@ -176,3 +176,43 @@ async fn spans_reach_an_otlp_http_protobuf_collector() {
     )
     .await;
 }
+
+/// An application with a `tracing` subscriber of its own adds paytrace's
+/// OpenTelemetry layer to it, and its stages reach the collector.
+#[tokio::test(flavor = "current_thread")]
+async fn the_layer_joins_an_application_subscriber() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let (addr, mut received) = http_collector().await;
+    let metrics = Metrics::new();
+    let (otel, guard) = TelemetryConfig::from_vars("own-subscriber", |_| None)
+        .expect("valid defaults")
+        .with_endpoint(Protocol::HttpProtobuf, format!("http://{addr}/v1/traces"))
+        .with_metrics(&metrics)
+        .layer()
+        .expect("the layer builds");
+    // The application's own subscriber: its own formatting layer, and ours.
+    let subscriber = tracing_subscriber::registry()
+        .with(otel)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink));
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let svc = Service::with_metrics("order", "1.0.0", &metrics);
+    let created: Result<&str, std::io::Error> =
+        svc.stage("order.create").run(async { Ok("created") }).await;
+    assert_eq!(created.expect("ran"), "created");
+
+    let flushed = tokio::task::spawn_blocking(move || guard.shutdown())
+        .await
+        .expect("no panic");
+    assert!(flushed.is_ok(), "export succeeded: {flushed:?}");
+    let request = received.recv().await.expect("an export arrived");
+    let names: Vec<&str> = request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["order.create"]);
+}
