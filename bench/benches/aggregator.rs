@@ -88,7 +88,10 @@ fn throughput(c: &mut Criterion) {
                         continue;
                     }
                     pipeline.ingest(Protocol::Grpc, decoded, Instant::now());
-                    pipeline.flush(0);
+                    pipeline.flush(paytrace_aggregator::pipeline::Now::at(
+                        std::time::Instant::now(),
+                        std::time::UNIX_EPOCH,
+                    ));
                 }
                 start.elapsed()
             })

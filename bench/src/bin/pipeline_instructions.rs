@@ -77,7 +77,10 @@ fn main() {
         spans += decoded.spans.len();
         if into_pipeline {
             pipeline.ingest(Protocol::Grpc, decoded, Instant::now());
-            pipeline.flush(0);
+            pipeline.flush(paytrace_aggregator::pipeline::Now::at(
+                std::time::Instant::now(),
+                std::time::UNIX_EPOCH,
+            ));
         }
     }
     println!("{mode}: {n} requests, {spans}");

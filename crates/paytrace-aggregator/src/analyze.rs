@@ -18,7 +18,7 @@ use crate::breakdown::{Breakdown, Groups};
 use crate::config::Config;
 use crate::decode::{Interner, SpanLimits, decode};
 use crate::flows::FlowSettings;
-use crate::pipeline::{Pipeline, PipelineConfig, Protocol};
+use crate::pipeline::{Now, Pipeline, PipelineConfig, Protocol};
 
 /// Why a file could not be analysed.
 #[derive(Debug, thiserror::Error)]
@@ -102,14 +102,15 @@ pub fn analyze_files(paths: &[PathBuf], config: &Config) -> Result<Report, Analy
         }
     }
     progress.finish_and_clear();
-    pipeline.flush(OFFLINE_MINUTE);
+    pipeline.flush(Now::at(now, std::time::UNIX_EPOCH));
     report.traces = traces.len() as u64;
     report.groups = pipeline.groups(1, OFFLINE_MINUTE);
     report.flows = report.groups.instances();
     Ok(report)
 }
 
-/// The minute every offline flow is recorded in: the input has no clock.
+/// The minute every offline flow is recorded in: the input has no clock,
+/// so the flush runs at the epoch.
 const OFFLINE_MINUTE: u64 = 0;
 
 /// The live pipeline with the settings of `config` and no limit that would

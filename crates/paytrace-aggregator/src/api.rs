@@ -21,7 +21,7 @@ use axum::routing::get;
 use prometheus::{Encoder, TextEncoder};
 use serde::Deserialize;
 
-use crate::pipeline::{Pipeline, WINDOWS_MINUTES, wall_minute};
+use crate::pipeline::{Now, Pipeline, WINDOWS_MINUTES};
 
 /// A window such as `5m` or `1h`, in minutes; one of [`WINDOWS_MINUTES`].
 ///
@@ -97,32 +97,27 @@ async fn flows(State(p): State<Arc<Pipeline>>, Query(q): Query<WindowQuery>) -> 
     };
     Json(serde_json::json!({
         "window_seconds": minutes * 60,
-        "flows": p.flows(minutes, wall_minute()),
+        "flows": p.flows(minutes, Now::current().minute()),
     }))
     .into_response()
 }
 
-/// A checked [`BreakdownQuery`].
-struct Selection<'a> {
-    flow: &'a str,
-    minutes: u64,
-    payment_method: Option<&'a str>,
-    payment_channel: Option<&'a str>,
-}
-
 impl BreakdownQuery {
-    /// The flow (required), the window in minutes, and the method and
-    /// channel when given and not empty; what is wrong otherwise.
-    fn checked(&self) -> Result<Selection<'_>, String> {
+    /// The selection as of now: the flow (required), the window in
+    /// minutes, and the method and channel when given and not empty; what
+    /// is wrong otherwise.
+    fn checked(&self) -> Result<crate::pipeline::Query<'_>, String> {
         fn given(v: &Option<String>) -> Option<&str> {
             v.as_deref().filter(|s| !s.is_empty())
         }
-        Ok(Selection {
-            flow: given(&self.flow).ok_or("the flow parameter is required, e.g. ?flow=checkout")?,
-            minutes: window(self.window.as_deref())?,
-            payment_method: given(&self.payment_method),
-            payment_channel: given(&self.payment_channel),
-        })
+        let flow =
+            given(&self.flow).ok_or("the flow parameter is required, e.g. ?flow=checkout")?;
+        let minutes = window(self.window.as_deref())?;
+        Ok(
+            crate::pipeline::Query::new(flow, minutes, Now::current().minute())
+                .payment_method(given(&self.payment_method))
+                .payment_channel(given(&self.payment_channel)),
+        )
     }
 }
 
@@ -131,13 +126,7 @@ async fn breakdown(State(p): State<Arc<Pipeline>>, Query(q): Query<BreakdownQuer
         Ok(s) => s,
         Err(e) => return bad_request(e),
     };
-    let b = p.breakdown(
-        s.flow,
-        s.minutes,
-        s.payment_method,
-        s.payment_channel,
-        wall_minute(),
-    );
+    let b = p.breakdown(&s);
     Json(b).into_response()
 }
 
@@ -146,13 +135,7 @@ async fn timeseries(State(p): State<Arc<Pipeline>>, Query(q): Query<BreakdownQue
         Ok(s) => s,
         Err(e) => return bad_request(e),
     };
-    let points = p.timeseries(
-        s.flow,
-        s.minutes,
-        s.payment_method,
-        s.payment_channel,
-        wall_minute(),
-    );
+    let points = p.timeseries(&s);
     Json(serde_json::json!({ "flow": s.flow, "points": points })).into_response()
 }
 
@@ -190,7 +173,8 @@ async fn tcc_anomalies(State(p): State<Arc<Pipeline>>, Query(q): Query<AnomalyQu
 
 async fn tcc_unfinished(State(p): State<Arc<Pipeline>>, Query(q): Query<LimitQuery>) -> Response {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Json(serde_json::json!({ "unfinished": p.tcc_unfinished(limit) })).into_response()
+    Json(serde_json::json!({ "unfinished": p.tcc_unfinished(limit, Now::current()) }))
+        .into_response()
 }
 
 async fn metrics(State(p): State<Arc<Pipeline>>) -> Response {

@@ -3,14 +3,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::pipeline::{Pipeline, PipelineConfig, wall_minute};
+use crate::pipeline::{Now, Pipeline, PipelineConfig};
 use crate::receiver::{Receiver, ReceiverLimits};
 
 /// Where to listen and how to behave.
@@ -146,7 +146,7 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
             tokio::select! {
                 _ = interval.tick() => {
                     let p = ticking.clone();
-                    let _ = tokio::task::spawn_blocking(move || p.tick(Instant::now(), wall_minute())).await;
+                    let _ = tokio::task::spawn_blocking(move || p.tick(Now::current())).await;
                 }
                 () = &mut tick_stop => break,
             }
@@ -169,6 +169,6 @@ impl Running {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
         let p = self.pipeline.clone();
-        let _ = tokio::task::spawn_blocking(move || p.flush(wall_minute())).await;
+        let _ = tokio::task::spawn_blocking(move || p.flush(Now::current())).await;
     }
 }

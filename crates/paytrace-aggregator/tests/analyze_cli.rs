@@ -376,7 +376,7 @@ async fn analyze_and_serve_agree_on_the_same_spans() {
     let api = running.listen;
     let pipeline = running.pipeline.clone();
     tokio::task::spawn_blocking(move || {
-        pipeline.flush(paytrace_aggregator::pipeline::wall_minute())
+        pipeline.flush(paytrace_aggregator::pipeline::Now::current())
     })
     .await
     .expect("flushed");

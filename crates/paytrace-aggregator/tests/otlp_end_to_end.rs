@@ -12,7 +12,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use paytrace_aggregator::pipeline::wall_minute;
+use paytrace_aggregator::pipeline::Now;
 use paytrace_aggregator::server::{Running, ServeConfig, start};
 use serde_json::Value;
 
@@ -118,7 +118,7 @@ async fn exported_checkout_is_broken_down(provider: SdkTracerProvider, running: 
     // Every span has arrived (export returned); finish the buffered flow now
     // rather than waiting out the idle periods.
     let pipeline = running.pipeline.clone();
-    tokio::task::spawn_blocking(move || pipeline.flush(wall_minute()))
+    tokio::task::spawn_blocking(move || pipeline.flush(Now::current()))
         .await
         .expect("no panic");
 

@@ -223,9 +223,9 @@ proptest! {
             for spans in batches {
                 p.ingest(Protocol::Grpc, Decoded { spans, ..Decoded::default() }, Instant::now());
             }
-            p.flush(1);
+            p.flush(paytrace_aggregator::pipeline::Now::at(std::time::Instant::now(), std::time::UNIX_EPOCH + std::time::Duration::from_secs(60)));
             let flow = p.flows(1, 1).pop().map(|f| f.flow).unwrap_or_default();
-            serde_json::to_string(&p.breakdown(&flow, 1, None, None, 1)).expect("serialisable")
+            serde_json::to_string(&p.breakdown(&paytrace_aggregator::pipeline::Query::new(&flow, 1, 1))).expect("serialisable")
         };
         let whole = run(vec![trace.clone()]);
         let mut points: Vec<usize> = cuts.iter().map(|c| c % (trace.len() + 1)).collect();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use paytrace_aggregator::analyze::render_table;
 use paytrace_aggregator::breakdown::Breakdown;
-use paytrace_aggregator::pipeline::{Pipeline, wall_minute};
+use paytrace_aggregator::pipeline::{Now, Pipeline, Query};
 use paytrace_aggregator::server::{Running, ServeConfig};
 use paytrace_semconv::{flow, payment, tcc};
 use serde::Serialize;
@@ -81,7 +81,7 @@ fn tcc_report(pipeline: &Pipeline) -> TccReport {
     }
     TccReport {
         anomalies,
-        unfinished: pipeline.tcc_unfinished(usize::MAX).len(),
+        unfinished: pipeline.tcc_unfinished(usize::MAX, Now::current()).len(),
     }
 }
 
@@ -205,12 +205,12 @@ async fn count_anomalies(plan: Plan) -> BTreeMap<String, u64> {
 
 /// The report's breakdowns: per flow, and per (flow, payment method).
 fn breakdowns(pipeline: &Pipeline) -> Vec<Breakdown> {
-    let now = wall_minute();
+    let now = Now::current().minute();
     let mut out = Vec::new();
     for f in pipeline.flows(60, now) {
-        out.push(pipeline.breakdown(&f.flow, 60, None, None, now));
+        out.push(pipeline.breakdown(&Query::new(&f.flow, 60, now)));
         for m in payment::METHODS {
-            let b = pipeline.breakdown(&f.flow, 60, Some(m), None, now);
+            let b = pipeline.breakdown(&Query::new(&f.flow, 60, now).payment_method(Some(m)));
             if b.traces > 0 {
                 out.push(b);
             }
@@ -235,10 +235,10 @@ fn live_view(
         requests.sent, requests.ok, requests.failed
     ));
     if let Some(p) = pipeline {
-        let now = wall_minute();
+        let now = Now::current().minute();
         let per_method: Vec<Breakdown> = payment::METHODS
             .iter()
-            .map(|m| p.breakdown(flow::CHECKOUT, 5, Some(m), None, now))
+            .map(|m| p.breakdown(&Query::new(flow::CHECKOUT, 5, now).payment_method(Some(m))))
             .filter(|b| b.traces > 0)
             .map(|mut b| {
                 b.stages.truncate(6);
@@ -369,7 +369,7 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     let (flows, tcc) = match &aggregator {
         Some(a) => {
             let p = a.pipeline.clone();
-            tokio::task::spawn_blocking(move || p.flush(wall_minute())).await?;
+            tokio::task::spawn_blocking(move || p.flush(Now::current())).await?;
             (breakdowns(&a.pipeline), tcc_report(&a.pipeline))
         }
         None => (Vec::new(), TccReport::default()),

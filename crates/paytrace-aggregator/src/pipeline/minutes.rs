@@ -1,0 +1,48 @@
+//! The ring of minutes the rolling windows are read from: an hour of
+//! per-minute groups, error and incomplete counts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::breakdown::Groups;
+
+/// The windows the API offers, in minutes.
+pub const WINDOWS_MINUTES: [u64; 4] = [1, 5, 15, 60];
+
+#[derive(Debug, Default)]
+pub(super) struct Minute {
+    pub(super) minute: u64,
+    pub(super) groups: Groups,
+    pub(super) errors: HashMap<Arc<str>, u64>,
+    pub(super) incomplete: HashMap<Arc<str>, u64>,
+}
+
+/// The slot of `minute`, opened if new; the ring keeps an hour.
+pub(super) fn slot(minutes: &mut VecDeque<Minute>, minute: u64) -> &mut Minute {
+    match minutes.back() {
+        // The same minute, or the wall clock went back: the latest slot.
+        Some(last) if last.minute >= minute => {}
+        _ => {
+            minutes.push_back(Minute {
+                minute,
+                ..Minute::default()
+            });
+            while minutes.len() > 60 || minutes.front().is_some_and(|m| m.minute + 60 <= minute) {
+                minutes.pop_front();
+            }
+        }
+    }
+    let last = minutes.len() - 1;
+    &mut minutes[last]
+}
+
+/// The minutes of the last `window_minutes` up to `now_minute`.
+pub(super) fn in_window(
+    minutes: &VecDeque<Minute>,
+    now_minute: u64,
+    window_minutes: u64,
+) -> impl Iterator<Item = &Minute> {
+    minutes
+        .iter()
+        .filter(move |m| m.minute + window_minutes > now_minute && m.minute <= now_minute)
+}

@@ -1,0 +1,73 @@
+//! The recent instances of each flow, for the slow-flows view: the newest
+//! few hundred analyses, and the spans of the slowest and newest of them.
+
+use std::collections::VecDeque;
+
+use crate::analysis::FlowAnalysis;
+use crate::span::Span;
+
+const RECENT_PER_FLOW: usize = 500;
+/// Recent instances per flow that keep their spans (for the waterfall):
+/// the slowest, and always the newest few.
+pub(super) const HELD_PER_FLOW: usize = 100;
+const NEWEST_HELD: usize = 20;
+pub(super) const RELEASE_SLACK: usize = 20;
+
+/// The recent instances of one flow, oldest first, and how many hold spans.
+#[derive(Debug, Default)]
+pub(super) struct RecentFlows {
+    pub(super) items: VecDeque<Recent>,
+    pub(super) held: usize,
+}
+
+/// A recent flow instance: its analysis and, while held, its spans.
+#[derive(Debug)]
+pub(super) struct Recent {
+    pub(super) analysis: FlowAnalysis,
+    pub(super) spans: Option<Vec<Vec<Span>>>,
+}
+
+impl RecentFlows {
+    /// Keeps `analysis` (and, for now, its spans) as the newest instance.
+    pub(super) fn push(&mut self, analysis: FlowAnalysis, spans: Vec<Vec<Span>>) {
+        if self.items.len() >= RECENT_PER_FLOW
+            && self.items.pop_front().is_some_and(|r| r.spans.is_some())
+        {
+            self.held -= 1;
+        }
+        self.items.push_back(Recent {
+            analysis,
+            spans: Some(spans),
+        });
+        self.held += 1;
+        release_spans(self);
+    }
+}
+
+/// Keeps the spans of about [`HELD_PER_FLOW`] instances: once
+/// [`RELEASE_SLACK`] more hold theirs, the fastest of those that are not
+/// among the newest [`NEWEST_HELD`] let go, in one pass (amortised O(1) per
+/// recorded instance).
+fn release_spans(recent: &mut RecentFlows) {
+    if recent.held <= HELD_PER_FLOW + RELEASE_SLACK {
+        return;
+    }
+    let older = recent.items.len().saturating_sub(NEWEST_HELD);
+    let mut candidates: Vec<(u64, usize)> = recent
+        .items
+        .iter()
+        .take(older)
+        .enumerate()
+        .filter(|(_, r)| r.spans.is_some())
+        .map(|(i, r)| (r.analysis.duration_ns(), i))
+        .collect();
+    let excess = (recent.held - HELD_PER_FLOW).min(candidates.len());
+    if excess == 0 {
+        return;
+    }
+    candidates.select_nth_unstable(excess - 1);
+    for &(_, i) in &candidates[..excess] {
+        recent.items[i].spans = None;
+    }
+    recent.held -= excess;
+}
