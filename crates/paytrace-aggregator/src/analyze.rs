@@ -22,6 +22,7 @@ use crate::pipeline::{Now, Pipeline, PipelineConfig, Protocol};
 
 /// Why a file could not be analysed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AnalyzeError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]

@@ -55,6 +55,7 @@ impl Default for AssemblerLimits {
 
 /// Why spans were dropped or traces handed on early.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Overflow {
     /// A span of a trace that already has the most spans allowed.
     TraceSpanLimit,

@@ -29,10 +29,11 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::decode::Attr;
+use crate::attribute::Attr;
 
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
@@ -269,7 +270,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::AttrValue;
+    use crate::attribute::AttrValue;
 
     fn kv<'a>(k: &'a str, v: &'a str) -> Attr<'a> {
         Attr {

@@ -27,6 +27,7 @@ pub mod analysis;
 pub mod analyze;
 pub mod api;
 pub mod assembler;
+pub mod attribute;
 pub mod breakdown;
 pub mod config;
 pub mod decode;

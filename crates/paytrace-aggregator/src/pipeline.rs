@@ -43,6 +43,7 @@ use crate::tcc::{GlobalAnomaly, Observed, TccSettings, TccTracker, Unfinished};
 
 /// How spans reached the aggregator: the `protocol` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Protocol {
     /// OTLP/gRPC.
     Grpc,

@@ -157,6 +157,7 @@ pub struct Unfinished {
 
 /// What became of one span handed to [`TccTracker::observe`].
 #[derive(Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Observed {
     /// No `tcc.*` attributes, or none that take part (an xid alone).
     Ignored,

@@ -88,6 +88,7 @@ fn saturating_i64(n: usize) -> i64 {
 
 /// Why [`Pool::acquire_timeout`] gave no permit.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PoolError {
     /// No unit became free in time; counted as error kind `timeout`.
     #[error("no unit of the pool became free within {0:?}")]

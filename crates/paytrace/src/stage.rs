@@ -54,6 +54,7 @@ impl Outcome {
 /// assert_eq!(e.to_string(), "stage timed out after 5ms");
 /// ```
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum StageError<E> {
     /// The stage's own work failed.
     Failed(E),

@@ -43,6 +43,7 @@ struct Record {
 
 /// Why the fence store could not decide.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FenceError {
     /// The store holds its maximum of records, all of them frozen branches.
     #[error("the fence holds {0} records, all tried and waiting: refusing new branches")]
@@ -410,6 +411,7 @@ pub enum BranchOutcome<T> {
 
 /// Why a branch call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BranchError<E> {
     /// The fence refused the call; answer failure, do not retry.
     #[error("the TCC fence rejected the call: {}", .0.as_str())]

@@ -24,6 +24,7 @@ use crate::propagation::propagator;
 
 /// How spans travel to the collector (`OTEL_EXPORTER_OTLP_PROTOCOL`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Protocol {
     /// OTLP over gRPC, default port 4317.
     Grpc,
@@ -33,6 +34,7 @@ pub enum Protocol {
 
 /// Which traces are recorded (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum SamplerConfig {
     /// `always_on`.
     AlwaysOn,
@@ -67,6 +69,7 @@ impl SamplerConfig {
 /// A setting that could not be used; the message names the variable and
 /// the values it accepts.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InitError {
     /// An `OTEL_*` variable holds a value paytrace does not understand.
     #[error("{var}={value:?} is not valid: {expected}")]
