@@ -14,7 +14,7 @@
 //! flow = "checkout"
 //!
 //! # A flow whose terminal stage has not appeared within --flow-timeout is
-//! # counted incomplete. checkout -> payment.confirm is the default.
+//! # counted incomplete (terminal_stage_missing). No flow has one by default.
 //! [flows.checkout]
 //! terminal_stage = "payment.confirm"
 //!

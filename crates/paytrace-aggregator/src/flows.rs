@@ -4,7 +4,7 @@
 //!
 //! A trace that carries no flow id and links to no waiting trace is a flow on
 //! its own and is final at once. A flow whose configured terminal stage
-//! (checkout: `payment.confirm`) has not appeared is kept until
+//! (the demo's checkout: `payment.confirm`) has not appeared is kept until
 //! `flow_timeout` after its first trace arrived, then reported incomplete;
 //! unless its first trace's root ended in error: a failed flow never reaches
 //! its terminal stage, and is final, as an error, once idle.
@@ -28,7 +28,8 @@ pub struct FlowSettings {
     /// A flow still missing its terminal stage this long after it began is
     /// reported incomplete.
     pub flow_timeout: Duration,
-    /// The stage that ends each flow, by flow name.
+    /// The stage that ends each flow, by flow name; none unless configured
+    /// (`[flows.NAME] terminal_stage` in the `--config` file).
     pub terminal_stages: HashMap<String, String>,
     /// Most flows waiting at once; past it the oldest is reported incomplete.
     pub max_pending: usize,
@@ -39,10 +40,7 @@ impl Default for FlowSettings {
         Self {
             flow_idle: Duration::from_secs(30),
             flow_timeout: Duration::from_secs(120),
-            terminal_stages: HashMap::from([(
-                paytrace_semconv::flow::CHECKOUT.to_owned(),
-                paytrace_semconv::stage::PAYMENT_CONFIRM.to_owned(),
-            )]),
+            terminal_stages: HashMap::new(),
             max_pending: 100_000,
         }
     }
@@ -337,6 +335,7 @@ mod tests {
         FlowSettings {
             flow_idle: Duration::from_secs(30),
             flow_timeout: Duration::from_secs(120),
+            terminal_stages: HashMap::from([("checkout".into(), "payment.confirm".into())]),
             ..Default::default()
         }
     }

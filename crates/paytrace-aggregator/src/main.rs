@@ -78,8 +78,9 @@ struct ServeArgs {
     /// by up to this much.
     #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
     clock_tolerance: Duration,
-    /// A flow still missing its terminal stage (checkout: payment.confirm)
-    /// this long after it began is counted incomplete.
+    /// A flow still missing its terminal stage (set per flow in --config:
+    /// `[flows.checkout] terminal_stage = "payment.confirm"`) this long after
+    /// it began is counted incomplete.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     flow_timeout: Duration,
     /// A TCC branch tried this long ago with no Confirm or Cancel from any

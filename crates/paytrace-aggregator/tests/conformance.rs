@@ -52,6 +52,8 @@ impl Aggregator {
             .args(["--listen", &format!("127.0.0.1:{api}")])
             .args(["--otlp-grpc-listen", &format!("127.0.0.1:{grpc}")])
             .args(["--otlp-http-listen", &format!("127.0.0.1:{http}")])
+            .arg("--config")
+            .arg(repo().join("conformance/aggregator.toml"))
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -273,6 +273,13 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
             // Callbacks come within seconds here; a real shop waits for
             // its payment timeout.
             config.pipeline.tcc.timeout = Duration::from_secs(8);
+            // The shop's flows (its checkout ends at payment.confirm), as a
+            // --config file would give them.
+            let flows = paytrace_aggregator::config::Config::from_toml(
+                "examples/shop/flows.toml",
+                include_str!("../flows.toml"),
+            )?;
+            config.pipeline.flows.terminal_stages = flows.terminal_stages;
             Some(
                 paytrace_aggregator::server::start(config)
                     .await
