@@ -81,7 +81,7 @@ mod tcc_redis;
 mod telemetry;
 
 pub use cardinality::LabelLimits;
-pub use client::Client;
+pub use client::{Client, RequestBuilder};
 pub use handler::metrics_route;
 pub use metrics::{Buckets, Metrics};
 pub use propagation::{Flow, current_traceparent};

@@ -60,6 +60,7 @@ async fn metrics_endpoint_passes_promtool_check_metrics() {
     let http = svc.client(reqwest::Client::new());
     let response = http
         .get(&format!("http://{addr}/orders/1"))
+        .send()
         .await
         .expect("served");
     assert!(response.status().is_success());

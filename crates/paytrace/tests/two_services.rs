@@ -36,7 +36,7 @@ async fn gateway_checkout(
             gw.svc
                 .stage("order.create")
                 .run(async {
-                    let response = gw.http.get(&url).await?;
+                    let response = gw.http.get(&url).send().await?;
                     response.error_for_status()?.text().await
                 })
                 .await

@@ -90,7 +90,7 @@ async fn get_order(
         .stage("order.create")
         .attribute("order.id", &id)
         .run(async {
-            let response = app.http.get(&url).await?.error_for_status()?;
+            let response = app.http.get(&url).send().await?.error_for_status()?;
             response.json::<serde_json::Value>().await
         })
         .await

@@ -54,7 +54,7 @@ async fn checkout(
         .id(order_id.clone())
         .payment_method(req.payment_method)
         .payment_channel(channel)
-        .scope(g.http.send(g.http.inner().post(&url).json(&body)))
+        .scope(g.http.post(&url).json(&body).send())
         .await
         .map_err(|e| (StatusCode::BAD_GATEWAY, format!("order service: {e}")))?;
     let status = response.status();
@@ -89,7 +89,7 @@ async fn refund(
         .id(format!("refund:{}", req.order_id))
         .payment_method(req.payment_method.clone())
         .payment_channel(channel)
-        .scope(g.http.send(g.http.inner().post(&url).json(&req)))
+        .scope(g.http.post(&url).json(&req).send())
         .await
         .map_err(|e| (StatusCode::BAD_GATEWAY, format!("payment service: {e}")))?;
     if response.status().is_success() {

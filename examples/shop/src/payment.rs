@@ -195,7 +195,7 @@ async fn consume(
                     .tcc(&branch(&cb.order_id), tcc::RESOURCE_PAYMENT, Phase::Confirm)
                     .link(producer)
                     .run(async {
-                        let r = http.send(http.inner().post(&url)).await?;
+                        let r = http.post(&url).send().await?;
                         r.error_for_status()?;
                         Ok::<_, PayError>(())
                     })
@@ -224,7 +224,7 @@ async fn refund(State(p): State<Payment>, Json(req): Json<RefundRequest>) -> Sta
             p.svc
                 .stage("channel.refund")
                 .run_with_deadline(Duration::from_secs(5), async {
-                    let r = p.http.send(p.http.inner().post(&url).json(&req)).await?;
+                    let r = p.http.post(&url).json(&req).send().await?;
                     r.error_for_status()?;
                     Ok::<_, PayError>(())
                 })
