@@ -113,31 +113,8 @@ fn a_channel_outage_pages_and_an_infra_cause_inhibits_its_business_symptom() {
         ],
         "prometheus-alertmanager",
     );
-    let _prometheus = spawn(
-        "prometheus",
-        &[
-            format!("--config.file={config}"),
-            format!("--storage.tsdb.path={}", dir.join("prometheus").display()),
-            format!("--web.listen-address=127.0.0.1:{PROMETHEUS}"),
-        ],
-        "prometheus",
-    );
-    let _demo = spawn(
-        env!("CARGO_BIN_EXE_paytrace-demo"),
-        &[
-            "--duration".into(),
-            "300s".into(),
-            "--rps".into(),
-            "15".into(),
-            "--port-base".into(),
-            BASE.to_string(),
-            "--chaos".into(),
-            "channel-down,pool-exhausted,cancel-after-confirm".into(),
-            "--chaos-channel".into(),
-            "card".into(),
-        ],
-        "the demo (cargo build)",
-    );
+    let _prometheus = spawn_prometheus(&config, &dir, PROMETHEUS);
+    let _demo = spawn_faulty_demo(BASE, 15, 300);
 
     let outcome = rt.block_on(async {
         let client = reqwest::Client::new();

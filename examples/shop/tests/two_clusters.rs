@@ -116,31 +116,8 @@ fn every_recording_rule_and_alert_keeps_two_clusters_apart() {
         .filter_map(|(_, r)| r.get("record").and_then(|r| r.as_str()).map(str::to_owned))
         .collect();
 
-    let demo = spawn(
-        env!("CARGO_BIN_EXE_paytrace-demo"),
-        &[
-            "--duration".into(),
-            "300s".into(),
-            "--rps".into(),
-            "10".into(),
-            "--port-base".into(),
-            BASE.to_string(),
-            "--chaos".into(),
-            "channel-down,pool-exhausted,cancel-after-confirm".into(),
-            "--chaos-channel".into(),
-            "card".into(),
-        ],
-        "the demo (cargo build)",
-    );
-    let _prometheus = spawn(
-        "prometheus",
-        &[
-            format!("--config.file={config}"),
-            format!("--storage.tsdb.path={}", dir.join("prometheus").display()),
-            format!("--web.listen-address=127.0.0.1:{PROMETHEUS}"),
-        ],
-        "prometheus",
-    );
+    let demo = spawn_faulty_demo(BASE, 10, 300);
+    let _prometheus = spawn_prometheus(&config, &dir, PROMETHEUS);
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (with_data, problems, alerts) = rt.block_on(async {

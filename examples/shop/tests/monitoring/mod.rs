@@ -275,3 +275,38 @@ pub(crate) fn url_encoded(s: &str) -> String {
         })
         .collect()
 }
+
+/// A real Prometheus with `config`, its data in `dir/prometheus`, on `port`.
+pub(crate) fn spawn_prometheus(config: &str, dir: &Path, port: u16) -> Killed {
+    spawn(
+        "prometheus",
+        &[
+            format!("--config.file={config}"),
+            format!("--storage.tsdb.path={}", dir.join("prometheus").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+        ],
+        "prometheus",
+    )
+}
+
+/// The demo on ports from `port_base` for `seconds`, at `rps` checkouts a
+/// second, with the card channel down, inventory's pool exhausted and
+/// Cancels after Confirm.
+pub(crate) fn spawn_faulty_demo(port_base: u16, rps: u32, seconds: u32) -> Killed {
+    spawn(
+        env!("CARGO_BIN_EXE_paytrace-demo"),
+        &[
+            "--duration".into(),
+            format!("{seconds}s"),
+            "--rps".into(),
+            rps.to_string(),
+            "--port-base".into(),
+            port_base.to_string(),
+            "--chaos".into(),
+            "channel-down,pool-exhausted,cancel-after-confirm".into(),
+            "--chaos-channel".into(),
+            "card".into(),
+        ],
+        "the demo (cargo build)",
+    )
+}
