@@ -168,6 +168,11 @@ pub struct Span {
     pub business: Business,
 }
 
+/// Nanoseconds as seconds: what the metrics, the API and the page show.
+pub(crate) fn seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
 impl Span {
     /// `end_ns - start_ns`.
     pub fn duration_ns(&self) -> u64 {

@@ -41,7 +41,7 @@ use paytrace_semconv::{outcome, tcc as names};
 use paytrace_tcc::{BranchState, Phase};
 use serde::Serialize;
 
-use crate::span::{Span, SpanId, TraceId};
+use crate::span::{Span, SpanId, TraceId, seconds};
 
 /// Settings of the TCC tracker.
 #[derive(Clone, Debug)]
@@ -177,10 +177,6 @@ fn bit(kind: &str) -> u16 {
     1 << i
 }
 
-fn unix_seconds(ns: u64) -> f64 {
-    ns as f64 / 1e9
-}
-
 /// Follows global transactions and finds their anomalies.
 #[derive(Debug)]
 pub struct TccTracker {
@@ -226,7 +222,7 @@ impl TccTracker {
                 branch: t.branch_id.as_deref().unwrap_or(&resource).to_owned(),
                 kind: names::MALFORMED,
                 service: span.service.to_string(),
-                time_unix_seconds: unix_seconds(span.start_ns),
+                time_unix_seconds: seconds(span.start_ns),
                 trace_ids: vec![span.trace_id.to_string()],
                 span_id: span.span_id.to_string(),
             };
@@ -337,7 +333,7 @@ impl TccTracker {
                         branch: p.branch.to_string(),
                         kind: names::FROZEN,
                         service,
-                        time_unix_seconds: unix_seconds(p.tried_end_ns),
+                        time_unix_seconds: seconds(p.tried_end_ns),
                         trace_ids: vec![p.trace_id.to_string()],
                         span_id: String::new(),
                     });
@@ -399,7 +395,7 @@ impl TccTracker {
         let age = if count == 0 {
             0.0
         } else {
-            now_unix_ns.saturating_sub(oldest) as f64 / 1e9
+            seconds(now_unix_ns.saturating_sub(oldest))
         };
         (count, age)
     }
@@ -424,7 +420,7 @@ impl TccTracker {
                 Some(Unfinished {
                     xid: xid.to_string(),
                     resources,
-                    age_seconds: now_unix_ns.saturating_sub(oldest) as f64 / 1e9,
+                    age_seconds: seconds(now_unix_ns.saturating_sub(oldest)),
                     trace_ids,
                 })
             })
@@ -515,7 +511,7 @@ fn replay_branch(
                 branch: o.branch.to_string(),
                 kind,
                 service: o.service.to_string(),
-                time_unix_seconds: unix_seconds(o.start_ns),
+                time_unix_seconds: seconds(o.start_ns),
                 trace_ids,
                 span_id: o.span_id.to_string(),
             });

@@ -6,11 +6,30 @@
 //! every later new value becomes [`OVERFLOW_LABEL_VALUE`] and the caller counts
 //! it in `paytrace_series_overflow_total`. A misbehaving client that puts a user
 //! id into `payment.method` baggage therefore costs one series, not millions.
+//! HTTP methods are bounded by the conventions instead ([`method_label`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
 use paytrace_semconv::{OVERFLOW_LABEL_VALUE, label};
+
+/// The `http.request.method` value: the method if it is one of the standard
+/// ones, `_OTHER` otherwise (OpenTelemetry HTTP semantic conventions), so a
+/// client cannot mint new label values.
+pub(crate) fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
 
 /// How many distinct values each guarded label may take.
 ///

@@ -6,9 +6,9 @@ use tracing::Instrument;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::cardinality::method_label;
 use crate::propagation::{ambient, inject, outgoing};
 use crate::redact::redact;
-use crate::server::method_label;
 use crate::service::Service;
 
 /// A `reqwest::Client` whose calls carry W3C `traceparent` and `baggage`, get

@@ -7,7 +7,7 @@ use std::task::{Context as TaskContext, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::extract::MatchedPath;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use opentelemetry::Context;
 use opentelemetry::baggage::BaggageExt;
 use paytrace_semconv::{UNMATCHED_ROUTE, attr};
@@ -17,6 +17,7 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::cardinality::OTHER;
+use crate::cardinality::method_label;
 use crate::propagation::extract;
 use crate::redact::redact;
 use crate::service::{Service, deadline_sleep};
@@ -84,24 +85,6 @@ impl<S> tower::Layer<S> for HttpLayer {
 pub struct HttpService<S> {
     inner: S,
     layer: HttpLayer,
-}
-
-/// The `http.request.method` value: the method if it is one of the standard
-/// ones, `_OTHER` otherwise (OpenTelemetry HTTP semantic conventions), so a
-/// client cannot mint new label values.
-pub(crate) fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "_OTHER",
-    }
 }
 
 impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for HttpService<S>

@@ -10,6 +10,7 @@ use prometheus::{
 
 use super::Protocol;
 use crate::analysis::FlowAnalysis;
+use crate::span::seconds;
 
 /// The address of a bounded label value (0 for none). [`LabelValues`] keeps
 /// every bounded value alive as long as the pipeline, so an address names
@@ -205,7 +206,7 @@ impl Metrics {
                 self.flow_duration
                     .with_label_values(&[flow, method, channel, outcome])
             })
-            .observe(a.duration_ns() as f64 / 1e9);
+            .observe(seconds(a.duration_ns()));
         for s in &a.stages {
             let key = [key[0], label_addr(Some(&s.stage)), key[1], key[2]];
             let [critical_path, self_time] = series.stages.entry(key).or_insert_with(|| {
@@ -215,8 +216,8 @@ impl Metrics {
                     self.stage_self.with_label_values(&labels),
                 ]
             });
-            critical_path.observe(s.critical_path_ns as f64 / 1e9);
-            self_time.observe(s.self_ns as f64 / 1e9);
+            critical_path.observe(seconds(s.critical_path_ns));
+            self_time.observe(seconds(s.self_ns));
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 
 use crate::analysis::FlowAnalysis;
-use crate::span::{Span, SpanId};
+use crate::span::{Span, SpanId, seconds};
 
 /// One span of a slow flow, for a waterfall.
 #[derive(Clone, Debug, Serialize)]
@@ -137,8 +137,8 @@ pub(super) fn span_views(a: &FlowAnalysis, traces: &[Vec<Span>]) -> Vec<SpanView
             name: span.name.to_string(),
             service: span.service.to_string(),
             stage: span.business.stage.as_deref().map(str::to_owned),
-            offset_seconds: span.start_ns.saturating_sub(a.start_ns) as f64 / 1e9,
-            duration_seconds: span.duration_ns() as f64 / 1e9,
+            offset_seconds: seconds(span.start_ns.saturating_sub(a.start_ns)),
+            duration_seconds: seconds(span.duration_ns()),
             error: span.is_error,
             critical: critical.contains(&span.span_id),
         })
@@ -148,7 +148,7 @@ pub(super) fn span_views(a: &FlowAnalysis, traces: &[Vec<Span>]) -> Vec<SpanView
 }
 
 pub(super) fn slow_flow(a: &FlowAnalysis, traces: Option<&[Vec<Span>]>) -> SlowFlow {
-    let s = |ns: u64| ns as f64 / 1e9;
+    let s = seconds;
     let mut path: Vec<PathStep> = a
         .critical_path
         .iter()
