@@ -3,6 +3,33 @@
 //! It answers the question the toolkit exists for: *in this flow, for this
 //! payment method and channel, which stage does the user wait on?*
 //!
+//! ```
+//! use paytrace_aggregator::decode::Decoded;
+//! use paytrace_aggregator::pipeline::{Now, Pipeline, PipelineConfig, Protocol, Query};
+//! use paytrace_aggregator::testing::{child, numbered, span, stage};
+//!
+//! // A checkout of 100 ms: 30 ms of inventory.try, then 60 ms of channel.request.
+//! let ms = 1_000_000;
+//! let spans = numbered(vec![
+//!     stage(span("checkout", 0, 100 * ms)),
+//!     stage(child("inventory.try", 1, 5 * ms, 35 * ms)),
+//!     stage(child("channel.request", 1, 35 * ms, 95 * ms)),
+//! ]);
+//! let pipeline = Pipeline::new(PipelineConfig::default());
+//! let now = Now::current();
+//! pipeline.ingest(Protocol::Grpc, Decoded { spans, ..Decoded::default() }, now.instant);
+//! pipeline.flush(now);
+//!
+//! let breakdown = pipeline.breakdown(&Query::new("checkout", 5, now.minute()));
+//! let top = &breakdown.stages[0];
+//! assert_eq!((top.stage.as_str(), breakdown.traces), ("channel.request", 1));
+//! assert!((top.critical_path.share - 0.6).abs() < 1e-9);
+//! ```
+//!
+//! `paytrace-aggregator serve` runs this pipeline behind the OTLP receivers,
+//! the JSON API, the page and `/metrics`; `paytrace-aggregator analyze` runs it
+//! over OTLP JSON files.
+//!
 //! Where to start:
 //! - [`decode`]: OTLP requests into spans, rejecting invalid ones one by one:
 //!   protobuf bytes straight from the wire ([`decode::decode_protobuf`], what

@@ -11,7 +11,11 @@
 //! Where to start:
 //! - [`attr`]: span attribute keys (`paytrace.stage`, `payment.method`, …).
 //! - [`metric`]: Prometheus metric names; [`label`]: their label names.
-//! - [`flow`], [`stage`], [`outcome`], [`tcc`]: the values those labels take.
+//! - [`flow`], [`stage`], [`outcome`], [`tcc`]: the values those labels take;
+//!   the `reason` and `outcome` values of the health counters in their own
+//!   modules ([`drop_reason`], [`aggregator_drop_reason`],
+//!   [`aggregator_truncation`], [`incomplete_reason`], [`eviction_reason`],
+//!   [`tcc_phase_outcome`], [`queue_outcome`]).
 //! - [`DEFAULT_LATENCY_BUCKETS`] and [`HTTP_LATENCY_BUCKETS`]: the histogram
 //!   buckets of the flow and stage, and of the HTTP and RPC latency metrics.
 //!
