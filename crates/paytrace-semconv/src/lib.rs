@@ -427,7 +427,7 @@ pub mod flow {
 ///
 /// TCC phases are stages named `<resource>.<phase>`. An async wait that the
 /// aggregator attributes to a stitched flow is the pseudo-stage
-/// `async:<stage>` (see [`async_wait`]).
+/// `async:<stage>` (see [`async_wait`](crate::stage::async_wait)).
 ///
 /// ```
 /// use paytrace_semconv::stage;
