@@ -103,16 +103,14 @@ pub fn analyze_files(paths: &[PathBuf], config: &Config) -> Result<Report, Analy
         }
     }
     progress.finish_and_clear();
-    pipeline.flush(Now::at(now, std::time::UNIX_EPOCH));
+    // The input has no clock: the flush runs at the epoch, its minute 0.
+    let at = Now::at(now, std::time::UNIX_EPOCH);
+    pipeline.flush(at);
     report.traces = traces.len() as u64;
-    report.groups = pipeline.groups(1, OFFLINE_MINUTE);
+    report.groups = pipeline.groups(1, at.minute());
     report.flows = report.groups.instances();
     Ok(report)
 }
-
-/// The minute every offline flow is recorded in: the input has no clock,
-/// so the flush runs at the epoch.
-const OFFLINE_MINUTE: u64 = 0;
 
 /// The live pipeline with the settings of `config` and no limit that would
 /// analyse part of the input early: a file is read whole, then flushed.

@@ -183,6 +183,22 @@ fn run(args: &[&str]) -> std::process::Output {
         .expect("the binary runs")
 }
 
+/// `analyze --format json` of `path`, which must succeed.
+fn analyze_json(path: &std::path::Path) -> Value {
+    let out = run(&[
+        "analyze",
+        "--format",
+        "json",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
 fn breakdown<'a>(doc: &'a Value, method: Option<&str>) -> &'a Value {
     doc["flows"]
         .as_array()
@@ -209,18 +225,7 @@ fn close(actual: &Value, expected: f64) -> bool {
 #[test]
 fn analyze_json_reports_stitched_flows_with_async_waits() {
     let path = write_temp("checkout.jsonl", &checkout_file());
-    let out = run(&[
-        "analyze",
-        "--format",
-        "json",
-        path.to_str().expect("utf-8 path"),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let doc = analyze_json(&path);
 
     let all = breakdown(&doc, None);
     assert_eq!(all["traces"], 2, "the alipay flow's two traces count once");
@@ -309,18 +314,7 @@ fn a_single_pretty_printed_document_is_accepted() {
     let pretty = serde_json::to_string_pretty(&serde_json::from_str::<Value>(&one).expect("json"))
         .expect("pretty");
     let path = write_temp("pretty.json", &pretty);
-    let out = run(&[
-        "analyze",
-        "--format",
-        "json",
-        path.to_str().expect("utf-8 path"),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let doc = analyze_json(&path);
     assert_eq!(doc["flows"][0]["flow"], "svc GET /health");
 }
 
@@ -350,18 +344,7 @@ fn malformed_input_names_the_file_and_line() {
 async fn analyze_and_serve_agree_on_the_same_spans() {
     let file = checkout_file();
     let path = write_temp("agree.jsonl", &file);
-    let out = run(&[
-        "analyze",
-        "--format",
-        "json",
-        path.to_str().expect("utf-8 path"),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let offline: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let offline = analyze_json(&path);
 
     let running = paytrace_aggregator::server::start(
         paytrace_aggregator::server::ServeConfig::on_free_loopback_ports(),
