@@ -48,7 +48,7 @@ async fn redis_fence() -> Option<Arc<dyn FenceStore>> {
 /// fence when there is one.
 fn participant(fence: Option<Arc<dyn FenceStore>>) -> Router {
     let metrics = install_tracing();
-    let svc = paytrace::Service::with_metrics("inventory", "1.0.0", metrics);
+    let svc = paytrace::ServiceTelemetry::with_metrics("inventory", "1.0.0", metrics);
     let resource: Option<TccResource> = fence.map(|f| svc.tcc("inventory", f));
     let stage_svc = svc.clone();
     Router::new()

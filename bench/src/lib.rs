@@ -6,6 +6,7 @@
 //! the network.
 
 pub mod otlp;
+pub mod stage;
 
 use std::sync::OnceLock;
 
@@ -57,6 +58,37 @@ pub fn install_tracing() -> &'static paytrace::Metrics {
     })
 }
 
+/// Builds one of the compared HTTP set-ups.
+pub type MakeRouter = fn() -> Router;
+
+/// The HTTP set-ups compared, by the name the benchmarks report.
+pub const SETUPS: [(&str, MakeRouter); 4] = [
+    ("bare", bare),
+    ("paytrace", with_paytrace),
+    (
+        "tower_http_trace+axum_prometheus",
+        with_tower_http_and_axum_prometheus,
+    ),
+    (
+        "axum_tracing_opentelemetry+axum_prometheus",
+        with_axum_tracing_opentelemetry_and_axum_prometheus,
+    ),
+];
+
+/// The request every set-up answers: a caller's trace context and baggage
+/// on a route with a path parameter.
+pub fn request() -> axum::http::Request<axum::body::Body> {
+    axum::http::Request::builder()
+        .uri("/orders/42")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .header("baggage", "paytrace.flow=checkout,payment.method=alipay")
+        .body(axum::body::Body::empty())
+        .expect("a valid request")
+}
+
 /// The application under test: one route with a path parameter.
 pub fn app() -> Router {
     Router::new().route("/orders/{id}", get(|| async { "ok" }))
@@ -70,7 +102,7 @@ pub fn bare() -> Router {
 /// `app()` with the paytrace layer.
 pub fn with_paytrace() -> Router {
     let metrics = install_tracing();
-    let svc = paytrace::Service::with_metrics("bench", "1.0.0", metrics);
+    let svc = paytrace::ServiceTelemetry::with_metrics("bench", "1.0.0", metrics);
     app().layer(svc.http_layer())
 }
 

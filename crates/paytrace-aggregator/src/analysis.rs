@@ -20,11 +20,11 @@ use std::sync::Arc;
 use paytrace_semconv::stage::ASYNC_PREFIX;
 
 use crate::span::{Span, SpanId, TraceId};
-use crate::tree::{DEFAULT_CLOCK_TOLERANCE_NS, Tree};
+use crate::tree::Tree;
 
 /// One stage's times in one flow instance, in nanoseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StageTimes {
+pub(crate) struct StageTimes {
     /// The stage name (`inventory.try`, `async:channel.callback`, or a root's
     /// `"{service.name} {span name}"`).
     pub stage: Arc<str>,
@@ -40,7 +40,7 @@ pub struct StageTimes {
 
 /// A piece of a flow's critical path.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PathSegment {
+pub(crate) struct PathSegment {
     /// The trace the time was spent in.
     pub trace_id: TraceId,
     /// The span doing the work; `None` for an async wait between traces.
@@ -55,7 +55,7 @@ pub struct PathSegment {
 
 /// The analysis of one flow instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FlowAnalysis {
+pub(crate) struct FlowAnalysis {
     /// `paytrace.flow`, or else the first trace root's stage name.
     pub flow: Arc<str>,
     /// `paytrace.flow_id`, if any span carried one.
@@ -80,7 +80,7 @@ pub struct FlowAnalysis {
 
 impl FlowAnalysis {
     /// End-to-end duration.
-    pub fn duration_ns(&self) -> u64 {
+    pub(crate) fn duration_ns(&self) -> u64 {
         self.end_ns - self.start_ns
     }
 }
@@ -93,43 +93,18 @@ struct TraceInfo<'a> {
 
 /// Analyses one flow instance made of `traces` (each a non-empty list of
 /// the spans of one trace). Empty traces are ignored; `None` if all are.
-///
-/// ```
-/// use paytrace_aggregator::analysis::analyze_flow;
-/// use paytrace_aggregator::testing::{child, numbered, span, stage};
-///
-/// let trace = numbered(vec![
-///     stage(span("checkout", 0, 100)),
-///     stage(child("inventory.try", 1, 10, 40)),
-/// ]);
-/// let flow = analyze_flow(&[trace]).unwrap();
-/// let cp: u64 = flow.stages.iter().map(|s| s.critical_path_ns).sum();
-/// assert_eq!(cp, flow.duration_ns());
-/// ```
-pub fn analyze_flow(traces: &[Vec<Span>]) -> Option<FlowAnalysis> {
-    analyze_flow_with(traces, DEFAULT_CLOCK_TOLERANCE_NS)
+#[cfg(test)]
+pub(crate) fn analyze_flow(traces: &[Vec<Span>]) -> Option<FlowAnalysis> {
+    analyze_flow_with(traces, crate::tree::DEFAULT_CLOCK_TOLERANCE_NS)
 }
 
 /// [`analyze_flow`] with the critical-path walk's clock tolerance set: a
 /// span that ended up to `clock_tolerance_ns` after its next sibling
 /// started still precedes it on the path (0 reads timestamps exactly).
-///
-/// ```
-/// use paytrace_aggregator::analysis::analyze_flow_with;
-/// use paytrace_aggregator::testing::{child, numbered, span, stage};
-///
-/// // a (0..2 ms) then b, whose start a millisecond clock put 0.4 ms early.
-/// let ms = 1_000_000;
-/// let trace = numbered(vec![
-///     stage(span("checkout", 0, 5 * ms)),
-///     stage(child("a", 1, 0, 2 * ms)),
-///     stage(child("b", 1, 2 * ms - 400_000, 5 * ms)),
-/// ]);
-/// let flow = analyze_flow_with(&[trace], ms).unwrap();
-/// let a = flow.stages.iter().find(|s| &*s.stage == "a").unwrap();
-/// assert_eq!(a.critical_path_ns, 2 * ms - 400_000);
-/// ```
-pub fn analyze_flow_with(traces: &[Vec<Span>], clock_tolerance_ns: u64) -> Option<FlowAnalysis> {
+pub(crate) fn analyze_flow_with(
+    traces: &[Vec<Span>],
+    clock_tolerance_ns: u64,
+) -> Option<FlowAnalysis> {
     let mut infos: Vec<TraceInfo<'_>> = traces
         .iter()
         .filter(|t| !t.is_empty())
@@ -651,5 +626,40 @@ mod tests {
         assert_eq!(stage_cp(&flow, "b"), 100);
         assert_eq!(stage_cp(&flow, "a"), 50);
         assert_eq!(stage_cp(&flow, "async:b"), 0);
+    }
+
+    #[test]
+    fn analyze_flow_sums_critical_path_to_duration() {
+        use crate::analysis::analyze_flow;
+        use crate::testing::{child, numbered, span, stage};
+
+        let trace = numbered(vec![
+            stage(span("checkout", 0, 100)),
+            stage(child("inventory.try", 1, 10, 40)),
+        ]);
+        let flow = analyze_flow(&[trace]).expect("one flow");
+        let cp: u64 = flow.stages.iter().map(|s| s.critical_path_ns).sum();
+        assert_eq!(cp, flow.duration_ns());
+    }
+
+    #[test]
+    fn tolerance_follows_a_child_a_millisecond_clock_moved() {
+        use crate::analysis::analyze_flow_with;
+        use crate::testing::{child, numbered, span, stage};
+
+        // a (0..2 ms) then b, whose start a millisecond clock put 0.4 ms early.
+        let ms = 1_000_000;
+        let trace = numbered(vec![
+            stage(span("checkout", 0, 5 * ms)),
+            stage(child("a", 1, 0, 2 * ms)),
+            stage(child("b", 1, 2 * ms - 400_000, 5 * ms)),
+        ]);
+        let flow = analyze_flow_with(&[trace], ms).expect("one flow");
+        let a = flow
+            .stages
+            .iter()
+            .find(|s| &*s.stage == "a")
+            .expect("stage a");
+        assert_eq!(a.critical_path_ns, 2 * ms - 400_000);
     }
 }

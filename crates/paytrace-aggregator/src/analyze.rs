@@ -51,7 +51,7 @@ pub enum AnalyzeError {
 #[derive(Debug, Default)]
 pub struct Report {
     /// Breakdowns accumulated per group.
-    pub groups: Groups,
+    pub(crate) groups: Groups,
     /// Spans read.
     pub spans: u64,
     /// Spans rejected as invalid.

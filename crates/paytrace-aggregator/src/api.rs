@@ -24,14 +24,7 @@ use serde::Deserialize;
 use crate::pipeline::{Now, Pipeline, WINDOWS_MINUTES};
 
 /// A window such as `5m` or `1h`, in minutes; one of [`WINDOWS_MINUTES`].
-///
-/// ```
-/// use paytrace_aggregator::api::parse_window;
-/// assert_eq!(parse_window("15m"), Ok(15));
-/// assert_eq!(parse_window("1h"), Ok(60));
-/// assert!(parse_window("2m").is_err());
-/// ```
-pub fn parse_window(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_window(s: &str) -> Result<u64, String> {
     let minutes = match s {
         "1m" => 1,
         "5m" => 5,
@@ -203,7 +196,7 @@ async fn ready(State(p): State<Arc<Pipeline>>) -> Response {
 }
 
 /// The API router.
-pub fn router(pipeline: Arc<Pipeline>) -> Router {
+pub(crate) fn router(pipeline: Arc<Pipeline>) -> Router {
     Router::new()
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/breakdown", get(breakdown))
@@ -215,4 +208,15 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(pipeline)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parse_window_takes_the_kept_windows() {
+        use crate::api::parse_window;
+        assert_eq!(parse_window("15m"), Ok(15));
+        assert_eq!(parse_window("1h"), Ok(60));
+        assert!(parse_window("2m").is_err());
+    }
 }

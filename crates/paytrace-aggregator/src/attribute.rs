@@ -16,12 +16,6 @@ pub enum AttrValue<'a> {
 }
 
 /// One attribute of a span, borrowed from the request it came in.
-///
-/// ```
-/// use paytrace_aggregator::attribute::{Attr, AttrValue};
-/// let attr = Attr { key: b"http.route", value: AttrValue::Str(b"/pay") };
-/// assert_eq!(attr.str_value(), Some(&b"/pay"[..]));
-/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Attr<'a> {
     /// The key, as bytes: compared with known keys, never kept.
@@ -37,5 +31,18 @@ impl<'a> Attr<'a> {
             AttrValue::Str(s) => Some(s),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn str_value_reads_a_string_attribute() {
+        use crate::attribute::{Attr, AttrValue};
+        let attr = Attr {
+            key: b"http.route",
+            value: AttrValue::Str(b"/pay"),
+        };
+        assert_eq!(attr.str_value(), Some(&b"/pay"[..]));
     }
 }

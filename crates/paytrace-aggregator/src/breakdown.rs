@@ -13,7 +13,7 @@ use crate::analysis::FlowAnalysis;
 /// A distribution kept as a DDSketch (1% relative error on quantiles,
 /// mergeable across windows and replicas).
 #[derive(Clone)]
-pub struct Distribution {
+pub(crate) struct Distribution {
     sketch: DDSketch,
 }
 
@@ -36,28 +36,28 @@ impl Default for Distribution {
 
 impl Distribution {
     /// Records one value, in seconds.
-    pub fn add(&mut self, seconds: f64) {
+    pub(crate) fn add(&mut self, seconds: f64) {
         self.sketch.add(seconds);
     }
 
     /// Adds everything `other` recorded.
-    pub fn merge(&mut self, other: &Distribution) {
+    pub(crate) fn merge(&mut self, other: &Distribution) {
         // Sketches built with the same config always merge.
         let _ = self.sketch.merge(&other.sketch);
     }
 
     /// How many values.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.sketch.count() as u64
     }
 
     /// Their sum, in seconds.
-    pub fn sum(&self) -> f64 {
+    pub(crate) fn sum(&self) -> f64 {
         self.sketch.sum().unwrap_or(0.0)
     }
 
     /// The `q` quantile (0 to 1); 0 when empty.
-    pub fn quantile(&self, q: f64) -> f64 {
+    pub(crate) fn quantile(&self, q: f64) -> f64 {
         self.sketch
             .quantile(q)
             .ok()
@@ -67,7 +67,7 @@ impl Distribution {
     }
 
     /// Mean, p50, p90, p99.
-    pub fn summary(&self) -> Summary {
+    pub(crate) fn summary(&self) -> Summary {
         let count = self.count();
         Summary {
             mean: if count == 0 {
@@ -169,24 +169,8 @@ struct StageAccumulator {
 }
 
 /// Flow analyses of one group (flow, method, channel), accumulated.
-///
-/// ```
-/// use paytrace_aggregator::analysis::analyze_flow;
-/// use paytrace_aggregator::breakdown::Accumulator;
-/// use paytrace_aggregator::testing::{child, numbered, span, stage};
-///
-/// let trace = numbered(vec![
-///     stage(span("checkout", 0, 1_000_000_000)),
-///     stage(child("channel.request", 1, 0, 600_000_000)),
-/// ]);
-/// let mut acc = Accumulator::default();
-/// acc.add(&analyze_flow(&[trace]).unwrap());
-/// let b = acc.breakdown("checkout", None, None, None);
-/// assert_eq!(b.stages[0].stage, "channel.request");
-/// assert!((b.stages[0].critical_path.share - 0.6).abs() < 0.01);
-/// ```
 #[derive(Clone, Debug, Default)]
-pub struct Accumulator {
+pub(crate) struct Accumulator {
     end_to_end: Distribution,
     stages: BTreeMap<Arc<str>, StageAccumulator>,
 }
@@ -195,7 +179,7 @@ const NS: f64 = 1e9;
 
 impl Accumulator {
     /// Records one flow instance.
-    pub fn add(&mut self, flow: &FlowAnalysis) {
+    pub(crate) fn add(&mut self, flow: &FlowAnalysis) {
         self.end_to_end.add(flow.duration_ns() as f64 / NS);
         for s in &flow.stages {
             let acc = self.stages.entry(s.stage.clone()).or_default();
@@ -206,7 +190,7 @@ impl Accumulator {
     }
 
     /// Adds everything `other` recorded.
-    pub fn merge(&mut self, other: &Accumulator) {
+    pub(crate) fn merge(&mut self, other: &Accumulator) {
         self.end_to_end.merge(&other.end_to_end);
         for (stage, acc) in &other.stages {
             let mine = self.stages.entry(stage.clone()).or_default();
@@ -217,12 +201,12 @@ impl Accumulator {
     }
 
     /// Flow instances recorded.
-    pub fn flows(&self) -> u64 {
+    pub(crate) fn flows(&self) -> u64 {
         self.end_to_end.count()
     }
 
     /// The BREAKDOWN object of what was recorded.
-    pub fn breakdown(
+    pub(crate) fn breakdown(
         &self,
         flow: &str,
         payment_method: Option<&str>,
@@ -281,7 +265,7 @@ impl Accumulator {
 
 /// The group a flow instance is accumulated under.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GroupKey {
+pub(crate) struct GroupKey {
     /// The flow.
     pub flow: Arc<str>,
     /// The payment method, if any.
@@ -292,7 +276,7 @@ pub struct GroupKey {
 
 impl GroupKey {
     /// The group of `flow`.
-    pub fn of(flow: &FlowAnalysis) -> Self {
+    pub(crate) fn of(flow: &FlowAnalysis) -> Self {
         Self {
             flow: flow.flow.clone(),
             payment_method: flow.payment_method.clone(),
@@ -304,18 +288,18 @@ impl GroupKey {
 /// Accumulators per group, and the breakdowns a report lists: one per flow,
 /// and one per (flow, payment method).
 #[derive(Clone, Debug, Default)]
-pub struct Groups {
+pub(crate) struct Groups {
     groups: BTreeMap<GroupKey, Accumulator>,
 }
 
 impl Groups {
     /// Records one flow instance.
-    pub fn add(&mut self, flow: &FlowAnalysis) {
+    pub(crate) fn add(&mut self, flow: &FlowAnalysis) {
         self.groups.entry(GroupKey::of(flow)).or_default().add(flow);
     }
 
     /// The merge of every group matching the filters (`None` matches all).
-    pub fn select(
+    pub(crate) fn select(
         &self,
         flow: &str,
         payment_method: Option<&str>,
@@ -334,31 +318,31 @@ impl Groups {
     }
 
     /// Adds every group of `other` to this one.
-    pub fn merge(&mut self, other: &Groups) {
+    pub(crate) fn merge(&mut self, other: &Groups) {
         for (key, group) in &other.groups {
             self.groups.entry(key.clone()).or_default().merge(group);
         }
     }
 
     /// Flow instances recorded, over all groups.
-    pub fn instances(&self) -> u64 {
+    pub(crate) fn instances(&self) -> u64 {
         self.groups.values().map(Accumulator::flows).sum()
     }
 
     /// The groups with data.
-    pub fn keys(&self) -> impl Iterator<Item = &GroupKey> {
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &GroupKey> {
         self.groups.keys()
     }
 
     /// The flows seen, sorted.
-    pub fn flows(&self) -> Vec<Arc<str>> {
+    pub(crate) fn flows(&self) -> Vec<Arc<str>> {
         let mut flows: Vec<_> = self.groups.keys().map(|k| k.flow.clone()).collect();
         flows.dedup();
         flows
     }
 
     /// One breakdown per flow, then one per (flow, payment method) that has one.
-    pub fn report(&self, window_seconds: Option<u64>) -> Vec<Breakdown> {
+    pub(crate) fn report(&self, window_seconds: Option<u64>) -> Vec<Breakdown> {
         let mut out = Vec::new();
         for flow in self.flows() {
             out.push(
@@ -382,5 +366,25 @@ impl Groups {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accumulates_the_critical_path_share() {
+        use crate::analysis::analyze_flow;
+        use crate::breakdown::Accumulator;
+        use crate::testing::{child, numbered, span, stage};
+
+        let trace = numbered(vec![
+            stage(span("checkout", 0, 1_000_000_000)),
+            stage(child("channel.request", 1, 0, 600_000_000)),
+        ]);
+        let mut acc = Accumulator::default();
+        acc.add(&analyze_flow(&[trace]).expect("one flow"));
+        let b = acc.breakdown("checkout", None, None, None);
+        assert_eq!(b.stages[0].stage, "channel.request");
+        assert!((b.stages[0].critical_path.share - 0.6).abs() < 0.01);
     }
 }

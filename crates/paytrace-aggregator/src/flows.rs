@@ -48,13 +48,11 @@ impl Default for FlowSettings {
 
 /// A flow the buffer let go of.
 #[derive(Debug)]
-pub struct FinishedFlow {
+pub(crate) struct FinishedFlow {
     /// The traces, each its spans.
     pub traces: Vec<Vec<Span>>,
     /// `None` when complete; else why it is incomplete.
     pub incomplete: Option<&'static str>,
-    /// The flow name, when one of its spans carried `paytrace.flow`.
-    pub flow: Option<Arc<str>>,
 }
 
 use paytrace_semconv::incomplete_reason::{BUFFER_FULL, TERMINAL_STAGE_MISSING};
@@ -95,7 +93,7 @@ fn root_of(spans: &[Span]) -> Option<(u64, bool)> {
 
 /// Completed traces waiting for the rest of their flow.
 #[derive(Debug, Default)]
-pub struct FlowBuffer {
+pub(crate) struct FlowBuffer {
     settings: FlowSettings,
     pending: crate::FastMap<u64, Pending>,
     by_flow_id: crate::FastMap<Arc<str>, u64>,
@@ -105,7 +103,7 @@ pub struct FlowBuffer {
 
 impl FlowBuffer {
     /// An empty buffer.
-    pub fn new(settings: FlowSettings) -> Self {
+    pub(crate) fn new(settings: FlowSettings) -> Self {
         Self {
             settings,
             ..Self::default()
@@ -113,14 +111,15 @@ impl FlowBuffer {
     }
 
     /// Flows waiting.
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
         self.pending.len()
     }
 
     /// Adds a completed trace that arrived (last) at `now`. Returns the
     /// flows that are final because of it: the trace itself when it belongs
     /// to no multi-trace flow, or the oldest flow pushed out of a full buffer.
-    pub fn add(&mut self, spans: Vec<Span>, now: Instant) -> Vec<FinishedFlow> {
+    pub(crate) fn add(&mut self, spans: Vec<Span>, now: Instant) -> Vec<FinishedFlow> {
         let Some(first) = spans.first() else {
             return Vec::new();
         };
@@ -143,11 +142,9 @@ impl FlowBuffer {
         joined.dedup();
 
         if flow_ids.is_empty() && joined.is_empty() {
-            let flow = spans.iter().find_map(|s| s.business.flow.clone());
             return vec![FinishedFlow {
                 traces: vec![spans],
                 incomplete: None,
-                flow,
             }];
         }
 
@@ -226,7 +223,7 @@ impl FlowBuffer {
     }
 
     /// The flows that are final at `now`.
-    pub fn finish_idle(&mut self, now: Instant) -> Vec<FinishedFlow> {
+    pub(crate) fn finish_idle(&mut self, now: Instant) -> Vec<FinishedFlow> {
         let ready: Vec<(u64, Option<&'static str>)> = self
             .pending
             .iter()
@@ -255,14 +252,14 @@ impl FlowBuffer {
     }
 
     /// Whether the flow of trace `id` is waiting here.
-    pub fn waits_for(&self, id: TraceId) -> bool {
+    pub(crate) fn waits_for(&self, id: TraceId) -> bool {
         self.by_trace.contains_key(&id)
     }
 
     /// Adds `span`, which arrived at `now` after its trace was handed on,
     /// to that trace if the trace's flow is still waiting, and says whether
     /// it did (if not, the span is late: the caller counts it dropped).
-    pub fn add_late(&mut self, span: Span, now: Instant) -> bool {
+    pub(crate) fn add_late(&mut self, span: Span, now: Instant) -> bool {
         let Some(&id) = self.by_trace.get(&span.trace_id) else {
             return false;
         };
@@ -292,7 +289,7 @@ impl FlowBuffer {
     }
 
     /// Every waiting flow, final now (at shutdown).
-    pub fn drain(&mut self) -> Vec<FinishedFlow> {
+    pub(crate) fn drain(&mut self) -> Vec<FinishedFlow> {
         let ids: Vec<u64> = self.pending.keys().copied().collect();
         ids.into_iter()
             .filter_map(|id| self.finish(id, None))
@@ -312,7 +309,6 @@ impl FlowBuffer {
         Some(FinishedFlow {
             traces: p.traces,
             incomplete,
-            flow: p.flow,
         })
     }
 }
@@ -372,7 +368,6 @@ mod tests {
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].traces.len(), 2);
         assert_eq!(done[0].incomplete, None);
-        assert_eq!(done[0].flow.as_deref(), Some("checkout"));
     }
 
     #[test]
@@ -442,7 +437,6 @@ mod tests {
         let done = buf.finish_idle(late + Duration::from_secs(30));
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].traces[0].len(), 2);
-        assert_eq!(done[0].flow.as_deref(), Some("checkout"));
         assert_eq!(done[0].incomplete, None);
         // A span of a trace no flow waits for is given back.
         let mut stray = span("x", 0, 1);

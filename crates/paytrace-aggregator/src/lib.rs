@@ -30,43 +30,47 @@
 //! the JSON API, the page and `/metrics`; `paytrace-aggregator analyze` runs it
 //! over OTLP JSON files.
 //!
-//! Where to start:
+//! Where to start (the public modules; the rest is how the pipeline works
+//! inside, documented for contributors in `CONTRIBUTING.md`):
 //! - [`decode`]: OTLP requests into spans, rejecting invalid ones one by one:
 //!   protobuf bytes straight from the wire ([`decode::decode_protobuf`], what
 //!   the receivers use), or OTLP messages (JSON, files);
-//!   [`config`]: rules that name the stages of plain OpenTelemetry spans.
+//!   [`config`]: the flows and the rules that name the stages of plain
+//!   OpenTelemetry spans.
 //! - [`span`]: the compact span model decoded from OTLP.
-//! - [`assembler`]: spans into complete traces, within bounded memory.
-//! - [`tree`]: one trace as a tree; its critical path and self times.
-//! - [`analysis`]: one flow instance (one trace, or traces stitched across
-//!   async hops): per-stage duration, self time and critical-path time.
-//! - [`flows`]: completed traces waiting, bounded, for the rest of their
-//!   flow: the one stitcher, for `serve` and `analyze` alike.
-//! - [`breakdown`]: flow analyses accumulated into per-stage breakdowns.
-//! - [`tcc`]: global TCC transactions followed across services, and their
-//!   anomalies.
-//! - [`pipeline`]: the pipeline (what `serve` runs live and [`analyze`]
-//!   runs over files); [`receiver`]: OTLP in; [`api`]: JSON out;
-//!   [`page`]: the web page; [`server`]: all of it on sockets.
-//! - [`testing`]: builders for hand-made spans.
+//! - [`pipeline`]: spans in, breakdowns out: what `serve` runs live and
+//!   [`analyze`] runs over files; [`breakdown`]: what it answers.
+//! - [`server`]: the pipeline on sockets: [`receiver`] (OTLP in), the JSON
+//!   API, the page and `/metrics`.
+//! - [`assembler`]: its bounds on the spans it holds.
+//! - `testing` (feature `testing`): builders for hand-made spans.
+//!
+//! Inside, the pipeline reads like the data flows: `decode` → `assembler`
+//! (spans into traces) → `flows` (traces stitched into flows, the one
+//! stitcher for `serve` and `analyze`) → `analysis` and `tree` (per-stage
+//! duration, self time and critical path) → `breakdown` (accumulated) and
+//! `tcc` (TCC transactions replayed); `api` and `page` serve the results.
 
-pub mod analysis;
+pub(crate) mod analysis;
 pub mod analyze;
-pub mod api;
+pub(crate) mod api;
 pub mod assembler;
-pub mod attribute;
+pub(crate) mod attribute;
 pub mod breakdown;
 pub mod config;
 pub mod decode;
-pub mod flows;
-pub mod page;
+pub(crate) mod flows;
+pub(crate) mod page;
 pub mod pipeline;
+#[cfg(test)]
+mod properties;
 pub mod receiver;
 pub mod server;
 pub mod span;
-pub mod tcc;
+pub(crate) mod tcc;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
-pub mod tree;
+pub(crate) mod tree;
 
 pub use span::{Business, Link, Span, SpanId, Tcc, TraceId};
 

@@ -6,12 +6,6 @@
 //! aggregator's own JSON API. The view (flow, window, method, channel split,
 //! stage, open trace) lives in the URL's query, so a link reproduces it:
 //! `/?flow=checkout&window=5m&method=alipay&stage=channel.request`.
-//!
-//! ```
-//! use paytrace_aggregator::page::PageConfig;
-//! let config = PageConfig::default().trace_url_template("http://jaeger:16686/trace/{trace_id}").unwrap();
-//! assert_eq!(config.trace_url("4bf9"), Some("http://jaeger:16686/trace/4bf9".to_owned()));
-//! ```
 
 use axum::Router;
 use axum::http::header;
@@ -19,7 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 /// The page, as served.
-pub const INDEX_HTML: &str = include_str!("page/index.html");
+pub(crate) const INDEX_HTML: &str = include_str!("page/index.html");
 
 /// What the page needs from the command line.
 #[derive(Clone, Debug, Default)]
@@ -49,7 +43,7 @@ impl PageConfig {
 }
 
 /// `GET /` and `GET /api/v1/config`.
-pub fn router(config: PageConfig) -> Router {
+pub(crate) fn router(config: PageConfig) -> Router {
     let template = config.trace_url_template.clone();
     Router::new()
         .route(
@@ -72,4 +66,19 @@ pub fn router(config: PageConfig) -> Router {
                 async move { axum::Json(serde_json::json!({ "trace_url_template": template })) }
             }),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn trace_url_template_fills_the_trace_id() {
+        use crate::page::PageConfig;
+        let config = PageConfig::default()
+            .trace_url_template("http://jaeger:16686/trace/{trace_id}")
+            .expect("a valid template");
+        assert_eq!(
+            config.trace_url("4bf9"),
+            Some("http://jaeger:16686/trace/4bf9".to_owned())
+        );
+    }
 }

@@ -408,7 +408,7 @@ impl Pipeline {
 
     /// Every group recorded in the window, merged: what the offline
     /// `analyze` reports after [`Pipeline::flush`].
-    pub fn groups(&self, window_minutes: u64, now_minute: u64) -> Groups {
+    pub(crate) fn groups(&self, window_minutes: u64, now_minute: u64) -> Groups {
         let state = self.state();
         let mut all = Groups::default();
         for m in in_window(&state.minutes, now_minute, window_minutes) {

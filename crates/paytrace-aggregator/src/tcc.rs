@@ -18,20 +18,6 @@
 //! rules. Anomalies are reported once each; a span that arrives later is
 //! replayed with the rest. Clock skew between services larger than the gap
 //! between two phases can misorder them: the replay trusts span timestamps.
-//!
-//! ```
-//! use std::time::{Duration, Instant};
-//! use paytrace_aggregator::tcc::{TccSettings, TccTracker};
-//! use paytrace_aggregator::testing::tcc_phase;
-//!
-//! let mut tracker = TccTracker::new(TccSettings::default());
-//! let now = Instant::now();
-//! // A Cancel with no Try before it: an empty rollback.
-//! let cancel = tcc_phase(1, "ord_1", "inventory", "cancel", 1_000, 2_000);
-//! tracker.observe(&cancel, now);
-//! let found = tracker.tick(now + Duration::from_secs(60), 3_000);
-//! assert_eq!(found[0].kind, "empty_rollback");
-//! ```
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -158,7 +144,7 @@ pub struct Unfinished {
 /// What became of one span handed to [`TccTracker::observe`].
 #[derive(Debug, PartialEq)]
 #[non_exhaustive]
-pub enum Observed {
+pub(crate) enum Observed {
     /// No `tcc.*` attributes, or none that take part (an xid alone).
     Ignored,
     /// Followed.
@@ -179,7 +165,7 @@ fn bit(kind: &str) -> u16 {
 
 /// Follows global transactions and finds their anomalies.
 #[derive(Debug)]
-pub struct TccTracker {
+pub(crate) struct TccTracker {
     settings: TccSettings,
     transactions: HashMap<Arc<str>, Transaction>,
     recent: VecDeque<GlobalAnomaly>,
@@ -187,7 +173,7 @@ pub struct TccTracker {
 
 impl TccTracker {
     /// A tracker with `settings`.
-    pub fn new(settings: TccSettings) -> Self {
+    pub(crate) fn new(settings: TccSettings) -> Self {
         Self {
             settings,
             transactions: HashMap::new(),
@@ -196,17 +182,19 @@ impl TccTracker {
     }
 
     /// Transactions followed now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.transactions.len()
     }
 
     /// Whether no transaction is followed.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.transactions.is_empty()
     }
 
     /// Takes in one span of a completed trace that arrived at `now`.
-    pub fn observe(&mut self, span: &Span, now: Instant) -> Observed {
+    pub(crate) fn observe(&mut self, span: &Span, now: Instant) -> Observed {
         let Some(t) = span.business.tcc.as_deref() else {
             return Observed::Ignored;
         };
@@ -299,12 +287,12 @@ impl TccTracker {
     /// Replays the transactions idle for `settle`, reports frozen branches
     /// and forgets old transactions. `now_unix_ns` is the wall clock, to
     /// compare with span times. Returns the anomalies found, each once.
-    pub fn tick(&mut self, now: Instant, now_unix_ns: u64) -> Vec<GlobalAnomaly> {
+    pub(crate) fn tick(&mut self, now: Instant, now_unix_ns: u64) -> Vec<GlobalAnomaly> {
         self.advance(Some(now), now_unix_ns)
     }
 
     /// Replays every transaction now, settled or not (at shutdown, or in tests).
-    pub fn flush(&mut self, now_unix_ns: u64) -> Vec<GlobalAnomaly> {
+    pub(crate) fn flush(&mut self, now_unix_ns: u64) -> Vec<GlobalAnomaly> {
         self.advance(None, now_unix_ns)
     }
 
@@ -357,7 +345,7 @@ impl TccTracker {
     }
 
     /// Records an anomaly found outside a replay (a malformed span) in the list.
-    pub fn list(&mut self, anomaly: GlobalAnomaly) {
+    pub(crate) fn list(&mut self, anomaly: GlobalAnomaly) {
         if self.recent.len() >= self.settings.max_listed {
             self.recent.pop_front();
         }
@@ -365,7 +353,7 @@ impl TccTracker {
     }
 
     /// The most recent anomalies, newest first.
-    pub fn recent(&self) -> impl Iterator<Item = &GlobalAnomaly> {
+    pub(crate) fn recent(&self) -> impl Iterator<Item = &GlobalAnomaly> {
         self.recent.iter().rev()
     }
 
@@ -383,7 +371,7 @@ impl TccTracker {
 
     /// How many transactions [`TccTracker::unfinished`] would list, and the
     /// age of the oldest in seconds (0 when none), without building the list.
-    pub fn unfinished_summary(&self, now_unix_ns: u64) -> (usize, f64) {
+    pub(crate) fn unfinished_summary(&self, now_unix_ns: u64) -> (usize, f64) {
         let mut count = 0;
         let mut oldest = u64::MAX;
         for tx in self.transactions.values() {
@@ -402,7 +390,7 @@ impl TccTracker {
 
     /// Transactions with a branch tried at least `timeout` before
     /// `now_unix_ns` and still waiting, oldest first.
-    pub fn unfinished(&self, now_unix_ns: u64) -> Vec<Unfinished> {
+    pub(crate) fn unfinished(&self, now_unix_ns: u64) -> Vec<Unfinished> {
         let mut out: Vec<Unfinished> = self
             .transactions
             .iter()
@@ -759,5 +747,20 @@ mod tests {
         assert_eq!(t.len(), 1);
         t.tick(now + Duration::from_secs(11), 12 * S);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_cancel_without_try_is_an_empty_rollback() {
+        use crate::tcc::{TccSettings, TccTracker};
+        use crate::testing::tcc_phase;
+        use std::time::{Duration, Instant};
+
+        let mut tracker = TccTracker::new(TccSettings::default());
+        let now = Instant::now();
+        // A Cancel with no Try before it: an empty rollback.
+        let cancel = tcc_phase(1, "ord_1", "inventory", "cancel", 1_000, 2_000);
+        tracker.observe(&cancel, now);
+        let found = tracker.tick(now + Duration::from_secs(60), 3_000);
+        assert_eq!(found[0].kind, "empty_rollback");
     }
 }

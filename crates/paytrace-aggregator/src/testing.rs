@@ -1,4 +1,6 @@
-//! Builders for hand-made spans, for tests and examples.
+//! Builders for hand-made spans, for tests and examples (feature `testing`:
+//! `paytrace-aggregator = { version = "…", features = ["testing"] }` in your
+//! `[dev-dependencies]`).
 //!
 //! Spans built here belong to one trace and are numbered by position: pass a
 //! `Vec` through [`numbered`] (the tree and analysis helpers here do it for

@@ -32,12 +32,12 @@ use crate::span::{Span, SpanId};
 /// and in browsers, and more than the skew NTP leaves between hosts of one
 /// data centre. A child ending at most this long after the walk point counts
 /// as ended at it.
-pub const DEFAULT_CLOCK_TOLERANCE_NS: u64 = 1_000_000;
+pub(crate) const DEFAULT_CLOCK_TOLERANCE_NS: u64 = 1_000_000;
 
 /// A piece of the critical path: `span` was doing its own work from
 /// `start_ns` to `end_ns`, and the root's end waited on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segment {
+pub(crate) struct Segment {
     /// Index of the span in the trace's span slice.
     pub span: usize,
     /// Start of the piece, ns since the epoch.
@@ -47,19 +47,8 @@ pub struct Segment {
 }
 
 /// A trace's spans arranged as a tree rooted at one span.
-///
-/// ```
-/// use paytrace_aggregator::testing::{child, numbered, span};
-/// use paytrace_aggregator::tree::Tree;
-///
-/// // root 0..100 waits on a (10..40) then b (40..90).
-/// let spans = numbered(vec![span("root", 0, 100), child("a", 1, 10, 40), child("b", 1, 40, 90)]);
-/// let tree = Tree::new(&spans);
-/// let cp = tree.critical_path_by_span();
-/// assert_eq!(cp, vec![20, 30, 50]);
-/// ```
 #[derive(Debug)]
-pub struct Tree<'a> {
+pub(crate) struct Tree<'a> {
     spans: &'a [Span],
     root: usize,
     parent: Vec<Option<usize>>,
@@ -81,24 +70,15 @@ impl<'a> Tree<'a> {
     /// The root is the earliest-starting span without a parent id (the
     /// longest on ties); if every span names a parent, the earliest-starting
     /// span. Spans whose parent is missing hang off the root.
-    pub fn new(spans: &'a [Span]) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(spans: &'a [Span]) -> Self {
         Self::with_tolerance(spans, 0)
     }
 
     /// Builds the tree; the critical-path walk follows a child that ended
     /// up to `tolerance_ns` after the walk point as if it had ended there
     /// (see the module docs).
-    ///
-    /// ```
-    /// use paytrace_aggregator::testing::{child, numbered, span};
-    /// use paytrace_aggregator::tree::Tree;
-    ///
-    /// // a ends 400 ns after b started, as millisecond clocks make it look.
-    /// let spans = numbered(vec![span("root", 0, 1000), child("a", 1, 0, 500), child("b", 1, 100, 1000)]);
-    /// assert_eq!(Tree::new(&spans).critical_path_by_span(), vec![100, 0, 900]);
-    /// assert_eq!(Tree::with_tolerance(&spans, 500).critical_path_by_span(), vec![0, 100, 900]);
-    /// ```
-    pub fn with_tolerance(spans: &'a [Span], tolerance_ns: u64) -> Self {
+    pub(crate) fn with_tolerance(spans: &'a [Span], tolerance_ns: u64) -> Self {
         assert!(!spans.is_empty(), "a tree needs at least one span");
         let n = spans.len();
         // Span id -> first index with it, as a sorted list: no hashing, one
@@ -179,27 +159,23 @@ impl<'a> Tree<'a> {
     }
 
     /// The root span's index.
-    pub fn root(&self) -> usize {
+    pub(crate) fn root(&self) -> usize {
         self.root
     }
 
     /// The spans, as given.
-    pub fn spans(&self) -> &'a [Span] {
+    pub(crate) fn spans(&self) -> &'a [Span] {
         self.spans
     }
 
     /// The tree parent of span `i` (after orphans were re-hung).
-    pub fn parent(&self, i: usize) -> Option<usize> {
+    pub(crate) fn parent(&self, i: usize) -> Option<usize> {
         self.parent[i]
     }
 
-    /// The clipped interval of span `i`, `None` when outside its parent.
-    pub fn window(&self, i: usize) -> Option<(u64, u64)> {
-        self.window[i]
-    }
-
     /// The critical path from the root's end back to its start, latest first.
-    pub fn critical_path(&self) -> Vec<Segment> {
+    #[cfg(test)]
+    pub(crate) fn critical_path(&self) -> Vec<Segment> {
         let mut segments = Vec::new();
         let root_end = self.window[self.root].map_or(0, |w| w.1);
         self.walk(vec![self.frame(self.root, root_end, None)], &mut segments);
@@ -214,7 +190,7 @@ impl<'a> Tree<'a> {
     /// Returns the time the walk starts from (`from`'s end, clipped to the
     /// tree and to `until`) and the segments, which cover from there back to
     /// the root's start.
-    pub fn critical_path_to(&self, from: usize, until: u64) -> (u64, Vec<Segment>) {
+    pub(crate) fn critical_path_to(&self, from: usize, until: u64) -> (u64, Vec<Segment>) {
         // The first ancestor-or-self that is on the tree's timeline.
         let mut anchor = from;
         while self.window[anchor].is_none() {
@@ -246,7 +222,8 @@ impl<'a> Tree<'a> {
 
     /// Critical-path time of each span (its own work on the path), indexed
     /// like the spans. Sums to the root's duration.
-    pub fn critical_path_by_span(&self) -> Vec<u64> {
+    #[cfg(test)]
+    pub(crate) fn critical_path_by_span(&self) -> Vec<u64> {
         let mut by_span = vec![0; self.spans.len()];
         for s in self.critical_path() {
             by_span[s.span] += s.end_ns - s.start_ns;
@@ -317,7 +294,7 @@ impl<'a> Tree<'a> {
 
     /// The nearest ancestor-or-self of each span for which `is_stage` holds;
     /// the root always counts as a stage.
-    pub fn nearest_stage(&self, is_stage: impl Fn(usize) -> bool) -> Vec<usize> {
+    pub(crate) fn nearest_stage(&self, is_stage: impl Fn(usize) -> bool) -> Vec<usize> {
         let n = self.spans.len();
         let mut nearest = vec![usize::MAX; n];
         let mut path = Vec::new();
@@ -352,7 +329,7 @@ impl<'a> Tree<'a> {
     /// Self time of each stage span: its duration minus the union of its
     /// children's intervals (clipped to it), whatever the children are.
     /// Indexed like the spans; 0 for spans that are not stages.
-    pub fn stage_self_time(&self, nearest_stage: &[usize]) -> Vec<u64> {
+    pub(crate) fn stage_self_time(&self, nearest_stage: &[usize]) -> Vec<u64> {
         let mut intervals: Vec<(u64, u64)> = Vec::new();
         (0..self.spans.len())
             .map(|i| {
@@ -375,7 +352,7 @@ impl<'a> Tree<'a> {
     /// without one (the root, an auto-instrumented server span),
     /// `"{service.name} {operation}"` where the HTTP or RPC attributes name
     /// the operation (`"payment POST /pay"`), else `"{service.name} {span name}"`.
-    pub fn stage_name(&self, i: usize) -> Arc<str> {
+    pub(crate) fn stage_name(&self, i: usize) -> Arc<str> {
         let s = &self.spans[i];
         match (&s.business.stage, &self.root_stage) {
             (Some(stage), _) => stage.clone(),
@@ -649,5 +626,39 @@ mod tests {
         }
         assert_eq!(by_span, [20, 20, 10, 10]);
         assert_eq!(by_span.iter().sum::<u64>(), 60);
+    }
+
+    #[test]
+    fn root_waits_on_a_then_b() {
+        use crate::testing::{child, numbered, span};
+        use crate::tree::Tree;
+
+        // root 0..100 waits on a (10..40) then b (40..90).
+        let spans = numbered(vec![
+            span("root", 0, 100),
+            child("a", 1, 10, 40),
+            child("b", 1, 40, 90),
+        ]);
+        let tree = Tree::new(&spans);
+        let cp = tree.critical_path_by_span();
+        assert_eq!(cp, vec![20, 30, 50]);
+    }
+
+    #[test]
+    fn tolerance_moves_the_walk_to_the_later_child() {
+        use crate::testing::{child, numbered, span};
+        use crate::tree::Tree;
+
+        // a ends 400 ns after b started, as millisecond clocks make it look.
+        let spans = numbered(vec![
+            span("root", 0, 1000),
+            child("a", 1, 0, 500),
+            child("b", 1, 100, 1000),
+        ]);
+        assert_eq!(Tree::new(&spans).critical_path_by_span(), vec![100, 0, 900]);
+        assert_eq!(
+            Tree::with_tolerance(&spans, 500).critical_path_by_span(),
+            vec![0, 100, 900]
+        );
     }
 }

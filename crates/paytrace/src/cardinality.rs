@@ -9,6 +9,8 @@
 //! HTTP methods are bounded by the conventions instead ([`method_label`]).
 
 use std::collections::{HashMap, HashSet};
+
+use foldhash::fast::RandomState;
 use std::sync::RwLock;
 
 use paytrace_semconv::{OVERFLOW_LABEL_VALUE, label};
@@ -107,7 +109,7 @@ impl LabelLimits {
 pub(crate) struct LabelGuard {
     name: &'static str,
     limit: usize,
-    seen: RwLock<HashSet<Box<str>>>,
+    seen: RwLock<HashSet<Box<str>, RandomState>>,
 }
 
 impl LabelGuard {

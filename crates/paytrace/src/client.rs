@@ -6,21 +6,21 @@ use tracing::Instrument;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::cardinality::method_label;
+use crate::cardinality::{OTHER, method_label};
 use crate::propagation::{ambient, inject, outgoing};
 use crate::redact::redact;
-use crate::service::Service;
+use crate::service::ServiceTelemetry;
 
 /// A `reqwest::Client` whose calls carry W3C `traceparent` and `baggage`, get
 /// a client span `"{METHOD}"` with the OpenTelemetry HTTP attributes, and are
 /// measured in `http_client_request_duration_seconds`.
 ///
-/// Made by [`Service::client`]. Requests are built as with reqwest, and sent
+/// Made by [`ServiceTelemetry::client`]. Requests are built as with reqwest, and sent
 /// traced:
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), reqwest::Error> {
-/// let svc = paytrace::Service::new("order", "1.0.0");
+/// let svc = paytrace::ServiceTelemetry::new("order", "1.0.0");
 /// let http = svc.client(reqwest::Client::new());
 /// let stock = http.get("http://127.0.0.1:8081/items/1").send().await?;
 /// let reserved = http
@@ -32,7 +32,7 @@ use crate::service::Service;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Client {
-    service: Service,
+    service: ServiceTelemetry,
     inner: reqwest::Client,
 }
 
@@ -88,7 +88,7 @@ impl RequestBuilder {
 }
 
 impl Client {
-    pub(crate) fn new(service: Service, inner: reqwest::Client) -> Self {
+    pub(crate) fn new(service: ServiceTelemetry, inner: reqwest::Client) -> Self {
         Self { service, inner }
     }
 
@@ -183,9 +183,11 @@ impl Client {
                 String::new()
             }
         };
-        let server_address = self.service.admit(|g| &g.server_address, &host);
-        self.service
-            .families()
+        let families = self.service.families();
+        let server_address = families
+            .admit(self.service.name(), |g| &g.server_address, &host)
+            .unwrap_or(OTHER);
+        families
             .http_client_duration
             .with_label_values(&[self.service.name(), method, server_address, status.as_str()])
             .observe(elapsed);

@@ -1,37 +1,37 @@
-//! [`Service`] as an axum extractor: a handler behind [`Service::http_layer`]
+//! [`ServiceTelemetry`] as an axum extractor: a handler behind [`ServiceTelemetry::http_layer`]
 //! takes the service it runs in as an argument, no clone into a closure.
 
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 
-use crate::Service;
+use crate::ServiceTelemetry;
 
-/// The layer puts the [`Service`] into each request's extensions; a handler
+/// The layer puts the [`ServiceTelemetry`] into each request's extensions; a handler
 /// asks for it by type.
 ///
 /// ```
 /// use axum::{Router, routing::post};
 ///
-/// async fn create_order(svc: paytrace::Service) -> &'static str {
+/// async fn create_order(svc: paytrace::ServiceTelemetry) -> &'static str {
 ///     svc.stage("order.create")
 ///         .run(async { Ok::<_, std::io::Error>("created") })
 ///         .await
 ///         .unwrap_or("failed")
 /// }
 ///
-/// let svc = paytrace::Service::new("order", env!("CARGO_PKG_VERSION"));
+/// let svc = paytrace::ServiceTelemetry::new("order", env!("CARGO_PKG_VERSION"));
 /// let app: Router = Router::new()
 ///     .route("/orders", post(create_order))
 ///     .layer(svc.http_layer());
 /// ```
-impl<S: Send + Sync> FromRequestParts<S> for Service {
+impl<S: Send + Sync> FromRequestParts<S> for ServiceTelemetry {
     type Rejection = (StatusCode, &'static str);
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Service>().cloned().ok_or((
+        parts.extensions.get::<ServiceTelemetry>().cloned().ok_or((
             StatusCode::INTERNAL_SERVER_ERROR,
-            "paytrace::Service is not in this request: add `.layer(svc.http_layer())` to the router",
+            "paytrace::ServiceTelemetry is not in this request: add `.layer(svc.http_layer())` to the router",
         ))
     }
 }

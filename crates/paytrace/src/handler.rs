@@ -3,7 +3,7 @@
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::Registry;
 
 /// A `GET` route that renders `registry` in the Prometheus text format.
 ///
@@ -14,7 +14,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 /// ```
 /// use axum::Router;
 ///
-/// let svc = paytrace::Service::new("order", "1.0.0");
+/// let svc = paytrace::ServiceTelemetry::new("order", "1.0.0");
 /// let app: Router = Router::new()
 ///     .route("/metrics", paytrace::metrics_route(svc.metrics().registry().clone()));
 /// ```
@@ -29,10 +29,8 @@ where
 }
 
 fn render(registry: &Registry) -> Response {
-    let encoder = TextEncoder::new();
-    let mut body = Vec::new();
-    match encoder.encode(&registry.gather(), &mut body) {
-        Ok(()) => ([(CONTENT_TYPE, encoder.format_type().to_owned())], body).into_response(),
+    match crate::metrics::encode_text(registry) {
+        Ok(body) => ([(CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
         Err(e) => (
             http::StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode metrics: {e}"),

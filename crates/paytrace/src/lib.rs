@@ -11,13 +11,13 @@
 //! 1. [`init`] once at start-up: tracing + OpenTelemetry + OTLP from the
 //!    standard `OTEL_*` variables; or [`layer`] when the application builds
 //!    its own `tracing` subscriber and only needs the OpenTelemetry layer.
-//! 2. A [`Service`] per service you run; everything else hangs off it:
-//!    - [`Service::http_layer`]: the tower layer for your `Router`;
-//!    - [`Service::client`]: outgoing calls that carry trace context and baggage;
-//!    - [`Service::stage`]: business stages (`inventory.try`, `channel.request`);
-//!    - [`Service::pool`], [`Service::queue`], [`Service::monitor_runtime`]: USE metrics;
+//! 2. A [`ServiceTelemetry`] per service you run; everything else hangs off it:
+//!    - [`ServiceTelemetry::http_layer`]: the tower layer for your `Router`;
+//!    - [`ServiceTelemetry::client`]: outgoing calls that carry trace context and baggage;
+//!    - [`ServiceTelemetry::stage`]: business stages (`inventory.try`, `channel.request`);
+//!    - [`ServiceTelemetry::pool`], [`ServiceTelemetry::queue`], [`ServiceTelemetry::monitor_runtime`]: USE metrics;
 //!    - the service itself, to handlers behind the layer, as an extractor.
-//! 3. [`Service::metrics_route`] serves `/metrics`.
+//! 3. [`ServiceTelemetry::metrics_route`] serves `/metrics`.
 //! 4. [`tcc`]: the fence that keeps a TCC participant's Try, Confirm and
 //!    Cancel safe and names each anomaly it stops.
 //! 5. [`Flow::scope`] where a flow starts (the gateway) so that every service
@@ -25,10 +25,10 @@
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
-//! use paytrace::Service;
+//! use paytrace::ServiceTelemetry;
 //!
 //! // Behind `svc.http_layer()`, a handler takes its service as an extractor.
-//! async fn create(svc: Service) -> &'static str {
+//! async fn create(svc: ServiceTelemetry) -> &'static str {
 //!     svc.stage("order.create")
 //!         .run(async { Ok::<_, std::io::Error>("created") })
 //!         .await
@@ -38,7 +38,7 @@
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let _telemetry = paytrace::init("order")?;
-//!     let svc = Service::new("order", env!("CARGO_PKG_VERSION"));
+//!     let svc = ServiceTelemetry::new("order", env!("CARGO_PKG_VERSION"));
 //!     svc.monitor_runtime(&tokio::runtime::Handle::current());
 //!
 //!     let app = Router::new()
@@ -90,7 +90,13 @@ pub use resource::{
     ResourceMetrics, queue,
 };
 pub use server::{HttpLayer, HttpService, ResponseFuture};
-pub use service::Service;
+pub use service::ServiceTelemetry;
+
+/// The former name of [`ServiceTelemetry`], kept so that code written before
+/// the rename still builds. It clashed with `tower::Service`, which every
+/// axum application also has in scope.
+#[deprecated(note = "renamed `ServiceTelemetry`; `Service` clashed with `tower::Service`")]
+pub type Service = ServiceTelemetry;
 pub use stage::{Outcome, Stage, StageError, StageGuard};
 pub use telemetry::{
     InitError, OtelLayer, Protocol, SamplerConfig, TelemetryConfig, TelemetryGuard, init, layer,

@@ -7,11 +7,11 @@ use paytrace_semconv::{DEFAULT_LATENCY_BUCKETS, HTTP_LATENCY_BUCKETS, label, met
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
-use crate::cardinality::{Guards, LabelGuard, LabelLimits, OTHER};
+use crate::cardinality::{Guards, LabelGuard, LabelLimits};
 
 /// The metric families of paytrace, registered in one [`Registry`].
 ///
@@ -21,7 +21,7 @@ use crate::cardinality::{Guards, LabelGuard, LabelLimits, OTHER};
 ///
 /// ```
 /// let metrics = paytrace::Metrics::new();
-/// let order = paytrace::Service::with_metrics("order", "1.0.0", &metrics);
+/// let order = paytrace::ServiceTelemetry::with_metrics("order", "1.0.0", &metrics);
 /// let text = metrics.render();
 /// assert!(text.contains(r#"paytrace_build_info{service_name="order",version="1.0.0"} 1"#));
 /// # drop(order);
@@ -64,7 +64,7 @@ pub(crate) struct Families {
 /// // A payment team whose 3-D Secure stages take minutes.
 /// let buckets = Buckets { stage: vec![0.1, 1.0, 10.0, 60.0, 600.0], ..Buckets::default() };
 /// let metrics = Metrics::register_with_buckets(prometheus::Registry::new(), &LabelLimits::default(), &buckets)?;
-/// let svc = paytrace::Service::with_metrics("payment", "1.0.0", &metrics);
+/// let svc = paytrace::ServiceTelemetry::with_metrics("payment", "1.0.0", &metrics);
 /// drop(svc.stage("channel.request").start());
 /// assert!(metrics.render().contains(r#"le="600""#));
 /// # Ok::<(), prometheus::Error>(())
@@ -265,18 +265,17 @@ impl Families {
         Ok(())
     }
 
-    /// Admits `value` through `guard`, counting an overflow against `service`.
-    pub(crate) fn admit<'a>(&self, guard: &LabelGuard, service: &str, value: &'a str) -> &'a str {
-        self.admit_checked(guard, service, value).unwrap_or(OTHER)
-    }
-
-    /// Like [`Families::admit`], but `None` on overflow.
-    pub(crate) fn admit_checked<'a>(
+    /// Admits `value` through the guard `pick` chooses: `None` once the
+    /// label is full, counted against `service` in
+    /// `paytrace_series_overflow_total`. The only way a label value reaches
+    /// a series; callers write `cardinality::OTHER` for `None`.
+    pub(crate) fn admit<'a>(
         &self,
-        guard: &LabelGuard,
         service: &str,
+        pick: impl FnOnce(&Guards) -> &LabelGuard,
         value: &'a str,
     ) -> Option<&'a str> {
+        let guard = pick(&self.guards);
         let admitted = guard.admit(value);
         if admitted.is_none() {
             self.series_overflow
@@ -299,7 +298,7 @@ impl Metrics {
             .expect("a fresh registry accepts every paytrace family")
     }
 
-    /// The process-wide metrics that [`crate::Service::new`] uses.
+    /// The process-wide metrics that [`crate::ServiceTelemetry::new`] uses.
     ///
     /// ```
     /// let a = paytrace::Metrics::global();
@@ -354,18 +353,20 @@ impl Metrics {
     /// assert!(text.contains("# TYPE paytrace_spans_exported_total counter"));
     /// ```
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let families = self.inner.registry.gather();
-        // The text encoder only fails on a broken writer; a Vec never is.
-        if TextEncoder::new().encode(&families, &mut buf).is_err() {
-            return String::new();
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        // The text encoder fails only on invalid families, which paytrace
+        // never registers; the route reports such an error instead.
+        encode_text(&self.inner.registry).unwrap_or_default()
     }
 
     pub(crate) fn families(&self) -> &Families {
         &self.inner
     }
+}
+
+/// `registry` in the Prometheus text exposition format: what [`Metrics::render`]
+/// returns and [`crate::metrics_route`] serves.
+pub(crate) fn encode_text(registry: &Registry) -> Result<String, prometheus::Error> {
+    TextEncoder::new().encode_to_string(&registry.gather())
 }
 
 impl Default for Metrics {

@@ -3,11 +3,10 @@
 use std::future::Future;
 use std::sync::LazyLock;
 
+use opentelemetry::Context;
 use opentelemetry::baggage::{Baggage, BaggageExt, BaggageMetadata, KeyValueMetadata};
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{FutureExt, TraceContextExt, WithContext};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry::{Key, StringValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use paytrace_semconv::attr;
@@ -75,24 +74,17 @@ pub(crate) fn ambient() -> Context {
 pub(crate) fn outgoing(span: &tracing::Span, ambient: &Context) -> Context {
     let cx = span.context();
     if cx.span().span_context().is_valid() {
-        cx.with_baggage(to_baggage(entries(ambient.baggage())))
+        cx.with_baggage(copied(ambient.baggage()))
     } else {
         ambient.clone()
     }
 }
 
-/// The entries of `baggage`, to build a new context's baggage from.
-fn entries(baggage: &Baggage) -> Vec<(Key, StringValue, BaggageMetadata)> {
+/// A copy of `baggage`'s entries, for a context built from another.
+fn copied(baggage: &Baggage) -> Vec<KeyValueMetadata> {
     baggage
         .iter()
-        .map(|(k, (v, meta))| (k.clone(), v.clone(), meta.clone()))
-        .collect()
-}
-
-fn to_baggage(entries: Vec<(Key, StringValue, BaggageMetadata)>) -> Vec<KeyValueMetadata> {
-    entries
-        .into_iter()
-        .map(|(k, v, meta)| KeyValueMetadata::new(k, v, meta))
+        .map(|(k, (v, meta))| KeyValueMetadata::new(k.clone(), v.clone(), meta.clone()))
         .collect()
 }
 
@@ -178,31 +170,26 @@ impl Flow {
         }
     }
 
-    /// The fields that are set, as baggage entries.
-    fn entries(&self) -> impl Iterator<Item = KeyValue> + '_ {
-        [
+    /// `cx` with this flow's fields merged into its baggage (fields left
+    /// unset keep the values `cx` already had).
+    pub fn merge_into(&self, cx: &Context) -> Context {
+        let own = [
             (attr::FLOW, &self.flow),
             (attr::FLOW_ID, &self.flow_id),
             (attr::PAYMENT_METHOD, &self.payment_method),
             (attr::PAYMENT_CHANNEL, &self.payment_channel),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| KeyValue::new(k, v.clone())))
-    }
-
-    /// `cx` with this flow's fields merged into its baggage (fields left
-    /// unset keep the values `cx` already had).
-    pub fn merge_into(&self, cx: &Context) -> Context {
-        let mut merged = entries(cx.baggage());
-        for kv in self.entries() {
-            merged.retain(|(key, _, _)| *key != kv.key);
-            merged.push((
-                kv.key,
-                kv.value.to_string().into(),
-                BaggageMetadata::default(),
-            ));
-        }
-        cx.with_baggage(to_baggage(merged))
+        ];
+        let overridden = |key: &str| own.iter().any(|(k, v)| v.is_some() && key == *k);
+        let kept = cx
+            .baggage()
+            .iter()
+            .filter(|(k, _)| !overridden(k.as_str()))
+            .map(|(k, (v, meta))| KeyValueMetadata::new(k.clone(), v.clone(), meta.clone()));
+        let added = own.iter().filter_map(|(k, v)| {
+            v.as_ref()
+                .map(|v| KeyValueMetadata::new(*k, v.clone(), BaggageMetadata::default()))
+        });
+        cx.with_baggage(kept.chain(added))
     }
 
     /// Runs `fut` with this flow in its baggage: every span, stage and

@@ -14,16 +14,17 @@ use prometheus::{Gauge, Histogram, IntCounterVec, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_metrics::{RuntimeIntervals, RuntimeMonitor};
 
+use crate::cardinality::OTHER;
 use crate::metrics::{SampledGauges, Sampler};
-use crate::service::Service;
+use crate::service::ServiceTelemetry;
 
 /// USE metrics of one resource (a connection pool, a worker pool, a rate limit).
 ///
-/// Made by [`Service::resource`]. Use it directly when a library does the
+/// Made by [`ServiceTelemetry::resource`]. Use it directly when a library does the
 /// pooling; [`Pool`] uses it for you.
 ///
 /// ```
-/// let svc = paytrace::Service::with_metrics("inventory", "1.0.0", &paytrace::Metrics::new());
+/// let svc = paytrace::ServiceTelemetry::with_metrics("inventory", "1.0.0", &paytrace::Metrics::new());
 /// let db = svc.resource("inventory_db");
 /// db.set_capacity(16);
 /// db.set_in_use(3);
@@ -35,7 +36,7 @@ use crate::service::Service;
 /// ```
 #[derive(Clone, Debug)]
 pub struct ResourceMetrics {
-    service: Service,
+    service: ServiceTelemetry,
     in_use: IntGauge,
     capacity: IntGauge,
     wait: Histogram,
@@ -44,9 +45,12 @@ pub struct ResourceMetrics {
 }
 
 impl ResourceMetrics {
-    pub(crate) fn new(service: &Service, resource: &str) -> Self {
-        let resource = service.admit(|g| &g.resource, resource).to_owned();
+    pub(crate) fn new(service: &ServiceTelemetry, resource: &str) -> Self {
         let f = service.families();
+        let resource = f
+            .admit(service.name(), |g| &g.resource, resource)
+            .unwrap_or(OTHER)
+            .to_owned();
         let labels = [service.name(), resource.as_str()];
         Self {
             in_use: f.resource_in_use.with_label_values(&labels),
@@ -75,7 +79,11 @@ impl ResourceMetrics {
 
     /// Counts one error of `kind` (`timeout`, `closed`, `connect`, …).
     pub fn error(&self, kind: &str) {
-        let kind = self.service.admit(|g| &g.kind, kind);
+        let kind = self
+            .service
+            .families()
+            .admit(self.service.name(), |g| &g.kind, kind)
+            .unwrap_or(OTHER);
         self.errors
             .with_label_values(&[self.service.name(), self.resource.as_str(), kind])
             .inc();
@@ -107,7 +115,7 @@ pub enum PoolError {
 /// use std::time::Duration;
 /// use paytrace::PoolError;
 ///
-/// let svc = paytrace::Service::with_metrics("inventory", "1.0.0", &paytrace::Metrics::new());
+/// let svc = paytrace::ServiceTelemetry::with_metrics("inventory", "1.0.0", &paytrace::Metrics::new());
 /// let pool = svc.pool("inventory_db", 1);
 /// let held = pool.acquire().await.unwrap();
 /// assert_eq!(
@@ -197,11 +205,11 @@ impl Pool {
 
 /// Metrics of one queue: depth, age of the oldest message, messages by outcome.
 ///
-/// Made by [`Service::queue_metrics`] for a queue you run elsewhere (a broker,
+/// Made by [`ServiceTelemetry::queue_metrics`] for a queue you run elsewhere (a broker,
 /// a table); [`crate::queue`] makes an in-process queue that keeps them for you.
 ///
 /// ```
-/// let svc = paytrace::Service::with_metrics("payment", "1.0.0", &paytrace::Metrics::new());
+/// let svc = paytrace::ServiceTelemetry::with_metrics("payment", "1.0.0", &paytrace::Metrics::new());
 /// let q = svc.queue_metrics("callbacks");
 /// q.set_depth(4);
 /// q.set_oldest_age(std::time::Duration::from_secs(2));
@@ -221,9 +229,11 @@ pub struct QueueMetrics {
 }
 
 impl QueueMetrics {
-    pub(crate) fn new(service: &Service, queue: &str) -> Self {
-        let queue = service.admit(|g| &g.queue, queue);
+    pub(crate) fn new(service: &ServiceTelemetry, queue: &str) -> Self {
         let f = service.families();
+        let queue = f
+            .admit(service.name(), |g| &g.queue, queue)
+            .unwrap_or(OTHER);
         let labels = [service.name(), queue];
         let outcome = |o: &str| {
             f.queue_messages
@@ -269,7 +279,7 @@ impl QueueMetrics {
 ///
 /// ```
 /// # #[tokio::main] async fn main() {
-/// let svc = paytrace::Service::with_metrics("payment", "1.0.0", &paytrace::Metrics::new());
+/// let svc = paytrace::ServiceTelemetry::with_metrics("payment", "1.0.0", &paytrace::Metrics::new());
 /// let (tx, mut rx) = paytrace::queue::<u32>(&svc, "callbacks", 16);
 /// tx.send(7).unwrap();
 /// assert!(svc.metrics().render().contains(
@@ -280,7 +290,7 @@ impl QueueMetrics {
 /// # }
 /// ```
 pub fn queue<T>(
-    service: &Service,
+    service: &ServiceTelemetry,
     name: &str,
     capacity: usize,
 ) -> (QueueSender<T>, QueueReceiver<T>) {
@@ -397,7 +407,7 @@ impl Sampler for QueueSampler {
     }
 }
 
-/// Samples a tokio runtime at every scrape (see [`Service::monitor_runtime`]).
+/// Samples a tokio runtime at every scrape (see [`ServiceTelemetry::monitor_runtime`]).
 pub(crate) struct RuntimeSampler {
     service: String,
     intervals: Mutex<RuntimeIntervals>,

@@ -20,7 +20,7 @@ use crate::cardinality::OTHER;
 use crate::cardinality::method_label;
 use crate::propagation::extract;
 use crate::redact::redact;
-use crate::service::{Service, deadline_sleep};
+use crate::service::ServiceTelemetry;
 
 /// A tower [`Layer`](tower::Layer) that traces and measures HTTP requests.
 ///
@@ -36,25 +36,25 @@ use crate::service::{Service, deadline_sleep};
 ///   went away (as `499`); the active gauge is released even then.
 ///
 /// Add it with [`axum::Router::layer`]: that runs it after routing, so the
-/// matched route is known. Built from [`Service::http_layer`].
+/// matched route is known. Built from [`ServiceTelemetry::http_layer`].
 ///
 /// ```
 /// use axum::{Router, routing::get};
 /// use std::time::Duration;
 ///
-/// let svc = paytrace::Service::new("order", "1.0.0");
+/// let svc = paytrace::ServiceTelemetry::new("order", "1.0.0");
 /// let app: Router = Router::new()
 ///     .route("/orders/{id}", get(|| async { "ok" }))
 ///     .layer(svc.http_layer().timeout(Duration::from_secs(10)));
 /// ```
 #[derive(Clone, Debug)]
 pub struct HttpLayer {
-    service: Service,
+    service: ServiceTelemetry,
     timeout: Option<Duration>,
 }
 
 impl HttpLayer {
-    pub(crate) fn new(service: Service) -> Self {
+    pub(crate) fn new(service: ServiceTelemetry) -> Self {
         Self {
             service,
             timeout: None,
@@ -102,11 +102,16 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let service = &self.layer.service;
-        // Handlers take it as an extractor (`svc: paytrace::Service`).
+        // Handlers take it as an extractor (`svc: paytrace::ServiceTelemetry`).
         req.extensions_mut().insert(service.clone());
         let method = method_label(req.method());
         let route = match req.extensions().get::<MatchedPath>() {
-            Some(p) if service.is_admitted(|g| &g.route, p.as_str()) => {
+            Some(p)
+                if service
+                    .families()
+                    .admit(service.name(), |g| &g.route, p.as_str())
+                    .is_some() =>
+            {
                 RouteLabel::Template(p.clone())
             }
             Some(_) => RouteLabel::Fixed(OTHER),
@@ -120,16 +125,21 @@ where
         let method_attr = from_baggage(attr::PAYMENT_METHOD);
         let channel_attr = from_baggage(attr::PAYMENT_CHANNEL);
 
+        let mut name = String::with_capacity(method.len() + 1 + route.as_str().len());
+        name.push_str(method);
+        name.push(' ');
+        name.push_str(route.as_str());
+        let path = redact(req.uri().path());
         let span = tracing::info_span!(
             target: "paytrace::http",
             "HTTP request",
-            otel.name = %format_args!("{method} {}", route.as_str()),
+            otel.name = name.as_str(),
             otel.kind = "server",
             otel.status_code = Empty,
             http.request.method = method,
             http.route = route.as_str(),
             http.response.status_code = Empty,
-            url.path = %redact(req.uri().path()),
+            url.path = path.as_ref(),
             url.scheme = req.uri().scheme_str().unwrap_or("http"),
             error.type = Empty,
             paytrace.flow = flow.as_deref(),
@@ -159,19 +169,18 @@ where
             route,
             active,
             start: Instant::now(),
-            span: span.clone(),
-            done: false,
+            span,
+            done: std::cell::Cell::new(false),
         };
 
         let inner = {
-            let _enter = span.enter();
+            let _enter = in_flight.span.enter();
             self.inner.call(req)
         };
         ResponseFuture {
             inner,
-            deadline: deadline_sleep(self.layer.timeout),
+            deadline: self.layer.timeout.map(tokio::time::sleep),
             attach,
-            span,
             in_flight,
         }
     }
@@ -185,7 +194,6 @@ pin_project! {
         #[pin]
         deadline: Option<tokio::time::Sleep>,
         attach: Option<Context>,
-        span: tracing::Span,
         in_flight: InFlight,
     }
 }
@@ -200,7 +208,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _attached = this.attach.as_ref().map(|cx| cx.clone().attach());
-        let _enter = this.span.enter();
+        let _enter = this.in_flight.span.enter();
 
         let polled = catch_unwind(AssertUnwindSafe(|| this.inner.poll(cx)));
         match polled {
@@ -236,13 +244,13 @@ where
 /// The bookkeeping of one request in flight. Dropping it before
 /// [`InFlight::finish`] records the request as abandoned by its caller.
 struct InFlight {
-    service: Service,
+    service: ServiceTelemetry,
     method: &'static str,
     route: RouteLabel,
     active: IntGauge,
     start: Instant,
     span: tracing::Span,
-    done: bool,
+    done: std::cell::Cell<bool>,
 }
 
 /// The `http_route` label of a request: its matched template, or a fixed
@@ -265,15 +273,14 @@ impl RouteLabel {
 const CLIENT_CLOSED_REQUEST: &str = "499";
 
 impl InFlight {
-    fn finish(&mut self, status: StatusCode, error_type: Option<&str>) {
+    fn finish(&self, status: StatusCode, error_type: Option<&str>) {
         self.record(status.as_str(), status.is_server_error(), error_type);
     }
 
-    fn record(&mut self, status: &str, is_error: bool, error_type: Option<&str>) {
-        if self.done {
+    fn record(&self, status: &str, is_error: bool, error_type: Option<&str>) {
+        if self.done.replace(true) {
             return;
         }
-        self.done = true;
         let elapsed = self.start.elapsed().as_secs_f64();
         let histogram: Histogram = self
             .service

@@ -1,8 +1,7 @@
-//! [`Service`]: the handle every instrument of one service hangs off.
+//! [`ServiceTelemetry`]: the handle every instrument of one service hangs off.
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::client::Client;
 use crate::metrics::{Families, Metrics};
@@ -14,18 +13,18 @@ use crate::stage::Stage;
 /// emits), the metrics it writes to, and the instruments built from it.
 ///
 /// Cheap to clone; build it once at start-up and hand clones to handlers.
-/// One process may host several services, each with its own `Service`.
+/// One process may host several services, each with its own `ServiceTelemetry`.
 ///
 /// ```
 /// use axum::{Router, routing::get};
 ///
-/// let order = paytrace::Service::new("order", env!("CARGO_PKG_VERSION"));
+/// let order = paytrace::ServiceTelemetry::new("order", env!("CARGO_PKG_VERSION"));
 /// let app: Router = Router::new()
 ///     .route("/orders/{id}", get(|| async { "ok" }))
 ///     .layer(order.http_layer());
 /// ```
 #[derive(Clone, Debug)]
-pub struct Service {
+pub struct ServiceTelemetry {
     inner: Arc<Inner>,
 }
 
@@ -35,7 +34,7 @@ struct Inner {
     metrics: Metrics,
 }
 
-impl Service {
+impl ServiceTelemetry {
     /// A service that writes to [`Metrics::global`].
     ///
     /// `version` becomes the `version` label of `paytrace_build_info`; pass
@@ -48,7 +47,7 @@ impl Service {
     ///
     /// ```
     /// let metrics = paytrace::Metrics::new();
-    /// let svc = paytrace::Service::with_metrics("coupon", "0.1.0", &metrics);
+    /// let svc = paytrace::ServiceTelemetry::with_metrics("coupon", "0.1.0", &metrics);
     /// assert_eq!(svc.name(), "coupon");
     /// ```
     pub fn with_metrics(name: impl Into<String>, version: &str, metrics: &Metrics) -> Self {
@@ -98,7 +97,7 @@ impl Service {
     /// baggage, get a client span and are measured.
     ///
     /// ```
-    /// let svc = paytrace::Service::new("order", "1.0.0");
+    /// let svc = paytrace::ServiceTelemetry::new("order", "1.0.0");
     /// let http = svc.client(reqwest::Client::new());
     /// # drop(http);
     /// ```
@@ -111,7 +110,7 @@ impl Service {
     ///
     /// ```
     /// # async fn demo() {
-    /// let svc = paytrace::Service::new("inventory", "1.0.0");
+    /// let svc = paytrace::ServiceTelemetry::new("inventory", "1.0.0");
     /// let reserved: Result<u32, std::io::Error> =
     ///     svc.stage("inventory.try").run(async { Ok(3) }).await;
     /// # }
@@ -125,7 +124,7 @@ impl Service {
     ///
     /// ```
     /// # async fn demo() -> Result<(), paytrace::PoolError> {
-    /// let svc = paytrace::Service::new("inventory", "1.0.0");
+    /// let svc = paytrace::ServiceTelemetry::new("inventory", "1.0.0");
     /// let db = svc.pool("inventory_db", 8);
     /// let conn = db.acquire().await?;
     /// # drop(conn); Ok(()) }
@@ -141,7 +140,7 @@ impl Service {
     }
 
     /// Metrics of a queue named `queue`; see [`QueueMetrics`] and
-    /// [`Service::queue`].
+    /// [`ServiceTelemetry::queue`].
     pub fn queue_metrics(&self, queue: &str) -> QueueMetrics {
         QueueMetrics::new(self, queue)
     }
@@ -149,11 +148,11 @@ impl Service {
     /// A bounded in-process queue named `queue` of up to `capacity`
     /// messages, measured as this service's: depth, oldest message's age,
     /// messages by outcome. The same as [`crate::queue`], as a method like
-    /// [`Service::pool`].
+    /// [`ServiceTelemetry::pool`].
     ///
     /// ```
     /// # #[tokio::main] async fn main() {
-    /// let svc = paytrace::Service::with_metrics("payment", "1.0.0", &paytrace::Metrics::new());
+    /// let svc = paytrace::ServiceTelemetry::with_metrics("payment", "1.0.0", &paytrace::Metrics::new());
     /// let (tx, mut rx) = svc.queue::<u32>("callbacks", 16);
     /// tx.send(7).unwrap();
     /// assert_eq!(rx.recv().await, Some(7));
@@ -172,7 +171,7 @@ impl Service {
     ///
     /// ```
     /// use axum::{Router, routing::get};
-    /// let svc = paytrace::Service::new("order", "1.0.0");
+    /// let svc = paytrace::ServiceTelemetry::new("order", "1.0.0");
     /// let app: Router = Router::new()
     ///     .route("/orders/{id}", get(|| async { "ok" }))
     ///     .layer(svc.http_layer())
@@ -190,7 +189,7 @@ impl Service {
     ///
     /// ```
     /// # #[tokio::main] async fn main() {
-    /// let svc = paytrace::Service::with_metrics("gateway", "1.0.0", &paytrace::Metrics::new());
+    /// let svc = paytrace::ServiceTelemetry::with_metrics("gateway", "1.0.0", &paytrace::Metrics::new());
     /// svc.monitor_runtime(&tokio::runtime::Handle::current());
     /// assert!(svc.metrics().render().contains(r#"paytrace_runtime_workers{service_name="gateway"}"#));
     /// # }
@@ -200,58 +199,4 @@ impl Service {
             .sampled
             .add(Box::new(RuntimeSampler::new(self.name(), handle)));
     }
-
-    /// Whether `value` passes one of the cardinality guards (an overflow is counted).
-    pub(crate) fn is_admitted(
-        &self,
-        pick: impl FnOnce(&crate::cardinality::Guards) -> &crate::cardinality::LabelGuard,
-        value: &str,
-    ) -> bool {
-        let families = self.families();
-        families
-            .admit_checked(pick(&families.guards), self.name(), value)
-            .is_some()
-    }
-
-    /// A TCC resource of this service, guarded by `fence`; see [`crate::tcc`].
-    pub fn tcc(
-        &self,
-        resource: &str,
-        fence: Arc<dyn crate::tcc::FenceStore>,
-    ) -> crate::tcc::TccResource {
-        crate::tcc::TccResource::new(self.clone(), resource, fence)
-    }
-
-    /// Counts one retry of `phase` on `resource` by this service acting as
-    /// the TCC coordinator (`paytrace_tcc_phase_retries_total`).
-    ///
-    /// ```
-    /// let svc = paytrace::Service::with_metrics("order", "1.0.0", &paytrace::Metrics::new());
-    /// svc.count_tcc_retry("inventory", paytrace::tcc::Phase::Confirm);
-    /// assert!(svc.metrics().render().contains(
-    ///     r#"paytrace_tcc_phase_retries_total{phase="confirm",resource="inventory",service_name="order"} 1"#
-    /// ));
-    /// ```
-    pub fn count_tcc_retry(&self, resource: &str, phase: crate::tcc::Phase) {
-        let resource = self.admit(|g| &g.resource, resource);
-        self.families()
-            .tcc_retries
-            .with_label_values(&[self.name(), resource, phase.as_str()])
-            .inc();
-    }
-
-    /// Admits a label value through one of the cardinality guards.
-    pub(crate) fn admit<'a>(
-        &self,
-        pick: impl FnOnce(&crate::cardinality::Guards) -> &crate::cardinality::LabelGuard,
-        value: &'a str,
-    ) -> &'a str {
-        let families = self.families();
-        families.admit(pick(&families.guards), self.name(), value)
-    }
-}
-
-/// A deadline given to something that may not finish in time.
-pub(crate) fn deadline_sleep(d: Option<Duration>) -> Option<tokio::time::Sleep> {
-    d.map(tokio::time::sleep)
 }

@@ -3,19 +3,21 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use opentelemetry::trace::FutureExt as _;
 use paytrace_semconv::{attr, outcome};
+use pin_project_lite::pin_project;
 use prometheus::IntGauge;
-use tracing::Instrument;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::cardinality::{Guards, LabelGuard, OTHER};
 use crate::propagation::{Flow, ambient};
 use crate::redact::redact;
-use crate::service::Service;
+use crate::service::ServiceTelemetry;
 
 /// How a stage ended: the `outcome` label and `paytrace.outcome` attribute.
 ///
@@ -82,7 +84,7 @@ impl<E: std::error::Error + 'static> std::error::Error for StageError<E> {
 
 /// A business stage about to run: `inventory.try`, `channel.request`, …
 ///
-/// Made by [`Service::stage`]. The flow, payment method and channel come from
+/// Made by [`ServiceTelemetry::stage`]. The flow, payment method and channel come from
 /// the request's baggage (see [`Flow`]) unless set here. Finish it with
 /// [`Stage::run`] (async, outcome from the `Result`), [`Stage::run_with_deadline`]
 /// (adds `timeout`), or [`Stage::start`] (a guard for synchronous code).
@@ -95,7 +97,7 @@ impl<E: std::error::Error + 'static> std::error::Error for StageError<E> {
 /// # async fn demo() -> Result<(), paytrace::StageError<std::io::Error>> {
 /// use std::time::Duration;
 ///
-/// let payment = paytrace::Service::new("payment", "1.0.0");
+/// let payment = paytrace::ServiceTelemetry::new("payment", "1.0.0");
 /// let receipt = payment
 ///     .stage("channel.request")
 ///     .payment_channel("wxpay")
@@ -109,7 +111,7 @@ impl<E: std::error::Error + 'static> std::error::Error for StageError<E> {
 #[must_use = "a stage does nothing until it is run or started"]
 #[derive(Debug)]
 pub struct Stage {
-    service: Service,
+    service: ServiceTelemetry,
     name: Cow<'static, str>,
     flow: Flow,
     attributes: Vec<(Cow<'static, str>, String)>,
@@ -117,7 +119,7 @@ pub struct Stage {
 }
 
 impl Stage {
-    pub(crate) fn new(service: Service, name: Cow<'static, str>) -> Self {
+    pub(crate) fn new(service: ServiceTelemetry, name: Cow<'static, str>) -> Self {
         Self {
             service,
             name,
@@ -133,7 +135,7 @@ impl Stage {
     ///
     /// ```
     /// # async fn demo(producer: opentelemetry::trace::SpanContext) {
-    /// let payment = paytrace::Service::new("payment", "1.0.0");
+    /// let payment = paytrace::ServiceTelemetry::new("payment", "1.0.0");
     /// let _ = payment
     ///     .stage("payment.confirm")
     ///     .link(producer)
@@ -153,7 +155,7 @@ impl Stage {
     ///
     /// ```
     /// # async fn demo() {
-    /// let payment = paytrace::Service::new("payment", "1.0.0");
+    /// let payment = paytrace::ServiceTelemetry::new("payment", "1.0.0");
     /// let _ = payment
     ///     .stage("channel.callback")
     ///     .link_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
@@ -175,7 +177,7 @@ impl Stage {
     ///
     /// ```
     /// use paytrace::tcc::{BranchKey, Phase};
-    /// let payment = paytrace::Service::new("payment", "1.0.0");
+    /// let payment = paytrace::ServiceTelemetry::new("payment", "1.0.0");
     /// let branch = BranchKey { xid: "ord_1".into(), branch_id: "payment".into() };
     /// let stage = payment.stage("payment.create").tcc(&branch, "payment", Phase::Try);
     /// # drop(stage);
@@ -239,10 +241,14 @@ impl Stage {
         F: Future<Output = Result<T, E>>,
     {
         let mut guard = self.start();
-        let span = guard.span.clone();
-        let result = match guard.attach.clone() {
-            Some(cx) => work.instrument(span).with_context(cx).await,
-            None => work.instrument(span).await,
+        let attach = guard.attach.take();
+        let work = InSpan {
+            span: &guard.span,
+            inner: work,
+        };
+        let result = match attach {
+            Some(cx) => work.with_context(cx).await,
+            None => work.await,
         };
         guard.set_outcome(if result.is_ok() {
             Outcome::Ok
@@ -263,8 +269,12 @@ impl Stage {
         F: Future<Output = Result<T, E>>,
     {
         let mut guard = self.start();
-        let work = work.instrument(guard.span.clone());
-        let timed = match guard.attach.clone() {
+        let attach = guard.attach.take();
+        let work = InSpan {
+            span: &guard.span,
+            inner: work,
+        };
+        let timed = match attach {
             Some(cx) => tokio::time::timeout(deadline, work.with_context(cx)).await,
             None => tokio::time::timeout(deadline, work).await,
         };
@@ -284,7 +294,7 @@ impl Stage {
     /// `error` if the guard is dropped while panicking.
     ///
     /// ```
-    /// let svc = paytrace::Service::with_metrics("points", "1.0.0", &paytrace::Metrics::new());
+    /// let svc = paytrace::ServiceTelemetry::with_metrics("points", "1.0.0", &paytrace::Metrics::new());
     /// let mut stage = svc.stage("points.try").start();
     /// let enough = false;
     /// if !enough {
@@ -307,7 +317,7 @@ impl Stage {
     /// `async:<stage>`.
     ///
     /// ```
-    /// let svc = paytrace::Service::with_metrics("payment", "1.0.0", &paytrace::Metrics::new());
+    /// let svc = paytrace::ServiceTelemetry::with_metrics("payment", "1.0.0", &paytrace::Metrics::new());
     /// drop(svc.stage("channel.callback").start_on_current_span());
     /// assert!(svc.metrics().render().contains(r#"stage="channel.callback""#));
     /// ```
@@ -319,11 +329,16 @@ impl Stage {
         let ambient = ambient();
         let inherited = Flow::from_context(&ambient);
         let own = self.flow;
-        let parent = if own == Flow::default() {
-            ambient
-        } else {
-            own.merge_into(&ambient)
-        };
+        // Rebuilding baggage costs more than the rest of the stage's set-up
+        // (OpenTelemetry validates every key): only when the stage adds to
+        // or changes what its context already carries.
+        let adds =
+            |mine: &Option<String>, theirs: &Option<String>| mine.is_some() && mine != theirs;
+        let parent = (adds(&own.flow, &inherited.flow)
+            || adds(&own.flow_id, &inherited.flow_id)
+            || adds(&own.payment_method, &inherited.payment_method)
+            || adds(&own.payment_channel, &inherited.payment_channel))
+        .then(|| own.merge_into(&ambient));
         let flow = Flow {
             flow: own.flow.or(inherited.flow),
             flow_id: own.flow_id.or(inherited.flow_id),
@@ -353,22 +368,26 @@ impl Stage {
             let span = tracing::info_span!(
                 target: "paytrace::stage",
                 "stage",
-                otel.name = %self.name,
+                otel.name = self.name.as_ref(),
                 otel.status_code = Empty,
-                paytrace.stage = %self.name,
+                paytrace.stage = self.name.as_ref(),
                 paytrace.flow = redacted(&flow.flow).as_deref(),
                 paytrace.flow_id = redacted(&flow.flow_id).as_deref(),
                 paytrace.outcome = Empty,
                 payment.method = redacted(&flow.payment_method).as_deref(),
                 payment.channel = redacted(&flow.payment_channel).as_deref(),
             );
-            // Parent on the ambient context, so that baggage a `Flow::scope` added
-            // after the enclosing span started is inherited too. Without an
-            // OpenTelemetry layer, attach that context around the work instead.
-            let attach = match span.set_parent(parent.clone()) {
+            // A stage that adds to the flow parents on the ambient context
+            // with its flow merged in, so that what runs inside sees it; without
+            // an OpenTelemetry layer, that context is attached around the work
+            // instead. Otherwise the layer already parents the span on the
+            // ambient context (its context activation, on by default and in
+            // `paytrace::layer`), baggage a `Flow::scope` added after the
+            // enclosing span started included.
+            let attach = parent.and_then(|parent| match span.set_parent(parent.clone()) {
                 Ok(()) => None,
                 Err(_) => Some(parent),
-            };
+            });
             (span, attach)
         };
         for (key, value) in self.attributes {
@@ -379,18 +398,24 @@ impl Stage {
         }
 
         let service = self.service;
-        let stage = if service.is_admitted(|g| &g.stage, &self.name) {
-            self.name
-        } else {
-            Cow::Borrowed(OTHER)
+        let families = service.families();
+        let admit = |pick: fn(&Guards) -> &LabelGuard, value: Option<String>| match value {
+            None => Cow::Borrowed(""),
+            Some(v) => match families.admit(service.name(), pick, &v) {
+                Some(_) => Cow::Owned(v),
+                None => Cow::Borrowed(OTHER),
+            },
         };
         let labels = StageLabels {
-            flow: admit_owned(&service, |g| &g.flow, flow.flow),
-            stage,
-            payment_method: admit_owned(&service, |g| &g.payment_method, flow.payment_method),
-            payment_channel: admit_owned(&service, |g| &g.payment_channel, flow.payment_channel),
+            flow: admit(|g| &g.flow, flow.flow),
+            payment_method: admit(|g| &g.payment_method, flow.payment_method),
+            payment_channel: admit(|g| &g.payment_channel, flow.payment_channel),
+            stage: match families.admit(service.name(), |g| &g.stage, &self.name) {
+                Some(_) => self.name,
+                None => Cow::Borrowed(OTHER),
+            },
         };
-        let active = service.families().stage_active.with_label_values(&[
+        let active = families.stage_active.with_label_values(&[
             service.name(),
             labels.flow.as_ref(),
             labels.stage.as_ref(),
@@ -408,20 +433,6 @@ impl Stage {
     }
 }
 
-/// A label value taken by value: kept when the guard admits it, `other`
-/// when it overflows, empty when absent.
-fn admit_owned(
-    service: &Service,
-    pick: impl FnOnce(&Guards) -> &LabelGuard,
-    value: Option<String>,
-) -> Cow<'static, str> {
-    match value {
-        None => Cow::Borrowed(""),
-        Some(v) if service.is_admitted(pick, &v) => Cow::Owned(v),
-        Some(_) => Cow::Borrowed(OTHER),
-    }
-}
-
 #[derive(Debug)]
 struct StageLabels {
     flow: Cow<'static, str>,
@@ -430,13 +441,34 @@ struct StageLabels {
     payment_channel: Cow<'static, str>,
 }
 
+pin_project! {
+    /// `inner` polled inside `span`, which the stage's guard keeps: what
+    /// `tracing::Instrument` does without cloning the span for the future,
+    /// and without entering it again to drop a future that has finished.
+    struct InSpan<'a, F> {
+        span: &'a tracing::Span,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for InSpan<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        this.inner.poll(cx)
+    }
+}
+
 /// A stage in progress; records its duration and outcome when dropped.
 ///
 /// Made by [`Stage::start`]. [`StageGuard::span`] is the stage's span: enter
 /// it (or `instrument` work with it) so that child spans nest under the stage.
 #[derive(Debug)]
 pub struct StageGuard {
-    service: Service,
+    service: ServiceTelemetry,
     labels: StageLabels,
     active: IntGauge,
     span: tracing::Span,

@@ -21,6 +21,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::cardinality::OTHER;
+
 #[cfg(feature = "redis")]
 pub use crate::tcc_redis::RedisFence;
 
@@ -425,7 +427,7 @@ pub enum BranchError<E> {
 }
 
 /// A TCC resource of one service (`inventory`, `coupon`, …) guarded by a
-/// fence, with its metrics. Made by [`crate::Service::tcc`].
+/// fence, with its metrics. Made by [`crate::ServiceTelemetry::tcc`].
 ///
 /// ```
 /// # #[tokio::main] async fn main() {
@@ -433,7 +435,7 @@ pub enum BranchError<E> {
 /// use std::time::Duration;
 /// use paytrace::tcc::{BranchError, BranchKey, BranchOutcome, MemoryFence, Phase};
 ///
-/// let svc = paytrace::Service::with_metrics("inventory", "1.0.0", &paytrace::Metrics::new());
+/// let svc = paytrace::ServiceTelemetry::with_metrics("inventory", "1.0.0", &paytrace::Metrics::new());
 /// let stock = svc.tcc("inventory", Arc::new(MemoryFence::new(10_000, Duration::from_secs(600))));
 /// let branch = BranchKey { xid: "ord_1".into(), branch_id: "inventory".into() };
 ///
@@ -447,21 +449,24 @@ pub enum BranchError<E> {
 /// ```
 #[derive(Clone, Debug)]
 pub struct TccResource {
-    service: crate::Service,
+    service: crate::ServiceTelemetry,
     resource: String,
     fence: std::sync::Arc<dyn FenceStore>,
 }
 
 impl TccResource {
     pub(crate) fn new(
-        service: crate::Service,
+        service: crate::ServiceTelemetry,
         resource: &str,
         fence: std::sync::Arc<dyn FenceStore>,
     ) -> Self {
-        let resource = service.admit(|g| &g.resource, resource).to_owned();
+        let f = service.families();
+        let resource = f
+            .admit(service.name(), |g| &g.resource, resource)
+            .unwrap_or(OTHER)
+            .to_owned();
         // Every series of the resource exists from the start at zero, so
         // that `increase()` sees the first anomaly.
-        let f = service.families();
         for kind in paytrace_semconv::tcc::ANOMALY_KINDS {
             f.tcc_anomalies
                 .with_label_values(&[service.name(), resource.as_str(), kind]);
@@ -596,6 +601,36 @@ impl TccResource {
     /// Counts one retry of `phase` on this resource by this service.
     pub fn retried(&self, phase: Phase) {
         self.service.count_tcc_retry(&self.resource, phase);
+    }
+}
+
+/// TCC entries of a [`crate::ServiceTelemetry`]: its participant resources, and the
+/// retries it makes as a coordinator.
+impl crate::ServiceTelemetry {
+    /// A TCC resource of this service, guarded by `fence`; see
+    /// [`TccResource`] for an example.
+    pub fn tcc(&self, resource: &str, fence: std::sync::Arc<dyn FenceStore>) -> TccResource {
+        TccResource::new(self.clone(), resource, fence)
+    }
+
+    /// Counts one retry of `phase` on `resource` by this service acting as
+    /// the TCC coordinator (`paytrace_tcc_phase_retries_total`).
+    ///
+    /// ```
+    /// let svc = paytrace::ServiceTelemetry::with_metrics("order", "1.0.0", &paytrace::Metrics::new());
+    /// svc.count_tcc_retry("inventory", paytrace::tcc::Phase::Confirm);
+    /// assert!(svc.metrics().render().contains(
+    ///     r#"paytrace_tcc_phase_retries_total{phase="confirm",resource="inventory",service_name="order"} 1"#
+    /// ));
+    /// ```
+    pub fn count_tcc_retry(&self, resource: &str, phase: Phase) {
+        let f = self.families();
+        let resource = f
+            .admit(self.name(), |g| &g.resource, resource)
+            .unwrap_or(OTHER);
+        f.tcc_retries
+            .with_label_values(&[self.name(), resource, phase.as_str()])
+            .inc();
     }
 }
 

@@ -80,7 +80,7 @@ type Transition = (Option<BranchState>, Option<BranchState>);
 /// use paytrace::tcc::RedisFence;
 ///
 /// let fence = RedisFence::connect("redis://127.0.0.1:6379/", "inventory", Duration::from_secs(600)).await?;
-/// let svc = paytrace::Service::new("inventory", "1.0.0");
+/// let svc = paytrace::ServiceTelemetry::new("inventory", "1.0.0");
 /// let stock = svc.tcc("inventory", Arc::new(fence));
 /// # Ok(()) }
 /// ```

@@ -475,7 +475,7 @@ fn invalid(var: &'static str, value: &str, expected: &'static str) -> InitError 
 /// #[tokio::main]
 /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
 ///     let _telemetry = paytrace::init("order")?;
-///     // … build the router with `paytrace::Service::new("order", "1.0.0").http_layer()`
+///     // … build the router with `paytrace::ServiceTelemetry::new("order", "1.0.0").http_layer()`
 ///     Ok(())
 /// }
 /// ```

@@ -14,7 +14,7 @@ use axum::Router;
 use axum::routing::get;
 use common::{serve, value};
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use paytrace::{Metrics, Protocol, Service, TelemetryConfig};
+use paytrace::{Metrics, Protocol, ServiceTelemetry, TelemetryConfig};
 use paytrace_semconv::{drop_reason, metric};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -49,7 +49,7 @@ fn pipeline(
 }
 
 async fn order_service(metrics: &Metrics) -> SocketAddr {
-    let svc = Service::with_metrics("order", "1.0.0", metrics);
+    let svc = ServiceTelemetry::with_metrics("order", "1.0.0", metrics);
     serve(
         Router::new()
             .route("/orders/{id}", get(|| async { "ok" }))

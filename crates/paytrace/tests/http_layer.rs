@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::routing::{get, post};
 use common::value;
-use paytrace::{LabelLimits, Metrics, Outcome, Service, StageError};
+use paytrace::{LabelLimits, Metrics, Outcome, ServiceTelemetry, StageError};
 use paytrace_semconv::{label, metric};
 use tokio::sync::{Notify, oneshot};
 use tower::ServiceExt;
@@ -20,9 +20,12 @@ use tower::ServiceExt;
 const DURATION: &str = metric::HTTP_SERVER_REQUEST_DURATION_SECONDS;
 const ACTIVE: &str = metric::HTTP_SERVER_ACTIVE_REQUESTS;
 
-fn service() -> (Service, Metrics) {
+fn service() -> (ServiceTelemetry, Metrics) {
     let metrics = Metrics::new();
-    (Service::with_metrics("order", "1.2.3", &metrics), metrics)
+    (
+        ServiceTelemetry::with_metrics("order", "1.2.3", &metrics),
+        metrics,
+    )
 }
 
 fn request(method: &str, uri: &str) -> Request<Body> {
@@ -141,7 +144,7 @@ async fn routes_past_the_limit_fold_into_other_and_are_counted() {
         &LabelLimits::default().limit(label::HTTP_ROUTE, 2),
     )
     .expect("fresh registry");
-    let svc = Service::with_metrics("order", "1.2.3", &metrics);
+    let svc = ServiceTelemetry::with_metrics("order", "1.2.3", &metrics);
     let mut app = Router::new();
     for i in 0..5 {
         app = app.route(&format!("/r{i}"), get(|| async { "ok" }));
@@ -459,7 +462,7 @@ async fn baggage_values_past_the_limit_fold_into_other() {
             .allow(label::PAYMENT_METHOD, ["card"]),
     )
     .expect("fresh registry");
-    let svc = Service::with_metrics("order", "1.2.3", &metrics);
+    let svc = ServiceTelemetry::with_metrics("order", "1.2.3", &metrics);
     for method in ["card", "user-12345", "user-67890"] {
         drop(
             svc.stage("payment.create")
@@ -488,7 +491,7 @@ async fn baggage_values_past_the_limit_fold_into_other() {
 
 #[tokio::test]
 async fn handlers_take_the_service_as_an_extractor() {
-    async fn create(svc: Service) -> &'static str {
+    async fn create(svc: ServiceTelemetry) -> &'static str {
         svc.stage("order.create")
             .run(async { Ok::<_, std::io::Error>("created") })
             .await

@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use paytrace::{Metrics, Protocol, Service, TelemetryConfig};
+use paytrace::{Metrics, Protocol, ServiceTelemetry, TelemetryConfig};
 use prost::Message;
 use tokio::sync::mpsc;
 
@@ -96,7 +96,7 @@ async fn spans_arrive_with_the_callers_trace_id(
         .expect("the exporter builds");
     let _guard = tracing::subscriber::set_default(common::otel_subscriber(&provider));
 
-    let svc = Service::with_metrics("order", "1.0.0", &metrics);
+    let svc = ServiceTelemetry::with_metrics("order", "1.0.0", &metrics);
     let addr = common::serve(
         Router::new()
             .route("/orders/{id}", get(|| async { "ok" }))
@@ -197,7 +197,7 @@ async fn the_layer_joins_an_application_subscriber() {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink));
     let _default = tracing::subscriber::set_default(subscriber);
 
-    let svc = Service::with_metrics("order", "1.0.0", &metrics);
+    let svc = ServiceTelemetry::with_metrics("order", "1.0.0", &metrics);
     let created: Result<&str, std::io::Error> =
         svc.stage("order.create").run(async { Ok("created") }).await;
     assert_eq!(created.expect("ran"), "created");

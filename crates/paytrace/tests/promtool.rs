@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use paytrace::{Metrics, Service};
+use paytrace::{Metrics, ServiceTelemetry};
 use paytrace_semconv::metric;
 
 fn promtool() -> Command {
@@ -28,7 +28,7 @@ fn promtool() -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_passes_promtool_check_metrics() {
     let metrics = Metrics::new();
-    let svc = Service::with_metrics("order", "1.0.0", &metrics);
+    let svc = ServiceTelemetry::with_metrics("order", "1.0.0", &metrics);
     svc.monitor_runtime(&tokio::runtime::Handle::current());
     let pool = svc.pool("order_db", 4);
     let (queue_tx, mut queue_rx) = paytrace::queue::<u8>(&svc, "callbacks", 8);

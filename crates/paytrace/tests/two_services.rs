@@ -14,12 +14,12 @@ use axum::routing::get;
 use common::{attribute, capture, serve, value};
 use opentelemetry::trace::{SpanKind, TraceId};
 use opentelemetry_sdk::trace::SpanData;
-use paytrace::{Flow, Service};
+use paytrace::{Flow, ServiceTelemetry};
 use paytrace_semconv::{attr, metric};
 
 #[derive(Clone)]
 struct Gateway {
-    svc: Service,
+    svc: ServiceTelemetry,
     http: paytrace::Client,
     downstream: SocketAddr,
 }
@@ -45,7 +45,7 @@ async fn gateway_checkout(
         .map_err(|_| StatusCode::BAD_GATEWAY)
 }
 
-async fn inventory_reserve(State(svc): State<Service>) -> &'static str {
+async fn inventory_reserve(State(svc): State<ServiceTelemetry>) -> &'static str {
     svc.stage("inventory.try")
         .run(async { Ok::<_, std::io::Error>("reserved") })
         .await
@@ -68,7 +68,7 @@ async fn one_trace_crosses_both_services_with_baggage_as_labels() {
     let capture = capture();
     let metrics = &capture.metrics;
 
-    let inventory = Service::with_metrics("inventory", "1.0.0", metrics);
+    let inventory = ServiceTelemetry::with_metrics("inventory", "1.0.0", metrics);
     let inventory_addr = serve(
         Router::new()
             .route("/reserve/{order}", get(inventory_reserve))
@@ -77,7 +77,7 @@ async fn one_trace_crosses_both_services_with_baggage_as_labels() {
     )
     .await;
 
-    let gateway = Service::with_metrics("gateway", "1.0.0", metrics);
+    let gateway = ServiceTelemetry::with_metrics("gateway", "1.0.0", metrics);
     let gateway_addr = serve(
         Router::new()
             .route("/checkout/{order}", get(gateway_checkout))

@@ -23,7 +23,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
-use paytrace::{Client, Pool, Service};
+use paytrace::{Client, Pool, ServiceTelemetry};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "A minimal axum service instrumented with paytrace")]
@@ -35,7 +35,7 @@ struct Args {
 
 #[derive(Clone)]
 struct App {
-    svc: Service,
+    svc: ServiceTelemetry,
     http: Client,
     self_url: String,
     stock_db: Pool,
@@ -46,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let _telemetry = paytrace::init("paytrace-minimal")?;
 
-    let svc = Service::new("minimal", env!("CARGO_PKG_VERSION"));
+    let svc = ServiceTelemetry::new("minimal", env!("CARGO_PKG_VERSION"));
     svc.monitor_runtime(&tokio::runtime::Handle::current());
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use paytrace::{Client, Flow, Service};
+use paytrace::{Client, Flow, ServiceTelemetry};
 use paytrace_semconv::{flow, payment};
 use rand::RngExt;
 
@@ -100,7 +100,7 @@ async fn refund(
 }
 
 /// The gateway's routes.
-pub fn router(svc: &Service, plan: Plan) -> Router {
+pub fn router(svc: &ServiceTelemetry, plan: Plan) -> Router {
     Router::new()
         .route("/checkout", post(checkout))
         .route("/refund", post(refund))

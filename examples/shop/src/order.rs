@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use paytrace::tcc::Phase;
-use paytrace::{Client, Service};
+use paytrace::{Client, ServiceTelemetry};
 use paytrace_semconv::stage;
 use rand::RngExt;
 use tracing::Instrument;
@@ -22,7 +22,7 @@ use crate::wire::{CreateOrder, TccCall};
 
 #[derive(Clone)]
 struct Order {
-    svc: Service,
+    svc: ServiceTelemetry,
     http: Client,
     plan: Plan,
     empty_rollbacks: bool,
@@ -151,7 +151,7 @@ async fn paid(State(o): State<Order>, Path(order_id): Path<String>) -> StatusCod
 }
 
 /// The order service's routes.
-pub fn router(svc: &Service, plan: Plan, chaos: &Chaos) -> Router {
+pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Chaos) -> Router {
     Router::new()
         .route("/orders", post(create))
         .route("/orders/{id}/paid", post(paid))

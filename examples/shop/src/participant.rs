@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use paytrace::tcc::{BranchError, BranchKey, FenceStore, Phase, TccResource};
-use paytrace::{Pool, Service};
+use paytrace::{Pool, ServiceTelemetry};
 use paytrace_demo::stock::StockStore;
 use rand::RngExt;
 use tracing::Instrument;
@@ -109,7 +109,7 @@ async fn tcc(p: Participant, phase: Phase, call: TccCall) -> StatusCode {
 
 /// The participant's routes for `resource` (`inventory`, `coupon`, `points`).
 pub fn router(
-    svc: &Service,
+    svc: &ServiceTelemetry,
     resource: &'static str,
     chaos: &Chaos,
     stock: Option<Arc<StockStore>>,

@@ -13,7 +13,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use opentelemetry::trace::SpanContext;
 use paytrace::tcc::{BranchKey, Phase};
-use paytrace::{Client, Flow, QueueSender, Service};
+use paytrace::{Client, Flow, QueueSender, ServiceTelemetry};
 use paytrace_semconv::{flow, stage, tcc};
 
 use crate::chaos::{Chaos, Fault};
@@ -28,7 +28,7 @@ struct Confirmation {
 
 #[derive(Clone)]
 struct Payment {
-    svc: Service,
+    svc: ServiceTelemetry,
     http: Client,
     plan: Plan,
     queue: QueueSender<Confirmation>,
@@ -166,7 +166,7 @@ async fn callback(
 }
 
 async fn consume(
-    svc: Service,
+    svc: ServiceTelemetry,
     http: Client,
     plan: Plan,
     mut rx: paytrace::QueueReceiver<Confirmation>,
@@ -239,7 +239,7 @@ async fn refund(State(p): State<Payment>, Json(req): Json<RefundRequest>) -> Sta
 }
 
 /// The payment service's routes; starts the callback consumer.
-pub fn router(svc: &Service, plan: Plan, chaos: &Chaos) -> Router {
+pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Chaos) -> Router {
     let http = svc.client(reqwest::Client::new());
     let (tx, rx) = paytrace::queue(svc, "payment_callbacks", 10_000);
     tokio::spawn(consume(

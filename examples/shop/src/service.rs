@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use paytrace::Service;
+use paytrace::ServiceTelemetry;
 use paytrace::tcc::{FenceStore, MemoryFence, RedisFence};
 use paytrace_demo::stock::StockStore;
 use tokio::sync::Notify;
@@ -28,7 +28,7 @@ pub async fn run(
     exit_with_parent: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let telemetry = paytrace::init(role.name())?;
-    let svc = Service::new(role.name(), env!("CARGO_PKG_VERSION"));
+    let svc = ServiceTelemetry::new(role.name(), env!("CARGO_PKG_VERSION"));
     svc.monitor_runtime(&tokio::runtime::Handle::current());
     let chaos = Arc::new(chaos);
 

@@ -1,10 +1,13 @@
 //! Properties of the analysis on random traces: critical-path times sum to
 //! the end-to-end duration, self time never exceeds duration, and the result
 //! does not depend on the order the spans arrived in.
+//!
+//! Unit tests, not integration tests: they check the analysis, which is
+//! internal to the crate.
 
-use paytrace_aggregator::Span;
-use paytrace_aggregator::analysis::analyze_flow;
-use paytrace_aggregator::testing::{child, numbered, span, stage, with_parent_id};
+use crate::Span;
+use crate::analysis::analyze_flow;
+use crate::testing::{child, numbered, span, stage, with_parent_id};
 use proptest::prelude::*;
 
 /// One generated span: parent (`None` = orphan), start, length, stage flag.
@@ -91,7 +94,7 @@ proptest! {
         let second: Vec<Span> = second
             .into_iter()
             .map(|mut s| {
-                s.trace_id = paytrace_aggregator::TraceId([9; 16]);
+                s.trace_id = crate::TraceId([9; 16]);
                 s.start_ns += offset;
                 s.end_ns += offset;
                 s
@@ -215,17 +218,17 @@ proptest! {
         cuts in proptest::collection::vec(any::<usize>(), 0..8),
     ) {
         use std::time::Instant;
-        use paytrace_aggregator::decode::Decoded;
-        use paytrace_aggregator::pipeline::{Pipeline, PipelineConfig, Protocol};
+        use crate::decode::Decoded;
+        use crate::pipeline::{Pipeline, PipelineConfig, Protocol};
 
         let run = |batches: Vec<Vec<Span>>| {
             let p = Pipeline::new(PipelineConfig::default());
             for spans in batches {
                 p.ingest(Protocol::Grpc, Decoded { spans, ..Decoded::default() }, Instant::now());
             }
-            p.flush(paytrace_aggregator::pipeline::Now::at(std::time::Instant::now(), std::time::UNIX_EPOCH + std::time::Duration::from_secs(60)));
+            p.flush(crate::pipeline::Now::at(std::time::Instant::now(), std::time::UNIX_EPOCH + std::time::Duration::from_secs(60)));
             let flow = p.flows(1, 1).pop().map(|f| f.flow).unwrap_or_default();
-            serde_json::to_string(&p.breakdown(&paytrace_aggregator::pipeline::Query::new(&flow, 1, 1))).expect("serialisable")
+            serde_json::to_string(&p.breakdown(&crate::pipeline::Query::new(&flow, 1, 1))).expect("serialisable")
         };
         let whole = run(vec![trace.clone()]);
         let mut points: Vec<usize> = cuts.iter().map(|c| c % (trace.len() + 1)).collect();
@@ -391,7 +394,7 @@ proptest! {
     /// the same rejections.
     #[test]
     fn the_wire_decoder_agrees_with_decoding_the_messages(request in otlp::request()) {
-        use paytrace_aggregator::decode::{Interner, SpanLimits, decode, decode_protobuf};
+        use crate::decode::{Interner, SpanLimits, decode, decode_protobuf};
         use prost::Message;
 
         // Small limits, so that every rejection reason comes up.
@@ -401,7 +404,7 @@ proptest! {
             max_links: 2,
             max_business_value_bytes: 8,
         };
-        let config = paytrace_aggregator::config::Config::from_toml(
+        let config = crate::config::Config::from_toml(
             "rules.toml",
             "[[rules]]\nattributes = { \"http.route\" = \"/pay\" }\nstage = \"payment.create\"\nflow = \"checkout\"\n",
         )
@@ -422,8 +425,8 @@ proptest! {
         flip in any::<(prop::sample::Index, u8)>(),
     ) {
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-        use paytrace_aggregator::config::StageRules;
-        use paytrace_aggregator::decode::{Interner, SpanLimits, decode, decode_protobuf};
+        use crate::config::StageRules;
+        use crate::decode::{Interner, SpanLimits, decode, decode_protobuf};
         use prost::Message;
 
         let mut body = request.encode_to_vec();

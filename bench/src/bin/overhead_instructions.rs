@@ -1,0 +1,66 @@
+//! Instructions per request and per stage, counted by callgrind, for every
+//! set-up of the `overhead` benchmark: repeatable where wall-clock time on a
+//! shared VM is not.
+//!
+//! ```sh
+//! cargo build --release -p paytrace-bench --bin overhead_instructions
+//! for variant in $(target/release/overhead_instructions --list); do
+//!   for n in 1000 2000; do
+//!     valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+//!       target/release/overhead_instructions "$variant" $n 2>&1 | grep Collected
+//!   done
+//! done
+//! ```
+//!
+//! The difference between the two counts, divided by 1,000, is the cost of
+//! one request or stage, the export thread's share included (take the least
+//! of a few runs: an export batch that falls into one run and not the other
+//! shows as an outlier). Both counts stay under the export queue's 2,048
+//! spans, so no set-up drops spans.
+
+use paytrace_bench::stage::{StageBench, VARIANTS};
+use paytrace_bench::{SETUPS, request};
+use tower::ServiceExt;
+
+fn variants() -> impl Iterator<Item = String> {
+    let requests = SETUPS.iter().map(|(name, _)| format!("request/{name}"));
+    requests.chain(VARIANTS.iter().map(|name| format!("stage/{name}")))
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let variant = args.next().unwrap_or_default();
+    if variant == "--list" {
+        variants().for_each(|v| println!("{v}"));
+        return;
+    }
+    let n: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    if let Some(name) = variant.strip_prefix("request/")
+        && let Some((_, make)) = SETUPS.iter().find(|(setup, _)| *setup == name)
+    {
+        rt.block_on(async {
+            let router = make();
+            for _ in 0..n {
+                let response = router.clone().oneshot(request()).await;
+                std::hint::black_box(response.expect("infallible"));
+            }
+        });
+    } else if let Some(name) = variant.strip_prefix("stage/")
+        && VARIANTS.contains(&name)
+    {
+        let bench = StageBench::new();
+        rt.block_on(async {
+            for _ in 0..n {
+                let _ = std::hint::black_box(bench.run(name).await);
+            }
+        });
+    } else {
+        let all: Vec<String> = variants().collect();
+        eprintln!("usage: overhead_instructions {} [N]", all.join("|"));
+        std::process::exit(2);
+    }
+}
