@@ -9,11 +9,15 @@ HTTP instrumentations set. Stages sleep known times.
 
     python checkout.py CASE ENDPOINT FLOWS
 
-CASE is overlap | link | failures | long | late | plain. In "overlap" every
-span starts on a whole millisecond and ends its precise duration later, as
-a millisecond clock (the JS SDK's Date.now()) records it; the Python SDK's
-own clock is in nanoseconds. In "failures" 2 of every 5 checkouts fail at
-inventory.try.
+CASE is overlap | link | failures | long | late | plain | sampled. In
+"overlap" every span starts on a whole millisecond and ends its precise
+duration later, as a millisecond clock (the JS SDK's Date.now()) records it;
+the Python SDK's own clock is in nanoseconds. In "failures" 2 of every 5
+checkouts fail at inventory.try. In "sampled" every service samples with the
+SDK's consistent probability samplers at 50% (parent threshold over a trace
+id ratio: spans carry `ot=th:8` in their tracestate), the flow is named
+"sampled" and has no callback; the output lists each checkout's trace id and
+whether the SDK kept it.
 """
 
 import sys
@@ -32,6 +36,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 CASE, ENDPOINT, FLOWS = sys.argv[1], sys.argv[2], int(sys.argv[3])
 PLAIN = CASE == "plain"
+SAMPLED = CASE == "sampled"
+FLOW = "sampled" if SAMPLED else "checkout"
 COARSE = CASE == "overlap"
 PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 
@@ -40,7 +46,20 @@ providers = {}
 
 def tracer(service):
     if service not in providers:
-        provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        sampler = None
+        if SAMPLED:
+            from opentelemetry.sdk.trace._sampling_experimental import (
+                composable_parent_threshold,
+                composable_traceid_ratio_based,
+                composite_sampler,
+            )
+
+            sampler = composite_sampler(
+                composable_parent_threshold(composable_traceid_ratio_based(0.5))
+            )
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": service}), sampler=sampler
+        )
         # BatchSpanProcessor reads OTEL_BSP_SCHEDULE_DELAY from the environment.
         provider.add_span_processor(
             BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{ENDPOINT}/v1/traces"))
@@ -58,6 +77,11 @@ def span(service, name, kind=SpanKind.INTERNAL, attributes=None, links=None, ctx
         name, context=ctx, kind=kind, attributes=attributes or {}, links=links or [],
         start_time=start,
     )
+    if SAMPLED:
+        # SDK 1.45's experimental composite sampler returns no attributes,
+        # and the SDK keeps only what the sampler returns: set them again.
+        for key, value in (attributes or {}).items():
+            s.set_attribute(key, value)
     token = context.attach(trace.set_span_in_context(s, ctx if ctx is not None else None))
     try:
         yield s
@@ -69,7 +93,7 @@ def span(service, name, kind=SpanKind.INTERNAL, attributes=None, links=None, ctx
 def business(flow_id):
     if PLAIN:
         return {}
-    return {"paytrace.flow": "checkout", "paytrace.flow_id": flow_id}
+    return {"paytrace.flow": FLOW, "paytrace.flow_id": flow_id}
 
 
 @contextmanager
@@ -117,7 +141,7 @@ def checkout(i):
             root.set_attribute("paytrace.outcome", "error: " + "x" * 4000)
         ctx = context.get_current()
         if not PLAIN:
-            for k, v in (("paytrace.flow", "checkout"), ("paytrace.flow_id", flow_id),
+            for k, v in (("paytrace.flow", FLOW), ("paytrace.flow_id", flow_id),
                          ("payment.method", "alipay")):
                 ctx = baggage.set_baggage(k, v, ctx)
         token = context.attach(ctx)
@@ -158,8 +182,14 @@ def checkout(i):
                     "notify.send", attributes={"paytrace.stage": "notify.send", **business(flow_id)}
                 )
             root.set_attribute("http.response.status_code", 200)
+            root_context = root.get_span_context()
+            KEPT.append((f"{root_context.trace_id:032x}", root_context.trace_flags.sampled))
         finally:
             context.detach(token)
+    if SAMPLED:
+        if notify is not None:
+            notify.end()
+        return True
     time.sleep(0.060)
     if notify is not None:
         notify.end()
@@ -177,11 +207,15 @@ def checkout(i):
     return True
 
 
+KEPT = []
+
+
 def main():
     failed = sum(0 if checkout(i) else 1 for i in range(FLOWS))
     for provider in providers.values():
         provider.shutdown()
-    print(f'{{"flows": {FLOWS}, "failed": {failed}}}')
+    kept = ", ".join(f'["{t}", {str(s).lower()}]' for t, s in KEPT)
+    print(f'{{"flows": {FLOWS}, "failed": {failed}, "roots": [{kept}]}}')
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ use std::sync::Arc;
 use paytrace_semconv::stage::ASYNC_PREFIX;
 
 use crate::span::{Span, SpanId, TraceId};
+use paytrace_sampling::Threshold;
+
 use crate::tree::Tree;
 
 /// One stage's times in one flow instance, in nanoseconds.
@@ -76,6 +78,61 @@ pub(crate) struct FlowAnalysis {
     pub stages: Vec<StageTimes>,
     /// The critical path, latest first.
     pub critical_path: Vec<PathSegment>,
+    /// The sampling thresholds its spans carried.
+    pub sampling: FlowSampling,
+}
+
+/// How a flow instance was sampled, from the thresholds its traces carried
+/// (`th` of `tracestate`): what it stands for in the unsampled population.
+///
+/// A trace's threshold is the highest any of its spans carried: SDKs write
+/// it on every span (paytrace, the specification) or only on the root (the
+/// Python SDK's experimental samplers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FlowSampling {
+    /// The highest threshold (the lowest probability) a trace carried.
+    pub highest: Option<Threshold>,
+    /// Whether some trace carried none.
+    pub unknown: bool,
+    /// Whether its traces carried different thresholds, or some none: its
+    /// parts were sampled inconsistently.
+    pub mixed: bool,
+}
+
+impl FlowSampling {
+    /// The thresholds of `traces`, each the spans of one trace.
+    pub(crate) fn of<'a>(traces: impl IntoIterator<Item = &'a [Span]>) -> Self {
+        let mut first: Option<Option<Threshold>> = None;
+        let mut sampling = Self::default();
+        for spans in traces {
+            let th = spans.iter().filter_map(|s| s.sampling_threshold).max();
+            match first {
+                None => first = Some(th),
+                Some(f) if f != th => sampling.mixed = true,
+                Some(_) => {}
+            }
+            match th {
+                Some(t) => sampling.highest = sampling.highest.max(Some(t)),
+                None => sampling.unknown = true,
+            }
+        }
+        sampling
+    }
+
+    /// The threshold the flow counts with: the lowest probability among its
+    /// spans', `default` standing in for spans that carried none.
+    pub(crate) fn threshold(&self, default: Threshold) -> Threshold {
+        match (self.highest, self.unknown) {
+            (Some(t), true) => t.max(default),
+            (Some(t), false) => t,
+            (None, _) => default,
+        }
+    }
+
+    /// How many flows this one stands for: the inverse of its probability.
+    pub(crate) fn weight(&self, default: Threshold) -> f64 {
+        self.threshold(default).adjusted_count()
+    }
 }
 
 impl FlowAnalysis {
@@ -194,6 +251,7 @@ pub(crate) fn analyze_flow_with(
         traces: infos.iter().map(|t| t.spans[0].trace_id).collect(),
         stages,
         critical_path,
+        sampling: FlowSampling::of(infos.iter().map(|t| t.spans)),
     })
 }
 
@@ -661,5 +719,31 @@ mod tests {
             .find(|s| &*s.stage == "a")
             .expect("stage a");
         assert_eq!(a.critical_path_ns, 2 * ms - 400_000);
+    }
+
+    #[test]
+    fn a_flow_counts_with_the_lowest_probability_of_its_traces() {
+        use crate::testing::{child, numbered, span};
+        let tenth = Threshold::from_probability(0.1);
+        let half = Threshold::from_probability(0.5);
+        // The threshold on the root only, as the Python SDK writes it.
+        let mut first = numbered(vec![span("checkout", 0, 10), child("a", 1, 1, 5)]);
+        first[0].sampling_threshold = Some(tenth);
+        let whole = FlowSampling::of([first.as_slice()]);
+        assert_eq!(
+            (whole.highest, whole.unknown, whole.mixed),
+            (Some(tenth), false, false)
+        );
+        assert!((whole.weight(Threshold::ALWAYS) - 10.0).abs() < 1e-3);
+        // A second trace at 50% and a third saying nothing: mixed; counted
+        // at 10%, or at the default when that is lower.
+        let mut second = numbered(vec![span("callback", 20, 30)]);
+        second[0].sampling_threshold = Some(half);
+        let third = numbered(vec![span("consumer", 40, 50)]);
+        let mixed = FlowSampling::of([first.as_slice(), second.as_slice(), third.as_slice()]);
+        assert!(mixed.mixed && mixed.unknown);
+        assert_eq!(mixed.threshold(Threshold::ALWAYS), tenth);
+        let hundredth = Threshold::from_probability(0.01);
+        assert_eq!(mixed.threshold(hundredth), hundredth);
     }
 }

@@ -130,6 +130,7 @@ fn offline_pipeline(config: &Config) -> Pipeline {
         flows,
         clock_tolerance: Some(config.clock_tolerance),
         buckets: Some(config.buckets.clone()),
+        default_sampling_probability: config.default_sampling_probability,
         ..PipelineConfig::default()
     })
 }

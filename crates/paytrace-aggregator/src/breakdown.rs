@@ -153,9 +153,16 @@ pub struct Breakdown {
     pub payment_channel: Option<String>,
     /// The window covered, `None` for a whole file.
     pub window_seconds: Option<u64>,
-    /// Flow instances (a stitched flow counts once).
+    /// Flow instances seen (a stitched flow counts once).
     pub traces: u64,
-    /// End-to-end durations.
+    /// Flow instances they stand for: each instance weighs the inverse of
+    /// the probability it was sampled with (`th` of its `tracestate`, or the
+    /// configured default). Equal to `traces` without sampling; an estimate
+    /// with it.
+    pub estimated_flows: f64,
+    /// End-to-end durations. Percentiles and means are of the instances
+    /// seen: with one sampling probability per flow, as head sampling gives,
+    /// they estimate the population's.
     pub end_to_end: EndToEnd,
     /// Stages, largest critical-path share first.
     pub stages: Vec<StageBreakdown>,
@@ -166,6 +173,8 @@ struct StageAccumulator {
     duration: Distribution,
     self_time: Distribution,
     critical_path: Distribution,
+    /// Σ weight × critical-path seconds: the share's numerator.
+    weighted_critical_path: f64,
 }
 
 /// Flow analyses of one group (flow, method, channel), accumulated.
@@ -173,30 +182,42 @@ struct StageAccumulator {
 pub(crate) struct Accumulator {
     end_to_end: Distribution,
     stages: BTreeMap<Arc<str>, StageAccumulator>,
+    /// Σ weight: the flows the instances stand for.
+    estimated: f64,
+    /// Σ weight × end-to-end seconds: the shares' denominator.
+    weighted_end_to_end: f64,
 }
 
 const NS: f64 = 1e9;
 
 impl Accumulator {
-    /// Records one flow instance.
-    pub(crate) fn add(&mut self, flow: &FlowAnalysis) {
-        self.end_to_end.add(flow.duration_ns() as f64 / NS);
+    /// Records one flow instance that stands for `weight` flows.
+    pub(crate) fn add(&mut self, flow: &FlowAnalysis, weight: f64) {
+        let end_to_end = flow.duration_ns() as f64 / NS;
+        self.end_to_end.add(end_to_end);
+        self.estimated += weight;
+        self.weighted_end_to_end += weight * end_to_end;
         for s in &flow.stages {
             let acc = self.stages.entry(s.stage.clone()).or_default();
+            let critical_path = s.critical_path_ns as f64 / NS;
             acc.duration.add(s.duration_ns as f64 / NS);
             acc.self_time.add(s.self_ns as f64 / NS);
-            acc.critical_path.add(s.critical_path_ns as f64 / NS);
+            acc.critical_path.add(critical_path);
+            acc.weighted_critical_path += weight * critical_path;
         }
     }
 
     /// Adds everything `other` recorded.
     pub(crate) fn merge(&mut self, other: &Accumulator) {
         self.end_to_end.merge(&other.end_to_end);
+        self.estimated += other.estimated;
+        self.weighted_end_to_end += other.weighted_end_to_end;
         for (stage, acc) in &other.stages {
             let mine = self.stages.entry(stage.clone()).or_default();
             mine.duration.merge(&acc.duration);
             mine.self_time.merge(&acc.self_time);
             mine.critical_path.merge(&acc.critical_path);
+            mine.weighted_critical_path += acc.weighted_critical_path;
         }
     }
 
@@ -214,7 +235,8 @@ impl Accumulator {
         window_seconds: Option<u64>,
     ) -> Breakdown {
         let e2e = self.end_to_end.summary();
-        let total = self.end_to_end.sum();
+        // Shares weigh each instance by what it stands for.
+        let total = self.weighted_end_to_end;
         let mut stages: Vec<StageBreakdown> = self
             .stages
             .iter()
@@ -231,7 +253,7 @@ impl Accumulator {
                         p90: cp.p90,
                         p99: cp.p99,
                         share: if total > 0.0 {
-                            acc.critical_path.sum() / total
+                            acc.weighted_critical_path / total
                         } else {
                             0.0
                         },
@@ -251,6 +273,7 @@ impl Accumulator {
             payment_channel: payment_channel.map(str::to_owned),
             window_seconds,
             traces: self.end_to_end.count(),
+            estimated_flows: self.estimated,
             end_to_end: EndToEnd {
                 count: self.end_to_end.count(),
                 mean: e2e.mean,
@@ -293,9 +316,12 @@ pub(crate) struct Groups {
 }
 
 impl Groups {
-    /// Records one flow instance.
-    pub(crate) fn add(&mut self, flow: &FlowAnalysis) {
-        self.groups.entry(GroupKey::of(flow)).or_default().add(flow);
+    /// Records one flow instance that stands for `weight` flows.
+    pub(crate) fn add(&mut self, flow: &FlowAnalysis, weight: f64) {
+        self.groups
+            .entry(GroupKey::of(flow))
+            .or_default()
+            .add(flow, weight);
     }
 
     /// The merge of every group matching the filters (`None` matches all).
@@ -371,10 +397,11 @@ impl Groups {
 
 #[cfg(test)]
 mod tests {
+    use super::Accumulator;
+
     #[test]
     fn accumulates_the_critical_path_share() {
         use crate::analysis::analyze_flow;
-        use crate::breakdown::Accumulator;
         use crate::testing::{child, numbered, span, stage};
 
         let trace = numbered(vec![
@@ -382,9 +409,41 @@ mod tests {
             stage(child("channel.request", 1, 0, 600_000_000)),
         ]);
         let mut acc = Accumulator::default();
-        acc.add(&analyze_flow(&[trace]).expect("one flow"));
+        acc.add(&analyze_flow(&[trace]).expect("one flow"), 1.0);
         let b = acc.breakdown("checkout", None, None, None);
         assert_eq!(b.stages[0].stage, "channel.request");
         assert!((b.stages[0].critical_path.share - 0.6).abs() < 0.01);
+    }
+
+    #[test]
+    fn sampled_instances_weigh_what_they_stand_for() {
+        use crate::analysis::analyze_flow;
+        use crate::testing::{child, numbered, span, stage};
+        let s = 1_000_000_000;
+        // One instance sampled at 10% spends its second in x; one kept
+        // whole spends its second in y.
+        let at_ten_percent = numbered(vec![
+            stage(span("checkout", 0, s)),
+            stage(child("x", 1, 0, s)),
+        ]);
+        let kept = numbered(vec![
+            stage(span("checkout", 0, s)),
+            stage(child("y", 1, 0, s)),
+        ]);
+        let mut acc = Accumulator::default();
+        acc.add(&analyze_flow(&[at_ten_percent]).expect("one flow"), 10.0);
+        acc.add(&analyze_flow(&[kept]).expect("one flow"), 1.0);
+        let b = acc.breakdown("checkout", None, None, None);
+        assert_eq!(b.traces, 2);
+        assert!((b.estimated_flows - 11.0).abs() < 1e-9);
+        let share = |name: &str| {
+            b.stages
+                .iter()
+                .find(|st| st.stage == name)
+                .map(|st| st.critical_path.share)
+                .expect("the stage")
+        };
+        assert!((share("x") - 10.0 / 11.0).abs() < 1e-9, "x {}", share("x"));
+        assert!((share("y") - 1.0 / 11.0).abs() < 1e-9, "y {}", share("y"));
     }
 }

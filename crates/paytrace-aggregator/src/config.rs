@@ -185,6 +185,9 @@ pub struct Config {
     pub clock_tolerance: std::time::Duration,
     /// Bucket boundaries (seconds) of the flow and stage histograms.
     pub buckets: Vec<f64>,
+    /// The sampling probability of spans whose `tracestate` names none; set
+    /// by `--default-sampling-probability`, not by the file.
+    pub default_sampling_probability: Option<f64>,
 }
 
 impl Default for Config {
@@ -196,6 +199,7 @@ impl Default for Config {
                 crate::tree::DEFAULT_CLOCK_TOLERANCE_NS,
             ),
             buckets: paytrace_semconv::DEFAULT_LATENCY_BUCKETS.to_vec(),
+            default_sampling_probability: None,
         }
     }
 }

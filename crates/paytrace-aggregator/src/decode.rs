@@ -226,6 +226,8 @@ struct RawSpan<'a, 's> {
     trace_id: &'a [u8],
     span_id: &'a [u8],
     parent_span_id: &'a [u8],
+    /// The W3C `tracestate`, unchecked.
+    trace_state: &'a [u8],
     name: &'a [u8],
     start_ns: u64,
     end_ns: u64,
@@ -325,6 +327,7 @@ pub fn decode(
                 trace_id: &span.trace_id,
                 span_id: &span.span_id,
                 parent_span_id: &span.parent_span_id,
+                trace_state: span.trace_state.as_bytes(),
                 name: span.name.as_bytes(),
                 start_ns: span.start_time_unix_nano,
                 end_ns: span.end_time_unix_nano,
@@ -454,6 +457,11 @@ fn build(
         end_ns: span.end_ns,
         is_error,
         links,
+        // A `tracestate` that is not UTF-8, or an `ot` entry whose `th` is
+        // malformed, says nothing: the configured default probability applies.
+        sampling_threshold: std::str::from_utf8(span.trace_state)
+            .ok()
+            .and_then(|s| paytrace_sampling::OtState::from_tracestate(s).threshold),
         business,
     })
 }

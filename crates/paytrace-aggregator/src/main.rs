@@ -48,6 +48,11 @@ enum Command {
         /// and still precede it on the critical path (coarse SDK clocks).
         #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
         clock_tolerance: Duration,
+        /// The probability spans were sampled with when their `tracestate`
+        /// carries no `ot=th:…` (SDKs without consistent probability
+        /// sampling): each such flow counts as 1/P flows. Default 1.
+        #[arg(long, value_parser = probability)]
+        default_sampling_probability: Option<f64>,
     },
 }
 
@@ -78,6 +83,11 @@ struct ServeArgs {
     /// by up to this much.
     #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
     clock_tolerance: Duration,
+    /// The probability spans were sampled with when their `tracestate`
+    /// carries no `ot=th:…` (SDKs without consistent probability
+    /// sampling): each such flow counts as 1/P flows. Default 1.
+    #[arg(long, value_parser = probability)]
+    default_sampling_probability: Option<f64>,
     /// A flow still missing its terminal stage (set per flow in --config:
     /// `[flows.checkout] terminal_stage = "payment.confirm"`) this long after
     /// it began is counted incomplete.
@@ -101,6 +111,16 @@ struct ServeArgs {
     /// terminal stages of flows.
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+/// A sampling probability: a number above 0 and at most 1.
+fn probability(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 1.0 => Ok(p),
+        _ => Err(format!(
+            "{s:?} is not a probability: give a number above 0 and at most 1 (0.1 for 10%)"
+        )),
+    }
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
@@ -130,8 +150,10 @@ fn main() -> ExitCode {
             format,
             config,
             clock_tolerance,
+            default_sampling_probability,
         } => match load_config(config.as_deref()).map(|mut c| {
             c.clock_tolerance = clock_tolerance;
+            c.default_sampling_probability = default_sampling_probability;
             analyze_files(&files, &c)
         }) {
             Err(code) => code,
@@ -190,6 +212,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     config.pipeline.assembler.trace_idle = args.trace_idle;
     config.pipeline.clock_tolerance = Some(args.clock_tolerance);
+    config.pipeline.default_sampling_probability = args.default_sampling_probability;
     config.pipeline.flows.flow_idle = args.flow_idle;
     config.pipeline.flows.flow_timeout = args.flow_timeout;
     // A transaction's phases are replayed once its spans stop arriving, as

@@ -24,6 +24,7 @@ mod minutes;
 mod query;
 mod recent;
 mod views;
+mod weighted;
 
 use families::{Metrics, SeriesCache};
 use labels::LabelValues;
@@ -33,6 +34,8 @@ pub use query::{Now, Query};
 use recent::{Recent, RecentFlows};
 use views::slow_flow;
 pub use views::{AnomalyCount, FlowSummary, MinutePoint, PathStep, SlowFlow, SpanView};
+
+use paytrace_sampling::Threshold;
 
 use crate::analysis::{FlowAnalysis, analyze_flow_with};
 use crate::assembler::{Assembler, AssemblerLimits};
@@ -82,6 +85,10 @@ pub struct PipelineConfig {
     /// The critical-path walk's clock tolerance; `None` for
     /// [`DEFAULT_CLOCK_TOLERANCE_NS`](crate::tree::DEFAULT_CLOCK_TOLERANCE_NS).
     pub clock_tolerance: Option<std::time::Duration>,
+    /// The probability a span was sampled with when its `tracestate` says
+    /// none (no `ot=th:…`): `None` for 1, every span kept. Set it to the
+    /// head-sampling ratio of SDKs that do not write the threshold.
+    pub default_sampling_probability: Option<f64>,
 }
 
 struct State {
@@ -100,6 +107,7 @@ pub struct Pipeline {
     metrics: Metrics,
     label_limit: usize,
     clock_tolerance_ns: u64,
+    default_threshold: Threshold,
     buffered_bytes: AtomicUsize,
     max_bytes: usize,
 }
@@ -134,6 +142,9 @@ impl Pipeline {
                 .map_or(crate::tree::DEFAULT_CLOCK_TOLERANCE_NS, |t| {
                     u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
                 }),
+            default_threshold: config
+                .default_sampling_probability
+                .map_or(Threshold::ALWAYS, Threshold::from_probability),
         }
     }
 
@@ -367,20 +378,31 @@ impl Pipeline {
             self.label_limit,
             &self.metrics.series_overflow,
         );
+        // What this instance stands for under head sampling; Prometheus
+        // counts whole observations, rounded at random without bias.
+        let weight = analysis.sampling.weight(self.default_threshold);
+        let seed = u64::from_be_bytes(analysis.traces[0].0[8..].try_into().unwrap_or_default());
+        let whole = weighted::whole(weight, seed);
+        if analysis.sampling.mixed {
+            self.metrics
+                .flows_sampled_inconsistently
+                .with_label_values(&[&analysis.flow])
+                .inc();
+        }
         let slot = slot(&mut state.minutes, minute);
         if let Some(reason) = finished.incomplete {
             self.metrics
                 .flows_incomplete
                 .with_label_values(&[&analysis.flow, reason])
-                .inc();
-            *slot.incomplete.entry(analysis.flow.clone()).or_default() += 1;
+                .inc_by(whole);
+            *slot.incomplete.entry(analysis.flow.clone()).or_default() += weight;
             return;
         }
-        slot.groups.add(&analysis);
+        slot.groups.add(&analysis, weight);
         if analysis.is_error {
-            *slot.errors.entry(analysis.flow.clone()).or_default() += 1;
+            *slot.errors.entry(analysis.flow.clone()).or_default() += weight;
         }
-        self.metrics.observe(&mut state.series, &analysis);
+        self.metrics.observe(&mut state.series, &analysis, whole);
         let flow = analysis.flow.clone();
         state
             .recent
@@ -436,12 +458,12 @@ impl Pipeline {
             .into_iter()
             .map(|flow| {
                 let mut acc = crate::breakdown::Accumulator::default();
-                let mut errors = 0;
-                let mut incomplete = 0;
+                let mut errors = 0.0;
+                let mut incomplete = 0.0;
                 for m in &minutes {
                     acc.merge(&m.groups.select(&flow, None, None));
-                    errors += m.errors.get(&flow).copied().unwrap_or(0);
-                    incomplete += m.incomplete.get(&flow).copied().unwrap_or(0);
+                    errors += m.errors.get(&flow).copied().unwrap_or(0.0);
+                    incomplete += m.incomplete.get(&flow).copied().unwrap_or(0.0);
                 }
                 let b = acc.breakdown(&flow, None, None, None);
                 let mut payment_methods = std::collections::BTreeSet::new();
@@ -457,12 +479,13 @@ impl Pipeline {
                     payment_channels: payment_channels.into_iter().collect(),
                     flow: flow.to_string(),
                     traces: b.traces,
+                    estimated_flows: b.estimated_flows,
                     p50: b.end_to_end.p50,
                     p99: b.end_to_end.p99,
-                    error_share: if b.traces == 0 {
-                        0.0
+                    error_share: if b.estimated_flows > 0.0 {
+                        errors / b.estimated_flows
                     } else {
-                        errors as f64 / b.traces as f64
+                        0.0
                     },
                     incomplete,
                 }

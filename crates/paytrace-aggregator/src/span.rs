@@ -164,6 +164,9 @@ pub struct Span {
     pub is_error: bool,
     /// Links to other spans.
     pub links: Vec<Link>,
+    /// The threshold it was sampled with (`th` of the `ot` entry of its
+    /// `tracestate`); `None` when it says none.
+    pub sampling_threshold: Option<paytrace_sampling::Threshold>,
     /// The paytrace attributes.
     pub business: Business,
 }

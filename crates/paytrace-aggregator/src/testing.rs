@@ -27,6 +27,7 @@ fn id(n: u64) -> SpanId {
 /// A span without a parent, from `start` to `end` (ns), service `svc`.
 pub fn span(name: &str, start: u64, end: u64) -> Span {
     Span {
+        sampling_threshold: None,
         trace_id: TRACE,
         span_id: id(1),
         parent_span_id: None,

@@ -395,6 +395,79 @@ async fn plain(sdk: Sdk) {
     assert_sequential(&b, "payment POST /pay", 0.050);
 }
 
+/// The Python SDK's own consistent probability samplers at 50% (its
+/// experimental composable samplers, which write `ot=th:8`): the aggregator
+/// reads the threshold, counts each kept checkout as two, and the SDK kept
+/// exactly the traces the specification's rule (and paytrace's) keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sampled_spans_count_by_their_threshold() {
+    use paytrace_sampling::{Randomness, Threshold};
+    const CHECKOUTS: usize = 40;
+    let aggregator = Aggregator::start(&FAST).await;
+    let python = repo().join("conformance/python/.venv/bin/python");
+    assert!(
+        python.exists(),
+        "the Python SDK is not installed: run scripts/test.sh (it makes conformance/python/.venv)"
+    );
+    let mut cmd = Command::new(python);
+    cmd.arg(repo().join("conformance/python/checkout.py"))
+        .args(["sampled", &aggregator.otlp_http, &CHECKOUTS.to_string()]);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("joined")
+        .expect("the virtualenv's python runs");
+    let out = checked(out, "the Python SDK's sampled checkouts");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("the driver prints JSON");
+    let roots = report["roots"].as_array().expect("roots");
+    assert_eq!(roots.len(), CHECKOUTS);
+    let half = Threshold::from_probability(0.5);
+    let mut kept = 0u64;
+    for root in roots {
+        let trace_id = root[0].as_str().expect("a trace id");
+        let bytes: Vec<u8> = (0..16)
+            .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).expect("hex"))
+            .collect();
+        let randomness = Randomness::of_trace_id(bytes.try_into().expect("16 bytes"));
+        let sdk_kept = root[1].as_bool().expect("a decision");
+        assert_eq!(
+            sdk_kept,
+            half.samples(randomness),
+            "the SDK and the rule disagree on {trace_id}"
+        );
+        kept += u64::from(sdk_kept);
+    }
+    // 40 fair coins: none or all kept has odds of 2^-39.
+    assert!(kept > 0 && kept < CHECKOUTS as u64, "{kept} kept");
+    let b = aggregator
+        .breakdown("sampled", kept, Duration::from_secs(60))
+        .await;
+    assert_eq!(b["traces"], kept, "{b}");
+    assert_eq!(
+        seconds(&b["estimated_flows"]),
+        2.0 * kept as f64,
+        "each kept checkout stands for two: {b}"
+    );
+    let text = reqwest::get(format!("{}/metrics", aggregator.api))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let counted: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("paytrace_flow_duration_seconds_count{")
+                && l.contains(r#"flow="sampled""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, 2.0 * kept as f64, "the histogram estimates too");
+    let mixed = aggregator
+        .metric(r#"paytrace_aggregator_flows_sampled_inconsistently_total{flow="sampled"}"#)
+        .await;
+    assert_eq!(mixed, 0.0);
+}
+
 macro_rules! conformance {
     ($($name:ident: $case:ident($sdk:expr);)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

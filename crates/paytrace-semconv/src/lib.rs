@@ -287,6 +287,11 @@ pub mod metric {
     /// Spans kept with part of them cut to the aggregator's limits, by
     /// `reason` (see [`crate::aggregator_truncation`]).
     pub const AGGREGATOR_SPANS_TRUNCATED_TOTAL: &str = "paytrace_aggregator_spans_truncated_total";
+    /// Counter `{flow}`: flow instances whose spans carried different
+    /// sampling thresholds (or some none); each is counted with the lowest
+    /// probability.
+    pub const AGGREGATOR_FLOWS_SAMPLED_INCONSISTENTLY_TOTAL: &str =
+        "paytrace_aggregator_flows_sampled_inconsistently_total";
 
     /// Every metric name above, for consistency checks.
     pub const ALL: &[&str] = &[
@@ -334,6 +339,7 @@ pub mod metric {
         AGGREGATOR_REQUESTS_REFUSED_TOTAL,
         AGGREGATOR_SERIES_OVERFLOW_TOTAL,
         AGGREGATOR_SPANS_TRUNCATED_TOTAL,
+        AGGREGATOR_FLOWS_SAMPLED_INCONSISTENTLY_TOTAL,
     ];
 }
 

@@ -71,6 +71,7 @@ mod metrics;
 mod propagation;
 pub mod redact;
 mod resource;
+mod sampling;
 mod server;
 mod service;
 mod stage;
@@ -89,6 +90,7 @@ pub use resource::{
     Pool, PoolError, PoolPermit, QueueError, QueueMetrics, QueueReceiver, QueueSender,
     ResourceMetrics, queue,
 };
+pub use sampling::FlowSampler;
 pub use server::{HttpLayer, HttpService, ResponseFuture};
 pub use service::ServiceTelemetry;
 

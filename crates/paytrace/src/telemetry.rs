@@ -10,8 +10,8 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
-    SpanProcessor,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, ShouldSample, SpanData,
+    SpanExporter, SpanProcessor,
 };
 use paytrace_semconv::drop_reason;
 use prometheus::IntCounter;
@@ -21,6 +21,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::metrics::Metrics;
 use crate::propagation::propagator;
+use crate::sampling::FlowSampler;
 
 /// How spans travel to the collector (`OTEL_EXPORTER_OTLP_PROTOCOL`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,28 +41,32 @@ pub enum SamplerConfig {
     AlwaysOn,
     /// `always_off`.
     AlwaysOff,
-    /// `traceidratio`: this share of traces, by trace id.
+    /// `traceidratio`: this share of spans, decided by OpenTelemetry's
+    /// consistent probability sampling ([`crate::FlowSampler::ratio`]).
     Ratio(f64),
     /// `parentbased_always_on` (the default).
     ParentBasedAlwaysOn,
     /// `parentbased_always_off`.
     ParentBasedAlwaysOff,
     /// `parentbased_traceidratio`: follow the caller's decision; sample this
-    /// share of the traces that start here.
+    /// share of the traces that start here, every trace of one flow alike
+    /// ([`crate::FlowSampler::parent_based`]).
     ParentBasedRatio(f64),
 }
 
 impl SamplerConfig {
-    fn build(self) -> Sampler {
+    fn build(self) -> Box<dyn ShouldSample> {
         match self {
-            Self::AlwaysOn => Sampler::AlwaysOn,
-            Self::AlwaysOff => Sampler::AlwaysOff,
-            Self::Ratio(r) => Sampler::TraceIdRatioBased(r),
-            Self::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-            Self::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-            Self::ParentBasedRatio(r) => {
-                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+            Self::AlwaysOn => Box::new(Sampler::AlwaysOn),
+            Self::AlwaysOff => Box::new(Sampler::AlwaysOff),
+            Self::Ratio(r) => Box::new(FlowSampler::ratio(r)),
+            Self::ParentBasedAlwaysOn => {
+                Box::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             }
+            Self::ParentBasedAlwaysOff => {
+                Box::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
+            }
+            Self::ParentBasedRatio(r) => Box::new(FlowSampler::parent_based(r)),
         }
     }
 }

@@ -191,6 +191,7 @@ fn decode_span<'a, 's>(
         trace_id: &[],
         span_id: &[],
         parent_span_id: &[],
+        trace_state: &[],
         name: &[],
         start_ns: 0,
         end_ns: 0,
@@ -204,6 +205,7 @@ fn decode_span<'a, 's>(
         match tag {
             1 => span.trace_id = value.bytes("Span.trace_id")?,
             2 => span.span_id = value.bytes("Span.span_id")?,
+            3 => span.trace_state = value.bytes("Span.trace_state")?,
             4 => span.parent_span_id = value.bytes("Span.parent_span_id")?,
             5 => span.name = value.bytes("Span.name")?,
             // An enum is an int32 on the wire.

@@ -4,11 +4,10 @@
 use std::sync::Arc;
 
 use paytrace_semconv::{aggregator_drop_reason, label, metric};
-use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::Protocol;
+use super::weighted::{WeightedHistogram, WeightedHistogramVec};
 use crate::analysis::FlowAnalysis;
 use crate::span::seconds;
 
@@ -26,9 +25,9 @@ pub(super) fn label_addr(value: Option<&Arc<str>>) -> usize {
 #[derive(Debug, Default)]
 pub(super) struct SeriesCache {
     /// (flow, stage, method, channel) -> critical path, self.
-    stages: crate::FastMap<[usize; 4], [prometheus::Histogram; 2]>,
+    stages: crate::FastMap<[usize; 4], [Arc<WeightedHistogram>; 2]>,
     /// (flow, method, channel), is_error -> end to end.
-    flows: crate::FastMap<([usize; 3], bool), prometheus::Histogram>,
+    flows: crate::FastMap<([usize; 3], bool), Arc<WeightedHistogram>>,
 }
 
 impl SeriesCache {
@@ -38,10 +37,11 @@ impl SeriesCache {
 /// The aggregator's Prometheus families.
 pub(super) struct Metrics {
     pub(super) registry: Registry,
-    pub(super) flow_duration: HistogramVec,
-    pub(super) stage_critical_path: HistogramVec,
-    pub(super) stage_self: HistogramVec,
+    pub(super) flow_duration: WeightedHistogramVec,
+    pub(super) stage_critical_path: WeightedHistogramVec,
+    pub(super) stage_self: WeightedHistogramVec,
     pub(super) flows_incomplete: IntCounterVec,
+    pub(super) flows_sampled_inconsistently: IntCounterVec,
     pub(super) spans_received: IntCounterVec,
     pub(super) spans_dropped: IntCounterVec,
     pub(super) spans_truncated: IntCounterVec,
@@ -56,11 +56,10 @@ pub(super) struct Metrics {
 
 impl Metrics {
     pub(super) fn new(buckets: &[f64]) -> prometheus::Result<Self> {
+        // Each observation weighs what the flow instance stands for: the
+        // series estimate the unsampled population.
         let histogram = |name: &str, help: &str, labels: &[&str]| {
-            HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-                labels,
-            )
+            WeightedHistogramVec::new(name, help, labels, buckets)
         };
         let stage_labels = [
             label::FLOW,
@@ -93,9 +92,16 @@ impl Metrics {
             flows_incomplete: IntCounterVec::new(
                 Opts::new(
                     metric::FLOWS_INCOMPLETE_TOTAL,
-                    "Flow instances reported incomplete, by reason.",
+                    "Flow instances reported incomplete, by reason (estimated: each weighs what it stands for under sampling).",
                 ),
                 &[label::FLOW, label::REASON],
+            )?,
+            flows_sampled_inconsistently: IntCounterVec::new(
+                Opts::new(
+                    metric::AGGREGATOR_FLOWS_SAMPLED_INCONSISTENTLY_TOTAL,
+                    "Flow instances whose spans carried different sampling thresholds; each was counted with the lowest probability.",
+                ),
+                &[label::FLOW],
             )?,
             spans_received: IntCounterVec::new(
                 Opts::new(
@@ -155,6 +161,7 @@ impl Metrics {
         r.register(Box::new(m.stage_critical_path.clone()))?;
         r.register(Box::new(m.stage_self.clone()))?;
         r.register(Box::new(m.flows_incomplete.clone()))?;
+        r.register(Box::new(m.flows_sampled_inconsistently.clone()))?;
         r.register(Box::new(m.spans_received.clone()))?;
         r.register(Box::new(m.spans_dropped.clone()))?;
         r.register(Box::new(m.spans_truncated.clone()))?;
@@ -185,8 +192,9 @@ impl Metrics {
         Ok(m)
     }
 
-    /// Observes a bounded analysis in the Prometheus histograms.
-    pub(super) fn observe(&self, series: &mut SeriesCache, a: &FlowAnalysis) {
+    /// Observes a bounded analysis in the Prometheus histograms, `weight`
+    /// times (what it stands for under sampling).
+    pub(super) fn observe(&self, series: &mut SeriesCache, a: &FlowAnalysis, weight: u64) {
         if series.stages.len() + series.flows.len() > SeriesCache::MAX {
             *series = SeriesCache::default();
         }
@@ -206,7 +214,7 @@ impl Metrics {
                 self.flow_duration
                     .with_label_values(&[flow, method, channel, outcome])
             })
-            .observe(seconds(a.duration_ns()));
+            .observe(seconds(a.duration_ns()), weight);
         for s in &a.stages {
             let key = [key[0], label_addr(Some(&s.stage)), key[1], key[2]];
             let [critical_path, self_time] = series.stages.entry(key).or_insert_with(|| {
@@ -216,8 +224,8 @@ impl Metrics {
                     self.stage_self.with_label_values(&labels),
                 ]
             });
-            critical_path.observe(seconds(s.critical_path_ns));
-            self_time.observe(seconds(s.self_ns));
+            critical_path.observe(seconds(s.critical_path_ns), weight);
+            self_time.observe(seconds(s.self_ns), weight);
         }
     }
 }

@@ -13,8 +13,10 @@ pub const WINDOWS_MINUTES: [u64; 4] = [1, 5, 15, 60];
 pub(super) struct Minute {
     pub(super) minute: u64,
     pub(super) groups: Groups,
-    pub(super) errors: HashMap<Arc<str>, u64>,
-    pub(super) incomplete: HashMap<Arc<str>, u64>,
+    /// Failed instances, weighted by what each stands for under sampling.
+    pub(super) errors: HashMap<Arc<str>, f64>,
+    /// Incomplete instances, weighted alike.
+    pub(super) incomplete: HashMap<Arc<str>, f64>,
 }
 
 /// The slot of `minute`, opened if new; the ring keeps an hour.

@@ -105,16 +105,20 @@ pub struct AnomalyCount {
 pub struct FlowSummary {
     /// The flow.
     pub flow: String,
-    /// Complete flow instances in the window.
+    /// Complete flow instances seen in the window.
     pub traces: u64,
+    /// The flows they stand for under sampling (see
+    /// [`Breakdown::estimated_flows`](crate::breakdown::Breakdown::estimated_flows)).
+    pub estimated_flows: f64,
     /// End-to-end median, seconds.
     pub p50: f64,
     /// End-to-end 99th percentile, seconds.
     pub p99: f64,
-    /// Share of instances whose root ended in error.
+    /// Share of flows whose root ended in error (weighted by what each
+    /// instance stands for).
     pub error_share: f64,
-    /// Instances reported incomplete in the window.
-    pub incomplete: u64,
+    /// Flows reported incomplete in the window (weighted alike).
+    pub incomplete: f64,
     /// Payment methods seen in the window.
     pub payment_methods: Vec<String>,
     /// Payment channels seen in the window.
