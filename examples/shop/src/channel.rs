@@ -109,6 +109,10 @@ async fn pay(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // The merchant's passback data (Alipay's `passback_params`, WeChat Pay's
+    // `attach`), returned as sent with the notification: the payment service
+    // passes its W3C baggage, which names the flow and its id.
+    let passback = headers.get("baggage").cloned();
     let method = match m.role {
         Role::Alipay => paytrace_semconv::payment::ALIPAY,
         Role::WechatPay => paytrace_semconv::payment::WECHAT_PAY,
@@ -143,7 +147,11 @@ async fn pay(
             .await;
             // The channel retries a failed callback twice, as real ones do.
             for _ in 0..3 {
-                let sent = m.http.post(&req.callback_url).json(&callback).send().await;
+                let mut notify = m.http.post(&req.callback_url).json(&callback);
+                if let Some(passback) = &passback {
+                    notify = notify.header("baggage", passback.clone());
+                }
+                let sent = notify.send().await;
                 if sent.is_ok_and(|r| r.status().is_success()) {
                     break;
                 }

@@ -54,6 +54,9 @@ struct Endpoints {
 #[derive(Debug, Serialize)]
 struct Report {
     flows: Vec<Breakdown>,
+    /// The flows overview of the last hour (`/api/v1/flows`): instances
+    /// seen, the flows they stand for, error share, incomplete flows.
+    summaries: Vec<paytrace_aggregator::pipeline::FlowSummary>,
     /// What the participants' fences counted, by kind.
     anomalies: BTreeMap<String, u64>,
     /// What the aggregator found across services.
@@ -257,6 +260,9 @@ fn live_view(
 
 /// Runs the demo.
 pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
+    // The services read the OTEL_* variables they inherit; a bad value stops
+    // the demo here, with the variable named, rather than nine services.
+    let telemetry = paytrace::TelemetryConfig::from_env("paytrace-demo")?;
     let aggregator: Option<Running> = match &o.aggregator {
         Some(_) => None,
         None => {
@@ -308,7 +314,7 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let api = aggregator.as_ref().map(|a| format!("http://{}", a.listen));
-    println!("paytrace demo is up");
+    println!("paytrace demo is up (sampler: {:?})", telemetry.sampler());
     if let Some(api) = &api {
         println!("  aggregator API   {api}/api/v1/flows");
         println!("  breakdown        {api}/api/v1/breakdown?flow=checkout&window=5m");
@@ -373,17 +379,19 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     let anomalies = count_anomalies(o.plan).await;
     stop_services(o.plan, children).await;
 
-    let (flows, tcc) = match &aggregator {
+    let (flows, summaries, tcc) = match &aggregator {
         Some(a) => {
             let p = a.pipeline.clone();
             tokio::task::spawn_blocking(move || p.flush(Now::current())).await?;
-            (breakdowns(&a.pipeline), tcc_report(&a.pipeline))
+            let summaries = a.pipeline.flows(60, Now::current().minute());
+            (breakdowns(&a.pipeline), summaries, tcc_report(&a.pipeline))
         }
-        None => (Vec::new(), TccReport::default()),
+        None => (Vec::new(), Vec::new(), TccReport::default()),
     };
     println!("{}", render_table(&flows));
     let report = Report {
         flows,
+        summaries,
         anomalies,
         tcc,
         requests: counters.snapshot(),

@@ -28,6 +28,18 @@ pub fn channel_for(method: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether a client's order id is one the shop takes: `ord_` and up to 64
+/// letters, digits, `_` or `-`.
+fn is_order_id(id: &str) -> bool {
+    id.strip_prefix("ord_").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest.len() <= 64
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
+}
+
 async fn checkout(
     State(g): State<Gateway>,
     Json(req): Json<CheckoutRequest>,
@@ -41,7 +53,11 @@ async fn checkout(
             ),
         )
     })?;
-    let order_id = format!("ord_{:016x}", rand::rng().random::<u64>());
+    // The order id the storefront minted (its baggage's flow id), or a new one.
+    let order_id = Flow::current()
+        .flow_id
+        .filter(|id| is_order_id(id))
+        .unwrap_or_else(|| format!("ord_{:016x}", rand::rng().random::<u64>()));
     let body = CreateOrder {
         order_id: order_id.clone(),
         payment_method: req.payment_method.clone(),

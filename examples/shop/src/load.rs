@@ -13,6 +13,7 @@ use crate::wire::{CheckoutRequest, CheckoutResponse, RefundRequest};
 /// Request counters.
 #[derive(Debug, Default)]
 pub struct Counters {
+    checkouts: AtomicU64,
     sent: AtomicU64,
     ok: AtomicU64,
     failed: AtomicU64,
@@ -21,7 +22,9 @@ pub struct Counters {
 /// A snapshot of [`Counters`], as the report writes it.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Requests {
-    /// Checkouts sent.
+    /// Checkouts started.
+    pub checkouts: u64,
+    /// Requests sent: checkouts and refunds.
     pub sent: u64,
     /// Answered with a success.
     pub ok: u64,
@@ -33,6 +36,7 @@ impl Counters {
     /// The current counts.
     pub fn snapshot(&self) -> Requests {
         Requests {
+            checkouts: self.checkouts.load(Ordering::Relaxed),
             sent: self.sent.load(Ordering::Relaxed),
             ok: self.ok.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
@@ -79,13 +83,29 @@ pub async fn drive(
             _ = stop.wait_for(|s| *s) => break,
         }
         let (client, url, counters) = (client.clone(), url.clone(), counters.clone());
+        counters.checkouts.fetch_add(1, Ordering::Relaxed);
         counters.sent.fetch_add(1, Ordering::Relaxed);
         in_flight.spawn(async move {
             let method = pick_method();
             let body = CheckoutRequest {
                 payment_method: method.to_owned(),
             };
-            let order = match client.post(&url).json(&body).send().await {
+            // The storefront mints the order id (its idempotency key) and
+            // sends it as W3C baggage: the flow id is known from the flow's
+            // first span, so every trace of the flow samples alike.
+            let order_id = format!("ord_{:016x}", rand::rng().random::<u64>());
+            let baggage = format!(
+                "{}={},{}={order_id}",
+                paytrace_semconv::attr::FLOW,
+                paytrace_semconv::flow::CHECKOUT,
+                paytrace_semconv::attr::FLOW_ID
+            );
+            let sent = client
+                .post(&url)
+                .header("baggage", baggage)
+                .json(&body)
+                .send();
+            let order = match sent.await {
                 Ok(r) if r.status().is_success() => {
                     counters.ok.fetch_add(1, Ordering::Relaxed);
                     r.json::<CheckoutResponse>().await.ok()

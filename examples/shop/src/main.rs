@@ -33,7 +33,7 @@ use crate::plan::{DEFAULT_PORT_BASE, Plan, Role};
     name = "paytrace-demo",
     version,
     about = "A traced e-commerce checkout: gateway, order, inventory, payment, points, coupon and mock payment channels, each its own process",
-    long_about = "A traced e-commerce checkout: gateway, order, inventory, payment, points, coupon and mock payment channels (alipay, wechat_pay, card), each its own process on 127.0.0.1. The aggregator runs in this process. Ports: gateway BASE, order BASE+1, inventory BASE+2, payment BASE+3, points BASE+4, coupon BASE+5, alipay BASE+6, wechat_pay BASE+7, card BASE+8; aggregator OTLP/gRPC BASE+17, OTLP/HTTP BASE+18, API BASE+80."
+    long_about = "A traced e-commerce checkout: gateway, order, inventory, payment, points, coupon and mock payment channels (alipay, wechat_pay, card), each its own process on 127.0.0.1. The aggregator runs in this process. Ports: gateway BASE, order BASE+1, inventory BASE+2, payment BASE+3, points BASE+4, coupon BASE+5, alipay BASE+6, wechat_pay BASE+7, card BASE+8; aggregator OTLP/gRPC BASE+17, OTLP/HTTP BASE+18, API BASE+80.\n\nSampling: the standard variables, read here and passed to every service. OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1 keeps 10% of checkouts, every trace of a kept checkout (request, channel callback, queue consumer) alike; the aggregator reads each span's threshold (tracestate ot=th:...) and reports estimated_flows for the whole population."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -1,0 +1,200 @@
+//! Head sampling through the real demo: nine service processes that take
+//! the standard `OTEL_TRACES_SAMPLER=parentbased_traceidratio` from the
+//! environment, the real OTLP exporter, the in-process aggregator.
+//!
+//! Sampled at 10% and at 1%, a checkout must be kept whole (its request, the
+//! channel's callback and the queue consumer: three traces), the aggregator
+//! must scale its counts back to the population, and the breakdown must tell
+//! the story an unsampled run of the same load tells.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Runs the demo for `seconds` at `rps` on `port_base`, sampling `ratio` of
+/// the checkouts (all when `None`), and returns its report.
+fn run_demo(name: &str, port_base: u16, rps: u32, seconds: u32, ratio: Option<f64>) -> Value {
+    let report = std::env::temp_dir().join(format!(
+        "paytrace-sampling-{name}-{}.json",
+        std::process::id()
+    ));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paytrace-demo"));
+    cmd.args([
+        "--duration",
+        &format!("{seconds}s"),
+        "--rps",
+        &rps.to_string(),
+    ])
+    .args(["--port-base", &port_base.to_string()])
+    .arg("--report")
+    .arg(&report)
+    .env_remove("OTEL_TRACES_SAMPLER")
+    .env_remove("OTEL_TRACES_SAMPLER_ARG");
+    if let Some(r) = ratio {
+        cmd.env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+            .env("OTEL_TRACES_SAMPLER_ARG", r.to_string());
+    }
+    let out = cmd.output().expect("the demo runs");
+    assert!(
+        out.status.success(),
+        "demo failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&std::fs::read(&report).expect("report written"))
+        .expect("report is JSON")
+}
+
+/// The checkout breakdown over every payment method.
+fn checkout(doc: &Value) -> &Value {
+    doc["flows"]
+        .as_array()
+        .and_then(|f| {
+            f.iter()
+                .find(|b| b["flow"] == "checkout" && b["payment_method"].is_null())
+        })
+        .unwrap_or_else(|| panic!("no checkout breakdown: {doc}"))
+}
+
+/// The checkout line of the flows overview.
+fn summary(doc: &Value) -> &Value {
+    doc["summaries"]
+        .as_array()
+        .and_then(|f| f.iter().find(|s| s["flow"] == "checkout"))
+        .unwrap_or_else(|| panic!("no checkout summary: {}", doc["summaries"]))
+}
+
+fn number(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// Instances of `stage` in the breakdown (0 when absent).
+fn count(b: &Value, stage: &str) -> f64 {
+    b["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["stage"] == stage))
+        .map_or(0.0, |s| number(&s["count"]))
+}
+
+/// `part` of `whole` (1 when there is no `whole`).
+fn ratio(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 { part / whole } else { 1.0 }
+}
+
+/// What a sampled run must show against the unsampled one: callbacks and
+/// consumers kept with their requests, nothing left incomplete, and each
+/// instance scaled by the sampling probability.
+///
+/// Some checkouts have no callback in any run (the channel refused the
+/// payment, a callback came after the run ended), so the shares are
+/// compared with the unsampled run's: with ~250 sampled checkouts a 2%
+/// share moves by 0.9 points (one standard deviation), hence 3 points.
+/// Independent sampling of the three traces would keep a callback with its
+/// request one time in ten at 10%.
+fn assert_whole_and_scaled(sampled: &Value, unsampled: &Value, probability: f64) {
+    let (b, all) = (checkout(sampled), checkout(unsampled));
+    let seen = number(&b["traces"]);
+    assert!(seen > 0.0, "no checkout was sampled: {b}");
+    // Every callback trace kept is stitched to its request: its wait known.
+    let joined = ratio(
+        count(b, "async:channel.callback"),
+        count(b, "channel.callback"),
+    );
+    assert!(
+        joined >= 0.99,
+        "{joined} of the kept callbacks joined their request: {b}"
+    );
+    // Requests keep their callbacks, and callbacks their consumers, as
+    // often as without sampling.
+    for (later, earlier) in [
+        ("channel.callback", "channel.request"),
+        ("payment.confirm", "channel.callback"),
+    ] {
+        let kept = ratio(count(b, later), count(b, earlier));
+        let baseline = ratio(count(all, later), count(all, earlier));
+        assert!(
+            kept >= baseline - 0.03,
+            "{later} kept with {kept} of {earlier} sampled, {baseline} unsampled: {b}"
+        );
+    }
+    let incomplete = |doc: &Value| {
+        let s = summary(doc);
+        ratio(number(&s["incomplete"]), number(&s["estimated_flows"]))
+    };
+    assert!(
+        incomplete(sampled) <= incomplete(unsampled) + 0.01,
+        "sampling made flows incomplete: {} sampled, {} unsampled",
+        summary(sampled),
+        summary(unsampled)
+    );
+    // Each instance stands for 1/p (p as the threshold's four hex digits
+    // write it: within 0.01% of the ratio).
+    let estimated = number(&b["estimated_flows"]);
+    assert!(
+        (estimated / seen - 1.0 / probability).abs() < 1e-3 / probability,
+        "{estimated} estimated from {seen} seen at {probability}"
+    );
+}
+
+// The three runs go one after another in one test: each loads the machine
+// near what the demo's single payment-confirmation consumer keeps up with
+// (50 checkouts a second), and two at once would measure the overload.
+#[test]
+fn sampled_checkouts_stay_whole_and_counts_estimate_the_population() {
+    let unsampled = run_demo("all", 8200, 50, 15, None);
+    let sampled = run_demo("tenth", 8400, 50, 50, Some(0.1));
+
+    assert_whole_and_scaled(&sampled, &unsampled, 0.1);
+    // N checkouts started, K sampled ~ Binomial(N, 0.1); the estimate is
+    // 10K, whose relative standard deviation is sqrt(0.9 / (0.1 N)): with
+    // N near 2,500, 6%, so ±20% is 3.3 standard deviations (a false failure
+    // about once in 1,000 runs).
+    let started = number(&sampled["requests"]["checkouts"]);
+    assert!(started >= 2_000.0, "the load driver kept up: {started}");
+    let estimated = number(&checkout(&sampled)["estimated_flows"]);
+    assert!(
+        (estimated / started - 1.0).abs() <= 0.20,
+        "estimated {estimated} checkouts of {started} started"
+    );
+
+    // The story is the one the unsampled run tells: every stage's share of
+    // the critical path within 0.05 (with ~250 sampled checkouts, the mean
+    // callback wait's own noise moves the largest share by about 0.01).
+    let all = checkout(&unsampled);
+    assert_eq!(
+        number(&all["estimated_flows"]),
+        number(&all["traces"]),
+        "unsampled, each instance is one flow"
+    );
+    let shares = |b: &Value| -> Vec<(String, f64)> {
+        b["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .map(|s| {
+                (
+                    s["stage"].as_str().expect("a name").to_owned(),
+                    number(&s["critical_path"]["share"]),
+                )
+            })
+            .collect()
+    };
+    let sampled_shares = shares(checkout(&sampled));
+    for (stage, share) in shares(all) {
+        let other = sampled_shares
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .map_or(0.0, |(_, v)| *v);
+        assert!(
+            (other - share).abs() <= 0.05,
+            "{stage}: {share} of the critical path unsampled, {other} at 10%"
+        );
+    }
+
+    // At 1%, about 20 of 2,000 checkouts are sampled: too few for a tight
+    // estimate (its relative deviation is sqrt(0.99 / (0.01 N)), 22%), but
+    // enough to see that every kept checkout kept its callback and consumer
+    // traces, which independent sampling of the three does for 1 in 10,000.
+    let rare = run_demo("hundredth", 8600, 50, 40, Some(0.01));
+    assert_whole_and_scaled(&rare, &unsampled, 0.01);
+}
