@@ -22,6 +22,8 @@
 //!    Cancel safe and names each anomaly it stops.
 //! 5. [`Flow::scope`] where a flow starts (the gateway) so that every service
 //!    downstream labels its stages with the flow, payment method and channel.
+//! 6. [`FlowSampler`]: what `OTEL_TRACES_SAMPLER=parentbased_traceidratio`
+//!    builds, keeping every trace of a flow or none (`docs/sampling.md`).
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
@@ -85,7 +87,7 @@ pub use cardinality::LabelLimits;
 pub use client::{Client, RequestBuilder};
 pub use handler::metrics_route;
 pub use metrics::{Buckets, Metrics};
-pub use propagation::{Flow, current_traceparent};
+pub use propagation::{Flow, current_traceparent, current_tracestate};
 pub use resource::{
     Pool, PoolError, PoolPermit, QueueError, QueueMetrics, QueueReceiver, QueueSender,
     ResourceMetrics, queue,

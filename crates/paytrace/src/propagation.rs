@@ -36,10 +36,18 @@ pub(crate) fn inject(cx: &Context, headers: &mut http::HeaderMap) {
     PROPAGATOR.inject_context(cx, &mut HeaderInjector(headers));
 }
 
-/// The span context a W3C `traceparent` value names, if it is valid.
-pub(crate) fn span_context_of(traceparent: &str) -> Option<opentelemetry::trace::SpanContext> {
+/// The span context a W3C `traceparent` value names, if it is valid, with
+/// the `tracestate` that travelled with it (its sampling threshold and
+/// randomness among others).
+pub(crate) fn span_context_of(
+    traceparent: &str,
+    tracestate: Option<&str>,
+) -> Option<opentelemetry::trace::SpanContext> {
     let mut carrier = std::collections::HashMap::new();
     carrier.insert("traceparent".to_owned(), traceparent.trim().to_owned());
+    if let Some(state) = tracestate {
+        carrier.insert("tracestate".to_owned(), state.trim().to_owned());
+    }
     let cx = TraceContextPropagator::new().extract(&carrier);
     let span = cx.span();
     let sc = span.span_context();
@@ -54,10 +62,26 @@ pub(crate) fn span_context_of(traceparent: &str) -> Option<opentelemetry::trace:
 /// assert_eq!(paytrace::current_traceparent(), None);
 /// ```
 pub fn current_traceparent() -> Option<String> {
+    current_w3c().remove("traceparent")
+}
+
+/// The `tracestate` value of the span that is current now, to carry with
+/// [`current_traceparent`]: it holds the sampling threshold and randomness a
+/// linked trace decides by (see [`crate::FlowSampler`]). `None` outside any
+/// span, or when the state is empty.
+///
+/// ```
+/// assert_eq!(paytrace::current_tracestate(), None);
+/// ```
+pub fn current_tracestate() -> Option<String> {
+    current_w3c().remove("tracestate").filter(|s| !s.is_empty())
+}
+
+fn current_w3c() -> std::collections::HashMap<String, String> {
     let cx = tracing::Span::current().context();
     let mut carrier = std::collections::HashMap::new();
     TraceContextPropagator::new().inject_context(&cx, &mut carrier);
-    carrier.remove("traceparent")
+    carrier
 }
 
 /// The context a new span of ours should start from: the active OpenTelemetry
@@ -204,9 +228,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_linked_context_keeps_its_tracestate() {
+        let sc = span_context_of(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            Some("ot=th:e666;rv:0123456789abcd,vendor=x"),
+        )
+        .expect("a valid traceparent");
+        assert_eq!(
+            sc.trace_state().get("ot"),
+            Some("th:e666;rv:0123456789abcd")
+        );
+    }
+
+    #[test]
     fn a_traceparent_names_its_span_and_garbage_names_none() {
-        let sc = span_context_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-            .expect("a valid traceparent");
+        let sc = span_context_of(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            None,
+        )
+        .expect("a valid traceparent");
         assert_eq!(
             sc.trace_id().to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -218,7 +258,7 @@ mod tests {
             "garbage",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
         ] {
-            assert!(span_context_of(bad).is_none(), "{bad:?}");
+            assert!(span_context_of(bad, None).is_none(), "{bad:?}");
         }
     }
 }

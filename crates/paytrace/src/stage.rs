@@ -164,7 +164,29 @@ impl Stage {
     /// # }
     /// ```
     pub fn link_traceparent(self, traceparent: &str) -> Self {
-        match crate::propagation::span_context_of(traceparent) {
+        self.link_trace_context(traceparent, None)
+    }
+
+    /// [`Stage::link_traceparent`] with the `tracestate` that travelled with
+    /// it ([`crate::current_tracestate`] where the message was sent): a stage
+    /// that starts a trace then samples as the linked trace did, even when
+    /// that one decided by its flow id (see [`crate::FlowSampler`]).
+    ///
+    /// ```
+    /// # async fn demo() {
+    /// let payment = paytrace::ServiceTelemetry::new("payment", "1.0.0");
+    /// let _ = payment
+    ///     .stage("payment.confirm")
+    ///     .link_trace_context(
+    ///         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    ///         Some("ot=th:e666;rv:0123456789abcd"),
+    ///     )
+    ///     .run(async { Ok::<_, std::io::Error>(()) })
+    ///     .await;
+    /// # }
+    /// ```
+    pub fn link_trace_context(self, traceparent: &str, tracestate: Option<&str>) -> Self {
+        match crate::propagation::span_context_of(traceparent, tracestate) {
             Some(producer) => self.link(producer),
             None => self,
         }

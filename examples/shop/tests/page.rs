@@ -372,6 +372,70 @@ async fn send_checkout(running: &Running) {
     paytrace_testkit::post_otlp_json(running.otlp_http, &body).await;
 }
 
+/// Three checkouts sampled at 10%, as paytrace's sampler (or any SDK with
+/// consistent probability sampling) marks them: `ot=th:e666`.
+async fn send_sampled_checkouts(running: &Running) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos() as u64;
+    let s = |v: &str| json!({ "stringValue": v });
+    let spans: Vec<_> = (1..=3)
+        .map(|i| {
+            json!({
+                "traceId": format!("{i:02x}").repeat(16), "spanId": "01".repeat(8),
+                "traceState": "ot=th:e666", "name": "POST /checkout", "kind": 2,
+                "startTimeUnixNano": (now - 300_000_000).to_string(), "endTimeUnixNano": now.to_string(),
+                "attributes": [{ "key": "paytrace.flow", "value": s("checkout") }],
+            })
+        })
+        .collect();
+    let body = json!({ "resourceSpans": [{
+        "resource": { "attributes": [{ "key": "service.name", "value": s("gateway") }] },
+        "scopeSpans": [{ "spans": spans }],
+    }]});
+    paytrace_testkit::post_otlp_json(running.otlp_http, &body).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_flows_show_the_instances_seen_and_the_flows_estimated() {
+    let running = start(addresses()).await.expect("starts");
+    send_sampled_checkouts(&running).await;
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("http://{}/", running.listen))
+        .await
+        .expect("the page loads");
+    // Each instance sampled at 10% stands for ten: 3 seen, about 30 flows.
+    let cells = browser
+        .wait_for(
+            "the checkout row with its estimate",
+            r#"const row = document.querySelector('#flows tr[data-flow="checkout"]');
+               return row && [...row.children].map((td) => td.textContent).join('|');"#,
+            Duration::from_secs(30),
+        )
+        .await;
+    let cells: Vec<&str> = cells.as_str().expect("text").split('|').collect();
+    assert_eq!(&cells[..3], ["checkout", "3", "≈30"], "{cells:?}");
+    let title = browser
+        .wait_for(
+            "the breakdown title",
+            r#"const t = document.querySelector('#breakdown-title').textContent;
+               return t.includes('instances') && t;"#,
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(
+        title
+            .as_str()
+            .is_some_and(|t| t.contains("3 instances (≈30 flows, sampled)")),
+        "{title}"
+    );
+    browser.screenshot("sampled").await;
+    running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_aggregator_says_so_and_a_restart_leaves_no_stale_error() {
     let config = addresses();
