@@ -29,7 +29,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Receive OTLP traces and serve live breakdowns: the web page, the JSON
-    /// API and `/metrics` on --listen. Everything binds to 127.0.0.1 by default.
+    /// API and `/metrics` on --listen. Everything binds to 127.0.0.1 by
+    /// default (--all-interfaces for 0.0.0.0). Every flag can also be set
+    /// from the PAYTRACE_* variable its help names. SIGTERM or Ctrl-C stops
+    /// it after the buffered traces are analysed.
     Serve(ServeArgs),
     /// Analyse OTLP JSON files (the OpenTelemetry Collector file exporter's
     /// format: one ExportTraceServiceRequest per line) and print where each
@@ -39,77 +42,85 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        #[arg(long, env = "PAYTRACE_FORMAT", value_enum, default_value_t = Format::Table)]
         format: Format,
         /// Configuration file (TOML): stage rules for plain OpenTelemetry spans.
-        #[arg(long)]
+        #[arg(long, env = "PAYTRACE_CONFIG")]
         config: Option<PathBuf>,
         /// How long a span may appear to end after its next sibling started
         /// and still precede it on the critical path (coarse SDK clocks).
-        #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "PAYTRACE_CLOCK_TOLERANCE", default_value = "1ms", value_parser = humantime::parse_duration)]
         clock_tolerance: Duration,
         /// The probability spans were sampled with when their `tracestate`
         /// carries no `ot=th:…` (SDKs without consistent probability
         /// sampling): each such flow counts as 1/P flows. Default 1.
-        #[arg(long, value_parser = probability)]
+        #[arg(long, env = "PAYTRACE_DEFAULT_SAMPLING_PROBABILITY", value_parser = probability)]
         default_sampling_probability: Option<f64>,
     },
 }
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// OTLP/gRPC listen address.
-    #[arg(long, default_value = "127.0.0.1:4317")]
-    otlp_grpc_listen: SocketAddr,
-    /// OTLP/HTTP listen address (`POST /v1/traces`, protobuf or JSON).
-    #[arg(long, default_value = "127.0.0.1:4318")]
-    otlp_http_listen: SocketAddr,
-    /// API, `/metrics`, `/healthz` and `/readyz` listen address.
-    #[arg(long, default_value = "127.0.0.1:8686")]
-    listen: SocketAddr,
+    /// OTLP/gRPC listen address [default: 127.0.0.1:4317, or 0.0.0.0:4317
+    /// with --all-interfaces].
+    #[arg(long, env = "PAYTRACE_OTLP_GRPC_LISTEN")]
+    otlp_grpc_listen: Option<SocketAddr>,
+    /// OTLP/HTTP listen address (`POST /v1/traces`, protobuf or JSON)
+    /// [default: 127.0.0.1:4318, or 0.0.0.0:4318 with --all-interfaces].
+    #[arg(long, env = "PAYTRACE_OTLP_HTTP_LISTEN")]
+    otlp_http_listen: Option<SocketAddr>,
+    /// API, `/metrics`, `/healthz` and `/readyz` listen address
+    /// [default: 127.0.0.1:8686, or 0.0.0.0:8686 with --all-interfaces].
+    #[arg(long, env = "PAYTRACE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Listen on every interface (0.0.0.0) instead of loopback, on the
+    /// default ports, as a container needs; an address given above wins.
+    /// Anyone who reaches the ports can then send spans and read flows.
+    #[arg(long, env = "PAYTRACE_ALL_INTERFACES")]
+    all_interfaces: bool,
     /// A trace is complete once no span of it arrived for this long. Set it
     /// above the longest batch delay of the SDKs that send here
     /// (OTEL_BSP_SCHEDULE_DELAY, 5 s by default) plus their export time.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PAYTRACE_TRACE_IDLE", default_value = "15s", value_parser = humantime::parse_duration)]
     trace_idle: Duration,
     /// A flow (traces joined by links or flow id) is final once none of its
     /// spans arrived for this long; until then late spans still join it. Set
     /// it above the longest async hop (callback, queue) plus the batch delay.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PAYTRACE_FLOW_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
     flow_idle: Duration,
     /// How long a span may appear to end after its next sibling started and
     /// still precede it on the critical path: millisecond SDK clocks (the JS
     /// SDK, browsers) and skew between hosts make sequential stages overlap
     /// by up to this much.
-    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PAYTRACE_CLOCK_TOLERANCE", default_value = "1ms", value_parser = humantime::parse_duration)]
     clock_tolerance: Duration,
     /// The probability spans were sampled with when their `tracestate`
     /// carries no `ot=th:…` (SDKs without consistent probability
     /// sampling): each such flow counts as 1/P flows. Default 1.
-    #[arg(long, value_parser = probability)]
+    #[arg(long, env = "PAYTRACE_DEFAULT_SAMPLING_PROBABILITY", value_parser = probability)]
     default_sampling_probability: Option<f64>,
     /// A flow still missing its terminal stage (set per flow in --config:
     /// `[flows.checkout] terminal_stage = "payment.confirm"`) this long after
     /// it began is counted incomplete.
-    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PAYTRACE_FLOW_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
     flow_timeout: Duration,
     /// A TCC branch tried this long ago with no Confirm or Cancel from any
     /// service is frozen: counted, listed, and its transaction unfinished.
     /// Set it above your order payment timeout.
-    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PAYTRACE_TCC_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration)]
     tcc_timeout: Duration,
     /// Bytes of spans waiting for their traces to complete; past it the
     /// oldest traces are analysed early (counted as evicted) and receivers
     /// answer "retry later" near it. About 375 bytes a span.
-    #[arg(long, default_value_t = 512 * 1024 * 1024)]
+    #[arg(long, env = "PAYTRACE_MAX_BUFFER_BYTES", default_value_t = 512 * 1024 * 1024)]
     max_buffer_bytes: usize,
     /// Link traces on the page to a trace viewer, e.g.
     /// 'http://jaeger:16686/trace/{trace_id}' or a Grafana Tempo explore URL.
-    #[arg(long)]
+    #[arg(long, env = "PAYTRACE_TRACE_URL_TEMPLATE")]
     trace_url_template: Option<String>,
     /// Configuration file (TOML): stage rules for plain OpenTelemetry spans,
     /// terminal stages of flows.
-    #[arg(long)]
+    #[arg(long, env = "PAYTRACE_CONFIG")]
     config: Option<PathBuf>,
 }
 
@@ -121,6 +132,23 @@ fn probability(s: &str) -> Result<f64, String> {
             "{s:?} is not a probability: give a number above 0 and at most 1 (0.1 for 10%)"
         )),
     }
+}
+
+/// Waits for `SIGTERM` (what Kubernetes and `docker stop` send) or `SIGINT`
+/// (Ctrl-C), and names it.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            };
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    "SIGINT"
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
@@ -204,10 +232,15 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let host: std::net::IpAddr = if args.all_interfaces {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    };
     let mut config = ServeConfig {
-        otlp_grpc: args.otlp_grpc_listen,
-        otlp_http: args.otlp_http_listen,
-        listen: args.listen,
+        otlp_grpc: args.otlp_grpc_listen.unwrap_or(SocketAddr::new(host, 4317)),
+        otlp_http: args.otlp_http_listen.unwrap_or(SocketAddr::new(host, 4318)),
+        listen: args.listen.unwrap_or(SocketAddr::new(host, 8686)),
         ..ServeConfig::default()
     };
     config.pipeline.assembler.trace_idle = args.trace_idle;
@@ -259,8 +292,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             metrics = %format!("http://{}/metrics", running.listen),
             "paytrace-aggregator listening"
         );
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down: finishing buffered traces");
+        let signal = stop_signal().await;
+        tracing::info!(signal, "shutting down: finishing buffered traces");
         running.shutdown().await;
         ExitCode::SUCCESS
     })

@@ -166,3 +166,35 @@ pub async fn scrape_value(url: &str, line_prefix: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// The options of a clap `--help` text whose description does not name the
+/// environment variable `{prefix}{NAME}` (`--trace-idle` → `PAYTRACE_TRACE_IDLE`),
+/// `--help` and `--version` aside; and the options seen.
+///
+/// ```
+/// let help = "  --listen <ADDR>\n      Where [env: PAYTRACE_LISTEN=]\n  --rps <N>\n      Rate\n";
+/// let (missing, seen) = paytrace_testkit::options_without_env(help, "PAYTRACE_");
+/// assert_eq!((missing, seen), (vec!["rps".to_owned()], 2));
+/// ```
+pub fn options_without_env(help: &str, prefix: &str) -> (Vec<String>, usize) {
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        if let Some(rest) = line.trim_start().strip_prefix("--") {
+            let name = rest.split([' ', '<']).next().unwrap_or_default().to_owned();
+            blocks.push((name, String::new()));
+        } else if let Some((_, text)) = blocks.last_mut() {
+            text.push_str(line);
+        }
+    }
+    blocks.retain(|(name, _)| !matches!(name.as_str(), "help" | "version"));
+    let seen = blocks.len();
+    let missing = blocks
+        .into_iter()
+        .filter(|(name, text)| {
+            let env = format!("[env: {prefix}{}=", name.to_uppercase().replace('-', "_"));
+            !text.contains(&env)
+        })
+        .map(|(name, _)| name)
+        .collect();
+    (missing, seen)
+}

@@ -45,23 +45,23 @@ struct Cli {
 #[derive(clap::Args, Debug)]
 struct DemoArgs {
     /// First port; every other port is an offset from it.
-    #[arg(long, default_value_t = DEFAULT_PORT_BASE)]
+    #[arg(long, env = "PAYTRACE_DEMO_PORT_BASE", default_value_t = DEFAULT_PORT_BASE)]
     port_base: u16,
     /// Checkouts per second.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, env = "PAYTRACE_DEMO_RPS", default_value_t = 10.0)]
     rps: f64,
     /// Stop after this long (`90s`, `5m`); without it, run until Ctrl-C.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PAYTRACE_DEMO_DURATION", value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
     /// Write the final report (JSON) here.
-    #[arg(long)]
+    #[arg(long, env = "PAYTRACE_DEMO_REPORT")]
     report: Option<PathBuf>,
     /// Send OTLP to this endpoint (`http://host:4317`) instead of the
     /// in-process aggregator.
-    #[arg(long)]
+    #[arg(long, env = "PAYTRACE_DEMO_AGGREGATOR")]
     aggregator: Option<String>,
     /// Start the services only: no load, no live view.
-    #[arg(long)]
+    #[arg(long, env = "PAYTRACE_DEMO_SERVICES_ONLY")]
     services_only: bool,
     #[command(flatten)]
     services: ServiceOptions,
@@ -71,14 +71,14 @@ struct DemoArgs {
 #[derive(clap::Args, Debug, Clone)]
 struct ServiceOptions {
     /// Faults to inject (repeat or separate with commas).
-    #[arg(long, value_enum, value_delimiter = ',')]
+    #[arg(long, env = "PAYTRACE_DEMO_CHAOS", value_enum, value_delimiter = ',')]
     chaos: Vec<Fault>,
     /// The channel that channel faults hit.
-    #[arg(long, value_enum, default_value_t = ChaosChannel::Alipay)]
+    #[arg(long, env = "PAYTRACE_DEMO_CHAOS_CHANNEL", value_enum, default_value_t = ChaosChannel::Alipay)]
     chaos_channel: ChaosChannel,
     /// Keep inventory stock in this Redis (`redis://127.0.0.1:6379/`),
     /// reserved atomically with Lua, instead of in memory.
-    #[arg(long)]
+    #[arg(long, env = "PAYTRACE_DEMO_REDIS")]
     redis: Option<String>,
 }
 

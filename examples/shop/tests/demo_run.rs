@@ -317,3 +317,21 @@ fn channel_down_fails_only_that_channels_requests() {
     assert!(count("alipay", "error") <= 3.0);
     assert!(count("alipay", "ok") >= 7.0);
 }
+
+/// Every flag of the demo can be set from a `PAYTRACE_DEMO_…` variable,
+/// and `--help` names it and says how sampling is passed to the services.
+#[test]
+fn every_flag_names_its_environment_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
+        .arg("--help")
+        .output()
+        .expect("runs");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let (missing, seen) = paytrace_testkit::options_without_env(&help, "PAYTRACE_DEMO_");
+    assert!(seen >= 8, "{help}");
+    assert!(missing.is_empty(), "no variable for {missing:?}");
+    assert!(
+        help.contains("OTEL_TRACES_SAMPLER=parentbased_traceidratio"),
+        "{help}"
+    );
+}
