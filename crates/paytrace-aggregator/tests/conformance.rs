@@ -88,6 +88,25 @@ impl Aggregator {
             .expect("JSON")
     }
 
+    /// The sum of `paytrace_flow_duration_seconds_count` over the series whose
+    /// labels contain both matchers (`r#"flow="checkout""#`; `""` matches all).
+    async fn flows_counted(&self, matcher: &str, other: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.api))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .filter(|l| {
+                l.starts_with("paytrace_flow_duration_seconds_count{")
+                    && l.contains(matcher)
+                    && l.contains(other)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     async fn metric(&self, line_prefix: &str) -> f64 {
         paytrace_testkit::scrape_value(&format!("{}/metrics", self.api), line_prefix).await
     }
@@ -318,21 +337,9 @@ async fn failures(sdk: Sdk) {
     let share = seconds(&checkout["error_share"]);
     assert!((share - 0.4).abs() < 1e-9, "8 of 20 failed: {flows}");
     // Every failed checkout is in the end-to-end histogram as an error.
-    let text = reqwest::get(format!("{}/metrics", aggregator.api))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
-    let errors: f64 = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("paytrace_flow_duration_seconds_count{")
-                && l.contains(r#"flow="checkout""#)
-                && l.contains(r#"outcome="error""#)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let errors = aggregator
+        .flows_counted(r#"flow="checkout""#, r#"outcome="error""#)
+        .await;
     assert_eq!(errors, 8.0);
 }
 
@@ -447,20 +454,7 @@ async fn python_sampled_spans_count_by_their_threshold() {
         2.0 * kept as f64,
         "each kept checkout stands for two: {b}"
     );
-    let text = reqwest::get(format!("{}/metrics", aggregator.api))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
-    let counted: f64 = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("paytrace_flow_duration_seconds_count{")
-                && l.contains(r#"flow="sampled""#)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let counted = aggregator.flows_counted(r#"flow="sampled""#, "").await;
     assert_eq!(counted, 2.0 * kept as f64, "the histogram estimates too");
     let mixed = aggregator
         .metric(r#"paytrace_aggregator_flows_sampled_inconsistently_total{flow="sampled"}"#)

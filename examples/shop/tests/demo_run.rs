@@ -5,6 +5,8 @@
 
 use std::process::Command;
 
+mod monitoring;
+
 use serde_json::Value;
 
 const CHECKOUT_STAGES: [&str; 13] = [
@@ -25,24 +27,17 @@ const CHECKOUT_STAGES: [&str; 13] = [
 
 /// Runs the demo for 12 s on `port_base` with `args`, and returns its report.
 fn run_demo(name: &str, port_base: u16, rps: u32, args: &[&str]) -> Value {
-    let report =
-        std::env::temp_dir().join(format!("paytrace-demo-{name}-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
-        .args(["--duration", "12s", "--rps", &rps.to_string()])
-        .args(["--port-base", &port_base.to_string()])
-        .args(args)
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .expect("the demo runs");
-    assert!(
-        out.status.success(),
-        "demo failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&std::fs::read(&report).expect("report written"))
-        .expect("report is JSON")
+    let (rps, port_base) = (rps.to_string(), port_base.to_string());
+    let mut all = vec![
+        "--duration",
+        "12s",
+        "--rps",
+        &rps,
+        "--port-base",
+        &port_base,
+    ];
+    all.extend_from_slice(args);
+    monitoring::demo_report(name, &all, &[])
 }
 
 #[test]

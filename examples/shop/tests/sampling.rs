@@ -7,42 +7,35 @@
 //! must scale its counts back to the population, and the breakdown must tell
 //! the story an unsampled run of the same load tells.
 
-use std::process::Command;
-
 use serde_json::Value;
+
+mod monitoring;
 
 /// Runs the demo for `seconds` at `rps` on `port_base`, sampling `ratio` of
 /// the checkouts (all when `None`), and returns its report.
 fn run_demo(name: &str, port_base: u16, rps: u32, seconds: u32, ratio: Option<f64>) -> Value {
-    let report = std::env::temp_dir().join(format!(
-        "paytrace-sampling-{name}-{}.json",
-        std::process::id()
-    ));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paytrace-demo"));
-    cmd.args([
-        "--duration",
-        &format!("{seconds}s"),
-        "--rps",
-        &rps.to_string(),
-    ])
-    .args(["--port-base", &port_base.to_string()])
-    .arg("--report")
-    .arg(&report)
-    .env_remove("OTEL_TRACES_SAMPLER")
-    .env_remove("OTEL_TRACES_SAMPLER_ARG");
-    if let Some(r) = ratio {
-        cmd.env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
-            .env("OTEL_TRACES_SAMPLER_ARG", r.to_string());
-    }
-    let out = cmd.output().expect("the demo runs");
-    assert!(
-        out.status.success(),
-        "demo failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (duration, rps, port_base) = (
+        format!("{seconds}s"),
+        rps.to_string(),
+        port_base.to_string(),
     );
-    serde_json::from_slice(&std::fs::read(&report).expect("report written"))
-        .expect("report is JSON")
+    let args = [
+        "--duration",
+        &duration,
+        "--rps",
+        &rps,
+        "--port-base",
+        &port_base,
+    ];
+    let ratio = ratio.map(|r| r.to_string());
+    let env: Vec<(&str, &str)> = match &ratio {
+        Some(r) => vec![
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", r),
+        ],
+        None => Vec::new(),
+    };
+    monitoring::demo_report(&format!("sampling-{name}"), &args, &env)
 }
 
 /// The checkout breakdown over every payment method.

@@ -20,6 +20,31 @@ impl Drop for Killed {
     }
 }
 
+/// Runs the demo binary with `args` (its sampler from `env` only: the
+/// test's own `OTEL_TRACES_SAMPLER*` are not passed on) until it stops, and
+/// returns the report it writes.
+pub(crate) fn demo_report(name: &str, args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let report =
+        std::env::temp_dir().join(format!("paytrace-demo-{name}-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
+        .args(args)
+        .arg("--report")
+        .arg(&report)
+        .env_remove("OTEL_TRACES_SAMPLER")
+        .env_remove("OTEL_TRACES_SAMPLER_ARG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("the demo runs");
+    assert!(
+        out.status.success(),
+        "demo failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&std::fs::read(&report).expect("report written"))
+        .expect("report is JSON")
+}
+
 pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
