@@ -101,14 +101,18 @@ pub enum InitError {
 /// |---|---|
 /// | `OTEL_SERVICE_NAME` | the name given in code |
 /// | `OTEL_SDK_DISABLED` | `false`; `true` exports nothing (logs and metrics stay) |
-/// | `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc`; or `http/protobuf` |
+/// | `OTEL_TRACES_EXPORTER` | `otlp`; `none` makes and samples spans but sends none |
+/// | `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, then `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc`; or `http/protobuf` |
 /// | `OTEL_EXPORTER_OTLP_ENDPOINT` | `http://localhost:4317` (gRPC), `http://localhost:4318` (HTTP) |
 /// | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | the full URL, overrides the above |
-/// | `OTEL_EXPORTER_OTLP_TIMEOUT` | `10000` ms per export |
-/// | `OTEL_TRACES_SAMPLER` | `parentbased_always_on` |
+/// | `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, then `OTEL_EXPORTER_OTLP_TIMEOUT` | `10000` ms per export |
+/// | `OTEL_TRACES_SAMPLER` | `parentbased_always_on`; the ratio samplers are [`crate::FlowSampler`] |
 /// | `OTEL_TRACES_SAMPLER_ARG` | `1.0` for the ratio samplers |
 /// | `OTEL_BSP_MAX_QUEUE_SIZE` | `2048` spans waiting for export; more are dropped and counted |
 /// | `OTEL_BSP_SCHEDULE_DELAY` | `1000` ms between exports |
+/// | `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` | `512` spans per export (at most the queue size) |
+/// | `OTEL_BSP_EXPORT_TIMEOUT` | `30000` ms; the lower of it and the OTLP timeout bounds an export |
+/// | `OTEL_RESOURCE_ATTRIBUTES` | added to the resource (`key=value,…`, percent-encoded), beside `service.instance.id` and [`TelemetryConfig::with_service_version`] |
 /// | `RUST_LOG` | `info` for the log lines printed to stderr |
 ///
 /// ```
@@ -131,9 +135,14 @@ pub struct TelemetryConfig {
     export_timeout: Duration,
     sampler: SamplerConfig,
     max_queue_size: usize,
+    max_export_batch_size: usize,
     schedule_delay: Duration,
     log_filter: String,
     metrics: Metrics,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, decoded, in their order.
+    resource_attributes: Vec<(String, String)>,
+    service_version: Option<String>,
+    service_instance_id: String,
 }
 
 impl fmt::Debug for TelemetryConfig {
@@ -146,6 +155,8 @@ impl fmt::Debug for TelemetryConfig {
             .field("export_timeout", &self.export_timeout)
             .field("sampler", &self.sampler)
             .field("max_queue_size", &self.max_queue_size)
+            .field("max_export_batch_size", &self.max_export_batch_size)
+            .field("resource_attributes", &self.resource_attributes)
             .finish_non_exhaustive()
     }
 }
@@ -169,16 +180,28 @@ impl TelemetryConfig {
             Some(v) if v.eq_ignore_ascii_case("false") => false,
             Some(v) => return Err(invalid("OTEL_SDK_DISABLED", v, "`true` or `false`")),
         };
-        let protocol = match get("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref().map(str::trim) {
-            None | Some("grpc") => Protocol::Grpc,
-            Some("http/protobuf") => Protocol::HttpProtobuf,
-            Some(v) => {
-                return Err(invalid(
-                    "OTEL_EXPORTER_OTLP_PROTOCOL",
-                    v,
-                    "`grpc` or `http/protobuf`",
-                ));
+        // The traces-specific variable first, then the general one, as the
+        // SDK environment specification orders them.
+        let signal_first = |specific: &'static str, general: &'static str| {
+            get(specific)
+                .map(|v| (specific, v))
+                .or_else(|| get(general).map(|v| (general, v)))
+        };
+        let protocol = match signal_first(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ) {
+            None => Protocol::Grpc,
+            Some((_, v)) if v.trim() == "grpc" => Protocol::Grpc,
+            Some((_, v)) if v.trim() == "http/protobuf" => Protocol::HttpProtobuf,
+            Some((name, v)) => {
+                return Err(invalid(name, &v, "`grpc` or `http/protobuf`"));
             }
+        };
+        let exporter = match get("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+            None | Some("otlp") => true,
+            Some("none") => false,
+            Some(v) => return Err(invalid("OTEL_TRACES_EXPORTER", v, "`otlp` or `none`")),
         };
         let endpoint = match (
             get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
@@ -193,15 +216,48 @@ impl TelemetryConfig {
             (None, None, Protocol::Grpc) => "http://localhost:4317".to_owned(),
             (None, None, Protocol::HttpProtobuf) => "http://localhost:4318/v1/traces".to_owned(),
         };
+        let parse_millis = |name: &'static str, v: &str| -> Result<Duration, InitError> {
+            v.trim()
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| invalid(name, v, "a whole number of milliseconds"))
+        };
         let millis = |name: &'static str, default: u64| -> Result<Duration, InitError> {
-            match get(name) {
-                None => Ok(Duration::from_millis(default)),
-                Some(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .map(Duration::from_millis)
-                    .map_err(|_| invalid(name, &v, "a whole number of milliseconds")),
-            }
+            get(name).map_or(Ok(Duration::from_millis(default)), |v| {
+                parse_millis(name, &v)
+            })
+        };
+        let export_timeout = match signal_first(
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ) {
+            None => Duration::from_millis(10_000),
+            Some((name, v)) => parse_millis(name, &v)?,
+        }
+        // The batch processor's bound on one export: the lower one applies.
+        .min(millis("OTEL_BSP_EXPORT_TIMEOUT", 30_000)?);
+        let max_export_batch_size = match get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+            None => 512,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(invalid(
+                        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                        &v,
+                        "a positive number",
+                    ));
+                }
+            },
+        };
+        let resource_attributes = match get("OTEL_RESOURCE_ATTRIBUTES") {
+            None => Vec::new(),
+            Some(v) => resource_attributes(&v).ok_or_else(|| {
+                invalid(
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    &v,
+                    "comma-separated key=value pairs, values percent-encoded",
+                )
+            })?,
         };
         let ratio = match get("OTEL_TRACES_SAMPLER_ARG") {
             None => 1.0,
@@ -241,15 +297,21 @@ impl TelemetryConfig {
         };
         Ok(Self {
             service_name: get("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_owned()),
-            disabled,
+            // `OTEL_TRACES_EXPORTER=none`: spans are made (and sampled) but
+            // not exported, as with the SDK switched off.
+            disabled: disabled || !exporter,
             protocol,
             endpoint,
-            export_timeout: millis("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?,
+            export_timeout,
             sampler,
             max_queue_size,
+            max_export_batch_size,
             schedule_delay: millis("OTEL_BSP_SCHEDULE_DELAY", 1_000)?,
             log_filter: get("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
             metrics: Metrics::global().clone(),
+            resource_attributes,
+            service_version: None,
+            service_instance_id: new_instance_id(),
         })
     }
 
@@ -301,6 +363,58 @@ impl TelemetryConfig {
     pub fn with_schedule_delay(mut self, delay: Duration) -> Self {
         self.schedule_delay = delay;
         self
+    }
+
+    /// Sets the `service.version` resource attribute (your crate's
+    /// `env!("CARGO_PKG_VERSION")`); `OTEL_RESOURCE_ATTRIBUTES` wins if it
+    /// names one.
+    pub fn with_service_version(mut self, version: impl Into<String>) -> Self {
+        self.service_version = Some(version.into());
+        self
+    }
+
+    /// The resource every span is exported with: `service.name`,
+    /// `service.instance.id` (a random UUID per process), `service.version`
+    /// when given, what `OTEL_RESOURCE_ATTRIBUTES` adds (its `service.name`
+    /// loses to `OTEL_SERVICE_NAME` and the name given in code), and the
+    /// SDK's `telemetry.sdk.*`.
+    ///
+    /// ```
+    /// let vars = [("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=prod,team=pay%20ments")];
+    /// let config = paytrace::TelemetryConfig::from_vars("order", |k| {
+    ///     vars.iter().find(|(name, _)| *name == k).map(|(_, v)| v.to_string())
+    /// })?
+    /// .with_service_version("1.4.2");
+    /// let resource = config.resource();
+    /// let get = |k: &'static str| resource.get(&opentelemetry::Key::from_static_str(k)).map(|v| v.to_string());
+    /// assert_eq!(get("service.name").as_deref(), Some("order"));
+    /// assert_eq!(get("service.version").as_deref(), Some("1.4.2"));
+    /// assert_eq!(get("team").as_deref(), Some("pay ments"));
+    /// assert_eq!(get("service.instance.id").map(|id| id.len()), Some(36));
+    /// # Ok::<(), paytrace::InitError>(())
+    /// ```
+    pub fn resource(&self) -> Resource {
+        use opentelemetry::KeyValue;
+        let mut attributes: Vec<KeyValue> = vec![KeyValue::new(
+            "service.instance.id",
+            self.service_instance_id.clone(),
+        )];
+        if let Some(v) = &self.service_version {
+            attributes.push(KeyValue::new("service.version", v.clone()));
+        }
+        attributes.extend(
+            self.resource_attributes
+                .iter()
+                .filter(|(k, _)| k != "service.name")
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        );
+        Resource::builder_empty()
+            .with_detector(Box::new(
+                opentelemetry_sdk::resource::TelemetryResourceDetector,
+            ))
+            .with_attributes(attributes)
+            .with_service_name(self.service_name.clone())
+            .build()
     }
 
     /// Uses `sampler` instead of the configured one.
@@ -369,7 +483,7 @@ impl TelemetryConfig {
             .with_batch_config(
                 BatchConfigBuilder::default()
                     .with_max_queue_size(self.max_queue_size)
-                    .with_max_export_batch_size(self.max_queue_size.min(512))
+                    .with_max_export_batch_size(self.max_export_batch_size.min(self.max_queue_size))
                     .with_scheduled_delay(self.schedule_delay)
                     .build(),
             )
@@ -390,11 +504,7 @@ impl TelemetryConfig {
     fn provider_builder(&self) -> opentelemetry_sdk::trace::TracerProviderBuilder {
         SdkTracerProvider::builder()
             .with_sampler(self.sampler.build())
-            .with_resource(
-                Resource::builder()
-                    .with_service_name(self.service_name.clone())
-                    .build(),
-            )
+            .with_resource(self.resource())
     }
 
     /// For applications that build their own `tracing` subscriber: installs
@@ -661,6 +771,42 @@ fn is_timeout(e: &OTelSdkError) -> bool {
     }
 }
 
+/// `OTEL_RESOURCE_ATTRIBUTES`: `key=value` pairs split by commas, values
+/// percent-decoded; `None` when any pair is malformed (the specification
+/// discards the whole value then).
+fn resource_attributes(value: &str) -> Option<Vec<(String, String)>> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, raw) = pair.split_once('=')?;
+            let key = key.trim();
+            let decoded = percent_encoding::percent_decode_str(raw.trim())
+                .decode_utf8()
+                .ok()?;
+            (!key.is_empty()).then(|| (key.to_owned(), decoded.into_owned()))
+        })
+        .collect()
+}
+
+/// A random UUID (version 4) naming this process: `service.instance.id`.
+fn new_instance_id() -> String {
+    use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+    let mut b = RandomIdGenerator::default().new_trace_id().to_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -724,6 +870,17 @@ mod tests {
             ("OTEL_SDK_DISABLED", "yes", "`true` or `false`"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s", "milliseconds"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "0", "a positive number"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                "http/json",
+                "`grpc` or `http/protobuf`",
+            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "5s", "milliseconds"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "-1", "milliseconds"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0", "a positive number"),
+            ("OTEL_TRACES_EXPORTER", "zipkin", "`otlp` or `none`"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "team", "key=value"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "team=%ff", "percent-encoded"),
         ] {
             let message = config(&[(var, value)])
                 .expect_err("an invalid value is rejected")
@@ -733,6 +890,60 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn traces_variables_come_before_the_general_ones() {
+        let c = config(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "20000"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "3000"),
+        ])
+        .expect("valid");
+        assert_eq!(c.protocol(), Protocol::HttpProtobuf);
+        assert_eq!(c.endpoint(), "http://localhost:4318/v1/traces");
+        assert_eq!(c.export_timeout, Duration::from_millis(3000));
+        // The general ones apply when the traces ones are absent.
+        let general = config(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "20000")]).expect("valid");
+        assert_eq!(general.export_timeout, Duration::from_millis(20_000));
+        // The batch processor's export timeout bounds it too.
+        let bsp = config(&[
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "20000"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "5000"),
+        ])
+        .expect("valid");
+        assert_eq!(bsp.export_timeout, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn batch_size_exporter_and_resource_variables_are_honoured() {
+        let c = config(&[
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "64"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=ignored, k8s.pod.name=order-7f,note=a%2Cb",
+            ),
+        ])
+        .expect("valid");
+        assert_eq!(c.max_export_batch_size, 64);
+        assert!(!c.is_disabled());
+        let resource = c.resource();
+        let get = |k: &'static str| {
+            resource
+                .get(&opentelemetry::Key::from_static_str(k))
+                .map(|v| v.to_string())
+        };
+        assert_eq!(get("service.name").as_deref(), Some("order"));
+        assert_eq!(get("k8s.pod.name").as_deref(), Some("order-7f"));
+        assert_eq!(get("note").as_deref(), Some("a,b"));
+        assert!(get("telemetry.sdk.language").is_some());
+        // Two processes, two instance ids.
+        let other = config(&[]).expect("valid");
+        assert_ne!(c.service_instance_id, other.service_instance_id);
+
+        let none = config(&[("OTEL_TRACES_EXPORTER", "none")]).expect("valid");
+        assert!(none.is_disabled(), "no exporter: nothing is sent");
     }
 
     #[test]

@@ -87,8 +87,13 @@ async fn spans_arrive_with_the_callers_trace_id(
     mut received: mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
 ) {
     let metrics = Metrics::new();
-    let provider = TelemetryConfig::from_vars("checkout-test", |_| None)
+    let vars = |k: &str| {
+        (k == "OTEL_RESOURCE_ATTRIBUTES")
+            .then(|| "deployment.environment.name=staging,team=pay%20ments".to_owned())
+    };
+    let provider = TelemetryConfig::from_vars("checkout-test", vars)
         .expect("valid defaults")
+        .with_service_version("1.4.2")
         .with_endpoint(protocol, endpoint)
         .with_export_timeout(Duration::from_secs(10))
         .with_metrics(&metrics)
@@ -123,15 +128,22 @@ async fn spans_arrive_with_the_callers_trace_id(
         .expect("the collector received an export");
 
     let resource_spans = &request.resource_spans[0];
-    let service_name = resource_spans
-        .resource
-        .as_ref()
-        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.clone());
-    assert_eq!(
-        service_name,
-        Some(Value::StringValue("checkout-test".into()))
+    let resource = |key: &str| {
+        resource_spans
+            .resource
+            .as_ref()
+            .and_then(|r| r.attributes.iter().find(|kv| kv.key == key))
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.clone())
+    };
+    let text = |v: &str| Some(Value::StringValue(v.into()));
+    assert_eq!(resource("service.name"), text("checkout-test"));
+    assert_eq!(resource("service.version"), text("1.4.2"));
+    assert_eq!(resource("deployment.environment.name"), text("staging"));
+    assert_eq!(resource("team"), text("pay ments"));
+    assert!(
+        matches!(resource("service.instance.id"), Some(Value::StringValue(id)) if id.len() == 36),
+        "a UUID names the process"
     );
 
     let spans: Vec<_> = resource_spans
