@@ -27,7 +27,9 @@ pub async fn run(
     redis: Option<String>,
     exit_with_parent: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let telemetry = paytrace::init(role.name())?;
+    let telemetry = paytrace::TelemetryConfig::from_env(role.name())?
+        .with_service_version(env!("CARGO_PKG_VERSION"))
+        .install()?;
     let svc = ServiceTelemetry::new(role.name(), env!("CARGO_PKG_VERSION"));
     svc.monitor_runtime(&tokio::runtime::Handle::current());
     let chaos = Arc::new(chaos);
