@@ -42,7 +42,8 @@
 //!   [`analyze`] runs over files; [`breakdown`]: what it answers.
 //! - [`server`]: the pipeline on sockets: [`receiver`] (OTLP in), the JSON
 //!   API, the page and `/metrics`.
-//! - [`assembler`]: its bounds on the spans it holds.
+//! - [`assembler`]: its bounds on the spans it holds; [`auth`]: the bearer
+//!   tokens a sender must present.
 //! - `testing` (feature `testing`): builders for hand-made spans.
 //!
 //! Inside, the pipeline reads like the data flows: `decode` → `assembler`
@@ -56,6 +57,7 @@ pub mod analyze;
 pub(crate) mod api;
 pub mod assembler;
 pub(crate) mod attribute;
+pub mod auth;
 pub mod breakdown;
 pub mod config;
 pub mod decode;

@@ -122,6 +122,12 @@ struct ServeArgs {
     /// terminal stages of flows.
     #[arg(long, env = "PAYTRACE_CONFIG")]
     config: Option<PathBuf>,
+    /// Require `Authorization: Bearer <token>` (gRPC metadata alike) on the
+    /// OTLP receivers, with one of the tokens in this file (one a line;
+    /// read again when it changes). Refusals answer 401 / UNAUTHENTICATED and
+    /// are counted; tokens are never logged.
+    #[arg(long, env = "PAYTRACE_OTLP_TOKEN_FILE")]
+    otlp_token_file: Option<PathBuf>,
 }
 
 /// A sampling probability: a number above 0 and at most 1.
@@ -269,6 +275,15 @@ fn serve(args: ServeArgs) -> ExitCode {
         .extend(file.terminal_stages);
     config.pipeline.buckets = Some(file.buckets);
     config.receiver.rules = std::sync::Arc::new(file.rules);
+    if let Some(path) = &args.otlp_token_file {
+        match paytrace_aggregator::auth::Tokens::load(path) {
+            Ok(t) => config.receiver.tokens = Some(std::sync::Arc::new(t)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -47,6 +47,9 @@ pub struct ReceiverLimits {
     pub spans: SpanLimits,
     /// Rules naming the stages of plain OpenTelemetry spans.
     pub rules: Arc<StageRules>,
+    /// The bearer tokens a sender must present (`Authorization: Bearer …`,
+    /// gRPC metadata `authorization` alike); `None` admits anyone.
+    pub tokens: Option<Arc<crate::auth::Tokens>>,
 }
 
 impl Default for ReceiverLimits {
@@ -57,6 +60,7 @@ impl Default for ReceiverLimits {
             retry_after: Duration::from_secs(1),
             spans: SpanLimits::default(),
             rules: Arc::new(StageRules::default()),
+            tokens: None,
         }
     }
 }
@@ -85,14 +89,16 @@ enum Refusal {
     TooLarge,
     Malformed,
     UnsupportedMediaType,
+    Unauthenticated,
 }
 
 impl Refusal {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::Overloaded,
         Self::TooLarge,
         Self::Malformed,
         Self::UnsupportedMediaType,
+        Self::Unauthenticated,
     ];
 
     fn as_str(self) -> &'static str {
@@ -101,6 +107,7 @@ impl Refusal {
             Self::TooLarge => "too_large",
             Self::Malformed => "malformed",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -139,6 +146,14 @@ impl Receiver {
         self.refused
             .with_label_values(&[protocol.as_str(), why.as_str()])
             .inc();
+    }
+
+    /// Whether a request with this `Authorization` value may send spans.
+    fn admits(&self, authorization: Option<&[u8]>) -> bool {
+        self.limits
+            .tokens
+            .as_ref()
+            .is_none_or(|t| t.admits(authorization))
     }
 
     fn overloaded(&self) -> bool {
@@ -265,10 +280,11 @@ impl Format {
 
 fn http_status(format: Format, status: StatusCode, message: String) -> Response {
     // google.rpc.Status: code 3 is INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED,
-    // 14 UNAVAILABLE.
+    // 14 UNAVAILABLE, 16 UNAUTHENTICATED.
     let code = match status {
         StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE => 3,
         StatusCode::PAYLOAD_TOO_LARGE => 8,
+        StatusCode::UNAUTHORIZED => 16,
         _ => 14,
     };
     let body = match format {
@@ -315,6 +331,23 @@ async fn http_export(State(rx): State<Receiver>, headers: HeaderMap, body: Body)
         }
     };
     let protocol = format.protocol();
+    if !rx.admits(
+        headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    ) {
+        rx.refuse(protocol, Refusal::Unauthenticated);
+        let mut response = http_status(
+            format,
+            StatusCode::UNAUTHORIZED,
+            "send `Authorization: Bearer <token>` with a token of the aggregator's --otlp-token-file"
+                .to_owned(),
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
     let Ok(_permit) = rx.in_flight.try_acquire() else {
         return http_overloaded(&rx, format);
     };

@@ -85,3 +85,73 @@ async fn serve_is_configured_by_the_environment_and_stops_cleanly_on_sigterm() {
     assert!(out.status.success(), "{:?}: {err}", out.status);
     assert!(err.contains("SIGTERM"), "{err}");
 }
+
+/// `serve --otlp-token-file`: refused senders are answered and counted, and
+/// no token, right or wrong, reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_reach_the_log() {
+    let dir = std::env::temp_dir().join(format!("paytrace-cli-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let file = dir.join("tokens");
+    std::fs::write(&file, "right-token-7f3a\n").expect("written");
+    let (api, grpc, http) = (
+        paytrace_testkit::free_port(),
+        paytrace_testkit::free_port(),
+        paytrace_testkit::free_port(),
+    );
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_paytrace-aggregator"))
+        .args(["serve", "--otlp-token-file"])
+        .arg(&file)
+        .args(["--listen", &format!("127.0.0.1:{api}")])
+        .args(["--otlp-grpc-listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--otlp-http-listen", &format!("127.0.0.1:{http}")])
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the aggregator starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !reqwest::get(format!("http://127.0.0.1:{api}/readyz"))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(std::time::Instant::now() < deadline, "not ready");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for token in ["right-token-7f3a", "wrong-token-9c1d"] {
+        let status = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{http}/v1/traces"))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(r#"{"resourceSpans":[]}"#)
+            .send()
+            .await
+            .expect("answers")
+            .status();
+        let expected = if token.starts_with("right") { 200 } else { 401 };
+        assert_eq!(status, expected, "{token}");
+    }
+    let refused = paytrace_testkit::scrape_value(
+        &format!("http://127.0.0.1:{api}/metrics"),
+        r#"paytrace_aggregator_requests_refused_total{protocol="http_json",reason="unauthenticated"}"#,
+    )
+    .await;
+    assert_eq!(refused, 1.0);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("joined")
+        .expect("waits");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(log.contains("SIGTERM"), "the log was captured: {log}");
+    for token in ["right-token-7f3a", "wrong-token-9c1d"] {
+        assert!(!log.contains(token), "{token} in the log:\n{log}");
+    }
+}

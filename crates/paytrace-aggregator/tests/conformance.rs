@@ -462,6 +462,46 @@ async fn python_sampled_spans_count_by_their_threshold() {
     assert_eq!(mixed, 0.0);
 }
 
+/// The Python SDK sends with a bearer token from the standard
+/// `OTEL_EXPORTER_OTLP_HEADERS`; the aggregator, started with
+/// `--otlp-token-file`, admits it and analyses its checkouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_exports_with_a_bearer_token() {
+    let dir = std::env::temp_dir().join(format!("paytrace-conformance-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let tokens = dir.join("otlp-tokens");
+    std::fs::write(&tokens, "python-sdk-token\n").expect("written");
+    let mut args = FAST.to_vec();
+    let path = tokens.to_string_lossy().into_owned();
+    args.extend(["--otlp-token-file", &path]);
+    let aggregator = Aggregator::start(&args).await;
+    let python = repo().join("conformance/python/.venv/bin/python");
+    assert!(
+        python.exists(),
+        "the Python SDK is not installed: run scripts/test.sh (it makes conformance/python/.venv)"
+    );
+    let mut cmd = Command::new(python);
+    cmd.arg(repo().join("conformance/python/checkout.py"))
+        .args(["link", &aggregator.otlp_http, &FLOWS.to_string()])
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "Authorization=Bearer%20python-sdk-token",
+        );
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("joined")
+        .expect("the virtualenv's python runs");
+    checked(out, "the Python SDK's checkouts with a token");
+    let b = aggregator
+        .breakdown("checkout", FLOWS as u64, Duration::from_secs(60))
+        .await;
+    assert_eq!(b["traces"], FLOWS);
+    let refused = aggregator
+        .metric(r#"paytrace_aggregator_requests_refused_total{protocol="http_protobuf",reason="unauthenticated"}"#)
+        .await;
+    assert_eq!(refused, 0.0, "every export carried the token");
+}
+
 macro_rules! conformance {
     ($($name:ident: $case:ident($sdk:expr);)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -417,3 +417,96 @@ async fn overload_answers_retryable_codes_with_a_delay() {
     );
     running.shutdown().await;
 }
+
+/// With `--otlp-token-file`, a sender without a token, or with a wrong one,
+/// is refused (401 / `UNAUTHENTICATED`) and counted, and the aggregator
+/// keeps serving the ones that present a token; a token written to the file
+/// later is accepted without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_without_a_token_are_refused_and_counted() {
+    let dir = std::env::temp_dir().join(format!("paytrace-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let file = dir.join("otlp-tokens");
+    std::fs::write(&file, "collector-a\n").expect("written");
+    let tokens = paytrace_aggregator::auth::Tokens::load(&file).expect("a token");
+    let running = aggregator(ReceiverLimits {
+        tokens: Some(std::sync::Arc::new(tokens)),
+        ..ReceiverLimits::default()
+    })
+    .await;
+    let body = request(vec![span(7, 1, 10, 20)]).encode_to_vec();
+    let send = |token: Option<&'static str>| {
+        let mut req = reqwest::Client::new()
+            .post(format!("http://{}/v1/traces", running.otlp_http))
+            .header("content-type", "application/x-protobuf")
+            .body(body.clone());
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        async move { req.send().await.expect("the receiver answers") }
+    };
+    for token in [None, Some("guess")] {
+        let refused = send(token).await;
+        assert_eq!(refused.status(), 401, "{token:?}");
+        assert_eq!(
+            refused
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.as_bytes()),
+            Some(&b"Bearer"[..])
+        );
+    }
+    assert_eq!(send(Some("collector-a")).await.status(), 200);
+    assert_eq!(
+        metric(
+            &running,
+            r#"paytrace_aggregator_requests_refused_total{protocol="http_protobuf",reason="unauthenticated"}"#
+        )
+        .await,
+        2.0
+    );
+
+    // gRPC: the same tokens in the `authorization` metadata.
+    let mut client = TraceServiceClient::connect(format!("http://{}", running.otlp_grpc))
+        .await
+        .expect("connects");
+    let export = |token: Option<&str>| {
+        let mut req = tonic::Request::new(request(vec![span(8, 1, 10, 20)]));
+        if let Some(t) = token {
+            req.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("ascii"),
+            );
+        }
+        req
+    };
+    let status = client
+        .export(export(None))
+        .await
+        .expect_err("no token is refused");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    client
+        .export(export(Some("collector-a")))
+        .await
+        .expect("a token is admitted");
+    assert_eq!(
+        metric(
+            &running,
+            r#"paytrace_aggregator_requests_refused_total{protocol="grpc",reason="unauthenticated"}"#
+        )
+        .await,
+        1.0
+    );
+
+    // A rotated token: written to the file, accepted once the file is read
+    // again (within about a second), without a restart.
+    std::fs::write(&file, "collector-a\ncollector-b\n").expect("rotated");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while send(Some("collector-b")).await.status() != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new token was never accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

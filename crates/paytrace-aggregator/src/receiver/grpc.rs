@@ -67,6 +67,16 @@ where
             return Box::pin(async { Ok(tonic::Status::unimplemented("").into_http()) });
         }
         let receiver = self.receiver.clone();
+        let authorization = request.headers().get("authorization");
+        if !receiver.admits(authorization.map(http::HeaderValue::as_bytes)) {
+            receiver.refuse(Protocol::Grpc, Refusal::Unauthenticated);
+            return Box::pin(async {
+                Ok(tonic::Status::unauthenticated(
+                    "send metadata `authorization: Bearer <token>` with a token of the aggregator's --otlp-token-file",
+                )
+                .into_http())
+            });
+        }
         Box::pin(async move {
             let mut grpc = Grpc::new(RawRequestCodec)
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
