@@ -196,7 +196,41 @@ async fn ready(State(p): State<Arc<Pipeline>>) -> Response {
 }
 
 /// The API router.
-pub(crate) fn router(pipeline: Arc<Pipeline>) -> Router {
+/// Who may read the API: the tokens, and where refusals are counted.
+#[derive(Clone, Debug)]
+pub(crate) struct Guard {
+    pub(crate) tokens: Option<Arc<crate::auth::Tokens>>,
+    pub(crate) receiver: crate::receiver::Receiver,
+}
+
+/// Answers 401 to a request without a token of `--api-token-file`, counted.
+async fn authenticate(
+    State(guard): State<Guard>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(axum::http::HeaderValue::as_bytes);
+    if guard.tokens.as_ref().is_none_or(|t| t.admits(presented)) {
+        return next.run(request).await;
+    }
+    guard.receiver.refuse_api_unauthenticated();
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(serde_json::json!({
+            "error": "send `Authorization: Bearer <token>` with a token of the aggregator's --api-token-file"
+        })),
+    )
+        .into_response()
+}
+
+/// The API; its data routes behind `guard`, `/metrics` and the probes open
+/// (protect them by network policy: Prometheus and the kubelet present no
+/// token).
+pub(crate) fn router(pipeline: Arc<Pipeline>, guard: Guard) -> Router {
     Router::new()
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/breakdown", get(breakdown))
@@ -204,6 +238,7 @@ pub(crate) fn router(pipeline: Arc<Pipeline>) -> Router {
         .route("/api/v1/timeseries", get(timeseries))
         .route("/api/v1/tcc/anomalies", get(tcc_anomalies))
         .route("/api/v1/tcc/unfinished", get(tcc_unfinished))
+        .route_layer(axum::middleware::from_fn_with_state(guard, authenticate))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))

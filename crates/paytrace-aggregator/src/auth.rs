@@ -1,4 +1,5 @@
-//! Bearer tokens: who may send spans (`--otlp-token-file`).
+//! Bearer tokens: who may send spans (`--otlp-token-file`) and read flows
+//! (`--api-token-file`).
 //!
 //! A token file holds one token a line (blank lines and `#` comments
 //! ignored). A request is admitted when its `Authorization: Bearer <token>`

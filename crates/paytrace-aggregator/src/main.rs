@@ -33,7 +33,7 @@ enum Command {
     /// default (--all-interfaces for 0.0.0.0). Every flag can also be set
     /// from the PAYTRACE_* variable its help names. SIGTERM or Ctrl-C stops
     /// it after the buffered traces are analysed.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Analyse OTLP JSON files (the OpenTelemetry Collector file exporter's
     /// format: one ExportTraceServiceRequest per line) and print where each
     /// flow's time goes, per stage.
@@ -128,6 +128,11 @@ struct ServeArgs {
     /// are counted; tokens are never logged.
     #[arg(long, env = "PAYTRACE_OTLP_TOKEN_FILE")]
     otlp_token_file: Option<PathBuf>,
+    /// Require `Authorization: Bearer <token>` on the JSON API, with one of
+    /// the tokens in this file; the page asks for one. `/metrics`, `/healthz`
+    /// and `/readyz` stay open (keep them on a private network).
+    #[arg(long, env = "PAYTRACE_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
 }
 
 /// A sampling probability: a number above 0 and at most 1.
@@ -178,7 +183,7 @@ enum Format {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Analyze {
             files,
             format,
@@ -275,12 +280,17 @@ fn serve(args: ServeArgs) -> ExitCode {
         .extend(file.terminal_stages);
     config.pipeline.buckets = Some(file.buckets);
     config.receiver.rules = std::sync::Arc::new(file.rules);
-    if let Some(path) = &args.otlp_token_file {
-        match paytrace_aggregator::auth::Tokens::load(path) {
-            Ok(t) => config.receiver.tokens = Some(std::sync::Arc::new(t)),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
+    for (path, slot) in [
+        (&args.otlp_token_file, &mut config.receiver.tokens),
+        (&args.api_token_file, &mut config.api_tokens),
+    ] {
+        if let Some(path) = path {
+            match paytrace_aggregator::auth::Tokens::load(path) {
+                Ok(t) => *slot = Some(std::sync::Arc::new(t)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
         }
     }

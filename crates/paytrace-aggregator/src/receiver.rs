@@ -82,6 +82,9 @@ impl std::fmt::Debug for Receiver {
     }
 }
 
+/// The `protocol` label of refusals by the API and page (not OTLP).
+const API_PROTOCOL: &str = "api";
+
 /// Why a request was turned away whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
@@ -134,12 +137,20 @@ impl Receiver {
                 refused.with_label_values(&[protocol.as_str(), why.as_str()]);
             }
         }
+        refused.with_label_values(&[API_PROTOCOL, Refusal::Unauthenticated.as_str()]);
         Ok(Self {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             pipeline,
             limits,
             refused,
         })
+    }
+
+    /// Counts a request to the API or page refused for want of a token.
+    pub(crate) fn refuse_api_unauthenticated(&self) {
+        self.refused
+            .with_label_values(&[API_PROTOCOL, Refusal::Unauthenticated.as_str()])
+            .inc();
     }
 
     fn refuse(&self, protocol: Protocol, why: Refusal) {

@@ -30,6 +30,9 @@ pub struct ServeConfig {
     pub tick: Duration,
     /// The web page.
     pub page: crate::page::PageConfig,
+    /// The bearer tokens a reader of the API and page must present
+    /// (`/metrics`, `/healthz` and `/readyz` stay open); `None` admits anyone.
+    pub api_tokens: Option<Arc<crate::auth::Tokens>>,
 }
 
 impl Default for ServeConfig {
@@ -42,6 +45,7 @@ impl Default for ServeConfig {
             receiver: ReceiverLimits::default(),
             tick: Duration::from_millis(250),
             page: crate::page::PageConfig::default(),
+            api_tokens: None,
         }
     }
 }
@@ -124,8 +128,12 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
             tracing::error!(error = %e, "the OTLP/HTTP receiver stopped");
         }
     });
+    let guard = crate::api::Guard {
+        tokens: config.api_tokens.clone(),
+        receiver: receiver.clone(),
+    };
     let api_router =
-        crate::api::router(pipeline.clone()).merge(crate::page::router(config.page.clone()));
+        crate::api::router(pipeline.clone(), guard).merge(crate::page::router(config.page.clone()));
     let api_stop = stop(&shutdown);
     tasks.spawn(async move {
         if let Err(e) = axum::serve(api, api_router)

@@ -510,3 +510,48 @@ async fn senders_without_a_token_are_refused_and_counted() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// With `--api-token-file`, the JSON API answers 401 (counted) without a
+/// token and the data with one; `/metrics` and the probes stay open for
+/// Prometheus and the kubelet, which present none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_of_the_api_need_a_token_but_probes_and_metrics_do_not() {
+    let dir = std::env::temp_dir().join(format!("paytrace-api-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let file = dir.join("api-tokens");
+    std::fs::write(&file, "oncall-reader\n").expect("written");
+    let tokens = paytrace_aggregator::auth::Tokens::load(&file).expect("a token");
+    let running = start(ServeConfig {
+        api_tokens: Some(std::sync::Arc::new(tokens)),
+        ..ServeConfig::on_free_loopback_ports()
+    })
+    .await
+    .expect("starts");
+    let get = |path: &'static str, token: Option<&'static str>| {
+        let mut req = reqwest::Client::new().get(format!("http://{}{path}", running.listen));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        async move { req.send().await.expect("the API answers").status() }
+    };
+    for path in [
+        "/api/v1/flows",
+        "/api/v1/breakdown?flow=checkout",
+        "/api/v1/tcc/unfinished",
+    ] {
+        assert_eq!(get(path, None).await, 401, "{path}");
+        assert_eq!(get(path, Some("guess")).await, 401, "{path}");
+        assert_eq!(get(path, Some("oncall-reader")).await, 200, "{path}");
+    }
+    for path in ["/metrics", "/healthz", "/readyz", "/"] {
+        assert_eq!(get(path, None).await, 200, "{path} stays open");
+    }
+    assert_eq!(
+        metric(
+            &running,
+            r#"paytrace_aggregator_requests_refused_total{protocol="api",reason="unauthenticated"}"#
+        )
+        .await,
+        6.0
+    );
+}

@@ -436,6 +436,59 @@ async fn sampled_flows_show_the_instances_seen_and_the_flows_estimated() {
     running.shutdown().await;
 }
 
+/// An aggregator that asks for an API token: the page asks for it, and
+/// with it shows the flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_asks_for_the_api_token_and_then_shows_the_flows() {
+    let dir = std::env::temp_dir().join(format!("paytrace-page-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let file = dir.join("api-tokens");
+    std::fs::write(&file, "oncall-reader\n").expect("written");
+    let mut config = addresses();
+    config.api_tokens = Some(std::sync::Arc::new(
+        paytrace_aggregator::auth::Tokens::load(&file).expect("a token"),
+    ));
+    let running = start(config).await.expect("starts");
+    send_checkout(&running).await;
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("http://{}/", running.listen))
+        .await
+        .expect("the page loads");
+    browser
+        .wait_for(
+            "the token form",
+            r#"return !document.querySelector('#token-form').hidden
+                 && document.querySelector('#status').textContent === 'needs a token';"#,
+            Duration::from_secs(20),
+        )
+        .await;
+    // A wrong token is refused and the form stays.
+    browser
+        .eval(r#"document.querySelector('#token').value = 'guess'; document.querySelector('#token-form').requestSubmit(); return true;"#)
+        .await;
+    browser
+        .wait_for(
+            "the refusal",
+            r#"return document.querySelector('#token-error').textContent.includes('refused');"#,
+            Duration::from_secs(20),
+        )
+        .await;
+    browser
+        .eval(r#"document.querySelector('#token').value = 'oncall-reader'; document.querySelector('#token-form').requestSubmit(); return true;"#)
+        .await;
+    browser
+        .wait_for(
+            "the flows, the form gone",
+            r#"return !!document.querySelector('#flows tr[data-flow="checkout"]') && document.querySelector('#token-form').hidden;"#,
+            Duration::from_secs(30),
+        )
+        .await;
+    browser.screenshot("token").await;
+    running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_aggregator_says_so_and_a_restart_leaves_no_stale_error() {
     let config = addresses();
