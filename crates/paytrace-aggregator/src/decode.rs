@@ -459,8 +459,10 @@ fn build(
         links,
         // A `tracestate` that is not UTF-8, or an `ot` entry whose `th` is
         // malformed, says nothing: the configured default probability applies.
-        sampling_threshold: std::str::from_utf8(span.trace_state)
-            .ok()
+        // Most spans carry no `tracestate`: nothing to read then.
+        sampling_threshold: (!span.trace_state.is_empty())
+            .then(|| std::str::from_utf8(span.trace_state).ok())
+            .flatten()
             .and_then(|s| paytrace_sampling::OtState::from_tracestate(s).threshold),
         business,
     })

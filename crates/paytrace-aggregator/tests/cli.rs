@@ -40,38 +40,48 @@ fn every_flag_names_its_environment_variable() {
     }
 }
 
+/// `paytrace-aggregator serve` on three free loopback ports (API, OTLP/gRPC,
+/// OTLP/HTTP), which `setup` hands to it (flags or variables), its stderr
+/// captured; returned once `/readyz` answers, with the ports.
+async fn serve(
+    setup: impl FnOnce(&mut std::process::Command, [u16; 3]),
+) -> (std::process::Child, [u16; 3]) {
+    let ports = [
+        paytrace_testkit::free_port(),
+        paytrace_testkit::free_port(),
+        paytrace_testkit::free_port(),
+    ];
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_paytrace-aggregator"));
+    cmd.arg("serve").stderr(std::process::Stdio::piped());
+    setup(&mut cmd, ports);
+    let child = cmd.spawn().expect("the aggregator starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !reqwest::get(format!("http://127.0.0.1:{}/readyz", ports[0]))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not listening where it was told"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    (child, ports)
+}
+
 /// `serve` configured from the environment alone listens where it is told,
 /// and `SIGTERM` (what Kubernetes and `docker stop` send) stops it cleanly:
 /// exit status 0, the signal named, not killed by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_is_configured_by_the_environment_and_stops_cleanly_on_sigterm() {
-    let (api, grpc, http) = (
-        paytrace_testkit::free_port(),
-        paytrace_testkit::free_port(),
-        paytrace_testkit::free_port(),
-    );
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_paytrace-aggregator"))
-        .arg("serve")
-        .env("PAYTRACE_LISTEN", format!("127.0.0.1:{api}"))
-        .env("PAYTRACE_OTLP_GRPC_LISTEN", format!("127.0.0.1:{grpc}"))
-        .env("PAYTRACE_OTLP_HTTP_LISTEN", format!("127.0.0.1:{http}"))
-        .env("PAYTRACE_TRACE_IDLE", "1s")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the aggregator starts");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let ready = reqwest::get(format!("http://127.0.0.1:{api}/readyz")).await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not listening on PAYTRACE_LISTEN"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let (child, _) = serve(|cmd, [api, grpc, http]| {
+        cmd.env("PAYTRACE_LISTEN", format!("127.0.0.1:{api}"))
+            .env("PAYTRACE_OTLP_GRPC_LISTEN", format!("127.0.0.1:{grpc}"))
+            .env("PAYTRACE_OTLP_HTTP_LISTEN", format!("127.0.0.1:{http}"))
+            .env("PAYTRACE_TRACE_IDLE", "1s")
+            .stdout(std::process::Stdio::null());
+    })
+    .await;
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -90,34 +100,17 @@ async fn serve_is_configured_by_the_environment_and_stops_cleanly_on_sigterm() {
 /// no token, right or wrong, reaches the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_never_reach_the_log() {
-    let dir = std::env::temp_dir().join(format!("paytrace-cli-tokens-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temp dir");
-    let file = dir.join("tokens");
-    std::fs::write(&file, "right-token-7f3a\n").expect("written");
-    let (api, grpc, http) = (
-        paytrace_testkit::free_port(),
-        paytrace_testkit::free_port(),
-        paytrace_testkit::free_port(),
-    );
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_paytrace-aggregator"))
-        .args(["serve", "--otlp-token-file"])
-        .arg(&file)
-        .args(["--listen", &format!("127.0.0.1:{api}")])
-        .args(["--otlp-grpc-listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--otlp-http-listen", &format!("127.0.0.1:{http}")])
-        .env("RUST_LOG", "trace")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the aggregator starts");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !reqwest::get(format!("http://127.0.0.1:{api}/readyz"))
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(std::time::Instant::now() < deadline, "not ready");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let file = paytrace_testkit::temp_file("cli-tokens", "right-token-7f3a\n");
+    let (child, [api, _, http]) = serve(|cmd, [api, grpc, http]| {
+        cmd.arg("--otlp-token-file")
+            .arg(&file)
+            .args(["--listen", &format!("127.0.0.1:{api}")])
+            .args(["--otlp-grpc-listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--otlp-http-listen", &format!("127.0.0.1:{http}")])
+            .env("RUST_LOG", "trace")
+            .stdout(std::process::Stdio::piped());
+    })
+    .await;
     for token in ["right-token-7f3a", "wrong-token-9c1d"] {
         let status = reqwest::Client::new()
             .post(format!("http://127.0.0.1:{http}/v1/traces"))

@@ -157,6 +157,32 @@ fn checked(output: Output, what: &str) -> Output {
     output
 }
 
+/// Runs `conformance/python/checkout.py CASE ENDPOINT FLOWS` with `env` in
+/// the pinned virtualenv, and returns what it printed.
+async fn python_checkouts(
+    case: &str,
+    endpoint: &str,
+    flows: usize,
+    env: &[(&str, &str)],
+) -> Output {
+    let python = repo().join("conformance/python/.venv/bin/python");
+    assert!(
+        python.exists(),
+        "the Python SDK is not installed: run `python3 -m venv conformance/python/.venv && \
+         conformance/python/.venv/bin/pip install -r conformance/python/requirements.txt` \
+         (scripts/test.sh does)"
+    );
+    let mut cmd = Command::new(python);
+    cmd.arg(repo().join("conformance/python/checkout.py"))
+        .args([case, endpoint, &flows.to_string()])
+        .envs(env.iter().copied());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("joined")
+        .expect("the virtualenv's python runs");
+    checked(out, &format!("the Python SDK's {case} checkouts"))
+}
+
 /// Sends FLOWS checkouts of `case` through `sdk` to `aggregator`.
 async fn drive(sdk: Sdk, case: &'static str, aggregator: &Aggregator, batch_delay: Option<u64>) {
     let delay = batch_delay.map(|ms| ms.to_string());
@@ -185,24 +211,12 @@ async fn drive(sdk: Sdk, case: &'static str, aggregator: &Aggregator, batch_dela
             checked(out, "the JS SDK's checkouts");
         }
         Sdk::Python => {
-            let python = repo().join("conformance/python/.venv/bin/python");
-            assert!(
-                python.exists(),
-                "the Python SDK is not installed: run `python3 -m venv conformance/python/.venv && \
-                 conformance/python/.venv/bin/pip install -r conformance/python/requirements.txt` \
-                 (scripts/test.sh does)"
-            );
-            let mut cmd = Command::new(python);
-            cmd.arg(repo().join("conformance/python/checkout.py"))
-                .args([case, &aggregator.otlp_http, &FLOWS.to_string()]);
-            if let Some(d) = &delay {
-                cmd.env("OTEL_BSP_SCHEDULE_DELAY", d);
-            }
-            let out = tokio::task::spawn_blocking(move || cmd.output())
-                .await
-                .expect("joined")
-                .expect("the virtualenv's python runs");
-            checked(out, "the Python SDK's checkouts");
+            let env: Vec<(&str, &str)> = delay
+                .as_deref()
+                .map(|d| ("OTEL_BSP_SCHEDULE_DELAY", d))
+                .into_iter()
+                .collect();
+            python_checkouts(case, &aggregator.otlp_http, FLOWS, &env).await;
         }
         Sdk::Rust => {
             let endpoint = aggregator.otlp_http.clone();
@@ -411,19 +425,7 @@ async fn python_sampled_spans_count_by_their_threshold() {
     use paytrace_sampling::{Randomness, Threshold};
     const CHECKOUTS: usize = 40;
     let aggregator = Aggregator::start(&FAST).await;
-    let python = repo().join("conformance/python/.venv/bin/python");
-    assert!(
-        python.exists(),
-        "the Python SDK is not installed: run scripts/test.sh (it makes conformance/python/.venv)"
-    );
-    let mut cmd = Command::new(python);
-    cmd.arg(repo().join("conformance/python/checkout.py"))
-        .args(["sampled", &aggregator.otlp_http, &CHECKOUTS.to_string()]);
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("joined")
-        .expect("the virtualenv's python runs");
-    let out = checked(out, "the Python SDK's sampled checkouts");
+    let out = python_checkouts("sampled", &aggregator.otlp_http, CHECKOUTS, &[]).await;
     let report: Value = serde_json::from_slice(&out.stdout).expect("the driver prints JSON");
     let roots = report["roots"].as_array().expect("roots");
     assert_eq!(roots.len(), CHECKOUTS);
@@ -467,31 +469,16 @@ async fn python_sampled_spans_count_by_their_threshold() {
 /// `--otlp-token-file`, admits it and analyses its checkouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_exports_with_a_bearer_token() {
-    let dir = std::env::temp_dir().join(format!("paytrace-conformance-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temp dir");
-    let tokens = dir.join("otlp-tokens");
-    std::fs::write(&tokens, "python-sdk-token\n").expect("written");
+    let tokens = paytrace_testkit::temp_file("python-otlp-tokens", "python-sdk-token\n");
     let mut args = FAST.to_vec();
     let path = tokens.to_string_lossy().into_owned();
     args.extend(["--otlp-token-file", &path]);
     let aggregator = Aggregator::start(&args).await;
-    let python = repo().join("conformance/python/.venv/bin/python");
-    assert!(
-        python.exists(),
-        "the Python SDK is not installed: run scripts/test.sh (it makes conformance/python/.venv)"
-    );
-    let mut cmd = Command::new(python);
-    cmd.arg(repo().join("conformance/python/checkout.py"))
-        .args(["link", &aggregator.otlp_http, &FLOWS.to_string()])
-        .env(
-            "OTEL_EXPORTER_OTLP_HEADERS",
-            "Authorization=Bearer%20python-sdk-token",
-        );
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("joined")
-        .expect("the virtualenv's python runs");
-    checked(out, "the Python SDK's checkouts with a token");
+    let headers = [(
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "Authorization=Bearer%20python-sdk-token",
+    )];
+    python_checkouts("link", &aggregator.otlp_http, FLOWS, &headers).await;
     let b = aggregator
         .breakdown("checkout", FLOWS as u64, Duration::from_secs(60))
         .await;

@@ -424,10 +424,7 @@ async fn overload_answers_retryable_codes_with_a_delay() {
 /// later is accepted without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn senders_without_a_token_are_refused_and_counted() {
-    let dir = std::env::temp_dir().join(format!("paytrace-auth-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temp dir");
-    let file = dir.join("otlp-tokens");
-    std::fs::write(&file, "collector-a\n").expect("written");
+    let file = paytrace_testkit::temp_file("otlp-tokens", "collector-a\n");
     let tokens = paytrace_aggregator::auth::Tokens::load(&file).expect("a token");
     let running = aggregator(ReceiverLimits {
         tokens: Some(std::sync::Arc::new(tokens)),
@@ -516,10 +513,7 @@ async fn senders_without_a_token_are_refused_and_counted() {
 /// Prometheus and the kubelet, which present none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_of_the_api_need_a_token_but_probes_and_metrics_do_not() {
-    let dir = std::env::temp_dir().join(format!("paytrace-api-auth-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temp dir");
-    let file = dir.join("api-tokens");
-    std::fs::write(&file, "oncall-reader\n").expect("written");
+    let file = paytrace_testkit::temp_file("api-tokens", "oncall-reader\n");
     let tokens = paytrace_aggregator::auth::Tokens::load(&file).expect("a token");
     let running = start(ServeConfig {
         api_tokens: Some(std::sync::Arc::new(tokens)),

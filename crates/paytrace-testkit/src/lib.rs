@@ -198,3 +198,18 @@ pub fn options_without_env(help: &str, prefix: &str) -> (Vec<String>, usize) {
         .collect();
     (missing, seen)
 }
+
+/// A file named `name` holding `contents`, in a directory of this test
+/// process's own (a token file, a configuration), written afresh.
+///
+/// ```
+/// let file = paytrace_testkit::temp_file("doc-tokens", "s3cret\n");
+/// assert_eq!(std::fs::read_to_string(&file).unwrap(), "s3cret\n");
+/// ```
+pub fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("paytrace-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let file = dir.join(name);
+    std::fs::write(&file, contents).expect("the file is written");
+    file
+}

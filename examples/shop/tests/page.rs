@@ -440,10 +440,7 @@ async fn sampled_flows_show_the_instances_seen_and_the_flows_estimated() {
 /// with it shows the flows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_asks_for_the_api_token_and_then_shows_the_flows() {
-    let dir = std::env::temp_dir().join(format!("paytrace-page-token-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temp dir");
-    let file = dir.join("api-tokens");
-    std::fs::write(&file, "oncall-reader\n").expect("written");
+    let file = paytrace_testkit::temp_file("page-api-tokens", "oncall-reader\n");
     let mut config = addresses();
     config.api_tokens = Some(std::sync::Arc::new(
         paytrace_aggregator::auth::Tokens::load(&file).expect("a token"),
@@ -464,10 +461,14 @@ async fn the_page_asks_for_the_api_token_and_then_shows_the_flows() {
             Duration::from_secs(20),
         )
         .await;
+    let submit = |token: &str| {
+        format!(
+            "document.querySelector('#token').value = '{token}'; \
+             document.querySelector('#token-form').requestSubmit(); return true;"
+        )
+    };
     // A wrong token is refused and the form stays.
-    browser
-        .eval(r#"document.querySelector('#token').value = 'guess'; document.querySelector('#token-form').requestSubmit(); return true;"#)
-        .await;
+    browser.eval(&submit("guess")).await;
     browser
         .wait_for(
             "the refusal",
@@ -475,9 +476,7 @@ async fn the_page_asks_for_the_api_token_and_then_shows_the_flows() {
             Duration::from_secs(20),
         )
         .await;
-    browser
-        .eval(r#"document.querySelector('#token').value = 'oncall-reader'; document.querySelector('#token-form').requestSubmit(); return true;"#)
-        .await;
+    browser.eval(&submit("oncall-reader")).await;
     browser
         .wait_for(
             "the flows, the form gone",
