@@ -72,6 +72,7 @@ pub mod span;
 pub(crate) mod tcc;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tls;
 pub(crate) mod tree;
 
 pub use span::{Business, Link, Span, SpanId, Tcc, TraceId};

@@ -133,6 +133,19 @@ struct ServeArgs {
     /// and `/readyz` stay open (keep them on a private network).
     #[arg(long, env = "PAYTRACE_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
+    /// Serve OTLP/gRPC, OTLP/HTTP, the API and the page over TLS with this
+    /// certificate chain (PEM, leaf first); read again when it changes on
+    /// disk. Needs --tls-key.
+    #[arg(long, env = "PAYTRACE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "PAYTRACE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates issued by the CAs in this file (PEM) on
+    /// every listener (mTLS). Needs --tls-cert. Prometheus and probes then
+    /// need a client certificate too.
+    #[arg(long, env = "PAYTRACE_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// A sampling probability: a number above 0 and at most 1.
@@ -294,6 +307,18 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let files = paytrace_aggregator::tls::TlsFiles::new(cert, key);
+        config.tls = Some(match &args.tls_client_ca {
+            Some(ca) => files.require_client_certificates(ca),
+            None => files,
+        });
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -305,16 +330,16 @@ fn serve(args: ServeArgs) -> ExitCode {
         let running = match start(config).await {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("error: cannot listen: {e}");
+                eprintln!("error: cannot start serving: {e}");
                 return ExitCode::FAILURE;
             }
         };
         tracing::info!(
             otlp_grpc = %running.otlp_grpc,
             otlp_http = %running.otlp_http,
-            page = %format!("http://{}/", running.listen),
-            api = %format!("http://{}/api/v1/flows", running.listen),
-            metrics = %format!("http://{}/metrics", running.listen),
+            page = %format!("{scheme}://{}/", running.listen),
+            api = %format!("{scheme}://{}/api/v1/flows", running.listen),
+            metrics = %format!("{scheme}://{}/metrics", running.listen),
             "paytrace-aggregator listening"
         );
         let signal = stop_signal().await;

@@ -5,13 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use axum::serve::{Listener, ListenerExt};
+use prometheus::IntCounterVec;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::pipeline::{Now, Pipeline, PipelineConfig};
 use crate::receiver::{Receiver, ReceiverLimits};
+use crate::tls::{Alpn, Certificates, TlsFiles, TlsListener};
 
 /// Where to listen and how to behave.
 #[derive(Clone, Debug)]
@@ -33,6 +35,9 @@ pub struct ServeConfig {
     /// The bearer tokens a reader of the API and page must present
     /// (`/metrics`, `/healthz` and `/readyz` stay open); `None` admits anyone.
     pub api_tokens: Option<Arc<crate::auth::Tokens>>,
+    /// Serve every listener over TLS with these files; `None` serves
+    /// plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ServeConfig {
@@ -46,6 +51,7 @@ impl Default for ServeConfig {
             tick: Duration::from_millis(250),
             page: crate::page::PageConfig::default(),
             api_tokens: None,
+            tls: None,
         }
     }
 }
@@ -85,10 +91,20 @@ pub struct Running {
 }
 
 /// Binds every listener (port 0 picks a free port) and starts serving.
+///
+/// Fails when an address cannot be bound, or when the TLS files cannot be
+/// used (the message names the file).
 pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     let pipeline = Arc::new(Pipeline::new(config.pipeline));
     let receiver = Receiver::new(pipeline.clone(), config.receiver)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let certificates = match config.tls {
+        Some(files) => Some(Arc::new(Certificates::load(files).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+        })?)),
+        None => None,
+    };
+    let refused = connections_refused(&pipeline)?;
     let grpc = TcpListener::bind(config.otlp_grpc).await?;
     let http = TcpListener::bind(config.otlp_http).await?;
     let api = TcpListener::bind(config.listen).await?;
@@ -103,46 +119,81 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let grpc_service = receiver.grpc();
+    let grpc_router = tonic::transport::Server::builder().add_service(receiver.grpc());
     let grpc_stop = stop(&shutdown);
-    tasks.spawn(async move {
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
-        if let Err(e) = tonic::transport::Server::builder()
-            .add_service(grpc_service)
-            .serve_with_incoming_shutdown(incoming, grpc_stop)
-            .await
-        {
-            tracing::error!(error = %e, "the OTLP/gRPC receiver stopped");
+    match &certificates {
+        None => tasks.spawn(async move {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+            if let Err(e) = grpc_router
+                .serve_with_incoming_shutdown(incoming, grpc_stop)
+                .await
+            {
+                tracing::error!(error = %e, "the OTLP/gRPC receiver stopped");
+            }
+        }),
+        Some(certificates) => {
+            let accepted = crate::tls::accept(
+                grpc,
+                certificates.clone(),
+                Alpn::H2,
+                refused.clone(),
+                paytrace_semconv::listener::OTLP_GRPC,
+            );
+            tasks.spawn(async move {
+                use tokio_stream::StreamExt;
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted)
+                    .map(|(tls, _peer)| Ok::<_, std::io::Error>(tls));
+                if let Err(e) = grpc_router
+                    .serve_with_incoming_shutdown(incoming, grpc_stop)
+                    .await
+                {
+                    tracing::error!(error = %e, "the OTLP/gRPC receiver stopped");
+                }
+            })
         }
-    });
-    let http_router = receiver.http();
-    let http_stop = stop(&shutdown);
-    tasks.spawn(async move {
-        let http = http.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        if let Err(e) = axum::serve(http, http_router)
-            .with_graceful_shutdown(http_stop)
-            .await
-        {
-            tracing::error!(error = %e, "the OTLP/HTTP receiver stopped");
-        }
-    });
+    };
     let guard = crate::api::Guard {
         tokens: config.api_tokens.clone(),
         receiver: receiver.clone(),
     };
     let api_router =
         crate::api::router(pipeline.clone(), guard).merge(crate::page::router(config.page.clone()));
-    let api_stop = stop(&shutdown);
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(api, api_router)
-            .with_graceful_shutdown(api_stop)
-            .await
-        {
-            tracing::error!(error = %e, "the API stopped");
-        }
-    });
+    for (listener, router, name, what) in [
+        (
+            http,
+            receiver.http(),
+            paytrace_semconv::listener::OTLP_HTTP,
+            "the OTLP/HTTP receiver",
+        ),
+        (api, api_router, paytrace_semconv::listener::API, "the API"),
+    ] {
+        let stopped = stop(&shutdown);
+        match &certificates {
+            None => {
+                let plain = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                tasks.spawn(serve_http(plain, router, stopped, what))
+            }
+            Some(certificates) => {
+                let local = listener.local_addr()?;
+                let accepted = crate::tls::accept(
+                    listener,
+                    certificates.clone(),
+                    Alpn::Http1,
+                    refused.clone(),
+                    name,
+                );
+                tasks.spawn(serve_http(
+                    TlsListener::new(accepted, local),
+                    router,
+                    stopped,
+                    what,
+                ))
+            }
+        };
+    }
     let ticking = pipeline.clone();
     let tick = config.tick;
     let tick_stop = stop(&shutdown);
@@ -168,6 +219,53 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         shutdown,
         tasks,
     })
+}
+
+/// Serves `router` on `listener` until `stop` completes, then finishes the
+/// requests in flight.
+async fn serve_http<L>(
+    listener: L,
+    router: axum::Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    what: &'static str,
+) where
+    L: Listener,
+    L::Addr: std::fmt::Debug,
+{
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "{what} stopped");
+    }
+}
+
+/// `paytrace_aggregator_connections_refused_total`, registered in the
+/// pipeline's registry, every series at zero from the start.
+fn connections_refused(pipeline: &Pipeline) -> std::io::Result<IntCounterVec> {
+    let refused = IntCounterVec::new(
+        prometheus::Opts::new(
+            paytrace_semconv::metric::AGGREGATOR_CONNECTIONS_REFUSED_TOTAL,
+            "Connections closed before they carried a request: their TLS handshake failed.",
+        ),
+        &[
+            paytrace_semconv::label::LISTENER,
+            paytrace_semconv::label::REASON,
+        ],
+    )
+    .and_then(|c| {
+        pipeline
+            .registry()
+            .register(Box::new(c.clone()))
+            .map(|()| c)
+    })
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    for listener in paytrace_semconv::listener::ALL {
+        for reason in paytrace_semconv::connection_refusal::ALL {
+            refused.with_label_values(&[listener, reason]);
+        }
+    }
+    Ok(refused)
 }
 
 impl Running {

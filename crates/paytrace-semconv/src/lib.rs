@@ -282,6 +282,10 @@ pub mod metric {
     /// (`overloaded`, `too_large`, `malformed`, `unsupported_media_type`).
     pub const AGGREGATOR_REQUESTS_REFUSED_TOTAL: &str =
         "paytrace_aggregator_requests_refused_total";
+    /// Counter `{listener, reason}`: connections closed before they carried
+    /// a request, their TLS handshake failed (see [`crate::connection_refusal`]).
+    pub const AGGREGATOR_CONNECTIONS_REFUSED_TOTAL: &str =
+        "paytrace_aggregator_connections_refused_total";
     /// Counter.
     pub const AGGREGATOR_SERIES_OVERFLOW_TOTAL: &str = "paytrace_aggregator_series_overflow_total";
     /// Spans kept with part of them cut to the aggregator's limits, by
@@ -337,6 +341,7 @@ pub mod metric {
         AGGREGATOR_TRACES_COMPLETED_TOTAL,
         AGGREGATOR_TRACES_EVICTED_TOTAL,
         AGGREGATOR_REQUESTS_REFUSED_TOTAL,
+        AGGREGATOR_CONNECTIONS_REFUSED_TOTAL,
         AGGREGATOR_SERIES_OVERFLOW_TOTAL,
         AGGREGATOR_SPANS_TRUNCATED_TOTAL,
         AGGREGATOR_FLOWS_SAMPLED_INCONSISTENTLY_TOTAL,
@@ -389,6 +394,9 @@ pub mod label {
     pub const PROTOCOL: &str = "protocol";
     /// The guarded label whose value overflowed, in `paytrace_series_overflow_total`.
     pub const LABEL: &str = "label";
+    /// Which of the aggregator's listeners a connection reached:
+    /// `otlp_grpc`, `otlp_http` or `api`.
+    pub const LISTENER: &str = "listener";
 
     /// Every label name above, for consistency checks.
     pub const ALL: &[&str] = &[
@@ -410,6 +418,7 @@ pub mod label {
         REASON,
         PROTOCOL,
         LABEL,
+        LISTENER,
     ];
 }
 
@@ -665,6 +674,52 @@ pub mod aggregator_truncation {
         TOO_MANY_ATTRIBUTES,
         TOO_MANY_LINKS,
     ];
+}
+
+/// Values of the `reason` label of
+/// `paytrace_aggregator_connections_refused_total`: why a connection to a
+/// TLS listener was closed before it carried a request.
+///
+/// ```
+/// assert!(paytrace_semconv::connection_refusal::ALL.contains(&"not_tls"));
+/// ```
+pub mod connection_refusal {
+    /// The client spoke plaintext (or anything but TLS) to a TLS port.
+    pub const NOT_TLS: &str = "not_tls";
+    /// The listener requires a client certificate and none was presented.
+    pub const CLIENT_CERTIFICATE_MISSING: &str = "client_certificate_missing";
+    /// The client's certificate is not issued by a trusted CA, expired, or
+    /// otherwise invalid.
+    pub const CLIENT_CERTIFICATE_INVALID: &str = "client_certificate_invalid";
+    /// The handshake did not finish in time.
+    pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
+    /// Any other handshake failure (no common cipher suite or version, the
+    /// client rejecting the server's certificate).
+    pub const HANDSHAKE_FAILED: &str = "handshake_failed";
+    /// All reasons.
+    pub const ALL: &[&str] = &[
+        NOT_TLS,
+        CLIENT_CERTIFICATE_MISSING,
+        CLIENT_CERTIFICATE_INVALID,
+        HANDSHAKE_TIMEOUT,
+        HANDSHAKE_FAILED,
+    ];
+}
+
+/// The `listener` label's values: the aggregator's three listeners.
+///
+/// ```
+/// assert_eq!(paytrace_semconv::listener::ALL, ["otlp_grpc", "otlp_http", "api"]);
+/// ```
+pub mod listener {
+    /// OTLP/gRPC (port 4317).
+    pub const OTLP_GRPC: &str = "otlp_grpc";
+    /// OTLP/HTTP (port 4318).
+    pub const OTLP_HTTP: &str = "otlp_http";
+    /// The API, page, `/metrics` and health (port 8686).
+    pub const API: &str = "api";
+    /// All listeners.
+    pub const ALL: [&str; 3] = [OTLP_GRPC, OTLP_HTTP, API];
 }
 
 /// TCC vocabulary: phases, resources and anomaly kinds.

@@ -213,3 +213,121 @@ pub fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
     std::fs::write(&file, contents).expect("the file is written");
     file
 }
+
+/// Certificates made for one test: a CA, a server certificate for
+/// `localhost` and `127.0.0.1`, a client certificate it issued, and a client
+/// certificate from another CA nobody trusts. Every file is PEM, written
+/// into a fresh directory.
+///
+/// ```
+/// let pki = paytrace_testkit::Pki::new("doc-pki");
+/// let ca = std::fs::read_to_string(&pki.ca).unwrap();
+/// assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
+/// assert!(std::fs::read_to_string(&pki.server_key).unwrap().contains("PRIVATE KEY"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Pki {
+    /// The directory holding every file.
+    pub dir: std::path::PathBuf,
+    /// The CA certificate that issued the server and client certificates.
+    pub ca: std::path::PathBuf,
+    /// The server's certificate (`localhost`, `127.0.0.1`).
+    pub server_cert: std::path::PathBuf,
+    /// The server's key.
+    pub server_key: std::path::PathBuf,
+    /// A client certificate issued by [`Pki::ca`].
+    pub client_cert: std::path::PathBuf,
+    /// Its key.
+    pub client_key: std::path::PathBuf,
+    /// A client certificate from a CA the server does not trust.
+    pub stranger_cert: std::path::PathBuf,
+    /// Its key.
+    pub stranger_key: std::path::PathBuf,
+    issuer: std::sync::Arc<rcgen::Issuer<'static, rcgen::KeyPair>>,
+}
+
+impl Pki {
+    /// Makes the certificates in a new directory named after `name`.
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "paytrace-pki-{name}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let write = |file: &str, pem: String| {
+            let path = dir.join(file);
+            std::fs::write(&path, pem).expect("the PEM file is written");
+            path
+        };
+        let (ca, ca_pem) = certificate_authority("paytrace test CA");
+        let server = leaf(&ca, &["localhost", "127.0.0.1"], "paytrace-aggregator");
+        let client = leaf(&ca, &["checkout-client"], "checkout-client");
+        let (stranger_ca, _) = certificate_authority("a CA nobody trusts");
+        let stranger = leaf(&stranger_ca, &["stranger"], "stranger");
+        Self {
+            ca: write("ca.pem", ca_pem),
+            server_cert: write("server.pem", server.0),
+            server_key: write("server.key", server.1),
+            client_cert: write("client.pem", client.0),
+            client_key: write("client.key", client.1),
+            stranger_cert: write("stranger.pem", stranger.0),
+            stranger_key: write("stranger.key", stranger.1),
+            issuer: std::sync::Arc::new(ca),
+            dir,
+        }
+    }
+
+    /// A new server certificate from the same CA, written over the old one
+    /// (for tests of certificate renewal); returns its PEM.
+    pub fn renew_server_certificate(&self) -> String {
+        let (cert, key) = leaf(
+            &self.issuer,
+            &["localhost", "127.0.0.1"],
+            "paytrace-aggregator",
+        );
+        // The key first: a reader between the two writes sees the old
+        // certificate with a key that does not match, which it must refuse.
+        std::fs::write(&self.server_key, key).expect("write");
+        std::fs::write(&self.server_cert, &cert).expect("write");
+        cert
+    }
+}
+
+fn certificate_authority(name: &str) -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = rcgen::KeyPair::generate().expect("a CA key");
+    let cert = params.self_signed(&key).expect("a CA certificate");
+    (rcgen::Issuer::new(params, key), cert.pem())
+}
+
+fn leaf(
+    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    names: &[&str],
+    common_name: &str,
+) -> (String, String) {
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .expect("leaf params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = rcgen::KeyPair::generate().expect("a leaf key");
+    let cert = params.signed_by(&key, issuer).expect("a leaf certificate");
+    (cert.pem(), key.serialize_pem())
+}

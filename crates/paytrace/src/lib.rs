@@ -67,6 +67,7 @@
 
 mod cardinality;
 mod client;
+mod export;
 mod extract;
 mod handler;
 mod metrics;

@@ -37,13 +37,26 @@ struct Inner {
 impl ServiceTelemetry {
     /// A service that writes to [`Metrics::global`].
     ///
-    /// `version` becomes the `version` label of `paytrace_build_info`; pass
-    /// your crate's `env!("CARGO_PKG_VERSION")`.
+    /// Its name, the `service` label of every metric, is `OTEL_SERVICE_NAME`
+    /// when that is set, as for the spans [`crate::init`] exports; `name`
+    /// otherwise. `version` becomes the `version` label of
+    /// `paytrace_build_info`; pass your crate's `env!("CARGO_PKG_VERSION")`.
+    ///
+    /// ```
+    /// let svc = paytrace::ServiceTelemetry::new("order", "1.0.0");
+    /// let expected = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "order".to_owned());
+    /// assert_eq!(svc.name(), expected);
+    /// ```
     pub fn new(name: impl Into<String>, version: &str) -> Self {
+        let name = std::env::var("OTEL_SERVICE_NAME")
+            .ok()
+            .filter(|n| !n.trim().is_empty())
+            .map_or_else(|| name.into(), |n| n.trim().to_owned());
         Self::with_metrics(name, version, Metrics::global())
     }
 
-    /// A service that writes to `metrics`.
+    /// A service that writes to `metrics`, named `name` whatever the
+    /// environment says.
     ///
     /// ```
     /// let metrics = paytrace::Metrics::new();

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{
@@ -19,6 +18,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use crate::export::{Transport, key_value_list};
 use crate::metrics::Metrics;
 use crate::propagation::propagator;
 use crate::sampling::FlowSampler;
@@ -89,6 +89,15 @@ pub enum InitError {
     /// The OTLP exporter could not be built (for example a malformed endpoint).
     #[error("cannot build the OTLP exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// A TLS setting could not be used: a certificate or key file that
+    /// cannot be read or parsed.
+    #[error("{var}: {message}")]
+    Tls {
+        /// The variable naming the file.
+        var: &'static str,
+        /// What went wrong, with the file's path.
+        message: String,
+    },
     /// A global tracing subscriber was already installed.
     #[error("a global tracing subscriber is already installed: {0}")]
     Subscriber(#[from] tracing_subscriber::util::TryInitError),
@@ -143,6 +152,7 @@ pub struct TelemetryConfig {
     resource_attributes: Vec<(String, String)>,
     service_version: Option<String>,
     service_instance_id: String,
+    transport: Transport,
 }
 
 impl fmt::Debug for TelemetryConfig {
@@ -157,6 +167,7 @@ impl fmt::Debug for TelemetryConfig {
             .field("max_queue_size", &self.max_queue_size)
             .field("max_export_batch_size", &self.max_export_batch_size)
             .field("resource_attributes", &self.resource_attributes)
+            .field("transport", &self.transport)
             .finish_non_exhaustive()
     }
 }
@@ -203,12 +214,27 @@ impl TelemetryConfig {
             Some("none") => false,
             Some(v) => return Err(invalid("OTEL_TRACES_EXPORTER", v, "`otlp` or `none`")),
         };
+        let insecure = match signal_first(
+            "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+            "OTEL_EXPORTER_OTLP_INSECURE",
+        ) {
+            None => false,
+            Some((_, v)) if v.trim().eq_ignore_ascii_case("true") => true,
+            Some((_, v)) if v.trim().eq_ignore_ascii_case("false") => false,
+            Some((name, v)) => return Err(invalid(name, &v, "`true` or `false`")),
+        };
         let endpoint = match (
             get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
             get("OTEL_EXPORTER_OTLP_ENDPOINT"),
             protocol,
         ) {
             (Some(full), _, _) => full,
+            // A gRPC endpoint without a scheme is secure unless `…_INSECURE`
+            // says otherwise, as the OTLP exporter specification has it.
+            (None, Some(base), Protocol::Grpc) if !base.contains("://") => {
+                let scheme = if insecure { "http" } else { "https" };
+                format!("{scheme}://{}", base.trim())
+            }
             (None, Some(base), Protocol::Grpc) => base,
             (None, Some(base), Protocol::HttpProtobuf) => {
                 format!("{}/v1/traces", base.trim_end_matches('/'))
@@ -251,7 +277,7 @@ impl TelemetryConfig {
         };
         let resource_attributes = match get("OTEL_RESOURCE_ATTRIBUTES") {
             None => Vec::new(),
-            Some(v) => resource_attributes(&v).ok_or_else(|| {
+            Some(v) => key_value_list(&v).ok_or_else(|| {
                 invalid(
                     "OTEL_RESOURCE_ATTRIBUTES",
                     &v,
@@ -295,6 +321,8 @@ impl TelemetryConfig {
                 _ => return Err(invalid("OTEL_BSP_MAX_QUEUE_SIZE", &v, "a positive number")),
             },
         };
+        check_propagators(get("OTEL_PROPAGATORS"))?;
+        let transport = Transport::from_vars(&get)?;
         Ok(Self {
             service_name: get("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_owned()),
             // `OTEL_TRACES_EXPORTER=none`: spans are made (and sampled) but
@@ -312,6 +340,7 @@ impl TelemetryConfig {
             resource_attributes,
             service_version: None,
             service_instance_id: new_instance_id(),
+            transport,
         })
     }
 
@@ -441,20 +470,9 @@ impl TelemetryConfig {
         if self.disabled {
             return Ok(self.provider_builder().build());
         }
-        let builder = opentelemetry_otlp::SpanExporter::builder();
-        let exporter = match self.protocol {
-            Protocol::Grpc => builder
-                .with_tonic()
-                .with_endpoint(&self.endpoint)
-                .with_timeout(self.export_timeout)
-                .build()?,
-            Protocol::HttpProtobuf => builder
-                .with_http()
-                .with_endpoint(&self.endpoint)
-                .with_timeout(self.export_timeout)
-                .with_headers(Default::default())
-                .build()?,
-        };
+        let exporter = self
+            .transport
+            .build(self.protocol, &self.endpoint, self.export_timeout)?;
         Ok(self.build_provider_with_exporter(exporter))
     }
 
@@ -561,6 +579,16 @@ impl TelemetryConfig {
             .with(otel)
             .with(fmt)
             .try_init()?;
+        if !self.disabled {
+            tracing::info!(
+                target: "paytrace::export",
+                endpoint = %self.endpoint,
+                protocol = ?self.protocol,
+                gzip = self.transport.is_gzip(),
+                headers = %self.transport.header_names().collect::<Vec<_>>().join(","),
+                "exporting spans over OTLP"
+            );
+        }
         Ok(guard)
     }
 }
@@ -569,7 +597,7 @@ impl TelemetryConfig {
 /// subscriber `S`.
 pub type OtelLayer<S> = Box<dyn Layer<S> + Send + Sync + 'static>;
 
-fn invalid(var: &'static str, value: &str, expected: &'static str) -> InitError {
+pub(crate) fn invalid(var: &'static str, value: &str, expected: &'static str) -> InitError {
     InitError::InvalidVar {
         var,
         value: value.to_owned(),
@@ -771,23 +799,22 @@ fn is_timeout(e: &OTelSdkError) -> bool {
     }
 }
 
-/// `OTEL_RESOURCE_ATTRIBUTES`: `key=value` pairs split by commas, values
-/// percent-decoded; `None` when any pair is malformed (the specification
-/// discards the whole value then).
-fn resource_attributes(value: &str) -> Option<Vec<(String, String)>> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, raw) = pair.split_once('=')?;
-            let key = key.trim();
-            let decoded = percent_encoding::percent_decode_str(raw.trim())
-                .decode_utf8()
-                .ok()?;
-            (!key.is_empty()).then(|| (key.to_owned(), decoded.into_owned()))
-        })
-        .collect()
+/// `OTEL_PROPAGATORS`: paytrace's flows travel in W3C baggage and its
+/// traces in W3C trace context, so both must be named; any other propagator
+/// is refused at start rather than ignored (none is built in).
+fn check_propagators(value: Option<String>) -> Result<(), InitError> {
+    const EXPECTED: &str = "`tracecontext,baggage` (paytrace carries traces in W3C trace context \
+                            and flows in W3C baggage; no other propagator is built in)";
+    let Some(value) = value else { return Ok(()) };
+    let names: Vec<&str> = value.split(',').map(str::trim).collect();
+    let known = names
+        .iter()
+        .all(|n| matches!(*n, "tracecontext" | "baggage"));
+    if known && names.contains(&"tracecontext") && names.contains(&"baggage") {
+        Ok(())
+    } else {
+        Err(invalid("OTEL_PROPAGATORS", &value, EXPECTED))
+    }
 }
 
 /// A random UUID (version 4) naming this process: `service.instance.id`.
