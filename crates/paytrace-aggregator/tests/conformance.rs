@@ -38,10 +38,21 @@ struct Aggregator {
     api: String,
     otlp_grpc: String,
     otlp_http: String,
+    /// Trusts the test CA when the aggregator serves TLS.
+    client: reqwest::Client,
 }
 
 impl Aggregator {
     async fn start(args: &[&str]) -> Self {
+        Self::start_with(args, None).await
+    }
+
+    /// Serving TLS with `pki`'s server certificate: every URL is `https`.
+    async fn start_tls(args: &[&str], pki: &paytrace_testkit::Pki) -> Self {
+        Self::start_with(args, Some(pki)).await
+    }
+
+    async fn start_with(args: &[&str], pki: Option<&paytrace_testkit::Pki>) -> Self {
         let (api, grpc, http) = (
             paytrace_testkit::free_port(),
             paytrace_testkit::free_port(),
@@ -55,19 +66,43 @@ impl Aggregator {
             .arg("--config")
             .arg(repo().join("conformance/aggregator.toml"))
             .args(args)
+            .args(pki.iter().flat_map(|pki| {
+                [
+                    "--tls-cert".as_ref(),
+                    pki.server_cert.as_os_str(),
+                    "--tls-key".as_ref(),
+                    pki.server_key.as_os_str(),
+                ]
+            }))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("the aggregator binary starts");
+        let (scheme, host, client) = match pki {
+            None => ("http", "127.0.0.1", reqwest::Client::new()),
+            Some(pki) => {
+                let ca = std::fs::read(&pki.ca).expect("the CA");
+                let client = reqwest::Client::builder()
+                    .tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("PEM")])
+                    .build()
+                    .expect("a client");
+                ("https", "localhost", client)
+            }
+        };
         let aggregator = Self {
             child,
-            api: format!("http://127.0.0.1:{api}"),
-            otlp_grpc: format!("http://127.0.0.1:{grpc}"),
-            otlp_http: format!("http://127.0.0.1:{http}"),
+            api: format!("{scheme}://{host}:{api}"),
+            otlp_grpc: format!("{scheme}://{host}:{grpc}"),
+            otlp_http: format!("{scheme}://{host}:{http}"),
+            client,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let ready = reqwest::get(format!("{}/readyz", aggregator.api)).await;
+            let ready = aggregator
+                .client
+                .get(format!("{}/readyz", aggregator.api))
+                .send()
+                .await;
             if ready.is_ok_and(|r| r.status().is_success()) {
                 return aggregator;
             }
@@ -80,7 +115,9 @@ impl Aggregator {
     }
 
     async fn get(&self, path: &str) -> Value {
-        reqwest::get(format!("{}{path}", self.api))
+        self.client
+            .get(format!("{}{path}", self.api))
+            .send()
             .await
             .expect("the API answers")
             .json()
@@ -91,13 +128,9 @@ impl Aggregator {
     /// The sum of `paytrace_flow_duration_seconds_count` over the series whose
     /// labels contain both matchers (`r#"flow="checkout""#`; `""` matches all).
     async fn flows_counted(&self, matcher: &str, other: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.api))
+        self.scrape()
             .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
+            .lines()
             .filter(|l| {
                 l.starts_with("paytrace_flow_duration_seconds_count{")
                     && l.contains(matcher)
@@ -107,8 +140,23 @@ impl Aggregator {
             .sum()
     }
 
+    async fn scrape(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.api))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text")
+    }
+
     async fn metric(&self, line_prefix: &str) -> f64 {
-        paytrace_testkit::scrape_value(&format!("{}/metrics", self.api), line_prefix).await
+        let text = self.scrape().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line_prefix} in:\n{text}"))
     }
 
     /// Polls the breakdown of `flow` until it holds `n` instances.
@@ -175,6 +223,12 @@ async fn python_checkouts(
     let mut cmd = Command::new(python);
     cmd.arg(repo().join("conformance/python/checkout.py"))
         .args([case, endpoint, &flows.to_string()])
+        // `requests` prefers these to the CA the exporter sets on its session
+        // from OTEL_EXPORTER_OTLP_CERTIFICATE (psf/requests#4726): a machine
+        // that sets them (as this one does) would make the SDK distrust the
+        // test's CA. docs/environment.md tells users the same.
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE")
         .envs(env.iter().copied());
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
@@ -464,21 +518,27 @@ async fn python_sampled_spans_count_by_their_threshold() {
     assert_eq!(mixed, 0.0);
 }
 
-/// The Python SDK sends with a bearer token from the standard
-/// `OTEL_EXPORTER_OTLP_HEADERS`; the aggregator, started with
-/// `--otlp-token-file`, admits it and analyses its checkouts.
+/// The Python SDK sends over TLS (trusting the CA named by the standard
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE`) with a bearer token from the standard
+/// `OTEL_EXPORTER_OTLP_HEADERS`; the aggregator, started with `--tls-cert`
+/// and `--otlp-token-file`, admits it and analyses its checkouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_exports_with_a_bearer_token() {
+async fn python_exports_over_tls_with_a_bearer_token() {
     let tokens = paytrace_testkit::temp_file("python-otlp-tokens", "python-sdk-token\n");
+    let pki = paytrace_testkit::Pki::new("python-tls");
     let mut args = FAST.to_vec();
     let path = tokens.to_string_lossy().into_owned();
     args.extend(["--otlp-token-file", &path]);
-    let aggregator = Aggregator::start(&args).await;
-    let headers = [(
-        "OTEL_EXPORTER_OTLP_HEADERS",
-        "Authorization=Bearer%20python-sdk-token",
-    )];
-    python_checkouts("link", &aggregator.otlp_http, FLOWS, &headers).await;
+    let aggregator = Aggregator::start_tls(&args, &pki).await;
+    let ca = pki.ca.to_string_lossy().into_owned();
+    let env = [
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "Authorization=Bearer%20python-sdk-token",
+        ),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()),
+    ];
+    python_checkouts("link", &aggregator.otlp_http, FLOWS, &env).await;
     let b = aggregator
         .breakdown("checkout", FLOWS as u64, Duration::from_secs(60))
         .await;

@@ -121,6 +121,12 @@ pub enum InitError {
 /// | `OTEL_BSP_SCHEDULE_DELAY` | `1000` ms between exports |
 /// | `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` | `512` spans per export (at most the queue size) |
 /// | `OTEL_BSP_EXPORT_TIMEOUT` | `30000` ms; the lower of it and the OTLP timeout bounds an export |
+/// | `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, then `OTEL_EXPORTER_OTLP_HEADERS` | sent with every export (`key=value,…`, percent-encoded) |
+/// | `OTEL_EXPORTER_OTLP_TRACES_COMPRESSION`, then `OTEL_EXPORTER_OTLP_COMPRESSION` | `none` (default) or `gzip` |
+/// | `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`, then `OTEL_EXPORTER_OTLP_CERTIFICATE` | the CA (PEM) an `https://` collector must chain to; default the system's roots |
+/// | `…_CLIENT_CERTIFICATE` and `…_CLIENT_KEY` (traces-specific first) | this service's certificate and key (PEM), for mTLS |
+/// | `OTEL_EXPORTER_OTLP_TRACES_INSECURE`, then `OTEL_EXPORTER_OTLP_INSECURE` | `true`: a gRPC endpoint given without a scheme is `http://` (else `https://`) |
+/// | `OTEL_PROPAGATORS` | `tracecontext,baggage` (default); anything else is refused |
 /// | `OTEL_RESOURCE_ATTRIBUTES` | added to the resource (`key=value,…`, percent-encoded), beside `service.instance.id` and [`TelemetryConfig::with_service_version`] |
 /// | `RUST_LOG` | `info` for the log lines printed to stderr |
 ///
@@ -971,6 +977,46 @@ mod tests {
 
         let none = config(&[("OTEL_TRACES_EXPORTER", "none")]).expect("valid");
         assert!(none.is_disabled(), "no exporter: nothing is sent");
+    }
+
+    #[test]
+    fn propagators_must_name_the_w3c_pair_and_nothing_else() {
+        for ok in ["tracecontext,baggage", "baggage, tracecontext"] {
+            assert!(config(&[("OTEL_PROPAGATORS", ok)]).is_ok(), "{ok}");
+        }
+        for refused in ["b3", "tracecontext", "tracecontext,baggage,b3multi", "none"] {
+            let e = config(&[("OTEL_PROPAGATORS", refused)])
+                .expect_err(refused)
+                .to_string();
+            assert!(
+                e.contains("OTEL_PROPAGATORS") && e.contains("baggage"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_grpc_endpoint_without_a_scheme_is_secure_unless_insecure_is_set() {
+        let secure = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]).expect("valid");
+        assert_eq!(secure.endpoint(), "https://collector:4317");
+        let insecure = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+            ("OTEL_EXPORTER_OTLP_INSECURE", "false"),
+            ("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "true"),
+        ])
+        .expect("valid");
+        assert_eq!(insecure.endpoint(), "http://collector:4317");
+        let schemed = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            schemed.endpoint(),
+            "https://collector:4317",
+            "a scheme wins"
+        );
+        assert!(config(&[("OTEL_EXPORTER_OTLP_INSECURE", "yes")]).is_err());
     }
 
     #[test]
