@@ -55,6 +55,12 @@ if [ ! -x conformance/python/.venv/bin/python ]; then
 fi
 conformance/python/.venv/bin/pip install --quiet --disable-pip-version-check \
     -r conformance/python/requirements.txt
+echo "==> Kubernetes validator (examples/deploy/kubernetes/.venv)"
+if [ ! -x examples/deploy/kubernetes/.venv/bin/python ]; then
+    python3 -m venv examples/deploy/kubernetes/.venv
+fi
+examples/deploy/kubernetes/.venv/bin/pip install --quiet --disable-pip-version-check \
+    -r examples/deploy/kubernetes/requirements.txt
 
 # A clean build of the workspace's tests takes a few GiB; say so up front
 # rather than failing halfway with ENOSPC.

@@ -1,0 +1,211 @@
+//! `examples/deploy/kubernetes/`: the core resources pass the Kubernetes
+//! schemas (the offline `kubernetes-validate`, strict: no unknown field),
+//! every `PAYTRACE_*` variable they set is one the binary reads, and the
+//! names that tie the resources together (ports, labels, Secrets) agree.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_yaml_ng::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn manifests() -> PathBuf {
+    repo().join("examples/deploy/kubernetes")
+}
+
+fn documents(file: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(manifests().join(file)).expect("the manifest");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).expect("YAML"))
+        .collect()
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+/// `kubernetes-validate --strict FILES` from the pinned virtualenv.
+fn validate(files: &[&Path]) -> std::process::Output {
+    let validator = manifests().join(".venv/bin/kubernetes-validate");
+    assert!(
+        validator.exists(),
+        "the Kubernetes validator is not installed: run `python3 -m venv examples/deploy/kubernetes/.venv && \
+         examples/deploy/kubernetes/.venv/bin/pip install -r examples/deploy/kubernetes/requirements.txt` \
+         (scripts/test.sh does)"
+    );
+    Command::new(validator)
+        .arg("--strict")
+        .args(files)
+        .output()
+        .expect("the validator runs")
+}
+
+#[test]
+fn the_core_resources_pass_the_kubernetes_schemas_strictly() {
+    let file = manifests().join("aggregator.yaml");
+    let out = validate(&[&file]);
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    for resource in ["serviceaccount", "deployment", "service"] {
+        assert!(
+            report.contains(&format!(
+                "passed for resource {resource}/paytrace-aggregator"
+            )),
+            "{resource} not validated:\n{report}"
+        );
+    }
+
+    // The validator is strict: a misspelt field fails it.
+    let text = std::fs::read_to_string(&file).expect("the manifest");
+    let misspelt = text.replace("readOnlyRootFilesystem", "readOnlyRootFileSystem");
+    assert_ne!(misspelt, text);
+    let copy = paytrace_testkit::temp_file("misspelt-aggregator.yaml", &misspelt);
+    assert!(
+        !validate(&[&copy]).status.success(),
+        "a misspelt field passed"
+    );
+}
+
+#[test]
+fn every_variable_the_deployment_sets_is_one_the_binary_reads() {
+    let docs = documents("aggregator.yaml");
+    let container = &kind(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let help = Command::new(env!("CARGO_BIN_EXE_paytrace-aggregator"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("the binary runs");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let names: Vec<&str> = container["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .filter(|n| n.starts_with("PAYTRACE_"))
+        .collect();
+    assert!(names.len() >= 5, "{names:?}");
+    for name in names {
+        assert!(
+            help.contains(&format!("env: {name}=")),
+            "`serve` reads no {name}"
+        );
+    }
+    assert_eq!(container["args"][0].as_str(), Some("serve"));
+}
+
+#[test]
+fn ports_labels_and_secrets_agree_across_the_resources() {
+    let docs = documents("aggregator.yaml");
+    let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let container_ports: Vec<(&str, u64)> = container["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().expect("named"),
+                p["containerPort"].as_u64().expect("a number"),
+            )
+        })
+        .collect();
+    // The binary's default ports, which --all-interfaces binds.
+    assert_eq!(
+        container_ports,
+        [("otlp-grpc", 4317), ("otlp-http", 4318), ("api", 8686)]
+    );
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["port"].as_str(), Some("api"), "{probe}");
+        assert_eq!(
+            get["scheme"].as_str(),
+            Some("HTTPS"),
+            "{probe}: the listeners serve TLS"
+        );
+        assert!(
+            matches!(get["path"].as_str(), Some("/healthz" | "/readyz")),
+            "{probe}"
+        );
+    }
+    let pod_labels = &kind(&docs, "Deployment")["spec"]["template"]["metadata"]["labels"];
+    let service = kind(&docs, "Service");
+    for (k, v) in service["spec"]["selector"]
+        .as_mapping()
+        .expect("a selector")
+    {
+        assert_eq!(
+            &pod_labels[k.as_str().expect("a key")],
+            v,
+            "the Service selects the pods"
+        );
+    }
+    let service_ports: Vec<&str> = service["spec"]["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            let target = p["targetPort"].as_str().expect("a named target");
+            assert!(
+                container_ports.iter().any(|(n, _)| *n == target),
+                "{target} is no container port"
+            );
+            p["name"].as_str().expect("named")
+        })
+        .collect();
+
+    // Every file the variables name is under a mounted Secret.
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_sequence()
+        .expect("mounts")
+        .iter()
+        .map(|m| m["mountPath"].as_str().expect("a path"))
+        .collect();
+    for e in container["env"].as_sequence().expect("env") {
+        if let Some(path) = e["value"].as_str().filter(|v| v.starts_with('/')) {
+            assert!(
+                mounts.iter().any(|m| path.starts_with(&format!("{m}/"))),
+                "{path} is on no mounted volume"
+            );
+        }
+    }
+    assert_eq!(
+        container["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+
+    // The ServiceMonitor (a custom resource the validator has no schema
+    // for) selects the Service and scrapes a port it has, over TLS.
+    let monitors = documents("servicemonitor.yaml");
+    let monitor = kind(&monitors, "ServiceMonitor");
+    assert_eq!(
+        monitor["apiVersion"].as_str(),
+        Some("monitoring.coreos.com/v1")
+    );
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("matchLabels")
+    {
+        assert_eq!(
+            &service["metadata"]["labels"][k.as_str().expect("a key")],
+            v
+        );
+    }
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert!(service_ports.contains(&endpoint["port"].as_str().expect("a port")));
+    assert_eq!(endpoint["path"].as_str(), Some("/metrics"));
+    assert_eq!(endpoint["scheme"].as_str(), Some("https"));
+    let ca_secret = endpoint["tlsConfig"]["ca"]["secret"]["name"].as_str();
+    let tls_volume = pod["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"].as_str() == Some("tls"))
+        .expect("a tls volume");
+    assert_eq!(ca_secret, tls_volume["secret"]["secretName"].as_str());
+}
