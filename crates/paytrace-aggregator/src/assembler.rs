@@ -79,6 +79,20 @@ impl Overflow {
     }
 }
 
+/// What a snapshot keeps of the assembler.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct AssemblerSnapshot {
+    live: Vec<LiveTraceSnapshot>,
+    completed: Vec<TraceId>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct LiveTraceSnapshot {
+    spans: Vec<Span>,
+    first_age_ns: u64,
+    last_age_ns: u64,
+}
+
 /// A trace handed on by the assembler.
 #[derive(Debug)]
 pub struct CompletedTrace {
@@ -245,6 +259,49 @@ impl Assembler {
         let ids: Vec<TraceId> = self.idle_order.iter().map(|(_, id)| *id).collect();
         out.extend(ids.into_iter().filter_map(|id| self.take(id, None)));
         out
+    }
+
+    /// The live traces (spans and arrival ages) and the ids of the traces
+    /// handed on lately, for a snapshot.
+    pub(crate) fn snapshot(&self, now: Instant) -> AssemblerSnapshot {
+        AssemblerSnapshot {
+            live: self
+                .idle_order
+                .iter()
+                .filter_map(|(_, id)| self.live.get(id))
+                .map(|t| LiveTraceSnapshot {
+                    spans: t.spans.clone(),
+                    first_age_ns: crate::state::age_ns(now, t.first_arrival),
+                    last_age_ns: crate::state::age_ns(now, t.last_arrival),
+                })
+                .collect(),
+            completed: self.completed_order.iter().copied().collect(),
+        }
+    }
+
+    /// Takes back what [`Assembler::snapshot`] kept, into an empty assembler.
+    pub(crate) fn restore(&mut self, snapshot: AssemblerSnapshot, ago: &crate::state::Ago) {
+        for id in snapshot.completed {
+            self.remember(id);
+        }
+        for trace in snapshot.live {
+            let Some(id) = trace.spans.first().map(|s| s.trace_id) else {
+                continue;
+            };
+            let bytes: usize = trace.spans.iter().map(span_bytes).sum();
+            let last_arrival = ago.instant(trace.last_age_ns);
+            self.idle_order.insert((last_arrival, id));
+            self.bytes += bytes;
+            self.live.insert(
+                id,
+                LiveTrace {
+                    spans: trace.spans,
+                    bytes,
+                    first_arrival: ago.instant(trace.first_age_ns),
+                    last_arrival,
+                },
+            );
+        }
     }
 
     fn evict_oldest(&mut self, reason: Overflow) {

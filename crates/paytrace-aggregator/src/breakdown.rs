@@ -12,7 +12,7 @@ use crate::analysis::FlowAnalysis;
 
 /// A distribution kept as a DDSketch (1% relative error on quantiles,
 /// mergeable across windows and replicas).
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Distribution {
     sketch: DDSketch,
 }
@@ -168,7 +168,7 @@ pub struct Breakdown {
     pub stages: Vec<StageBreakdown>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct StageAccumulator {
     duration: Distribution,
     self_time: Distribution,
@@ -178,7 +178,7 @@ struct StageAccumulator {
 }
 
 /// Flow analyses of one group (flow, method, channel), accumulated.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Accumulator {
     end_to_end: Distribution,
     stages: BTreeMap<Arc<str>, StageAccumulator>,
@@ -287,7 +287,9 @@ impl Accumulator {
 }
 
 /// The group a flow instance is accumulated under.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub(crate) struct GroupKey {
     /// The flow.
     pub flow: Arc<str>,
@@ -310,8 +312,9 @@ impl GroupKey {
 
 /// Accumulators per group, and the breakdowns a report lists: one per flow,
 /// and one per (flow, payment method).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Groups {
+    #[serde(with = "crate::state::pairs")]
     groups: BTreeMap<GroupKey, Accumulator>,
 }
 

@@ -57,6 +57,19 @@ pub(crate) struct FinishedFlow {
 
 use paytrace_semconv::incomplete_reason::{BUFFER_FULL, TERMINAL_STAGE_MISSING};
 
+/// A waiting flow as a snapshot keeps it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct PendingSnapshot {
+    traces: Vec<Vec<Span>>,
+    trace_ids: Vec<TraceId>,
+    flow_ids: Vec<Arc<str>>,
+    flow: Option<Arc<str>>,
+    stages: Vec<Arc<str>>,
+    first_root: Option<(u64, bool)>,
+    first_age_ns: u64,
+    last_age_ns: u64,
+}
+
 #[derive(Debug)]
 struct Pending {
     traces: Vec<Vec<Span>>,
@@ -286,6 +299,53 @@ impl FlowBuffer {
         let root = root_of(trace);
         p.see_root(root);
         true
+    }
+
+    /// The waiting flows, arrival times as ages, for a snapshot.
+    pub(crate) fn snapshot(&self, now: Instant) -> Vec<PendingSnapshot> {
+        let mut ids: Vec<&u64> = self.pending.keys().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| self.pending.get(id))
+            .map(|p| PendingSnapshot {
+                traces: p.traces.clone(),
+                trace_ids: p.trace_ids.clone(),
+                flow_ids: p.flow_ids.iter().cloned().collect(),
+                flow: p.flow.clone(),
+                stages: p.stages.iter().cloned().collect(),
+                first_root: p.first_root,
+                first_age_ns: crate::state::age_ns(now, p.first_arrival),
+                last_age_ns: crate::state::age_ns(now, p.last_arrival),
+            })
+            .collect()
+    }
+
+    /// Takes back the flows [`FlowBuffer::snapshot`] kept, into an empty
+    /// buffer.
+    pub(crate) fn restore(&mut self, pending: Vec<PendingSnapshot>, ago: &crate::state::Ago) {
+        for p in pending {
+            let id = self.next;
+            self.next += 1;
+            for t in &p.trace_ids {
+                self.by_trace.insert(*t, id);
+            }
+            for f in &p.flow_ids {
+                self.by_flow_id.insert(f.clone(), id);
+            }
+            self.pending.insert(
+                id,
+                Pending {
+                    traces: p.traces,
+                    trace_ids: p.trace_ids,
+                    flow_ids: p.flow_ids.into_iter().collect(),
+                    flow: p.flow,
+                    stages: p.stages.into_iter().collect(),
+                    first_root: p.first_root,
+                    first_arrival: ago.instant(p.first_age_ns),
+                    last_arrival: ago.instant(p.last_age_ns),
+                },
+            );
+        }
     }
 
     /// Every waiting flow, final now (at shutdown).

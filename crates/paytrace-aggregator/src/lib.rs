@@ -69,6 +69,7 @@ mod properties;
 pub mod receiver;
 pub mod server;
 pub mod span;
+pub mod state;
 pub(crate) mod tcc;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -32,7 +32,8 @@ enum Command {
     /// API and `/metrics` on --listen. Everything binds to 127.0.0.1 by
     /// default (--all-interfaces for 0.0.0.0). Every flag can also be set
     /// from the PAYTRACE_* variable its help names. SIGTERM or Ctrl-C stops
-    /// it after the buffered traces are analysed.
+    /// intake, lets requests in flight finish, and analyses the buffered
+    /// traces (with --state-dir: keeps them for the next process).
     Serve(Box<ServeArgs>),
     /// Analyse OTLP JSON files (the OpenTelemetry Collector file exporter's
     /// format: one ExportTraceServiceRequest per line) and print where each
@@ -141,6 +142,21 @@ struct ServeArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, env = "PAYTRACE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Keep the state here across restarts: the rolling windows, recent
+    /// flows, traces and flows still assembling, open TCC branches. Read at
+    /// start (an unreadable snapshot is moved aside and reported), written
+    /// every --snapshot-interval and at shutdown, atomically.
+    #[arg(long, env = "PAYTRACE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// At SIGTERM or Ctrl-C, how long requests in flight may take to
+    /// finish before they are cut off and the buffered state is analysed
+    /// (or, with --state-dir, written). Keep it below the orchestrator's
+    /// grace period (Kubernetes: 30s).
+    #[arg(long, env = "PAYTRACE_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// How often the state is written to --state-dir.
+    #[arg(long, env = "PAYTRACE_SNAPSHOT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    snapshot_interval: Duration,
     /// Require client certificates issued by the CAs in this file (PEM) on
     /// every listener (mTLS). Needs --tls-cert. Prometheus and probes then
     /// need a client certificate too.
@@ -314,6 +330,17 @@ fn serve(args: ServeArgs) -> ExitCode {
             None => files,
         });
     }
+    if let Some(dir) = &args.state_dir {
+        config.state_dir = match paytrace_aggregator::state::StateDir::open(dir) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    }
+    config.snapshot_interval = args.snapshot_interval;
+    config.drain_timeout = args.drain_timeout;
     let scheme = if config.tls.is_some() {
         "https"
     } else {

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::pipeline::{Now, Pipeline, PipelineConfig};
 use crate::receiver::{Receiver, ReceiverLimits};
+use crate::state::StateDir;
 use crate::tls::{Alpn, Certificates, TlsFiles, TlsListener};
 
 /// Where to listen and how to behave.
@@ -38,6 +39,15 @@ pub struct ServeConfig {
     /// Serve every listener over TLS with these files; `None` serves
     /// plaintext.
     pub tls: Option<TlsFiles>,
+    /// Where the pipeline's state is kept across restarts: read at start,
+    /// written every [`ServeConfig::snapshot_interval`] and at shutdown.
+    /// `None`: a shutdown analyses what is buffered, a restart starts empty.
+    pub state_dir: Option<StateDir>,
+    /// How often the state is written to `state_dir`.
+    pub snapshot_interval: Duration,
+    /// How long [`Running::shutdown`] waits for the requests in flight
+    /// before it stops them and goes on to analyse or write the state.
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -52,6 +62,9 @@ impl Default for ServeConfig {
             page: crate::page::PageConfig::default(),
             api_tokens: None,
             tls: None,
+            state_dir: None,
+            snapshot_interval: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -88,6 +101,66 @@ pub struct Running {
     pub pipeline: Arc<Pipeline>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    snapshots: Option<Snapshots>,
+    drain_timeout: Duration,
+}
+
+/// Writes the pipeline's state to the state directory, counting outcomes.
+#[derive(Clone, Debug)]
+struct Snapshots {
+    dir: StateDir,
+    pipeline: Arc<Pipeline>,
+    outcomes: IntCounterVec,
+}
+
+impl Snapshots {
+    /// Takes a snapshot and writes it; the outcome is counted and a
+    /// failure logged (the previous snapshot stays whole).
+    fn write(&self) {
+        let now = Now::current();
+        let snapshot = self.pipeline.snapshot(now);
+        let outcome = match self.dir.save(&snapshot, now.wall) {
+            Ok(()) => paytrace_semconv::snapshot_outcome::WRITTEN,
+            Err(e) => {
+                tracing::error!(
+                    path = %self.dir.snapshot_path().display(),
+                    error = %e,
+                    "cannot write the state snapshot: the previous one stays"
+                );
+                paytrace_semconv::snapshot_outcome::FAILED
+            }
+        };
+        self.outcomes.with_label_values(&[outcome]).inc();
+    }
+
+    /// Reads the snapshot left by the last process into the pipeline.
+    fn restore(&self) {
+        let now = Now::current();
+        let outcome = match self.dir.load(now.wall) {
+            Ok(None) => {
+                tracing::info!(dir = %self.dir.snapshot_path().display(), "no state snapshot: starting empty");
+                return;
+            }
+            Ok(Some((snapshot, down))) => {
+                self.pipeline.restore(snapshot, now, down);
+                tracing::info!(
+                    path = %self.dir.snapshot_path().display(),
+                    down_seconds = down.as_secs_f64(),
+                    "state restored from the snapshot"
+                );
+                paytrace_semconv::snapshot_outcome::RESTORED
+            }
+            Err((why, aside)) => {
+                tracing::error!(
+                    path = %self.dir.snapshot_path().display(),
+                    moved_to = %aside.display(),
+                    "the state snapshot cannot be used: {why}; it was moved aside and the aggregator starts empty"
+                );
+                paytrace_semconv::snapshot_outcome::SET_ASIDE
+            }
+        };
+        self.outcomes.with_label_values(&[outcome]).inc();
+    }
 }
 
 /// Binds every listener (port 0 picks a free port) and starts serving.
@@ -105,6 +178,24 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         None => None,
     };
     let refused = connections_refused(&pipeline)?;
+    // Registered with or without a state directory, so that the alert on
+    // failed snapshots reads a series wherever the aggregator runs.
+    let outcomes = snapshot_outcomes(&pipeline)?;
+    let snapshots = match config.state_dir {
+        Some(dir) => {
+            let snapshots = Snapshots {
+                dir,
+                pipeline: pipeline.clone(),
+                outcomes,
+            };
+            let restoring = snapshots.clone();
+            tokio::task::spawn_blocking(move || restoring.restore())
+                .await
+                .map_err(std::io::Error::other)?;
+            Some(snapshots)
+        }
+        None => None,
+    };
     let grpc = TcpListener::bind(config.otlp_grpc).await?;
     let http = TcpListener::bind(config.otlp_http).await?;
     let api = TcpListener::bind(config.listen).await?;
@@ -211,6 +302,22 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
             }
         }
     });
+    if let Some(snapshots) = snapshots.clone() {
+        let interval = config.snapshot_interval;
+        let stopped = stop(&shutdown);
+        tasks.spawn(async move {
+            tokio::pin!(stopped);
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {
+                        let s = snapshots.clone();
+                        let _ = tokio::task::spawn_blocking(move || s.write()).await;
+                    }
+                    () = &mut stopped => break,
+                }
+            }
+        });
+    }
     Ok(Running {
         otlp_grpc,
         otlp_http,
@@ -218,7 +325,27 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         pipeline,
         shutdown,
         tasks,
+        snapshots,
+        drain_timeout: config.drain_timeout,
     })
+}
+
+/// `paytrace_aggregator_state_snapshots_total`, registered, every outcome
+/// at zero from the start.
+fn snapshot_outcomes(pipeline: &Pipeline) -> std::io::Result<IntCounterVec> {
+    let outcomes = IntCounterVec::new(
+        prometheus::Opts::new(
+            paytrace_semconv::metric::AGGREGATOR_STATE_SNAPSHOTS_TOTAL,
+            "Snapshots of the state directory, by outcome: written, failed, restored at start, set aside as unreadable.",
+        ),
+        &[paytrace_semconv::label::OUTCOME],
+    )
+    .and_then(|c| pipeline.registry().register(Box::new(c.clone())).map(|()| c))
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    for outcome in paytrace_semconv::snapshot_outcome::ALL {
+        outcomes.with_label_values(&[outcome]);
+    }
+    Ok(outcomes)
 }
 
 /// Serves `router` on `listener` until `stop` completes, then finishes the
@@ -269,12 +396,34 @@ fn connections_refused(pipeline: &Pipeline) -> std::io::Result<IntCounterVec> {
 }
 
 impl Running {
-    /// Stops accepting, finishes every buffered trace and flow, and waits for
-    /// the listeners to close.
+    /// Stops accepting and lets the requests in flight finish; then, with a
+    /// state directory, writes the state (traces and flows still assembling
+    /// stay so, to be finished by the next process), and without one,
+    /// finishes every buffered trace and flow now.
+    ///
+    /// Requests still running after [`ServeConfig::drain_timeout`] are cut
+    /// off (their clients retry), so a stop takes a bounded time.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        while self.tasks.join_next().await.is_some() {}
-        let p = self.pipeline.clone();
-        let _ = tokio::task::spawn_blocking(move || p.flush(Now::current())).await;
+        let drained = tokio::time::timeout(self.drain_timeout, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                timeout_seconds = self.drain_timeout.as_secs_f64(),
+                "requests still in flight at the drain timeout: cut off"
+            );
+            self.tasks.shutdown().await;
+        }
+        match self.snapshots.take() {
+            Some(snapshots) => {
+                let _ = tokio::task::spawn_blocking(move || snapshots.write()).await;
+            }
+            None => {
+                let p = self.pipeline.clone();
+                let _ = tokio::task::spawn_blocking(move || p.flush(Now::current())).await;
+            }
+        }
     }
 }

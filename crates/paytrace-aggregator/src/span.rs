@@ -12,7 +12,9 @@ use std::sync::Arc;
 /// assert_eq!(id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 /// assert!(TraceId::from_hex("00000000000000000000000000000000").is_none());
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct TraceId(pub [u8; 16]);
 
 /// An 8-byte span id, never all zeros.
@@ -22,7 +24,9 @@ pub struct TraceId(pub [u8; 16]);
 /// assert_eq!(SpanId::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 7]).unwrap().to_string(), "0000000000000007");
 /// assert!(SpanId::from_bytes(&[1, 2, 3]).is_none());
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct SpanId(pub [u8; 8]);
 
 fn hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -92,7 +96,7 @@ impl fmt::Debug for SpanId {
 
 /// A link from a span to a span of (usually) another trace: how an async hop
 /// (callback, queue consumer) names what triggered it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Link {
     /// The linked span's trace.
     pub trace_id: TraceId,
@@ -101,7 +105,7 @@ pub struct Link {
 }
 
 /// The business attributes of a span, as paytrace names them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Business {
     /// `paytrace.stage`, or a stage a mapping rule assigned.
     pub stage: Option<Arc<str>>,
@@ -129,7 +133,7 @@ pub struct Business {
 
 /// The `tcc.*` attributes of a span, as sent: the TCC tracker classifies
 /// them, so nothing here is validated beyond its length.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tcc {
     /// `tcc.xid`: the global transaction.
     pub xid: Option<Arc<str>>,
@@ -144,7 +148,7 @@ pub struct Tcc {
 }
 
 /// One finished span.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Span {
     /// Its trace.
     pub trace_id: TraceId,
@@ -166,6 +170,7 @@ pub struct Span {
     pub links: Vec<Link>,
     /// The threshold it was sampled with (`th` of the `ot` entry of its
     /// `tracestate`); `None` when it says none.
+    #[serde(with = "crate::state::threshold")]
     pub sampling_threshold: Option<paytrace_sampling::Threshold>,
     /// The paytrace attributes.
     pub business: Business,

@@ -64,10 +64,11 @@ impl Default for TccSettings {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Observation {
     branch: Arc<str>,
     resource: Arc<str>,
+    #[serde(with = "crate::state::phase")]
     phase: Phase,
     ok: bool,
     start_ns: u64,
@@ -80,14 +81,15 @@ struct Observation {
     reported: u16,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Decision {
+    #[serde(with = "crate::state::phase")]
     phase: Phase,
     start_ns: u64,
     trace_id: TraceId,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Pending {
     branch: Arc<str>,
     resource: Arc<str>,
@@ -103,6 +105,36 @@ struct Transaction {
     last_arrival: Instant,
     dirty: bool,
     /// Branches left tried by the last replay.
+    pending: Vec<Pending>,
+}
+
+/// What a snapshot keeps of the TCC tracker.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct TccSnapshot {
+    transactions: Vec<TransactionSnapshot>,
+    recent: Vec<AnomalySnapshot>,
+}
+
+/// A [`GlobalAnomaly`] as a snapshot keeps it: its kind by name.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct AnomalySnapshot {
+    xid: String,
+    resource: String,
+    branch: String,
+    kind: String,
+    service: String,
+    time_unix_seconds: f64,
+    trace_ids: Vec<String>,
+    span_id: String,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct TransactionSnapshot {
+    xid: Arc<str>,
+    observations: Vec<Observation>,
+    decision: Option<Decision>,
+    last_arrival_age_ns: u64,
+    dirty: bool,
     pending: Vec<Pending>,
 }
 
@@ -191,6 +223,78 @@ impl TccTracker {
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.transactions.is_empty()
+    }
+
+    /// The transactions followed and the recent anomalies, for a snapshot.
+    pub(crate) fn snapshot(&self, now: Instant) -> TccSnapshot {
+        TccSnapshot {
+            transactions: self
+                .transactions
+                .iter()
+                .map(|(xid, t)| TransactionSnapshot {
+                    xid: xid.clone(),
+                    observations: t.observations.clone(),
+                    decision: t.decision.clone(),
+                    last_arrival_age_ns: crate::state::age_ns(now, t.last_arrival),
+                    dirty: t.dirty,
+                    pending: t.pending.clone(),
+                })
+                .collect(),
+            recent: self
+                .recent
+                .iter()
+                .map(|a| AnomalySnapshot {
+                    xid: a.xid.clone(),
+                    resource: a.resource.clone(),
+                    branch: a.branch.clone(),
+                    kind: a.kind.to_owned(),
+                    service: a.service.clone(),
+                    time_unix_seconds: a.time_unix_seconds,
+                    trace_ids: a.trace_ids.clone(),
+                    span_id: a.span_id.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes back what [`TccTracker::snapshot`] kept, into an empty tracker.
+    pub(crate) fn restore(&mut self, snapshot: TccSnapshot, ago: &crate::state::Ago) {
+        for t in snapshot.transactions {
+            self.transactions.insert(
+                t.xid,
+                Transaction {
+                    observations: t.observations,
+                    decision: t.decision,
+                    last_arrival: ago.instant(t.last_arrival_age_ns),
+                    dirty: t.dirty,
+                    pending: t.pending,
+                },
+            );
+        }
+        // A kind this build does not know (a snapshot of another build)
+        // is left out of the list.
+        self.recent = snapshot
+            .recent
+            .into_iter()
+            .filter_map(|a| {
+                Some(GlobalAnomaly {
+                    kind: names::GLOBAL_ANOMALY_KINDS
+                        .iter()
+                        .copied()
+                        .find(|k| *k == a.kind)?,
+                    xid: a.xid,
+                    resource: a.resource,
+                    branch: a.branch,
+                    service: a.service,
+                    time_unix_seconds: a.time_unix_seconds,
+                    trace_ids: a.trace_ids,
+                    span_id: a.span_id,
+                })
+            })
+            .collect();
+        while self.recent.len() > self.settings.max_listed {
+            self.recent.pop_front();
+        }
     }
 
     /// Takes in one span of a completed trace that arrived at `now`.

@@ -152,11 +152,7 @@ impl Aggregator {
     }
 
     async fn metric(&self, line_prefix: &str) -> f64 {
-        let text = self.scrape().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(line_prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {line_prefix} in:\n{text}"))
+        paytrace_testkit::sample_value(&self.scrape().await, line_prefix)
     }
 
     /// Polls the breakdown of `flow` until it holds `n` instances.

@@ -52,11 +52,14 @@ fn the_core_resources_pass_the_kubernetes_schemas_strictly() {
     let report =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{report}");
-    for resource in ["serviceaccount", "deployment", "service"] {
+    for resource in [
+        "serviceaccount/paytrace-aggregator",
+        "persistentvolumeclaim/paytrace-aggregator-state",
+        "deployment/paytrace-aggregator",
+        "service/paytrace-aggregator",
+    ] {
         assert!(
-            report.contains(&format!(
-                "passed for resource {resource}/paytrace-aggregator"
-            )),
+            report.contains(&format!("passed for resource {resource}")),
             "{resource} not validated:\n{report}"
         );
     }
@@ -158,7 +161,8 @@ fn ports_labels_and_secrets_agree_across_the_resources() {
         })
         .collect();
 
-    // Every file the variables name is under a mounted Secret.
+    // Every path the variables name is on a mounted volume; the state
+    // directory is the claimed one.
     let mounts: Vec<&str> = container["volumeMounts"]
         .as_sequence()
         .expect("mounts")
@@ -168,11 +172,37 @@ fn ports_labels_and_secrets_agree_across_the_resources() {
     for e in container["env"].as_sequence().expect("env") {
         if let Some(path) = e["value"].as_str().filter(|v| v.starts_with('/')) {
             assert!(
-                mounts.iter().any(|m| path.starts_with(&format!("{m}/"))),
+                mounts
+                    .iter()
+                    .any(|m| path == *m || path.starts_with(&format!("{m}/"))),
                 "{path} is on no mounted volume"
             );
         }
     }
+    let claim = kind(&docs, "PersistentVolumeClaim")["metadata"]["name"].as_str();
+    let state_volume = pod["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["persistentVolumeClaim"]["claimName"].as_str() == claim)
+        .expect("a volume of the claim");
+    let state_dir = container["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"].as_str() == Some("PAYTRACE_STATE_DIR"))
+        .and_then(|e| e["value"].as_str())
+        .expect("PAYTRACE_STATE_DIR");
+    assert!(
+        container["volumeMounts"]
+            .as_sequence()
+            .expect("mounts")
+            .iter()
+            .any(
+                |m| m["name"] == state_volume["name"] && m["mountPath"].as_str() == Some(state_dir)
+            ),
+        "the state directory is the claimed volume"
+    );
     assert_eq!(
         container["securityContext"]["readOnlyRootFilesystem"].as_bool(),
         Some(true)

@@ -72,10 +72,7 @@ async fn metric(running: &Running, pki: &Pki, series: &str) -> f64 {
         .text()
         .await
         .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    paytrace_testkit::sample_value(&text, series)
 }
 
 /// A one-span OTLP/JSON request for `service`.

@@ -286,6 +286,10 @@ pub mod metric {
     /// a request, their TLS handshake failed (see [`crate::connection_refusal`]).
     pub const AGGREGATOR_CONNECTIONS_REFUSED_TOTAL: &str =
         "paytrace_aggregator_connections_refused_total";
+    /// Counter `{outcome}`: snapshots of `--state-dir` written, failed,
+    /// restored at start, or set aside as unreadable (see
+    /// [`crate::snapshot_outcome`]).
+    pub const AGGREGATOR_STATE_SNAPSHOTS_TOTAL: &str = "paytrace_aggregator_state_snapshots_total";
     /// Counter.
     pub const AGGREGATOR_SERIES_OVERFLOW_TOTAL: &str = "paytrace_aggregator_series_overflow_total";
     /// Spans kept with part of them cut to the aggregator's limits, by
@@ -342,6 +346,7 @@ pub mod metric {
         AGGREGATOR_TRACES_EVICTED_TOTAL,
         AGGREGATOR_REQUESTS_REFUSED_TOTAL,
         AGGREGATOR_CONNECTIONS_REFUSED_TOTAL,
+        AGGREGATOR_STATE_SNAPSHOTS_TOTAL,
         AGGREGATOR_SERIES_OVERFLOW_TOTAL,
         AGGREGATOR_SPANS_TRUNCATED_TOTAL,
         AGGREGATOR_FLOWS_SAMPLED_INCONSISTENTLY_TOTAL,
@@ -704,6 +709,24 @@ pub mod connection_refusal {
         HANDSHAKE_TIMEOUT,
         HANDSHAKE_FAILED,
     ];
+}
+
+/// Values of the `outcome` label of `paytrace_aggregator_state_snapshots_total`.
+///
+/// ```
+/// assert!(paytrace_semconv::snapshot_outcome::ALL.contains(&"set_aside"));
+/// ```
+pub mod snapshot_outcome {
+    /// A snapshot was written (periodically or at shutdown).
+    pub const WRITTEN: &str = "written";
+    /// Writing one failed (the disk is full or read-only): the log says why.
+    pub const FAILED: &str = "failed";
+    /// The snapshot found at start was read back.
+    pub const RESTORED: &str = "restored";
+    /// The snapshot found at start could not be read and was moved aside.
+    pub const SET_ASIDE: &str = "set_aside";
+    /// All outcomes.
+    pub const ALL: &[&str] = &[WRITTEN, FAILED, RESTORED, SET_ASIDE];
 }
 
 /// The `listener` label's values: the aggregator's three listeners.

@@ -160,6 +160,18 @@ pub async fn scrape_value(url: &str, line_prefix: &str) -> f64 {
         .text()
         .await
         .unwrap_or_else(|e| panic!("cannot read {url}: {e}"));
+    sample_value(&text, line_prefix)
+}
+
+/// The value of the first sample of a `/metrics` text whose line starts
+/// with `line_prefix`; 0 when there is none (a series not yet created).
+///
+/// ```
+/// let text = "# TYPE x counter\nx{a=\"1\"} 3\n";
+/// assert_eq!(paytrace_testkit::sample_value(text, r#"x{a="1"}"#), 3.0);
+/// assert_eq!(paytrace_testkit::sample_value(text, r#"x{a="2"}"#), 0.0);
+/// ```
+pub fn sample_value(text: &str, line_prefix: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(line_prefix))
         .and_then(|l| l.rsplit(' ').next())

@@ -9,7 +9,7 @@ use crate::breakdown::Groups;
 /// The windows the API offers, in minutes.
 pub const WINDOWS_MINUTES: [u64; 4] = [1, 5, 15, 60];
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct Minute {
     pub(super) minute: u64,
     pub(super) groups: Groups,

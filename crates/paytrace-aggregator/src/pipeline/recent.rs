@@ -14,14 +14,14 @@ const NEWEST_HELD: usize = 20;
 pub(super) const RELEASE_SLACK: usize = 20;
 
 /// The recent instances of one flow, oldest first, and how many hold spans.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct RecentFlows {
     pub(super) items: VecDeque<Recent>,
     pub(super) held: usize,
 }
 
 /// A recent flow instance: its analysis and, while held, its spans.
-#[derive(Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Recent {
     pub(super) analysis: FlowAnalysis,
     pub(super) spans: Option<Vec<Vec<Span>>>,
