@@ -162,6 +162,19 @@ impl Pipeline {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A counter family registered in [`Pipeline::registry`], for the parts
+    /// around the pipeline (receivers, listeners, snapshots).
+    pub(crate) fn register_counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<prometheus::IntCounterVec> {
+        let counters = prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), labels)?;
+        self.registry().register(Box::new(counters.clone()))?;
+        Ok(counters)
+    }
+
     /// The registry holding the aggregator's metrics.
     pub fn registry(&self) -> &Registry {
         &self.metrics.registry

@@ -119,17 +119,14 @@ impl Receiver {
     /// Receivers feeding `pipeline`; registers their refusal counter in the
     /// pipeline's registry.
     pub fn new(pipeline: Arc<Pipeline>, limits: ReceiverLimits) -> prometheus::Result<Self> {
-        let refused = IntCounterVec::new(
-            prometheus::Opts::new(
-                paytrace_semconv::metric::AGGREGATOR_REQUESTS_REFUSED_TOTAL,
-                "OTLP requests turned away whole, by protocol and reason.",
-            ),
+        let refused = pipeline.register_counters(
+            paytrace_semconv::metric::AGGREGATOR_REQUESTS_REFUSED_TOTAL,
+            "OTLP requests turned away whole, by protocol and reason.",
             &[
                 paytrace_semconv::label::PROTOCOL,
                 paytrace_semconv::label::REASON,
             ],
         )?;
-        pipeline.registry().register(Box::new(refused.clone()))?;
         // Every series exists from the start at zero, so that `increase()`
         // sees the first refusal.
         for protocol in [Protocol::Grpc, Protocol::HttpProtobuf, Protocol::HttpJson] {

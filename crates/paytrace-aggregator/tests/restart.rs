@@ -5,7 +5,7 @@
 //! while the aggregator starts anyway.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -18,31 +18,19 @@ struct Serve {
 
 /// `paytrace-aggregator serve --state-dir DIR ARGS…` on free ports, once ready.
 async fn serve(dir: &Path, args: &[&str]) -> Serve {
-    let (api, grpc, http) = (
-        paytrace_testkit::free_port(),
-        paytrace_testkit::free_port(),
-        paytrace_testkit::free_port(),
-    );
-    let child = Command::new(env!("CARGO_BIN_EXE_paytrace-aggregator"))
-        .arg("serve")
-        .args(["--listen", &format!("127.0.0.1:{api}")])
-        .args(["--otlp-grpc-listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--otlp-http-listen", &format!("127.0.0.1:{http}")])
-        .arg("--state-dir")
-        .arg(dir)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the aggregator starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !reqwest::get(format!("http://127.0.0.1:{api}/readyz"))
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (child, [api, _, http]) = paytrace_testkit::serve_aggregator(
+        env!("CARGO_BIN_EXE_paytrace-aggregator"),
+        |cmd, [api, grpc, http]| {
+            cmd.args(["--listen", &format!("127.0.0.1:{api}")])
+                .args(["--otlp-grpc-listen", &format!("127.0.0.1:{grpc}")])
+                .args(["--otlp-http-listen", &format!("127.0.0.1:{http}")])
+                .arg("--state-dir")
+                .arg(dir)
+                .args(args)
+                .stdout(Stdio::null());
+        },
+    )
+    .await;
     Serve { child, api, http }
 }
 
@@ -76,19 +64,17 @@ impl Serve {
 
     /// `SIGTERM`, then its exit status and stderr.
     async fn terminate(self) -> (std::process::ExitStatus, String) {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-        let out = tokio::task::spawn_blocking(move || self.child.wait_with_output())
-            .await
-            .expect("joined")
-            .expect("waits");
+        let out = paytrace_testkit::stop(self.child, "TERM").await;
         (
             out.status,
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Sends `body` to its OTLP/HTTP receiver.
+    async fn send(&self, body: &Value) {
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], self.http));
+        paytrace_testkit::post_otlp_json(address, body).await;
     }
 }
 
@@ -161,13 +147,7 @@ async fn spans_assembling_at_sigterm_are_analysed_by_the_next_process() {
     // Nothing goes idle in the first process: every span is still
     // assembling when it is stopped.
     let first = serve(&dir, &["--trace-idle", "1h", "--flow-idle", "1h"]).await;
-    paytrace_testkit::post_otlp_json(
-        format!("127.0.0.1:{}", first.http)
-            .parse()
-            .expect("an address"),
-        &checkout_and_a_try(),
-    )
-    .await;
+    first.send(&checkout_and_a_try()).await;
     let received = first
         .metric(r#"paytrace_aggregator_spans_received_total{protocol="http_json"}"#)
         .await;
@@ -233,13 +213,7 @@ async fn a_truncated_snapshot_is_set_aside_and_the_aggregator_starts_empty() {
     let dir = state_dir("truncated");
     // A real snapshot, cut in half.
     let first = serve(&dir, &["--trace-idle", "1h"]).await;
-    paytrace_testkit::post_otlp_json(
-        format!("127.0.0.1:{}", first.http)
-            .parse()
-            .expect("an address"),
-        &checkout_and_a_try(),
-    )
-    .await;
+    first.send(&checkout_and_a_try()).await;
     let (status, _) = first.terminate().await;
     assert!(status.success());
     let snapshot = dir.join("paytrace-aggregator.snapshot.json.gz");

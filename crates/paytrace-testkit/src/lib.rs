@@ -13,6 +13,76 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Polls `url` until it answers with a success status; panics, naming
+/// `what`, when `within` passes first.
+///
+/// ```no_run
+/// # async fn doc() {
+/// paytrace_testkit::wait_until_ok("http://127.0.0.1:8686/readyz", std::time::Duration::from_secs(20), "the aggregator").await;
+/// # }
+/// ```
+pub async fn wait_until_ok(url: &str, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while !reqwest::get(url)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not answer {url} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `signal` (`TERM`, `INT`) to `child` and waits for it to exit;
+/// returns what it wrote (captured where its stdio was piped).
+///
+/// ```no_run
+/// # async fn doc() {
+/// let child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+/// let out = paytrace_testkit::stop(child, "TERM").await;
+/// assert!(!out.status.success());
+/// # }
+/// ```
+pub async fn stop(child: Child, signal: &str) -> std::process::Output {
+    let sent = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+    assert!(sent.success(), "kill -{signal} failed");
+    tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap_or_else(|e| panic!("the waiting task failed: {e}"))
+        .unwrap_or_else(|e| panic!("cannot wait for the process: {e}"))
+}
+
+/// `paytrace-aggregator serve` (the binary at `exe`: pass
+/// `env!("CARGO_BIN_EXE_paytrace-aggregator")`) on three free loopback
+/// ports (API, OTLP/gRPC, OTLP/HTTP), which `setup` hands to it as flags or
+/// variables along with anything else; stderr piped. Returned once
+/// `/readyz` answers, with the ports.
+pub async fn serve_aggregator(
+    exe: &str,
+    setup: impl FnOnce(&mut Command, [u16; 3]),
+) -> (Child, [u16; 3]) {
+    let ports = [free_port(), free_port(), free_port()];
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve").stderr(Stdio::piped());
+    setup(&mut cmd, ports);
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {exe}: {e}"));
+    wait_until_ok(
+        &format!("http://127.0.0.1:{}/readyz", ports[0]),
+        Duration::from_secs(20),
+        "paytrace-aggregator serve",
+    )
+    .await;
+    (child, ports)
+}
+
 /// A loopback TCP port that was free a moment ago.
 ///
 /// ```

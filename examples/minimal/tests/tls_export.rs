@@ -5,7 +5,7 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use paytrace_aggregator::auth::Tokens;
 use paytrace_aggregator::pipeline::Now;
@@ -58,14 +58,12 @@ async fn minimal(pki: &Pki, protocol: &str, endpoint: &str) -> (Child, u16) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("paytrace-minimal starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "paytrace-minimal never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    paytrace_testkit::wait_until_ok(
+        &format!("http://127.0.0.1:{port}/metrics"),
+        Duration::from_secs(20),
+        "paytrace-minimal",
+    )
+    .await;
     (child, port)
 }
 
@@ -89,15 +87,7 @@ async fn one_checkout_then_stop(child: Child, port: u16) -> String {
         metrics.contains(r#"service_name="minimal-tls""#),
         "OTEL_SERVICE_NAME names the metrics' service:\n{metrics}"
     );
-    let stopped = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(stopped.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("joined")
-        .expect("waits");
+    let out = paytrace_testkit::stop(child, "INT").await;
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{:?}: {log}", out.status);
     assert!(!log.contains(TOKEN), "the token reached the log:\n{log}");
