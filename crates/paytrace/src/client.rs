@@ -10,6 +10,7 @@ use crate::cardinality::{OTHER, method_label};
 use crate::propagation::{ambient, inject, outgoing};
 use crate::redact::redact;
 use crate::service::ServiceTelemetry;
+use opentelemetry::baggage::BaggageExt;
 
 /// A `reqwest::Client` whose calls carry W3C `traceparent` and `baggage`, get
 /// a client span `"{METHOD}"` with the OpenTelemetry HTTP attributes, and are
@@ -147,6 +148,12 @@ impl Client {
         full.set_query(None);
         full.set_fragment(None);
 
+        // The flow id rides on every span, so that a Collector can route
+        // the spans of one flow to one aggregator by it.
+        let flow_id = ambient
+            .baggage()
+            .get(paytrace_semconv::attr::FLOW_ID)
+            .map(|v| redact(v.as_str()));
         let span = tracing::info_span!(
             target: "paytrace::http",
             "HTTP client request",
@@ -159,6 +166,7 @@ impl Client {
             server.port = port,
             url.full = %redact(full.as_str()),
             error.type = Empty,
+            paytrace.flow_id = flow_id.as_deref(),
         );
         let _ = span.set_parent(ambient.clone());
         inject(&outgoing(&span, &ambient), request.headers_mut());

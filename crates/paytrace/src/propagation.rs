@@ -217,8 +217,22 @@ impl Flow {
     }
 
     /// Runs `fut` with this flow in its baggage: every span, stage and
-    /// outgoing call inside carries it.
+    /// outgoing call inside carries it. The span current now (the request's
+    /// server span, when a handler starts the flow) takes its fields too, so
+    /// that every span of the flow carries its id.
     pub fn scope<F: Future>(&self, fut: F) -> WithContext<F> {
+        let current = tracing::Span::current();
+        for (key, value) in [
+            (attr::FLOW, &self.flow),
+            (attr::FLOW_ID, &self.flow_id),
+            (attr::PAYMENT_METHOD, &self.payment_method),
+            (attr::PAYMENT_CHANNEL, &self.payment_channel),
+        ] {
+            if let Some(value) = value {
+                // A no-op on spans that do not declare the field.
+                current.record(key, crate::redact::redact(value).as_ref());
+            }
+        }
         fut.with_context(self.merge_into(&Context::current()))
     }
 }
