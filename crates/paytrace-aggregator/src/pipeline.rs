@@ -25,6 +25,7 @@ mod query;
 mod recent;
 mod views;
 mod weighted;
+mod windows;
 
 use families::{Metrics, SeriesCache};
 use labels::LabelValues;
@@ -34,6 +35,7 @@ pub use query::{Now, Query};
 use recent::{Recent, RecentFlows};
 use views::slow_flow;
 pub use views::{AnomalyCount, FlowSummary, MinutePoint, PathStep, SlowFlow, SpanView};
+pub use windows::Windows;
 
 use paytrace_sampling::Threshold;
 
@@ -470,15 +472,9 @@ impl Pipeline {
     /// and channel.
     pub fn breakdown(&self, q: &Query<'_>) -> Breakdown {
         let state = self.state();
-        let mut acc = crate::breakdown::Accumulator::default();
-        for m in in_window(&state.minutes, q.now_minute, q.window_minutes) {
-            acc.merge(&m.groups.select(q.flow, q.payment_method, q.payment_channel));
-        }
-        acc.breakdown(
-            q.flow,
-            q.payment_method,
-            q.payment_channel,
-            Some(q.window_minutes * 60),
+        windows::breakdown(
+            &in_window(&state.minutes, q.now_minute, q.window_minutes).collect::<Vec<_>>(),
+            q,
         )
     }
 
@@ -496,55 +492,7 @@ impl Pipeline {
     /// Every flow with traffic in the window.
     pub fn flows(&self, window_minutes: u64, now_minute: u64) -> Vec<FlowSummary> {
         let state = self.state();
-        let minutes: Vec<&Minute> = in_window(&state.minutes, now_minute, window_minutes).collect();
-        let mut names: Vec<Arc<str>> = minutes
-            .iter()
-            .flat_map(|m| {
-                m.groups
-                    .flows()
-                    .into_iter()
-                    .chain(m.incomplete.keys().cloned())
-            })
-            .collect();
-        names.sort();
-        names.dedup();
-        names
-            .into_iter()
-            .map(|flow| {
-                let mut acc = crate::breakdown::Accumulator::default();
-                let mut errors = 0.0;
-                let mut incomplete = 0.0;
-                for m in &minutes {
-                    acc.merge(&m.groups.select(&flow, None, None));
-                    errors += m.errors.get(&flow).copied().unwrap_or(0.0);
-                    incomplete += m.incomplete.get(&flow).copied().unwrap_or(0.0);
-                }
-                let b = acc.breakdown(&flow, None, None, None);
-                let mut payment_methods = std::collections::BTreeSet::new();
-                let mut payment_channels = std::collections::BTreeSet::new();
-                for m in &minutes {
-                    for key in m.groups.keys().filter(|k| k.flow == flow) {
-                        payment_methods.extend(key.payment_method.as_deref().map(str::to_owned));
-                        payment_channels.extend(key.payment_channel.as_deref().map(str::to_owned));
-                    }
-                }
-                FlowSummary {
-                    payment_methods: payment_methods.into_iter().collect(),
-                    payment_channels: payment_channels.into_iter().collect(),
-                    flow: flow.to_string(),
-                    traces: b.traces,
-                    estimated_flows: b.estimated_flows,
-                    p50: b.end_to_end.p50,
-                    p99: b.end_to_end.p99,
-                    error_share: if b.estimated_flows > 0.0 {
-                        errors / b.estimated_flows
-                    } else {
-                        0.0
-                    },
-                    incomplete,
-                }
-            })
-            .collect()
+        windows::flows(&in_window(&state.minutes, now_minute, window_minutes).collect::<Vec<_>>())
     }
 
     /// The slowest recent instances of `flow`, by end-to-end time, or by
@@ -578,20 +526,21 @@ impl Pipeline {
     /// End-to-end latency of `flow` per minute over the window, oldest first.
     pub fn timeseries(&self, q: &Query<'_>) -> Vec<MinutePoint> {
         let state = self.state();
-        in_window(&state.minutes, q.now_minute, q.window_minutes)
-            .map(|m| {
-                let b = m
-                    .groups
-                    .select(q.flow, q.payment_method, q.payment_channel)
-                    .breakdown(q.flow, q.payment_method, q.payment_channel, Some(60));
-                MinutePoint {
-                    start_unix_seconds: m.minute * 60,
-                    traces: b.traces,
-                    p50: b.end_to_end.p50,
-                    p99: b.end_to_end.p99,
-                }
-            })
-            .collect()
+        windows::timeseries(
+            &in_window(&state.minutes, q.now_minute, q.window_minutes).collect::<Vec<_>>(),
+            q,
+        )
+    }
+
+    /// The minutes of the last `window_minutes` up to `now_minute`, to
+    /// merge with other replicas' ([`Windows::merge`]).
+    pub fn windows(&self, window_minutes: u64, now_minute: u64) -> Windows {
+        let state = self.state();
+        Windows::from_minutes(
+            in_window(&state.minutes, now_minute, window_minutes)
+                .cloned()
+                .collect(),
+        )
     }
 
     /// Whether the assembly buffer is within 10% of its byte budget: new

@@ -38,13 +38,26 @@ pub(super) fn slot(minutes: &mut VecDeque<Minute>, minute: u64) -> &mut Minute {
     &mut minutes[last]
 }
 
+impl Minute {
+    /// Adds another replica's counts of the same minute.
+    pub(super) fn merge(&mut self, other: &Minute) {
+        self.groups.merge(&other.groups);
+        for (flow, n) in &other.errors {
+            *self.errors.entry(flow.clone()).or_default() += n;
+        }
+        for (flow, n) in &other.incomplete {
+            *self.incomplete.entry(flow.clone()).or_default() += n;
+        }
+    }
+}
+
 /// The minutes of the last `window_minutes` up to `now_minute`.
-pub(super) fn in_window(
-    minutes: &VecDeque<Minute>,
+pub(super) fn in_window<'a>(
+    minutes: impl IntoIterator<Item = &'a Minute>,
     now_minute: u64,
     window_minutes: u64,
-) -> impl Iterator<Item = &Minute> {
+) -> impl Iterator<Item = &'a Minute> {
     minutes
-        .iter()
+        .into_iter()
         .filter(move |m| m.minute + window_minutes > now_minute && m.minute <= now_minute)
 }

@@ -1,0 +1,154 @@
+//! What the rolling windows answer (a flow's breakdown, the flows overview,
+//! the per-minute series), computed from a list of minutes: this process's
+//! own, or the merge of every replica's.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::minutes::{Minute, in_window};
+use super::{FlowSummary, MinutePoint, Query};
+use crate::breakdown::{Accumulator, Breakdown};
+
+/// The minutes of a window as one replica holds them: per-minute sketches
+/// and counts, which merge exactly with other replicas' (sketches add their
+/// buckets, counts add), so that the merged answer is the one a single
+/// process holding every flow would give.
+///
+/// ```
+/// use paytrace_aggregator::pipeline::{Pipeline, PipelineConfig, Windows};
+/// let replica = Pipeline::new(PipelineConfig::default());
+/// let mut all = Windows::default();
+/// all.merge(replica.windows(5, 29_000_000));
+/// assert!(all.flows(5, 29_000_000).is_empty());
+/// ```
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Windows {
+    /// Oldest first, one per minute.
+    minutes: Vec<Minute>,
+}
+
+impl Windows {
+    pub(super) fn from_minutes(minutes: Vec<Minute>) -> Self {
+        Self { minutes }
+    }
+
+    /// Adds `other`'s minutes: a minute both hold is merged, one only
+    /// `other` holds is taken.
+    pub fn merge(&mut self, other: Windows) {
+        for theirs in other.minutes {
+            match self
+                .minutes
+                .binary_search_by_key(&theirs.minute, |m| m.minute)
+            {
+                Ok(at) => self.minutes[at].merge(&theirs),
+                Err(at) => self.minutes.insert(at, theirs),
+            }
+        }
+    }
+
+    /// The breakdown [`Query`] asks for.
+    pub fn breakdown(&self, q: &Query<'_>) -> Breakdown {
+        breakdown(&self.within(q.window_minutes, q.now_minute), q)
+    }
+
+    /// The flows overview of the last `window_minutes`.
+    pub fn flows(&self, window_minutes: u64, now_minute: u64) -> Vec<FlowSummary> {
+        flows(&self.within(window_minutes, now_minute))
+    }
+
+    /// The per-minute series [`Query`] asks for.
+    pub fn timeseries(&self, q: &Query<'_>) -> Vec<MinutePoint> {
+        timeseries(&self.within(q.window_minutes, q.now_minute), q)
+    }
+
+    fn within(&self, window_minutes: u64, now_minute: u64) -> Vec<&Minute> {
+        in_window(&self.minutes, now_minute, window_minutes).collect()
+    }
+}
+
+/// A flow's breakdown over `minutes`.
+pub(super) fn breakdown(minutes: &[&Minute], q: &Query<'_>) -> Breakdown {
+    let mut acc = Accumulator::default();
+    for m in minutes {
+        acc.merge(&m.groups.select(q.flow, q.payment_method, q.payment_channel));
+    }
+    acc.breakdown(
+        q.flow,
+        q.payment_method,
+        q.payment_channel,
+        Some(q.window_minutes * 60),
+    )
+}
+
+/// One line per flow seen in `minutes`.
+pub(super) fn flows(minutes: &[&Minute]) -> Vec<FlowSummary> {
+    let mut names: Vec<Arc<str>> = minutes
+        .iter()
+        .flat_map(|m| {
+            m.groups
+                .flows()
+                .into_iter()
+                .chain(m.incomplete.keys().cloned())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|flow| {
+            let mut acc = Accumulator::default();
+            let mut errors = 0.0;
+            let mut incomplete = 0.0;
+            for m in minutes {
+                acc.merge(&m.groups.select(&flow, None, None));
+                errors += m.errors.get(&flow).copied().unwrap_or(0.0);
+                incomplete += m.incomplete.get(&flow).copied().unwrap_or(0.0);
+            }
+            let b = acc.breakdown(&flow, None, None, None);
+            let mut payment_methods = BTreeSet::new();
+            let mut payment_channels = BTreeSet::new();
+            for m in minutes {
+                for key in m.groups.keys().filter(|k| k.flow == flow) {
+                    payment_methods.extend(key.payment_method.as_deref().map(str::to_owned));
+                    payment_channels.extend(key.payment_channel.as_deref().map(str::to_owned));
+                }
+            }
+            FlowSummary {
+                payment_methods: payment_methods.into_iter().collect(),
+                payment_channels: payment_channels.into_iter().collect(),
+                flow: flow.to_string(),
+                traces: b.traces,
+                estimated_flows: b.estimated_flows,
+                p50: b.end_to_end.p50,
+                p99: b.end_to_end.p99,
+                error_share: if b.estimated_flows > 0.0 {
+                    errors / b.estimated_flows
+                } else {
+                    0.0
+                },
+                incomplete,
+            }
+        })
+        .collect()
+}
+
+/// End-to-end p50/p99 per minute of `minutes`.
+pub(super) fn timeseries(minutes: &[&Minute], q: &Query<'_>) -> Vec<MinutePoint> {
+    minutes
+        .iter()
+        .map(|m| {
+            let b = m
+                .groups
+                .select(q.flow, q.payment_method, q.payment_channel)
+                .breakdown(q.flow, q.payment_method, q.payment_channel, Some(60));
+            MinutePoint {
+                start_unix_seconds: m.minute * 60,
+                traces: b.traces,
+                p50: b.end_to_end.p50,
+                p99: b.end_to_end.p99,
+            }
+        })
+        .collect()
+}
