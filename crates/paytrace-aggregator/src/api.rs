@@ -9,6 +9,12 @@
 //! - `GET /api/v1/timeseries?flow=F&window=1h[&payment_method=M][&payment_channel=C]`:
 //!   end-to-end p50/p99 per minute
 //! - `GET /metrics`, `GET /healthz`, `GET /readyz`
+//!
+//! With peers (`serve --peer`), every data route answers for the whole
+//! cluster (see [`crate::cluster`]) and adds `"partial"` and
+//! `"missing_peers"`; `?local=true` answers for this replica alone, and
+//! `GET /api/v1/internal/windows?window=5m&now_minute=M` hands a peer this
+//! replica's minutes.
 
 use std::sync::Arc;
 
@@ -21,7 +27,61 @@ use axum::routing::get;
 use prometheus::{Encoder, TextEncoder};
 use serde::Deserialize;
 
-use crate::pipeline::{Now, Pipeline, WINDOWS_MINUTES};
+use crate::cluster::{Gathered, Peers, join_lists, sum_counts};
+use crate::pipeline::{Now, Pipeline, WINDOWS_MINUTES, Windows};
+
+/// What the API reads: this replica's pipeline, and its peers if any.
+#[derive(Clone, Debug)]
+pub(crate) struct ApiState {
+    pub(crate) pipeline: Arc<Pipeline>,
+    pub(crate) peers: Option<Arc<Peers>>,
+}
+
+/// `?local=true`: this replica's answer alone (what a peer asks for).
+#[derive(Debug, Default, Deserialize)]
+struct Local {
+    #[serde(default)]
+    local: bool,
+}
+
+impl ApiState {
+    /// The peers to ask, unless the request wants this replica alone.
+    fn peers(&self, local: &Local) -> Option<&Peers> {
+        self.peers.as_deref().filter(|_| !local.local)
+    }
+
+    /// This replica's windows merged with every peer's that answered.
+    async fn windows(
+        &self,
+        local: &Local,
+        window_minutes: u64,
+        now_minute: u64,
+    ) -> (Windows, Option<Vec<String>>) {
+        let mut windows = self.pipeline.windows(window_minutes, now_minute);
+        let Some(peers) = self.peers(local) else {
+            return (windows, None);
+        };
+        let Gathered { parts, missing } = peers.windows(window_minutes, now_minute).await;
+        for part in parts {
+            windows.merge(part);
+        }
+        (windows, Some(missing))
+    }
+}
+
+/// `answer` with `"partial"` and `"missing_peers"` when peers were asked.
+fn with_peers(mut answer: serde_json::Value, missing: Option<Vec<String>>) -> Response {
+    if let (Some(missing), Some(object)) = (missing, answer.as_object_mut()) {
+        object.insert("partial".to_owned(), (!missing.is_empty()).into());
+        object.insert("missing_peers".to_owned(), missing.into());
+    }
+    Json(answer).into_response()
+}
+
+/// `T` as JSON, or `null` (what a view type always serialises to).
+fn json<T: serde::Serialize>(value: T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
 
 /// A window such as `5m` or `1h`, in minutes; one of [`WINDOWS_MINUTES`].
 pub(crate) fn parse_window(s: &str) -> Result<u64, String> {
@@ -83,16 +143,41 @@ fn window(w: Option<&str>) -> Result<u64, String> {
     parse_window(w.unwrap_or("5m"))
 }
 
-async fn flows(State(p): State<Arc<Pipeline>>, Query(q): Query<WindowQuery>) -> Response {
+async fn flows(
+    State(api): State<ApiState>,
+    Query(q): Query<WindowQuery>,
+    Query(local): Query<Local>,
+) -> Response {
     let minutes = match window(q.window.as_deref()) {
         Ok(m) => m,
         Err(e) => return bad_request(e),
     };
-    Json(serde_json::json!({
-        "window_seconds": minutes * 60,
-        "flows": p.flows(minutes, Now::current().minute()),
-    }))
-    .into_response()
+    let now_minute = Now::current().minute();
+    let (windows, missing) = api.windows(&local, minutes, now_minute).await;
+    with_peers(
+        serde_json::json!({
+            "window_seconds": minutes * 60,
+            "flows": windows.flows(minutes, now_minute),
+        }),
+        missing,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct InternalWindowsQuery {
+    window: Option<String>,
+    now_minute: u64,
+}
+
+/// This replica's minutes, for a peer to merge.
+async fn internal_windows(
+    State(api): State<ApiState>,
+    Query(q): Query<InternalWindowsQuery>,
+) -> Response {
+    match window(q.window.as_deref()) {
+        Ok(minutes) => Json(api.pipeline.windows(minutes, q.now_minute)).into_response(),
+        Err(e) => bad_request(e),
+    }
 }
 
 impl BreakdownQuery {
@@ -114,38 +199,76 @@ impl BreakdownQuery {
     }
 }
 
-async fn breakdown(State(p): State<Arc<Pipeline>>, Query(q): Query<BreakdownQuery>) -> Response {
+async fn breakdown(
+    State(api): State<ApiState>,
+    Query(q): Query<BreakdownQuery>,
+    Query(local): Query<Local>,
+) -> Response {
     let s = match q.checked() {
         Ok(s) => s,
         Err(e) => return bad_request(e),
     };
-    let b = p.breakdown(&s);
-    Json(b).into_response()
+    let (windows, missing) = api.windows(&local, s.window_minutes, s.now_minute).await;
+    with_peers(json(windows.breakdown(&s)), missing)
 }
 
-async fn timeseries(State(p): State<Arc<Pipeline>>, Query(q): Query<BreakdownQuery>) -> Response {
+async fn timeseries(
+    State(api): State<ApiState>,
+    Query(q): Query<BreakdownQuery>,
+    Query(local): Query<Local>,
+) -> Response {
     let s = match q.checked() {
         Ok(s) => s,
         Err(e) => return bad_request(e),
     };
-    let points = p.timeseries(&s);
-    Json(serde_json::json!({ "flow": s.flow, "points": points })).into_response()
+    let (windows, missing) = api.windows(&local, s.window_minutes, s.now_minute).await;
+    with_peers(
+        serde_json::json!({ "flow": s.flow, "points": windows.timeseries(&s) }),
+        missing,
+    )
 }
 
-async fn slow(State(p): State<Arc<Pipeline>>, Query(q): Query<SlowQuery>) -> Response {
+async fn slow(
+    State(api): State<ApiState>,
+    Query(q): Query<SlowQuery>,
+    Query(local): Query<Local>,
+) -> Response {
     let Some(flow) = q.flow.filter(|f| !f.is_empty()) else {
         return bad_request("the flow parameter is required, e.g. ?flow=checkout".to_owned());
     };
     let limit = q.limit.unwrap_or(20).clamp(1, 200);
-    Json(serde_json::json!({
-        "flow": flow,
-        "stage": q.stage,
-        "traces": p.slow(&flow, q.stage.as_deref(), limit),
-    }))
-    .into_response()
+    let mine = json(api.pipeline.slow(&flow, q.stage.as_deref(), limit));
+    let (traces, missing) = match api.peers(&local) {
+        None => (mine, None),
+        Some(peers) => {
+            let mut query = vec![
+                ("flow".to_owned(), flow.clone()),
+                ("limit".to_owned(), limit.to_string()),
+            ];
+            query.extend(q.stage.clone().map(|s| ("stage".to_owned(), s)));
+            let Gathered { parts, missing } =
+                peers.local_answers("/api/v1/traces/slow", query).await;
+            let joined = join_lists(
+                serde_json::json!({ "traces": mine }),
+                &parts,
+                "traces",
+                "duration_seconds",
+                limit,
+            );
+            (joined.into(), Some(missing))
+        }
+    };
+    with_peers(
+        serde_json::json!({ "flow": flow, "stage": q.stage, "traces": traces }),
+        missing,
+    )
 }
 
-async fn tcc_anomalies(State(p): State<Arc<Pipeline>>, Query(q): Query<AnomalyQuery>) -> Response {
+async fn tcc_anomalies(
+    State(api): State<ApiState>,
+    Query(q): Query<AnomalyQuery>,
+    Query(local): Query<Local>,
+) -> Response {
     let kind = q.kind.as_deref().filter(|k| !k.is_empty());
     if let Some(k) = kind
         && !paytrace_semconv::tcc::GLOBAL_ANOMALY_KINDS.contains(&k)
@@ -157,20 +280,56 @@ async fn tcc_anomalies(State(p): State<Arc<Pipeline>>, Query(q): Query<AnomalyQu
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let resource = q.resource.as_deref().filter(|r| !r.is_empty());
-    Json(serde_json::json!({
-        "counts": p.tcc_anomaly_counts(),
-        "anomalies": p.tcc_anomalies(kind, resource, limit),
-    }))
-    .into_response()
+    let mine = serde_json::json!({
+        "counts": api.pipeline.tcc_anomaly_counts(),
+        "anomalies": api.pipeline.tcc_anomalies(kind, resource, limit),
+    });
+    let Some(peers) = api.peers(&local) else {
+        return Json(mine).into_response();
+    };
+    let mut query = vec![("limit".to_owned(), limit.to_string())];
+    query.extend(kind.map(|k| ("kind".to_owned(), k.to_owned())));
+    query.extend(resource.map(|r| ("resource".to_owned(), r.to_owned())));
+    let Gathered { parts, missing } = peers.local_answers("/api/v1/tcc/anomalies", query).await;
+    let anomalies = join_lists(
+        mine.clone(),
+        &parts,
+        "anomalies",
+        "time_unix_seconds",
+        limit,
+    );
+    with_peers(
+        serde_json::json!({
+            "counts": sum_counts(mine, &parts, "counts"),
+            "anomalies": anomalies,
+        }),
+        Some(missing),
+    )
 }
 
-async fn tcc_unfinished(State(p): State<Arc<Pipeline>>, Query(q): Query<LimitQuery>) -> Response {
+async fn tcc_unfinished(
+    State(api): State<ApiState>,
+    Query(q): Query<LimitQuery>,
+    Query(local): Query<Local>,
+) -> Response {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Json(serde_json::json!({ "unfinished": p.tcc_unfinished(limit, Now::current()) }))
-        .into_response()
+    let mine = serde_json::json!({
+        "unfinished": api.pipeline.tcc_unfinished(limit, Now::current()),
+    });
+    let Some(peers) = api.peers(&local) else {
+        return Json(mine).into_response();
+    };
+    let query = vec![("limit".to_owned(), limit.to_string())];
+    let Gathered { parts, missing } = peers.local_answers("/api/v1/tcc/unfinished", query).await;
+    let unfinished = join_lists(mine, &parts, "unfinished", "age_seconds", limit);
+    with_peers(
+        serde_json::json!({ "unfinished": unfinished }),
+        Some(missing),
+    )
 }
 
-async fn metrics(State(p): State<Arc<Pipeline>>) -> Response {
+async fn metrics(State(api): State<ApiState>) -> Response {
+    let p = &api.pipeline;
     let encoder = TextEncoder::new();
     let mut body = Vec::new();
     match encoder.encode(&p.registry().gather(), &mut body) {
@@ -183,8 +342,8 @@ async fn metrics(State(p): State<Arc<Pipeline>>) -> Response {
     }
 }
 
-async fn ready(State(p): State<Arc<Pipeline>>) -> Response {
-    if p.near_capacity() {
+async fn ready(State(api): State<ApiState>) -> Response {
+    if api.pipeline.near_capacity() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "assembly buffer near its byte budget",
@@ -230,9 +389,10 @@ async fn authenticate(
 /// The API; its data routes behind `guard`, `/metrics` and the probes open
 /// (protect them by network policy: Prometheus and the kubelet present no
 /// token).
-pub(crate) fn router(pipeline: Arc<Pipeline>, guard: Guard) -> Router {
+pub(crate) fn router(api: ApiState, guard: Guard) -> Router {
     Router::new()
         .route("/api/v1/flows", get(flows))
+        .route("/api/v1/internal/windows", get(internal_windows))
         .route("/api/v1/breakdown", get(breakdown))
         .route("/api/v1/traces/slow", get(slow))
         .route("/api/v1/timeseries", get(timeseries))
@@ -242,7 +402,7 @@ pub(crate) fn router(pipeline: Arc<Pipeline>, guard: Guard) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(pipeline)
+        .with_state(api)
 }
 
 #[cfg(test)]

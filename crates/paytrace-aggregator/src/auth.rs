@@ -110,6 +110,17 @@ impl Tokens {
             .into()
     }
 
+    /// The file's first token, as read now: what this aggregator presents
+    /// to its peers (whose API takes the same tokens).
+    pub(crate) fn first(&self) -> Option<String> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh(&mut state);
+        state
+            .tokens
+            .first()
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+    }
+
     fn refresh(&self, state: &mut Loaded) {
         if state.checked.elapsed() < RECHECK {
             return;

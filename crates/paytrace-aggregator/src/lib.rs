@@ -59,6 +59,7 @@ pub mod assembler;
 pub(crate) mod attribute;
 pub mod auth;
 pub mod breakdown;
+pub mod cluster;
 pub mod config;
 pub mod decode;
 pub(crate) mod flows;

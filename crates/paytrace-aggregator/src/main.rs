@@ -142,6 +142,20 @@ struct ServeArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, env = "PAYTRACE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Another replica's API base URL (repeat the flag, or separate with
+    /// commas): this replica's API and page then answer for all of them,
+    /// merged exactly; a peer that does not answer makes the answer
+    /// `"partial"`. Route each flow to one replica (see
+    /// examples/deploy/otelcol-two-tier.yaml).
+    #[arg(long = "peer", env = "PAYTRACE_PEER", value_delimiter = ',')]
+    peers: Vec<String>,
+    /// How long a peer may take to answer.
+    #[arg(long, env = "PAYTRACE_PEER_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    peer_timeout: Duration,
+    /// The CA certificates (PEM) that `https://` peers chain to; the
+    /// system's roots by default.
+    #[arg(long, env = "PAYTRACE_PEER_CA")]
+    peer_ca: Option<PathBuf>,
     /// Keep the state here across restarts: the rolling windows, recent
     /// flows, traces and flows still assembling, open TCC branches. Read at
     /// start (an unreadable snapshot is moved aside and reported), written
@@ -340,6 +354,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         };
     }
     config.snapshot_interval = args.snapshot_interval;
+    if !args.peers.is_empty() {
+        let mut peers = paytrace_aggregator::cluster::PeerSettings::new(args.peers.clone());
+        peers.timeout = args.peer_timeout;
+        peers.ca = args.peer_ca.clone();
+        config.peers = Some(peers);
+    }
     config.drain_timeout = args.drain_timeout;
     let scheme = if config.tls.is_some() {
         "https"

@@ -101,6 +101,11 @@ pub(crate) struct PipelineSnapshot {
     assembler: crate::assembler::AssemblerSnapshot,
     flows: Vec<crate::flows::PendingSnapshot>,
     tcc: crate::tcc::TccSnapshot,
+    /// The TCC anomaly counters, so that the counts the API and
+    /// `/metrics` show go on across the restart (the counter reads the
+    /// same before and after it, and `rate()` sees no reset).
+    #[serde(default)]
+    tcc_anomaly_counts: Vec<AnomalyCount>,
 }
 
 struct State {
@@ -265,6 +270,7 @@ impl Pipeline {
     /// [`crate::state::StateDir`]: the windows, the recent flows, the traces
     /// assembling, the flows waiting and the TCC transactions.
     pub(crate) fn snapshot(&self, now: Now) -> PipelineSnapshot {
+        let tcc_anomaly_counts = self.tcc_anomaly_counts();
         let state = self.state();
         PipelineSnapshot {
             minutes: state.minutes.iter().cloned().collect(),
@@ -276,6 +282,7 @@ impl Pipeline {
             assembler: state.assembler.snapshot(now.instant),
             flows: state.flows.snapshot(now.instant),
             tcc: state.tcc.snapshot(now.instant),
+            tcc_anomaly_counts,
         }
     }
 
@@ -289,6 +296,17 @@ impl Pipeline {
         state.assembler.restore(snapshot.assembler, &ago);
         state.flows.restore(snapshot.flows, &ago);
         state.tcc.restore(snapshot.tcc, &ago);
+        for c in snapshot.tcc_anomaly_counts {
+            let resource = state.labels.resource(
+                &Arc::from(c.resource.as_str()),
+                self.label_limit,
+                &self.metrics.series_overflow,
+            );
+            self.metrics
+                .tcc_anomalies
+                .with_label_values(&[resource.as_ref(), c.kind.as_str()])
+                .inc_by(c.count);
+        }
         self.publish_size(&state);
     }
 

@@ -45,6 +45,9 @@ pub struct ServeConfig {
     pub state_dir: Option<StateDir>,
     /// How often the state is written to `state_dir`.
     pub snapshot_interval: Duration,
+    /// The other replicas this one answers with (see [`crate::cluster`]);
+    /// `None`: this replica answers for itself.
+    pub peers: Option<crate::cluster::PeerSettings>,
     /// How long [`Running::shutdown`] waits for the requests in flight
     /// before it stops them and goes on to analyse or write the state.
     pub drain_timeout: Duration,
@@ -65,6 +68,7 @@ impl Default for ServeConfig {
             state_dir: None,
             snapshot_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(20),
+            peers: None,
         }
     }
 }
@@ -259,8 +263,19 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         tokens: config.api_tokens.clone(),
         receiver: receiver.clone(),
     };
+    let peers = match &config.peers {
+        Some(settings) => Some(Arc::new(
+            crate::cluster::Peers::new(settings, config.api_tokens.clone(), &pipeline)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        )),
+        None => None,
+    };
+    let api_state = crate::api::ApiState {
+        pipeline: pipeline.clone(),
+        peers,
+    };
     let api_router =
-        crate::api::router(pipeline.clone(), guard).merge(crate::page::router(config.page.clone()));
+        crate::api::router(api_state, guard).merge(crate::page::router(config.page.clone()));
     for (listener, router, name, what) in [
         (
             http,

@@ -286,6 +286,10 @@ pub mod metric {
     /// a request, their TLS handshake failed (see [`crate::connection_refusal`]).
     pub const AGGREGATOR_CONNECTIONS_REFUSED_TOTAL: &str =
         "paytrace_aggregator_connections_refused_total";
+    /// Counter `{peer}`: requests to peer replicas (`serve --peer`) that
+    /// failed or timed out; the answers that needed them were partial.
+    pub const AGGREGATOR_PEER_REQUESTS_FAILED_TOTAL: &str =
+        "paytrace_aggregator_peer_requests_failed_total";
     /// Counter `{outcome}`: snapshots of `--state-dir` written, failed,
     /// restored at start, or set aside as unreadable (see
     /// [`crate::snapshot_outcome`]).
@@ -347,6 +351,7 @@ pub mod metric {
         AGGREGATOR_REQUESTS_REFUSED_TOTAL,
         AGGREGATOR_CONNECTIONS_REFUSED_TOTAL,
         AGGREGATOR_STATE_SNAPSHOTS_TOTAL,
+        AGGREGATOR_PEER_REQUESTS_FAILED_TOTAL,
         AGGREGATOR_SERIES_OVERFLOW_TOTAL,
         AGGREGATOR_SPANS_TRUNCATED_TOTAL,
         AGGREGATOR_FLOWS_SAMPLED_INCONSISTENTLY_TOTAL,
@@ -402,6 +407,9 @@ pub mod label {
     /// Which of the aggregator's listeners a connection reached:
     /// `otlp_grpc`, `otlp_http` or `api`.
     pub const LISTENER: &str = "listener";
+    /// A peer replica's API URL, as given to `serve --peer` (bounded by the
+    /// configuration).
+    pub const PEER: &str = "peer";
 
     /// Every label name above, for consistency checks.
     pub const ALL: &[&str] = &[
@@ -424,6 +432,7 @@ pub mod label {
         PROTOCOL,
         LABEL,
         LISTENER,
+        PEER,
     ];
 }
 

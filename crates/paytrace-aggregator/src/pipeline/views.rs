@@ -90,7 +90,7 @@ pub struct PathStep {
 }
 
 /// How many TCC anomalies of one kind one resource had.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AnomalyCount {
     /// The TCC resource (bounded: `other` past the label limit).
     pub resource: String,

@@ -1,0 +1,323 @@
+//! Three replicas on loopback, each flow routed to one of them by a
+//! consistent hash of its flow id (standing in for the Collector's
+//! load-balancing exporter), and one aggregator that gets every span: each
+//! replica's merged answers equal the single one's. A replica stopped makes
+//! the answers partial, named; restarted on its state directory, the
+//! answers are whole again.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use paytrace_aggregator::cluster::PeerSettings;
+use paytrace_aggregator::pipeline::Now;
+use paytrace_aggregator::server::{Running, ServeConfig, start};
+use paytrace_aggregator::state::StateDir;
+use serde_json::{Value, json};
+
+const REPLICAS: usize = 3;
+const FLOWS: u64 = 60;
+
+fn config() -> ServeConfig {
+    let mut config = ServeConfig::on_free_loopback_ports();
+    // Nothing completes on its own: the test flushes when every span is in.
+    config.pipeline.assembler.trace_idle = Duration::from_secs(3600);
+    config.pipeline.flows.flow_idle = Duration::from_secs(3600);
+    config.pipeline.tcc.timeout = Duration::from_secs(5);
+    config.snapshot_interval = Duration::from_secs(3600);
+    config
+}
+
+/// Replica `i` of the cluster whose APIs listen on `api_ports`.
+async fn replica(i: usize, api_ports: &[u16; REPLICAS], state: &Path) -> Running {
+    let mut config = config();
+    config.listen = SocketAddr::from(([127, 0, 0, 1], api_ports[i]));
+    let others = (0..REPLICAS)
+        .filter(|j| *j != i)
+        .map(|j| format!("http://127.0.0.1:{}", api_ports[j]))
+        .collect();
+    config.peers = Some(PeerSettings::new(others));
+    config.state_dir = Some(StateDir::open(state.join(i.to_string())).expect("a state dir"));
+    start(config).await.expect("the replica starts")
+}
+
+/// FNV-1a of the flow id: the replica a Collector routing on
+/// `paytrace.flow_id` would pick, consistently.
+fn route(flow_id: &str) -> usize {
+    let hash = flow_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % REPLICAS as u64) as usize
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Flow `k`: a checkout request (root, order.create, channel.request) and
+/// the channel's callback as a second trace tied by the flow id; every
+/// tenth leaves a Try of the points branch undecided (frozen).
+fn flow(k: u64, t0: u64) -> (String, Value) {
+    let flow_id = format!("ord_{k}");
+    let method = ["alipay", "wechat_pay", "card"][(k % 3) as usize];
+    let request_ms = 40 + (k * 37) % 300;
+    let callback_gap_ms = 100 + (k * 53) % 900;
+    let attr = |k: &str, v: &str| json!({"key": k, "value": {"stringValue": v}});
+    let ms = |m: u64| (t0 + m * 1_000_000).to_string();
+    let span = |trace: String,
+                id: String,
+                parent: Option<String>,
+                name: &str,
+                from: u64,
+                to: u64,
+                attrs: Vec<Value>| {
+        let mut s = json!({
+            "traceId": trace, "spanId": id, "name": name, "kind": 2,
+            "startTimeUnixNano": ms(from), "endTimeUnixNano": ms(to), "attributes": attrs,
+        });
+        if let Some(p) = parent {
+            s["parentSpanId"] = json!(p);
+        }
+        s
+    };
+    let request = format!("{:032x}", 0x1000 + k);
+    let callback = format!("{:032x}", 0x9000_0000 + k);
+    let id = |n: u64| format!("{:016x}", k * 16 + n + 1);
+    let mut spans = vec![
+        span(
+            request.clone(),
+            id(0),
+            None,
+            "POST /checkout",
+            0,
+            request_ms,
+            vec![
+                attr("paytrace.flow", "checkout"),
+                attr("paytrace.flow_id", &flow_id),
+                attr("payment.method", method),
+                attr("payment.channel", method),
+            ],
+        ),
+        span(
+            request.clone(),
+            id(1),
+            Some(id(0)),
+            "order.create",
+            2,
+            request_ms / 3,
+            vec![
+                attr("paytrace.stage", "order.create"),
+                attr("paytrace.flow_id", &flow_id),
+            ],
+        ),
+        span(
+            request.clone(),
+            id(2),
+            Some(id(0)),
+            "channel.request",
+            request_ms / 3,
+            request_ms - 2,
+            vec![
+                attr("paytrace.stage", "channel.request"),
+                attr("paytrace.flow_id", &flow_id),
+            ],
+        ),
+        span(
+            callback.clone(),
+            id(3),
+            None,
+            "POST /callbacks",
+            request_ms + callback_gap_ms,
+            request_ms + callback_gap_ms + 30,
+            vec![
+                attr("paytrace.stage", "channel.callback"),
+                attr("paytrace.flow_id", &flow_id),
+            ],
+        ),
+    ];
+    if k.is_multiple_of(10) {
+        spans.push(span(
+            request.clone(),
+            id(4),
+            Some(id(0)),
+            "POST /points/try",
+            3,
+            9,
+            vec![
+                attr("tcc.xid", &flow_id),
+                attr("tcc.resource", "points"),
+                attr("tcc.phase", "try"),
+                attr("paytrace.flow_id", &flow_id),
+            ],
+        ));
+    }
+    let body = json!({"resourceSpans": [{
+        "resource": {"attributes": [attr("service.name", "shop")]},
+        "scopeSpans": [{"spans": spans}],
+    }]});
+    (flow_id, body)
+}
+
+async fn get(client: &reqwest::Client, api: SocketAddr, path: &str) -> Value {
+    client
+        .get(format!("http://{api}{path}"))
+        .send()
+        .await
+        .expect("the API answers")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+/// `v` with every number rounded to 9 significant digits (sums of the same
+/// values in another order differ in the last bits), the cluster fields
+/// taken out, and the anomalies (found at the same moment, so listed in no
+/// particular order among themselves) sorted by transaction.
+fn normalized(v: &Value) -> Value {
+    let mut v = rounded(v);
+    if let Some(anomalies) = v.get_mut("anomalies").and_then(Value::as_array_mut) {
+        anomalies.sort_by_key(|a| a["xid"].as_str().unwrap_or("").to_owned());
+    }
+    v
+}
+
+fn rounded(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f != 0.0 && n.as_u64().is_none() => {
+                let digits = 8 - f.abs().log10().floor() as i32;
+                let scale = 10f64.powi(digits);
+                json!((f * scale).round() / scale)
+            }
+            _ => v.clone(),
+        },
+        Value::Array(items) => Value::Array(items.iter().map(rounded).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| *k != "partial" && *k != "missing_peers")
+                .map(|(k, v)| (k.clone(), rounded(v)))
+                .collect(),
+        ),
+        _ => v.clone(),
+    }
+}
+
+const PATHS: [&str; 6] = [
+    "/api/v1/breakdown?flow=checkout&window=5m",
+    "/api/v1/breakdown?flow=checkout&window=5m&payment_method=wechat_pay",
+    "/api/v1/flows?window=15m",
+    "/api/v1/timeseries?flow=checkout&window=1h",
+    "/api/v1/traces/slow?flow=checkout&limit=7",
+    "/api/v1/tcc/anomalies",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_answers_as_one_aggregator_holding_every_flow() {
+    let state = std::env::temp_dir().join(format!("paytrace-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let api_ports = [
+        paytrace_testkit::free_port(),
+        paytrace_testkit::free_port(),
+        paytrace_testkit::free_port(),
+    ];
+    let mut replicas = Vec::new();
+    for i in 0..REPLICAS {
+        replicas.push(Some(replica(i, &api_ports, &state).await));
+    }
+    let single = start(config()).await.expect("the single aggregator starts");
+
+    let t0 = now_ns() - 30_000_000_000;
+    let mut routed = [0u64; REPLICAS];
+    for k in 0..FLOWS {
+        let (flow_id, body) = flow(k, t0);
+        let to = route(&flow_id);
+        routed[to] += 1;
+        let replica = replicas[to].as_ref().expect("running");
+        paytrace_testkit::post_otlp_json(replica.otlp_http, &body).await;
+        paytrace_testkit::post_otlp_json(single.otlp_http, &body).await;
+    }
+    assert!(
+        routed.iter().all(|n| *n > 0),
+        "every replica holds flows: {routed:?}"
+    );
+    let now = Now::current();
+    for r in replicas.iter().flatten() {
+        r.pipeline.flush(now);
+    }
+    single.pipeline.flush(now);
+
+    let client = reqwest::Client::new();
+    for path in PATHS {
+        let expected = get(&client, single.listen, path).await;
+        for (i, r) in replicas.iter().flatten().enumerate() {
+            let merged = get(&client, r.listen, path).await;
+            assert_eq!(merged["partial"], false, "replica {i} {path}: {merged}");
+            assert_eq!(
+                normalized(&merged),
+                normalized(&expected),
+                "replica {i} {path}"
+            );
+        }
+    }
+    let whole = get(&client, single.listen, PATHS[0]).await;
+    assert_eq!(whole["traces"], FLOWS, "{whole}");
+    let own = get(
+        &client,
+        replicas[0].as_ref().expect("running").listen,
+        &format!("{}&local=true", PATHS[0]),
+    )
+    .await;
+    assert_eq!(
+        own["traces"], routed[0],
+        "local=true answers for the replica alone"
+    );
+    let frozen = get(&client, single.listen, "/api/v1/tcc/anomalies?kind=frozen").await;
+    assert_eq!(
+        frozen["anomalies"].as_array().map(Vec::len),
+        Some((FLOWS / 10) as usize),
+        "{frozen}"
+    );
+
+    // A replica stops: the others answer without it, saying so.
+    let stopped = replicas[2].take().expect("running");
+    stopped.shutdown().await;
+    let down = format!("http://127.0.0.1:{}", api_ports[2]);
+    let partial = get(
+        &client,
+        replicas[0].as_ref().expect("running").listen,
+        PATHS[0],
+    )
+    .await;
+    assert_eq!(partial["partial"], true, "{partial}");
+    assert_eq!(partial["missing_peers"], json!([down]));
+    assert_eq!(partial["traces"], routed[0] + routed[1]);
+    let failed = paytrace_testkit::scrape_value(
+        &format!(
+            "http://{}/metrics",
+            replicas[0].as_ref().expect("running").listen
+        ),
+        &format!(r#"paytrace_aggregator_peer_requests_failed_total{{peer="{down}"}}"#),
+    )
+    .await;
+    assert!(failed >= 1.0, "{failed}");
+
+    // It comes back on its state directory: whole again.
+    replicas[2] = Some(replica(2, &api_ports, &state).await);
+    for path in PATHS {
+        let expected = get(&client, single.listen, path).await;
+        let merged = get(&client, replicas[0].as_ref().expect("running").listen, path).await;
+        assert_eq!(merged["partial"], false, "{path}: {merged}");
+        assert_eq!(
+            normalized(&merged),
+            normalized(&expected),
+            "after the restart: {path}"
+        );
+    }
+    for r in replicas.into_iter().flatten() {
+        r.shutdown().await;
+    }
+    single.shutdown().await;
+    let _ = std::fs::remove_dir_all(state);
+}
