@@ -146,7 +146,7 @@ struct ServeArgs {
     /// commas): this replica's API and page then answer for all of them,
     /// merged exactly; a peer that does not answer makes the answer
     /// `"partial"`. Route each flow to one replica (see
-    /// examples/deploy/otelcol-two-tier.yaml).
+    /// examples/deploy/otelcol.yaml).
     #[arg(long = "peer", env = "PAYTRACE_PEER", value_delimiter = ',')]
     peers: Vec<String>,
     /// How long a peer may take to answer.
