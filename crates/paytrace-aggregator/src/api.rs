@@ -13,8 +13,9 @@
 //! With peers (`serve --peer`), every data route answers for the whole
 //! cluster (see [`crate::cluster`]) and adds `"partial"` and
 //! `"missing_peers"`; `?local=true` answers for this replica alone, and
-//! `GET /api/v1/internal/windows?window=5m&now_minute=M` hands a peer this
-//! replica's minutes.
+//! `GET /api/v1/internal/windows?window=5m&now_minute=M[&flow=F][&collapse=true]`
+//! hands a peer this replica's minutes (only flow `F`'s; merged into one
+//! minute with `collapse`).
 
 use std::sync::Arc;
 
@@ -50,23 +51,34 @@ impl ApiState {
         self.peers.as_deref().filter(|_| !local.local)
     }
 
-    /// This replica's windows merged with every peer's that answered.
+    /// This replica's windows merged with every peer's that answered;
+    /// `shape` says how much of them the answer needs.
     async fn windows(
         &self,
         local: &Local,
         window_minutes: u64,
         now_minute: u64,
+        shape: Shape<'_>,
     ) -> (Windows, Option<Vec<String>>) {
         let mut windows = self.pipeline.windows(window_minutes, now_minute);
         let Some(peers) = self.peers(local) else {
             return (windows, None);
         };
-        let Gathered { parts, missing } = peers.windows(window_minutes, now_minute).await;
+        let Gathered { parts, missing } = peers.windows(window_minutes, now_minute, shape).await;
         for part in parts {
             windows.merge(part);
         }
         (windows, Some(missing))
     }
+}
+
+/// How much of a peer's windows an answer needs.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Shape<'a> {
+    /// Only this flow's groups (a breakdown, a series).
+    pub(crate) flow: Option<&'a str>,
+    /// The minutes merged into one (a breakdown, the overview; not a series).
+    pub(crate) collapse: bool,
 }
 
 /// `answer` with `"partial"` and `"missing_peers"` when peers were asked.
@@ -153,7 +165,11 @@ async fn flows(
         Err(e) => return bad_request(e),
     };
     let now_minute = Now::current().minute();
-    let (windows, missing) = api.windows(&local, minutes, now_minute).await;
+    let shape = Shape {
+        flow: None,
+        collapse: true,
+    };
+    let (windows, missing) = api.windows(&local, minutes, now_minute, shape).await;
     with_peers(
         serde_json::json!({
             "window_seconds": minutes * 60,
@@ -167,17 +183,29 @@ async fn flows(
 struct InternalWindowsQuery {
     window: Option<String>,
     now_minute: u64,
+    flow: Option<String>,
+    #[serde(default)]
+    collapse: bool,
 }
 
-/// This replica's minutes, for a peer to merge.
+/// This replica's minutes, for a peer to merge: only `flow`'s when given,
+/// merged into one minute with `collapse=true`.
 async fn internal_windows(
     State(api): State<ApiState>,
     Query(q): Query<InternalWindowsQuery>,
 ) -> Response {
-    match window(q.window.as_deref()) {
-        Ok(minutes) => Json(api.pipeline.windows(minutes, q.now_minute)).into_response(),
-        Err(e) => bad_request(e),
+    let minutes = match window(q.window.as_deref()) {
+        Ok(m) => m,
+        Err(e) => return bad_request(e),
+    };
+    let mut windows = api.pipeline.windows(minutes, q.now_minute);
+    if let Some(flow) = q.flow.as_deref().filter(|f| !f.is_empty()) {
+        windows.retain_flow(flow);
     }
+    if q.collapse {
+        windows = windows.collapse(q.now_minute);
+    }
+    Json(windows).into_response()
 }
 
 impl BreakdownQuery {
@@ -208,7 +236,13 @@ async fn breakdown(
         Ok(s) => s,
         Err(e) => return bad_request(e),
     };
-    let (windows, missing) = api.windows(&local, s.window_minutes, s.now_minute).await;
+    let shape = Shape {
+        flow: Some(s.flow),
+        collapse: true,
+    };
+    let (windows, missing) = api
+        .windows(&local, s.window_minutes, s.now_minute, shape)
+        .await;
     with_peers(json(windows.breakdown(&s)), missing)
 }
 
@@ -221,7 +255,13 @@ async fn timeseries(
         Ok(s) => s,
         Err(e) => return bad_request(e),
     };
-    let (windows, missing) = api.windows(&local, s.window_minutes, s.now_minute).await;
+    let shape = Shape {
+        flow: Some(s.flow),
+        collapse: false,
+    };
+    let (windows, missing) = api
+        .windows(&local, s.window_minutes, s.now_minute, shape)
+        .await;
     with_peers(
         serde_json::json!({ "flow": s.flow, "points": windows.timeseries(&s) }),
         missing,

@@ -346,6 +346,11 @@ impl Groups {
         acc
     }
 
+    /// Keeps the groups of `flow` only.
+    pub(crate) fn retain_flow(&mut self, flow: &str) {
+        self.groups.retain(|key, _| &*key.flow == flow);
+    }
+
     /// Adds every group of `other` to this one.
     pub(crate) fn merge(&mut self, other: &Groups) {
         for (key, group) in &other.groups {

@@ -116,12 +116,20 @@ impl Peers {
         })
     }
 
-    /// Every peer's windows of the last `window_minutes` up to `now_minute`.
-    pub(crate) async fn windows(&self, window_minutes: u64, now_minute: u64) -> Gathered<Windows> {
-        let query = vec![
+    /// Every peer's windows of the last `window_minutes` up to `now_minute`,
+    /// as much of them as `shape` says.
+    pub(crate) async fn windows(
+        &self,
+        window_minutes: u64,
+        now_minute: u64,
+        shape: crate::api::Shape<'_>,
+    ) -> Gathered<Windows> {
+        let mut query = vec![
             ("window".to_owned(), format!("{window_minutes}m")),
             ("now_minute".to_owned(), now_minute.to_string()),
+            ("collapse".to_owned(), shape.collapse.to_string()),
         ];
+        query.extend(shape.flow.map(|f| ("flow".to_owned(), f.to_owned())));
         self.get("/api/v1/internal/windows", query).await
     }
 

@@ -63,6 +63,30 @@ impl Windows {
         timeseries(&self.within(q.window_minutes, q.now_minute), q)
     }
 
+    /// Only what concerns `flow`: the groups, errors and incomplete counts
+    /// of the other flows are dropped (what a peer sends for a breakdown).
+    pub fn retain_flow(&mut self, flow: &str) {
+        for m in &mut self.minutes {
+            m.groups.retain_flow(flow);
+            m.errors.retain(|f, _| &**f == flow);
+            m.incomplete.retain(|f, _| &**f == flow);
+        }
+    }
+
+    /// The minutes merged into one, dated `minute`: enough for a breakdown
+    /// or the flows overview of the window (not for the per-minute series),
+    /// and a fraction of the bytes to send.
+    pub fn collapse(self, minute: u64) -> Windows {
+        let mut one = Minute {
+            minute,
+            ..Minute::default()
+        };
+        for m in &self.minutes {
+            one.merge(m);
+        }
+        Windows { minutes: vec![one] }
+    }
+
     fn within(&self, window_minutes: u64, now_minute: u64) -> Vec<&Minute> {
         in_window(&self.minutes, now_minute, window_minutes).collect()
     }
