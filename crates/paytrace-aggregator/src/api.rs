@@ -426,6 +426,26 @@ async fn authenticate(
         .into_response()
 }
 
+/// Names this replica on every response (see [`crate::cluster`]): a
+/// replica that finds itself among its peers skips its own answer.
+async fn name_replica(
+    State(api): State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    if let Some(id) = api
+        .peers
+        .as_ref()
+        .and_then(|p| axum::http::HeaderValue::from_str(p.id()).ok())
+    {
+        response
+            .headers_mut()
+            .insert(crate::cluster::REPLICA_HEADER, id);
+    }
+    response
+}
+
 /// The API; its data routes behind `guard`, `/metrics` and the probes open
 /// (protect them by network policy: Prometheus and the kubelet present no
 /// token).
@@ -442,6 +462,10 @@ pub(crate) fn router(api: ApiState, guard: Guard) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            name_replica,
+        ))
         .with_state(api)
 }
 

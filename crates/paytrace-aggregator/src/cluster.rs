@@ -15,6 +15,11 @@
 //! `paytrace_aggregator_peer_requests_failed_total{peer}` counts it. Peer
 //! requests carry the first token of `--api-token-file`, since every replica
 //! takes the same tokens.
+//!
+//! With `--peers-dns URL` the peers are every address the URL's host name
+//! resolves to (a Kubernetes headless Service), looked up again at most every
+//! 5 s. That list includes this replica: every API response names its
+//! replica (`x-paytrace-replica`), and an answer from this one is skipped.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +45,10 @@ pub struct PeerSettings {
     /// The peers' API base URLs (`http://host:8686`, or `https://` with
     /// [`PeerSettings::ca`]).
     pub urls: Vec<String>,
+    /// A URL whose host name resolves to every replica's address
+    /// (`http://paytrace-aggregator-headless.monitoring.svc:8686`), looked up
+    /// again at most every 5 s; this replica among them is skipped.
+    pub dns: Option<String>,
     /// How long a peer may take to answer before the answer goes on
     /// without it.
     pub timeout: Duration,
@@ -53,6 +62,7 @@ impl PeerSettings {
     pub fn new(urls: Vec<String>) -> Self {
         Self {
             urls,
+            dns: None,
             timeout: Duration::from_secs(2),
             ca: None,
         }
@@ -66,10 +76,37 @@ pub(crate) struct Gathered<T> {
     pub(crate) missing: Vec<String>,
 }
 
+/// The response header naming the replica that answered.
+pub(crate) const REPLICA_HEADER: &str = "x-paytrace-replica";
+/// How long a DNS answer about the peers is used.
+const DNS_TTL: Duration = Duration::from_secs(5);
+
+/// A random name for this process, to tell its own answers apart.
+pub(crate) fn replica_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
+/// Where the peers are found.
+#[derive(Debug)]
+enum Source {
+    Static(Vec<String>),
+    Dns {
+        scheme: String,
+        host: String,
+        port: u16,
+        resolved: std::sync::Mutex<Option<(std::time::Instant, Vec<String>)>>,
+    },
+}
+
 /// The peers of this replica.
 #[derive(Debug)]
 pub(crate) struct Peers {
-    urls: Vec<String>,
+    source: Source,
+    /// This replica's name, in [`REPLICA_HEADER`].
+    id: String,
     client: reqwest::Client,
     tokens: Option<Arc<Tokens>>,
     failed: IntCounterVec,
@@ -100,20 +137,79 @@ impl Peers {
                 &[paytrace_semconv::label::PEER],
             )
             .map_err(|e| e.to_string())?;
-        let urls: Vec<String> = settings
-            .urls
-            .iter()
-            .map(|u| u.trim_end_matches('/').to_owned())
-            .collect();
-        for url in &urls {
-            failed.with_label_values(&[url.as_str()]);
-        }
+        let source = match &settings.dns {
+            Some(url) => {
+                let parsed = reqwest::Url::parse(url)
+                    .map_err(|e| format!("--peers-dns {url:?} is not a URL: {e}"))?;
+                let host = parsed
+                    .host_str()
+                    .ok_or_else(|| format!("--peers-dns {url:?} names no host"))?
+                    .to_owned();
+                Source::Dns {
+                    scheme: parsed.scheme().to_owned(),
+                    port: parsed.port_or_known_default().unwrap_or(8686),
+                    host,
+                    resolved: std::sync::Mutex::new(None),
+                }
+            }
+            None => {
+                let urls: Vec<String> = settings
+                    .urls
+                    .iter()
+                    .map(|u| u.trim_end_matches('/').to_owned())
+                    .collect();
+                for url in &urls {
+                    failed.with_label_values(&[url.as_str()]);
+                }
+                Source::Static(urls)
+            }
+        };
         Ok(Self {
-            urls,
+            source,
+            id: replica_id(),
             client,
             tokens,
             failed,
         })
+    }
+
+    /// This replica's name, for [`REPLICA_HEADER`].
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The peers' base URLs now (for DNS, this replica's own address among
+    /// them).
+    async fn urls(&self) -> Vec<String> {
+        let (scheme, host, port, resolved) = match &self.source {
+            Source::Static(urls) => return urls.clone(),
+            Source::Dns {
+                scheme,
+                host,
+                port,
+                resolved,
+            } => (scheme, host, *port, resolved),
+        };
+        if let Some((at, urls)) = &*resolved.lock().unwrap_or_else(|e| e.into_inner())
+            && at.elapsed() < DNS_TTL
+        {
+            return urls.clone();
+        }
+        let urls: Vec<String> = match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(addresses) => {
+                let mut urls: Vec<String> = addresses.map(|a| format!("{scheme}://{a}")).collect();
+                urls.sort();
+                urls.dedup();
+                urls
+            }
+            Err(e) => {
+                tracing::warn!(host = %host, error = %e, "cannot resolve the peers: answering alone");
+                Vec::new()
+            }
+        };
+        *resolved.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), urls.clone()));
+        urls
     }
 
     /// Every peer's windows of the last `window_minutes` up to `now_minute`,
@@ -149,25 +245,38 @@ impl Peers {
         query: Vec<(String, String)>,
     ) -> Gathered<T> {
         let token = self.tokens.as_ref().and_then(|t| t.first());
+        let urls = self.urls().await;
         let mut asked = tokio::task::JoinSet::new();
-        for (i, base) in self.urls.iter().enumerate() {
+        for (i, base) in urls.iter().enumerate() {
             let mut request = self.client.get(format!("{base}{path}")).query(&query);
             if let Some(token) = &token {
                 request = request.bearer_auth(token);
             }
+            let own = self.id.clone();
             asked.spawn(async move {
-                let answer =
-                    async { request.send().await?.error_for_status()?.json::<T>().await }.await;
+                let answer = async {
+                    let response = request.send().await?.error_for_status()?;
+                    let from_self = response
+                        .headers()
+                        .get(REPLICA_HEADER)
+                        .is_some_and(|id| id.as_bytes() == own.as_bytes());
+                    if from_self {
+                        return Ok(None);
+                    }
+                    response.json::<T>().await.map(Some)
+                }
+                .await;
                 (i, answer)
             });
         }
-        let mut answers: Vec<(usize, T)> = Vec::with_capacity(self.urls.len());
+        let mut answers: Vec<(usize, T)> = Vec::with_capacity(urls.len());
         let mut missing = Vec::new();
         while let Some(joined) = asked.join_next().await {
             match joined {
-                Ok((i, Ok(answer))) => answers.push((i, answer)),
+                Ok((i, Ok(Some(answer)))) => answers.push((i, answer)),
+                Ok((_, Ok(None))) => {}
                 Ok((i, Err(e))) => {
-                    let url = &self.urls[i];
+                    let url = &urls[i];
                     tracing::warn!(peer = %url, error = %e, "a peer did not answer: the answer is partial");
                     self.failed.with_label_values(&[url.as_str()]).inc();
                     missing.push(url.clone());

@@ -149,6 +149,12 @@ struct ServeArgs {
     /// examples/deploy/otelcol.yaml).
     #[arg(long = "peer", env = "PAYTRACE_PEER", value_delimiter = ',')]
     peers: Vec<String>,
+    /// Find the peers by DNS instead: every address this URL's host name
+    /// resolves to (a Kubernetes headless Service, e.g.
+    /// http://paytrace-aggregator-headless.monitoring.svc:8686), looked up
+    /// again every 5 s; this replica among them is recognised and skipped.
+    #[arg(long, env = "PAYTRACE_PEERS_DNS", conflicts_with = "peers")]
+    peers_dns: Option<String>,
     /// How long a peer may take to answer.
     #[arg(long, env = "PAYTRACE_PEER_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     peer_timeout: Duration,
@@ -354,8 +360,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         };
     }
     config.snapshot_interval = args.snapshot_interval;
-    if !args.peers.is_empty() {
+    if !args.peers.is_empty() || args.peers_dns.is_some() {
         let mut peers = paytrace_aggregator::cluster::PeerSettings::new(args.peers.clone());
+        peers.dns = args.peers_dns.clone();
         peers.timeout = args.peer_timeout;
         peers.ca = args.peer_ca.clone();
         config.peers = Some(peers);

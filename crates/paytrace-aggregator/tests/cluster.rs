@@ -321,3 +321,28 @@ async fn every_replica_answers_as_one_aggregator_holding_every_flow() {
     single.shutdown().await;
     let _ = std::fs::remove_dir_all(state);
 }
+
+/// `--peers-dns`: the name resolves to every replica, this one included; it
+/// recognises its own answer (by the replica name on every response) and
+/// does not count its flows twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_found_among_its_peers_by_dns_skips_itself() {
+    let port = paytrace_testkit::free_port();
+    let mut config = config();
+    config.listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut peers = PeerSettings::new(Vec::new());
+    peers.dns = Some(format!("http://127.0.0.1:{port}"));
+    config.peers = Some(peers);
+    let replica = start(config).await.expect("the replica starts");
+    let t0 = now_ns() - 30_000_000_000;
+    for k in 0..5 {
+        paytrace_testkit::post_otlp_json(replica.otlp_http, &flow(k, t0).1).await;
+    }
+    replica.pipeline.flush(Now::current());
+    let client = reqwest::Client::new();
+    let answer = get(&client, replica.listen, PATHS[0]).await;
+    assert_eq!(answer["traces"], 5, "counted once: {answer}");
+    assert_eq!(answer["partial"], false);
+    assert_eq!(answer["missing_peers"], json!([]));
+    replica.shutdown().await;
+}
