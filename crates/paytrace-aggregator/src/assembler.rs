@@ -179,6 +179,11 @@ impl Assembler {
         }
     }
 
+    /// Whether trace `id` is being assembled or was handed on lately.
+    pub(crate) fn has_seen(&self, id: &TraceId) -> bool {
+        self.live.contains_key(id) || self.completed.contains(id)
+    }
+
     /// Live traces.
     pub fn live_traces(&self) -> usize {
         self.live.len()

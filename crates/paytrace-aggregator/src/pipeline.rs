@@ -93,6 +93,20 @@ pub struct PipelineConfig {
     pub default_sampling_probability: Option<f64>,
 }
 
+/// Whether a flow's spans link to a trace that is not among its own and
+/// that this aggregator never received: part of the flow went elsewhere.
+fn split_from(traces: &[Vec<crate::span::Span>], assembler: &Assembler) -> bool {
+    let own: crate::FastSet<crate::span::TraceId> = traces
+        .iter()
+        .filter_map(|spans| spans.first().map(|s| s.trace_id))
+        .collect();
+    traces
+        .iter()
+        .flatten()
+        .flat_map(|s| s.links.iter())
+        .any(|link| !own.contains(&link.trace_id) && !assembler.has_seen(&link.trace_id))
+}
+
 /// What a snapshot keeps of the pipeline (see [`crate::state`]).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PipelineSnapshot {
@@ -445,6 +459,7 @@ impl Pipeline {
         else {
             return;
         };
+        let split = split_from(&finished.traces, &state.assembler);
         // Every name used as a key from here on is bounded: metric labels,
         // window groups and the recent-flows lists alike.
         state.labels.bound(
@@ -460,6 +475,12 @@ impl Pipeline {
         if analysis.sampling.mixed {
             self.metrics
                 .flows_sampled_inconsistently
+                .with_label_values(&[&analysis.flow])
+                .inc();
+        }
+        if split {
+            self.metrics
+                .flows_split
                 .with_label_values(&[&analysis.flow])
                 .inc();
         }

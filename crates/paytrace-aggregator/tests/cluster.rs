@@ -137,6 +137,8 @@ fn flow(k: u64, t0: u64) -> (String, Value) {
             ],
         ),
     ];
+    // The callback links to the channel request that caused it.
+    spans[3]["links"] = json!([{"traceId": request, "spanId": id(2)}]);
     if k.is_multiple_of(10) {
         spans.push(span(
             request.clone(),
@@ -315,6 +317,65 @@ async fn every_replica_answers_as_one_aggregator_holding_every_flow() {
             "after the restart: {path}"
         );
     }
+    // A flow split across replicas (as a routing change would): its
+    // request to one, its callback to another. The replica holding the
+    // callback counts it; nothing else did.
+    let split_metric = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("paytrace_aggregator_flows_split_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let scrape = |api: SocketAddr| {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://{api}/metrics"))
+                .send()
+                .await
+                .expect("scrape")
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+    for r in replicas.iter().flatten() {
+        assert_eq!(
+            split_metric(&scrape(r.listen).await),
+            0.0,
+            "no flow was split yet"
+        );
+    }
+    let (_, body) = flow(FLOWS + 1, t0);
+    let spans = body["resourceSpans"][0]["scopeSpans"][0]["spans"]
+        .as_array()
+        .expect("spans")
+        .clone();
+    let part = |callback: bool| {
+        let mut b = body.clone();
+        b["resourceSpans"][0]["scopeSpans"][0]["spans"] = spans
+            .iter()
+            .filter(|s| s["links"].is_array() == callback)
+            .cloned()
+            .collect();
+        b
+    };
+    let (first, second) = (
+        replicas[0].as_ref().expect("running"),
+        replicas[1].as_ref().expect("running"),
+    );
+    paytrace_testkit::post_otlp_json(first.otlp_http, &part(false)).await;
+    paytrace_testkit::post_otlp_json(second.otlp_http, &part(true)).await;
+    first.pipeline.flush(Now::current());
+    second.pipeline.flush(Now::current());
+    assert_eq!(split_metric(&scrape(first.listen).await), 0.0);
+    assert_eq!(split_metric(&scrape(second.listen).await), 1.0);
+    assert_eq!(split_metric(&scrape(single.listen).await), 0.0);
+    // Its request is a checkout of its own now: one more than the
+    // reference, which never got this flow.
+    let extra = get(&client, first.listen, PATHS[0]).await["traces"].as_u64();
+    assert_eq!(extra, Some(FLOWS + 1));
+
     for r in replicas.into_iter().flatten() {
         r.shutdown().await;
     }

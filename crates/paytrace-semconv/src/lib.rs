@@ -286,6 +286,10 @@ pub mod metric {
     /// a request, their TLS handshake failed (see [`crate::connection_refusal`]).
     pub const AGGREGATOR_CONNECTIONS_REFUSED_TOTAL: &str =
         "paytrace_aggregator_connections_refused_total";
+    /// Counter `{flow}`: flow instances finished with a link to a trace
+    /// this aggregator never received: the trace went to another replica
+    /// (a routing change, a replica down) or was lost. Analysed without it.
+    pub const AGGREGATOR_FLOWS_SPLIT_TOTAL: &str = "paytrace_aggregator_flows_split_total";
     /// Counter `{peer}`: requests to peer replicas (`serve --peer`) that
     /// failed or timed out; the answers that needed them were partial.
     pub const AGGREGATOR_PEER_REQUESTS_FAILED_TOTAL: &str =
@@ -352,6 +356,7 @@ pub mod metric {
         AGGREGATOR_CONNECTIONS_REFUSED_TOTAL,
         AGGREGATOR_STATE_SNAPSHOTS_TOTAL,
         AGGREGATOR_PEER_REQUESTS_FAILED_TOTAL,
+        AGGREGATOR_FLOWS_SPLIT_TOTAL,
         AGGREGATOR_SERIES_OVERFLOW_TOTAL,
         AGGREGATOR_SPANS_TRUNCATED_TOTAL,
         AGGREGATOR_FLOWS_SAMPLED_INCONSISTENTLY_TOTAL,

@@ -42,6 +42,7 @@ pub(super) struct Metrics {
     pub(super) stage_self: WeightedHistogramVec,
     pub(super) flows_incomplete: IntCounterVec,
     pub(super) flows_sampled_inconsistently: IntCounterVec,
+    pub(super) flows_split: IntCounterVec,
     pub(super) spans_received: IntCounterVec,
     pub(super) spans_dropped: IntCounterVec,
     pub(super) spans_truncated: IntCounterVec,
@@ -100,6 +101,13 @@ impl Metrics {
                 Opts::new(
                     metric::AGGREGATOR_FLOWS_SAMPLED_INCONSISTENTLY_TOTAL,
                     "Flow instances whose spans carried different sampling thresholds; each was counted with the lowest probability.",
+                ),
+                &[label::FLOW],
+            )?,
+            flows_split: IntCounterVec::new(
+                Opts::new(
+                    metric::AGGREGATOR_FLOWS_SPLIT_TOTAL,
+                    "Flow instances finished with a link to a trace this aggregator never received (routed to another replica, or lost).",
                 ),
                 &[label::FLOW],
             )?,
@@ -162,6 +170,7 @@ impl Metrics {
         r.register(Box::new(m.stage_self.clone()))?;
         r.register(Box::new(m.flows_incomplete.clone()))?;
         r.register(Box::new(m.flows_sampled_inconsistently.clone()))?;
+        r.register(Box::new(m.flows_split.clone()))?;
         r.register(Box::new(m.spans_received.clone()))?;
         r.register(Box::new(m.spans_dropped.clone()))?;
         r.register(Box::new(m.spans_truncated.clone()))?;
