@@ -41,7 +41,7 @@ fn every_flag_names_its_environment_variable() {
 }
 
 /// `paytrace-aggregator serve`, set up by `setup` with its three ports.
-async fn serve(setup: impl FnOnce(&mut Command, [u16; 3])) -> (std::process::Child, [u16; 3]) {
+async fn serve(setup: impl FnMut(&mut Command, [u16; 3])) -> (std::process::Child, [u16; 3]) {
     paytrace_testkit::serve_aggregator(env!("CARGO_BIN_EXE_paytrace-aggregator"), setup).await
 }
 

@@ -53,6 +53,25 @@ impl Aggregator {
     }
 
     async fn start_with(args: &[&str], pki: Option<&paytrace_testkit::Pki>) -> Self {
+        // A port found free may be taken (by another test's outgoing
+        // connection) before the aggregator binds it; it then exits at
+        // once, and is started again on other ports.
+        for attempt in 1..=3 {
+            match Self::try_start(args, pki).await {
+                Ok(aggregator) => return aggregator,
+                Err(status) if attempt < 3 => {
+                    eprintln!("the aggregator exited at start ({status}); new ports");
+                }
+                Err(status) => panic!("the aggregator exited at start three times: {status}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    async fn try_start(
+        args: &[&str],
+        pki: Option<&paytrace_testkit::Pki>,
+    ) -> Result<Self, std::process::ExitStatus> {
         let (api, grpc, http) = (
             paytrace_testkit::free_port(),
             paytrace_testkit::free_port(),
@@ -89,7 +108,7 @@ impl Aggregator {
                 ("https", "localhost", client)
             }
         };
-        let aggregator = Self {
+        let mut aggregator = Self {
             child,
             api: format!("{scheme}://{host}:{api}"),
             otlp_grpc: format!("{scheme}://{host}:{grpc}"),
@@ -104,7 +123,10 @@ impl Aggregator {
                 .send()
                 .await;
             if ready.is_ok_and(|r| r.status().is_success()) {
-                return aggregator;
+                return Ok(aggregator);
+            }
+            if let Ok(Some(status)) = aggregator.child.try_wait() {
+                return Err(status);
             }
             assert!(
                 Instant::now() < deadline,

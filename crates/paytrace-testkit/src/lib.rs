@@ -65,22 +65,47 @@ pub async fn stop(child: Child, signal: &str) -> std::process::Output {
 /// `/readyz` answers, with the ports.
 pub async fn serve_aggregator(
     exe: &str,
-    setup: impl FnOnce(&mut Command, [u16; 3]),
+    mut setup: impl FnMut(&mut Command, [u16; 3]),
 ) -> (Child, [u16; 3]) {
-    let ports = [free_port(), free_port(), free_port()];
-    let mut cmd = Command::new(exe);
-    cmd.arg("serve").stderr(Stdio::piped());
-    setup(&mut cmd, ports);
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {exe}: {e}"));
-    wait_until_ok(
-        &format!("http://127.0.0.1:{}/readyz", ports[0]),
-        Duration::from_secs(20),
-        "paytrace-aggregator serve",
-    )
-    .await;
-    (child, ports)
+    // A port found free may be taken (by another test's outgoing
+    // connection) before the aggregator binds it: it then exits at once,
+    // and is started again on other ports.
+    for attempt in 1..=3 {
+        let ports = [free_port(), free_port(), free_port()];
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve").stderr(Stdio::piped());
+        setup(&mut cmd, ports);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {exe}: {e}"));
+        let url = format!("http://127.0.0.1:{}/readyz", ports[0]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return (child, ports);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut err);
+                }
+                assert!(
+                    attempt < 3,
+                    "{exe} serve exited three times at start: {status}: {err}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{exe} serve did not answer {url} within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    unreachable!("the loop returns or panics")
 }
 
 /// A loopback TCP port that was free a moment ago.

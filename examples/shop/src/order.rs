@@ -27,6 +27,12 @@ struct Order {
     plan: Plan,
     empty_rollbacks: bool,
     late_cancels: bool,
+    /// Orders already cancelled late: a duplicated payment callback runs
+    /// `paid` twice, and two late cancels racing each other and a second
+    /// Confirm would be ordered one way by the fence and another by the
+    /// spans' clocks. One late cancel per order keeps the anomaly
+    /// countable alike by both.
+    cancelled_late: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 const PARTICIPANTS: [Role; 4] = [Role::Inventory, Role::Coupon, Role::Points, Role::Payment];
@@ -137,7 +143,13 @@ async fn paid(State(o): State<Order>, Path(order_id): Path<String>) -> StatusCod
     let (a, b, c) = o
         .decide(&order_id, Phase::Confirm, async { tokio::join!(a, b, c) })
         .await;
-    if o.late_cancels && rand::rng().random_bool(0.1) {
+    if o.late_cancels
+        && rand::rng().random_bool(0.1)
+        && o.cancelled_late
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(order_id.clone())
+    {
         // A recovery job that missed the Confirm cancels the branch late.
         let body = call(&order_id, Role::Inventory, "");
         o.phase(Role::Inventory, "cancel", &body, Duration::from_secs(1))
@@ -161,5 +173,6 @@ pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Chaos) -> Router {
             plan,
             empty_rollbacks: chaos.has(Fault::EmptyRollback),
             late_cancels: chaos.has(Fault::CancelAfterConfirm),
+            cancelled_late: Default::default(),
         })
 }
