@@ -76,29 +76,102 @@ fn the_core_resources_pass_the_kubernetes_schemas_strictly() {
 }
 
 #[test]
-fn every_variable_the_deployment_sets_is_one_the_binary_reads() {
-    let docs = documents("aggregator.yaml");
-    let container = &kind(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+fn every_variable_the_manifests_set_is_one_the_binary_reads() {
     let help = Command::new(env!("CARGO_BIN_EXE_paytrace-aggregator"))
         .args(["serve", "--help"])
         .output()
         .expect("the binary runs");
     let help = String::from_utf8_lossy(&help.stdout);
-    let names: Vec<&str> = container["env"]
-        .as_sequence()
-        .expect("env")
-        .iter()
-        .filter_map(|e| e["name"].as_str())
-        .filter(|n| n.starts_with("PAYTRACE_"))
-        .collect();
-    assert!(names.len() >= 5, "{names:?}");
-    for name in names {
-        assert!(
-            help.contains(&format!("env: {name}=")),
-            "`serve` reads no {name}"
-        );
+    for (file, workload) in [
+        ("aggregator.yaml", "Deployment"),
+        ("replicas/aggregator.yaml", "StatefulSet"),
+    ] {
+        let docs = documents(file);
+        let container = &kind(&docs, workload)["spec"]["template"]["spec"]["containers"][0];
+        let names: Vec<&str> = container["env"]
+            .as_sequence()
+            .expect("env")
+            .iter()
+            .filter_map(|e| e["name"].as_str())
+            .filter(|n| n.starts_with("PAYTRACE_"))
+            .collect();
+        assert!(names.len() >= 5, "{file}: {names:?}");
+        for name in names {
+            assert!(
+                help.contains(&format!("env: {name}=")),
+                "{file}: `serve` reads no {name}"
+            );
+        }
+        assert_eq!(container["args"][0].as_str(), Some("serve"), "{file}");
     }
-    assert_eq!(container["args"][0].as_str(), Some("serve"));
+}
+
+/// The replicas' StatefulSet: strictly valid; each replica lists every
+/// pod by its stable name under the headless Service, on the API port; the
+/// state directory is each pod's own claimed volume.
+#[test]
+fn the_replicas_find_each_other_by_their_stable_names() {
+    let file = manifests().join("replicas/aggregator.yaml");
+    let out = validate(&[&file]);
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("passed for resource statefulset/paytrace-aggregator"),
+        "{report}"
+    );
+
+    let docs = documents("replicas/aggregator.yaml");
+    let set = kind(&docs, "StatefulSet");
+    let headless = kind(&docs, "Service");
+    assert_eq!(headless["spec"]["clusterIP"].as_str(), Some("None"));
+    let service = set["spec"]["serviceName"].as_str().expect("serviceName");
+    assert_eq!(headless["metadata"]["name"].as_str(), Some(service));
+    let name = set["metadata"]["name"].as_str().expect("a name");
+    let replicas = set["spec"]["replicas"].as_u64().expect("replicas");
+    let pod = &set["spec"]["template"];
+    for (k, v) in headless["spec"]["selector"]
+        .as_mapping()
+        .expect("a selector")
+    {
+        assert_eq!(&pod["metadata"]["labels"][k.as_str().expect("a key")], v);
+    }
+    let container = &pod["spec"]["containers"][0];
+    let env = |var: &str| {
+        container["env"]
+            .as_sequence()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"].as_str() == Some(var))
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("no {var}"))
+            .to_owned()
+    };
+    let api_port = container["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .find(|p| p["name"].as_str() == Some("api"))
+        .and_then(|p| p["containerPort"].as_u64())
+        .expect("an api port");
+    let peers: Vec<String> = env("PAYTRACE_PEER").split(',').map(str::to_owned).collect();
+    let expected: Vec<String> = (0..replicas)
+        .map(|i| format!("https://{name}-{i}.{service}.monitoring.svc:{api_port}"))
+        .collect();
+    assert_eq!(peers, expected, "every pod, by its stable name");
+    let claim = set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+        .as_str()
+        .expect("a claim template");
+    let state_dir = env("PAYTRACE_STATE_DIR");
+    assert!(
+        container["volumeMounts"]
+            .as_sequence()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["name"].as_str() == Some(claim)
+                && m["mountPath"].as_str() == Some(state_dir.as_str())),
+        "each replica's state on its own claimed volume"
+    );
 }
 
 #[test]
