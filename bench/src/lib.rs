@@ -7,6 +7,7 @@
 
 pub mod otlp;
 pub mod stage;
+pub mod windows;
 
 use std::sync::OnceLock;
 

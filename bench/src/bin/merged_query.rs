@@ -7,25 +7,12 @@
 //! `cargo run --release -p paytrace-bench --bin merged_query`
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::Instant;
 
 use paytrace_aggregator::cluster::PeerSettings;
-use paytrace_aggregator::config::StageRules;
-use paytrace_aggregator::decode::{Interner, SpanLimits, decode_protobuf};
-use paytrace_aggregator::pipeline::{Now, Protocol};
+use paytrace_aggregator::pipeline::Now;
 use paytrace_aggregator::server::{Running, ServeConfig, start};
-use paytrace_bench::otlp::checkout_request;
-use prost::Message;
 
-const GROUPS: [(&str, &str); 6] = [
-    ("alipay", "alipay"),
-    ("wechat_pay", "wechat_pay"),
-    ("card", "stripe"),
-    ("card", "adyen"),
-    ("points", "internal"),
-    ("wallet", "internal"),
-];
 const SAMPLES: usize = 41;
 
 fn free_port() -> u16 {
@@ -57,42 +44,6 @@ async fn cluster(replicas: usize) -> Vec<Running> {
     running
 }
 
-/// Fills the replicas round-robin with the last hour of flows (the API reads
-/// the windows up to the current minute).
-fn fill(replicas: &[Running]) {
-    let limits = SpanLimits::default();
-    let rules = StageRules::default();
-    let now = Instant::now();
-    let start_minute = Now::current().minute() - 59;
-    let mut trace = 0u64;
-    let mut turn = 0usize;
-    for minute in 0..60 {
-        for (method, channel) in GROUPS {
-            let body = checkout_request(trace, 333).encode_to_vec();
-            trace += 1_000;
-            let Ok(mut batch) = decode_protobuf(&body, &limits, &rules, &mut Interner::default())
-            else {
-                eprintln!("error: a generated request does not decode");
-                std::process::exit(1);
-            };
-            for span in &mut batch.spans {
-                if span.business.flow.is_some() {
-                    span.business.payment_method = Some(Arc::from(method));
-                    span.business.payment_channel = Some(Arc::from(channel));
-                }
-            }
-            replicas[turn % replicas.len()]
-                .pipeline
-                .ingest(Protocol::Grpc, batch, now);
-            turn += 1;
-        }
-        let wall = UNIX_EPOCH + Duration::from_secs((start_minute + minute) * 60);
-        for r in replicas {
-            r.pipeline.flush(Now::at(now, wall));
-        }
-    }
-}
-
 async fn median_ms(client: &reqwest::Client, url: &str) -> (f64, serde_json::Value) {
     let mut times = Vec::with_capacity(SAMPLES);
     let mut last = serde_json::Value::Null;
@@ -118,7 +69,9 @@ async fn main() {
     println!("|---|---|---|---|");
     for n in [1usize, 2, 4, 8] {
         let replicas = cluster(n).await;
-        fill(&replicas);
+        let pipelines: Vec<&paytrace_aggregator::pipeline::Pipeline> =
+            replicas.iter().map(|r| &*r.pipeline).collect();
+        paytrace_bench::windows::fill_hour(&pipelines, Now::current().minute());
         let api = replicas[0].listen;
         let (breakdown, b) = median_ms(
             &client,

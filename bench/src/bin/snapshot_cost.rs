@@ -5,25 +5,11 @@
 //!
 //! `cargo run --release -p paytrace-bench --bin snapshot_cost`
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use paytrace_aggregator::config::StageRules;
-use paytrace_aggregator::decode::{Interner, SpanLimits, decode_protobuf};
-use paytrace_aggregator::pipeline::{Now, Protocol};
+use paytrace_aggregator::pipeline::Protocol;
 use paytrace_aggregator::server::{ServeConfig, start};
 use paytrace_aggregator::state::StateDir;
-use paytrace_bench::otlp::checkout_request;
-use prost::Message;
-
-const GROUPS: [(&str, &str); 6] = [
-    ("alipay", "alipay"),
-    ("wechat_pay", "wechat_pay"),
-    ("card", "stripe"),
-    ("card", "adyen"),
-    ("points", "internal"),
-    ("wallet", "internal"),
-];
 
 fn config(dir: &std::path::Path) -> ServeConfig {
     let mut config = ServeConfig::on_free_loopback_ports();
@@ -36,6 +22,9 @@ fn config(dir: &std::path::Path) -> ServeConfig {
     config.snapshot_interval = Duration::from_secs(3600);
     config
 }
+
+/// The last minute of the hour of windows (since the epoch).
+const LAST_MINUTE: u64 = 29_400_059;
 
 #[tokio::main]
 async fn main() {
@@ -52,37 +41,13 @@ async fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     });
-    let limits = SpanLimits::default();
-    let rules = StageRules::default();
-    let decoded = |first: u64, traces: u64| {
-        let body = checkout_request(first, traces).encode_to_vec();
-        decode_protobuf(&body, &limits, &rules, &mut Interner::default()).unwrap_or_else(|_| {
-            eprintln!("error: a generated request does not decode");
-            std::process::exit(1);
-        })
-    };
-    let now = Instant::now();
-    let mut trace = 0u64;
-    let start_minute = 29_400_000u64;
-    for minute in 0..60 {
-        for (method, channel) in GROUPS {
-            let mut batch = decoded(trace, 2_000 / GROUPS.len() as u64);
-            trace += 1_000;
-            for span in &mut batch.spans {
-                if span.business.flow.is_some() {
-                    span.business.payment_method = Some(Arc::from(method));
-                    span.business.payment_channel = Some(Arc::from(channel));
-                }
-            }
-            running.pipeline.ingest(Protocol::Grpc, batch, now);
-        }
-        let wall = UNIX_EPOCH + Duration::from_secs((start_minute + minute) * 60);
-        running.pipeline.flush(Now::at(now, wall));
-    }
+    paytrace_bench::windows::fill_hour(&[&running.pipeline], LAST_MINUTE);
     for r in 0..200 {
-        running
-            .pipeline
-            .ingest(Protocol::Grpc, decoded(10_000_000 + r * 100, 100), now);
+        running.pipeline.ingest(
+            Protocol::Grpc,
+            paytrace_bench::windows::decoded_checkouts(10_000_000 + r * 100, 100),
+            Instant::now(),
+        );
     }
     let path = dir.join(paytrace_aggregator::state::SNAPSHOT_FILE);
 
@@ -97,12 +62,12 @@ async fn main() {
         std::process::exit(1);
     });
     let restored = starting.elapsed();
-    let flows = restarted.pipeline.flows(60, start_minute + 59);
+    let flows = restarted.pipeline.flows(60, LAST_MINUTE);
     let instances: u64 = flows.iter().map(|f| f.traces).sum();
     println!(
         "60 minutes × {} groups of windows ({instances} flows) + 200,000 spans assembling: \
          snapshot {:.1} MB (gzip JSON), written at shutdown in {:.2} s, read back at start in {:.2} s",
-        GROUPS.len(),
+        paytrace_bench::windows::PAYMENT_GROUPS.len(),
         bytes as f64 / 1e6,
         written.as_secs_f64(),
         restored.as_secs_f64(),

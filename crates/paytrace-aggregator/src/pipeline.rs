@@ -311,15 +311,7 @@ impl Pipeline {
         state.flows.restore(snapshot.flows, &ago);
         state.tcc.restore(snapshot.tcc, &ago);
         for c in snapshot.tcc_anomaly_counts {
-            let resource = state.labels.resource(
-                &Arc::from(c.resource.as_str()),
-                self.label_limit,
-                &self.metrics.series_overflow,
-            );
-            self.metrics
-                .tcc_anomalies
-                .with_label_values(&[resource.as_ref(), c.kind.as_str()])
-                .inc_by(c.count);
+            self.count_tcc_anomalies(&mut state, &c.resource, &c.kind, c.count);
         }
         self.publish_size(&state);
     }
@@ -378,15 +370,21 @@ impl Pipeline {
     }
 
     fn count_tcc_anomaly(&self, state: &mut State, a: &GlobalAnomaly) {
+        self.count_tcc_anomalies(state, &a.resource, a.kind, 1);
+    }
+
+    /// Adds `n` to the anomaly counter of (`resource`, `kind`), the
+    /// resource bounded like every label.
+    fn count_tcc_anomalies(&self, state: &mut State, resource: &str, kind: &str, n: u64) {
         let resource = state.labels.resource(
-            &Arc::from(a.resource.as_str()),
+            &Arc::from(resource),
             self.label_limit,
             &self.metrics.series_overflow,
         );
         self.metrics
             .tcc_anomalies
-            .with_label_values(&[&resource, a.kind])
-            .inc();
+            .with_label_values(&[resource.as_ref(), kind])
+            .inc_by(n);
     }
 
     /// TCC anomalies counted since start, by resource and kind (what

@@ -182,12 +182,7 @@ async fn spans_assembling_at_sigterm_are_analysed_by_the_next_process() {
             b["traces"] == 1
         })
         .await;
-    let stages: Vec<&str> = breakdown["stages"]
-        .as_array()
-        .expect("stages")
-        .iter()
-        .filter_map(|s| s["stage"].as_str())
-        .collect();
+    let stages = paytrace_testkit::stage_names(&breakdown);
     assert!(
         stages.contains(&"async:channel.callback") && stages.contains(&"channel.request"),
         "the request and its callback are one flow across the restart: {stages:?}"

@@ -258,6 +258,21 @@ pub async fn scrape_value(url: &str, line_prefix: &str) -> f64 {
     sample_value(&text, line_prefix)
 }
 
+/// The stage names of a breakdown (`GET /api/v1/breakdown`), in its order.
+///
+/// ```
+/// let b = serde_json::json!({"stages": [{"stage": "channel.request"}, {"stage": "order.create"}]});
+/// assert_eq!(paytrace_testkit::stage_names(&b), ["channel.request", "order.create"]);
+/// ```
+pub fn stage_names(breakdown: &serde_json::Value) -> Vec<&str> {
+    breakdown["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["stage"].as_str())
+        .collect()
+}
+
 /// The value of the first sample of a `/metrics` text whose line starts
 /// with `line_prefix`; 0 when there is none (a series not yet created).
 ///

@@ -56,30 +56,8 @@ impl Transport {
             "OTEL_EXPORTER_OTLP_HEADERS",
         ) {
             None => Vec::new(),
-            Some((name, v)) => key_value_list(&v).ok_or_else(|| {
-                invalid(
-                    name,
-                    "(not shown: header values may be secrets)",
-                    "comma-separated key=value pairs, values percent-encoded",
-                )
-            })?,
+            Some((name, v)) => checked_headers(name, &v)?,
         };
-        for (key, value) in &headers {
-            if http::HeaderName::from_bytes(key.as_bytes()).is_err()
-                || http::HeaderValue::from_str(value).is_err()
-            {
-                let name = if get("OTEL_EXPORTER_OTLP_TRACES_HEADERS").is_some() {
-                    "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
-                } else {
-                    "OTEL_EXPORTER_OTLP_HEADERS"
-                };
-                return Err(invalid(
-                    name,
-                    key,
-                    "header names of letters, digits and `-`, values of visible ASCII",
-                ));
-            }
-        }
         let gzip = match signal_first(
             "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
             "OTEL_EXPORTER_OTLP_COMPRESSION",
@@ -202,6 +180,31 @@ impl Transport {
         };
         Ok(exporter)
     }
+}
+
+/// The `key=value,…` list of the headers variable `name`, each name and
+/// value checked as HTTP allows them. The error never shows a value: header
+/// values are often credentials.
+fn checked_headers(name: &'static str, value: &str) -> Result<Vec<(String, String)>, InitError> {
+    let headers = key_value_list(value).ok_or_else(|| {
+        invalid(
+            name,
+            "(not shown: header values may be secrets)",
+            "comma-separated key=value pairs, values percent-encoded",
+        )
+    })?;
+    for (key, value) in &headers {
+        if http::HeaderName::from_bytes(key.as_bytes()).is_err()
+            || http::HeaderValue::from_str(value).is_err()
+        {
+            return Err(invalid(
+                name,
+                key,
+                "header names of letters, digits and `-`, values of visible ASCII",
+            ));
+        }
+    }
+    Ok(headers)
 }
 
 /// The blocking HTTP client the batch processor's thread exports with:

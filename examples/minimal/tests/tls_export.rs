@@ -115,12 +115,7 @@ async fn exported_and_analysed(protocol: &str, endpoint: impl Fn(&Running) -> St
         .await
         .expect("JSON");
     assert_eq!(breakdown["traces"], 1, "{protocol}: {breakdown:#}\n{log}");
-    let stages: Vec<&str> = breakdown["stages"]
-        .as_array()
-        .expect("stages")
-        .iter()
-        .filter_map(|s| s["stage"].as_str())
-        .collect();
+    let stages = paytrace_testkit::stage_names(&breakdown);
     assert!(stages.contains(&"order.create"), "{stages:?}");
     let metrics = client
         .get(format!("{api}/metrics"))
