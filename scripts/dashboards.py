@@ -495,6 +495,13 @@ def aggregator():
         panel("timeseries", "Spans dropped by services",
               "Spans per second the services dropped before export, by reason (queue_full, export_failed, export_timeout).",
               "ops", [(f"sum by (instance, reason) (rate(paytrace_spans_dropped_total[{RATE}]))", "{{instance}} {{reason}}")], width=12),
+        row("Replicas"),
+        panel("timeseries", "Flows split across replicas",
+              "Flow instances per second finished with a link to a trace this replica never received: the Collector sent part of the flow to another replica (a routing change, a replica down), or it was lost. Each is analysed without the missing part; a steady rate means the Collector does not route by paytrace.flow_id.",
+              "ops", [(f"sum by (flow) (rate(paytrace_aggregator_flows_split_total[{RATE}]))", "{{flow}}")], width=12),
+        panel("timeseries", "Failed peer requests",
+              "Requests per second from each replica to its peers (serve --peer) that failed or timed out; each answer that needed one was partial (\"partial\": true, the peer in missing_peers).",
+              "ops", [(f"sum by (instance, peer) (rate(paytrace_aggregator_peer_requests_failed_total[{RATE}]))", "{{instance}} to {{peer}}")], width=12),
     ]
     return dashboard("paytrace-aggregator", "paytrace / Aggregator",
                      "The aggregator's own health, and span export from the services.",

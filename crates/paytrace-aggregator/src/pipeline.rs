@@ -476,11 +476,14 @@ impl Pipeline {
                 .with_label_values(&[&analysis.flow])
                 .inc();
         }
+        // Made at zero with the flow's first instance, so `rate()` sees the
+        // first split.
+        let flows_split = self
+            .metrics
+            .flows_split
+            .with_label_values(&[&analysis.flow]);
         if split {
-            self.metrics
-                .flows_split
-                .with_label_values(&[&analysis.flow])
-                .inc();
+            flows_split.inc();
         }
         let slot = slot(&mut state.minutes, minute);
         if let Some(reason) = finished.incomplete {

@@ -13,6 +13,7 @@ use paytrace_aggregator::cluster::PeerSettings;
 use paytrace_aggregator::pipeline::Now;
 use paytrace_aggregator::server::{Running, ServeConfig, start};
 use paytrace_aggregator::state::StateDir;
+use paytrace_testkit::checkout::{CheckoutFlow, replica_for};
 use serde_json::{Value, json};
 
 const REPLICAS: usize = 3;
@@ -41,13 +42,8 @@ async fn replica(i: usize, api_ports: &[u16; REPLICAS], state: &Path) -> Running
     start(config).await.expect("the replica starts")
 }
 
-/// FNV-1a of the flow id: the replica a Collector routing on
-/// `paytrace.flow_id` would pick, consistently.
 fn route(flow_id: &str) -> usize {
-    let hash = flow_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % REPLICAS as u64) as usize
+    replica_for(flow_id, REPLICAS)
 }
 
 fn now_ns() -> u64 {
@@ -56,110 +52,13 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Flow `k`: a checkout request (root, order.create, channel.request) and
-/// the channel's callback as a second trace tied by the flow id; every
-/// tenth leaves a Try of the points branch undecided (frozen).
+/// Flow `k`: a checkout request and the channel's callback as a second
+/// trace tied by the flow id; every tenth leaves a Try of the points branch
+/// undecided (frozen).
 fn flow(k: u64, t0: u64) -> (String, Value) {
-    let flow_id = format!("ord_{k}");
-    let method = ["alipay", "wechat_pay", "card"][(k % 3) as usize];
-    let request_ms = 40 + (k * 37) % 300;
-    let callback_gap_ms = 100 + (k * 53) % 900;
-    let attr = |k: &str, v: &str| json!({"key": k, "value": {"stringValue": v}});
-    let ms = |m: u64| (t0 + m * 1_000_000).to_string();
-    let span = |trace: String,
-                id: String,
-                parent: Option<String>,
-                name: &str,
-                from: u64,
-                to: u64,
-                attrs: Vec<Value>| {
-        let mut s = json!({
-            "traceId": trace, "spanId": id, "name": name, "kind": 2,
-            "startTimeUnixNano": ms(from), "endTimeUnixNano": ms(to), "attributes": attrs,
-        });
-        if let Some(p) = parent {
-            s["parentSpanId"] = json!(p);
-        }
-        s
-    };
-    let request = format!("{:032x}", 0x1000 + k);
-    let callback = format!("{:032x}", 0x9000_0000 + k);
-    let id = |n: u64| format!("{:016x}", k * 16 + n + 1);
-    let mut spans = vec![
-        span(
-            request.clone(),
-            id(0),
-            None,
-            "POST /checkout",
-            0,
-            request_ms,
-            vec![
-                attr("paytrace.flow", "checkout"),
-                attr("paytrace.flow_id", &flow_id),
-                attr("payment.method", method),
-                attr("payment.channel", method),
-            ],
-        ),
-        span(
-            request.clone(),
-            id(1),
-            Some(id(0)),
-            "order.create",
-            2,
-            request_ms / 3,
-            vec![
-                attr("paytrace.stage", "order.create"),
-                attr("paytrace.flow_id", &flow_id),
-            ],
-        ),
-        span(
-            request.clone(),
-            id(2),
-            Some(id(0)),
-            "channel.request",
-            request_ms / 3,
-            request_ms - 2,
-            vec![
-                attr("paytrace.stage", "channel.request"),
-                attr("paytrace.flow_id", &flow_id),
-            ],
-        ),
-        span(
-            callback.clone(),
-            id(3),
-            None,
-            "POST /callbacks",
-            request_ms + callback_gap_ms,
-            request_ms + callback_gap_ms + 30,
-            vec![
-                attr("paytrace.stage", "channel.callback"),
-                attr("paytrace.flow_id", &flow_id),
-            ],
-        ),
-    ];
-    // The callback links to the channel request that caused it.
-    spans[3]["links"] = json!([{"traceId": request, "spanId": id(2)}]);
-    if k.is_multiple_of(10) {
-        spans.push(span(
-            request.clone(),
-            id(4),
-            Some(id(0)),
-            "POST /points/try",
-            3,
-            9,
-            vec![
-                attr("tcc.xid", &flow_id),
-                attr("tcc.resource", "points"),
-                attr("tcc.phase", "try"),
-                attr("paytrace.flow_id", &flow_id),
-            ],
-        ));
-    }
-    let body = json!({"resourceSpans": [{
-        "resource": {"attributes": [attr("service.name", "shop")]},
-        "scopeSpans": [{"spans": spans}],
-    }]});
-    (flow_id, body)
+    let mut flow = CheckoutFlow::new(k, t0);
+    flow.undecided_try = k.is_multiple_of(10);
+    (flow.flow_id(), flow.otlp_json())
 }
 
 async fn get(client: &reqwest::Client, api: SocketAddr, path: &str) -> Value {

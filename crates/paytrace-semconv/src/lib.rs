@@ -361,6 +361,29 @@ pub mod metric {
         AGGREGATOR_SPANS_TRUNCATED_TOTAL,
         AGGREGATOR_FLOWS_SAMPLED_INCONSISTENTLY_TOTAL,
     ];
+
+    /// The aggregator's families about the flows themselves. Replicas
+    /// behind a Collector routing by flow id each export their share:
+    /// every rule and panel reads them through an aggregation that drops
+    /// the target labels (`instance`, `pod`), `max` for the
+    /// `…_oldest_seconds` gauge and `sum` (or `count`) for the rest, so
+    /// that two replicas give the same alerts as one. The aggregator's own
+    /// health (`paytrace_aggregator_*`) is per replica on purpose.
+    ///
+    /// ```
+    /// use paytrace_semconv::metric;
+    /// assert!(metric::SPLIT_ACROSS_REPLICAS.contains(&metric::FLOW_DURATION_SECONDS));
+    /// assert!(!metric::SPLIT_ACROSS_REPLICAS.contains(&metric::AGGREGATOR_TRACES_LIVE));
+    /// ```
+    pub const SPLIT_ACROSS_REPLICAS: &[&str] = &[
+        FLOW_DURATION_SECONDS,
+        STAGE_CRITICAL_PATH_SECONDS,
+        STAGE_SELF_SECONDS,
+        FLOWS_INCOMPLETE_TOTAL,
+        TCC_TRANSACTIONS_UNFINISHED,
+        TCC_UNFINISHED_OLDEST_SECONDS,
+        TCC_GLOBAL_ANOMALIES_TOTAL,
+    ];
 }
 
 /// Prometheus label names.

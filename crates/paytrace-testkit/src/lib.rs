@@ -8,6 +8,9 @@
 //! - [`post_otlp_json`]: an OTLP/HTTP JSON request, as an SDK sends it.
 //! - [`free_port`]: a loopback port nobody listens on.
 //! - [`scrape_value`]: one sample of a `/metrics` page.
+//! - [`checkout::CheckoutFlow`]: a checkout's traces as a shop exports them.
+
+pub mod checkout;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -194,7 +194,7 @@ fn the_spec_selector_reaches_every_metric_selector_of_every_rule() {
         for group in doc["groups"].as_sequence().into_iter().flatten() {
             for rule in group["rules"].as_sequence().into_iter().flatten() {
                 let expr = text_of(rule, "expr");
-                for (_, matchers, _) in selectors(&expr) {
+                for Selector { matchers, .. } in selectors(&expr) {
                     checked += 1;
                     assert!(
                         matchers.iter().any(|m| m == r#"job=~"payments-.*""#),

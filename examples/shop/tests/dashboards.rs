@@ -265,7 +265,13 @@ fn every_dashboard_follows_the_dashboard_linter_rules() {
                 problems.push(format!("{name} {at}: a rate not over $__rate_interval"));
             }
             let parsed = selectors(&expr.replace("$__rate_interval", "5m"));
-            for (metric, matchers, in_rate) in parsed {
+            for Selector {
+                metric,
+                matchers,
+                in_rate,
+                ..
+            } in parsed
+            {
                 for s in scope {
                     if !matchers.iter().any(|m| m == s) {
                         problems.push(format!("{name} {at}: {metric} is not filtered by {s}"));

@@ -1,9 +1,10 @@
 //! What the alerts and dashboards read exists: every metric name in
 //! `alerts/*.rules.yml` and `dashboards/*.json` is emitted by a live run of
-//! the demo (its nine services and its aggregator, scraped for real) or by a
-//! real node exporter, or recorded by one of the rules. Names are taken from
-//! the scrapes, never from a list typed here. And no family of the demo or
-//! the aggregator carries a label named like a Prometheus or Kubernetes
+//! the demo (its nine services and its aggregator, scraped for real), by an
+//! aggregator replica with a peer (for the families only replicas have), by
+//! a real node exporter, or recorded by one of the rules. Names are taken
+//! from the scrapes, never from a list typed here. And no family of the
+//! demo or the aggregators carries a label named like a Prometheus or Kubernetes
 //! target label, which a scrape (a ServiceMonitor) would overwrite or rename
 //! to `exported_*`. The node exporter: `apt-get install prometheus-node-exporter`.
 
@@ -151,6 +152,18 @@ fn every_metric_the_alerts_and_dashboards_read_is_emitted() {
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let node_target = format!("http://127.0.0.1:{NODE}/metrics");
+    // A replica of a cluster (`serve --peer`), for the families only
+    // replicas have; its peer is the demo's aggregator.
+    let replica = rt.block_on(async {
+        let mut config = paytrace_aggregator::server::ServeConfig::on_free_loopback_ports();
+        config.peers = Some(paytrace_aggregator::cluster::PeerSettings::new(vec![
+            format!("http://127.0.0.1:{}", BASE + 80),
+        ]));
+        paytrace_aggregator::server::start(config)
+            .await
+            .expect("a replica starts")
+    });
+    targets.push(format!("http://{}/metrics", replica.listen));
     let (emitted, missing, colliding) = rt.block_on(async {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(100);
@@ -179,6 +192,7 @@ fn every_metric_the_alerts_and_dashboards_read_is_emitted() {
     });
     drop(demo);
     drop(node);
+    rt.block_on(replica.shutdown());
     assert!(
         missing.is_empty(),
         "read by alerts or dashboards but never emitted: {missing:#?}\n(emitted: {} names)",

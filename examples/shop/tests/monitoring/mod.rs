@@ -226,40 +226,63 @@ pub(crate) fn drill_rules(dir: &std::path::Path) -> Vec<String> {
     out
 }
 
-/// Every vector selector in the PromQL `expr`: its metric name, its
-/// matchers (as `name op "value"`), and whether it sits inside a function
-/// that turns a counter into a rate (`rate`, `irate`, `increase`, `resets`,
-/// `changes`).
-pub(crate) fn selectors(expr: &str) -> Vec<(String, Vec<String>, bool)> {
-    use promql_parser::parser::{Expr, parse};
-    fn walk(e: &Expr, in_rate: bool, out: &mut Vec<(String, Vec<String>, bool)>) {
+/// A vector selector of a PromQL expression, with where it sits.
+pub(crate) struct Selector {
+    /// The metric name.
+    pub(crate) metric: String,
+    /// The matchers, as `name op "value"`.
+    pub(crate) matchers: Vec<String>,
+    /// Inside a function that turns a counter into a rate (`rate`,
+    /// `irate`, `increase`, `resets`, `changes`).
+    pub(crate) in_rate: bool,
+    /// The nearest aggregation around it: its operator and the labels it
+    /// keeps (`by`) or the labels it drops (`without`, as `!label`).
+    pub(crate) aggregation: Option<(String, Vec<String>)>,
+}
+
+/// Every vector selector in the PromQL `expr`.
+pub(crate) fn selectors(expr: &str) -> Vec<Selector> {
+    use promql_parser::parser::{Expr, LabelModifier, parse};
+    type Aggregation = Option<(String, Vec<String>)>;
+    fn walk(e: &Expr, in_rate: bool, around: &Aggregation, out: &mut Vec<Selector>) {
         match e {
-            Expr::VectorSelector(v) => out.push((
-                v.name.clone().unwrap_or_default(),
-                v.matchers.matchers.iter().map(|m| m.to_string()).collect(),
+            Expr::VectorSelector(v) => out.push(Selector {
+                metric: v.name.clone().unwrap_or_default(),
+                matchers: v.matchers.matchers.iter().map(|m| m.to_string()).collect(),
                 in_rate,
-            )),
-            Expr::MatrixSelector(m) => walk(&Expr::VectorSelector(m.vs.clone()), in_rate, out),
+                aggregation: around.clone(),
+            }),
+            Expr::MatrixSelector(m) => {
+                walk(&Expr::VectorSelector(m.vs.clone()), in_rate, around, out);
+            }
             Expr::Aggregate(a) => {
-                walk(&a.expr, in_rate, out);
+                let labels = match &a.modifier {
+                    Some(LabelModifier::Include(l)) => l.labels.clone(),
+                    Some(LabelModifier::Exclude(l)) => {
+                        l.labels.iter().map(|l| format!("!{l}")).collect()
+                    }
+                    None => Vec::new(),
+                };
+                let this = Some((a.op.to_string(), labels));
+                walk(&a.expr, in_rate, &this, out);
                 if let Some(p) = &a.param {
-                    walk(p, in_rate, out);
+                    walk(p, in_rate, around, out);
                 }
             }
-            Expr::Unary(u) => walk(&u.expr, in_rate, out),
+            Expr::Unary(u) => walk(&u.expr, in_rate, around, out),
             Expr::Binary(b) => {
-                walk(&b.lhs, in_rate, out);
-                walk(&b.rhs, in_rate, out);
+                walk(&b.lhs, in_rate, around, out);
+                walk(&b.rhs, in_rate, around, out);
             }
-            Expr::Paren(p) => walk(&p.expr, in_rate, out),
-            Expr::Subquery(s) => walk(&s.expr, in_rate, out),
+            Expr::Paren(p) => walk(&p.expr, in_rate, around, out),
+            Expr::Subquery(s) => walk(&s.expr, in_rate, around, out),
             Expr::Call(c) => {
                 let rates =
                     ["rate", "irate", "increase", "resets", "changes"].contains(&c.func.name);
                 c.args
                     .args
                     .iter()
-                    .for_each(|a| walk(a, in_rate || rates, out));
+                    .for_each(|a| walk(a, in_rate || rates, around, out));
             }
             Expr::Extension(_) | Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
         }
@@ -268,6 +291,7 @@ pub(crate) fn selectors(expr: &str) -> Vec<(String, Vec<String>, bool)> {
     walk(
         &parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}")),
         false,
+        &None,
         &mut out,
     );
     out
@@ -289,6 +313,69 @@ pub(crate) async fn prometheus_api(
             .unwrap_or_default(),
         Err(_) => serde_json::Value::Null,
     }
+}
+
+/// The result of the instant query `promql` at the Prometheus on `port`
+/// (empty while it does not answer).
+pub(crate) async fn query(
+    client: &reqwest::Client,
+    port: u16,
+    promql: &str,
+) -> Vec<serde_json::Value> {
+    let path = format!("query?query={}", url_encoded(promql));
+    let data = prometheus_api(client, port, &path).await;
+    data["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// The alerts firing at the Prometheus on `port`.
+pub(crate) async fn firing(client: &reqwest::Client, port: u16) -> Vec<serde_json::Value> {
+    let data = prometheus_api(client, port, "alerts").await;
+    let alerts = data["alerts"].as_array().cloned().unwrap_or_default();
+    alerts
+        .into_iter()
+        .filter(|a| a["state"] == "firing")
+        .collect()
+}
+
+/// A series' labels without `cluster` and `job` (which name the cluster in
+/// the multi-cluster tests): what its twin in the other cluster must have.
+pub(crate) fn twin_key(labels: &serde_json::Value) -> String {
+    let mut map: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(labels.clone()).unwrap_or_default();
+    map.remove("cluster");
+    map.remove("job");
+    format!("{map:?}")
+}
+
+/// What is wrong with `series` (a query result or alerts) scraped from the
+/// two `clusters`: series without one of them as `cluster`, and series of
+/// one cluster without a twin in the other.
+pub(crate) fn apart(
+    what: &str,
+    clusters: [&str; 2],
+    series: &[serde_json::Value],
+    labels_of: impl Fn(&serde_json::Value) -> &serde_json::Value,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut by_cluster: std::collections::BTreeMap<&str, BTreeSet<String>> =
+        clusters.iter().map(|c| (*c, BTreeSet::new())).collect();
+    for s in series {
+        let labels = labels_of(s);
+        match labels["cluster"]
+            .as_str()
+            .and_then(|c| by_cluster.get_mut(c))
+        {
+            Some(keys) => {
+                keys.insert(twin_key(labels));
+            }
+            None => problems.push(format!("{what}: no cluster of {clusters:?} in {labels}")),
+        }
+    }
+    let (a, b) = (&by_cluster[clusters[0]], &by_cluster[clusters[1]]);
+    for only in a.symmetric_difference(b) {
+        problems.push(format!("{what}: only in one cluster: {only}"));
+    }
+    problems
 }
 
 /// `s` percent-encoded for a URL query.
