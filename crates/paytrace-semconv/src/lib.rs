@@ -135,6 +135,14 @@ pub mod attr {
     pub const RPC_METHOD: &str = "rpc.method";
     /// OpenTelemetry RPC semconv: the full service name (`grpc.health.v1.Health`).
     pub const RPC_SERVICE: &str = "rpc.service";
+    /// OpenTelemetry RPC semconv: the RPC system (`grpc`).
+    pub const RPC_SYSTEM_NAME: &str = "rpc.system.name";
+    /// OpenTelemetry RPC semconv: the status code's name (`OK`,
+    /// `DEADLINE_EXCEEDED`; see [`crate::grpc_status`]).
+    pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";
+    /// OpenTelemetry RPC semconv: the method asked for, when `rpc.method`
+    /// is `_OTHER` because the server did not know it.
+    pub const RPC_METHOD_ORIGINAL: &str = "rpc.method_original";
     /// The name of the span event the TCC fence adds for each phase it judges.
     pub const TCC_FENCE_EVENT: &str = "tcc.fence";
     /// On the `tcc.fence` event: what the fence decided (`run`, `skip`, `reject`).
@@ -168,6 +176,9 @@ pub mod attr {
         HTTP_STATUS_CODE_LEGACY,
         RPC_METHOD,
         RPC_SERVICE,
+        RPC_SYSTEM_NAME,
+        RPC_RESPONSE_STATUS_CODE,
+        RPC_METHOD_ORIGINAL,
         TCC_FENCE_EVENT,
         TCC_FENCE_DECISION,
         TCC_FENCE_ANOMALY,
@@ -190,6 +201,15 @@ pub mod metric {
     pub const HTTP_SERVER_ACTIVE_REQUESTS: &str = "http_server_active_requests";
     /// Histogram `{service, http_request_method, server_address, http_response_status_code}`.
     pub const HTTP_CLIENT_REQUEST_DURATION_SECONDS: &str = "http_client_request_duration_seconds";
+
+    // RED, from the gRPC layers (OpenTelemetry `rpc.server.call.duration`
+    // and `rpc.client.call.duration`, in seconds).
+    /// Histogram `{service_name, rpc_system_name, rpc_method, rpc_response_status_code}`.
+    pub const RPC_SERVER_CALL_DURATION_SECONDS: &str = "rpc_server_call_duration_seconds";
+    /// Gauge `{service_name, rpc_system_name, rpc_method}`: calls in progress.
+    pub const RPC_SERVER_ACTIVE_CALLS: &str = "rpc_server_active_calls";
+    /// Histogram `{service_name, rpc_system_name, rpc_method, server_address, rpc_response_status_code}`.
+    pub const RPC_CLIENT_CALL_DURATION_SECONDS: &str = "rpc_client_call_duration_seconds";
 
     // Stages and flows, from the middleware.
     /// Histogram `{service, flow, stage, payment_method, payment_channel, outcome}`.
@@ -314,6 +334,9 @@ pub mod metric {
         HTTP_SERVER_REQUEST_DURATION_SECONDS,
         HTTP_SERVER_ACTIVE_REQUESTS,
         HTTP_CLIENT_REQUEST_DURATION_SECONDS,
+        RPC_SERVER_CALL_DURATION_SECONDS,
+        RPC_SERVER_ACTIVE_CALLS,
+        RPC_CLIENT_CALL_DURATION_SECONDS,
         STAGE_DURATION_SECONDS,
         STAGE_ACTIVE,
         TCC_PHASE_TOTAL,
@@ -405,6 +428,13 @@ pub mod label {
     pub const HTTP_RESPONSE_STATUS_CODE: &str = "http_response_status_code";
     /// The downstream host of a client call.
     pub const SERVER_ADDRESS: &str = "server_address";
+    /// The RPC system (`grpc`).
+    pub const RPC_SYSTEM_NAME: &str = "rpc_system_name";
+    /// The fully qualified method (`inventory.v1.Inventory/Try`); `_OTHER`
+    /// for a method the server did not know.
+    pub const RPC_METHOD: &str = "rpc_method";
+    /// The status code's name (`OK`, `UNAVAILABLE`; [`crate::grpc_status`]).
+    pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc_response_status_code";
     /// The business flow.
     pub const FLOW: &str = "flow";
     /// The stage.
@@ -446,6 +476,9 @@ pub mod label {
         HTTP_ROUTE,
         HTTP_RESPONSE_STATUS_CODE,
         SERVER_ADDRESS,
+        RPC_SYSTEM_NAME,
+        RPC_METHOD,
+        RPC_RESPONSE_STATUS_CODE,
         FLOW,
         STAGE,
         PAYMENT_METHOD,
@@ -462,6 +495,77 @@ pub mod label {
         LISTENER,
         PEER,
     ];
+}
+
+/// gRPC status codes by their names, as `rpc.response.status_code` and the
+/// `rpc_response_status_code` label carry them.
+///
+/// ```
+/// use paytrace_semconv::grpc_status;
+/// assert_eq!(grpc_status::name(4), "DEADLINE_EXCEEDED");
+/// assert_eq!(grpc_status::name(99), "UNKNOWN");
+/// assert!(grpc_status::SERVER_FAILURES.contains(&"UNAVAILABLE"));
+/// ```
+pub mod grpc_status {
+    /// The names of codes 0 to 16, in order (gRPC's `statuscodes.md`).
+    pub const ALL: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The caller went away.
+    pub const CANCELLED: u8 = 1;
+    /// An error without a status (a panic, a status that did not parse).
+    pub const UNKNOWN: u8 = 2;
+    /// The deadline passed first.
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    /// No such method at the server.
+    pub const UNIMPLEMENTED: u8 = 12;
+    /// The server could not be reached, or the connection broke.
+    pub const UNAVAILABLE: u8 = 14;
+
+    /// The codes that make a *server* span an error (OpenTelemetry gRPC
+    /// conventions); on a client span every code but `OK` is one.
+    pub const SERVER_SPAN_ERRORS: &[&str] = &[
+        "UNKNOWN",
+        "DEADLINE_EXCEEDED",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+    ];
+
+    /// The codes that mean the server failed, which the gRPC error-ratio
+    /// alerts count. `UNIMPLEMENTED` is left out: a caller asking for a
+    /// method that does not exist is the caller's mistake.
+    pub const SERVER_FAILURES: &[&str] = &[
+        "UNKNOWN",
+        "DEADLINE_EXCEEDED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+    ];
+
+    /// The name of `code`; `UNKNOWN` for a number outside 0..=16.
+    pub fn name(code: u32) -> &'static str {
+        ALL.get(code as usize).copied().unwrap_or("UNKNOWN")
+    }
 }
 
 /// Flow names: user-visible business operations. Low cardinality.

@@ -156,6 +156,7 @@ impl LabelGuard {
 pub(crate) struct Guards {
     pub(crate) route: LabelGuard,
     pub(crate) server_address: LabelGuard,
+    pub(crate) rpc_method: LabelGuard,
     pub(crate) flow: LabelGuard,
     pub(crate) stage: LabelGuard,
     pub(crate) payment_method: LabelGuard,
@@ -171,6 +172,7 @@ impl Guards {
         for g in [
             &self.route,
             &self.server_address,
+            &self.rpc_method,
             &self.flow,
             &self.stage,
             &self.payment_method,
@@ -187,6 +189,7 @@ impl Guards {
         Self {
             route: limits.guard(label::HTTP_ROUTE),
             server_address: limits.guard(label::SERVER_ADDRESS),
+            rpc_method: limits.guard(label::RPC_METHOD),
             flow: limits.guard(label::FLOW),
             stage: limits.guard(label::STAGE),
             payment_method: limits.guard(label::PAYMENT_METHOD),

@@ -14,6 +14,8 @@
 //! 2. A [`ServiceTelemetry`] per service you run; everything else hangs off it:
 //!    - [`ServiceTelemetry::http_layer`]: the tower layer for your `Router`;
 //!    - [`ServiceTelemetry::client`]: outgoing calls that carry trace context and baggage;
+//!    - [`ServiceTelemetry::grpc_layer`] and [`ServiceTelemetry::grpc_client_layer`]:
+//!      the same for tonic servers and channels ([`grpc`]);
 //!    - [`ServiceTelemetry::stage`]: business stages (`inventory.try`, `channel.request`);
 //!    - [`ServiceTelemetry::pool`], [`ServiceTelemetry::queue`], [`ServiceTelemetry::monitor_runtime`]: USE metrics;
 //!    - the service itself, to handlers behind the layer, as an extractor.
@@ -69,6 +71,7 @@ mod cardinality;
 mod client;
 mod export;
 mod extract;
+pub mod grpc;
 mod handler;
 mod metrics;
 mod propagation;

@@ -38,6 +38,9 @@ pub(crate) struct Families {
     pub(crate) http_server_duration: HistogramVec,
     pub(crate) http_server_active: IntGaugeVec,
     pub(crate) http_client_duration: HistogramVec,
+    pub(crate) rpc_server_duration: HistogramVec,
+    pub(crate) rpc_server_active: IntGaugeVec,
+    pub(crate) rpc_client_duration: HistogramVec,
     pub(crate) stage_duration: HistogramVec,
     pub(crate) stage_active: IntGaugeVec,
     pub(crate) resource_in_use: IntGaugeVec,
@@ -71,8 +74,9 @@ pub(crate) struct Families {
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Buckets {
-    /// `http_server_request_duration_seconds` and
-    /// `http_client_request_duration_seconds`; default
+    /// `http_server_request_duration_seconds`,
+    /// `http_client_request_duration_seconds` and the two RPC call
+    /// durations; default
     /// [`HTTP_LATENCY_BUCKETS`], the OpenTelemetry-advised boundaries.
     pub http: Vec<f64>,
     /// `paytrace_stage_duration_seconds` and `paytrace_resource_wait_seconds`;
@@ -137,6 +141,34 @@ impl Families {
                 metric::HTTP_CLIENT_REQUEST_DURATION_SECONDS,
                 "Duration of outgoing HTTP requests, until the response head arrived.",
                 &[SERVICE_NAME, METHOD, label::SERVER_ADDRESS, STATUS],
+                &buckets.http,
+            )?,
+            rpc_server_duration: histogram(
+                metric::RPC_SERVER_CALL_DURATION_SECONDS,
+                "Duration of RPC server calls, from the request's headers to the end of the response (streams included).",
+                &[
+                    SERVICE_NAME,
+                    label::RPC_SYSTEM_NAME,
+                    label::RPC_METHOD,
+                    label::RPC_RESPONSE_STATUS_CODE,
+                ],
+                &buckets.http,
+            )?,
+            rpc_server_active: int_gauge(
+                metric::RPC_SERVER_ACTIVE_CALLS,
+                "RPC server calls in progress.",
+                &[SERVICE_NAME, label::RPC_SYSTEM_NAME, label::RPC_METHOD],
+            )?,
+            rpc_client_duration: histogram(
+                metric::RPC_CLIENT_CALL_DURATION_SECONDS,
+                "Duration of outgoing RPC calls, until the response ended (streams included).",
+                &[
+                    SERVICE_NAME,
+                    label::RPC_SYSTEM_NAME,
+                    label::RPC_METHOD,
+                    label::SERVER_ADDRESS,
+                    label::RPC_RESPONSE_STATUS_CODE,
+                ],
                 &buckets.http,
             )?,
             stage_duration: histogram(
@@ -234,6 +266,9 @@ impl Families {
         r.register(Box::new(self.http_server_duration.clone()))?;
         r.register(Box::new(self.http_server_active.clone()))?;
         r.register(Box::new(self.http_client_duration.clone()))?;
+        r.register(Box::new(self.rpc_server_duration.clone()))?;
+        r.register(Box::new(self.rpc_server_active.clone()))?;
+        r.register(Box::new(self.rpc_client_duration.clone()))?;
         r.register(Box::new(self.stage_duration.clone()))?;
         r.register(Box::new(self.stage_active.clone()))?;
         r.register(Box::new(self.resource_in_use.clone()))?;

@@ -194,6 +194,19 @@ impl Flow {
         }
     }
 
+    /// The flow in `cx`'s baggage, each value [redacted](crate::redact::redact)
+    /// for a span attribute (baggage comes from the caller).
+    pub(crate) fn redacted_from_context(cx: &Context) -> Self {
+        let redacted = |v: Option<String>| v.map(|v| crate::redact::redact(&v).into_owned());
+        let flow = Self::from_context(cx);
+        Self {
+            flow: redacted(flow.flow),
+            flow_id: redacted(flow.flow_id),
+            payment_method: redacted(flow.payment_method),
+            payment_channel: redacted(flow.payment_channel),
+        }
+    }
+
     /// `cx` with this flow's fields merged into its baggage (fields left
     /// unset keep the values `cx` already had).
     pub fn merge_into(&self, cx: &Context) -> Context {

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use axum::extract::MatchedPath;
 use http::{Request, Response, StatusCode};
 use opentelemetry::Context;
-use opentelemetry::baggage::BaggageExt;
-use paytrace_semconv::{UNMATCHED_ROUTE, attr};
+use paytrace_semconv::UNMATCHED_ROUTE;
 use pin_project_lite::pin_project;
 use prometheus::{Histogram, IntGauge};
 use tracing::field::Empty;
@@ -18,7 +17,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::cardinality::OTHER;
 use crate::cardinality::method_label;
-use crate::propagation::extract;
+use crate::propagation::{Flow, extract};
 use crate::redact::redact;
 use crate::service::ServiceTelemetry;
 
@@ -118,12 +117,7 @@ where
             None => RouteLabel::Fixed(UNMATCHED_ROUTE),
         };
         let parent = extract(req.headers());
-        let baggage = parent.baggage();
-        let from_baggage = |key: &str| baggage.get(key).map(|v| redact(v.as_str()));
-        let flow = from_baggage(attr::FLOW);
-        let flow_id = from_baggage(attr::FLOW_ID);
-        let method_attr = from_baggage(attr::PAYMENT_METHOD);
-        let channel_attr = from_baggage(attr::PAYMENT_CHANNEL);
+        let flow = Flow::redacted_from_context(&parent);
 
         let mut name = String::with_capacity(method.len() + 1 + route.as_str().len());
         name.push_str(method);
@@ -142,10 +136,10 @@ where
             url.path = path.as_ref(),
             url.scheme = req.uri().scheme_str().unwrap_or("http"),
             error.type = Empty,
-            paytrace.flow = flow.as_deref(),
-            paytrace.flow_id = flow_id.as_deref(),
-            payment.method = method_attr.as_deref(),
-            payment.channel = channel_attr.as_deref(),
+            paytrace.flow = flow.flow.as_deref(),
+            paytrace.flow_id = flow.flow_id.as_deref(),
+            payment.method = flow.payment_method.as_deref(),
+            payment.channel = flow.payment_channel.as_deref(),
         );
         // With an OpenTelemetry layer, the span's context (the caller's span
         // as parent, plus its baggage) becomes current whenever the span is

@@ -106,6 +106,31 @@ impl ServiceTelemetry {
         HttpLayer::new(self.clone())
     }
 
+    /// The tower layer that traces and measures every gRPC call this
+    /// service answers; add it with tonic's `Server::builder().layer(...)`.
+    ///
+    /// ```
+    /// let svc = paytrace::ServiceTelemetry::new("inventory", "1.0.0");
+    /// let layer = svc.grpc_layer();
+    /// # drop(layer);
+    /// ```
+    pub fn grpc_layer(&self) -> crate::grpc::GrpcLayer {
+        crate::grpc::GrpcLayer::new(self.clone())
+    }
+
+    /// The tower layer for a gRPC channel to `server` (`host:port`, or the
+    /// endpoint's URI): calls carry trace context and baggage, get a client
+    /// span and are measured.
+    ///
+    /// ```
+    /// let svc = paytrace::ServiceTelemetry::new("order", "1.0.0");
+    /// let layer = svc.grpc_client_layer("http://inventory:50051");
+    /// # drop(layer);
+    /// ```
+    pub fn grpc_client_layer(&self, server: &str) -> crate::grpc::GrpcClientLayer {
+        crate::grpc::GrpcClientLayer::new(self.clone(), server)
+    }
+
     /// Wraps a `reqwest::Client` so that its calls carry trace context and
     /// baggage, get a client span and are measured.
     ///
