@@ -1,6 +1,7 @@
 // The OpenTelemetry JS SDK set up as a Node service sets it up: W3C trace
-// context and baggage, automatic HTTP and Express instrumentation, a batch
-// processor and one OTLP exporter. Must be required before http and express.
+// context and baggage, automatic HTTP, Express and gRPC (@grpc/grpc-js)
+// instrumentation, a batch processor and one OTLP exporter. Must be required
+// before http, express and @grpc/grpc-js.
 'use strict';
 
 const api = require('@opentelemetry/api');
@@ -15,6 +16,7 @@ const { resourceFromAttributes } = require('@opentelemetry/resources');
 const { registerInstrumentations } = require('@opentelemetry/instrumentation');
 const { HttpInstrumentation } = require('@opentelemetry/instrumentation-http');
 const { ExpressInstrumentation } = require('@opentelemetry/instrumentation-express');
+const { GrpcInstrumentation } = require('@opentelemetry/instrumentation-grpc');
 
 function exporter(protocol, endpoint) {
   switch (protocol) {
@@ -54,7 +56,7 @@ function init(serviceName, protocol, endpoint) {
   });
   api.trace.setGlobalTracerProvider(provider);
   registerInstrumentations({
-    instrumentations: [new HttpInstrumentation(), new ExpressInstrumentation()],
+    instrumentations: [new HttpInstrumentation(), new ExpressInstrumentation(), new GrpcInstrumentation()],
   });
   return provider;
 }

@@ -5,7 +5,7 @@
 //
 //   node run.js CASE PROTOCOL ENDPOINT FLOWS
 //
-// CASE: overlap | link | failures | long | late | plain. In "failures" 2 of
+// CASE: overlap | link | failures | long | late | plain | grpc. In "failures" 2 of
 // every 5 checkouts fail at inventory.try. PROTOCOL: grpc | http/protobuf |
 // http/json. ENDPOINT: the OTLP base URL (http://127.0.0.1:4318 or :4317).
 'use strict';
@@ -21,7 +21,7 @@ const roles = ['gateway', 'order', 'inventory', 'payment', 'channel'];
 function start(role) {
   const child = fork(path.join(__dirname, 'service.js'), [role, protocol, endpoint, scenario]);
   const port = new Promise((resolve, reject) => {
-    child.once('message', (m) => resolve(m.port));
+    child.once('message', (m) => resolve(m));
     child.once('exit', (code) => reject(new Error(`${role} exited with ${code}`)));
   });
   return { role, child, port };
@@ -44,7 +44,11 @@ function checkout(port, body) {
 async function main() {
   const services = roles.map(start);
   const ports = {};
-  for (const s of services) ports[s.role] = await s.port;
+  for (const s of services) {
+    const m = await s.port;
+    ports[s.role] = m.port;
+    if (m.grpcPort) ports[`${s.role}_grpc`] = m.grpcPort;
+  }
   for (const s of services) s.child.send({ ports });
   const payment = services.find((s) => s.role === 'payment').child;
   let callbacks = 0;

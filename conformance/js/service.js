@@ -4,6 +4,9 @@
 // tells it the other services' ports, then drives the checkouts. The mock
 // payment channel (role "channel") is not instrumented, as a third party is
 // not: it answers, then calls the payment service back without trace context.
+// In the "grpc" case nothing is marked by hand (as in "plain") and the
+// gateway reserves stock over gRPC (inventory.proto), both sides
+// instrumented by @opentelemetry/instrumentation-grpc.
 'use strict';
 
 const [role, protocol, endpoint, scenario] = process.argv.slice(2);
@@ -14,7 +17,8 @@ const express = require('express');
 const api = require('@opentelemetry/api');
 const { W3CTraceContextPropagator } = require('@opentelemetry/core');
 
-const plain = scenario === 'plain';
+const overGrpc = scenario === 'grpc';
+const plain = scenario === 'plain' || overGrpc;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const tracer = api.trace.getTracer('paytrace-conformance');
 let ports = {};
@@ -65,6 +69,27 @@ async function stage(name, work, options) {
   });
 }
 
+/** The Inventory service definition of inventory.proto. */
+function inventoryProto() {
+  const grpc = require('@grpc/grpc-js');
+  const loader = require('@grpc/proto-loader');
+  const definition = loader.loadSync(require('path').join(__dirname, 'inventory.proto'));
+  return { grpc, Inventory: grpc.loadPackageDefinition(definition).shop.v1.Inventory };
+}
+
+let inventoryClient = null;
+
+/** Reserves over gRPC; resolves to 200, or 500 when inventory refused. */
+function reserveOverGrpc(fail) {
+  if (!inventoryClient) {
+    const { grpc, Inventory } = inventoryProto();
+    inventoryClient = new Inventory(`127.0.0.1:${ports.inventory_grpc}`, grpc.credentials.createInsecure());
+  }
+  return new Promise((resolve) => {
+    inventoryClient.Reserve({ fail }, (err) => resolve(err ? 500 : 200));
+  });
+}
+
 const app = express();
 app.use(express.json());
 
@@ -87,7 +112,7 @@ if (role === 'gateway') {
     await api.context.with(ctx, async () => {
       await post(ports.order, '/orders', {});
       if (plain) await get(ports.inventory, '/stock/sku-1');
-      const reserved = await post(ports.inventory, '/reserve', { fail });
+      const reserved = overGrpc ? await reserveOverGrpc(fail) : await post(ports.inventory, '/reserve', { fail });
       if (reserved >= 500) {
         res.status(502).send('inventory failed');
         return;
@@ -146,7 +171,28 @@ if (role === 'gateway') {
   });
 }
 
-const server = app.listen(0, '127.0.0.1', () => process.send({ port: server.address().port }));
+/** Starts inventory's gRPC server on a free port; resolves to the port. */
+function serveGrpc() {
+  const { grpc, Inventory } = inventoryProto();
+  const grpcServer = new grpc.Server();
+  grpcServer.addService(Inventory.service, {
+    Reserve: async (call, callback) => {
+      await sleep(60);
+      if (call.request.fail) callback({ code: grpc.status.FAILED_PRECONDITION, details: 'out of stock' });
+      else callback(null, { state: 'reserved' });
+    },
+  });
+  return new Promise((resolve, reject) => {
+    grpcServer.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, port) =>
+      err ? reject(err) : resolve(port),
+    );
+  });
+}
+
+const server = app.listen(0, '127.0.0.1', async () => {
+  const grpcPort = overGrpc && role === 'inventory' ? await serveGrpc() : undefined;
+  process.send({ port: server.address().port, grpcPort });
+});
 
 process.on('message', async (msg) => {
   if (msg.ports) ports = msg.ports;

@@ -488,6 +488,26 @@ async fn plain(sdk: Sdk) {
     assert_sequential(&b, "payment POST /pay", 0.050);
 }
 
+/// Only automatic instrumentation again, with inventory reached over gRPC
+/// (@grpc/grpc-js, both sides instrumented by the SDK's gRPC
+/// instrumentation): the gRPC server span is a stage of its own, named by
+/// the service and the fully qualified RPC method, on the critical path
+/// like the HTTP ones.
+async fn grpc_hop(sdk: Sdk) {
+    let aggregator = Aggregator::start(&FAST).await;
+    drive(sdk, "grpc", &aggregator, None).await;
+    let b = aggregator
+        .breakdown(
+            "gateway POST /checkout",
+            FLOWS as u64,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_sequential(&b, "order POST /orders", 0.040);
+    assert_sequential(&b, "inventory shop.v1.Inventory/Reserve", 0.060);
+    assert_sequential(&b, "payment POST /pay", 0.050);
+}
+
 /// The Python SDK's own consistent probability samplers at 50% (its
 /// experimental composable samplers, which write `ot=th:8`): the aggregator
 /// reads the threshold, counts each kept checkout as two, and the SDK kept
@@ -583,6 +603,7 @@ conformance! {
     js_over_long_attribute_on_the_root: long_attribute(Sdk::Js("grpc"));
     js_late_export: late(Sdk::Js("http/protobuf"));
     js_plain_auto_instrumentation: plain(Sdk::Js("http/json"));
+    js_grpc_hop_auto_instrumentation: grpc_hop(Sdk::Js("http/protobuf"));
     python_overlap_from_millisecond_clocks: overlap(Sdk::Python);
     python_link_on_a_child_span: link(Sdk::Python);
     python_failed_checkouts_are_errors: failures(Sdk::Python);

@@ -64,6 +64,27 @@ async fn metrics_endpoint_passes_promtool_check_metrics() {
         .await
         .expect("served");
     assert!(response.status().is_success());
+    // A gRPC call through both gRPC layers.
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let grpc_addr = listener.local_addr().expect("an address");
+    let server = tonic::transport::Server::builder()
+        .layer(svc.grpc_layer())
+        .add_service(health);
+    tokio::spawn(
+        server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
+        .expect("a URI")
+        .connect_lazy();
+    let traced = tower::Layer::layer(&svc.grpc_client_layer(&grpc_addr.to_string()), channel);
+    let checked = tonic_health::pb::health_client::HealthClient::new(traced)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("the health server answers");
+    drop(checked);
     queue_tx.send(1).expect("room in the queue");
     queue_tx.send(2).expect("room in the queue");
     assert_eq!(queue_rx.recv().await, Some(1));
@@ -124,6 +145,9 @@ async fn metrics_endpoint_passes_promtool_check_metrics() {
         metric::HTTP_SERVER_REQUEST_DURATION_SECONDS,
         metric::HTTP_SERVER_ACTIVE_REQUESTS,
         metric::HTTP_CLIENT_REQUEST_DURATION_SECONDS,
+        metric::RPC_SERVER_CALL_DURATION_SECONDS,
+        metric::RPC_SERVER_ACTIVE_CALLS,
+        metric::RPC_CLIENT_CALL_DURATION_SECONDS,
         metric::STAGE_DURATION_SECONDS,
         metric::STAGE_ACTIVE,
         metric::RESOURCE_IN_USE,

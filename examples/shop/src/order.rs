@@ -16,14 +16,21 @@ use rand::RngExt;
 use tracing::Instrument;
 
 use crate::chaos::{Chaos, Fault};
+use crate::participant::proto::BranchCall;
+use crate::participant::proto::tcc_participant_client::TccParticipantClient;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::plan::{Plan, Role};
 use crate::wire::{CreateOrder, TccCall};
+
+/// Inventory's TCC phases over gRPC, through paytrace's client layer.
+type InventoryClient = TccParticipantClient<paytrace::grpc::GrpcClientService<Channel>>;
 
 #[derive(Clone)]
 struct Order {
     svc: ServiceTelemetry,
     http: Client,
+    inventory: InventoryClient,
     plan: Plan,
     empty_rollbacks: bool,
     late_cancels: bool,
@@ -51,9 +58,31 @@ fn call(order_id: &str, role: Role, channel: &str) -> TccCall {
 
 impl Order {
     async fn phase(&self, role: Role, phase: &str, body: &TccCall, timeout: Duration) -> bool {
+        if role == Role::Inventory {
+            return self.inventory_phase(phase, body, timeout).await;
+        }
         let url = format!("{}/tcc/{phase}", self.plan.url(role));
         let request = self.http.inner().post(&url).json(body).timeout(timeout);
         matches!(self.http.send(request).await, Ok(r) if r.status().is_success())
+    }
+
+    /// A phase of inventory's branch, over gRPC with `timeout` as its deadline.
+    async fn inventory_phase(&self, phase: &str, body: &TccCall, timeout: Duration) -> bool {
+        let mut request = tonic::Request::new(BranchCall {
+            xid: body.xid.clone(),
+            branch_id: body.branch_id.clone(),
+            order_id: body.order_id.clone(),
+            amount_cents: body.amount_cents,
+            sku: body.sku,
+        });
+        request.set_timeout(timeout);
+        let mut client = self.inventory.clone();
+        let answer = match phase {
+            "try" => client.r#try(request).await,
+            "confirm" => client.confirm(request).await,
+            _ => client.cancel(request).await,
+        };
+        answer.is_ok()
     }
 
     /// Runs phase two as the stage `order.confirm` or `order.cancel`, whose
@@ -162,6 +191,18 @@ async fn paid(State(o): State<Order>, Path(order_id): Path<String>) -> StatusCod
     }
 }
 
+/// A lazily connected, traced gRPC client of inventory.
+fn inventory_client(svc: &ServiceTelemetry, plan: Plan) -> InventoryClient {
+    let addr = plan.grpc_addr(Role::Inventory);
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("an IP address and port make a valid URI")
+        .connect_lazy();
+    TccParticipantClient::new(tower::Layer::layer(
+        &svc.grpc_client_layer(&addr.to_string()),
+        channel,
+    ))
+}
+
 /// The order service's routes.
 pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Chaos) -> Router {
     Router::new()
@@ -170,6 +211,7 @@ pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Chaos) -> Router {
         .with_state(Order {
             svc: svc.clone(),
             http: svc.client(reqwest::Client::new()),
+            inventory: inventory_client(svc, plan),
             plan,
             empty_rollbacks: chaos.has(Fault::EmptyRollback),
             late_cancels: chaos.has(Fault::CancelAfterConfirm),

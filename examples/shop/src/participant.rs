@@ -107,14 +107,75 @@ async fn tcc(p: Participant, phase: Phase, call: TccCall) -> StatusCode {
     p.phase(phase, &call).await
 }
 
-/// The participant's routes for `resource` (`inventory`, `coupon`, `points`).
-pub fn router(
+/// The code generated from `proto/shop/v1/tcc.proto`.
+pub mod proto {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("shop.v1");
+}
+
+impl Participant {
+    /// A phase asked for over gRPC: OK, or ABORTED when refused (the
+    /// fence, or no stock), UNAVAILABLE when it failed.
+    async fn grpc_phase(
+        &self,
+        phase: Phase,
+        request: tonic::Request<proto::BranchCall>,
+    ) -> Result<tonic::Response<proto::BranchReply>, tonic::Status> {
+        let b = request.into_inner();
+        let call = TccCall {
+            xid: b.xid,
+            branch_id: b.branch_id,
+            order_id: b.order_id,
+            amount_cents: b.amount_cents,
+            sku: b.sku,
+            payment_channel: String::new(),
+        };
+        match self.phase(phase, &call).await {
+            StatusCode::OK => Ok(tonic::Response::new(proto::BranchReply {})),
+            StatusCode::CONFLICT => Err(tonic::Status::aborted("refused")),
+            _ => Err(tonic::Status::unavailable("the phase failed")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::tcc_participant_server::TccParticipant for Participant {
+    async fn r#try(
+        &self,
+        request: tonic::Request<proto::BranchCall>,
+    ) -> Result<tonic::Response<proto::BranchReply>, tonic::Status> {
+        self.grpc_phase(Phase::Try, request).await
+    }
+
+    async fn confirm(
+        &self,
+        request: tonic::Request<proto::BranchCall>,
+    ) -> Result<tonic::Response<proto::BranchReply>, tonic::Status> {
+        self.grpc_phase(Phase::Confirm, request).await
+    }
+
+    async fn cancel(
+        &self,
+        request: tonic::Request<proto::BranchCall>,
+    ) -> Result<tonic::Response<proto::BranchReply>, tonic::Status> {
+        self.grpc_phase(Phase::Cancel, request).await
+    }
+}
+
+/// The participant `resource` (`inventory`, `coupon`, `points`): its HTTP
+/// routes, and its gRPC service (the same phases, the same fence).
+pub fn participant(
     svc: &ServiceTelemetry,
     resource: &'static str,
     chaos: &Chaos,
     stock: Option<Arc<StockStore>>,
     fence: Arc<dyn FenceStore>,
-) -> Router {
+) -> (
+    Router,
+    proto::tcc_participant_server::TccParticipantServer<
+        impl proto::tcc_participant_server::TccParticipant,
+    >,
+) {
     let stages = match resource {
         "inventory" => ["inventory.try", "inventory.confirm", "inventory.cancel"],
         "coupon" => ["coupon.try", "coupon.confirm", "coupon.cancel"],
@@ -137,8 +198,9 @@ pub fn router(
         hold,
         slow_confirms: resource == "inventory" && chaos.has(Fault::ConfirmNetworkFailure),
     };
+    let grpc = proto::tcc_participant_server::TccParticipantServer::new(p.clone());
     let (a, b, c) = (p.clone(), p.clone(), p);
-    Router::new()
+    let routes = Router::new()
         .route(
             "/tcc/try",
             post(move |Json(call): Json<TccCall>| tcc(a.clone(), Phase::Try, call)),
@@ -150,5 +212,6 @@ pub fn router(
         .route(
             "/tcc/cancel",
             post(move |Json(call): Json<TccCall>| tcc(c.clone(), Phase::Cancel, call)),
-        )
+        );
+    (routes, grpc)
 }

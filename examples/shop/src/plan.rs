@@ -67,8 +67,9 @@ impl fmt::Display for Role {
     }
 }
 
-/// Where everything listens: service *k* on `base + k`, the aggregator's
-/// OTLP/gRPC on `base + 17`, OTLP/HTTP on `base + 18`, API on `base + 80`.
+/// Where everything listens: service *k* on `base + k` (HTTP) and
+/// `base + 20 + k` (gRPC, inventory only), the aggregator's OTLP/gRPC on
+/// `base + 17`, OTLP/HTTP on `base + 18`, API on `base + 80`.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
     /// The first port.
@@ -87,6 +88,12 @@ impl Plan {
     /// The base URL of `role`.
     pub fn url(self, role: Role) -> String {
         format!("http://{}", self.addr(role))
+    }
+
+    /// The gRPC address of `role` (only inventory serves gRPC: its TCC
+    /// phases), `base + 20 + k`.
+    pub fn grpc_addr(self, role: Role) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.base + 20 + role.offset()))
     }
 
     /// The in-process aggregator's OTLP/gRPC address.

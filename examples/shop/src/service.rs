@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use paytrace::ServiceTelemetry;
 use paytrace::tcc::{FenceStore, MemoryFence, RedisFence};
 use paytrace_demo::stock::StockStore;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use crate::chaos::Chaos;
 use crate::plan::{Plan, Role};
@@ -34,6 +34,7 @@ pub async fn run(
     svc.monitor_runtime(&tokio::runtime::Handle::current());
     let chaos = Arc::new(chaos);
 
+    let mut grpc = None;
     let routes: Router = match role {
         Role::Gateway => crate::gateway::router(&svc, plan),
         Role::Order => crate::order::router(&svc, plan, &chaos),
@@ -56,11 +57,23 @@ pub async fn run(
                 (Role::Inventory, None) => Some(StockStore::memory(INITIAL_STOCK)),
                 _ => None,
             };
-            crate::participant::router(&svc, role.name(), &chaos, stock.map(Arc::new), fence)
+            let (routes, service) = crate::participant::participant(
+                &svc,
+                role.name(),
+                &chaos,
+                stock.map(Arc::new),
+                fence,
+            );
+            // The order service calls inventory's phases over gRPC.
+            if role == Role::Inventory {
+                grpc = Some(service);
+            }
+            routes
         }
         Role::Alipay | Role::WechatPay | Role::Card => crate::channel::router(role, chaos.clone()),
     };
-    let stop = Arc::new(Notify::new());
+    let (stop, stopped) = watch::channel(false);
+    let stop = Arc::new(stop);
     let admin_stop = stop.clone();
     if exit_with_parent {
         // The demo holds our stdin open; when it goes away, however it
@@ -71,9 +84,32 @@ pub async fn run(
             let mut stdin = tokio::io::stdin();
             let mut buf = [0u8; 64];
             while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
-            parent_gone.notify_one();
+            parent_gone.send_replace(true);
         });
     }
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+    };
+    let grpc_server = match grpc {
+        Some(service) => {
+            let listener = tokio::net::TcpListener::bind(plan.grpc_addr(role)).await?;
+            let server = tonic::transport::Server::builder()
+                .layer(svc.grpc_layer())
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    until_stopped(),
+                );
+            Some(tokio::spawn(server))
+        }
+        None => None,
+    };
     let app = routes
         .layer(svc.http_layer().timeout(Duration::from_secs(15)))
         .route(
@@ -84,19 +120,17 @@ pub async fn run(
         .route(
             "/admin/shutdown",
             post(move || {
-                admin_stop.notify_one();
+                admin_stop.send_replace(true);
                 async { "stopping" }
             }),
         );
     let listener = tokio::net::TcpListener::bind(plan.addr(role)).await?;
     axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                () = stop.notified() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        })
+        .with_graceful_shutdown(until_stopped())
         .await?;
+    if let Some(server) = grpc_server {
+        server.await??;
+    }
     // Export what is still queued before the process ends.
     tokio::task::spawn_blocking(move || drop(telemetry)).await?;
     Ok(())

@@ -1,4 +1,5 @@
-//! A short run of the real demo: nine service processes over real HTTP, the
+//! A short run of the real demo: nine service processes over real HTTP (and
+//! gRPC from order to inventory), the
 //! real OTLP exporter, the in-process aggregator. The report must show every
 //! stage of checkout, shares summing to 1, the callback stitched into the
 //! flow, and mostly successful requests.
@@ -66,6 +67,15 @@ fn a_short_demo_run_reports_a_stitched_checkout() {
         .collect();
     for stage in CHECKOUT_STAGES {
         assert!(stages.contains(&stage), "{stage} missing from {stages:?}");
+    }
+    // The order service calls inventory's phases over gRPC: the server
+    // spans of that hop are stages named by service and RPC method, and
+    // each phase's stage sits under them in the same trace.
+    for hop in [
+        "inventory shop.v1.TccParticipant/Try",
+        "inventory shop.v1.TccParticipant/Confirm",
+    ] {
+        assert!(stages.contains(&hop), "{hop} missing from {stages:?}");
     }
     let share: f64 = checkout["stages"]
         .as_array()
