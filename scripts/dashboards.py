@@ -198,6 +198,10 @@ def panel(kind, title, description, unit, targets, width=8, height=8, **extra):
     return p
 
 
+# gRPC status codes that mean the server failed (paytrace_semconv::grpc_status::SERVER_FAILURES).
+GRPC_FAILURES = "UNKNOWN|DEADLINE_EXCEEDED|INTERNAL|UNAVAILABLE|DATA_LOSS"
+
+
 def row(title):
     return {"type": "row", "title": title, "collapsed": False, "panels": [], "_w": 24, "_h": 1}
 
@@ -291,6 +295,25 @@ def checkout_overview():
         panel("timeseries", "Requests in flight",
               "Requests being served now, per service (http_server_active_requests).",
               "short", [(f"sum by (service_name) (http_server_active_requests{{{svc}}})", "{{service_name}}")]),
+        row("RED per service: gRPC"),
+        panel("timeseries", "gRPC calls per service",
+              "gRPC calls per second each service answers (rpc_server_call_duration_seconds_count).",
+              "reqps", [(f"sum by (service_name) (rate(rpc_server_call_duration_seconds_count{{{svc}}}[{RATE}]))", "{{service_name}}")]),
+        panel("timeseries", "gRPC errors per service and method",
+              f"Share of each method's calls that ended with a status saying the server failed ({GRPC_FAILURES.replace('|', ', ')}), as GrpcServerErrorRatioHigh counts them; _OTHER are methods the server does not know.",
+              "percentunit", [(f'sum by (service_name, rpc_method) (rate(rpc_server_call_duration_seconds_count{{{svc},rpc_response_status_code=~"{GRPC_FAILURES}"}}[{RATE}])) / sum by (service_name, rpc_method) (rate(rpc_server_call_duration_seconds_count{{{svc}}}[{RATE}]))', "{{service_name}} {{rpc_method}}")]),
+        panel("timeseries", "gRPC p99 per service and method",
+              "99th percentile of call duration per method, to the end of the response (a stream counts whole).",
+              "s", [(f"histogram_quantile(0.99, sum by (service_name, rpc_method, le) (rate(rpc_server_call_duration_seconds_bucket{{{svc}}}[{RATE}])))", "{{service_name}} {{rpc_method}}")]),
+        panel("timeseries", "gRPC statuses",
+              "gRPC calls per second answered, by status code: business answers (ABORTED, NOT_FOUND) beside failures.",
+              "reqps", [(f"sum by (service_name, rpc_response_status_code) (rate(rpc_server_call_duration_seconds_count{{{svc}}}[{RATE}]))", "{{service_name}} {{rpc_response_status_code}}")]),
+        panel("timeseries", "gRPC downstream errors",
+              "Share of each service's outgoing gRPC calls per downstream that failed (UNAVAILABLE, DEADLINE_EXCEEDED and the other failure codes).",
+              "percentunit", [(f'sum by (service_name, server_address) (rate(rpc_client_call_duration_seconds_count{{{svc},rpc_response_status_code=~"{GRPC_FAILURES}"}}[{RATE}])) / sum by (service_name, server_address) (rate(rpc_client_call_duration_seconds_count{{{svc}}}[{RATE}]))', "{{service_name}} → {{server_address}}")]),
+        panel("timeseries", "gRPC calls in flight",
+              "gRPC calls being served now, per service (rpc_server_active_calls).",
+              "short", [(f"sum by (service_name) (rpc_server_active_calls{{{svc}}})", "{{service_name}}")]),
     ]
     return dashboard("paytrace-checkout", "paytrace / Checkout overview",
                      "Checkout SLOs, their error budgets and burn rates, and RED per service.",

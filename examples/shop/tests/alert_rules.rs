@@ -121,6 +121,48 @@ fn every_alert_is_labelled_annotated_and_has_a_runbook() {
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
+/// The gRPC failure codes the rules and the dashboards count are the ones
+/// `paytrace_semconv::grpc_status::SERVER_FAILURES` names, wherever a
+/// selector matches `rpc_response_status_code` by regex.
+#[test]
+fn grpc_failures_are_counted_by_the_codes_semconv_names() {
+    let expected: BTreeSet<String> = paytrace_semconv::grpc_status::SERVER_FAILURES
+        .iter()
+        .map(|c| (*c).to_owned())
+        .collect();
+    let mut exprs: Vec<String> = rules().iter().map(|(_, r)| text(r, "expr")).collect();
+    for path in files("dashboards", ".json") {
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard"))
+                .expect("JSON");
+        for p in doc["panels"].as_array().into_iter().flatten() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if let Some(e) = t["expr"].as_str() {
+                    exprs.push(grafana_substituted(e));
+                }
+            }
+        }
+    }
+    let mut found = 0;
+    for expr in &exprs {
+        for Selector { matchers, .. } in selectors(expr) {
+            for m in matchers {
+                let Some(codes) = m.strip_prefix("rpc_response_status_code=~") else {
+                    continue;
+                };
+                found += 1;
+                let codes: BTreeSet<String> = codes
+                    .trim_matches('"')
+                    .split('|')
+                    .map(str::to_owned)
+                    .collect();
+                assert_eq!(codes, expected, "in {expr}");
+            }
+        }
+    }
+    assert!(found >= 4, "only {found} gRPC failure selectors found");
+}
+
 #[test]
 fn every_expression_parses() {
     let mut bad = BTreeMap::new();
