@@ -48,11 +48,15 @@ function init(serviceName, protocol, endpoint) {
   // @opentelemetry/sdk-node reads OTEL_BSP_SCHEDULE_DELAY for its users; the
   // bare TracerProvider takes it as an option.
   const delay = Number(process.env.OTEL_BSP_SCHEDULE_DELAY || 5000);
+  // Protocol "none": spans are made and propagated but exported nowhere
+  // (a caller whose own spans the test does not need).
+  const spanProcessors =
+    protocol === 'none'
+      ? []
+      : [new BatchSpanProcessor({ exporter: exporter(protocol, endpoint), scheduledDelayMillis: delay })];
   const provider = new TracerProvider({
     resource: resourceFromAttributes({ 'service.name': serviceName }),
-    spanProcessors: [
-      new BatchSpanProcessor({ exporter: exporter(protocol, endpoint), scheduledDelayMillis: delay }),
-    ],
+    spanProcessors,
   });
   api.trace.setGlobalTracerProvider(provider);
   registerInstrumentations({

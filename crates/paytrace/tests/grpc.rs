@@ -27,8 +27,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 const CHECK: &str = "grpc.health.v1.Health/Check";
 
-/// A tonic server with the health service (`shop.v1.Inventory` serving)
-/// and [`Slow`], behind `svc`'s gRPC layer.
+/// A tonic server with the health service (`shop.v1.Inventory` serving),
+/// [`Slow`] and [`Staged`], behind `svc`'s gRPC layer.
 async fn serve(svc: &ServiceTelemetry) -> SocketAddr {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -41,7 +41,8 @@ async fn serve(svc: &ServiceTelemetry) -> SocketAddr {
     let router = Server::builder()
         .layer(svc.grpc_layer())
         .add_service(health)
-        .add_service(Slow);
+        .add_service(Slow)
+        .add_service(Staged(svc.clone()));
     tokio::spawn(async move {
         // Keeps the reporter (and so the statuses) alive with the server.
         let _reporter = reporter;
@@ -83,6 +84,38 @@ impl tower::Service<http::Request<tonic::body::Body>> for Slow {
         Box::pin(async {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Ok(tonic::Status::unavailable("too late").into_http())
+        })
+    }
+}
+
+/// A service whose handler runs the stage `inventory.try`, then answers
+/// `ABORTED` (a refused phase), whatever is asked.
+#[derive(Clone)]
+struct Staged(ServiceTelemetry);
+
+impl NamedService for Staged {
+    const NAME: &'static str = "shop.v1.Staged";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Staged {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
+        let svc = self.0.clone();
+        Box::pin(async move {
+            let _ = svc
+                .stage("inventory.try")
+                .run(async { Ok::<_, std::io::Error>(()) })
+                .await;
+            Ok(tonic::Status::aborted("refused").into_http())
         })
     }
 }
@@ -401,6 +434,107 @@ async fn deadlines_and_unreachable_servers_are_named_by_their_codes() {
     unreachable.push((label::SERVER_ADDRESS, "127.0.0.1"));
     assert_eq!(
         eventually(metric::RPC_CLIENT_CALL_DURATION_SECONDS, &unreachable).await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_in_a_handler_takes_the_flow_labels_from_the_callers_baggage() {
+    let metrics = &capture().metrics;
+    let inventory = ServiceTelemetry::with_metrics("grpc-inventory-5", "1.0.0", metrics);
+    let order = ServiceTelemetry::with_metrics("grpc-order-5", "1.0.0", metrics);
+    let addr = serve(&inventory).await;
+    let mut grpc = tonic::client::Grpc::new(channel(&order, addr));
+    grpc.ready().await.expect("ready");
+    let status = Flow::new("checkout")
+        .id("ord_5")
+        .payment_method("wechat_pay")
+        .payment_channel("wxpay")
+        .scope(grpc.unary::<HealthCheckRequest, HealthCheckResponse, _>(
+            tonic::Request::new(HealthCheckRequest::default()),
+            "/shop.v1.Staged/Try".parse().expect("a path"),
+            tonic_prost::ProstCodec::default(),
+        ))
+        .await
+        .expect_err("the phase is refused");
+    assert_eq!(status.code(), tonic::Code::Aborted);
+    let stage = [
+        (label::SERVICE_NAME, "grpc-inventory-5"),
+        (label::FLOW, "checkout"),
+        (label::STAGE, "inventory.try"),
+        (label::PAYMENT_METHOD, "wechat_pay"),
+        (label::PAYMENT_CHANNEL, "wxpay"),
+        (label::OUTCOME, "ok"),
+    ];
+    assert_eq!(
+        eventually(metric::STAGE_DURATION_SECONDS, &stage).await,
+        1.0
+    );
+    // ABORTED is the method's answer, not the server's failure.
+    let aborted = labels("grpc-inventory-5", "shop.v1.Staged/Try", "ABORTED");
+    assert_eq!(
+        eventually(metric::RPC_SERVER_CALL_DURATION_SECONDS, &aborted).await,
+        1.0
+    );
+}
+
+/// The caller is the OpenTelemetry JS SDK's gRPC instrumentation on
+/// @grpc/grpc-js (`conformance/js/grpc_client.js`), not paytrace: the
+/// server span continues its trace and reads its baggage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_from_the_js_sdk_continues_its_trace() {
+    let metrics = &capture().metrics;
+    let inventory = ServiceTelemetry::with_metrics("grpc-inventory-6", "1.0.0", metrics);
+    let addr = serve(&inventory).await;
+    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/js");
+    assert!(
+        js.join("node_modules/@grpc/grpc-js").is_dir(),
+        "the JS SDK is not installed: run `npm ci --prefix conformance/js` (scripts/test.sh does)"
+    );
+    let out = tokio::process::Command::new("node")
+        .arg(js.join("grpc_client.js"))
+        .args([addr.to_string(), "shop.v1.Inventory".to_owned()])
+        .output()
+        .await
+        .expect("node runs: install it with `apt-get install nodejs npm`");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(answer["code"], 0, "{answer}");
+    let trace_id =
+        TraceId::from_hex(answer["traceId"].as_str().expect("a trace id")).expect("a hex trace id");
+
+    let spans = capture().spans_of_trace(trace_id, |s| s.iter().any(|s| s.name == CHECK));
+    let server = spans
+        .iter()
+        .find(|s| s.name == CHECK)
+        .expect("the server span");
+    assert_eq!(server.span_kind, SpanKind::Server);
+    assert!(
+        server.parent_span_is_remote,
+        "the parent is the JS client's span"
+    );
+    assert_ne!(server.parent_span_id, opentelemetry::trace::SpanId::INVALID);
+    assert_eq!(attribute(server, attr::FLOW).as_deref(), Some("checkout"));
+    assert_eq!(
+        attribute(server, attr::FLOW_ID).as_deref(),
+        Some("ord_js_grpc")
+    );
+    assert_eq!(
+        attribute(server, attr::PAYMENT_METHOD).as_deref(),
+        Some("card")
+    );
+    assert_eq!(
+        attribute(server, attr::RPC_RESPONSE_STATUS_CODE).as_deref(),
+        Some("OK")
+    );
+    let ok = labels("grpc-inventory-6", CHECK, "OK");
+    assert_eq!(
+        eventually(metric::RPC_SERVER_CALL_DURATION_SECONDS, &ok).await,
         1.0
     );
 }
