@@ -8,6 +8,10 @@
 //!   TCC timeout, oldest first
 //! - `GET /api/v1/timeseries?flow=F&window=1h[&payment_method=M][&payment_channel=C]`:
 //!   end-to-end p50/p99 per minute
+//! - `GET /api/v1/changes?flow=F[&window=5m][&baseline=preceding|FROM-TO]`:
+//!   what changed in the last `window` (1 to 30 minutes) against the rest
+//!   of the hour before it, or the minutes from Unix second `FROM` to `TO`
+//!   (see [`crate::pipeline::Changes`])
 //! - `GET /metrics`, `GET /healthz`, `GET /readyz`
 //!
 //! With peers (`serve --peer`), every data route answers for the whole
@@ -29,7 +33,7 @@ use prometheus::{Encoder, TextEncoder};
 use serde::Deserialize;
 
 use crate::cluster::{Gathered, Peers, join_lists, sum_counts};
-use crate::pipeline::{Now, Pipeline, WINDOWS_MINUTES, Windows};
+use crate::pipeline::{Baseline, ChangeQuery, Now, Pipeline, WINDOWS_MINUTES, Windows};
 
 /// What the API reads: this replica's pipeline, and its peers if any.
 #[derive(Clone, Debug)]
@@ -268,6 +272,73 @@ async fn timeseries(
     )
 }
 
+#[derive(Debug, Deserialize)]
+struct ChangesQuery {
+    flow: Option<String>,
+    window: Option<String>,
+    baseline: Option<String>,
+}
+
+/// A window of `1m` to `30m` for a comparison with the rest of the hour.
+fn change_window(w: Option<&str>) -> Result<u64, String> {
+    let w = w.unwrap_or("5m");
+    w.strip_suffix('m')
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|n| (1..=30).contains(n))
+        .ok_or_else(|| format!("window {w:?} is not 1m to 30m"))
+}
+
+/// `preceding`, or `FROM-TO` in Unix seconds (minutes of the last hour).
+fn change_baseline(b: Option<&str>) -> Result<Baseline, String> {
+    match b.unwrap_or("preceding") {
+        "preceding" => Ok(Baseline::Preceding),
+        range => {
+            let parsed = range
+                .split_once('-')
+                .and_then(|(f, t)| Some((f.parse::<u64>().ok()?, t.parse::<u64>().ok()?)));
+            match parsed {
+                Some((from, to)) if from < to => Ok(Baseline::Minutes {
+                    from: from / 60,
+                    to: (to - 1) / 60,
+                }),
+                _ => Err(format!(
+                    "baseline {range:?} is neither `preceding` nor FROM-TO in Unix seconds"
+                )),
+            }
+        }
+    }
+}
+
+async fn changes(
+    State(api): State<ApiState>,
+    Query(q): Query<ChangesQuery>,
+    Query(local): Query<Local>,
+) -> Response {
+    let Some(flow) = q.flow.as_deref().filter(|f| !f.is_empty()) else {
+        return bad_request("the flow parameter is required, e.g. ?flow=checkout".to_owned());
+    };
+    let (window_minutes, baseline) = match (
+        change_window(q.window.as_deref()),
+        change_baseline(q.baseline.as_deref()),
+    ) {
+        (Ok(w), Ok(b)) => (w, b),
+        (Err(e), _) | (_, Err(e)) => return bad_request(e),
+    };
+    let now_minute = Now::current().minute();
+    let shape = Shape {
+        flow: Some(flow),
+        collapse: false,
+    };
+    let (windows, missing) = api.windows(&local, 60, now_minute, shape).await;
+    let found = windows.changes(&ChangeQuery {
+        flow,
+        window_minutes,
+        now_minute,
+        baseline,
+    });
+    with_peers(json(found), missing)
+}
+
 async fn slow(
     State(api): State<ApiState>,
     Query(q): Query<SlowQuery>,
@@ -456,6 +527,7 @@ pub(crate) fn router(api: ApiState, guard: Guard) -> Router {
         .route("/api/v1/breakdown", get(breakdown))
         .route("/api/v1/traces/slow", get(slow))
         .route("/api/v1/timeseries", get(timeseries))
+        .route("/api/v1/changes", get(changes))
         .route("/api/v1/tcc/anomalies", get(tcc_anomalies))
         .route("/api/v1/tcc/unfinished", get(tcc_unfinished))
         .route_layer(axum::middleware::from_fn_with_state(guard, authenticate))

@@ -168,6 +168,52 @@ pub struct Breakdown {
     pub stages: Vec<StageBreakdown>,
 }
 
+/// Count, sum and sum of squares of values: their mean and variance,
+/// exactly, and mergeable (what a test of a change in the mean needs, which
+/// a sketch's quantiles do not give).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Moments {
+    /// Values.
+    pub(crate) n: u64,
+    /// Their sum.
+    pub(crate) sum: f64,
+    /// The sum of their squares.
+    pub(crate) sum_sq: f64,
+}
+
+impl Moments {
+    /// Records one value.
+    pub(crate) fn add(&mut self, x: f64) {
+        self.n += 1;
+        self.sum += x;
+        self.sum_sq += x * x;
+    }
+
+    /// Adds everything `other` recorded.
+    pub(crate) fn merge(&mut self, other: &Moments) {
+        self.n += other.n;
+        self.sum += other.sum;
+        self.sum_sq += other.sum_sq;
+    }
+
+    /// The mean; 0 without values.
+    pub(crate) fn mean(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            self.sum / self.n as f64
+        }
+    }
+
+    /// The sample variance; `None` under two values.
+    pub(crate) fn variance(&self) -> Option<f64> {
+        (self.n >= 2).then(|| {
+            let n = self.n as f64;
+            ((self.sum_sq - self.sum * self.sum / n) / (n - 1.0)).max(0.0)
+        })
+    }
+}
+
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct StageAccumulator {
     duration: Distribution,
@@ -175,6 +221,10 @@ struct StageAccumulator {
     critical_path: Distribution,
     /// Σ weight × critical-path seconds: the share's numerator.
     weighted_critical_path: f64,
+    /// The critical-path times again, as moments (absent from snapshots
+    /// written before they were kept: zero there).
+    #[serde(default)]
+    critical_path_moments: Moments,
 }
 
 /// Flow analyses of one group (flow, method, channel), accumulated.
@@ -186,6 +236,12 @@ pub(crate) struct Accumulator {
     estimated: f64,
     /// Σ weight × end-to-end seconds: the shares' denominator.
     weighted_end_to_end: f64,
+    /// End-to-end times as moments (zero in older snapshots).
+    #[serde(default)]
+    end_to_end_moments: Moments,
+    /// Instances that failed (a root ended in error), unweighted.
+    #[serde(default)]
+    failed: u64,
 }
 
 const NS: f64 = 1e9;
@@ -195,6 +251,8 @@ impl Accumulator {
     pub(crate) fn add(&mut self, flow: &FlowAnalysis, weight: f64) {
         let end_to_end = flow.duration_ns() as f64 / NS;
         self.end_to_end.add(end_to_end);
+        self.end_to_end_moments.add(end_to_end);
+        self.failed += u64::from(flow.is_error);
         self.estimated += weight;
         self.weighted_end_to_end += weight * end_to_end;
         for s in &flow.stages {
@@ -203,6 +261,7 @@ impl Accumulator {
             acc.duration.add(s.duration_ns as f64 / NS);
             acc.self_time.add(s.self_ns as f64 / NS);
             acc.critical_path.add(critical_path);
+            acc.critical_path_moments.add(critical_path);
             acc.weighted_critical_path += weight * critical_path;
         }
     }
@@ -210,6 +269,8 @@ impl Accumulator {
     /// Adds everything `other` recorded.
     pub(crate) fn merge(&mut self, other: &Accumulator) {
         self.end_to_end.merge(&other.end_to_end);
+        self.end_to_end_moments.merge(&other.end_to_end_moments);
+        self.failed += other.failed;
         self.estimated += other.estimated;
         self.weighted_end_to_end += other.weighted_end_to_end;
         for (stage, acc) in &other.stages {
@@ -217,8 +278,30 @@ impl Accumulator {
             mine.duration.merge(&acc.duration);
             mine.self_time.merge(&acc.self_time);
             mine.critical_path.merge(&acc.critical_path);
+            mine.critical_path_moments.merge(&acc.critical_path_moments);
             mine.weighted_critical_path += acc.weighted_critical_path;
         }
+    }
+
+    /// End-to-end times: their moments and their 99th percentile.
+    pub(crate) fn end_to_end(&self) -> (Moments, f64) {
+        (self.end_to_end_moments, self.end_to_end.quantile(0.99))
+    }
+
+    /// Instances that failed.
+    pub(crate) fn failed(&self) -> u64 {
+        self.failed
+    }
+
+    /// Per stage, the critical-path times: their moments and 99th percentile.
+    pub(crate) fn critical_paths(&self) -> impl Iterator<Item = (&Arc<str>, Moments, f64)> {
+        self.stages.iter().map(|(stage, acc)| {
+            (
+                stage,
+                acc.critical_path_moments,
+                acc.critical_path.quantile(0.99),
+            )
+        })
     }
 
     /// Flow instances recorded.
@@ -366,6 +449,11 @@ impl Groups {
     /// The groups with data.
     pub(crate) fn keys(&self) -> impl Iterator<Item = &GroupKey> {
         self.groups.keys()
+    }
+
+    /// Every group with its accumulator.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&GroupKey, &Accumulator)> {
+        self.groups.iter()
     }
 
     /// The flows seen, sorted.

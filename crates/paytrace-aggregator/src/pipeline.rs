@@ -18,6 +18,7 @@ use std::time::Instant;
 use paytrace_semconv::{DEFAULT_LATENCY_BUCKETS, aggregator_drop_reason, label};
 use prometheus::Registry;
 
+mod changes;
 mod families;
 mod labels;
 mod minutes;
@@ -27,6 +28,7 @@ mod views;
 mod weighted;
 mod windows;
 
+pub use changes::{Baseline, ChangeQuery, Changes, ErrorFinding, LatencyFinding, Side};
 use families::{Metrics, SeriesCache};
 use labels::LabelValues;
 pub use minutes::WINDOWS_MINUTES;

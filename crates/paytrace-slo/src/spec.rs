@@ -61,6 +61,11 @@ pub struct Spec {
     /// Empty for all.
     #[serde(default)]
     pub selector: String,
+    /// The aggregator page's URL (`https://paytrace.example.com/`): the
+    /// alerts of an SLO with a `flow` get a `changes_url` annotation, the
+    /// page's "What changed" panel for that flow. None: no such annotation.
+    #[serde(default)]
+    pub page_base: Option<String>,
     /// The SLOs.
     pub slos: Vec<Slo>,
 }
@@ -103,6 +108,10 @@ pub struct Slo {
     pub description: String,
     /// How bad events are counted.
     pub sli: Sli,
+    /// The paytrace flow the SLO watches (`checkout`): with the spec's
+    /// `page_base`, its alerts link to what changed in that flow.
+    #[serde(default)]
+    pub flow: Option<String>,
 }
 
 fn default_period() -> Duration {
@@ -416,7 +425,17 @@ pub fn generate(spec: &Spec) -> Result<String, SpecError> {
                 problem: "two SLOs have this name".to_owned(),
             });
         }
-        groups.extend(slo_groups(slo, &spec.runbook_base, &spec.selector));
+        let changes_url = spec
+            .page_base
+            .as_deref()
+            .zip(slo.flow.as_deref())
+            .map(|(base, flow)| format!("{base}?flow={flow}&changes=1"));
+        groups.extend(slo_groups(
+            slo,
+            &spec.runbook_base,
+            &spec.selector,
+            changes_url.as_deref(),
+        ));
     }
     let yaml = serde_yaml_ng::to_string(&RuleFile { groups })
         .map_err(|e| SpecError::Parse(e.to_string()))?;
@@ -428,7 +447,12 @@ pub fn generate(spec: &Spec) -> Result<String, SpecError> {
 /// scrapes several environments) without mixing them.
 pub const KEPT_LABELS: [&str; 3] = ["cluster", "namespace", "job"];
 
-fn slo_groups(slo: &Slo, runbook_base: &str, global_selector: &str) -> [Group; 2] {
+fn slo_groups(
+    slo: &Slo,
+    runbook_base: &str,
+    global_selector: &str,
+    changes_url: Option<&str>,
+) -> [Group; 2] {
     let by = KEPT_LABELS
         .iter()
         .map(|l| (*l).to_owned())
@@ -600,6 +624,7 @@ fn slo_groups(slo: &Slo, runbook_base: &str, global_selector: &str) -> [Group; 2
             ("runbook_url", format!("{runbook_base}{name}.md")),
         ]
         .into_iter()
+        .chain(changes_url.map(|url| ("changes_url", url.to_owned())))
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         rules.push(Rule {
@@ -659,6 +684,29 @@ slos:
 {extra}"#
         );
         generate(&parse(&text)?)
+    }
+
+    #[test]
+    fn alerts_link_to_what_changed_in_their_flow_when_the_page_is_known() {
+        let with = |top: &str, flow: &str| {
+            let text = format!(
+                "{top}slos:\n  - name: checkout_latency\n    alert: CheckoutLatency\n    objective: 0.99\n    summary: Slow\n{flow}    sli:\n      latency:\n        histogram: paytrace_flow_duration_seconds\n        selector: 'flow=\"checkout\"'\n        threshold: 2.5\n"
+            );
+            generate(&parse(&text).expect("a spec")).expect("rules")
+        };
+        let linked = with(
+            "page_base: https://paytrace.example.com/\n",
+            "    flow: checkout\n",
+        );
+        assert_eq!(
+            linked
+                .matches("changes_url: https://paytrace.example.com/?flow=checkout&changes=1")
+                .count(),
+            2,
+            "both burn alerts link: {linked}"
+        );
+        assert!(!with("", "    flow: checkout\n").contains("changes_url"));
+        assert!(!with("page_base: https://paytrace.example.com/\n", "").contains("changes_url"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::minutes::{Minute, in_window};
-use super::{FlowSummary, MinutePoint, Query};
+use super::{ChangeQuery, Changes, FlowSummary, MinutePoint, Query};
 use crate::breakdown::{Accumulator, Breakdown};
 
 /// The minutes of a window as one replica holds them: per-minute sketches
@@ -61,6 +61,13 @@ impl Windows {
     /// The per-minute series [`Query`] asks for.
     pub fn timeseries(&self, q: &Query<'_>) -> Vec<MinutePoint> {
         timeseries(&self.within(q.window_minutes, q.now_minute), q)
+    }
+
+    /// What changed in a flow between a baseline and a window
+    /// ([`ChangeQuery`]); needs the minutes of both (the whole hour, not
+    /// collapsed).
+    pub fn changes(&self, q: &ChangeQuery<'_>) -> Changes {
+        super::changes::changes(&self.minutes, q)
     }
 
     /// Only what concerns `flow`: the groups, errors and incomplete counts
