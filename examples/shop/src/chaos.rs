@@ -1,6 +1,7 @@
 //! Fault injection: `--chaos NAME[,NAME]`.
 
 use std::collections::HashSet;
+use std::time::SystemTime;
 
 use crate::plan::Role;
 
@@ -62,11 +63,12 @@ impl ChaosChannel {
     }
 }
 
-/// The faults in force.
+/// The faults in force, from a moment on (`--chaos-after`) or from the start.
 #[derive(Clone, Debug, Default)]
 pub struct Chaos {
     faults: HashSet<Fault>,
     channel: Option<Role>,
+    from: Option<SystemTime>,
 }
 
 impl Chaos {
@@ -75,11 +77,28 @@ impl Chaos {
         Self {
             faults: faults.iter().copied().collect(),
             channel: Some(channel),
+            from: None,
         }
     }
 
-    /// Whether `fault` is in force.
+    /// The same faults, in force only from `from` on.
+    pub fn starting_at(mut self, from: Option<SystemTime>) -> Self {
+        self.from = from;
+        self
+    }
+
+    /// When the faults start, if not from the start.
+    pub fn from(&self) -> Option<SystemTime> {
+        self.from
+    }
+
+    /// Whether `fault` is in force now.
     pub fn has(&self, fault: Fault) -> bool {
+        self.faults.contains(&fault) && self.from.is_none_or(|from| SystemTime::now() >= from)
+    }
+
+    /// Whether `fault` is asked for, now or later.
+    pub fn planned(&self, fault: Fault) -> bool {
         self.faults.contains(&fault)
     }
 

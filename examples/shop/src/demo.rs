@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use paytrace_aggregator::analyze::render_table;
 use paytrace_aggregator::breakdown::Breakdown;
-use paytrace_aggregator::pipeline::{Now, Pipeline, Query};
+use paytrace_aggregator::pipeline::{Baseline, ChangeQuery, Changes, Now, Pipeline, Query};
 use paytrace_aggregator::server::{Running, ServeConfig};
 use paytrace_semconv::{flow, payment, tcc};
 use serde::Serialize;
@@ -37,6 +37,8 @@ pub struct Options {
     pub services_only: bool,
     /// Faults.
     pub chaos: Vec<Fault>,
+    /// Start the faults this long after the demo starts.
+    pub chaos_after: Option<Duration>,
     /// The channel the channel faults hit.
     pub chaos_channel: Role,
     /// Redis for the inventory's stock.
@@ -63,6 +65,10 @@ struct Report {
     tcc: TccReport,
     requests: Requests,
     endpoints: Endpoints,
+    /// What changed in checkout (`/api/v1/changes`): with `--chaos-after`,
+    /// the minutes since the faults started against those before; else the
+    /// last 5 minutes against the rest of the hour.
+    changes: Option<Changes>,
 }
 
 /// The aggregator's view of the global TCC transactions.
@@ -72,6 +78,26 @@ struct TccReport {
     anomalies: BTreeMap<String, u64>,
     /// Transactions with a branch tried and waiting past the timeout.
     unfinished: usize,
+}
+
+/// What changed in checkout: the minutes since `chaos_at` (at least one,
+/// at most 30) against those before it in the hour; without it, the last
+/// 5 minutes.
+fn checkout_changes(pipeline: &Pipeline, chaos_at: Option<SystemTime>) -> Changes {
+    let now = Now::current();
+    let window_minutes = match chaos_at {
+        Some(at) => {
+            let since = now.wall.duration_since(at).unwrap_or_default().as_secs();
+            since.div_ceil(60).clamp(1, 30)
+        }
+        None => 5,
+    };
+    pipeline.windows(60, now.minute()).changes(&ChangeQuery {
+        flow: "checkout",
+        window_minutes,
+        now_minute: now.minute(),
+        baseline: Baseline::Preceding,
+    })
 }
 
 fn tcc_report(pipeline: &Pipeline) -> TccReport {
@@ -88,7 +114,12 @@ fn tcc_report(pipeline: &Pipeline) -> TccReport {
     }
 }
 
-fn spawn_service(role: Role, o: &Options, otlp: &str) -> std::io::Result<Child> {
+fn spawn_service(
+    role: Role,
+    o: &Options,
+    otlp: &str,
+    chaos_at: Option<SystemTime>,
+) -> std::io::Result<Child> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("service")
@@ -107,6 +138,10 @@ fn spawn_service(role: Role, o: &Options, otlp: &str) -> std::io::Result<Child> 
         if let Some(v) = clap::ValueEnum::to_possible_value(fault) {
             cmd.arg("--chaos").arg(v.get_name());
         }
+    }
+    if let Some(at) = chaos_at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+        cmd.arg("--chaos-at-unix-ms")
+            .arg(at.as_millis().to_string());
     }
     cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
@@ -300,9 +335,10 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         .clone()
         .unwrap_or_else(|| format!("http://{}", o.plan.otlp_grpc()));
 
+    let chaos_at = o.chaos_after.map(|after| SystemTime::now() + after);
     let mut children = Vec::new();
     for role in Role::ALL {
-        children.push((role, spawn_service(role, &o, &otlp)?));
+        children.push((role, spawn_service(role, &o, &otlp, chaos_at)?));
     }
     wait_ready(o.plan, &mut children).await?;
 
@@ -379,16 +415,38 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     let anomalies = count_anomalies(o.plan).await;
     stop_services(o.plan, children).await;
 
-    let (flows, summaries, tcc) = match &aggregator {
+    let (flows, summaries, tcc, changes) = match &aggregator {
         Some(a) => {
             let p = a.pipeline.clone();
             tokio::task::spawn_blocking(move || p.flush(Now::current())).await?;
             let summaries = a.pipeline.flows(60, Now::current().minute());
-            (breakdowns(&a.pipeline), summaries, tcc_report(&a.pipeline))
+            let changes = checkout_changes(&a.pipeline, chaos_at);
+            (
+                breakdowns(&a.pipeline),
+                summaries,
+                tcc_report(&a.pipeline),
+                Some(changes),
+            )
         }
-        None => (Vec::new(), Vec::new(), TccReport::default()),
+        None => (Vec::new(), Vec::new(), TccReport::default(), None),
     };
     println!("{}", render_table(&flows));
+    if let Some(c) = &changes {
+        println!("what changed in checkout:");
+        for line in c
+            .latency
+            .iter()
+            .map(|f| &f.summary)
+            .chain(c.errors.iter().map(|f| &f.summary))
+        {
+            println!("  {line}");
+        }
+        if let Some(why) = &c.not_compared {
+            println!("  not compared: {why}");
+        } else if c.latency.is_empty() && c.errors.is_empty() {
+            println!("  nothing significant");
+        }
+    }
     let report = Report {
         flows,
         summaries,
@@ -399,6 +457,7 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
             aggregator: api,
             metrics,
         },
+        changes,
     };
     if let Some(path) = &o.report {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)

@@ -60,6 +60,11 @@ struct DemoArgs {
     /// in-process aggregator.
     #[arg(long, env = "PAYTRACE_DEMO_AGGREGATOR")]
     aggregator: Option<String>,
+    /// Start the faults of `--chaos` only this long after the start
+    /// (`40s`), so that a run has a before and an after; the report then
+    /// compares the minutes since with those before (`changes`).
+    #[arg(long, env = "PAYTRACE_DEMO_CHAOS_AFTER", value_parser = humantime::parse_duration)]
+    chaos_after: Option<Duration>,
     /// Start the services only: no load, no live view.
     #[arg(long, env = "PAYTRACE_DEMO_SERVICES_ONLY")]
     services_only: bool,
@@ -98,6 +103,10 @@ enum Command {
         /// Stop when standard input closes (the demo that started us is gone).
         #[arg(long)]
         exit_with_parent: bool,
+        /// The faults start at this Unix time, in milliseconds (the demo
+        /// turns `--chaos-after` into it).
+        #[arg(long)]
+        chaos_at_unix_ms: Option<u64>,
     },
 }
 
@@ -117,11 +126,14 @@ fn main() -> ExitCode {
                 port_base,
                 services,
                 exit_with_parent,
+                chaos_at_unix_ms,
             }) => {
+                let from =
+                    chaos_at_unix_ms.map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms));
                 service::run(
                     role,
                     Plan { base: port_base },
-                    Chaos::new(&services.chaos, services.chaos_channel.role()),
+                    Chaos::new(&services.chaos, services.chaos_channel.role()).starting_at(from),
                     services.redis,
                     exit_with_parent,
                 )
@@ -137,6 +149,7 @@ fn main() -> ExitCode {
                     aggregator: d.aggregator,
                     services_only: d.services_only,
                     chaos: d.services.chaos,
+                    chaos_after: d.chaos_after,
                     chaos_channel: d.services.chaos_channel.role(),
                     redis: d.services.redis,
                 })

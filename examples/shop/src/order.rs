@@ -3,6 +3,7 @@
 //! every branch. Confirm runs when the payment is confirmed, with a timeout
 //! and bounded retries per branch.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -32,8 +33,9 @@ struct Order {
     http: Client,
     inventory: InventoryClient,
     plan: Plan,
-    empty_rollbacks: bool,
-    late_cancels: bool,
+    /// Empty rollbacks and late cancels, when in force (checked per order:
+    /// `--chaos-after` starts them late).
+    chaos: Arc<Chaos>,
     /// Orders already cancelled late: a duplicated payment callback runs
     /// `paid` twice, and two late cancels racing each other and a second
     /// Confirm would be ordered one way by the fence and another by the
@@ -131,7 +133,7 @@ async fn create(
     if created.is_err() {
         return (StatusCode::INTERNAL_SERVER_ERROR, "failed");
     }
-    if o.empty_rollbacks && rand::rng().random_bool(0.1) {
+    if o.chaos.has(Fault::EmptyRollback) && rand::rng().random_bool(0.1) {
         // The coordinator gave up on inventory's Try before it arrived and
         // cancelled it: the Cancel overtakes the Try.
         let body = call(&req.order_id, Role::Inventory, &req.payment_channel);
@@ -172,7 +174,7 @@ async fn paid(State(o): State<Order>, Path(order_id): Path<String>) -> StatusCod
     let (a, b, c) = o
         .decide(&order_id, Phase::Confirm, async { tokio::join!(a, b, c) })
         .await;
-    if o.late_cancels
+    if o.chaos.has(Fault::CancelAfterConfirm)
         && rand::rng().random_bool(0.1)
         && o.cancelled_late
             .lock()
@@ -204,7 +206,7 @@ fn inventory_client(svc: &ServiceTelemetry, plan: Plan) -> InventoryClient {
 }
 
 /// The order service's routes.
-pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Chaos) -> Router {
+pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Arc<Chaos>) -> Router {
     Router::new()
         .route("/orders", post(create))
         .route("/orders/{id}/paid", post(paid))
@@ -213,8 +215,7 @@ pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Chaos) -> Router {
             http: svc.client(reqwest::Client::new()),
             inventory: inventory_client(svc, plan),
             plan,
-            empty_rollbacks: chaos.has(Fault::EmptyRollback),
-            late_cancels: chaos.has(Fault::CancelAfterConfirm),
+            chaos: chaos.clone(),
             cancelled_late: Default::default(),
         })
 }

@@ -24,8 +24,8 @@ struct Participant {
     fence: TccResource,
     pool: Option<Pool>,
     stock: Option<Arc<StockStore>>,
-    hold: Duration,
-    slow_confirms: bool,
+    /// Checked per call: `--chaos-after` starts the faults late.
+    chaos: Arc<Chaos>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,15 @@ enum TccError {
 }
 
 impl Participant {
+    /// How long a phase holds its connection.
+    fn hold(&self) -> Duration {
+        match (self.resource, self.chaos.has(Fault::PoolExhausted)) {
+            ("inventory", true) => Duration::from_millis(40),
+            ("inventory", false) => Duration::from_millis(6),
+            _ => Duration::from_millis(3),
+        }
+    }
+
     /// The business side of a phase: hold a connection, do the work.
     async fn business(&self, phase: Phase, call: &TccCall) -> Result<(), TccError> {
         let _conn = match &self.pool {
@@ -49,8 +58,10 @@ impl Participant {
             let mut rng = rand::rng();
             (rng.random_range(0.5..1.5), rng.random_bool(0.2))
         };
-        tokio::time::sleep(self.hold.mul_f64(jitter)).await;
-        if phase == Phase::Confirm && self.slow_confirms && slow {
+        tokio::time::sleep(self.hold().mul_f64(jitter)).await;
+        let slow_confirms =
+            self.resource == "inventory" && self.chaos.has(Fault::ConfirmNetworkFailure);
+        if phase == Phase::Confirm && slow_confirms && slow {
             // The network eats the answer: the coordinator times out at 1 s.
             tokio::time::sleep(Duration::from_millis(1_500)).await;
         }
@@ -167,7 +178,7 @@ impl proto::tcc_participant_server::TccParticipant for Participant {
 pub fn participant(
     svc: &ServiceTelemetry,
     resource: &'static str,
-    chaos: &Chaos,
+    chaos: &Arc<Chaos>,
     stock: Option<Arc<StockStore>>,
     fence: Arc<dyn FenceStore>,
 ) -> (
@@ -184,19 +195,34 @@ pub fn participant(
     let exhausted = chaos.has(Fault::PoolExhausted);
     let pool =
         (resource == "inventory").then(|| svc.pool("inventory_db", if exhausted { 1 } else { 8 }));
-    let hold = match (resource, exhausted) {
-        ("inventory", true) => Duration::from_millis(40),
-        ("inventory", false) => Duration::from_millis(6),
-        _ => Duration::from_millis(3),
-    };
+    if let (Some(pool), Some(from), false) = (&pool, chaos.from(), exhausted)
+        && chaos.planned(Fault::PoolExhausted)
+    {
+        // Exhausted later (`--chaos-after`): seven of the eight connections
+        // leak at that moment, and stay taken.
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let wait = from
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::sleep(wait).await;
+            let mut leaked = Vec::new();
+            for _ in 0..7 {
+                if let Ok(permit) = pool.acquire_timeout(Duration::from_secs(30)).await {
+                    leaked.push(permit);
+                }
+            }
+            std::future::pending::<()>().await;
+            drop(leaked);
+        });
+    }
     let p = Participant {
         resource,
         stages,
         fence: svc.tcc(resource, fence),
         pool,
         stock,
-        hold,
-        slow_confirms: resource == "inventory" && chaos.has(Fault::ConfirmNetworkFailure),
+        chaos: chaos.clone(),
     };
     let grpc = proto::tcc_participant_server::TccParticipantServer::new(p.clone());
     let (a, b, c) = (p.clone(), p.clone(), p);

@@ -170,14 +170,14 @@ async fn consume(
     http: Client,
     plan: Plan,
     mut rx: paytrace::QueueReceiver<Confirmation>,
-    stall: bool,
+    chaos: Arc<Chaos>,
 ) {
     while let Some(Confirmation {
         callback: cb,
         producer,
     }) = rx.recv().await
     {
-        if stall {
+        if chaos.has(Fault::QueueBacklog) {
             tokio::time::sleep(Duration::from_millis(800)).await;
         }
         let url = format!("{}/orders/{}/paid", plan.url(Role::Order), cb.order_id);
@@ -239,16 +239,10 @@ async fn refund(State(p): State<Payment>, Json(req): Json<RefundRequest>) -> Sta
 }
 
 /// The payment service's routes; starts the callback consumer.
-pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Chaos) -> Router {
+pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Arc<Chaos>) -> Router {
     let http = svc.client(reqwest::Client::new());
     let (tx, rx) = paytrace::queue(svc, "payment_callbacks", 10_000);
-    tokio::spawn(consume(
-        svc.clone(),
-        http.clone(),
-        plan,
-        rx,
-        chaos.has(Fault::QueueBacklog),
-    ));
+    tokio::spawn(consume(svc.clone(), http.clone(), plan, rx, chaos.clone()));
     Router::new()
         .route("/tcc/try", post(tcc_try))
         .route("/tcc/cancel", post(tcc_cancel))
