@@ -6,6 +6,10 @@
 //! - `GET /api/v1/tcc/anomalies[?kind=K][&resource=R][&limit=N]`: newest first
 //! - `GET /api/v1/tcc/unfinished[?limit=N]`: transactions waiting past the
 //!   TCC timeout, oldest first
+//! - `GET /api/v1/tcc/shadow[?resource=R][&limit=N]`: what the TCC fence
+//!   would have prevented at participants that run without it (the fence's
+//!   anomaly kinds found where no span carried the `tcc.fence` event), by
+//!   resource and kind, with recent examples
 //! - `GET /api/v1/timeseries?flow=F&window=1h[&payment_method=M][&payment_channel=C]`:
 //!   end-to-end p50/p99 per minute
 //! - `GET /api/v1/changes?flow=F[&window=5m][&baseline=preceding|FROM-TO]`:
@@ -418,6 +422,48 @@ async fn tcc_anomalies(
     )
 }
 
+#[derive(Debug, Deserialize)]
+struct ShadowQuery {
+    resource: Option<String>,
+    limit: Option<usize>,
+}
+
+/// What the TCC fence would have prevented at participants without it:
+/// counts by resource and kind, and the most recent examples with their
+/// traces.
+async fn tcc_shadow(
+    State(api): State<ApiState>,
+    Query(q): Query<ShadowQuery>,
+    Query(local): Query<Local>,
+) -> Response {
+    let limit = q.limit.unwrap_or(20).clamp(1, 1000);
+    let resource = q.resource.as_deref().filter(|r| !r.is_empty());
+    let counts: Vec<_> = api
+        .pipeline
+        .tcc_shadow_counts()
+        .into_iter()
+        .filter(|c| resource.is_none_or(|r| c.resource == r))
+        .collect();
+    let mine = serde_json::json!({
+        "counts": counts,
+        "examples": api.pipeline.tcc_shadow_examples(resource, limit),
+    });
+    let Some(peers) = api.peers(&local) else {
+        return Json(mine).into_response();
+    };
+    let mut query = vec![("limit".to_owned(), limit.to_string())];
+    query.extend(resource.map(|r| ("resource".to_owned(), r.to_owned())));
+    let Gathered { parts, missing } = peers.local_answers("/api/v1/tcc/shadow", query).await;
+    let examples = join_lists(mine.clone(), &parts, "examples", "time_unix_seconds", limit);
+    with_peers(
+        serde_json::json!({
+            "counts": sum_counts(mine, &parts, "counts"),
+            "examples": examples,
+        }),
+        Some(missing),
+    )
+}
+
 async fn tcc_unfinished(
     State(api): State<ApiState>,
     Query(q): Query<LimitQuery>,
@@ -530,6 +576,7 @@ pub(crate) fn router(api: ApiState, guard: Guard) -> Router {
         .route("/api/v1/changes", get(changes))
         .route("/api/v1/tcc/anomalies", get(tcc_anomalies))
         .route("/api/v1/tcc/unfinished", get(tcc_unfinished))
+        .route("/api/v1/tcc/shadow", get(tcc_shadow))
         .route_layer(axum::middleware::from_fn_with_state(guard, authenticate))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))

@@ -238,6 +238,8 @@ struct RawSpan<'a, 's> {
     attributes: &'s [Attr<'a>],
     /// (trace id, span id) of each link, unchecked.
     links: &'s [(&'a [u8], &'a [u8])],
+    /// One of its events is the fence's `tcc.fence`.
+    fence_event: bool,
 }
 
 fn string_value(value: &Option<AnyValue>) -> Option<&str> {
@@ -335,6 +337,7 @@ pub fn decode(
                 kind: span.kind,
                 attributes: &attributes,
                 links: &links,
+                fence_event: span.events.iter().any(|e| e.name == attr::TCC_FENCE_EVENT),
             };
             let built = build(&raw, &service, limits, rules, interner, &mut out);
             out.push(built);
@@ -421,6 +424,9 @@ fn build(
         });
     }
     let mut business = read.business;
+    if let Some(tcc) = business.tcc.as_deref_mut() {
+        tcc.fenced = span.fence_event;
+    }
     const KIND_CONSUMER: i32 = 5;
     business.entry = span.kind == KIND_SERVER || span.kind == KIND_CONSUMER;
     if business.stage.is_none()
@@ -787,6 +793,50 @@ mod tests {
                 .contains("resourceSpans[0].scopeSpans[0].spans[1].name: 1200 bytes cut to 1024"),
             "{warning}"
         );
+    }
+
+    #[test]
+    fn the_fence_event_marks_a_tcc_span_fenced_in_both_decoders() {
+        use opentelemetry_proto::tonic::trace::v1::span::Event;
+        use prost::Message;
+        let phase = |fence: bool, id: u8| {
+            let mut s = good_span();
+            s.span_id = vec![id; 8];
+            s.attributes = vec![
+                kv(attr::TCC_XID, "ord_1"),
+                kv(attr::TCC_RESOURCE, "inventory"),
+                kv(attr::TCC_PHASE, "cancel"),
+            ];
+            s.events = vec![Event {
+                name: if fence {
+                    attr::TCC_FENCE_EVENT
+                } else {
+                    "exception"
+                }
+                .to_owned(),
+                ..Default::default()
+            }];
+            s
+        };
+        let req = request(vec![phase(true, 2), phase(false, 3)]);
+        let limits = SpanLimits::default();
+        let rules = StageRules::default();
+        let fenced = |d: &Decoded| -> Vec<bool> {
+            d.spans
+                .iter()
+                .map(|s| s.business.tcc.as_ref().is_some_and(|t| t.fenced))
+                .collect()
+        };
+        let from_messages = decode(&req, &limits, &rules, &mut Interner::default());
+        let from_wire = super::wire::decode_protobuf(
+            &req.encode_to_vec(),
+            &limits,
+            &rules,
+            &mut Interner::default(),
+        )
+        .expect("valid protobuf");
+        assert_eq!(fenced(&from_messages), [true, false]);
+        assert_eq!(fenced(&from_wire), [true, false]);
     }
 
     #[test]

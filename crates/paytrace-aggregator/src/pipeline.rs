@@ -109,6 +109,12 @@ fn split_from(traces: &[Vec<crate::span::Span>], assembler: &Assembler) -> bool 
         .any(|link| !own.contains(&link.trace_id) && !assembler.has_seen(&link.trace_id))
 }
 
+/// Whether `a` is one the TCC fence would have prevented: one of the
+/// fence's kinds, at a participant that runs without it.
+fn shadowed(a: &GlobalAnomaly) -> bool {
+    !a.fenced && paytrace_semconv::tcc::ANOMALY_KINDS.contains(&a.kind)
+}
+
 /// What a snapshot keeps of the pipeline (see [`crate::state`]).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PipelineSnapshot {
@@ -122,6 +128,9 @@ pub(crate) struct PipelineSnapshot {
     /// same before and after it, and `rate()` sees no reset).
     #[serde(default)]
     tcc_anomaly_counts: Vec<AnomalyCount>,
+    /// What the fence would have prevented at participants without it.
+    #[serde(default)]
+    tcc_shadow_counts: Vec<AnomalyCount>,
 }
 
 struct State {
@@ -132,6 +141,10 @@ struct State {
     labels: LabelValues,
     series: SeriesCache,
     tcc: TccTracker,
+    /// Per (resource, kind), the anomalies of the fence's kinds found at
+    /// participants that run without the fence: what adopting it would
+    /// have prevented (the shadow fence report).
+    shadow: std::collections::BTreeMap<(Arc<str>, &'static str), u64>,
 }
 
 /// The live pipeline; share it behind an `Arc`.
@@ -166,6 +179,7 @@ impl Pipeline {
                 labels: LabelValues::default(),
                 series: SeriesCache::default(),
                 tcc: TccTracker::new(config.tcc),
+                shadow: std::collections::BTreeMap::new(),
             }),
             metrics: Metrics::new(config.buckets.as_deref().unwrap_or(DEFAULT_LATENCY_BUCKETS))
                 .expect("the aggregator's families are distinct and their buckets checked"),
@@ -287,6 +301,7 @@ impl Pipeline {
     /// assembling, the flows waiting and the TCC transactions.
     pub(crate) fn snapshot(&self, now: Now) -> PipelineSnapshot {
         let tcc_anomaly_counts = self.tcc_anomaly_counts();
+        let tcc_shadow_counts = self.tcc_shadow_counts();
         let state = self.state();
         PipelineSnapshot {
             minutes: state.minutes.iter().cloned().collect(),
@@ -299,6 +314,7 @@ impl Pipeline {
             flows: state.flows.snapshot(now.instant),
             tcc: state.tcc.snapshot(now.instant),
             tcc_anomaly_counts,
+            tcc_shadow_counts,
         }
     }
 
@@ -314,6 +330,9 @@ impl Pipeline {
         state.tcc.restore(snapshot.tcc, &ago);
         for c in snapshot.tcc_anomaly_counts {
             self.count_tcc_anomalies(&mut state, &c.resource, &c.kind, c.count);
+        }
+        for c in snapshot.tcc_shadow_counts {
+            self.count_shadow(&mut state, &c.resource, &c.kind, c.count);
         }
         self.publish_size(&state);
     }
@@ -373,6 +392,54 @@ impl Pipeline {
 
     fn count_tcc_anomaly(&self, state: &mut State, a: &GlobalAnomaly) {
         self.count_tcc_anomalies(state, &a.resource, a.kind, 1);
+        if shadowed(a) {
+            self.count_shadow(state, &a.resource, a.kind, 1);
+        }
+    }
+
+    /// Adds `n` to what the fence would have prevented at `resource`; a
+    /// kind that is not the fence's is ignored.
+    fn count_shadow(&self, state: &mut State, resource: &str, kind: &str, n: u64) {
+        let Some(kind) = paytrace_semconv::tcc::ANOMALY_KINDS
+            .iter()
+            .copied()
+            .find(|k| *k == kind)
+        else {
+            return;
+        };
+        let resource = state.labels.resource(
+            &Arc::from(resource),
+            self.label_limit,
+            &self.metrics.series_overflow,
+        );
+        *state.shadow.entry((resource, kind)).or_default() += n;
+    }
+
+    /// What the fence would have prevented at participants without it, by
+    /// resource and kind, since start (the shadow fence report's counts).
+    pub fn tcc_shadow_counts(&self) -> Vec<AnomalyCount> {
+        self.state()
+            .shadow
+            .iter()
+            .map(|((resource, kind), count)| AnomalyCount {
+                resource: resource.to_string(),
+                kind: (*kind).to_owned(),
+                count: *count,
+            })
+            .collect()
+    }
+
+    /// The most recent anomalies the fence would have prevented, newest
+    /// first (the shadow fence report's examples).
+    pub fn tcc_shadow_examples(&self, resource: Option<&str>, limit: usize) -> Vec<GlobalAnomaly> {
+        self.state()
+            .tcc
+            .recent()
+            .filter(|a| shadowed(a))
+            .filter(|a| resource.is_none_or(|r| a.resource == r))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// Adds `n` to the anomaly counter of (`resource`, `kind`), the

@@ -145,6 +145,10 @@ pub struct Tcc {
     pub phase: Option<Arc<str>>,
     /// `tcc.decision`: the coordinator's decision.
     pub decision: Option<Arc<str>>,
+    /// The span carries the fence's `tcc.fence` event: the participant runs
+    /// its phases through the TCC fence.
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 /// One finished span.

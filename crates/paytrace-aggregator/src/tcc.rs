@@ -79,6 +79,9 @@ struct Observation {
     /// Kinds already reported for this span, as bits of
     /// [`names::GLOBAL_ANOMALY_KINDS`].
     reported: u16,
+    /// The span carried the fence's event.
+    #[serde(default)]
+    fenced: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -126,6 +129,8 @@ struct AnomalySnapshot {
     time_unix_seconds: f64,
     trace_ids: Vec<String>,
     span_id: String,
+    #[serde(default)]
+    fenced: bool,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -158,6 +163,10 @@ pub struct GlobalAnomaly {
     pub trace_ids: Vec<String>,
     /// The offending span.
     pub span_id: String,
+    /// Whether the offending span's participant runs the TCC fence (its
+    /// span carried the `tcc.fence` event). An anomaly of the fence's kinds
+    /// at a participant without it is one the fence would have prevented.
+    pub fenced: bool,
 }
 
 /// A transaction with branches tried and waiting past the timeout.
@@ -252,6 +261,7 @@ impl TccTracker {
                     time_unix_seconds: a.time_unix_seconds,
                     trace_ids: a.trace_ids.clone(),
                     span_id: a.span_id.clone(),
+                    fenced: a.fenced,
                 })
                 .collect(),
         }
@@ -289,6 +299,7 @@ impl TccTracker {
                     time_unix_seconds: a.time_unix_seconds,
                     trace_ids: a.trace_ids,
                     span_id: a.span_id,
+                    fenced: a.fenced,
                 })
             })
             .collect();
@@ -317,6 +328,7 @@ impl TccTracker {
                 time_unix_seconds: seconds(span.start_ns),
                 trace_ids: vec![span.trace_id.to_string()],
                 span_id: span.span_id.to_string(),
+                fenced: t.fenced,
             };
             Observed::Malformed(anomaly)
         };
@@ -383,6 +395,7 @@ impl TccTracker {
                 span_id: span.span_id,
                 service: span.service.clone(),
                 reported: 0,
+                fenced: t.fenced,
             });
         }
         Observed::Tracked
@@ -428,6 +441,10 @@ impl TccTracker {
                         time_unix_seconds: seconds(p.tried_end_ns),
                         trace_ids: vec![p.trace_id.to_string()],
                         span_id: String::new(),
+                        fenced: tx
+                            .observations
+                            .iter()
+                            .any(|o| o.branch == p.branch && o.fenced),
                     });
                 }
             }
@@ -606,6 +623,7 @@ fn replay_branch(
                 time_unix_seconds: seconds(o.start_ns),
                 trace_ids,
                 span_id: o.span_id.to_string(),
+                fenced: o.fenced,
             });
         }
         if ran {

@@ -41,6 +41,8 @@ pub struct Options {
     pub chaos_after: Option<Duration>,
     /// The channel the channel faults hit.
     pub chaos_channel: Role,
+    /// Participants that run without the TCC fence.
+    pub without_fence: Vec<Role>,
     /// Redis for the inventory's stock.
     pub redis: Option<String>,
 }
@@ -61,6 +63,9 @@ struct Report {
     summaries: Vec<paytrace_aggregator::pipeline::FlowSummary>,
     /// What the participants' fences counted, by kind.
     anomalies: BTreeMap<String, u64>,
+    /// TCC faults the chaos injected (`paytrace_demo_faults_injected_total`
+    /// of the order service), by the anomaly each should cause.
+    injected: BTreeMap<String, u64>,
     /// What the aggregator found across services.
     tcc: TccReport,
     requests: Requests,
@@ -78,6 +83,9 @@ struct TccReport {
     anomalies: BTreeMap<String, u64>,
     /// Transactions with a branch tried and waiting past the timeout.
     unfinished: usize,
+    /// What the fence would have prevented at participants without it
+    /// (`/api/v1/tcc/shadow`), by resource and kind.
+    shadow: Vec<paytrace_aggregator::pipeline::AnomalyCount>,
 }
 
 /// What changed in checkout: the minutes since `chaos_at` (at least one,
@@ -111,6 +119,7 @@ fn tcc_report(pipeline: &Pipeline) -> TccReport {
     TccReport {
         anomalies,
         unfinished: pipeline.tcc_unfinished(usize::MAX, Now::current()).len(),
+        shadow: pipeline.tcc_shadow_counts(),
     }
 }
 
@@ -138,6 +147,9 @@ fn spawn_service(
         if let Some(v) = clap::ValueEnum::to_possible_value(fault) {
             cmd.arg("--chaos").arg(v.get_name());
         }
+    }
+    for role in &o.without_fence {
+        cmd.arg("--without-fence").arg(role.name());
     }
     if let Some(at) = chaos_at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
         cmd.arg("--chaos-at-unix-ms")
@@ -213,28 +225,41 @@ async fn count_anomalies(plan: Plan) -> BTreeMap<String, u64> {
         .iter()
         .map(|k| ((*k).to_owned(), 0))
         .collect();
+    let roles = [Role::Inventory, Role::Coupon, Role::Points];
+    for (kind, n) in scrape_counts(plan, &roles, "paytrace_tcc_anomalies_total", "kind").await {
+        *counts.entry(kind).or_default() += n;
+    }
+    counts
+}
+
+/// The samples of `family` at `roles`' `/metrics`, added up by `label`.
+async fn scrape_counts(
+    plan: Plan,
+    roles: &[Role],
+    family: &str,
+    label: &str,
+) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
     let client = reqwest::Client::new();
-    for role in [Role::Inventory, Role::Coupon, Role::Points] {
+    let (prefix, key) = (format!("{family}{{"), format!("{label}=\""));
+    for role in roles {
         let Ok(response) = client
-            .get(format!("{}/metrics", plan.url(role)))
+            .get(format!("{}/metrics", plan.url(*role)))
             .send()
             .await
         else {
-            eprintln!("warning: cannot scrape the {role} service for anomalies");
+            eprintln!("warning: cannot scrape the {role} service for {family}");
             continue;
         };
         let text = response.text().await.unwrap_or_default();
-        for line in text
-            .lines()
-            .filter(|l| l.starts_with("paytrace_tcc_anomalies_total{"))
-        {
-            let kind = line
-                .split("kind=\"")
+        for line in text.lines().filter(|l| l.starts_with(&prefix)) {
+            let value_of = line
+                .split(key.as_str())
                 .nth(1)
                 .and_then(|rest| rest.split('"').next());
             let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-            if let (Some(kind), Some(value)) = (kind, value) {
-                *counts.entry(kind.to_owned()).or_default() += value as u64;
+            if let (Some(v), Some(n)) = (value_of, value) {
+                *counts.entry(v.to_owned()).or_default() += n as u64;
             }
         }
     }
@@ -413,6 +438,13 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     // Callbacks come up to a few seconds after the last checkout.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let anomalies = count_anomalies(o.plan).await;
+    let injected = scrape_counts(
+        o.plan,
+        &[Role::Order],
+        "paytrace_demo_faults_injected_total",
+        "fault",
+    )
+    .await;
     stop_services(o.plan, children).await;
 
     let (flows, summaries, tcc, changes) = match &aggregator {
@@ -451,6 +483,7 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         flows,
         summaries,
         anomalies,
+        injected,
         tcc,
         requests: counters.snapshot(),
         endpoints: Endpoints {

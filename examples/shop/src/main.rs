@@ -28,6 +28,27 @@ use clap::{Parser, Subcommand};
 use crate::chaos::{Chaos, ChaosChannel, Fault};
 use crate::plan::{DEFAULT_PORT_BASE, Plan, Role};
 
+/// A TCC participant of the shop, as `--without-fence` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Participant {
+    /// Stock.
+    Inventory,
+    /// Coupons.
+    Coupon,
+    /// Loyalty points.
+    Points,
+}
+
+impl Participant {
+    fn role(self) -> Role {
+        match self {
+            Self::Inventory => Role::Inventory,
+            Self::Coupon => Role::Coupon,
+            Self::Points => Role::Points,
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "paytrace-demo",
@@ -81,6 +102,17 @@ struct ServiceOptions {
     /// The channel that channel faults hit.
     #[arg(long, env = "PAYTRACE_DEMO_CHAOS_CHANNEL", value_enum, default_value_t = ChaosChannel::Alipay)]
     chaos_channel: ChaosChannel,
+    /// Participants (`inventory`, `coupon`, `points`) that run their phases
+    /// without the TCC fence, as a team that has not adopted it does: the
+    /// aggregator's shadow fence report (`/api/v1/tcc/shadow`) shows what
+    /// the fence would have prevented there.
+    #[arg(
+        long,
+        env = "PAYTRACE_DEMO_WITHOUT_FENCE",
+        value_enum,
+        value_delimiter = ','
+    )]
+    without_fence: Vec<Participant>,
     /// Keep inventory stock in this Redis (`redis://127.0.0.1:6379/`),
     /// reserved atomically with Lua, instead of in memory.
     #[arg(long, env = "PAYTRACE_DEMO_REDIS")]
@@ -134,6 +166,7 @@ fn main() -> ExitCode {
                     role,
                     Plan { base: port_base },
                     Chaos::new(&services.chaos, services.chaos_channel.role()).starting_at(from),
+                    services.without_fence.iter().any(|p| p.role() == role),
                     services.redis,
                     exit_with_parent,
                 )
@@ -151,6 +184,7 @@ fn main() -> ExitCode {
                     chaos: d.services.chaos,
                     chaos_after: d.chaos_after,
                     chaos_channel: d.services.chaos_channel.role(),
+                    without_fence: d.services.without_fence.iter().map(|p| p.role()).collect(),
                     redis: d.services.redis,
                 })
                 .await

@@ -36,6 +36,9 @@ struct Order {
     /// Empty rollbacks and late cancels, when in force (checked per order:
     /// `--chaos-after` starts them late).
     chaos: Arc<Chaos>,
+    /// `paytrace_demo_faults_injected_total{fault}`: what the chaos did, to
+    /// compare with what the fences and the aggregator found.
+    injected: prometheus::IntCounterVec,
     /// Orders already cancelled late: a duplicated payment callback runs
     /// `paid` twice, and two late cancels racing each other and a second
     /// Confirm would be ordered one way by the fence and another by the
@@ -134,6 +137,7 @@ async fn create(
         return (StatusCode::INTERNAL_SERVER_ERROR, "failed");
     }
     if o.chaos.has(Fault::EmptyRollback) && rand::rng().random_bool(0.1) {
+        o.injected.with_label_values(&["empty_rollback"]).inc();
         // The coordinator gave up on inventory's Try before it arrived and
         // cancelled it: the Cancel overtakes the Try.
         let body = call(&req.order_id, Role::Inventory, &req.payment_channel);
@@ -182,6 +186,9 @@ async fn paid(State(o): State<Order>, Path(order_id): Path<String>) -> StatusCod
             .insert(order_id.clone())
     {
         // A recovery job that missed the Confirm cancels the branch late.
+        o.injected
+            .with_label_values(&["cancel_after_confirm"])
+            .inc();
         let body = call(&order_id, Role::Inventory, "");
         o.phase(Role::Inventory, "cancel", &body, Duration::from_secs(1))
             .await;
@@ -191,6 +198,26 @@ async fn paid(State(o): State<Order>, Path(order_id): Path<String>) -> StatusCod
     } else {
         StatusCode::BAD_GATEWAY
     }
+}
+
+/// `paytrace_demo_faults_injected_total{fault}` in the service's registry
+/// (a family of the demo, not of paytrace).
+fn injected_counter(svc: &ServiceTelemetry) -> prometheus::IntCounterVec {
+    let counter = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "paytrace_demo_faults_injected_total",
+            "TCC faults the demo's chaos injected, by the anomaly each should cause.",
+        ),
+        &["fault"],
+    )
+    .expect("a valid family");
+    for fault in ["empty_rollback", "cancel_after_confirm"] {
+        counter.with_label_values(&[fault]);
+    }
+    if let Err(e) = svc.metrics().registry().register(Box::new(counter.clone())) {
+        tracing::warn!(error = %e, "cannot register the injected-faults counter");
+    }
+    counter
 }
 
 /// A lazily connected, traced gRPC client of inventory.
@@ -216,6 +243,7 @@ pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Arc<Chaos>) -> Router 
             inventory: inventory_client(svc, plan),
             plan,
             chaos: chaos.clone(),
+            injected: injected_counter(svc),
             cancelled_late: Default::default(),
         })
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use paytrace::tcc::{BranchError, BranchKey, FenceStore, Phase, TccResource};
+use paytrace::tcc::{BranchError, BranchKey, BranchOutcome, FenceStore, Phase, TccResource};
 use paytrace::{Pool, ServiceTelemetry};
 use paytrace_demo::stock::StockStore;
 use rand::RngExt;
@@ -26,6 +26,8 @@ struct Participant {
     stock: Option<Arc<StockStore>>,
     /// Checked per call: `--chaos-after` starts the faults late.
     chaos: Arc<Chaos>,
+    /// Phases go through the fence (`--without-fence` turns it off).
+    fenced: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,11 +96,19 @@ impl Participant {
             branch_id: call.branch_id.clone(),
         };
         let mut guard = self.fence.stage(stage, phase, &key).start();
-        let result = self
-            .fence
-            .run(phase, &key, || self.business(phase, call))
-            .instrument(guard.span().clone())
-            .await;
+        let result = if self.fenced {
+            self.fence
+                .run(phase, &key, || self.business(phase, call))
+                .instrument(guard.span().clone())
+                .await
+        } else {
+            // No fence: every phase runs, whatever came before it.
+            self.business(phase, call)
+                .instrument(guard.span().clone())
+                .await
+                .map(BranchOutcome::Ran)
+                .map_err(BranchError::Handler)
+        };
         match result {
             Ok(_) => StatusCode::OK,
             Err(BranchError::Rejected(_)) | Err(BranchError::Handler(TccError::Insufficient)) => {
@@ -181,6 +191,7 @@ pub fn participant(
     chaos: &Arc<Chaos>,
     stock: Option<Arc<StockStore>>,
     fence: Arc<dyn FenceStore>,
+    fenced: bool,
 ) -> (
     Router,
     proto::tcc_participant_server::TccParticipantServer<
@@ -223,6 +234,7 @@ pub fn participant(
         pool,
         stock,
         chaos: chaos.clone(),
+        fenced,
     };
     let grpc = proto::tcc_participant_server::TccParticipantServer::new(p.clone());
     let (a, b, c) = (p.clone(), p.clone(), p);

@@ -24,6 +24,7 @@ pub async fn run(
     role: Role,
     plan: Plan,
     chaos: Chaos,
+    without_fence: bool,
     redis: Option<String>,
     exit_with_parent: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -63,6 +64,7 @@ pub async fn run(
                 &chaos,
                 stock.map(Arc::new),
                 fence,
+                !without_fence,
             );
             // The order service calls inventory's phases over gRPC.
             if role == Role::Inventory {

@@ -65,6 +65,14 @@ fn a_slowed_channel_is_named_first_and_a_clean_run_raises_nothing() {
 
     let nothing = &clean["changes"];
     assert_eq!(nothing["not_compared"], Value::Null, "{nothing:#}");
-    assert_eq!(nothing["latency"], Value::Array(vec![]), "a false alarm: {nothing:#}");
-    assert_eq!(nothing["errors"], Value::Array(vec![]), "a false alarm: {nothing:#}");
+    assert_eq!(
+        nothing["latency"],
+        Value::Array(vec![]),
+        "a false alarm: {nothing:#}"
+    );
+    assert_eq!(
+        nothing["errors"],
+        Value::Array(vec![]),
+        "a false alarm: {nothing:#}"
+    );
 }

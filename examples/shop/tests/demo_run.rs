@@ -188,6 +188,78 @@ fn tcc_faults_produce_their_anomalies() {
     ] {
         assert_eq!(g[kind], 0, "{kind} not injected: {g}");
     }
+    // The fences caught every fault the chaos injected; every participant
+    // runs one, so the shadow report has nothing to show.
+    let injected = &doc["injected"];
+    for kind in ["empty_rollback", "cancel_after_confirm"] {
+        assert_eq!(
+            a[kind], injected[kind],
+            "{kind}: fences {a} vs injected {injected}"
+        );
+    }
+    assert_eq!(
+        doc["tcc"]["shadow"],
+        serde_json::json!([]),
+        "{}",
+        doc["tcc"]
+    );
+}
+
+/// Inventory runs without the fence: the faults go through, and the
+/// aggregator's shadow report counts, for inventory alone, what the fence
+/// would have prevented: each injected early Cancel an empty rollback and
+/// the Try after it a hanging Try; each late Cancel a cancel after confirm
+/// (less the few that hit an order already rolled back empty).
+#[test]
+fn a_participant_without_the_fence_shows_what_the_fence_would_have_prevented() {
+    let doc = run_demo(
+        "shadow",
+        7200,
+        10,
+        &[
+            "--without-fence",
+            "inventory",
+            "--chaos",
+            "empty-rollback,cancel-after-confirm",
+        ],
+    );
+    let injected = &doc["injected"];
+    let count = |name: &str| injected[name].as_u64().unwrap_or(0);
+    assert!(
+        count("empty_rollback") > 0 && count("cancel_after_confirm") > 0,
+        "{injected}"
+    );
+    let mut shadow = std::collections::BTreeMap::new();
+    for c in doc["tcc"]["shadow"].as_array().expect("shadow counts") {
+        assert_eq!(
+            c["resource"], "inventory",
+            "only inventory runs without the fence: {c}"
+        );
+        shadow.insert(
+            c["kind"].as_str().expect("a kind").to_owned(),
+            c["count"].as_u64().expect("a count"),
+        );
+    }
+    let seen = |kind: &str| shadow.get(kind).copied().unwrap_or(0);
+    assert_eq!(
+        seen("empty_rollback"),
+        count("empty_rollback"),
+        "{shadow:?}"
+    );
+    assert_eq!(seen("hanging_try"), count("empty_rollback"), "{shadow:?}");
+    let late = seen("cancel_after_confirm");
+    assert!(
+        late <= count("cancel_after_confirm")
+            && late + seen("confirm_after_cancel") >= count("cancel_after_confirm"),
+        "late cancels {late} of {} injected: {shadow:?}",
+        count("cancel_after_confirm")
+    );
+    // Inventory's own fence is off: it counted nothing.
+    assert_eq!(
+        doc["anomalies"]["empty_rollback"], 0,
+        "{}",
+        doc["anomalies"]
+    );
 }
 
 fn stage_cp(doc: &Value, method: &str, stage: &str) -> f64 {

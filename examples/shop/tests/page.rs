@@ -556,3 +556,74 @@ async fn an_empty_aggregator_says_so_and_a_restart_leaves_no_stale_error() {
     browser.close().await;
     running.shutdown().await;
 }
+
+/// Checkouts `from..to`, each flushed into the minute of `wall`: wechat_pay's
+/// channel answering in `wechat_ms` (about), the others as usual.
+async fn checkouts_at(
+    running: &Running,
+    from: u64,
+    to: u64,
+    wechat_ms: u64,
+    wall: std::time::SystemTime,
+) {
+    use paytrace_testkit::checkout::CheckoutFlow;
+    let t0 = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos() as u64
+        - 5_000_000_000;
+    for k in from..to {
+        let mut flow = CheckoutFlow::new(k, t0);
+        if flow.method == "wechat_pay" {
+            flow.request_ms = wechat_ms + (k * 37) % 100;
+        }
+        paytrace_testkit::post_otlp_json(running.otlp_http, &flow.otlp_json()).await;
+    }
+    running
+        .pipeline
+        .flush(paytrace_aggregator::pipeline::Now::at(Instant::now(), wall));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_panel_names_what_changed() {
+    // Nothing completes on its own: each batch is flushed into its minute.
+    let mut config = addresses();
+    config.pipeline.assembler.trace_idle = Duration::from_secs(3600);
+    config.pipeline.flows.flow_idle = Duration::from_secs(3600);
+    let running = start(config).await.expect("the aggregator starts");
+    let now = std::time::SystemTime::now();
+    // Twenty minutes ago, 90 ordinary checkouts; now, 90 whose wechat_pay
+    // channel takes a second and a half.
+    checkouts_at(&running, 0, 90, 120, now - Duration::from_secs(20 * 60)).await;
+    checkouts_at(&running, 100, 190, 1_500, now).await;
+
+    let browser = Browser::start().await;
+    let api = format!("http://{}", running.listen);
+    browser
+        .client
+        .goto(&format!("{api}/?flow=checkout&window=5m"))
+        .await
+        .expect("the page loads");
+    let findings = browser
+        .wait_for(
+            "the What changed panel",
+            r#"const s = document.querySelector('#changes-section');
+               const items = [...document.querySelectorAll('#changes li.finding')].map(li => li.textContent);
+               return s && !s.hidden && items.length ? items : null;"#,
+            Duration::from_secs(20),
+        )
+        .await;
+    let first = findings[0].as_str().expect("text");
+    assert!(
+        first.starts_with("wechat_pay channel.request: critical path +"),
+        "{findings}"
+    );
+    // The panel comes before everything else on the page.
+    let order = browser
+        .eval(r#"return [...document.querySelectorAll('main > section:not([hidden])')].map(s => s.id);"#)
+        .await;
+    assert_eq!(order[0], "changes-section", "{order}");
+    browser.screenshot("changes").await;
+    browser.close().await;
+    running.shutdown().await;
+}

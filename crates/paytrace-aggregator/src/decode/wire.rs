@@ -8,8 +8,9 @@
 //! the one [`decode`](super::decode) gives for the same request, which a
 //! property test checks.
 //!
-//! Fields the aggregator does not read (events, scopes, values that are not
-//! strings or integers) are skipped without being checked; a field it does
+//! Fields the aggregator does not read (scopes, events other than their
+//! names, values that are not strings or integers) are skipped without
+//! being checked; a field it does
 //! read with the wrong wire type, a truncated field or an invalid varint
 //! makes the whole request malformed, as it would for any protobuf decoder.
 
@@ -199,6 +200,7 @@ fn decode_span<'a, 's>(
         kind: 0,
         attributes: &[],
         links: &[],
+        fence_event: false,
     };
     let mut fields = Fields::new(buf);
     while let Some((tag, value)) = fields.next()? {
@@ -217,6 +219,11 @@ fn decode_span<'a, 's>(
                 .push(decode_key_value(value.bytes("Span.attributes")?, |key| {
                     rules.reads(key)
                 })?),
+            11 => {
+                let event = value.bytes("Span.events")?;
+                span.fence_event |=
+                    event_name(event)? == paytrace_semconv::attr::TCC_FENCE_EVENT.as_bytes();
+            }
             13 => scratch.links.push(decode_link(value.bytes("Span.links")?)?),
             15 => {
                 // Status messages seen twice merge: a later one without a
@@ -282,6 +289,18 @@ fn decode_any_value<'a>(
         };
     }
     Ok(result)
+}
+
+/// The name of a `Span.Event` (the last one on the wire, as for any field).
+fn event_name(buf: &[u8]) -> Result<&[u8], WireError> {
+    let mut name: &[u8] = &[];
+    let mut fields = Fields::new(buf);
+    while let Some((tag, value)) = fields.next()? {
+        if tag == 2 {
+            name = value.bytes("Event.name")?;
+        }
+    }
+    Ok(name)
 }
 
 fn decode_link(buf: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
