@@ -17,6 +17,10 @@
 //! # counted incomplete (terminal_stage_missing). No flow has one by default.
 //! [flows.checkout]
 //! terminal_stage = "payment.confirm"
+//! # With `serve --forward-otlp`, checkouts slower than this (seconds) are
+//! # kept and forwarded whole; without it, those slower than the flow's
+//! # p99 of the last 5 minutes.
+//! keep_slower_than = 2.5
 //!
 //! # Bucket boundaries (seconds) of the flow and stage histograms; the
 //! # default reaches 300 s (paytrace_semconv::DEFAULT_LATENCY_BUCKETS).
@@ -78,6 +82,9 @@ struct RuleEntry {
 #[serde(deny_unknown_fields)]
 struct FlowEntry {
     terminal_stage: Option<String>,
+    /// Seconds end to end past which a flow is kept as slow
+    /// (`serve --forward-otlp`).
+    keep_slower_than: Option<f64>,
 }
 
 /// One mapping rule.
@@ -179,6 +186,8 @@ pub struct Config {
     pub rules: StageRules,
     /// Terminal stage per flow, on top of the defaults.
     pub terminal_stages: HashMap<String, String>,
+    /// Per flow, seconds past which a flow is kept as slow.
+    pub keep_slower_than: HashMap<String, f64>,
     /// How far a span may end past its next sibling's start and still
     /// precede it on the critical path (see [`crate::tree`]); set by
     /// `--clock-tolerance`, not by the file.
@@ -195,6 +204,7 @@ impl Default for Config {
         Self {
             rules: StageRules::default(),
             terminal_stages: HashMap::new(),
+            keep_slower_than: HashMap::new(),
             clock_tolerance: std::time::Duration::from_nanos(
                 crate::tree::DEFAULT_CLOCK_TOLERANCE_NS,
             ),
@@ -245,6 +255,20 @@ impl Config {
                 flow: r.flow.map(Arc::from),
             });
         }
+        let mut keep_slower_than = HashMap::new();
+        for (flow, f) in &file.flows {
+            match f.keep_slower_than {
+                Some(s) if s.is_finite() && s > 0.0 => {
+                    keep_slower_than.insert(flow.clone(), s);
+                }
+                Some(s) => {
+                    return Err(invalid(format!(
+                        "flows.{flow}.keep_slower_than must be a positive number of seconds, got {s}"
+                    )));
+                }
+                None => {}
+            }
+        }
         let terminal_stages = file
             .flows
             .into_iter()
@@ -265,6 +289,7 @@ impl Config {
         Ok(Self {
             rules: StageRules { rules },
             terminal_stages,
+            keep_slower_than,
             buckets,
             ..Self::default()
         })

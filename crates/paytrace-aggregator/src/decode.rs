@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use prost::Message as _;
+
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use paytrace_semconv::attr;
@@ -33,6 +35,9 @@ pub struct SpanLimits {
     /// Longest value of a paytrace attribute (stage, flow, flow id, method,
     /// channel, `tcc.*`); a longer one keeps its start.
     pub max_business_value_bytes: usize,
+    /// Keep each span as sent ([`crate::span::AsSent`]), to forward the
+    /// flows worth keeping (`serve --forward-otlp`).
+    pub keep_as_sent: bool,
 }
 
 impl Default for SpanLimits {
@@ -42,6 +47,7 @@ impl Default for SpanLimits {
             max_attributes: 1024,
             max_links: 128,
             max_business_value_bytes: 256,
+            keep_as_sent: false,
         }
     }
 }
@@ -240,7 +246,15 @@ struct RawSpan<'a, 's> {
     links: &'s [(&'a [u8], &'a [u8])],
     /// One of its events is the fence's `tcc.fence`.
     fence_event: bool,
+    /// One of its fence events names an anomaly (`tcc.fence.anomaly`).
+    fence_anomaly: bool,
+    /// The span's message as sent, with its resource and scope, when kept.
+    as_sent: Option<AsSentParts<'a>>,
 }
+
+/// A span's message as sent (borrowed from the request when it can be),
+/// its resource's and its scope's.
+type AsSentParts<'a> = (std::borrow::Cow<'a, [u8]>, Arc<[u8]>, Arc<[u8]>);
 
 fn string_value(value: &Option<AnyValue>) -> Option<&str> {
     match value.as_ref()?.value.as_ref()? {
@@ -305,6 +319,18 @@ pub fn decode(
             .and_then(|kv| string_value(&kv.value))
             .unwrap_or(UNKNOWN_SERVICE);
         let service = interner.intern(service);
+        let encoded_resource: Arc<[u8]> = match (&resource_spans.resource, limits.keep_as_sent) {
+            (Some(r), true) => r.encode_to_vec().into(),
+            _ => Arc::from(&[][..]),
+        };
+        let encoded_scopes: Vec<Arc<[u8]>> = resource_spans
+            .scope_spans
+            .iter()
+            .map(|s| match (&s.scope, limits.keep_as_sent) {
+                (Some(scope), true) => scope.encode_to_vec().into(),
+                _ => Arc::from(&[][..]),
+            })
+            .collect();
         let spans = (resource_spans.scope_spans.iter().enumerate()).flat_map(|(sc, s)| {
             s.spans
                 .iter()
@@ -338,6 +364,19 @@ pub fn decode(
                 attributes: &attributes,
                 links: &links,
                 fence_event: span.events.iter().any(|e| e.name == attr::TCC_FENCE_EVENT),
+                fence_anomaly: span.events.iter().any(|e| {
+                    e.name == attr::TCC_FENCE_EVENT
+                        && e.attributes
+                            .iter()
+                            .any(|kv| kv.key == attr::TCC_FENCE_ANOMALY)
+                }),
+                as_sent: limits.keep_as_sent.then(|| {
+                    (
+                        std::borrow::Cow::Owned(span.encode_to_vec()),
+                        encoded_resource.clone(),
+                        encoded_scopes[scope].clone(),
+                    )
+                }),
             };
             let built = build(&raw, &service, limits, rules, interner, &mut out);
             out.push(built);
@@ -426,6 +465,7 @@ fn build(
     let mut business = read.business;
     if let Some(tcc) = business.tcc.as_deref_mut() {
         tcc.fenced = span.fence_event;
+        tcc.fence_anomaly = span.fence_anomaly;
     }
     const KIND_CONSUMER: i32 = 5;
     business.entry = span.kind == KIND_SERVER || span.kind == KIND_CONSUMER;
@@ -471,6 +511,13 @@ fn build(
             .flatten()
             .and_then(|s| paytrace_sampling::OtState::from_tracestate(s).threshold),
         business,
+        as_sent: span.as_sent.as_ref().map(|(bytes, resource, scope)| {
+            Arc::new(crate::span::AsSent {
+                span: bytes.as_ref().into(),
+                resource: resource.clone(),
+                scope: scope.clone(),
+            })
+        }),
     })
 }
 

@@ -63,6 +63,7 @@ pub mod cluster;
 pub mod config;
 pub mod decode;
 pub(crate) mod flows;
+pub mod forward;
 pub(crate) mod page;
 pub mod pipeline;
 #[cfg(test)]

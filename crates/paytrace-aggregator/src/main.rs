@@ -182,6 +182,34 @@ struct ServeArgs {
     /// need a client certificate too.
     #[arg(long, env = "PAYTRACE_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Forward the flows worth keeping, whole and as sent, to this trace
+    /// store's OTLP/HTTP endpoint (`http://tempo:4318`; Jaeger, Tempo or
+    /// any Collector): failed ones, TCC-anomalous ones, those slower than
+    /// their flow's `keep_slower_than` (--config) or else its p99, and
+    /// --keep-normal of the rest. Each span gets `paytrace.kept`.
+    #[arg(long, env = "PAYTRACE_FORWARD_OTLP")]
+    forward_otlp: Option<String>,
+    /// With --forward-otlp: the share of normal flows kept as a sample.
+    #[arg(long, env = "PAYTRACE_KEEP_NORMAL", default_value_t = 0.01, value_parser = share)]
+    keep_normal: f64,
+    /// With --forward-otlp: spans forwarded per second at most (a burst of
+    /// a second's worth passes); kept flows past it are counted dropped.
+    #[arg(
+        long,
+        env = "PAYTRACE_FORWARD_MAX_SPANS_PER_SECOND",
+        default_value_t = 2000.0
+    )]
+    forward_max_spans_per_second: f64,
+}
+
+/// A share: a number from 0 to 1.
+fn share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "{s:?} is not a share: give a number from 0 to 1 (0.01 for 1%)"
+        )),
+    }
 }
 
 /// A sampling probability: a number above 0 and at most 1.
@@ -327,6 +355,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         .flows
         .terminal_stages
         .extend(file.terminal_stages);
+    let keep_slower_than = file.keep_slower_than;
     config.pipeline.buckets = Some(file.buckets);
     config.receiver.rules = std::sync::Arc::new(file.rules);
     for (path, slot) in [
@@ -368,6 +397,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         config.peers = Some(peers);
     }
     config.drain_timeout = args.drain_timeout;
+    if let Some(url) = &args.forward_otlp {
+        let mut forward = paytrace_aggregator::forward::ForwardSettings::new(url.clone());
+        forward.policy.keep_normal = args.keep_normal;
+        forward.policy.slower_than = keep_slower_than;
+        forward.max_spans_per_second = args.forward_max_spans_per_second;
+        config.forward = Some(forward);
+    }
     let scheme = if config.tls.is_some() {
         "https"
     } else {

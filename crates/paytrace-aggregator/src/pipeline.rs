@@ -145,11 +145,16 @@ struct State {
     /// participants that run without the fence: what adopting it would
     /// have prevented (the shadow fence report).
     shadow: std::collections::BTreeMap<(Arc<str>, &'static str), u64>,
+    /// Per flow, its end-to-end p99 of the last 5 minutes as of when it was
+    /// computed (the slow threshold of a flow with none configured).
+    p99s: HashMap<Arc<str>, (Instant, Option<f64>)>,
 }
 
 /// The live pipeline; share it behind an `Arc`.
 pub struct Pipeline {
     state: Mutex<State>,
+    /// Where kept flows go (`serve --forward-otlp`), once set.
+    forwarder: std::sync::OnceLock<crate::forward::Forwarder>,
     metrics: Metrics,
     label_limit: usize,
     clock_tolerance_ns: u64,
@@ -169,6 +174,7 @@ impl Pipeline {
     pub fn new(config: PipelineConfig) -> Self {
         let max_bytes = config.assembler.max_bytes;
         Self {
+            forwarder: std::sync::OnceLock::new(),
             buffered_bytes: AtomicUsize::new(0),
             max_bytes,
             state: Mutex::new(State {
@@ -180,6 +186,7 @@ impl Pipeline {
                 series: SeriesCache::default(),
                 tcc: TccTracker::new(config.tcc),
                 shadow: std::collections::BTreeMap::new(),
+                p99s: HashMap::new(),
             }),
             metrics: Metrics::new(config.buckets.as_deref().unwrap_or(DEFAULT_LATENCY_BUCKETS))
                 .expect("the aggregator's families are distinct and their buckets checked"),
@@ -273,11 +280,13 @@ impl Pipeline {
         let completed = state.assembler.complete_idle(now.instant);
         let mut finished = self.hand_on(&mut state, completed, now.instant);
         finished.extend(state.flows.finish_idle(now.instant));
+        // The TCC replay first, so that a flow final now is judged with the
+        // anomalies of its transactions (they settle as its traces idle).
+        let found = state.tcc.tick(now.instant, now.wall_ns());
+        self.count_tcc(&mut state, &found, now.wall_ns());
         for flow in finished {
             self.record(&mut state, flow, now.minute());
         }
-        let found = state.tcc.tick(now.instant, now.wall_ns());
-        self.count_tcc(&mut state, &found, now.wall_ns());
         self.publish_size(&state);
     }
 
@@ -288,11 +297,11 @@ impl Pipeline {
         let completed = state.assembler.drain();
         let mut finished = self.hand_on(&mut state, completed, now.instant);
         finished.extend(state.flows.drain());
+        let found = state.tcc.flush(now.wall_ns());
+        self.count_tcc(&mut state, &found, now.wall_ns());
         for flow in finished {
             self.record(&mut state, flow, now.minute());
         }
-        let found = state.tcc.flush(now.wall_ns());
-        self.count_tcc(&mut state, &found, now.wall_ns());
         self.publish_size(&state);
     }
 
@@ -514,6 +523,62 @@ impl Pipeline {
             .collect()
     }
 
+    /// Sends the final, complete flow `analysis` (its spans `traces`) to the
+    /// trace store when it is worth keeping.
+    fn forward_if_kept(
+        &self,
+        state: &mut State,
+        forwarder: &crate::forward::Forwarder,
+        analysis: &FlowAnalysis,
+        traces: &[Vec<crate::span::Span>],
+        minute: u64,
+    ) {
+        let slow_threshold = forwarder
+            .policy
+            .threshold(&analysis.flow)
+            .or_else(|| self.recent_p99(state, &analysis.flow, minute));
+        let tcc_anomaly = traces
+            .iter()
+            .flatten()
+            .filter_map(|s| s.business.tcc.as_ref()?.xid.as_deref())
+            .any(|xid| state.tcc.anomalous(xid));
+        let candidate = crate::forward::Candidate {
+            analysis,
+            traces,
+            slow_threshold,
+            tcc_anomaly,
+        };
+        if let Some(reason) = crate::forward::keep_reason(&candidate, forwarder.policy.keep_normal)
+        {
+            forwarder.offer(reason, traces);
+        }
+    }
+
+    /// `flow`'s end-to-end p99 of the last 5 minutes, recomputed at most
+    /// every 10 s; `None` under 100 instances (too few to call one slow).
+    fn recent_p99(&self, state: &mut State, flow: &Arc<str>, minute: u64) -> Option<f64> {
+        if let Some((at, p99)) = state.p99s.get(flow)
+            && at.elapsed() < std::time::Duration::from_secs(10)
+        {
+            return *p99;
+        }
+        let mut acc = crate::breakdown::Accumulator::default();
+        for m in in_window(&state.minutes, minute, 5) {
+            acc.merge(&m.groups.select(flow, None, None));
+        }
+        let (moments, p99) = acc.end_to_end();
+        let p99 = (moments.n >= 100).then_some(p99);
+        state.p99s.insert(flow.clone(), (Instant::now(), p99));
+        p99
+    }
+
+    /// Forwards the kept flows to `forwarder` from now on.
+    pub(crate) fn forward_to(&self, forwarder: crate::forward::Forwarder) {
+        if self.forwarder.set(forwarder).is_err() {
+            tracing::warn!("the pipeline already forwards: the second forwarder is ignored");
+        }
+    }
+
     /// TCC transactions waiting past the timeout, oldest first.
     pub fn tcc_unfinished(&self, limit: usize, now: Now) -> Vec<Unfinished> {
         let mut all = self.state().tcc.unfinished(now.wall_ns());
@@ -554,8 +619,8 @@ impl Pipeline {
         if split {
             flows_split.inc();
         }
-        let slot = slot(&mut state.minutes, minute);
         if let Some(reason) = finished.incomplete {
+            let slot = slot(&mut state.minutes, minute);
             self.metrics
                 .flows_incomplete
                 .with_label_values(&[&analysis.flow, reason])
@@ -563,6 +628,10 @@ impl Pipeline {
             *slot.incomplete.entry(analysis.flow.clone()).or_default() += weight;
             return;
         }
+        if let Some(forwarder) = self.forwarder.get() {
+            self.forward_if_kept(state, forwarder, &analysis, &finished.traces, minute);
+        }
+        let slot = slot(&mut state.minutes, minute);
         slot.groups.add(&analysis, weight);
         if analysis.is_error {
             *slot.errors.entry(analysis.flow.clone()).or_default() += weight;

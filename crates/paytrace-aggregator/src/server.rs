@@ -48,6 +48,9 @@ pub struct ServeConfig {
     /// The other replicas this one answers with (see [`crate::cluster`]);
     /// `None`: this replica answers for itself.
     pub peers: Option<crate::cluster::PeerSettings>,
+    /// Where the flows worth keeping go (`--forward-otlp`); `None`: nothing
+    /// is forwarded.
+    pub forward: Option<crate::forward::ForwardSettings>,
     /// How long [`Running::shutdown`] waits for the requests in flight
     /// before it stops them and goes on to analyse or write the state.
     pub drain_timeout: Duration,
@@ -69,6 +72,7 @@ impl Default for ServeConfig {
             snapshot_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(20),
             peers: None,
+            forward: None,
         }
     }
 }
@@ -107,6 +111,9 @@ pub struct Running {
     tasks: JoinSet<()>,
     snapshots: Option<Snapshots>,
     drain_timeout: Duration,
+    /// The forwarder task and what stops it, last of all (it takes the
+    /// flows the final flush keeps).
+    forwarding: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
 }
 
 /// Writes the pipeline's state to the state directory, counting outcomes.
@@ -182,8 +189,22 @@ impl Snapshots {
 ///
 /// Fails when an address cannot be bound, or when the TLS files cannot be
 /// used (the message names the file).
-pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
+pub async fn start(mut config: ServeConfig) -> std::io::Result<Running> {
     let pipeline = Arc::new(Pipeline::new(config.pipeline));
+    // Forwarding needs every span as it was sent.
+    config.receiver.spans.keep_as_sent |= config.forward.is_some();
+    let forwarding = match config.forward.take() {
+        Some(settings) => {
+            let counts = crate::forward::Counts::register(pipeline.registry())
+                .map_err(std::io::Error::other)?;
+            let (forwarder, queue) = crate::forward::Forwarder::new(&settings, counts.clone());
+            pipeline.forward_to(forwarder);
+            let (stop, stopped) = watch::channel(false);
+            let task = tokio::spawn(crate::forward::run(queue, settings, counts, stopped));
+            Some((stop, task))
+        }
+        None => None,
+    };
     let receiver = Receiver::new(pipeline.clone(), config.receiver)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let certificates = match config.tls {
@@ -353,6 +374,7 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         tasks,
         snapshots,
         drain_timeout: config.drain_timeout,
+        forwarding,
     })
 }
 
@@ -440,6 +462,15 @@ impl Running {
             None => {
                 let p = self.pipeline.clone();
                 let _ = tokio::task::spawn_blocking(move || p.flush(Now::current())).await;
+            }
+        }
+        if let Some((stop, task)) = self.forwarding.take() {
+            let _ = stop.send(true);
+            if tokio::time::timeout(self.drain_timeout, task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the trace store did not take the last kept flows in time");
             }
         }
     }

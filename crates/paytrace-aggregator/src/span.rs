@@ -149,6 +149,23 @@ pub struct Tcc {
     /// its phases through the TCC fence.
     #[serde(default)]
     pub fenced: bool,
+    /// That event names an anomaly the fence found (`tcc.fence.anomaly`).
+    #[serde(default)]
+    pub fence_anomaly: bool,
+}
+
+/// A span as it was sent, kept for forwarding (`serve --forward-otlp`):
+/// its OTLP `Span` message and the `Resource` and `InstrumentationScope`
+/// messages it came with, encoded (the latter two shared by the spans of one
+/// request).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AsSent {
+    /// The `Span` message.
+    pub span: Box<[u8]>,
+    /// Its `Resource` message (empty when it had none).
+    pub resource: Arc<[u8]>,
+    /// Its `InstrumentationScope` message (empty when it had none).
+    pub scope: Arc<[u8]>,
 }
 
 /// One finished span.
@@ -178,6 +195,10 @@ pub struct Span {
     pub sampling_threshold: Option<paytrace_sampling::Threshold>,
     /// The paytrace attributes.
     pub business: Business,
+    /// The span as sent, when the aggregator forwards kept flows; snapshots
+    /// do not keep it.
+    #[serde(skip)]
+    pub as_sent: Option<Arc<AsSent>>,
 }
 
 /// Nanoseconds as seconds: what the metrics, the API and the page show.

@@ -474,6 +474,15 @@ impl TccTracker {
     }
 
     /// The most recent anomalies, newest first.
+    /// Whether the replay found an anomaly in transaction `xid` (a branch
+    /// of it reported, or frozen).
+    pub(crate) fn anomalous(&self, xid: &str) -> bool {
+        self.transactions.get(xid).is_some_and(|tx| {
+            tx.observations.iter().any(|o| o.reported != 0)
+                || tx.pending.iter().any(|p| p.frozen_reported)
+        })
+    }
+
     pub(crate) fn recent(&self) -> impl Iterator<Item = &GlobalAnomaly> {
         self.recent.iter().rev()
     }

@@ -38,6 +38,7 @@ pub fn span(name: &str, start: u64, end: u64) -> Span {
         is_error: false,
         links: Vec::new(),
         business: Business::default(),
+        as_sent: None,
     }
 }
 

@@ -149,6 +149,9 @@ pub mod attr {
     pub const TCC_FENCE_DECISION: &str = "tcc.fence.decision";
     /// On the `tcc.fence` event: the anomaly kind it found, if any.
     pub const TCC_FENCE_ANOMALY: &str = "tcc.fence.anomaly";
+    /// On every span the aggregator forwards (`serve --forward-otlp`): why
+    /// its flow was kept, one of [`crate::keep_reason`].
+    pub const KEPT: &str = "paytrace.kept";
 
     /// Every key above, for consistency checks.
     pub const ALL: &[&str] = &[
@@ -182,6 +185,7 @@ pub mod attr {
         TCC_FENCE_EVENT,
         TCC_FENCE_DECISION,
         TCC_FENCE_ANOMALY,
+        KEPT,
     ];
 
     /// The keys paytrace reads from and writes to W3C baggage.
@@ -314,6 +318,13 @@ pub mod metric {
     /// failed or timed out; the answers that needed them were partial.
     pub const AGGREGATOR_PEER_REQUESTS_FAILED_TOTAL: &str =
         "paytrace_aggregator_peer_requests_failed_total";
+    /// Counter `{reason}`: flows forwarded whole to the trace store
+    /// (`serve --forward-otlp`), by why they were kept ([`crate::keep_reason`]).
+    pub const AGGREGATOR_FLOWS_FORWARDED_TOTAL: &str = "paytrace_aggregator_flows_forwarded_total";
+    /// Counter `{reason}`: flows kept but not forwarded
+    /// ([`crate::forward_drop_reason`]).
+    pub const AGGREGATOR_FLOWS_FORWARD_DROPPED_TOTAL: &str =
+        "paytrace_aggregator_flows_forward_dropped_total";
     /// Counter `{outcome}`: snapshots of `--state-dir` written, failed,
     /// restored at start, or set aside as unreadable (see
     /// [`crate::snapshot_outcome`]).
@@ -379,6 +390,8 @@ pub mod metric {
         AGGREGATOR_CONNECTIONS_REFUSED_TOTAL,
         AGGREGATOR_STATE_SNAPSHOTS_TOTAL,
         AGGREGATOR_PEER_REQUESTS_FAILED_TOTAL,
+        AGGREGATOR_FLOWS_FORWARDED_TOTAL,
+        AGGREGATOR_FLOWS_FORWARD_DROPPED_TOTAL,
         AGGREGATOR_FLOWS_SPLIT_TOTAL,
         AGGREGATOR_SERIES_OVERFLOW_TOTAL,
         AGGREGATOR_SPANS_TRUNCATED_TOTAL,
@@ -495,6 +508,45 @@ pub mod label {
         LISTENER,
         PEER,
     ];
+}
+
+/// Why the aggregator kept a flow for the trace store (`paytrace.kept`, and
+/// the `reason` of `paytrace_aggregator_flows_forwarded_total`).
+///
+/// ```
+/// assert!(paytrace_semconv::keep_reason::ALL.contains(&"slow"));
+/// ```
+pub mod keep_reason {
+    /// Slower than its flow's threshold (configured, or the current p99).
+    pub const SLOW: &str = "slow";
+    /// A root of one of its traces ended in error.
+    pub const ERROR: &str = "error";
+    /// One of its TCC branches has an anomaly.
+    pub const TCC: &str = "tcc";
+    /// A sample of the normal flows (`--keep-normal`).
+    pub const SAMPLE: &str = "sample";
+    /// Every reason, strongest first: a flow kept for several gives the first.
+    pub const ALL: &[&str] = &[ERROR, TCC, SLOW, SAMPLE];
+}
+
+/// Why a kept flow was not forwarded (the `reason` of
+/// `paytrace_aggregator_flows_forward_dropped_total`).
+///
+/// ```
+/// assert!(paytrace_semconv::forward_drop_reason::ALL.contains(&"budget"));
+/// ```
+pub mod forward_drop_reason {
+    /// Over `--forward-max-spans-per-second`.
+    pub const BUDGET: &str = "budget";
+    /// The queue to the forwarder was full (the trace store is slow).
+    pub const QUEUE_FULL: &str = "queue_full";
+    /// The trace store refused the request or did not answer.
+    pub const EXPORT_FAILED: &str = "export_failed";
+    /// Some of its spans were restored from a snapshot, which keeps no
+    /// spans as sent: the flow could not be forwarded whole.
+    pub const NOT_AS_SENT: &str = "not_as_sent";
+    /// Every reason.
+    pub const ALL: &[&str] = &[BUDGET, QUEUE_FULL, EXPORT_FAILED, NOT_AS_SENT];
 }
 
 /// gRPC status codes by their names, as `rpc.response.status_code` and the

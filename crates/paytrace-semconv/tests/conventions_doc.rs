@@ -105,6 +105,11 @@ fn outcomes_match() {
         "TCC phase outcomes",
         paytrace_semconv::tcc_phase_outcome::ALL,
     );
+    assert_same("Keep reasons", paytrace_semconv::keep_reason::ALL);
+    assert_same(
+        "Forward drop reasons",
+        paytrace_semconv::forward_drop_reason::ALL,
+    );
 }
 
 #[test]

@@ -36,6 +36,8 @@ pub struct CheckoutFlow {
     pub undecided_try: bool,
     /// The coordinator decides Confirm, yet the `inventory` branch cancels.
     pub decision_violated: bool,
+    /// The request's root span ends in error.
+    pub failed: bool,
 }
 
 /// The payment methods [`CheckoutFlow::new`] cycles through.
@@ -59,6 +61,7 @@ impl CheckoutFlow {
             callback_after_ms: Some(100 + (index * 53) % 900),
             undecided_try: false,
             decision_violated: false,
+            failed: false,
         }
     }
 
@@ -183,6 +186,9 @@ impl CheckoutFlow {
                 10,
                 tcc("inventory", "cancel"),
             ));
+        }
+        if self.failed {
+            spans[0]["status"] = json!({"code": 2, "message": "the channel refused"});
         }
         json!({"resourceSpans": [{
             "resource": {"attributes": [attr("service.name", "shop")]},

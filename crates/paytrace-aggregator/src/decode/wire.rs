@@ -137,6 +137,12 @@ fn decode_resource_spans<'a>(
         _ => UNKNOWN_SERVICE,
     };
     let service: Arc<str> = interner.intern(service);
+    let empty: Arc<[u8]> = Arc::from(&[][..]);
+    let resource_bytes: Arc<[u8]> = if limits.keep_as_sent {
+        last_field(buf, 1, "ResourceSpans.resource")?.map_or_else(|| empty.clone(), Arc::from)
+    } else {
+        empty.clone()
+    };
     let mut fields = Fields::new(buf);
     let mut at = SpanPath {
         resource,
@@ -147,7 +153,14 @@ fn decode_resource_spans<'a>(
         if tag != 2 {
             continue;
         }
-        let mut scope_spans = Fields::new(value.bytes("ResourceSpans.scope_spans")?);
+        let scope_spans_bytes = value.bytes("ResourceSpans.scope_spans")?;
+        let scope_bytes: Arc<[u8]> = if limits.keep_as_sent {
+            last_field(scope_spans_bytes, 1, "ScopeSpans.scope")?
+                .map_or_else(|| empty.clone(), Arc::from)
+        } else {
+            empty.clone()
+        };
+        let mut scope_spans = Fields::new(scope_spans_bytes);
         at.span = 0;
         while let Some((tag, value)) = scope_spans.next()? {
             if tag != 2 {
@@ -155,7 +168,15 @@ fn decode_resource_spans<'a>(
             }
             scratch.attributes.clear();
             scratch.links.clear();
-            let span = decode_span(value.bytes("ScopeSpans.spans")?, at, rules, scratch)?;
+            let span_bytes = value.bytes("ScopeSpans.spans")?;
+            let mut span = decode_span(span_bytes, at, rules, scratch)?;
+            if limits.keep_as_sent {
+                span.as_sent = Some((
+                    std::borrow::Cow::Borrowed(span_bytes),
+                    resource_bytes.clone(),
+                    scope_bytes.clone(),
+                ));
+            }
             let built = build(&span, &service, limits, rules, interner, out);
             out.push(built);
             at.span += 1;
@@ -163,6 +184,22 @@ fn decode_resource_spans<'a>(
         at.scope += 1;
     }
     Ok(())
+}
+
+/// The bytes of the last field `tag` of the message `buf`, if any.
+fn last_field<'a>(
+    buf: &'a [u8],
+    tag: u32,
+    what: &'static str,
+) -> Result<Option<&'a [u8]>, WireError> {
+    let mut found = None;
+    let mut fields = Fields::new(buf);
+    while let Some((t, value)) = fields.next()? {
+        if t == tag {
+            found = Some(value.bytes(what)?);
+        }
+    }
+    Ok(found)
 }
 
 /// The value of the first `service.name` attribute of a `Resource`, if any.
@@ -201,6 +238,8 @@ fn decode_span<'a, 's>(
         attributes: &[],
         links: &[],
         fence_event: false,
+        fence_anomaly: false,
+        as_sent: None,
     };
     let mut fields = Fields::new(buf);
     while let Some((tag, value)) = fields.next()? {
@@ -220,9 +259,10 @@ fn decode_span<'a, 's>(
                     rules.reads(key)
                 })?),
             11 => {
-                let event = value.bytes("Span.events")?;
-                span.fence_event |=
-                    event_name(event)? == paytrace_semconv::attr::TCC_FENCE_EVENT.as_bytes();
+                let (name, anomaly) = fence_event(value.bytes("Span.events")?)?;
+                let fence = name == paytrace_semconv::attr::TCC_FENCE_EVENT.as_bytes();
+                span.fence_event |= fence;
+                span.fence_anomaly |= fence && anomaly;
             }
             13 => scratch.links.push(decode_link(value.bytes("Span.links")?)?),
             15 => {
@@ -291,16 +331,23 @@ fn decode_any_value<'a>(
     Ok(result)
 }
 
-/// The name of a `Span.Event` (the last one on the wire, as for any field).
-fn event_name(buf: &[u8]) -> Result<&[u8], WireError> {
+/// The name of a `Span.Event` (the last one on the wire, as for any
+/// field), and whether it has a `tcc.fence.anomaly` attribute.
+fn fence_event(buf: &[u8]) -> Result<(&[u8], bool), WireError> {
     let mut name: &[u8] = &[];
+    let mut anomaly = false;
     let mut fields = Fields::new(buf);
     while let Some((tag, value)) = fields.next()? {
-        if tag == 2 {
-            name = value.bytes("Event.name")?;
+        match tag {
+            2 => name = value.bytes("Event.name")?,
+            3 => {
+                let attr = decode_key_value(value.bytes("Event.attributes")?, |_| false)?;
+                anomaly |= attr.key == paytrace_semconv::attr::TCC_FENCE_ANOMALY.as_bytes();
+            }
+            _ => {}
         }
     }
-    Ok(name)
+    Ok((name, anomaly))
 }
 
 fn decode_link(buf: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
