@@ -2,7 +2,9 @@
 //! as the growth of the process's resident set (Linux `/proc/self/statm`)
 //! while 500,000 decoded spans (50,000 ten-span traces) wait for completion.
 //!
-//! `cargo run --release -p paytrace-bench --bin buffer_memory`
+//! `cargo run --release -p paytrace-bench --bin buffer_memory [--kept]`
+//!
+//! `--kept` keeps each span as sent, as `serve --forward-otlp` does.
 
 use std::time::Instant;
 
@@ -24,7 +26,10 @@ fn main() {
     let spans = TRACES_PER_REQUEST * REQUESTS * 10;
     let mut assembler = Assembler::new(AssemblerLimits::default());
     let mut interner = Interner::default();
-    let limits = SpanLimits::default();
+    let limits = SpanLimits {
+        keep_as_sent: std::env::args().any(|a| a == "--kept"),
+        ..SpanLimits::default()
+    };
     let rules = StageRules::default();
     // Decode outside the measured growth: requests are built and dropped one
     // at a time, only the spans stay.

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo build --release -p paytrace-bench --bin pipeline_instructions
-//! for mode in setup decode convert wire full full-prost; do
+//! for mode in setup decode convert wire full full-prost wire-kept full-kept; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null \
 //!     target/release/pipeline_instructions $mode 100 2>&1 | grep Collected
 //! done
@@ -14,7 +14,10 @@
 //! `convert` adds their conversion into paytrace's spans; `wire` is
 //! paytrace's own decoder from bytes to spans instead; `full` adds to `wire`
 //! assembly, stitching, analysis, sketches and Prometheus histograms, and
-//! `full-prost` the same to `convert`. Subtract `setup` from the others and
+//! `full-prost` the same to `convert`; `wire-kept` and `full-kept` are
+//! `wire` and `full` keeping each span as sent, as `serve --forward-otlp`
+//! does (the cost of forwarding before anything is sent). Subtract `setup`
+//! from the others and
 //! divide by the spans (`N` requests of 1,000 spans).
 
 use std::time::Instant;
@@ -35,7 +38,16 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_default();
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
-    let modes = ["setup", "decode", "convert", "wire", "full", "full-prost"];
+    let modes = [
+        "setup",
+        "decode",
+        "convert",
+        "wire",
+        "full",
+        "full-prost",
+        "wire-kept",
+        "full-kept",
+    ];
     if !modes.contains(&mode.as_str()) {
         eprintln!(
             "usage: pipeline_instructions {} [REQUESTS]",
@@ -47,7 +59,10 @@ fn main() {
         .map(|i| checkout_request(i * TRACES, TRACES).encode_to_vec())
         .collect();
     let pipeline = Pipeline::new(PipelineConfig::default());
-    let limits = SpanLimits::default();
+    let limits = SpanLimits {
+        keep_as_sent: mode.ends_with("-kept"),
+        ..SpanLimits::default()
+    };
     let rules = StageRules::default();
     let mut interner = Interner::default();
     let mut spans = 0usize;
@@ -67,7 +82,7 @@ fn main() {
                 mode == "full-prost",
             ),
             _ => match decode_protobuf(payload, &limits, &rules, &mut interner) {
-                Ok(decoded) => (decoded, mode == "full"),
+                Ok(decoded) => (decoded, mode == "full" || mode == "full-kept"),
                 Err(e) => {
                     eprintln!("a generated request does not decode: {e}");
                     std::process::exit(1);

@@ -137,7 +137,7 @@ pub fn span_bytes(span: &Span) -> usize {
         + span.name.len()
         + span.business.flow_id.as_ref().map_or(0, |s| s.len())
         + span.links.len() * std::mem::size_of::<crate::span::Link>()
-        + span.as_sent.as_ref().map_or(0, |a| a.span.len() + 48)
+        + span.as_sent.as_ref().map_or(0, |a| a.span.len() + 96)
         + 170
 }
 
