@@ -44,6 +44,8 @@ use crate::pipeline::{Baseline, ChangeQuery, Now, Pipeline, WINDOWS_MINUTES, Win
 pub(crate) struct ApiState {
     pub(crate) pipeline: Arc<Pipeline>,
     pub(crate) peers: Option<Arc<Peers>>,
+    /// Where the USE signals of `/api/v1/changes` come from.
+    pub(crate) prometheus: Option<Arc<crate::infra::Prometheus>>,
 }
 
 /// `?local=true`: this replica's answer alone (what a peer asks for).
@@ -334,12 +336,20 @@ async fn changes(
         collapse: false,
     };
     let (windows, missing) = api.windows(&local, 60, now_minute, shape).await;
-    let found = windows.changes(&ChangeQuery {
+    let mut found = windows.changes(&ChangeQuery {
         flow,
         window_minutes,
         now_minute,
         baseline,
     });
+    if let Some(prometheus) = &api.prometheus {
+        let pipeline = api.pipeline.clone();
+        found.infrastructure_error =
+            crate::infra::add_infrastructure(&mut found, prometheus, |stage| {
+                pipeline.stage_services(flow, stage)
+            })
+            .await;
+    }
     with_peers(json(found), missing)
 }
 

@@ -64,6 +64,7 @@ pub mod config;
 pub mod decode;
 pub(crate) mod flows;
 pub mod forward;
+pub mod infra;
 pub(crate) mod page;
 pub mod pipeline;
 #[cfg(test)]

@@ -200,6 +200,12 @@ struct ServeArgs {
         default_value_t = 2000.0
     )]
     forward_max_spans_per_second: f64,
+    /// Read the USE signals of the services from this Prometheus
+    /// (`http://prometheus:9090`): /api/v1/changes names, next to each
+    /// stage that slowed, the pool waits, queue ages, busy runtimes and
+    /// restarts of its service that moved with it.
+    #[arg(long, env = "PAYTRACE_PROMETHEUS")]
+    prometheus: Option<String>,
 }
 
 /// A share: a number from 0 to 1.
@@ -397,6 +403,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         config.peers = Some(peers);
     }
     config.drain_timeout = args.drain_timeout;
+    config.prometheus = args.prometheus.clone();
     if let Some(url) = &args.forward_otlp {
         let mut forward = paytrace_aggregator::forward::ForwardSettings::new(url.clone());
         forward.policy.keep_normal = args.keep_normal;

@@ -579,6 +579,26 @@ impl Pipeline {
         }
     }
 
+    /// The services whose spans were stage `stage` in the recent instances
+    /// of `flow` (the service that runs a stage, for its USE signals).
+    pub fn stage_services(&self, flow: &str, stage: &str) -> Vec<String> {
+        let state = self.state();
+        let mut services: Vec<String> = state
+            .recent
+            .get(flow)
+            .into_iter()
+            .flat_map(|r| r.items.iter())
+            .filter_map(|r| r.spans.as_ref())
+            .flatten()
+            .flatten()
+            .filter(|s| s.business.stage.as_deref() == Some(stage))
+            .map(|s| s.service.to_string())
+            .collect();
+        services.sort();
+        services.dedup();
+        services
+    }
+
     /// TCC transactions waiting past the timeout, oldest first.
     pub fn tcc_unfinished(&self, limit: usize, now: Now) -> Vec<Unfinished> {
         let mut all = self.state().tcc.unfinished(now.wall_ns());

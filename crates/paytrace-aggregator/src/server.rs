@@ -51,6 +51,9 @@ pub struct ServeConfig {
     /// Where the flows worth keeping go (`--forward-otlp`); `None`: nothing
     /// is forwarded.
     pub forward: Option<crate::forward::ForwardSettings>,
+    /// The Prometheus whose USE signals `/api/v1/changes` adds
+    /// (`--prometheus`).
+    pub prometheus: Option<String>,
     /// How long [`Running::shutdown`] waits for the requests in flight
     /// before it stops them and goes on to analyse or write the state.
     pub drain_timeout: Duration,
@@ -73,6 +76,7 @@ impl Default for ServeConfig {
             drain_timeout: Duration::from_secs(20),
             peers: None,
             forward: None,
+            prometheus: None,
         }
     }
 }
@@ -291,9 +295,16 @@ pub async fn start(mut config: ServeConfig) -> std::io::Result<Running> {
         )),
         None => None,
     };
+    let prometheus = match &config.prometheus {
+        Some(url) => Some(Arc::new(
+            crate::infra::Prometheus::new(url).map_err(std::io::Error::other)?,
+        )),
+        None => None,
+    };
     let api_state = crate::api::ApiState {
         pipeline: pipeline.clone(),
         peers,
+        prometheus,
     };
     let api_router =
         crate::api::router(api_state, guard).merge(crate::page::router(config.page.clone()));

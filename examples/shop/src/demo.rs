@@ -39,6 +39,8 @@ pub struct Options {
     pub chaos: Vec<Fault>,
     /// Start the faults this long after the demo starts.
     pub chaos_after: Option<Duration>,
+    /// The Prometheus scraping the services, for the USE signals.
+    pub prometheus: Option<String>,
     /// The channel the channel faults hit.
     pub chaos_channel: Role,
     /// Participants that run without the TCC fence.
@@ -346,6 +348,7 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
                 include_str!("../flows.toml"),
             )?;
             config.pipeline.flows.terminal_stages = flows.terminal_stages;
+            config.prometheus = o.prometheus.clone();
             Some(
                 paytrace_aggregator::server::start(config)
                     .await
@@ -452,7 +455,17 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
             let p = a.pipeline.clone();
             tokio::task::spawn_blocking(move || p.flush(Now::current())).await?;
             let summaries = a.pipeline.flows(60, Now::current().minute());
-            let changes = checkout_changes(&a.pipeline, chaos_at);
+            let mut changes = checkout_changes(&a.pipeline, chaos_at);
+            if let Some(url) = &o.prometheus {
+                let prometheus = paytrace_aggregator::infra::Prometheus::new(url)?;
+                let pipeline = a.pipeline.clone();
+                changes.infrastructure_error = paytrace_aggregator::infra::add_infrastructure(
+                    &mut changes,
+                    &prometheus,
+                    |stage| pipeline.stage_services("checkout", stage),
+                )
+                .await;
+            }
             (
                 breakdowns(&a.pipeline),
                 summaries,
@@ -465,13 +478,14 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     println!("{}", render_table(&flows));
     if let Some(c) = &changes {
         println!("what changed in checkout:");
-        for line in c
-            .latency
-            .iter()
-            .map(|f| &f.summary)
-            .chain(c.errors.iter().map(|f| &f.summary))
-        {
-            println!("  {line}");
+        for f in &c.latency {
+            println!("  {}", f.summary);
+            for signal in &f.infrastructure {
+                println!("    with {}", signal.summary);
+            }
+        }
+        for f in &c.errors {
+            println!("  {}", f.summary);
         }
         if let Some(why) = &c.not_compared {
             println!("  not compared: {why}");

@@ -86,6 +86,11 @@ struct DemoArgs {
     /// compares the minutes since with those before (`changes`).
     #[arg(long, env = "PAYTRACE_DEMO_CHAOS_AFTER", value_parser = humantime::parse_duration)]
     chaos_after: Option<Duration>,
+    /// The Prometheus that scrapes the services (`http://127.0.0.1:9090`):
+    /// the aggregator's `/api/v1/changes` and the report then name the USE
+    /// signals that moved with each change.
+    #[arg(long, env = "PAYTRACE_DEMO_PROMETHEUS")]
+    prometheus: Option<String>,
     /// Start the services only: no load, no live view.
     #[arg(long, env = "PAYTRACE_DEMO_SERVICES_ONLY")]
     services_only: bool,
@@ -183,6 +188,7 @@ fn main() -> ExitCode {
                     services_only: d.services_only,
                     chaos: d.services.chaos,
                     chaos_after: d.chaos_after,
+                    prometheus: d.prometheus,
                     chaos_channel: d.services.chaos_channel.role(),
                     without_fence: d.services.without_fence.iter().map(|p| p.role()).collect(),
                     redis: d.services.redis,

@@ -1,16 +1,22 @@
 //! What changed, on the real demo: two runs of 150 s side by side, one
-//! whose wechat_pay channel slows twentyfold 70 s in (`--chaos
-//! channel-slow --chaos-after 70s`), one clean with the same timing. The
-//! report's `changes` (the minutes since the 70th second against those
-//! before, as `/api/v1/changes` computes them) ranks wechat_pay's
-//! `channel.request` first, significant and most of the end-to-end
-//! increase, in the first; and finds nothing significant in the second.
+//! whose wechat_pay channel slows twentyfold and whose inventory pool loses
+//! seven of its eight connections 70 s in (`--chaos
+//! channel-slow,pool-exhausted --chaos-after 70s`), scraped by a real
+//! Prometheus; one clean with the same timing. The report's `changes` (the
+//! minutes since the 70th second against those before, as
+//! `/api/v1/changes` computes them) ranks wechat_pay's `channel.request`
+//! first, significant and most of the end-to-end increase, and names
+//! inventory's pool, read from Prometheus, next to the inventory phases
+//! that slowed on the critical path (`inventory.confirm`: the Tries run in
+//! parallel, behind payment's); the clean run finds nothing significant.
+//!
+//! Needs `prometheus` (Debian package).
 
 mod monitoring;
 
 use serde_json::Value;
 
-fn run(name: &str, port_base: u16, chaos: &[&str]) -> Value {
+fn run(name: &str, port_base: u16, extra: &[&str]) -> Value {
     let port_base = port_base.to_string();
     let mut args = vec![
         "--duration",
@@ -24,14 +30,43 @@ fn run(name: &str, port_base: u16, chaos: &[&str]) -> Value {
         "--chaos-channel",
         "wechat_pay",
     ];
-    args.extend_from_slice(chaos);
+    args.extend_from_slice(extra);
     monitoring::demo_report(name, &args, &[])
 }
 
 #[test]
 fn a_slowed_channel_is_named_first_and_a_clean_run_raises_nothing() {
+    // A Prometheus scraping the slowed run's nine services every second.
+    let dir = std::env::temp_dir().join(format!("paytrace-changes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("prometheus")).expect("temp dir");
+    let targets: Vec<String> = (7300..7309).map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: shop\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+    )
+    .expect("write prometheus.yml");
+    let port = paytrace_testkit::free_port();
+    let _prometheus = monitoring::spawn_prometheus(&config.to_string_lossy(), &dir, port);
+    let prometheus = format!("http://127.0.0.1:{port}");
+
     let (slowed, clean) = std::thread::scope(|s| {
-        let slowed = s.spawn(|| run("changes-slowed", 7300, &["--chaos", "channel-slow"]));
+        let slowed = s.spawn(|| {
+            run(
+                "changes-slowed",
+                7300,
+                &[
+                    "--chaos",
+                    "channel-slow,pool-exhausted",
+                    "--prometheus",
+                    &prometheus,
+                ],
+            )
+        });
         let clean = s.spawn(|| run("changes-clean", 7400, &[]));
         (
             slowed.join().expect("the slowed run"),
@@ -58,10 +93,41 @@ fn a_slowed_channel_is_named_first_and_a_clean_run_raises_nothing() {
         "{summary}"
     );
     // The other methods' channels did not change.
-    for finding in changes["latency"].as_array().expect("findings") {
-        assert_ne!(finding["payment_method"], "alipay", "{finding:#}");
-        assert_ne!(finding["payment_method"], "card", "{finding:#}");
+    let findings = changes["latency"].as_array().expect("findings");
+    for finding in findings {
+        if finding["stage"] == "channel.request" {
+            assert_eq!(finding["payment_method"], "wechat_pay", "{finding:#}");
+        }
     }
+    // Inventory's phases slowed (its Confirm is on the critical path; its
+    // Try runs beside payment's, off it), and its pool moved with them.
+    assert_eq!(changes["infrastructure_error"], Value::Null, "{changes:#}");
+    let inventory: Vec<&Value> = findings
+        .iter()
+        .filter(|f| {
+            f["stage"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("inventory."))
+        })
+        .collect();
+    assert!(
+        !inventory.is_empty(),
+        "no inventory phase changed: {changes:#}"
+    );
+    let pool = inventory
+        .iter()
+        .flat_map(|f| f["infrastructure"].as_array().into_iter().flatten())
+        .find(|s| {
+            s["service"] == "inventory"
+                && s["labels"]["resource"] == "inventory_db"
+                && (s["signal"] == "pool_wait_p99" || s["signal"] == "pool_utilisation")
+        });
+    assert!(
+        pool.is_some(),
+        "no pool signal next to inventory's phases: {inventory:#?}"
+    );
+    // The channel is a third party: nothing of the payment service moved.
+    assert_eq!(first["infrastructure"], Value::Array(vec![]), "{first:#}");
 
     let nothing = &clean["changes"];
     assert_eq!(nothing["not_compared"], Value::Null, "{nothing:#}");
@@ -75,4 +141,5 @@ fn a_slowed_channel_is_named_first_and_a_clean_run_raises_nothing() {
         Value::Array(vec![]),
         "a false alarm: {nothing:#}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -132,6 +132,9 @@ pub struct LatencyFinding {
     pub since_unix_seconds: Option<u64>,
     /// The finding in a sentence.
     pub summary: String,
+    /// The USE signals of the service running the stage that moved with it
+    /// (with `serve --prometheus`; see [`crate::infra`]).
+    pub infrastructure: Vec<crate::infra::InfraSignal>,
 }
 
 /// A group whose error share grew.
@@ -172,6 +175,9 @@ pub struct Changes {
     /// Groups whose error share grew significantly, largest contribution
     /// first.
     pub errors: Vec<ErrorFinding>,
+    /// Why the infrastructure signals could not be read (with
+    /// `serve --prometheus`), if so.
+    pub infrastructure_error: Option<String>,
 }
 
 /// Per group, the accumulators of a span of minutes, and each minute's.
@@ -297,6 +303,7 @@ pub(super) fn changes(minutes: &[Minute], q: &ChangeQuery<'_>) -> Changes {
         not_compared: None,
         latency: Vec::new(),
         errors: Vec::new(),
+        infrastructure_error: None,
     };
     let (n_cur, n_base) = (current.flows(), baseline.flows());
     if n_cur < MIN_FLOWS || n_base < MIN_FLOWS {
@@ -374,6 +381,7 @@ pub(super) fn changes(minutes: &[Minute], q: &ChangeQuery<'_>) -> Changes {
                 statistic: t,
                 since_unix_seconds: since,
                 summary,
+                infrastructure: Vec::new(),
             });
         }
         // Errors of the group.
