@@ -74,6 +74,45 @@ pub(crate) fn deadline_in(headers: &HeaderMap, start: Instant) -> Option<Instant
     start.checked_add(timeout)
 }
 
+/// The method of a request `path` and its `rpc_method` label, admitted
+/// under the label limit (`other` past it; `_OTHER` for a path that names
+/// no method).
+pub(crate) fn method_and_label(service: &ServiceTelemetry, path: &str) -> (String, String) {
+    let method = method_of(path).unwrap_or(OTHER_METHOD).to_owned();
+    let label = service
+        .families()
+        .admit(service.name(), |g| &g.rpc_method, &method)
+        .unwrap_or(crate::cardinality::OTHER)
+        .to_owned();
+    (method, label)
+}
+
+/// The response, its body wrapped to end `call` with the stream; an error
+/// answered at once ("trailers only") carries its status in the headers
+/// and ends it now.
+pub(crate) fn on_response<B>(
+    mut call: Option<Call>,
+    response: http::Response<B>,
+) -> http::Response<super::GrpcBody<B>> {
+    let (parts, body) = response.into_parts();
+    if let Some(call) = call.as_mut() {
+        if let Some(code) = status_in(&parts.headers) {
+            call.finish(code, None);
+        } else if parts.status != http::StatusCode::OK {
+            call.finish(status_of_http(parts.status), None);
+        }
+    }
+    http::Response::from_parts(parts, super::GrpcBody::new(body, call))
+}
+
+/// Ends `call` with the status of a call that failed without a response.
+pub(crate) fn on_error(call: Option<&mut Call>, e: &super::BoxError) {
+    if let Some(call) = call {
+        let (code, kind) = super::client::status_of_error(&**e);
+        call.finish(code, Some(kind));
+    }
+}
+
 /// Which side of the call this process is.
 pub(crate) enum Side {
     /// A server: the active gauge to release.

@@ -14,9 +14,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::BoxError;
 use super::body::GrpcBody;
-use super::call::{
-    Call, OTHER_METHOD, SYSTEM, Side, deadline_in, method_of, status_in, status_of_http,
-};
+use super::call::{Call, SYSTEM, Side, deadline_in, method_and_label, on_error, on_response};
 use crate::cardinality::OTHER;
 use crate::propagation::{ambient, inject, outgoing};
 use crate::redact::redact;
@@ -113,14 +111,7 @@ where
         let layer = &self.layer;
         let service = &layer.service;
         let ambient = ambient();
-        let method = method_of(req.uri().path())
-            .unwrap_or(OTHER_METHOD)
-            .to_owned();
-        let method_label = service
-            .families()
-            .admit(service.name(), |g| &g.rpc_method, &method)
-            .unwrap_or(OTHER)
-            .to_owned();
+        let (method, method_label) = method_and_label(service, req.uri().path());
         // The flow id rides on every span, for routing by flow.
         let flow_id = ambient
             .baggage()
@@ -190,23 +181,10 @@ where
         };
         let mut call = this.call.take();
         match result {
-            Ok(response) => {
-                let (parts, body) = response.into_parts();
-                if let Some(call) = call.as_mut() {
-                    if let Some(code) = status_in(&parts.headers) {
-                        call.finish(code, None);
-                    } else if parts.status != http::StatusCode::OK {
-                        call.finish(status_of_http(parts.status), None);
-                    }
-                }
-                Poll::Ready(Ok(Response::from_parts(parts, GrpcBody::new(body, call))))
-            }
+            Ok(response) => Poll::Ready(Ok(on_response(call, response))),
             Err(e) => {
                 let e: BoxError = e.into();
-                if let Some(call) = call.as_mut() {
-                    let (code, kind) = status_of_error(&*e);
-                    call.finish(code, Some(kind));
-                }
+                on_error(call.as_mut(), &e);
                 Poll::Ready(Err(e))
             }
         }

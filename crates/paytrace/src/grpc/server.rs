@@ -15,11 +15,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::BoxError;
 use super::body::GrpcBody;
-use super::call::{
-    Call, OTHER_METHOD, SYSTEM, Side, deadline_in, method_of, status_in, status_of_http,
-};
-use super::client::status_of_error;
-use crate::cardinality::OTHER;
+use super::call::{Call, SYSTEM, Side, deadline_in, method_and_label, on_error, on_response};
 use crate::propagation::{Flow, extract};
 use crate::service::ServiceTelemetry;
 
@@ -95,14 +91,7 @@ where
         // Handlers reach the service through the request's extensions
         // (`request.extensions().get::<paytrace::ServiceTelemetry>()`).
         req.extensions_mut().insert(service.clone());
-        let method = method_of(req.uri().path())
-            .unwrap_or(OTHER_METHOD)
-            .to_owned();
-        let method_label = service
-            .families()
-            .admit(service.name(), |g| &g.rpc_method, &method)
-            .unwrap_or(OTHER)
-            .to_owned();
+        let (method, method_label) = method_and_label(service, req.uri().path());
         let parent = extract(req.headers());
         let flow = Flow::redacted_from_context(&parent);
         let span = tracing::info_span!(
@@ -193,25 +182,10 @@ where
                 }
                 resume_unwind(panic)
             }
-            Ok(Poll::Ready(Ok(response))) => {
-                let (parts, body) = response.into_parts();
-                if let Some(call) = call.as_mut() {
-                    // An error answered at once ("trailers only") carries its
-                    // status in the headers; a success, in the trailers.
-                    if let Some(code) = status_in(&parts.headers) {
-                        call.finish(code, None);
-                    } else if parts.status != http::StatusCode::OK {
-                        call.finish(status_of_http(parts.status), None);
-                    }
-                }
-                Poll::Ready(Ok(Response::from_parts(parts, GrpcBody::new(body, call))))
-            }
+            Ok(Poll::Ready(Ok(response))) => Poll::Ready(Ok(on_response(call, response))),
             Ok(Poll::Ready(Err(e))) => {
                 let e: BoxError = e.into();
-                if let Some(call) = call.as_mut() {
-                    let (code, kind) = status_of_error(&*e);
-                    call.finish(code, Some(kind));
-                }
+                on_error(call.as_mut(), &e);
                 Poll::Ready(Err(e))
             }
             Ok(Poll::Pending) => Poll::Pending,
