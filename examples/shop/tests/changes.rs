@@ -40,7 +40,7 @@ fn a_slowed_channel_is_named_first_and_a_clean_run_raises_nothing() {
     let dir = std::env::temp_dir().join(format!("paytrace-changes-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("prometheus")).expect("temp dir");
-    let targets: Vec<String> = (7300..7309).map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let targets: Vec<String> = (6800..6809).map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
@@ -58,7 +58,7 @@ fn a_slowed_channel_is_named_first_and_a_clean_run_raises_nothing() {
         let slowed = s.spawn(|| {
             run(
                 "changes-slowed",
-                7300,
+                6800,
                 &[
                     "--chaos",
                     "channel-slow,pool-exhausted",
@@ -67,7 +67,7 @@ fn a_slowed_channel_is_named_first_and_a_clean_run_raises_nothing() {
                 ],
             )
         });
-        let clean = s.spawn(|| run("changes-clean", 7400, &[]));
+        let clean = s.spawn(|| run("changes-clean", 6900, &[]));
         (
             slowed.join().expect("the slowed run"),
             clean.join().expect("the clean run"),

@@ -1,7 +1,8 @@
 //! What the alerts and dashboards read exists: every metric name in
 //! `alerts/*.rules.yml` and `dashboards/*.json` is emitted by a live run of
 //! the demo (its nine services and its aggregator, scraped for real), by an
-//! aggregator replica with a peer (for the families only replicas have), by
+//! aggregator replica with a peer that forwards (for the families only
+//! those have), by
 //! a real node exporter, or recorded by one of the rules. Names are taken
 //! from the scrapes, never from a list typed here. And no family of the
 //! demo or the aggregators carries a label named like a Prometheus or Kubernetes
@@ -152,13 +153,17 @@ fn every_metric_the_alerts_and_dashboards_read_is_emitted() {
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let node_target = format!("http://127.0.0.1:{NODE}/metrics");
-    // A replica of a cluster (`serve --peer`), for the families only
-    // replicas have; its peer is the demo's aggregator.
+    // A replica of a cluster (`serve --peer`) that forwards kept flows
+    // (`--forward-otlp`), for the families only those have; its peer is the
+    // demo's aggregator.
     let replica = rt.block_on(async {
         let mut config = paytrace_aggregator::server::ServeConfig::on_free_loopback_ports();
         config.peers = Some(paytrace_aggregator::cluster::PeerSettings::new(vec![
             format!("http://127.0.0.1:{}", BASE + 80),
         ]));
+        config.forward = Some(paytrace_aggregator::forward::ForwardSettings::new(
+            "http://127.0.0.1:9",
+        ));
         paytrace_aggregator::server::start(config)
             .await
             .expect("a replica starts")
