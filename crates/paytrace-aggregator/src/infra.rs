@@ -158,7 +158,11 @@ pub async fn add_infrastructure(
     prometheus: &Prometheus,
     services: impl Fn(&str) -> Vec<String>,
 ) -> Option<String> {
-    let now = changes.current.to_unix_seconds as f64;
+    // The window ends with its minute; its signals are read now, not past it.
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let now = (changes.current.to_unix_seconds as f64).min(wall);
     let before = changes.baseline.to_unix_seconds as f64;
     let range = (changes.current.to_unix_seconds - changes.current.from_unix_seconds).max(60);
     let mut cache: BTreeMap<String, Vec<InfraSignal>> = BTreeMap::new();

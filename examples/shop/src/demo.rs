@@ -74,7 +74,8 @@ struct Report {
     endpoints: Endpoints,
     /// What changed in checkout (`/api/v1/changes`): with `--chaos-after`,
     /// the minutes since the faults started against those before; else the
-    /// last 5 minutes against the rest of the hour.
+    /// last 5 minutes against the rest of the hour. Read before the
+    /// services stop, without the flows still waiting to be final.
     changes: Option<Changes>,
 }
 
@@ -448,13 +449,11 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         "fault",
     )
     .await;
-    stop_services(o.plan, children).await;
-
-    let (flows, summaries, tcc, changes) = match &aggregator {
+    // What changed is read while the services run, so that Prometheus still
+    // has their signals (a target that stops goes stale at once); the
+    // flows still waiting for their idle time are not in it.
+    let changes = match &aggregator {
         Some(a) => {
-            let p = a.pipeline.clone();
-            tokio::task::spawn_blocking(move || p.flush(Now::current())).await?;
-            let summaries = a.pipeline.flows(60, Now::current().minute());
             let mut changes = checkout_changes(&a.pipeline, chaos_at);
             if let Some(url) = &o.prometheus {
                 let prometheus = paytrace_aggregator::infra::Prometheus::new(url)?;
@@ -466,14 +465,20 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
                 )
                 .await;
             }
-            (
-                breakdowns(&a.pipeline),
-                summaries,
-                tcc_report(&a.pipeline),
-                Some(changes),
-            )
+            Some(changes)
         }
-        None => (Vec::new(), Vec::new(), TccReport::default(), None),
+        None => None,
+    };
+    stop_services(o.plan, children).await;
+
+    let (flows, summaries, tcc) = match &aggregator {
+        Some(a) => {
+            let p = a.pipeline.clone();
+            tokio::task::spawn_blocking(move || p.flush(Now::current())).await?;
+            let summaries = a.pipeline.flows(60, Now::current().minute());
+            (breakdowns(&a.pipeline), summaries, tcc_report(&a.pipeline))
+        }
+        None => (Vec::new(), Vec::new(), TccReport::default()),
     };
     println!("{}", render_table(&flows));
     if let Some(c) = &changes {
