@@ -170,14 +170,12 @@ pub(crate) struct Counts {
 }
 
 impl Counts {
-    /// The two families, registered in `registry`, every series at zero.
-    pub(crate) fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+    /// The two families, registered in `pipeline`'s registry, every series
+    /// at zero.
+    pub(crate) fn register(pipeline: &crate::pipeline::Pipeline) -> prometheus::Result<Self> {
         use paytrace_semconv::{label, metric};
-        let family = |name: &str, help: &str| -> prometheus::Result<IntCounterVec> {
-            let c = IntCounterVec::new(prometheus::Opts::new(name, help), &[label::REASON])?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
+        let family =
+            |name: &str, help: &str| pipeline.register_counters(name, help, &[label::REASON]);
         let counts = Self {
             forwarded: family(
                 metric::AGGREGATOR_FLOWS_FORWARDED_TOTAL,

@@ -40,18 +40,14 @@ fn a_slowed_channel_is_named_first_and_a_clean_run_raises_nothing() {
     let dir = std::env::temp_dir().join(format!("paytrace-changes-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("prometheus")).expect("temp dir");
-    let targets: Vec<String> = (6800..6809).map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: shop\n    static_configs:\n      - targets: [{}]\n",
-            targets.join(", ")
-        ),
-    )
-    .expect("write prometheus.yml");
+    let shop = monitoring::Job {
+        name: "shop",
+        cluster: None,
+        targets: (6800..6809).map(|p| format!("127.0.0.1:{p}")).collect(),
+    };
+    let config = monitoring::write_prometheus_config(&dir, &[], &[shop]);
     let port = paytrace_testkit::free_port();
-    let _prometheus = monitoring::spawn_prometheus(&config.to_string_lossy(), &dir, port);
+    let _prometheus = monitoring::spawn_prometheus(&config, &dir, port);
     let prometheus = format!("http://127.0.0.1:{port}");
 
     let (slowed, clean) = std::thread::scope(|s| {

@@ -151,29 +151,19 @@ fn prometheus_config(
     single: &str,
     replicas: &[String],
 ) -> String {
-    let job = |cluster: &str, targets: &[String]| {
-        format!(
-            "  - job_name: aggregator-{cluster}\n    static_configs:\n      - targets: [{}]\n        labels: {{cluster: {cluster}}}\n",
-            targets
-                .iter()
-                .map(|t| format!("\"{t}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{}]\nscrape_configs:\n{}{}",
-        rules
-            .iter()
-            .map(|r| format!("\"{r}\""))
-            .collect::<Vec<_>>()
-            .join(", "),
-        job("single", &[single.to_owned()]),
-        job("replicated", replicas),
-    );
-    let path = dir.join("prometheus.yml");
-    std::fs::write(&path, config).expect("write prometheus.yml");
-    path.to_string_lossy().into_owned()
+    let jobs = [
+        Job {
+            name: "aggregator-single",
+            cluster: Some("single"),
+            targets: vec![single.to_owned()],
+        },
+        Job {
+            name: "aggregator-replicated",
+            cluster: Some("replicated"),
+            targets: replicas.to_vec(),
+        },
+    ];
+    write_prometheus_config(dir, rules, &jobs)
 }
 
 fn config() -> ServeConfig {

@@ -22,28 +22,15 @@ const PROMETHEUS: u16 = 7691;
 
 fn prometheus_config(dir: &std::path::Path, rules: &[String]) -> String {
     let targets: Vec<String> = (0..9)
-        .map(|i| format!("\"127.0.0.1:{}\"", BASE + i))
-        .chain([format!("\"127.0.0.1:{}\"", BASE + 80)])
+        .map(|i| format!("127.0.0.1:{}", BASE + i))
+        .chain([format!("127.0.0.1:{}", BASE + 80)])
         .collect();
-    let job = |cluster: &str| {
-        format!(
-            "  - job_name: shop-{cluster}\n    static_configs:\n      - targets: [{}]\n        labels: {{cluster: {cluster}}}\n",
-            targets.join(", ")
-        )
+    let job = |name, cluster| Job {
+        name,
+        cluster: Some(cluster),
+        targets: targets.clone(),
     };
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{}]\nscrape_configs:\n{}{}",
-        rules
-            .iter()
-            .map(|r| format!("\"{r}\""))
-            .collect::<Vec<_>>()
-            .join(", "),
-        job("a"),
-        job("b"),
-    );
-    let path = dir.join("prometheus.yml");
-    std::fs::write(&path, config).expect("write prometheus.yml");
-    path.to_string_lossy().into_owned()
+    write_prometheus_config(dir, rules, &[job("shop-a", "a"), job("shop-b", "b")])
 }
 
 #[test]

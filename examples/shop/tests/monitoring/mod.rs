@@ -388,6 +388,43 @@ pub(crate) fn url_encoded(s: &str) -> String {
         .collect()
 }
 
+/// One scrape job of [`write_prometheus_config`]: its name, the `cluster`
+/// label of its targets (if any), and the targets (`host:port`).
+pub(crate) struct Job<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) cluster: Option<&'a str>,
+    pub(crate) targets: Vec<String>,
+}
+
+/// `dir/prometheus.yml`: every job scraped and `rules` evaluated each
+/// second; returns its path.
+pub(crate) fn write_prometheus_config(dir: &Path, rules: &[String], jobs: &[Job<'_>]) -> String {
+    let quoted = |items: &[String]| {
+        items
+            .iter()
+            .map(|i| format!("\"{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{}]\nscrape_configs:\n",
+        quoted(rules)
+    );
+    for job in jobs {
+        config.push_str(&format!(
+            "  - job_name: {}\n    static_configs:\n      - targets: [{}]\n",
+            job.name,
+            quoted(&job.targets)
+        ));
+        if let Some(cluster) = job.cluster {
+            config.push_str(&format!("        labels: {{cluster: {cluster}}}\n"));
+        }
+    }
+    let path = dir.join("prometheus.yml");
+    std::fs::write(&path, config).expect("write prometheus.yml");
+    path.to_string_lossy().into_owned()
+}
+
 /// A real Prometheus with `config`, its data in `dir/prometheus`, on `port`.
 pub(crate) fn spawn_prometheus(config: &str, dir: &Path, port: u16) -> Killed {
     spawn(
