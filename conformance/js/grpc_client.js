@@ -8,7 +8,7 @@
 'use strict';
 
 const [address, service] = process.argv.slice(2);
-const provider = require('./otel').init('js-caller', 'none');
+const provider = require('./otel').init('js-caller', 'none', undefined, true);
 
 const path = require('path');
 const api = require('@opentelemetry/api');

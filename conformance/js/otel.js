@@ -37,8 +37,12 @@ function exporter(protocol, endpoint) {
   }
 }
 
-/** Installs the SDK for `serviceName`; returns the provider (to shut down). */
-function init(serviceName, protocol, endpoint) {
+/**
+ * Installs the SDK for `serviceName`; returns the provider (to shut down).
+ * `grpc`: also instrument @grpc/grpc-js (only where a case calls over gRPC,
+ * so the other cases run as they did before it).
+ */
+function init(serviceName, protocol, endpoint, grpc) {
   api.context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
   api.propagation.setGlobalPropagator(
     new CompositePropagator({
@@ -60,7 +64,11 @@ function init(serviceName, protocol, endpoint) {
   });
   api.trace.setGlobalTracerProvider(provider);
   registerInstrumentations({
-    instrumentations: [new HttpInstrumentation(), new ExpressInstrumentation(), new GrpcInstrumentation()],
+    instrumentations: [
+      new HttpInstrumentation(),
+      new ExpressInstrumentation(),
+      ...(grpc ? [new GrpcInstrumentation()] : []),
+    ],
   });
   return provider;
 }

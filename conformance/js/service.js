@@ -10,7 +10,8 @@
 'use strict';
 
 const [role, protocol, endpoint, scenario] = process.argv.slice(2);
-const provider = role === 'channel' ? null : require('./otel').init(role, protocol, endpoint);
+const provider =
+  role === 'channel' ? null : require('./otel').init(role, protocol, endpoint, scenario === 'grpc');
 
 const http = require('http');
 const express = require('express');
