@@ -46,7 +46,11 @@ fn a_slowed_channel_is_named_first_and_a_clean_run_raises_nothing() {
         targets: (6800..6809).map(|p| format!("127.0.0.1:{p}")).collect(),
     };
     let config = monitoring::write_prometheus_config(&dir, &[], &[shop]);
-    let port = paytrace_testkit::free_port();
+    // A port in this test's own range (the runs use 6800 and 6900 and
+    // their offsets): a free port picked at random can be taken by another
+    // test's Prometheus between picking and binding, and this test would
+    // then ask that one, which scrapes other targets.
+    let port = 6890;
     let _prometheus = monitoring::spawn_prometheus(&config, &dir, port);
     let prometheus = format!("http://127.0.0.1:{port}");
 
