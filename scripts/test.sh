@@ -76,12 +76,28 @@ cargo fmt --all -- --check
 echo "==> cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# Every process a test starts inherits this; scripts/leftovers.py fails the
+# run when one is still alive after the tests.
+export PAYTRACE_TEST_RUN="test-sh-$$-$(date +%s)"
+failed=()
+
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --locked --no-fail-fast
+    cargo nextest run --workspace --locked --no-fail-fast || failed+=("tests")
 else
-    cargo test --workspace --locked --lib --bins --tests --no-fail-fast
+    cargo test --workspace --locked --lib --bins --tests --no-fail-fast || failed+=("tests")
 fi
 
+# The doc tests run whatever the tests above did: a failure there must not
+# hide one here.
 echo "==> doc tests"
-cargo test --workspace --locked --doc
+cargo test --workspace --locked --doc || failed+=("doc tests")
+
+echo "==> processes left running"
+python3 scripts/leftovers.py "$PAYTRACE_TEST_RUN" || failed+=("processes left running")
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "FAILED: ${failed[*]}" >&2
+    exit 1
+fi
+echo "==> all checks passed"

@@ -41,7 +41,7 @@ fn every_flag_names_its_environment_variable() {
 }
 
 /// `paytrace-aggregator serve`, set up by `setup` with its three ports.
-async fn serve(setup: impl FnMut(&mut Command, [u16; 3])) -> (std::process::Child, [u16; 3]) {
+async fn serve(setup: impl FnMut(&mut Command, [u16; 3])) -> (paytrace_testkit::Process, [u16; 3]) {
     paytrace_testkit::serve_aggregator(env!("CARGO_BIN_EXE_paytrace-aggregator"), setup).await
 }
 
@@ -58,7 +58,7 @@ async fn serve_is_configured_by_the_environment_and_stops_cleanly_on_sigterm() {
             .stdout(std::process::Stdio::null());
     })
     .await;
-    let out = paytrace_testkit::stop(child, "TERM").await;
+    let out = child.stop("TERM").await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{:?}: {err}", out.status);
     assert!(err.contains("SIGTERM"), "{err}");
@@ -98,7 +98,7 @@ async fn tokens_never_reach_the_log() {
     )
     .await;
     assert_eq!(refused, 1.0);
-    let out = paytrace_testkit::stop(child, "TERM").await;
+    let out = child.stop("TERM").await;
     let log = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

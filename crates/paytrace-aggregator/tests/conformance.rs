@@ -21,9 +21,10 @@
 //! (8 s batch delay, default idle settings), plain automatic instrumentation.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use paytrace_testkit::Process;
 use serde_json::Value;
 
 const FLOWS: usize = 20;
@@ -34,7 +35,7 @@ fn repo() -> PathBuf {
 
 /// The aggregator binary on free loopback ports, killed when dropped.
 struct Aggregator {
-    child: Child,
+    child: Process,
     api: String,
     otlp_grpc: String,
     otlp_http: String,
@@ -77,8 +78,8 @@ impl Aggregator {
             paytrace_testkit::free_port(),
             paytrace_testkit::free_port(),
         );
-        let child = Command::new(env!("CARGO_BIN_EXE_paytrace-aggregator"))
-            .arg("serve")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_paytrace-aggregator"));
+        cmd.arg("serve")
             .args(["--listen", &format!("127.0.0.1:{api}")])
             .args(["--otlp-grpc-listen", &format!("127.0.0.1:{grpc}")])
             .args(["--otlp-http-listen", &format!("127.0.0.1:{http}")])
@@ -94,9 +95,8 @@ impl Aggregator {
                 ]
             }))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the aggregator binary starts");
+            .stderr(Stdio::null());
+        let child = Process::spawn(&mut cmd, "cargo build -p paytrace-aggregator");
         let (scheme, host, client) = match pki {
             None => ("http", "127.0.0.1", reqwest::Client::new()),
             Some(pki) => {
@@ -125,7 +125,7 @@ impl Aggregator {
             if ready.is_ok_and(|r| r.status().is_success()) {
                 return Ok(aggregator);
             }
-            if let Ok(Some(status)) = aggregator.child.try_wait() {
+            if let Ok(Some(status)) = aggregator.child.child().try_wait() {
                 return Err(status);
             }
             assert!(
@@ -198,13 +198,6 @@ impl Aggregator {
     }
 }
 
-impl Drop for Aggregator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Sdk {
     /// The JS SDK with this OTLP protocol.
@@ -248,10 +241,12 @@ async fn python_checkouts(
         .env_remove("REQUESTS_CA_BUNDLE")
         .env_remove("CURL_CA_BUNDLE")
         .envs(env.iter().copied());
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("joined")
-        .expect("the virtualenv's python runs");
+    let out = Process::spawn(
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()),
+        "scripts/test.sh (it makes the virtualenv)",
+    )
+    .output()
+    .await;
     checked(out, &format!("the Python SDK's {case} checkouts"))
 }
 
@@ -276,10 +271,12 @@ async fn drive(sdk: Sdk, case: &'static str, aggregator: &Aggregator, batch_dela
             if let Some(d) = &delay {
                 cmd.env("OTEL_BSP_SCHEDULE_DELAY", d);
             }
-            let out = tokio::task::spawn_blocking(move || cmd.output())
-                .await
-                .expect("joined")
-                .expect("node runs: install it with `apt-get install nodejs npm`");
+            let out = Process::spawn(
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped()),
+                "apt-get install nodejs npm",
+            )
+            .output()
+            .await;
             checked(out, "the JS SDK's checkouts");
         }
         Sdk::Python => {
@@ -320,15 +317,17 @@ fn close(actual: f64, design: f64) -> bool {
 /// its time, in every instance (its critical-path mean within 5% or 3 ms of
 /// its duration). `design` is what it sleeps; the duration the SDK measured
 /// must show the design happened: never shorter (less a coarse clock's
-/// millisecond), and not much longer (the round trip of a stage around an
-/// HTTP call, a busy test machine's late timers).
+/// millisecond), and not much longer. "Much" is 50 ms: the round trip of a
+/// stage around an HTTP call and a busy machine's late timers took up to
+/// 15 ms on a loaded 2-core machine, and the margin holds with one three
+/// times slower; a clock read in the wrong unit is off by far more.
 fn assert_sequential(b: &Value, name: &str, design: f64) {
     let s = stage(b, name);
     assert_eq!(s["count"], b["traces"], "{name} in every instance: {s}");
     let duration = seconds(&s["duration"]["mean"]);
     let critical = seconds(&s["critical_path"]["mean"]);
     assert!(
-        duration >= design - 0.0015 && duration <= design + 0.025,
+        duration >= design - 0.0015 && duration <= design + 0.050,
         "{name}: designed {design} s, the SDK measured {duration} s"
     );
     assert!(
@@ -362,17 +361,82 @@ fn assert_checkout_design(b: &Value) {
     );
 }
 
-/// The slowest instances name the callback's wait as their biggest stage.
-async fn assert_slowest_name_the_wait(aggregator: &Aggregator) {
+/// The slowest instances, as the API lists them: slowest first, each with
+/// its stages largest first and its critical path continuous from the
+/// flow's start to its end, the stages' times adding up to its end to end,
+/// the callback's wait and every sequential stage on it for at least its
+/// design.
+///
+/// Which stage is the largest is not asserted: the gateway's own time (its
+/// HTTP client calls, Express's body parser) depends on the machine's speed
+/// and can exceed the 100 ms wait on a loaded one.
+async fn assert_slowest_are_whole_paths(aggregator: &Aggregator) {
     let slow = aggregator
         .get("/api/v1/traces/slow?flow=checkout&limit=5")
         .await;
     let slow = slow["traces"].as_array().expect("a list");
-    assert!(!slow.is_empty());
+    assert_eq!(slow.len(), 5, "five asked for, {FLOWS} finished");
+    let durations: Vec<f64> = slow
+        .iter()
+        .map(|i| seconds(&i["duration_seconds"]))
+        .collect();
+    assert!(
+        durations.windows(2).all(|w| w[0] >= w[1]),
+        "slowest first: {durations:?}"
+    );
+    // A millisecond clock moves each span's start by up to 1 ms.
+    const CLOCK: f64 = 0.0015;
     for instance in slow {
-        assert_eq!(
-            instance["stages"][0][0], "async:channel.callback",
-            "{instance}"
+        let total = seconds(&instance["duration_seconds"]);
+        let stages: Vec<(&str, f64)> = instance["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .map(|p| (p[0].as_str().expect("a name"), seconds(&p[1])))
+            .collect();
+        assert!(
+            stages.windows(2).all(|w| w[0].1 >= w[1].1),
+            "largest first: {instance}"
+        );
+        let sum: f64 = stages.iter().map(|(_, s)| s).sum();
+        assert!(
+            (sum - total).abs() <= 1e-6 * total.max(1.0),
+            "the stages add up to the end to end ({sum} s of {total} s): {instance}"
+        );
+        let of = |name: &str| {
+            stages
+                .iter()
+                .find(|(s, _)| *s == name)
+                .map_or(0.0, |(_, v)| *v)
+        };
+        for (name, design) in [
+            ("async:channel.callback", 0.100),
+            ("order.create", 0.040),
+            ("inventory.try", 0.060),
+            ("channel.request", 0.050),
+            ("channel.callback", 0.030),
+            ("payment.confirm", 0.020),
+        ] {
+            assert!(
+                of(name) >= design - CLOCK,
+                "{name} on the path for its {design} s: {instance}"
+            );
+        }
+        assert!(of("notify.send") < 0.001, "never waited on: {instance}");
+        // The path is continuous: each step starts where the last ended.
+        let path = instance["critical_path"].as_array().expect("a path");
+        let mut at = 0.0;
+        for step in path {
+            let offset = seconds(&step["offset_seconds"]);
+            assert!(
+                (offset - at).abs() <= 1e-6,
+                "a gap or overlap at {at} s: {instance}"
+            );
+            at = offset + seconds(&step["duration_seconds"]);
+        }
+        assert!(
+            (at - total).abs() <= 1e-6,
+            "the path ends at the end: {instance}"
         );
     }
 }
@@ -387,7 +451,7 @@ async fn overlap(sdk: Sdk) {
         .await;
     assert_eq!(b["traces"], FLOWS);
     assert_checkout_design(&b);
-    assert_slowest_name_the_wait(&aggregator).await;
+    assert_slowest_are_whole_paths(&aggregator).await;
 }
 
 async fn link(sdk: Sdk) {
@@ -680,6 +744,10 @@ mod rust_sdk {
             parent: &Context,
         ) -> (Context, Instant, SystemTime) {
             let coarse = self.coarse;
+            // The provider first: building a service's exporter takes
+            // milliseconds, which must not fall between the span's start
+            // and the instant its duration is measured from.
+            let tracer = self.provider(service).tracer("paytrace-conformance");
             let now = SystemTime::now();
             let start = if coarse {
                 let since = now
@@ -689,7 +757,6 @@ mod rust_sdk {
             } else {
                 now
             };
-            let tracer = self.provider(service).tracer("paytrace-conformance");
             let span = tracer
                 .span_builder(name.to_owned())
                 .with_kind(kind)

@@ -5,13 +5,15 @@
 //! while the aggregator starts anyway.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
+
+use paytrace_testkit::Process;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
 struct Serve {
-    child: Child,
+    child: Process,
     api: u16,
     http: u16,
 }
@@ -64,7 +66,7 @@ impl Serve {
 
     /// `SIGTERM`, then its exit status and stderr.
     async fn terminate(self) -> (std::process::ExitStatus, String) {
-        let out = paytrace_testkit::stop(self.child, "TERM").await;
+        let out = self.child.stop("TERM").await;
         (
             out.status,
             String::from_utf8_lossy(&out.stderr).into_owned(),

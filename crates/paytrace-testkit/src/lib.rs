@@ -4,6 +4,8 @@
 //! install what is missing; they panic rather than return errors, because a
 //! test cannot go on without them.
 //!
+//! - [`Process`]: a program a test starts, killed with its children when
+//!   the test ends, passed or failed.
 //! - [`RedisServer`]: a throwaway `redis-server` on a free loopback port.
 //! - [`post_otlp_json`]: an OTLP/HTTP JSON request, as an SDK sends it.
 //! - [`free_port`]: a loopback port nobody listens on.
@@ -11,9 +13,12 @@
 //! - [`checkout::CheckoutFlow`]: a checkout's traces as a shop exports them.
 
 pub mod checkout;
+mod process;
+
+pub use process::Process;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Polls `url` until it answers with a success status; panics, naming
@@ -38,38 +43,31 @@ pub async fn wait_until_ok(url: &str, within: Duration, what: &str) {
     }
 }
 
-/// Sends `signal` (`TERM`, `INT`) to `child` and waits for it to exit;
-/// returns what it wrote (captured where its stdio was piped).
-///
-/// ```no_run
-/// # async fn doc() {
-/// let child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
-/// let out = paytrace_testkit::stop(child, "TERM").await;
-/// assert!(!out.status.success());
-/// # }
-/// ```
-pub async fn stop(child: Child, signal: &str) -> std::process::Output {
-    let sent = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(child.id().to_string())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
-    assert!(sent.success(), "kill -{signal} failed");
-    tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap_or_else(|e| panic!("the waiting task failed: {e}"))
-        .unwrap_or_else(|e| panic!("cannot wait for the process: {e}"))
-}
-
 /// `paytrace-aggregator serve` (the binary at `exe`: pass
 /// `env!("CARGO_BIN_EXE_paytrace-aggregator")`) on three free loopback
 /// ports (API, OTLP/gRPC, OTLP/HTTP), which `setup` hands to it as flags or
 /// variables along with anything else; stderr piped. Returned once
-/// `/readyz` answers, with the ports.
+/// `/readyz` answers, with the ports; killed when the [`Process`] drops.
+///
+/// ```no_run
+/// # async fn doc() {
+/// let (aggregator, [api, _grpc, _http]) = paytrace_testkit::serve_aggregator(
+///     "target/debug/paytrace-aggregator",
+///     |cmd, [api, grpc, http]| {
+///         cmd.args(["--listen", &format!("127.0.0.1:{api}")])
+///             .args(["--otlp-grpc-listen", &format!("127.0.0.1:{grpc}")])
+///             .args(["--otlp-http-listen", &format!("127.0.0.1:{http}")]);
+///     },
+/// )
+/// .await;
+/// let out = aggregator.stop("TERM").await;
+/// assert!(out.status.success());
+/// # }
+/// ```
 pub async fn serve_aggregator(
     exe: &str,
     mut setup: impl FnMut(&mut Command, [u16; 3]),
-) -> (Child, [u16; 3]) {
+) -> (Process, [u16; 3]) {
     // A port found free may be taken (by another test's outgoing
     // connection) before the aggregator binds it: it then exits at once,
     // and is started again on other ports.
@@ -78,9 +76,7 @@ pub async fn serve_aggregator(
         let mut cmd = Command::new(exe);
         cmd.arg("serve").stderr(Stdio::piped());
         setup(&mut cmd, ports);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {exe}: {e}"));
+        let mut process = Process::spawn(&mut cmd, "cargo build -p paytrace-aggregator");
         let url = format!("http://127.0.0.1:{}/readyz", ports[0]);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -88,11 +84,11 @@ pub async fn serve_aggregator(
                 .await
                 .is_ok_and(|r| r.status().is_success())
             {
-                return (child, ports);
+                return (process, ports);
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = process.child().try_wait() {
                 let mut err = String::new();
-                if let Some(mut pipe) = child.stderr.take() {
+                if let Some(mut pipe) = process.child().stderr.take() {
                     let _ = std::io::Read::read_to_string(&mut pipe, &mut err);
                 }
                 assert!(
@@ -135,7 +131,7 @@ pub fn free_port() -> u16 {
 /// ```
 #[derive(Debug)]
 pub struct RedisServer {
-    child: Child,
+    _process: Process,
     url: String,
 }
 
@@ -148,27 +144,24 @@ impl RedisServer {
     /// install it) or does not answer within 10 seconds.
     pub async fn start() -> Self {
         let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): install it with `apt-get install redis-server`"
-                )
-            });
+        let process = Process::spawn(
+            Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null()),
+            "apt-get install redis-server",
+        );
         // Owned from here on, so that a failed wait still stops it.
         let server = Self {
-            child,
+            _process: process,
             url: format!("redis://127.0.0.1:{port}/"),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -198,13 +191,6 @@ impl RedisServer {
             .query_async::<String>(&mut conn)
             .await
             .is_ok()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -494,6 +494,7 @@ async fn a_call_from_the_js_sdk_continues_its_trace() {
     let out = tokio::process::Command::new("node")
         .arg(js.join("grpc_client.js"))
         .args([addr.to_string(), "shop.v1.Inventory".to_owned()])
+        .kill_on_drop(true)
         .output()
         .await
         .expect("node runs: install it with `apt-get install nodejs npm`");

@@ -3,7 +3,7 @@
 //! `OTEL_EXPORTER_OTLP_HEADERS` and gzip into an aggregator that requires
 //! all three, over gRPC and over HTTP; the aggregator analyses its spans.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use paytrace_aggregator::auth::Tokens;
 use paytrace_aggregator::pipeline::Now;
 use paytrace_aggregator::server::{Running, ServeConfig, start};
 use paytrace_aggregator::tls::TlsFiles;
-use paytrace_testkit::Pki;
+use paytrace_testkit::{Pki, Process};
 use serde_json::Value;
 
 const TOKEN: &str = "minimal-export-token-5d21";
@@ -39,25 +39,26 @@ fn api_client(pki: &Pki) -> reqwest::Client {
 
 /// `paytrace-minimal` exporting to `endpoint` with `protocol`, everything
 /// set by the standard variables; returned once it answers.
-async fn minimal(pki: &Pki, protocol: &str, endpoint: &str) -> (Child, u16) {
+async fn minimal(pki: &Pki, protocol: &str, endpoint: &str) -> (Process, u16) {
     let port = paytrace_testkit::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_paytrace-minimal"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", &pki.ca)
-        .env("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &pki.client_cert)
-        .env("OTEL_EXPORTER_OTLP_CLIENT_KEY", &pki.client_key)
-        .env(
-            "OTEL_EXPORTER_OTLP_HEADERS",
-            format!("authorization=Bearer%20{TOKEN}"),
-        )
-        .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
-        .env("OTEL_SERVICE_NAME", "minimal-tls")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("paytrace-minimal starts");
+    let child = Process::spawn(
+        Command::new(env!("CARGO_BIN_EXE_paytrace-minimal"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+            .env("OTEL_EXPORTER_OTLP_CERTIFICATE", &pki.ca)
+            .env("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &pki.client_cert)
+            .env("OTEL_EXPORTER_OTLP_CLIENT_KEY", &pki.client_key)
+            .env(
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                format!("authorization=Bearer%20{TOKEN}"),
+            )
+            .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+            .env("OTEL_SERVICE_NAME", "minimal-tls")
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped()),
+        "cargo build -p paytrace-minimal",
+    );
     paytrace_testkit::wait_until_ok(
         &format!("http://127.0.0.1:{port}/metrics"),
         Duration::from_secs(20),
@@ -69,7 +70,7 @@ async fn minimal(pki: &Pki, protocol: &str, endpoint: &str) -> (Child, u16) {
 
 /// One checkout through the minimal example, which is then stopped with
 /// SIGINT (its telemetry guard flushes the spans); returns its stderr.
-async fn one_checkout_then_stop(child: Child, port: u16) -> String {
+async fn one_checkout_then_stop(child: Process, port: u16) -> String {
     let order = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}/orders/42"))
         .header("baggage", "paytrace.flow=checkout,payment.method=alipay")
@@ -87,7 +88,7 @@ async fn one_checkout_then_stop(child: Child, port: u16) -> String {
         metrics.contains(r#"service_name="minimal-tls""#),
         "OTEL_SERVICE_NAME names the metrics' service:\n{metrics}"
     );
-    let out = paytrace_testkit::stop(child, "INT").await;
+    let out = child.stop("INT").await;
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{:?}: {log}", out.status);
     assert!(!log.contains(TOKEN), "the token reached the log:\n{log}");

@@ -302,19 +302,20 @@ fn channel_slow_slows_only_that_channels_requests() {
 fn channel_down_fails_only_that_channels_requests() {
     use std::time::{Duration, Instant};
 
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
-        .args([
-            "--services-only",
-            "--duration",
-            "60s",
-            "--port-base",
-            "7750",
-        ])
-        .args(["--chaos", "channel-down", "--chaos-channel", "card"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("the demo starts");
+    let demo = paytrace_testkit::Process::spawn(
+        Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
+            .args([
+                "--services-only",
+                "--duration",
+                "60s",
+                "--port-base",
+                "7750",
+            ])
+            .args(["--chaos", "channel-down", "--chaos-channel", "card"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+        "cargo build -p paytrace-demo",
+    );
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let result = rt.block_on(async {
         let client = reqwest::Client::new();
@@ -363,14 +364,7 @@ fn channel_down_fails_only_that_channels_requests() {
         (ok, metrics)
     });
     // Ctrl-C: the demo stops its services and waits for them.
-    let interrupted = Command::new("kill")
-        .args(["-INT", &demo.id().to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !interrupted {
-        let _ = demo.kill();
-    }
-    let _ = demo.wait();
+    rt.block_on(demo.stop("INT"));
     let (ok, metrics) = result;
     assert_eq!(ok["card"], 0, "card checkouts fail: {ok:?}");
     assert!(

@@ -88,18 +88,15 @@ fn config(dir: &std::path::Path) -> std::path::PathBuf {
 
 fn alertmanager(dir: &std::path::Path, port: u16) -> Killed {
     std::fs::create_dir_all(dir.join("data")).expect("temp dir");
-    Killed(
+    Killed::spawn(
         Command::new("prometheus-alertmanager")
             .arg(format!("--config.file={}", config(dir).display()))
             .arg(format!("--storage.path={}", dir.join("data").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--cluster.listen-address=")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start prometheus-alertmanager ({e}): install it with `apt-get install prometheus-alertmanager`")
-            }),
+            .stderr(Stdio::null()),
+        "apt-get install prometheus-alertmanager",
     )
 }
 

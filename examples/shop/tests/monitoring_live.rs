@@ -118,19 +118,16 @@ fn every_metric_the_alerts_and_dashboards_read_is_emitted() {
     let (used, recorded) = used_and_recorded();
     const BASE: u16 = 7900;
     const NODE: u16 = 7995;
-    let node = Killed(
+    let node = Killed::spawn(
         Command::new("prometheus-node-exporter")
             .arg(format!("--web.listen-address=127.0.0.1:{NODE}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start prometheus-node-exporter ({e}): install it with `apt-get install prometheus-node-exporter`")
-            }),
+            .stderr(Stdio::null()),
+        "apt-get install prometheus-node-exporter",
     );
     // Faults that make the lazily created series appear: pool timeouts,
     // TCC anomalies, lost callbacks (incomplete flows, frozen branches).
-    let demo = Killed(
+    let demo = Killed::spawn(
         Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
             .args(["--duration", "120s", "--rps", "10", "--port-base", &BASE.to_string()])
             .args([
@@ -141,9 +138,8 @@ fn every_metric_the_alerts_and_dashboards_read_is_emitted() {
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the demo starts"),
+            .stderr(Stdio::null()),
+        "cargo build -p paytrace-demo",
     );
     let mut targets: Vec<String> = (0..9)
         .map(|i| format!("http://127.0.0.1:{}/metrics", BASE + i))

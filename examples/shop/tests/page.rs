@@ -30,15 +30,14 @@ struct Browser {
 impl Browser {
     async fn start() -> Self {
         let port = free_port();
-        let driver = Killed(
+        // Chromium and its helpers run in chromedriver's process group:
+        // dropping `driver` stops them all.
+        let driver = Killed::spawn(
             Command::new("chromedriver")
                 .arg(format!("--port={port}"))
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start chromedriver ({e}): install it with `apt-get install chromium chromium-driver`")
-                }),
+                .stderr(Stdio::null()),
+            "apt-get install chromium chromium-driver",
         );
         let profile =
             std::env::temp_dir().join(format!("paytrace-chromium-{}-{port}", std::process::id()));
@@ -140,7 +139,7 @@ impl Browser {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_where_a_slow_channel_spends_checkout_time() {
     const BASE: u16 = 7300;
-    let _demo = Killed(
+    let _demo = Killed::spawn(
         Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
             .args([
                 "--duration",
@@ -158,9 +157,8 @@ async fn the_page_shows_where_a_slow_channel_spends_checkout_time() {
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the demo starts"),
+            .stderr(Stdio::null()),
+        "cargo build -p paytrace-demo",
     );
     let api = format!("http://127.0.0.1:{}", BASE + 80);
     // Wait for enough complete checkouts of every method: with 60 of the

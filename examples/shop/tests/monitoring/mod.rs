@@ -5,20 +5,14 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use promql_parser::parser::Expr;
 use serde_yaml_ng::Value;
 
-/// A child process that is killed, and reaped, when dropped.
-pub(crate) struct Killed(pub(crate) Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// A child process (with every process it started) that is killed, and
+/// reaped, when dropped.
+pub(crate) use paytrace_testkit::Process as Killed;
 
 /// Runs the demo binary with `args` (its sampler from `env` only: the
 /// test's own `OTEL_TRACES_SAMPLER*` are not passed on) until it stops, and
@@ -191,16 +185,13 @@ pub(crate) fn grafana_substituted(expr: &str) -> String {
 /// Starts `program`, killed when dropped; a missing program says which
 /// Debian package installs it.
 pub(crate) fn spawn(program: &str, args: &[String], package: &str) -> Killed {
-    Killed(
+    Killed::spawn(
         Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {program} ({e}): install it with `apt-get install {package}`")
-            }),
+            .stderr(Stdio::null()),
+        &format!("apt-get install {package}"),
     )
 }
 
