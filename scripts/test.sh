@@ -41,6 +41,11 @@ need chromedriver chromium-driver
 need cargo cargo   # the Rust toolchain itself: https://rustup.rs if apt's is too old
 need node nodejs   # the conformance suite's OpenTelemetry JS SDK services
 need npm npm
+# cargo-deny is no Debian package: built from crates.io, once per machine.
+if ! cargo deny --version >/dev/null 2>&1; then
+    echo "==> installing cargo-deny (cargo install --locked cargo-deny)"
+    cargo install --locked --quiet cargo-deny
+fi
 
 # The conformance suite's foreign SDKs, pinned: the JS SDK from the committed
 # lockfile, the Python SDK from requirements.txt into a virtualenv.
@@ -75,6 +80,23 @@ cargo fmt --all -- --check
 
 echo "==> cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Licences, banned crates and where crates come from (deny.toml). The
+# advisory database is not checked: it is fetched from GitHub, which these
+# machines cannot reach.
+echo "==> cargo deny check licenses bans sources"
+cargo deny --locked check licenses bans sources
+
+echo "==> cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+# Each library crate alone, with its features off and on: a feature that
+# only builds because another crate of the workspace turned it on fails here.
+echo "==> the library crates with their features off and on"
+for crate in paytrace paytrace-aggregator paytrace-semconv paytrace-tcc paytrace-sampling paytrace-slo; do
+    cargo check --quiet --locked -p "$crate" --lib --no-default-features
+    cargo check --quiet --locked -p "$crate" --lib --all-features
+done
 
 # Every process a test starts inherits this; scripts/leftovers.py fails the
 # run when one is still alive after the tests.

@@ -107,6 +107,56 @@ pub async fn serve_aggregator(
     unreachable!("the loop returns or panics")
 }
 
+/// Panics, saying how to install it, unless `program` runs
+/// (`program --version` exits 0). Test binaries that need a program from
+/// outside Rust call this first, so that a missing tool fails at once with
+/// what to do rather than halfway with an I/O error.
+///
+/// ```
+/// paytrace_testkit::require("sh", "apt-get install dash");
+/// ```
+///
+/// ```should_panic
+/// paytrace_testkit::require("no-such-program-here", "apt-get install nothing");
+/// ```
+pub fn require(program: &str, install: &str) {
+    let runs = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        runs,
+        "this test needs `{program}`, which does not run here: install it with `{install}` \
+         (scripts/test.sh installs everything the tests need)"
+    );
+}
+
+/// Polls `read` every 20 ms until it gives a value, and returns it; panics
+/// naming `what` when `within` passes first.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let start = std::time::Instant::now();
+/// let v = paytrace_testkit::eventually("a tick", std::time::Duration::from_secs(5), || {
+///     (start.elapsed() > std::time::Duration::from_millis(30)).then_some(7)
+/// })
+/// .await;
+/// assert_eq!(v, 7);
+/// # }
+/// ```
+pub async fn eventually<T>(what: &str, within: Duration, mut read: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = read() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A loopback TCP port that was free a moment ago.
 ///
 /// ```
@@ -143,6 +193,7 @@ impl RedisServer {
     /// When `redis-server` is not installed (the message says how to
     /// install it) or does not answer within 10 seconds.
     pub async fn start() -> Self {
+        require("redis-server", "apt-get install redis-server");
         let port = free_port();
         let process = Process::spawn(
             Command::new("redis-server")

@@ -111,3 +111,9 @@ pub use telemetry::{
 };
 
 pub use paytrace_semconv as semconv;
+
+/// The README's Rust examples, compiled (and, where not `no_run`, run) as
+/// doc tests of this crate, so that the first code a newcomer copies builds.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeExamples;

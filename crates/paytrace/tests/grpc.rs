@@ -164,17 +164,12 @@ async fn until(
     labels: &[(&str, &str)],
     read: impl Fn(&[(&str, &str)]) -> Option<f64>,
 ) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = read(labels) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} {labels:?} never recorded"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    paytrace_testkit::eventually(
+        &format!("{name} {labels:?} recorded"),
+        Duration::from_secs(10),
+        || read(labels),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,68 +469,6 @@ async fn a_stage_in_a_handler_takes_the_flow_labels_from_the_callers_baggage() {
     let aborted = labels("grpc-inventory-5", "shop.v1.Staged/Try", "ABORTED");
     assert_eq!(
         eventually(metric::RPC_SERVER_CALL_DURATION_SECONDS, &aborted).await,
-        1.0
-    );
-}
-
-/// The caller is the OpenTelemetry JS SDK's gRPC instrumentation on
-/// @grpc/grpc-js (`conformance/js/grpc_client.js`), not paytrace: the
-/// server span continues its trace and reads its baggage.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_from_the_js_sdk_continues_its_trace() {
-    let metrics = &capture().metrics;
-    let inventory = ServiceTelemetry::with_metrics("grpc-inventory-6", "1.0.0", metrics);
-    let addr = serve(&inventory).await;
-    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/js");
-    assert!(
-        js.join("node_modules/@grpc/grpc-js").is_dir(),
-        "the JS SDK is not installed: run `npm ci --prefix conformance/js` (scripts/test.sh does)"
-    );
-    let out = tokio::process::Command::new("node")
-        .arg(js.join("grpc_client.js"))
-        .args([addr.to_string(), "shop.v1.Inventory".to_owned()])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("node runs: install it with `apt-get install nodejs npm`");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
-    assert_eq!(answer["code"], 0, "{answer}");
-    let trace_id =
-        TraceId::from_hex(answer["traceId"].as_str().expect("a trace id")).expect("a hex trace id");
-
-    let spans = capture().spans_of_trace(trace_id, |s| s.iter().any(|s| s.name == CHECK));
-    let server = spans
-        .iter()
-        .find(|s| s.name == CHECK)
-        .expect("the server span");
-    assert_eq!(server.span_kind, SpanKind::Server);
-    assert!(
-        server.parent_span_is_remote,
-        "the parent is the JS client's span"
-    );
-    assert_ne!(server.parent_span_id, opentelemetry::trace::SpanId::INVALID);
-    assert_eq!(attribute(server, attr::FLOW).as_deref(), Some("checkout"));
-    assert_eq!(
-        attribute(server, attr::FLOW_ID).as_deref(),
-        Some("ord_js_grpc")
-    );
-    assert_eq!(
-        attribute(server, attr::PAYMENT_METHOD).as_deref(),
-        Some("card")
-    );
-    assert_eq!(
-        attribute(server, attr::RPC_RESPONSE_STATUS_CODE).as_deref(),
-        Some("OK")
-    );
-    let ok = labels("grpc-inventory-6", CHECK, "OK");
-    assert_eq!(
-        eventually(metric::RPC_SERVER_CALL_DURATION_SECONDS, &ok).await,
         1.0
     );
 }

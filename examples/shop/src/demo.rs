@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::chaos::Fault;
 use crate::load::{Counters, Requests};
 use crate::plan::{Plan, Role};
+use crate::saturation::Saturated;
 
 /// What the demo was asked to do.
 #[derive(Debug, Clone)]
@@ -77,6 +78,9 @@ struct Report {
     /// last 5 minutes against the rest of the hour. Read before the
     /// services stop, without the flows still waiting to be final.
     changes: Option<Changes>,
+    /// The queues, pools and load driver seen saturated during the load
+    /// (`saturation.rs`): figures measured then describe the overload.
+    saturation: Vec<Saturated>,
 }
 
 /// The aggregator's view of the global TCC transactions.
@@ -404,6 +408,15 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
             o.plan.url(Role::Gateway),
             o.rps,
             counters.clone(),
+            stop_rx.clone(),
+        ))
+    });
+    let saturation = (!o.services_only).then(|| {
+        tokio::spawn(crate::saturation::watch(
+            o.plan,
+            o.rps,
+            counters.clone(),
+            o.chaos.clone(),
             stop_rx,
         ))
     });
@@ -438,6 +451,13 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     let _ = stop_tx.send(true);
     if let Some(load) = load {
         let _ = load.await;
+    }
+    let saturation = match saturation {
+        Some(watch) => watch.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    for s in saturation.iter().filter(|s| !s.injected) {
+        eprintln!("warning: saturated: {}", s.message);
     }
     // Callbacks come up to a few seconds after the last checkout.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -510,6 +530,7 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
             metrics,
         },
         changes,
+        saturation,
     };
     if let Some(path) = &o.report {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)

@@ -16,6 +16,7 @@ mod order;
 mod participant;
 mod payment;
 mod plan;
+mod saturation;
 mod service;
 mod wire;
 

@@ -35,8 +35,25 @@ pub(crate) fn demo_report(name: &str, args: &[&str], env: &[(&str, &str)]) -> se
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&std::fs::read(&report).expect("report written"))
-        .expect("report is JSON")
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report written"))
+            .expect("report is JSON");
+    // Figures from an overloaded demo describe the overload: a queue or pool
+    // that saturated without the chaos asking for it fails the test here,
+    // with what the demo saw.
+    let saturated: Vec<&str> = report["saturation"]
+        .as_array()
+        .expect("the report says what saturated")
+        .iter()
+        .filter(|s| s["injected"] != true)
+        .filter_map(|s| s["message"].as_str())
+        .collect();
+    assert!(
+        saturated.is_empty(),
+        "the demo {name} ran saturated; its figures are not the design's:\n{}",
+        saturated.join("\n")
+    );
+    report
 }
 
 pub(crate) fn repo() -> PathBuf {

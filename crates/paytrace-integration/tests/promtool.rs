@@ -3,6 +3,7 @@
 //!
 //! promtool comes from Debian's `prometheus` package: `apt-get install prometheus`.
 
+#[path = "../../paytrace/tests/common/mod.rs"]
 mod common;
 
 use std::io::Write;
