@@ -90,6 +90,12 @@ cargo deny --locked check licenses bans sources
 echo "==> cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
+# Each library crate packs as crates.io would take it (a version on every
+# dependency, no file outside the crate).
+echo "==> cargo package (the library crates)"
+cargo package --quiet --locked --no-verify --allow-dirty \
+    -p paytrace-semconv -p paytrace-tcc -p paytrace-sampling -p paytrace -p paytrace-slo -p paytrace-aggregator
+
 # Each library crate alone, with its features off and on: a feature that
 # only builds because another crate of the workspace turned it on fails here.
 echo "==> the library crates with their features off and on"

@@ -11,7 +11,7 @@
 //!
 //! A span of a trace handed on recently is late: [`Added::late`] gives it
 //! back, for the trace's flow to take if it still waits
-//! ([`crate::flows::FlowBuffer::add_late`]); otherwise it is dropped and
+//! (the flow buffer's `add_late`); otherwise it is dropped and
 //! counted (`late`).
 
 use std::collections::{BTreeSet, VecDeque};

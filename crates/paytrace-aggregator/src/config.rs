@@ -189,7 +189,7 @@ pub struct Config {
     /// Per flow, seconds past which a flow is kept as slow.
     pub keep_slower_than: HashMap<String, f64>,
     /// How far a span may end past its next sibling's start and still
-    /// precede it on the critical path (see [`crate::tree`]); set by
+    /// precede it on the critical path (`docs/critical-path.md`); set by
     /// `--clock-tolerance`, not by the file.
     pub clock_tolerance: std::time::Duration,
     /// Bucket boundaries (seconds) of the flow and stage histograms.

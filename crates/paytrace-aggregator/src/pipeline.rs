@@ -86,8 +86,8 @@ pub struct PipelineConfig {
     /// increasing (the configuration file checks them); `None` for
     /// [`DEFAULT_LATENCY_BUCKETS`].
     pub buckets: Option<Vec<f64>>,
-    /// The critical-path walk's clock tolerance; `None` for
-    /// [`DEFAULT_CLOCK_TOLERANCE_NS`](crate::tree::DEFAULT_CLOCK_TOLERANCE_NS).
+    /// The critical-path walk's clock tolerance; `None` for the default,
+    /// 1 ms (`docs/critical-path.md`).
     pub clock_tolerance: Option<std::time::Duration>,
     /// The probability a span was sampled with when its `tracestate` says
     /// none (no `ot=th:…`): `None` for 1, every span kept. Set it to the

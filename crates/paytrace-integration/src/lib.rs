@@ -1,4 +1,4 @@
 //! No library: this package holds the middleware's tests that need programs
 //! from outside Rust (`tests/`), so that `cargo test -p paytrace` needs
 //! none. Each test binary checks at its start for what it needs with
-//! [`paytrace_testkit::require`], which says how to install it.
+//! `paytrace_testkit::require`, which says how to install it.

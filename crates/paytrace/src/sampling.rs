@@ -30,7 +30,7 @@ use paytrace_sampling::{OtState, Randomness, TRACESTATE_KEY, Threshold, flow_ran
 use paytrace_semconv::attr;
 
 /// A consistent probability sampler whose randomness is shared by the traces
-/// of one flow; see the [module](self) for the rules.
+/// of one flow. The rules: `docs/sampling.md`.
 ///
 /// ```
 /// use opentelemetry_sdk::trace::SdkTracerProvider;
