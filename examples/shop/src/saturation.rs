@@ -43,8 +43,9 @@ pub struct Saturated {
     pub what: String,
     /// What was seen, and what to do.
     pub message: String,
-    /// Whether the demo's chaos caused it on purpose (`queue-backlog`,
-    /// `pool-exhausted`).
+    /// Whether the demo's chaos caused it on purpose (`queue-backlog` or
+    /// `confirm-network-failure` for the payment queue, `pool-exhausted` for
+    /// the pools).
     pub injected: bool,
 }
 
@@ -154,7 +155,11 @@ fn judge(seen: &Seen, rps: f64, injected: &[Fault]) -> Vec<Saturated> {
                      does not keep up with {rps} checkouts/s on this machine; lower --rps",
                     QUEUE_AGE_LIMIT.as_secs()
                 ),
-                injected: injected.contains(&Fault::QueueBacklog),
+                // The consumer stalls by design under queue-backlog, and
+                // waits out the coordinator's 1 s Confirm timeout and its
+                // retries under confirm-network-failure.
+                injected: injected.contains(&Fault::QueueBacklog)
+                    || injected.contains(&Fault::ConfirmNetworkFailure),
             });
         }
     }
@@ -227,6 +232,13 @@ mod tests {
         let found = judge(&seen, 10.0, &[Fault::QueueBacklog, Fault::PoolExhausted]);
         assert_eq!(found.len(), 2);
         assert!(found.iter().all(|s| s.injected));
+        // Slow Confirms hold the one consumer too.
+        let slow_confirms = judge(&seen, 10.0, &[Fault::ConfirmNetworkFailure]);
+        assert_eq!(
+            slow_confirms.iter().map(|s| s.injected).collect::<Vec<_>>(),
+            [true, false],
+            "the queue is injected, the pool is not"
+        );
 
         let mut quiet = Seen::default();
         let calm = PAGE.replace("4.6", "0.02");
