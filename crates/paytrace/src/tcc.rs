@@ -40,7 +40,8 @@
 //! then run it again: make the handler's effect idempotent by branch, or
 //! commit it at its last await. The memory fence ([`MemoryFence`]) keeps
 //! everything in the process: nothing survives a restart, and it guards
-//! one process only.
+//! one process only. `docs/tcc-fence.md` says which store gives which
+//! guarantee.
 //!
 //! The phases, states, anomaly kinds and this table ([`decide`]) live in the
 //! `paytrace-tcc` crate, which the aggregator's replay of participants
