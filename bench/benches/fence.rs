@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::post;
 use criterion::{Criterion, criterion_group, criterion_main};
-use paytrace::tcc::{BranchKey, FenceStore, MemoryFence, Phase, RedisFence, TccResource};
+use paytrace::tcc::{BranchKey, FenceStore, MemoryFence, Phase, RedisFence, RunId, TccResource};
 use paytrace_bench::install_tracing;
 use tracing::Instrument;
 
@@ -108,9 +108,12 @@ fn fence(c: &mut Criterion) {
             b.to_async(&rt).iter(|| {
                 let store = store.clone();
                 async move {
-                    let key = fresh_key();
-                    let d = store.begin(&key, Phase::Try).await.expect("decides");
-                    store.finish(&key, Phase::Try, true).await.expect("records");
+                    let (key, run) = (fresh_key(), RunId::new());
+                    let d = store.begin(&key, Phase::Try, run).await.expect("decides");
+                    store
+                        .finish(&key, Phase::Try, run, true)
+                        .await
+                        .expect("records");
                     d
                 }
             });

@@ -733,7 +733,7 @@ pub mod stage {
 /// Values of `paytrace.outcome` and of the `outcome` label of stages.
 ///
 /// ```
-/// assert_eq!(paytrace_semconv::outcome::ALL.len(), 4);
+/// assert_eq!(paytrace_semconv::outcome::ALL.len(), 5);
 /// ```
 pub mod outcome {
     /// The stage succeeded.
@@ -744,8 +744,11 @@ pub mod outcome {
     pub const TIMEOUT: &str = "timeout";
     /// The stage was refused by business rules (insufficient stock, fence rejection).
     pub const REJECTED: &str = "rejected";
+    /// The stage's future was dropped before it finished: the caller hung up,
+    /// an outer timeout or `select!` gave up on it.
+    pub const CANCELLED: &str = "cancelled";
     /// All outcomes.
-    pub const ALL: &[&str] = &[OK, ERROR, TIMEOUT, REJECTED];
+    pub const ALL: &[&str] = &[OK, ERROR, TIMEOUT, REJECTED, CANCELLED];
 }
 
 /// Values of the `outcome` label of `paytrace_queue_messages_total`.
@@ -845,8 +848,14 @@ pub mod tcc_phase_outcome {
     pub const SKIPPED: &str = "skipped";
     /// The fence refused the phase (a Try after its Cancel, a Cancel after Confirm).
     pub const REJECTED: &str = "rejected";
+    /// Another call holds the branch (its handler is running): answered
+    /// "retry later", never "done".
+    pub const BUSY: &str = "busy";
+    /// The call was dropped while its handler ran: the branch went back to
+    /// the state it had before.
+    pub const CANCELLED: &str = "cancelled";
     /// All outcomes.
-    pub const ALL: &[&str] = &[OK, ERROR, SKIPPED, REJECTED];
+    pub const ALL: &[&str] = &[OK, ERROR, SKIPPED, REJECTED, BUSY, CANCELLED];
 }
 
 /// Values of the `reason` label of `paytrace_aggregator_spans_truncated_total`:

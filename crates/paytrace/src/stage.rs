@@ -25,6 +25,7 @@ use crate::service::ServiceTelemetry;
 /// assert_eq!(paytrace::Outcome::Timeout.as_str(), "timeout");
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The stage succeeded.
     Ok,
@@ -34,6 +35,10 @@ pub enum Outcome {
     Timeout,
     /// Business rules refused it (insufficient stock, a fence rejection).
     Rejected,
+    /// Its future was dropped before it finished: [`Stage::run`] and
+    /// [`Stage::run_with_deadline`] record this when the caller gives up on
+    /// them (a client that hung up, an outer timeout, `select!`).
+    Cancelled,
 }
 
 impl Outcome {
@@ -44,6 +49,7 @@ impl Outcome {
             Self::Error => outcome::ERROR,
             Self::Timeout => outcome::TIMEOUT,
             Self::Rejected => outcome::REJECTED,
+            Self::Cancelled => outcome::CANCELLED,
         }
     }
 }
@@ -257,12 +263,30 @@ impl Stage {
         self
     }
 
-    /// Runs `work` as this stage; the outcome is `ok` for `Ok`, `error` for `Err`.
+    /// Runs `work` as this stage; the outcome is `ok` for `Ok`, `error` for
+    /// `Err`, and `cancelled` when this future is dropped before `work`
+    /// finished.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// let svc = paytrace::ServiceTelemetry::with_metrics("payment", "1.0.0", &paytrace::Metrics::new());
+    /// let slow = svc.stage("channel.request").run(async {
+    ///     tokio::time::sleep(Duration::from_secs(60)).await;
+    ///     Ok::<_, std::io::Error>(())
+    /// });
+    /// // The caller gives up after 10 ms: the stage is recorded as cancelled, not ok.
+    /// assert!(tokio::time::timeout(Duration::from_millis(10), slow).await.is_err());
+    /// assert!(svc.metrics().render().contains(r#"outcome="cancelled""#));
+    /// # }
+    /// ```
     pub async fn run<T, E, F>(self, work: F) -> Result<T, E>
     where
         F: Future<Output = Result<T, E>>,
     {
         let mut guard = self.start();
+        // Until `work` returns: a drop in between records the cancellation.
+        guard.set_outcome(Outcome::Cancelled);
         let attach = guard.attach.take();
         let work = InSpan {
             span: &guard.span,
@@ -291,6 +315,7 @@ impl Stage {
         F: Future<Output = Result<T, E>>,
     {
         let mut guard = self.start();
+        guard.set_outcome(Outcome::Cancelled);
         let attach = guard.attach.take();
         let work = InSpan {
             span: &guard.span,

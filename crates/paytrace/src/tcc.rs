@@ -13,6 +13,36 @@
 //! The business handler runs only on **run**. If it then fails, the branch
 //! goes back to the state it had, so the coordinator's retry can run it again.
 //!
+//! # Holding a branch: cancellation and crashes
+//!
+//! "Skipped" tells the coordinator that the phase's business effect is
+//! done. So the fence keeps these rules while a handler runs:
+//!
+//! 1. **A run holds its branch** from the decision to run until the
+//!    handler's result is recorded. Any other call for the branch meanwhile
+//!    gets [`FenceError::Busy`] (answer "retry later"), never `Skipped`: the
+//!    first call may still fail or be dropped.
+//! 2. **A dropped call puts the branch back.** When [`TccResource::run`]'s
+//!    future is dropped before its handler returned (an outer `timeout`, a
+//!    client that hung up, `select!`), the branch goes back to the state it
+//!    had before, at once, and `paytrace_tcc_phase_total` counts the call
+//!    `cancelled`. The coordinator's retry then decides afresh and runs the
+//!    handler again. Dropped after the handler returned, its result is
+//!    recorded as if the call had finished.
+//! 3. **A crashed holder is undone by its lease** (shared stores). The
+//!    Redis fence keeps the hold in the branch's record with a lease
+//!    ([`RedisFence::with_lease`](crate::tcc::RedisFence), 60 s unless set);
+//!    a process killed while holding leaves the branch busy until the lease
+//!    passes, then the next call puts the branch back as in rule 2.
+//!
+//! What the fence cannot know is whether a handler that was dropped or
+//! killed had already committed its effect in another store. Rules 2 and 3
+//! then run it again: make the handler's effect idempotent by branch, or
+//! commit it at its last await. The memory fence ([`MemoryFence`]) keeps
+//! everything in the process: nothing survives a restart, and it guards
+//! one process only. `docs/tcc-fence.md` says which store gives which
+//! guarantee.
+//!
 //! The phases, states, anomaly kinds and this table ([`decide`]) live in the
 //! `paytrace-tcc` crate, which the aggregator's replay of participants
 //! without a fence follows too.
@@ -43,6 +73,15 @@ struct Record {
     since: Instant,
 }
 
+/// A branch a `Run` decision holds, until its result is recorded.
+#[derive(Clone, Copy, Debug)]
+struct Hold {
+    phase: Phase,
+    run: RunId,
+    /// What the branch was before.
+    previous: Option<Record>,
+}
+
 /// Why the fence store could not decide.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -53,6 +92,42 @@ pub enum FenceError {
     /// The store could not be reached or refused the transition.
     #[error("the fence store failed: {0}")]
     Store(String),
+    /// Another call holds the branch: its handler for this phase is running
+    /// (or, in a shared store, its process died and its lease has not
+    /// passed). Answer "retry later"; the retry decides afresh.
+    #[error("another call holds this branch for its {}: retry later", .0.as_str())]
+    Busy(Phase),
+}
+
+/// Identifies one call of [`TccResource::run`] to its fence store, so that
+/// `finish` and `abandon` release only the hold that call took (a shared
+/// store's hold may pass to another call once its lease ran out).
+///
+/// ```
+/// use paytrace::tcc::RunId;
+/// assert_ne!(RunId::new(), RunId::new());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RunId(u64);
+
+impl RunId {
+    /// A new id, unique in this process.
+    pub fn new() -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A boxed future, so that [`FenceStore`] can be used as a trait object.
@@ -60,26 +135,40 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 
 /// Where a fence keeps its branch records. Each transition must be atomic:
 /// concurrent calls for one branch, from any number of processes sharing
-/// the store, see one order.
+/// the store, see one order; and a [`Decision::Run`] holds the branch until
+/// `finish` or `abandon` (the module's rules 1 to 3).
 ///
 /// [`MemoryFence`] keeps them in the process; with the `redis` feature,
 /// `RedisFence` shares them between processes.
 pub trait FenceStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Decides `phase` for `key` and records the new state (see [`decide`]).
+    /// Decides `phase` for `key` and records the new state (see [`decide`]);
+    /// on [`Decision::Run`], holds the branch for `run`. A branch another
+    /// call holds is [`FenceError::Busy`].
     fn begin<'a>(
         &'a self,
         key: &'a BranchKey,
         phase: Phase,
+        run: RunId,
     ) -> BoxFuture<'a, Result<Decision, FenceError>>;
 
-    /// Completes a [`Decision::Run`]: on failure the branch goes back to the
-    /// state it had.
+    /// Completes `run`'s [`Decision::Run`] and releases its hold: on failure
+    /// the branch goes back to the state it had.
     fn finish<'a>(
         &'a self,
         key: &'a BranchKey,
         phase: Phase,
+        run: RunId,
         succeeded: bool,
     ) -> BoxFuture<'a, Result<(), FenceError>>;
+
+    /// `run` was dropped after `begin` was called and before `finish`
+    /// completed. `handler_succeeded` is `None` while the handler had not
+    /// returned: put the branch back as it was before `begin` (nothing when
+    /// `run` holds nothing); `Some(ok)` once it had: record it as `finish`
+    /// would. Called from `Drop`, so it must not block; a store that needs
+    /// I/O does it in the background, and its lease covers what a dying
+    /// process leaves undone.
+    fn abandon(&self, key: &BranchKey, phase: Phase, run: RunId, handler_succeeded: Option<bool>);
 
     /// Tried branches waiting for phase two and the age of the oldest, as
     /// last known (read at every scrape, so it must not block).
@@ -91,11 +180,12 @@ impl FenceStore for MemoryFence {
         &'a self,
         key: &'a BranchKey,
         phase: Phase,
+        run: RunId,
     ) -> BoxFuture<'a, Result<Decision, FenceError>> {
-        Box::pin(std::future::ready(MemoryFence::begin(
-            self,
+        Box::pin(std::future::ready(self.decide_for(
             key,
             phase,
+            run,
             Instant::now(),
         )))
     }
@@ -103,11 +193,20 @@ impl FenceStore for MemoryFence {
     fn finish<'a>(
         &'a self,
         key: &'a BranchKey,
-        phase: Phase,
+        _phase: Phase,
+        run: RunId,
         succeeded: bool,
     ) -> BoxFuture<'a, Result<(), FenceError>> {
-        MemoryFence::finish(self, key, phase, succeeded);
+        self.release(key, |hold| hold.run == run, succeeded);
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn abandon(&self, key: &BranchKey, _phase: Phase, run: RunId, handler_succeeded: Option<bool>) {
+        self.release(
+            key,
+            |hold| hold.run == run,
+            handler_succeeded.unwrap_or(false),
+        );
     }
 
     fn pending_now(&self) -> (usize, Duration) {
@@ -118,6 +217,12 @@ impl FenceStore for MemoryFence {
 /// An in-memory fence store: bounded, finished records cleaned after a
 /// retention period, tried records never cleaned (they are what "frozen"
 /// means). Every transition is atomic under one lock.
+///
+/// What it is: one process's fence, without durability. Two replicas of a
+/// participant each have their own (so a repeat that reaches the other
+/// replica runs again), and a restart forgets every branch (a Confirm after
+/// it is `confirm_without_try`). Use the Redis fence, or the barrier in the
+/// business database, for anything that runs more than one process.
 ///
 /// ```
 /// use std::time::{Duration, Instant};
@@ -133,8 +238,8 @@ impl FenceStore for MemoryFence {
 #[derive(Debug)]
 pub struct MemoryFence {
     records: Mutex<HashMap<BranchKey, Record>>,
-    /// What each branch was before a `Run` decision, until `finish`.
-    before_run: Mutex<HashMap<(BranchKey, Phase), Option<Record>>>,
+    /// The branches a `Run` decision holds, until `finish`.
+    held: Mutex<HashMap<BranchKey, Hold>>,
     max_records: usize,
     retention: Duration,
 }
@@ -145,30 +250,48 @@ impl MemoryFence {
     pub fn new(max_records: usize, retention: Duration) -> Self {
         Self {
             records: Mutex::new(HashMap::new()),
-            before_run: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
             max_records,
             retention,
         }
     }
 
     /// Decides `phase` for `key` at `now` and records the new state. After
-    /// a [`Decision::Run`], call [`MemoryFence::finish`] with the business
-    /// handler's result.
+    /// a [`Decision::Run`], which holds the branch, call
+    /// [`MemoryFence::finish`] with the business handler's result; until
+    /// then every call for the branch is [`FenceError::Busy`].
     pub fn begin(
         &self,
         key: &BranchKey,
         phase: Phase,
         now: Instant,
     ) -> Result<Decision, FenceError> {
+        self.decide_for(key, phase, RunId::new(), now)
+    }
+
+    /// [`MemoryFence::begin`] for the call `run`.
+    fn decide_for(
+        &self,
+        key: &BranchKey,
+        phase: Phase,
+        run: RunId,
+        now: Instant,
+    ) -> Result<Decision, FenceError> {
         let mut records = crate::sync::lock(&self.records);
+        // Lock order: records, then held, everywhere.
+        let mut held = crate::sync::lock(&self.held);
+        if let Some(hold) = held.get(key) {
+            return Err(FenceError::Busy(hold.phase));
+        }
         let previous = records.get(key).copied();
         if previous.is_none() && records.len() >= self.max_records {
-            self.expire(&mut records, now);
+            self.expire(&mut records, &held, now);
             if records.len() >= self.max_records {
-                // Make room from the oldest finished records before refusing.
+                // Make room from the oldest finished records before refusing
+                // (never one a run holds: its handler is still running).
                 let mut finished: Vec<(BranchKey, Instant)> = records
                     .iter()
-                    .filter(|(_, r)| r.state.is_finished())
+                    .filter(|(k, r)| r.state.is_finished() && !held.contains_key(*k))
                     .map(|(k, r)| (k.clone(), r.since))
                     .collect();
                 finished.sort_by_key(|(_, since)| *since);
@@ -189,22 +312,40 @@ impl MemoryFence {
             _ => {}
         }
         if decision == Decision::Run {
-            crate::sync::lock(&self.before_run).insert((key.clone(), phase), previous);
+            held.insert(
+                key.clone(),
+                Hold {
+                    phase,
+                    run,
+                    previous,
+                },
+            );
         }
         Ok(decision)
     }
 
-    /// Completes a [`Decision::Run`]: when the business handler failed, the
-    /// branch goes back to the state it had, so a retry runs it again.
+    /// Completes a [`Decision::Run`] and releases the branch: when the
+    /// business handler failed, the branch goes back to the state it had, so
+    /// a retry runs it again. Nothing when `phase` holds nothing.
     pub fn finish(&self, key: &BranchKey, phase: Phase, succeeded: bool) {
-        let previous = crate::sync::lock(&self.before_run).remove(&(key.clone(), phase));
+        self.release(key, |hold| hold.phase == phase, succeeded);
+    }
+
+    /// Releases `key`'s hold if `ours` says it is the caller's; puts the
+    /// branch back unless `succeeded`.
+    fn release(&self, key: &BranchKey, ours: impl Fn(&Hold) -> bool, succeeded: bool) {
+        let mut records = crate::sync::lock(&self.records);
+        let mut held = crate::sync::lock(&self.held);
+        if !held.get(key).is_some_and(&ours) {
+            return;
+        }
+        let Some(Hold { previous, .. }) = held.remove(key) else {
+            return;
+        };
+        drop(held);
         if succeeded {
             return;
         }
-        let Some(previous) = previous else {
-            return;
-        };
-        let mut records = crate::sync::lock(&self.records);
         match previous {
             Some(r) => {
                 records.insert(key.clone(), r);
@@ -236,16 +377,25 @@ impl MemoryFence {
     /// Drops finished records older than the retention period; returns how many.
     pub fn clean(&self, now: Instant) -> usize {
         let mut records = crate::sync::lock(&self.records);
+        let held = crate::sync::lock(&self.held);
         let before = records.len();
-        self.expire(&mut records, now);
+        self.expire(&mut records, &held, now);
         before - records.len()
     }
 
-    /// Drops the finished records older than the retention period.
-    fn expire(&self, records: &mut HashMap<BranchKey, Record>, now: Instant) {
+    /// Drops the finished records older than the retention period, but for
+    /// those a run holds.
+    fn expire(
+        &self,
+        records: &mut HashMap<BranchKey, Record>,
+        held: &HashMap<BranchKey, Hold>,
+        now: Instant,
+    ) {
         let retention = self.retention;
-        records.retain(|_, r| {
-            !(r.state.is_finished() && now.saturating_duration_since(r.since) >= retention)
+        records.retain(|k, r| {
+            !(r.state.is_finished()
+                && now.saturating_duration_since(r.since) >= retention
+                && !held.contains_key(k))
         });
     }
 }
@@ -518,6 +668,33 @@ impl TccResource {
     /// the fence allows it. The decision is a span event (`tcc.fence`) on the
     /// current span and is counted in `paytrace_tcc_phase_total`; anomalies
     /// in `paytrace_tcc_anomalies_total`.
+    ///
+    /// Cancellation-safe: dropped before `handler` returned, the branch goes
+    /// back to the state it had and the call counts as `cancelled` (the
+    /// module's "Holding a branch" rules). A call for a branch another call
+    /// holds is [`FenceError::Busy`], counted as `busy`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use paytrace::tcc::{BranchKey, BranchOutcome, MemoryFence, Phase};
+    ///
+    /// let svc = paytrace::ServiceTelemetry::with_metrics("inventory", "1.0.0", &paytrace::Metrics::new());
+    /// let stock = svc.tcc("inventory", Arc::new(MemoryFence::new(100, Duration::from_secs(600))));
+    /// let branch = BranchKey { xid: "ord_1".into(), branch_id: "inventory".into() };
+    ///
+    /// // The coordinator's call times out while the reservation is still running.
+    /// let slow = stock.run(Phase::Try, &branch, || async {
+    ///     tokio::time::sleep(Duration::from_secs(60)).await;
+    ///     Ok::<_, std::io::Error>(())
+    /// });
+    /// assert!(tokio::time::timeout(Duration::from_millis(10), slow).await.is_err());
+    /// // Its retry runs the handler: nothing was reserved, so "done" would be a lie.
+    /// let retried = stock.run(Phase::Try, &branch, || async { Ok::<_, std::io::Error>(7) }).await;
+    /// assert!(matches!(retried, Ok(BranchOutcome::Ran(7))));
+    /// # }
+    /// ```
     pub async fn run<T, E, F, Fut>(
         &self,
         phase: Phase,
@@ -528,22 +705,37 @@ impl TccResource {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
+        use paytrace_semconv::tcc_phase_outcome as outcome;
         use tracing_opentelemetry::OpenTelemetrySpanExt;
-        let decision = self.fence.begin(branch, phase).await?;
+        // Armed before `begin`: a shared store may take the hold and this
+        // future be dropped before the answer arrives.
+        let mut held = Held {
+            resource: self,
+            branch,
+            phase,
+            run: RunId::new(),
+            handler_succeeded: None,
+            armed: true,
+        };
+        let decision = match self.fence.begin(branch, phase, held.run).await {
+            Ok(d) => d,
+            Err(e) => {
+                held.armed = false;
+                if matches!(e, FenceError::Busy(_)) {
+                    self.count_phase(phase, outcome::BUSY);
+                }
+                return Err(e.into());
+            }
+        };
+        if decision != Decision::Run {
+            held.armed = false;
+        }
         let anomaly = match decision {
             Decision::Skip(a) => a,
             Decision::Reject(a) => Some(a),
             Decision::Run => None,
         };
         let f = self.service.families();
-        let labels = |outcome: &'static str| {
-            [
-                self.service.name(),
-                self.resource.as_str(),
-                phase.as_str(),
-                outcome,
-            ]
-        };
         if let Some(a) = anomaly {
             f.tcc_anomalies
                 .with_label_values(&[self.service.name(), self.resource.as_str(), a.as_str()])
@@ -571,36 +763,87 @@ impl TccResource {
         tracing::Span::current().add_event(paytrace_semconv::attr::TCC_FENCE_EVENT, attributes);
         match decision {
             Decision::Skip(a) => {
-                f.tcc_phases
-                    .with_label_values(&labels(paytrace_semconv::tcc_phase_outcome::SKIPPED))
-                    .inc();
+                self.count_phase(phase, outcome::SKIPPED);
                 Ok(BranchOutcome::Skipped(a))
             }
             Decision::Reject(a) => {
-                f.tcc_phases
-                    .with_label_values(&labels(paytrace_semconv::tcc_phase_outcome::REJECTED))
-                    .inc();
+                self.count_phase(phase, outcome::REJECTED);
                 Err(BranchError::Rejected(a))
             }
             Decision::Run => {
                 let result = handler().await;
-                if let Err(e) = self.fence.finish(branch, phase, result.is_ok()).await {
+                held.handler_succeeded = Some(result.is_ok());
+                let finished = self
+                    .fence
+                    .finish(branch, phase, held.run, result.is_ok())
+                    .await;
+                held.armed = false;
+                if let Err(e) = finished {
                     tracing::warn!(error = %e, "the TCC fence could not record the handler's result");
                 }
-                let outcome = if result.is_ok() {
-                    paytrace_semconv::tcc_phase_outcome::OK
-                } else {
-                    paytrace_semconv::tcc_phase_outcome::ERROR
-                };
-                f.tcc_phases.with_label_values(&labels(outcome)).inc();
+                self.count_phase(
+                    phase,
+                    if result.is_ok() {
+                        outcome::OK
+                    } else {
+                        outcome::ERROR
+                    },
+                );
                 result.map(BranchOutcome::Ran).map_err(BranchError::Handler)
             }
         }
     }
 
+    /// Counts one call of `phase` on this resource with `outcome`.
+    fn count_phase(&self, phase: Phase, outcome: &str) {
+        self.service
+            .families()
+            .tcc_phases
+            .with_label_values(&[
+                self.service.name(),
+                self.resource.as_str(),
+                phase.as_str(),
+                outcome,
+            ])
+            .inc();
+    }
+
     /// Counts one retry of `phase` on this resource by this service.
     pub fn retried(&self, phase: Phase) {
         self.service.count_tcc_retry(&self.resource, phase);
+    }
+}
+
+/// A call of [`TccResource::run`] between `begin` and the end of `finish`:
+/// dropped while armed (the call's future was dropped), it hands the branch
+/// back to the store ([`FenceStore::abandon`]) and counts the call.
+struct Held<'a> {
+    resource: &'a TccResource,
+    branch: &'a BranchKey,
+    phase: Phase,
+    run: RunId,
+    /// The handler's result, once it returned.
+    handler_succeeded: Option<bool>,
+    armed: bool,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let r = self.resource;
+        r.fence
+            .abandon(self.branch, self.phase, self.run, self.handler_succeeded);
+        use paytrace_semconv::tcc_phase_outcome as outcome;
+        r.count_phase(
+            self.phase,
+            match self.handler_succeeded {
+                None => outcome::CANCELLED,
+                Some(true) => outcome::OK,
+                Some(false) => outcome::ERROR,
+            },
+        );
     }
 }
 

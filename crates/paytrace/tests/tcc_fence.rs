@@ -93,3 +93,57 @@ fn concurrent_confirm_and_cancel_let_exactly_one_win() {
         .sum();
     assert_eq!(runs, BRANCHES as usize, "one phase two per branch");
 }
+
+mod common;
+
+fn resource_on<S: paytrace::tcc::FenceStore>(
+    store: Arc<common::fence::Stalling<S>>,
+) -> (paytrace::tcc::TccResource, paytrace::ServiceTelemetry) {
+    let svc =
+        paytrace::ServiceTelemetry::with_metrics("inventory", "1.0.0", &paytrace::Metrics::new());
+    (svc.tcc("inventory", store), svc)
+}
+
+/// The cancellation rules (`paytrace::tcc`, "Holding a branch") in memory:
+/// a call dropped at any await point of `run` leaves the effect done once
+/// and never answered "done" before it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_dropped_at_any_await_point_leaves_the_branch_as_it_was() {
+    let store = Arc::new(common::fence::Stalling::new(MemoryFence::new(
+        1000,
+        Duration::from_secs(600),
+    )));
+    let (resource, svc) = resource_on(store.clone());
+    common::fence::dropped_at_every_await_point(&resource, &store, "memory").await;
+    let cancelled = phase_total(&svc, "cancelled");
+    // Dropped while the handler ran (three points) or before the store held
+    // the branch (one), per phase.
+    assert!(
+        cancelled >= 3.0 * 3.0,
+        "cancelled calls counted: {cancelled}"
+    );
+}
+
+/// A second call for a branch whose handler runs is told to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_for_a_held_branch_is_busy() {
+    let store = Arc::new(common::fence::Stalling::new(MemoryFence::new(
+        1000,
+        Duration::from_secs(600),
+    )));
+    let (resource, svc) = resource_on(store);
+    common::fence::a_held_branch_is_busy(&resource, "memory").await;
+    assert_eq!(phase_total(&svc, "busy"), 3.0);
+}
+
+/// `paytrace_tcc_phase_total` of the resource, every phase, with `outcome`.
+fn phase_total(svc: &paytrace::ServiceTelemetry, outcome: &str) -> f64 {
+    let text = svc.metrics().render();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("paytrace_tcc_phase_total{")
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

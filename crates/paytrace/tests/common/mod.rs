@@ -156,3 +156,5 @@ pub fn attribute(span: &SpanData, key: &str) -> Option<String> {
         .find(|kv| kv.key.as_str() == key)
         .map(|kv| kv.value.to_string())
 }
+
+pub mod fence;
