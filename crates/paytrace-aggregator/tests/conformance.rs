@@ -384,8 +384,12 @@ async fn assert_slowest_are_whole_paths(aggregator: &Aggregator) {
         durations.windows(2).all(|w| w[0] >= w[1]),
         "slowest first: {durations:?}"
     );
-    // A millisecond clock moves each span's start by up to 1 ms.
-    const CLOCK: f64 = 0.0015;
+    // A millisecond clock moves each span's start back by up to 1 ms, a
+    // child's and its parent's each: a child can overflow its parent by
+    // about 2 ms, and the part outside is clipped (docs/critical-path.md).
+    // Seen: a JS SDK inventory.try 2.1 ms past its handler, 57.7 ms of its
+    // 59.8 ms on the path.
+    const CLOCK: f64 = 0.003;
     for instance in slow {
         let total = seconds(&instance["duration_seconds"]);
         let stages: Vec<(&str, f64)> = instance["stages"]

@@ -113,7 +113,7 @@ pub async fn serve_aggregator(
 /// what to do rather than halfway with an I/O error.
 ///
 /// ```
-/// paytrace_testkit::require("sh", "apt-get install dash");
+/// paytrace_testkit::require("rustc", "rustup (https://rustup.rs)");
 /// ```
 ///
 /// ```should_panic

@@ -56,17 +56,8 @@ impl Participant {
             Some(pool) => Some(pool.acquire_timeout(Duration::from_millis(500)).await?),
             None => None,
         };
-        let (jitter, slow) = {
-            let mut rng = rand::rng();
-            (rng.random_range(0.5..1.5), rng.random_bool(0.2))
-        };
+        let jitter = rand::rng().random_range(0.5..1.5);
         tokio::time::sleep(self.hold().mul_f64(jitter)).await;
-        let slow_confirms =
-            self.resource == "inventory" && self.chaos.has(Fault::ConfirmNetworkFailure);
-        if phase == Phase::Confirm && slow_confirms && slow {
-            // The network eats the answer: the coordinator times out at 1 s.
-            tokio::time::sleep(Duration::from_millis(1_500)).await;
-        }
         match (&self.stock, phase) {
             (Some(stock), Phase::Try) => {
                 if !stock.reserve(call.sku, &call.xid, 1).await? {
@@ -109,6 +100,16 @@ impl Participant {
                 .map(BranchOutcome::Ran)
                 .map_err(BranchError::Handler)
         };
+        let lost_answer = phase == Phase::Confirm
+            && self.resource == "inventory"
+            && self.chaos.has(Fault::ConfirmNetworkFailure)
+            && rand::rng().random_bool(0.2);
+        if lost_answer {
+            // The Confirm is done and recorded; the network eats its
+            // answer: the coordinator times out at 1 s and retries, and the
+            // retry is a duplicate Confirm.
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+        }
         match result {
             Ok(_) => StatusCode::OK,
             Err(BranchError::Rejected(_)) | Err(BranchError::Handler(TccError::Insufficient)) => {
