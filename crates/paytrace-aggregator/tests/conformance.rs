@@ -336,13 +336,18 @@ fn assert_sequential(b: &Value, name: &str, design: f64) {
     );
 }
 
-/// The callback's wait: the 100 ms the channel waited before calling back.
+/// The callback's wait: the 100 ms the channel waited before calling back,
+/// as seen from two other processes. The payment service reading the
+/// answer late shortens it, the callback arriving late lengthens it, each by
+/// a few milliseconds on a loaded machine; 85 to 125 ms holds on one three
+/// times slower, and tells the wait from a missing one (0), one that took
+/// in the callback's own 30 ms (130) or the channel's 50 ms answer (150).
 fn assert_wait(b: &Value) {
     let wait = stage(b, "async:channel.callback");
     assert_eq!(wait["count"], b["traces"], "{wait}");
     let mean = seconds(&wait["critical_path"]["mean"]);
     assert!(
-        (0.0985..=0.125).contains(&mean),
+        (0.085..=0.125).contains(&mean),
         "the callback's wait is designed 100 ms: {mean} s"
     );
 }
@@ -413,8 +418,17 @@ async fn assert_slowest_are_whole_paths(aggregator: &Aggregator) {
                 .find(|(s, _)| *s == name)
                 .map_or(0.0, |(_, v)| *v)
         };
+        // The wait runs from the payment service's receipt of the channel's
+        // answer to the callback's arrival: the channel's 100 ms timer sits
+        // between two other processes' events, each late by however busy
+        // the machine is (seen: 92.5 ms when the answer was read 7.5 ms
+        // late). On the path, and well over the stages around it.
+        let wait = of("async:channel.callback");
+        assert!(
+            (0.070..=total).contains(&wait),
+            "the callback's wait on the path: {instance}"
+        );
         for (name, design) in [
-            ("async:channel.callback", 0.100),
             ("order.create", 0.040),
             ("inventory.try", 0.060),
             ("channel.request", 0.050),
