@@ -44,7 +44,8 @@ for round in $(seq 1 "$rounds"); do
         >>"$log_dir/round-$round.log" 2>&1 ||
         echo "    LEFTOVER processes after round $round" | tee -a "$log_dir/leftovers.log"
     grep -E '^ +(PASS|FAIL|TIMEOUT|SIGSEGV|SIGABRT|ABORT) ' "$log_dir/round-$round.log" |
-        sed -E 's/^ +([A-Z]+) +\[[^]]*\]( +\([^)]*\))? +/\1 /' >"$log_dir/round-$round.results" || true
+        sed -E 's/^ +([A-Z]+) +\[[^]]*\]( +\([^)]*\))? +/\1 /' |
+        sort -u >"$log_dir/round-$round.results" || true  # a failure is listed twice
     passed=$(grep -c '^PASS ' "$log_dir/round-$round.results" || true)
     total=$(wc -l <"$log_dir/round-$round.results")
     echo "    $passed of $total passed"

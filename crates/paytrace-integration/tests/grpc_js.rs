@@ -9,43 +9,17 @@
 #[path = "../../paytrace/tests/common/mod.rs"]
 mod common;
 
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::grpc::{labels, serve};
 use common::{attribute, capture, value};
 use opentelemetry::trace::{SpanKind, TraceId};
 use paytrace::ServiceTelemetry;
-use paytrace_semconv::{attr, label, metric};
+use paytrace_semconv::{attr, metric};
 use paytrace_testkit::Process;
-use tonic::transport::Server;
-use tonic_health::ServingStatus;
 
 const CHECK: &str = "grpc.health.v1.Health/Check";
-
-/// A tonic server with the health service (`shop.v1.Inventory` serving)
-/// behind `svc`'s gRPC layer.
-async fn serve(svc: &ServiceTelemetry) -> SocketAddr {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("shop.v1.Inventory", ServingStatus::Serving)
-        .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("an address");
-    let router = Server::builder()
-        .layer(svc.grpc_layer())
-        .add_service(health);
-    tokio::spawn(async move {
-        // Keeps the reporter (and so the status) alive with the server.
-        let _reporter = reporter;
-        router
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
-    addr
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_from_the_js_sdk_continues_its_trace() {
@@ -103,12 +77,7 @@ async fn a_call_from_the_js_sdk_continues_its_trace() {
         attribute(server, attr::RPC_RESPONSE_STATUS_CODE).as_deref(),
         Some("OK")
     );
-    let ok = [
-        (label::SERVICE_NAME, "grpc-inventory-js"),
-        (label::RPC_SYSTEM_NAME, "grpc"),
-        (label::RPC_METHOD, CHECK),
-        (label::RPC_RESPONSE_STATUS_CODE, "OK"),
-    ];
+    let ok = labels("grpc-inventory-js", CHECK, "OK");
     let calls =
         paytrace_testkit::eventually("the call is measured", Duration::from_secs(10), || {
             value(metrics, metric::RPC_SERVER_CALL_DURATION_SECONDS, &ok)

@@ -7,18 +7,14 @@
 
 mod common;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use common::grpc::{channel, labels, serve};
 use common::{attribute, capture, value};
 use opentelemetry::trace::{SpanKind, TraceContextExt, TraceId};
 use paytrace::{Flow, ServiceTelemetry};
 use paytrace_semconv::{attr, label, metric};
 use tokio_stream::StreamExt;
-use tonic::server::NamedService;
-use tonic::transport::{Channel, Endpoint, Server};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
@@ -27,112 +23,14 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 const CHECK: &str = "grpc.health.v1.Health/Check";
 
-/// A tonic server with the health service (`shop.v1.Inventory` serving),
-/// [`Slow`] and [`Staged`], behind `svc`'s gRPC layer.
-async fn serve(svc: &ServiceTelemetry) -> SocketAddr {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("shop.v1.Inventory", ServingStatus::Serving)
-        .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("an address");
-    let router = Server::builder()
-        .layer(svc.grpc_layer())
-        .add_service(health)
-        .add_service(Slow)
-        .add_service(Staged(svc.clone()));
-    tokio::spawn(async move {
-        // Keeps the reporter (and so the statuses) alive with the server.
-        let _reporter = reporter;
-        router
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
-    addr
-}
-
-/// A channel to `addr` behind `svc`'s gRPC client layer.
-fn channel(svc: &ServiceTelemetry, addr: SocketAddr) -> paytrace::grpc::GrpcClientService<Channel> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a URI")
-        .connect_lazy();
-    tower::Layer::layer(&svc.grpc_client_layer(&addr.to_string()), channel)
-}
-
-/// A service that answers after five seconds, whatever is asked.
-#[derive(Clone)]
-struct Slow;
-
-impl NamedService for Slow {
-    const NAME: &'static str = "shop.v1.Slow";
-}
-
-impl tower::Service<http::Request<tonic::body::Body>> for Slow {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
-    >;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(async {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            Ok(tonic::Status::unavailable("too late").into_http())
-        })
-    }
-}
-
-/// A service whose handler runs the stage `inventory.try`, then answers
-/// `ABORTED` (a refused phase), whatever is asked.
-#[derive(Clone)]
-struct Staged(ServiceTelemetry);
-
-impl NamedService for Staged {
-    const NAME: &'static str = "shop.v1.Staged";
-}
-
-impl tower::Service<http::Request<tonic::body::Body>> for Staged {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
-    >;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
-        let svc = self.0.clone();
-        Box::pin(async move {
-            let _ = svc
-                .stage("inventory.try")
-                .run(async { Ok::<_, std::io::Error>(()) })
-                .await;
-            Ok(tonic::Status::aborted("refused").into_http())
-        })
-    }
-}
-
-fn labels<'a>(service: &'a str, method: &'a str, status: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        (label::SERVICE_NAME, service),
-        (label::RPC_SYSTEM_NAME, "grpc"),
-        (label::RPC_METHOD, method),
-        (label::RPC_RESPONSE_STATUS_CODE, status),
-    ]
-}
-
 /// Polls until the family `name` has a series with `labels`, or panics
 /// after 10 s; its value (a histogram's count).
 async fn eventually(name: &str, labels: &[(&str, &str)]) -> f64 {
-    until(name, labels, |_| value(&capture().metrics, name, labels)).await
+    // A series exists at 0 for a moment before its first observation.
+    until(name, labels, |_| {
+        value(&capture().metrics, name, labels).filter(|v| *v > 0.0)
+    })
+    .await
 }
 
 /// The sum of the histogram `name`'s series with `labels`, once it has one.
@@ -154,6 +52,8 @@ async fn eventually_sum(name: &str, labels: &[(&str, &str)]) -> f64 {
                             .any(|p| p.name() == *k && p.value() == *v)
                     })
             })
+            // Observed at least once: created, it is 0 for a moment.
+            .filter(|m| m.get_histogram().get_sample_count() > 0)
             .map(|m| m.get_histogram().get_sample_sum())
     })
     .await
@@ -410,14 +310,34 @@ async fn deadlines_and_unreachable_servers_are_named_by_their_codes() {
         eventually(metric::RPC_CLIENT_CALL_DURATION_SECONDS, &client_labels).await,
         1.0
     );
-    let server_labels = labels("grpc-inventory-4", wait, "DEADLINE_EXCEEDED");
-    assert_eq!(
-        eventually(metric::RPC_SERVER_CALL_DURATION_SECONDS, &server_labels).await,
-        1.0
-    );
+    // The server learnt the deadline when the request arrived, a moment
+    // after the client set it: its own timer (DEADLINE_EXCEEDED) and the
+    // client's cancellation at the client's deadline (CANCELLED, its
+    // deadline not yet passed) race, and the machine's load picks the
+    // winner. Either way the call is recorded once.
+    let server = |status| labels("grpc-inventory-4", wait, status);
+    let ended = paytrace_testkit::eventually(
+        "the server records the call",
+        Duration::from_secs(10),
+        || {
+            let metrics = &capture().metrics;
+            let count = |status| {
+                value(
+                    metrics,
+                    metric::RPC_SERVER_CALL_DURATION_SECONDS,
+                    &server(status),
+                )
+                .unwrap_or(0.0)
+            };
+            let ended = count("DEADLINE_EXCEEDED") + count("CANCELLED");
+            (ended > 0.0).then_some(ended)
+        },
+    )
+    .await;
+    assert_eq!(ended, 1.0);
 
     // Nobody listens: UNAVAILABLE.
-    let closed: SocketAddr = format!("127.0.0.1:{}", paytrace_testkit::free_port())
+    let closed: std::net::SocketAddr = format!("127.0.0.1:{}", paytrace_testkit::free_port())
         .parse()
         .expect("an address");
     let status = HealthClient::new(channel(&order, closed))

@@ -107,7 +107,13 @@ impl Participant {
         if lost_answer {
             // The Confirm is done and recorded; the network eats its
             // answer: the coordinator times out at 1 s and retries, and the
-            // retry is a duplicate Confirm.
+            // retry is a duplicate Confirm. The worker answering into the
+            // dead connection keeps its database connection meanwhile (with
+            // pool-exhausted, the pool then times acquisitions out).
+            let _conn = match &self.pool {
+                Some(pool) => pool.acquire_timeout(Duration::from_millis(500)).await.ok(),
+                None => None,
+            };
             tokio::time::sleep(Duration::from_millis(1_500)).await;
         }
         match result {

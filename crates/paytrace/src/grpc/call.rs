@@ -163,6 +163,16 @@ impl Call {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        // tonic ends a call whose deadline passed as CANCELLED ("Timeout
+        // expired"), on whichever side's timer fires first; the gRPC status
+        // table says DEADLINE_EXCEEDED. Which side wins depends on the
+        // machine's load, so a passed deadline is named the same either way.
+        let (code, error_type) =
+            if code == u32::from(CANCELLED) && self.deadline.is_some_and(|d| Instant::now() >= d) {
+                (u32::from(DEADLINE_EXCEEDED), Some("timeout"))
+            } else {
+                (code, error_type)
+            };
         let elapsed = self.start.elapsed().as_secs_f64();
         let status = grpc_status::name(code);
         let families = self.service.families();

@@ -158,3 +158,4 @@ pub fn attribute(span: &SpanData, key: &str) -> Option<String> {
 }
 
 pub mod fence;
+pub mod grpc;
