@@ -320,26 +320,19 @@ fn channel_down_fails_only_that_channels_requests() {
     let result = rt.block_on(async {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !client
-            .get("http://127.0.0.1:7750/healthz")
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            assert!(Instant::now() < deadline, "the gateway never came up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // Every service is up once the demo prints its URLs; the gateway is
-        // the last to matter and the first checked. Give the rest a moment
-        // by checking payment too.
-        while !client
-            .get("http://127.0.0.1:7753/healthz")
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            assert!(Instant::now() < deadline, "payment never came up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        // All nine services answer before the first checkout: on a busy
+        // machine the gateway can be up while order or inventory still
+        // starts, and every checkout would fail.
+        for port in 7750..7759 {
+            while !client
+                .get(format!("http://127.0.0.1:{port}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                assert!(Instant::now() < deadline, "port {port} never came up");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         let mut ok = std::collections::HashMap::new();
         for method in ["alipay", "wechat_pay", "card"] {
