@@ -781,14 +781,7 @@ impl TccResource {
                 if let Err(e) = finished {
                     tracing::warn!(error = %e, "the TCC fence could not record the handler's result");
                 }
-                self.count_phase(
-                    phase,
-                    if result.is_ok() {
-                        outcome::OK
-                    } else {
-                        outcome::ERROR
-                    },
-                );
+                self.count_phase(phase, ran_outcome(result.is_ok()));
                 result.map(BranchOutcome::Ran).map_err(BranchError::Handler)
             }
         }
@@ -835,15 +828,19 @@ impl Drop for Held<'_> {
         let r = self.resource;
         r.fence
             .abandon(self.branch, self.phase, self.run, self.handler_succeeded);
-        use paytrace_semconv::tcc_phase_outcome as outcome;
-        r.count_phase(
-            self.phase,
-            match self.handler_succeeded {
-                None => outcome::CANCELLED,
-                Some(true) => outcome::OK,
-                Some(false) => outcome::ERROR,
-            },
-        );
+        let outcome = self
+            .handler_succeeded
+            .map_or(paytrace_semconv::tcc_phase_outcome::CANCELLED, ran_outcome);
+        r.count_phase(self.phase, outcome);
+    }
+}
+
+/// The phase outcome of a handler that ran: `ok` or `error`.
+fn ran_outcome(succeeded: bool) -> &'static str {
+    if succeeded {
+        paytrace_semconv::tcc_phase_outcome::OK
+    } else {
+        paytrace_semconv::tcc_phase_outcome::ERROR
     }
 }
 
