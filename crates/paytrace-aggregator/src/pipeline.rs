@@ -46,7 +46,8 @@ use crate::assembler::{Assembler, AssemblerLimits};
 use crate::breakdown::{Breakdown, Groups};
 use crate::decode::Decoded;
 use crate::flows::{FinishedFlow, FlowBuffer, FlowSettings};
-use crate::tcc::{GlobalAnomaly, Observed, TccSettings, TccTracker, Unfinished};
+pub use crate::tcc::{GlobalAnomaly, Unfinished};
+use crate::tcc::{Observed, TccSettings, TccTracker};
 
 /// How spans reached the aggregator: the `protocol` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -93,17 +93,30 @@ struct TccReport {
     /// What the fence would have prevented at participants without it
     /// (`/api/v1/tcc/shadow`), by resource and kind.
     shadow: Vec<paytrace_aggregator::pipeline::AnomalyCount>,
+    /// The most recent anomalies (at most [`RECENT_ANOMALIES`]), newest
+    /// first: which branch, of which service, in which traces.
+    recent: Vec<paytrace_aggregator::pipeline::GlobalAnomaly>,
 }
 
-/// What changed in checkout: the minutes since `chaos_at` (at least one,
-/// at most 30) against those before it in the hour; without it, the last
-/// 5 minutes.
+/// How many of the aggregator's recent TCC anomalies the report lists.
+const RECENT_ANOMALIES: usize = 20;
+
+/// What changed in checkout: the minutes from the one `chaos_at` falls in
+/// to now (at least one, at most 30) against those before it in the hour;
+/// without it, the last 5 minutes.
+///
+/// The window starts at the minute of the chaos, never after it: the
+/// baseline ends before the faults began, so that the infrastructure read
+/// at its end (`infra::add_infrastructure`) is the state before them. (The
+/// minutes *since* the chaos, rounded up, started the window up to a
+/// minute late whenever now's second was earlier in its minute than the
+/// chaos' was, and the "before" reading then saw the leaked pool.)
 fn checkout_changes(pipeline: &Pipeline, chaos_at: Option<SystemTime>) -> Changes {
     let now = Now::current();
     let window_minutes = match chaos_at {
         Some(at) => {
-            let since = now.wall.duration_since(at).unwrap_or_default().as_secs();
-            since.div_ceil(60).clamp(1, 30)
+            let chaos_minute = Now::at(now.instant, at).minute();
+            (now.minute().saturating_sub(chaos_minute) + 1).clamp(1, 30)
         }
         None => 5,
     };
@@ -127,6 +140,7 @@ fn tcc_report(pipeline: &Pipeline) -> TccReport {
         anomalies,
         unfinished: pipeline.tcc_unfinished(usize::MAX, Now::current()).len(),
         shadow: pipeline.tcc_shadow_counts(),
+        recent: pipeline.tcc_anomalies(None, None, RECENT_ANOMALIES),
     }
 }
 

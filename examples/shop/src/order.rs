@@ -1,7 +1,10 @@
 //! The order service: creates the order and coordinates TCC. Try runs on
 //! inventory, coupon, points and payment in parallel; any failure cancels
-//! every branch. Confirm runs when the payment is confirmed, with a timeout
-//! and bounded retries per branch.
+//! every branch. Confirm runs when the payment is confirmed. Phase two is
+//! retried as a TCC coordinator must (Seata's and DTM's retry it until it
+//! takes): an attempt that timed out, failed or found the branch busy is
+//! tried again with backoff, for up to [`SECOND_PHASE_BUDGET`]; one the
+//! participant refused is not (the branch went the other way).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +50,27 @@ struct Order {
     cancelled_late: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
+/// How long the coordinator keeps retrying a branch's Confirm or Cancel
+/// before it gives up and leaves the branch frozen (the aggregator's
+/// `frozen` names it). A real coordinator never gives up; the demo's run
+/// ends. Long enough that a machine stalled for seconds delays phase two
+/// rather than abandoning it.
+pub const SECOND_PHASE_BUDGET: Duration = Duration::from_secs(20);
+
+/// The longest pause between two attempts of phase two.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How a participant answered one attempt of a phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// Done (or already done: the fence skipped a repeat).
+    Done,
+    /// Refused for good: no stock, or the fence rejected the phase.
+    Refused,
+    /// Failed, timed out, or busy: worth another attempt.
+    Failed,
+}
+
 const PARTICIPANTS: [Role; 4] = [Role::Inventory, Role::Coupon, Role::Points, Role::Payment];
 const SECOND_PHASE: [Role; 3] = [Role::Inventory, Role::Coupon, Role::Points];
 
@@ -62,17 +86,21 @@ fn call(order_id: &str, role: Role, channel: &str) -> TccCall {
 }
 
 impl Order {
-    async fn phase(&self, role: Role, phase: &str, body: &TccCall, timeout: Duration) -> bool {
+    async fn phase(&self, role: Role, phase: &str, body: &TccCall, timeout: Duration) -> Answer {
         if role == Role::Inventory {
             return self.inventory_phase(phase, body, timeout).await;
         }
         let url = format!("{}/tcc/{phase}", self.plan.url(role));
         let request = self.http.inner().post(&url).json(body).timeout(timeout);
-        matches!(self.http.send(request).await, Ok(r) if r.status().is_success())
+        match self.http.send(request).await {
+            Ok(r) if r.status().is_success() => Answer::Done,
+            Ok(r) if r.status() == StatusCode::CONFLICT => Answer::Refused,
+            _ => Answer::Failed,
+        }
     }
 
     /// A phase of inventory's branch, over gRPC with `timeout` as its deadline.
-    async fn inventory_phase(&self, phase: &str, body: &TccCall, timeout: Duration) -> bool {
+    async fn inventory_phase(&self, phase: &str, body: &TccCall, timeout: Duration) -> Answer {
         let mut request = tonic::Request::new(BranchCall {
             xid: body.xid.clone(),
             branch_id: body.branch_id.clone(),
@@ -87,7 +115,11 @@ impl Order {
             "confirm" => client.confirm(request).await,
             _ => client.cancel(request).await,
         };
-        answer.is_ok()
+        match answer {
+            Ok(_) => Answer::Done,
+            Err(status) if status.code() == tonic::Code::Aborted => Answer::Refused,
+            Err(_) => Answer::Failed,
+        }
     }
 
     /// Runs phase two as the stage `order.confirm` or `order.cancel`, whose
@@ -102,21 +134,38 @@ impl Order {
         fan_out.instrument(guard.span().clone()).await
     }
 
-    /// A second-phase call with up to three attempts.
+    /// A second-phase call, each attempt with a 1 s deadline, retried
+    /// with backoff (50 ms doubling, at most [`MAX_BACKOFF`]) until it is
+    /// done, refused, or [`SECOND_PHASE_BUDGET`] has passed.
     async fn second_phase(&self, role: Role, phase: Phase, body: &TccCall) -> bool {
-        for attempt in 0..3u32 {
-            if attempt > 0 {
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        let mut attempts = 0u32;
+        loop {
+            if attempts > 0 {
                 self.svc.count_tcc_retry(role.name(), phase);
             }
-            if self
+            attempts += 1;
+            match self
                 .phase(role, phase.as_str(), body, Duration::from_secs(1))
                 .await
             {
-                return true;
+                Answer::Done => return true,
+                Answer::Refused => return false,
+                Answer::Failed if started.elapsed() + backoff >= SECOND_PHASE_BUDGET => {
+                    tracing::warn!(
+                        resource = role.name(),
+                        phase = phase.as_str(),
+                        attempts,
+                        "gave up on phase two: the branch stays frozen"
+                    );
+                    return false;
+                }
+                Answer::Failed => {}
             }
-            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        false
     }
 }
 
@@ -141,13 +190,14 @@ async fn create(
         // The coordinator gave up on inventory's Try before it arrived and
         // cancelled it: the Cancel overtakes the Try.
         let body = call(&req.order_id, Role::Inventory, &req.payment_channel);
-        o.phase(Role::Inventory, "cancel", &body, Duration::from_secs(1))
+        let _ = o
+            .phase(Role::Inventory, "cancel", &body, Duration::from_secs(1))
             .await;
     }
     let tries = PARTICIPANTS.map(|role| {
         let body = call(&req.order_id, role, &req.payment_channel);
         let o = o.clone();
-        async move { o.phase(role, "try", &body, Duration::from_secs(6)).await }
+        async move { o.phase(role, "try", &body, Duration::from_secs(6)).await == Answer::Done }
     });
     let [a, b, c, d] = tries;
     let (a, b, c, d) = tokio::join!(a, b, c, d);
@@ -190,7 +240,8 @@ async fn paid(State(o): State<Order>, Path(order_id): Path<String>) -> StatusCod
             .with_label_values(&["cancel_after_confirm"])
             .inc();
         let body = call(&order_id, Role::Inventory, "");
-        o.phase(Role::Inventory, "cancel", &body, Duration::from_secs(1))
+        let _ = o
+            .phase(Role::Inventory, "cancel", &body, Duration::from_secs(1))
             .await;
     }
     if a && b && c {

@@ -122,10 +122,21 @@ fn a_slowed_channel_is_named_first_and_a_clean_run_raises_nothing() {
                 && s["labels"]["resource"] == "inventory_db"
                 && (s["signal"] == "pool_wait_p99" || s["signal"] == "pool_utilisation")
         });
-    assert!(
-        pool.is_some(),
-        "no pool signal next to inventory's phases: {inventory:#?}"
-    );
+    if pool.is_none() {
+        // What Prometheus held for the pool, to tell a reading at the wrong
+        // moment from a series that was never scraped.
+        let at = |t: &Value| t.as_f64().unwrap_or_default();
+        let (before, now) = (
+            at(&changes["baseline"]["to_unix_seconds"]),
+            at(&changes["current"]["to_unix_seconds"]),
+        );
+        let held = pool_readings(port, before, now);
+        panic!(
+            "no pool signal next to inventory's phases: {inventory:#?}\n\
+             window {:#}\nPrometheus' inventory pool: {held:#}",
+            changes["current"]
+        );
+    }
     // The channel is a third party: nothing of the payment service moved.
     assert_eq!(first["infrastructure"], Value::Array(vec![]), "{first:#}");
 
@@ -142,4 +153,40 @@ fn a_slowed_channel_is_named_first_and_a_clean_run_raises_nothing() {
         "a false alarm: {nothing:#}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Inventory's pool utilisation and wait p99 at the Prometheus on `port`,
+/// at `before` and at `now` (clipped to the wall clock).
+fn pool_readings(port: u16, before: f64, now: f64) -> Value {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut out = serde_json::Map::new();
+        for (name, promql) in [
+            (
+                "utilisation",
+                r#"paytrace_resource_in_use{service_name="inventory"} / paytrace_resource_capacity{service_name="inventory"}"#,
+            ),
+            (
+                "wait_p99",
+                r#"histogram_quantile(0.99, sum by (le) (rate(paytrace_resource_wait_seconds_bucket{service_name="inventory"}[5m])))"#,
+            ),
+        ] {
+            for (when, t) in [("before", before), ("now", now.min(wall))] {
+                let path = format!(
+                    "query?query={}&time={t:.3}",
+                    monitoring::url_encoded(promql)
+                );
+                let data = monitoring::prometheus_api(&client, port, &path).await;
+                out.insert(format!("{name} {when} ({t:.0})"), data["result"].clone());
+            }
+        }
+        Value::Object(out)
+    })
 }

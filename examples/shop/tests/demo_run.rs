@@ -127,7 +127,11 @@ fn a_short_demo_run_reports_a_stitched_checkout() {
     assert_eq!(global.len(), 10, "{global:?}");
     for (kind, count) in global {
         if !kind.starts_with("duplicate_") {
-            assert_eq!(count, 0, "{kind} without a fault: {global:?}");
+            assert_eq!(
+                count, 0,
+                "{kind} without a fault: {global:?}; the most recent: {:#}",
+                doc["tcc"]["recent"]
+            );
         }
     }
     assert_eq!(doc["tcc"]["unfinished"], 0);
