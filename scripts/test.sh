@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of paytrace: formatting, clippy, unit and
 # integration tests (against real HTTP servers, real OTLP receivers, real
-# redis-server, real Prometheus/promtool, Alertmanager/amtool and node
+# redis-server, PostgreSQL and MariaDB, real Prometheus/promtool, Alertmanager/amtool and node
 # exporter, headless Chromium), and doc tests.
 #
 # On a fresh Debian machine it installs the system packages the suite needs
@@ -10,9 +10,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_updated=0
+# has TOOL: whether TOOL is on PATH, or (a path with a glob) exists.
+has() {
+    case $1 in
+        /*) compgen -G "$1" >/dev/null ;;
+        *) command -v "$1" >/dev/null 2>&1 ;;
+    esac
+}
 need() {
     local tool=$1 package=$2
-    if command -v "$tool" >/dev/null 2>&1; then
+    if has "$tool"; then
         return
     fi
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -22,8 +29,13 @@ need() {
             apt_updated=1
         fi
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
+        # The tests start their own database servers on private ports:
+        # the one the package may have started only takes memory.
+        case $package in
+            postgresql | mariadb-server) service "${package%-server}" stop >/dev/null 2>&1 || true ;;
+        esac
     fi
-    if ! command -v "$tool" >/dev/null 2>&1; then
+    if ! has "$tool"; then
         echo "error: $tool is required by the tests; install it with: sudo apt-get install $package" >&2
         exit 1
     fi
@@ -32,6 +44,10 @@ need() {
 need promtool prometheus
 need prometheus prometheus
 need redis-server redis-server
+# The SQL fence's tests start PostgreSQL and MariaDB servers of their own.
+need '/usr/lib/postgresql/*/bin/postgres' postgresql
+need mariadbd mariadb-server
+need mariadb-install-db mariadb-server
 need amtool prometheus-alertmanager
 need prometheus-alertmanager prometheus-alertmanager
 need prometheus-node-exporter prometheus-node-exporter

@@ -97,6 +97,55 @@ impl BranchState {
     pub fn is_finished(self) -> bool {
         !matches!(self, Self::Tried)
     }
+
+    /// The state's name where a store keeps it (a fence's Redis hash, its
+    /// SQL table's `state` column).
+    ///
+    /// ```
+    /// use paytrace_tcc::BranchState;
+    /// assert_eq!(BranchState::RolledBackEmpty.as_str(), "rolled_back_empty");
+    /// assert_eq!("tried".parse::<BranchState>(), Ok(BranchState::Tried));
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tried => "tried",
+            Self::Confirmed => "confirmed",
+            Self::Cancelled => "cancelled",
+            Self::RolledBackEmpty => "rolled_back_empty",
+        }
+    }
+}
+
+/// A value that names no branch state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownState(pub String);
+
+impl std::fmt::Display for UnknownState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} is not tried, confirmed, cancelled or rolled_back_empty",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownState {}
+
+impl std::str::FromStr for BranchState {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            Self::Tried,
+            Self::Confirmed,
+            Self::Cancelled,
+            Self::RolledBackEmpty,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+        .ok_or_else(|| UnknownState(s.to_owned()))
+    }
 }
 
 /// A TCC anomaly: a phase that arrived where the protocol does not expect it.

@@ -7,14 +7,18 @@
 //! - [`Process`]: a program a test starts, killed with its children when
 //!   the test ends, passed or failed.
 //! - [`RedisServer`]: a throwaway `redis-server` on a free loopback port.
+//! - [`PostgresServer`], [`MariaDbServer`]: throwaway database servers, each
+//!   with a data directory of its own.
 //! - [`post_otlp_json`]: an OTLP/HTTP JSON request, as an SDK sends it.
 //! - [`free_port`]: a loopback port nobody listens on.
 //! - [`scrape_value`]: one sample of a `/metrics` page.
 //! - [`checkout::CheckoutFlow`]: a checkout's traces as a shop exports them.
 
 pub mod checkout;
+mod databases;
 mod process;
 
+pub use databases::{MariaDbServer, PostgresServer};
 pub use process::Process;
 
 use std::net::SocketAddr;

@@ -85,6 +85,12 @@ mod sync;
 pub mod tcc;
 #[cfg(feature = "redis")]
 mod tcc_redis;
+#[cfg(any(
+    feature = "sqlx-postgres",
+    feature = "sqlx-mysql",
+    feature = "sqlx-sqlite"
+))]
+mod tcc_sql;
 mod telemetry;
 
 pub use cardinality::LabelLimits;

@@ -55,6 +55,12 @@ use crate::cardinality::OTHER;
 
 #[cfg(feature = "redis")]
 pub use crate::tcc_redis::RedisFence;
+#[cfg(any(
+    feature = "sqlx-postgres",
+    feature = "sqlx-mysql",
+    feature = "sqlx-sqlite"
+))]
+pub use crate::tcc_sql::{DEFAULT_TABLE, FenceDatabase, MAX_ID_LEN, SqlFence};
 
 pub use paytrace_tcc::{Anomaly, BranchState, Decision, Phase, decide};
 
@@ -97,6 +103,10 @@ pub enum FenceError {
     /// passed). Answer "retry later"; the retry decides afresh.
     #[error("another call holds this branch for its {}: retry later", .0.as_str())]
     Busy(Phase),
+    /// The call or the fence's settings cannot be stored as given (an id
+    /// longer than the store's column, a table name that is not one).
+    #[error("the TCC fence cannot take this: {0}")]
+    Invalid(String),
 }
 
 /// Identifies one call of [`TccResource::run`] to its fence store, so that
@@ -599,9 +609,134 @@ pub enum BranchError<E> {
 /// ```
 #[derive(Clone, Debug)]
 pub struct TccResource {
-    service: crate::ServiceTelemetry,
-    resource: String,
+    meter: Meter,
     fence: std::sync::Arc<dyn FenceStore>,
+}
+
+/// The metrics and span events of one TCC resource of a service, whatever
+/// its fence keeps records in.
+#[derive(Clone, Debug)]
+pub(crate) struct Meter {
+    service: crate::ServiceTelemetry,
+    /// The resource's name as given (a SQL fence's `resource` column).
+    name: String,
+    /// Its `resource` label: the name, or `other` past the cardinality cap.
+    label: String,
+}
+
+impl Meter {
+    /// Admits `resource`'s label and makes every series of it exist at
+    /// zero, so that `increase()` sees the first anomaly.
+    pub(crate) fn new(service: crate::ServiceTelemetry, resource: &str) -> Self {
+        let f = service.families();
+        let label = f
+            .admit(service.name(), |g| &g.resource, resource)
+            .unwrap_or(OTHER)
+            .to_owned();
+        for kind in paytrace_semconv::tcc::ANOMALY_KINDS {
+            f.tcc_anomalies
+                .with_label_values(&[service.name(), label.as_str(), kind]);
+        }
+        for phase in [Phase::Try, Phase::Confirm, Phase::Cancel] {
+            for outcome in paytrace_semconv::tcc_phase_outcome::ALL {
+                f.tcc_phases.with_label_values(&[
+                    service.name(),
+                    label.as_str(),
+                    phase.as_str(),
+                    outcome,
+                ]);
+            }
+        }
+        Self {
+            service,
+            name: resource.to_owned(),
+            label,
+        }
+    }
+
+    /// The resource's name as given.
+    pub(crate) fn resource(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads `pending` (tried branches, the oldest's age) into
+    /// `paytrace_tcc_pending` at every scrape, while it answers `Some`.
+    pub(crate) fn sample_pending(
+        &self,
+        pending: impl Fn() -> Option<(usize, Duration)> + Send + Sync + 'static,
+    ) {
+        self.service
+            .families()
+            .sampled
+            .add(Box::new(PendingSampler {
+                service: self.service.name().to_owned(),
+                resource: self.label.clone(),
+                pending: Box::new(pending),
+            }));
+    }
+
+    pub(crate) fn stage(
+        &self,
+        name: impl Into<std::borrow::Cow<'static, str>>,
+        phase: Phase,
+        branch: &BranchKey,
+    ) -> crate::Stage {
+        self.service.stage(name).tcc(branch, &self.label, phase)
+    }
+
+    /// Counts the decision's anomaly and records the decision as a span
+    /// event (`tcc.fence`) on the current span.
+    pub(crate) fn note_decision(&self, phase: Phase, decision: Decision) {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let anomaly = match decision {
+            Decision::Skip(a) => a,
+            Decision::Reject(a) => Some(a),
+            Decision::Run => None,
+        };
+        if let Some(a) = anomaly {
+            self.service
+                .families()
+                .tcc_anomalies
+                .with_label_values(&[self.service.name(), self.label.as_str(), a.as_str()])
+                .inc();
+        }
+        let decision_name = match decision {
+            Decision::Run => "run",
+            Decision::Skip(_) => "skip",
+            Decision::Reject(_) => "reject",
+        };
+        let mut attributes = vec![
+            opentelemetry::KeyValue::new(paytrace_semconv::attr::TCC_PHASE, phase.as_str()),
+            opentelemetry::KeyValue::new(paytrace_semconv::attr::TCC_RESOURCE, self.label.clone()),
+            opentelemetry::KeyValue::new(paytrace_semconv::attr::TCC_FENCE_DECISION, decision_name),
+        ];
+        if let Some(a) = anomaly {
+            attributes.push(opentelemetry::KeyValue::new(
+                paytrace_semconv::attr::TCC_FENCE_ANOMALY,
+                a.as_str(),
+            ));
+        }
+        tracing::Span::current().add_event(paytrace_semconv::attr::TCC_FENCE_EVENT, attributes);
+    }
+
+    /// Counts one call of `phase` with `outcome`.
+    pub(crate) fn count_phase(&self, phase: Phase, outcome: &str) {
+        self.service
+            .families()
+            .tcc_phases
+            .with_label_values(&[
+                self.service.name(),
+                self.label.as_str(),
+                phase.as_str(),
+                outcome,
+            ])
+            .inc();
+    }
+
+    /// Counts one retry of `phase` by this service.
+    pub(crate) fn retried(&self, phase: Phase) {
+        self.service.count_tcc_retry(&self.label, phase);
+    }
 }
 
 impl TccResource {
@@ -610,37 +745,10 @@ impl TccResource {
         resource: &str,
         fence: std::sync::Arc<dyn FenceStore>,
     ) -> Self {
-        let f = service.families();
-        let resource = f
-            .admit(service.name(), |g| &g.resource, resource)
-            .unwrap_or(OTHER)
-            .to_owned();
-        // Every series of the resource exists from the start at zero, so
-        // that `increase()` sees the first anomaly.
-        for kind in paytrace_semconv::tcc::ANOMALY_KINDS {
-            f.tcc_anomalies
-                .with_label_values(&[service.name(), resource.as_str(), kind]);
-        }
-        for phase in [Phase::Try, Phase::Confirm, Phase::Cancel] {
-            for outcome in paytrace_semconv::tcc_phase_outcome::ALL {
-                f.tcc_phases.with_label_values(&[
-                    service.name(),
-                    resource.as_str(),
-                    phase.as_str(),
-                    outcome,
-                ]);
-            }
-        }
-        service.families().sampled.add(Box::new(PendingSampler {
-            service: service.name().to_owned(),
-            resource: resource.clone(),
-            fence: std::sync::Arc::downgrade(&fence),
-        }));
-        Self {
-            service,
-            resource,
-            fence,
-        }
+        let meter = Meter::new(service, resource);
+        let weak = std::sync::Arc::downgrade(&fence);
+        meter.sample_pending(move || weak.upgrade().map(|f| f.pending_now()));
+        Self { meter, fence }
     }
 
     /// The stage of `phase` of `branch` on this resource, named `name`,
@@ -661,7 +769,7 @@ impl TccResource {
         phase: Phase,
         branch: &BranchKey,
     ) -> crate::Stage {
-        self.service.stage(name).tcc(branch, &self.resource, phase)
+        self.meter.stage(name, phase, branch)
     }
 
     /// Runs `phase` of `branch` through the fence: `handler` runs only when
@@ -706,7 +814,6 @@ impl TccResource {
         Fut: std::future::Future<Output = Result<T, E>>,
     {
         use paytrace_semconv::tcc_phase_outcome as outcome;
-        use tracing_opentelemetry::OpenTelemetrySpanExt;
         // Armed before `begin`: a shared store may take the hold and this
         // future be dropped before the answer arrives.
         let mut held = Held {
@@ -722,7 +829,7 @@ impl TccResource {
             Err(e) => {
                 held.armed = false;
                 if matches!(e, FenceError::Busy(_)) {
-                    self.count_phase(phase, outcome::BUSY);
+                    self.meter.count_phase(phase, outcome::BUSY);
                 }
                 return Err(e.into());
             }
@@ -730,44 +837,14 @@ impl TccResource {
         if decision != Decision::Run {
             held.armed = false;
         }
-        let anomaly = match decision {
-            Decision::Skip(a) => a,
-            Decision::Reject(a) => Some(a),
-            Decision::Run => None,
-        };
-        let f = self.service.families();
-        if let Some(a) = anomaly {
-            f.tcc_anomalies
-                .with_label_values(&[self.service.name(), self.resource.as_str(), a.as_str()])
-                .inc();
-        }
-        let decision_name = match decision {
-            Decision::Run => "run",
-            Decision::Skip(_) => "skip",
-            Decision::Reject(_) => "reject",
-        };
-        let mut attributes = vec![
-            opentelemetry::KeyValue::new(paytrace_semconv::attr::TCC_PHASE, phase.as_str()),
-            opentelemetry::KeyValue::new(
-                paytrace_semconv::attr::TCC_RESOURCE,
-                self.resource.clone(),
-            ),
-            opentelemetry::KeyValue::new(paytrace_semconv::attr::TCC_FENCE_DECISION, decision_name),
-        ];
-        if let Some(a) = anomaly {
-            attributes.push(opentelemetry::KeyValue::new(
-                paytrace_semconv::attr::TCC_FENCE_ANOMALY,
-                a.as_str(),
-            ));
-        }
-        tracing::Span::current().add_event(paytrace_semconv::attr::TCC_FENCE_EVENT, attributes);
+        self.meter.note_decision(phase, decision);
         match decision {
             Decision::Skip(a) => {
-                self.count_phase(phase, outcome::SKIPPED);
+                self.meter.count_phase(phase, outcome::SKIPPED);
                 Ok(BranchOutcome::Skipped(a))
             }
             Decision::Reject(a) => {
-                self.count_phase(phase, outcome::REJECTED);
+                self.meter.count_phase(phase, outcome::REJECTED);
                 Err(BranchError::Rejected(a))
             }
             Decision::Run => {
@@ -781,29 +858,15 @@ impl TccResource {
                 if let Err(e) = finished {
                     tracing::warn!(error = %e, "the TCC fence could not record the handler's result");
                 }
-                self.count_phase(phase, ran_outcome(result.is_ok()));
+                self.meter.count_phase(phase, ran_outcome(result.is_ok()));
                 result.map(BranchOutcome::Ran).map_err(BranchError::Handler)
             }
         }
     }
 
-    /// Counts one call of `phase` on this resource with `outcome`.
-    fn count_phase(&self, phase: Phase, outcome: &str) {
-        self.service
-            .families()
-            .tcc_phases
-            .with_label_values(&[
-                self.service.name(),
-                self.resource.as_str(),
-                phase.as_str(),
-                outcome,
-            ])
-            .inc();
-    }
-
     /// Counts one retry of `phase` on this resource by this service.
     pub fn retried(&self, phase: Phase) {
-        self.service.count_tcc_retry(&self.resource, phase);
+        self.meter.retried(phase);
     }
 }
 
@@ -831,7 +894,7 @@ impl Drop for Held<'_> {
         let outcome = self
             .handler_succeeded
             .map_or(paytrace_semconv::tcc_phase_outcome::CANCELLED, ran_outcome);
-        r.count_phase(self.phase, outcome);
+        r.meter.count_phase(self.phase, outcome);
     }
 }
 
@@ -851,6 +914,18 @@ impl crate::ServiceTelemetry {
     /// [`TccResource`] for an example.
     pub fn tcc(&self, resource: &str, fence: std::sync::Arc<dyn FenceStore>) -> TccResource {
         TccResource::new(self.clone(), resource, fence)
+    }
+
+    /// A TCC resource of this service whose fence is a row in its own
+    /// database, committed with the business update (features
+    /// `sqlx-postgres`, `sqlx-mysql`, `sqlx-sqlite`); see [`SqlFence`].
+    #[cfg(any(
+        feature = "sqlx-postgres",
+        feature = "sqlx-mysql",
+        feature = "sqlx-sqlite"
+    ))]
+    pub fn tcc_sql(&self, resource: &str) -> SqlFence {
+        SqlFence::new(Meter::new(self.clone(), resource))
     }
 
     /// Counts one retry of `phase` on `resource` by this service acting as
@@ -878,15 +953,15 @@ impl crate::ServiceTelemetry {
 struct PendingSampler {
     service: String,
     resource: String,
-    fence: std::sync::Weak<dyn FenceStore>,
+    /// Tried branches and the oldest's age; `None` once the fence is gone.
+    pending: Box<dyn Fn() -> Option<(usize, Duration)> + Send + Sync>,
 }
 
 impl crate::metrics::Sampler for PendingSampler {
     fn sample(&self, gauges: &crate::metrics::SampledGauges) -> bool {
-        let Some(fence) = self.fence.upgrade() else {
+        let Some((count, oldest)) = (self.pending)() else {
             return false;
         };
-        let (count, oldest) = fence.pending_now();
         let labels = [self.service.as_str(), self.resource.as_str()];
         gauges
             .tcc_pending

@@ -107,23 +107,11 @@ return {1, p[1], p[2]}
 ";
 
 fn encode(state: Option<BranchState>) -> &'static str {
-    match state {
-        None => "",
-        Some(BranchState::Tried) => "tried",
-        Some(BranchState::Confirmed) => "confirmed",
-        Some(BranchState::Cancelled) => "cancelled",
-        Some(BranchState::RolledBackEmpty) => "rolled_back_empty",
-    }
+    state.map_or("", BranchState::as_str)
 }
 
 fn parse(state: &str) -> Option<BranchState> {
-    match state {
-        "tried" => Some(BranchState::Tried),
-        "confirmed" => Some(BranchState::Confirmed),
-        "cancelled" => Some(BranchState::Cancelled),
-        "rolled_back_empty" => Some(BranchState::RolledBackEmpty),
-        _ => None,
-    }
+    state.parse().ok()
 }
 
 fn now_ms() -> u64 {
