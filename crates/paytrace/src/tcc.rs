@@ -619,6 +619,14 @@ pub struct TccResource {
 pub(crate) struct Meter {
     service: crate::ServiceTelemetry,
     /// The resource's name as given (a SQL fence's `resource` column).
+    #[cfg_attr(
+        not(any(
+            feature = "sqlx-postgres",
+            feature = "sqlx-mysql",
+            feature = "sqlx-sqlite"
+        )),
+        allow(dead_code)
+    )]
     name: String,
     /// Its `resource` label: the name, or `other` past the cardinality cap.
     label: String,
@@ -655,6 +663,14 @@ impl Meter {
     }
 
     /// The resource's name as given.
+    #[cfg_attr(
+        not(any(
+            feature = "sqlx-postgres",
+            feature = "sqlx-mysql",
+            feature = "sqlx-sqlite"
+        )),
+        allow(dead_code)
+    )]
     pub(crate) fn resource(&self) -> &str {
         &self.name
     }
