@@ -3,62 +3,20 @@
 //! and MariaDB (`apt-get install mariadb-server`), each server started
 //! here on a private port and data directory.
 //!
-//! The participant is a stock ledger: `stock` (on hand, reserved) and one
-//! `reservations` row per branch (`reserved`, `sold`, `released`). Every
-//! test ends by checking that the ledger and the fence's rows agree:
-//! - a branch whose fence row is `tried` has a `reserved` reservation,
-//!   `confirmed` a `sold` one, `cancelled` a `released` one, and a branch
-//!   `rolled_back_empty` or without a row has none;
-//! - `stock.reserved` counts the `reserved` rows and `stock.on_hand` fell
-//!   by the `sold` ones.
+//! The participant is `paytrace_integration::ledger`, a stock ledger; every
+//! test ends by checking that the ledger and the fence's rows agree (its
+//! `consistency`).
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::task::Poll;
 
-use paytrace::tcc::{Anomaly, BranchError, BranchKey, BranchOutcome, Decision, FenceError, Phase};
+use paytrace::tcc::{Anomaly, BranchError, BranchOutcome, Decision, FenceError, Phase};
 use paytrace::tcc::{BranchState, decide};
+use paytrace_integration::ledger::{Answer, LedgerError, branch};
 
 /// Units of stock the ledger starts with.
 const ON_HAND: i64 = 1_000;
-
-/// Why a ledger handler failed.
-#[derive(Debug)]
-enum LedgerError {
-    Db(sqlx::Error),
-    /// No stock left to reserve.
-    Insufficient,
-    /// Phase two found no reservation in the state it needs.
-    NoReservation,
-    /// A handler told to fail after its writes.
-    Injected,
-}
-
-impl std::fmt::Display for LedgerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Db(e) => write!(f, "the ledger's database failed: {e}"),
-            Self::Insufficient => f.write_str("no stock left"),
-            Self::NoReservation => f.write_str("no reservation in the state phase two needs"),
-            Self::Injected => f.write_str("the test made the handler fail"),
-        }
-    }
-}
-
-impl std::error::Error for LedgerError {}
-
-impl From<sqlx::Error> for LedgerError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Db(e)
-    }
-}
-
-fn branch(xid: &str) -> BranchKey {
-    BranchKey {
-        xid: xid.to_owned(),
-        branch_id: "inventory".to_owned(),
-    }
-}
 
 /// Polls `fut` until it has been pending `n` times, then drops it; its
 /// output if it finished first. Sweeping `n` from 0 drops the call at each
@@ -138,34 +96,13 @@ fn as_decision<T, E: std::fmt::Debug>(r: &Result<BranchOutcome<T>, BranchError<E
 
 /// The suite, for one database: `$db` the sqlx database, `$start` an
 /// expression giving `(guard, url)` (the guard keeps the server running),
-/// `$numbered` whether parameters are `$1` (PostgreSQL) rather than `?`,
+/// `$ledger` the ledger's module for it,
 /// `$waits` the fewest await points a call must have been dropped at.
 macro_rules! sql_fence_suite {
-    ($name:ident, $db:ty, $numbered:expr, $waits:expr, $start:expr) => {
+    ($name:ident, $ledger:ident, $waits:expr, $start:expr) => {
         mod $name {
             use super::*;
-
-            type Db = $db;
-            type Pool = sqlx::Pool<Db>;
-            type Conn = <Db as sqlx::Database>::Connection;
-
-            /// `sql` with its `?` parameters numbered when the database wants it.
-            fn q(sql: &str) -> sqlx::AssertSqlSafe<String> {
-                if !$numbered {
-                    return sqlx::AssertSqlSafe(sql.to_owned());
-                }
-                let mut out = String::new();
-                let mut n = 0;
-                for c in sql.chars() {
-                    if c == '?' {
-                        n += 1;
-                        out.push_str(&format!("${n}"));
-                    } else {
-                        out.push(c);
-                    }
-                }
-                sqlx::AssertSqlSafe(out)
-            }
+            use paytrace_integration::ledger::$ledger::{Db, Pool, business, fence_state as state_of, q};
 
             struct Ledger {
                 _server: Box<dyn std::any::Any + Send>,
@@ -183,23 +120,7 @@ macro_rules! sql_fence_suite {
                     &paytrace::Metrics::new(),
                 );
                 let fence = svc.tcc_sql("inventory");
-                fence.create_table(&pool).await.expect("the fence's table");
-                for ddl in [
-                    "CREATE TABLE stock (sku INTEGER PRIMARY KEY, on_hand BIGINT NOT NULL, reserved BIGINT NOT NULL)",
-                    "CREATE TABLE reservations (xid VARCHAR(128) NOT NULL, branch_id VARCHAR(128) NOT NULL, \
-                     state VARCHAR(16) NOT NULL, PRIMARY KEY (xid, branch_id))",
-                    "CREATE TABLE notes (n INTEGER NOT NULL)",
-                ] {
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-                        .execute(&pool)
-                        .await
-                        .expect("the ledger's tables");
-                }
-                sqlx::query(q("INSERT INTO stock (sku, on_hand, reserved) VALUES (1, ?, 0)"))
-                    .bind(ON_HAND)
-                    .execute(&pool)
-                    .await
-                    .expect("the stock row");
+                paytrace_integration::ledger::$ledger::create(&pool, &fence, ON_HAND).await;
                 Ledger {
                     _server: server,
                     pool,
@@ -213,78 +134,17 @@ macro_rules! sql_fence_suite {
             }
 
             async fn connect_with(url: &str, connections: u32) -> Pool {
-                sqlx::pool::PoolOptions::<Db>::new()
-                    .max_connections(connections)
-                    .connect(url)
-                    .await
-                    .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"))
+                paytrace_integration::ledger::$ledger::connect(url, connections).await
             }
 
-            /// The business side of `phase` for `key`, in the fence's transaction;
-            /// `fail` makes it fail after its writes.
-            async fn business(
-                tx: &mut Conn,
-                phase: Phase,
-                key: &BranchKey,
-                fail: bool,
-            ) -> Result<(), LedgerError> {
-                match phase {
-                    Phase::Try => {
-                        let reserved = sqlx::query(q(
-                            "UPDATE stock SET reserved = reserved + 1 WHERE sku = 1 AND on_hand - reserved >= 1",
-                        ))
-                        .execute(&mut *tx)
-                        .await?;
-                        if reserved.rows_affected() != 1 {
-                            return Err(LedgerError::Insufficient);
-                        }
-                        sqlx::query(q(
-                            "INSERT INTO reservations (xid, branch_id, state) VALUES (?, ?, 'reserved')",
-                        ))
-                        .bind(&key.xid)
-                        .bind(&key.branch_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    Phase::Confirm | Phase::Cancel => {
-                        let (to, stock) = if phase == Phase::Confirm {
-                            ("sold", "UPDATE stock SET on_hand = on_hand - 1, reserved = reserved - 1 WHERE sku = 1")
-                        } else {
-                            ("released", "UPDATE stock SET reserved = reserved - 1 WHERE sku = 1")
-                        };
-                        let moved = sqlx::query(q(
-                            "UPDATE reservations SET state = ? WHERE xid = ? AND branch_id = ? AND state = 'reserved'",
-                        ))
-                        .bind(to)
-                        .bind(&key.xid)
-                        .bind(&key.branch_id)
-                        .execute(&mut *tx)
-                        .await?;
-                        if moved.rows_affected() != 1 {
-                            return Err(LedgerError::NoReservation);
-                        }
-                        sqlx::query(q(stock)).execute(&mut *tx).await?;
-                    }
-                }
-                if fail {
-                    return Err(LedgerError::Injected);
-                }
-                Ok(())
-            }
 
-            type Answer = Result<BranchOutcome<()>, BranchError<LedgerError>>;
-
-            async fn call(l: &Ledger, pool: &Pool, phase: Phase, key: &BranchKey, fail: bool) -> Answer {
-                l.fence
-                    .run(pool, phase, key, async |tx: &mut sqlx::Transaction<'_, Db>| {
-                        business(tx, phase, key, fail).await
-                    })
-                    .await
+            async fn call(l: &Ledger, pool: &Pool, phase: Phase, key: &paytrace::tcc::BranchKey, fail: bool) -> Answer {
+                paytrace_integration::ledger::$ledger::call(&l.fence, pool, phase, key, fail).await
             }
 
             /// Calls until the database lets the call through (a deadlock or lock
             /// timeout answers Busy: the coordinator retries).
-            async fn call_until_decided(l: &Ledger, pool: &Pool, phase: Phase, key: &BranchKey) -> Answer {
+            async fn call_until_decided(l: &Ledger, pool: &Pool, phase: Phase, key: &paytrace::tcc::BranchKey) -> Answer {
                 for _ in 0..50 {
                     match call(l, pool, phase, key, false).await {
                         Err(BranchError::Fence(FenceError::Busy(_))) => {
@@ -296,64 +156,15 @@ macro_rules! sql_fence_suite {
                 panic!("{phase:?} of {key:?} stayed busy for 50 attempts");
             }
 
-            async fn fence_state(l: &Ledger, key: &BranchKey) -> Option<BranchState> {
-                let s: Option<String> = sqlx::query_scalar(q(
-                    "SELECT state FROM paytrace_tcc_fence WHERE xid = ? AND branch_id = ?",
-                ))
-                .bind(&key.xid)
-                .bind(&key.branch_id)
-                .fetch_optional(&l.pool)
-                .await
-                .expect("the fence row");
-                s.map(|s| s.parse().expect("a state the fence writes"))
+            async fn fence_state(l: &Ledger, key: &paytrace::tcc::BranchKey) -> Option<BranchState> {
+                state_of(&l.pool, key).await
             }
 
-            /// The ledger and the fence agree (the module's invariants); returns
-            /// the reservations by state.
+            /// The ledger and the fence agree; the reservations by state.
             async fn assert_consistent(l: &Ledger) -> std::collections::BTreeMap<String, i64> {
-                let fence: Vec<(String, String, String)> =
-                    sqlx::query_as(q("SELECT xid, branch_id, state FROM paytrace_tcc_fence"))
-                        .fetch_all(&l.pool)
-                        .await
-                        .expect("fence rows");
-                let reservations: Vec<(String, String, String)> =
-                    sqlx::query_as(q("SELECT xid, branch_id, state FROM reservations"))
-                        .fetch_all(&l.pool)
-                        .await
-                        .expect("reservations");
-                let fence: std::collections::BTreeMap<_, _> =
-                    fence.into_iter().map(|(x, b, s)| ((x, b), s)).collect();
-                let booked: std::collections::BTreeMap<_, _> =
-                    reservations.into_iter().map(|(x, b, s)| ((x, b), s)).collect();
-                for (key, state) in &fence {
-                    let expected = match state.as_str() {
-                        "tried" => Some("reserved"),
-                        "confirmed" => Some("sold"),
-                        "cancelled" => Some("released"),
-                        _ => None,
-                    };
-                    assert_eq!(
-                        booked.get(key).map(String::as_str),
-                        expected,
-                        "{key:?}: the fence says {state}"
-                    );
-                }
-                for key in booked.keys() {
-                    assert!(fence.contains_key(key), "{key:?} booked without a fence row");
-                }
-                let mut by_state = std::collections::BTreeMap::new();
-                for s in booked.values() {
-                    *by_state.entry(s.clone()).or_insert(0) += 1;
-                }
-                let (on_hand, reserved): (i64, i64) =
-                    sqlx::query_as(q("SELECT on_hand, reserved FROM stock WHERE sku = 1"))
-                        .fetch_one(&l.pool)
-                        .await
-                        .expect("the stock row");
-                let count = |s: &str| by_state.get(s).copied().unwrap_or(0);
-                assert_eq!(reserved, count("reserved"), "{by_state:?}");
-                assert_eq!(on_hand, ON_HAND - count("sold"), "{by_state:?}");
-                by_state
+                paytrace_integration::ledger::$ledger::consistency(&l.pool, ON_HAND)
+                    .await
+                    .unwrap_or_else(|e| panic!("the ledger and the fence disagree: {e}"))
             }
 
             /// The phases that bring a new branch to `state`.
@@ -540,6 +351,70 @@ macro_rules! sql_fence_suite {
                 assert_eq!(n("sold") + n("released"), 40, "{by_state:?}");
             }
 
+            /// A participant process under a load of Try, Confirm and Cancel
+            /// (repeats, reorderings, concurrent calls for one branch; see
+            /// `fence_load`) killed with SIGKILL twenty times at different
+            /// moments, then the coordinator's decisions carried out: every
+            /// branch's ledger rows and fence row agree, and the stock's
+            /// counters match the reservations (none lost, none made twice).
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_participant_killed_under_load_leaves_the_ledger_and_the_fence_agreeing() {
+                use std::io::BufRead;
+                const XIDS: u32 = 200;
+                const ROUNDS: usize = 20;
+                let l = ledger().await;
+                let mut progress = 0;
+                for round in 0..ROUNDS {
+                    let mut participant = paytrace_testkit::Process::spawn(
+                        std::process::Command::new(env!("CARGO_BIN_EXE_fence_load"))
+                            .args([l.url.as_str(), &round.to_string(), &XIDS.to_string()])
+                            .stdout(std::process::Stdio::piped()),
+                        "cargo build -p paytrace-integration",
+                    );
+                    let stdout = participant.child().stdout.take().expect("piped stdout");
+                    // A different moment each round: after 1 to 5 reports of
+                    // ten calls from any of its four workers, and 0 to 5 ms
+                    // into whatever calls are running then.
+                    let wanted = 1 + (round * 3) % 5;
+                    let (read, pipe) = tokio::task::spawn_blocking(move || {
+                        let mut lines = std::io::BufReader::new(stdout).lines();
+                        let read = lines.by_ref().take(wanted).map_while(Result::ok).count();
+                        // Kept open until the kill: a closed pipe would stop
+                        // the workers before it.
+                        (read, lines)
+                    })
+                    .await
+                    .expect("joined");
+                    assert_eq!(read, wanted, "the participant stopped before it was killed");
+                    progress += read;
+                    let into = std::time::Duration::from_micros((round as u64 * 1_700) % 5_000);
+                    tokio::time::sleep(into).await;
+                    drop(participant); // SIGKILL to its group, mid-load
+                    drop(pipe);
+                }
+                // The coordinator carries out its decisions: an even
+                // transaction commits, an odd one rolls back.
+                let mut finished = 0;
+                for i in 0..XIDS {
+                    let key = branch(&format!("ord_{i}"));
+                    if fence_state(&l, &key).await != Some(BranchState::Tried) {
+                        continue;
+                    }
+                    let decision = if i % 2 == 0 { Phase::Confirm } else { Phase::Cancel };
+                    let answer = call_until_decided(&l, &l.pool, decision, &key).await;
+                    assert!(matches!(answer, Ok(BranchOutcome::Ran(()))), "{key:?}: {answer:?}");
+                    finished += 1;
+                }
+                let by_state = assert_consistent(&l).await;
+                assert_eq!(by_state.get("reserved"), None, "{by_state:?}");
+                let n = |s: &str| by_state.get(s).copied().unwrap_or(0);
+                assert!(n("sold") + n("released") > 0, "{by_state:?}");
+                eprintln!(
+                    "{ROUNDS} kills after {progress} reports of 10 calls; {finished} tried branches finished \
+                     after; reservations {by_state:?}"
+                );
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn the_cleaner_deletes_only_old_finished_rows_in_batches() {
                 let l = ledger().await;
@@ -575,7 +450,7 @@ macro_rules! sql_fence_suite {
 
 // SQLite's statements run on sqlx's worker thread, which may have answered
 // before the call polls: fewer waits are sure than over a network.
-sql_fence_suite!(sqlite, sqlx::Sqlite, false, 3, {
+sql_fence_suite!(sqlite, sqlite, 3, {
     let dir = paytrace_testkit::temp_file("sql-fence-dir", "");
     let path = dir.with_file_name(format!("ledger-{}.db", paytrace_testkit::free_port()));
     let url = format!("sqlite://{}?mode=rwc", path.display());
@@ -585,14 +460,14 @@ sql_fence_suite!(sqlite, sqlx::Sqlite, false, 3, {
 
 // Over the slow link, the begin, the fence's statements, the handler's two
 // and the commit each wait.
-sql_fence_suite!(postgres, sqlx::Postgres, true, 5, {
+sql_fence_suite!(postgres, postgres, 5, {
     let server = paytrace_testkit::PostgresServer::start().await;
     let url = server.url().to_owned();
     let guard: Box<dyn std::any::Any + Send> = Box::new(server);
     (guard, url)
 });
 
-sql_fence_suite!(mariadb, sqlx::MySql, false, 5, {
+sql_fence_suite!(mariadb, mysql, 5, {
     let server = paytrace_testkit::MariaDbServer::start().await;
     let url = server.url().to_owned();
     let guard: Box<dyn std::any::Any + Send> = Box::new(server);
