@@ -1,10 +1,14 @@
 //! What the TCC fence costs: one decision in memory and in Redis over
 //! loopback, and its share of a whole Try call (HTTP over loopback into a
-//! participant with the paytrace layer and a stage), in one run.
+//! participant with the paytrace layer and a stage), in one run; and the SQL
+//! fence against the same business transaction without it (a reservation:
+//! a conditional stock update and a row), on SQLite and PostgreSQL.
 //!
 //! `cargo bench -p paytrace-bench --bench fence`. The Redis figures need a
 //! redis-server at `PAYTRACE_BENCH_REDIS` (default `redis://127.0.0.1:6379/`;
 //! `apt-get install redis-server`); without one they are left out, said so.
+//! The PostgreSQL figures start a server of their own (`apt-get install
+//! postgresql`); without one they are left out, said so.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,5 +147,77 @@ fn fence(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fence);
+/// Units of stock: more than any run reserves.
+const STOCK: i64 = 1_000_000_000;
+
+/// One Try of the ledger: in `fence`'s transaction, or in a bare one of the
+/// same shape (SQLite's `BEGIN IMMEDIATE` too), both committed.
+macro_rules! sql_rows {
+    ($group:expr, $rt:expr, $db:ident, $pool:expr, $fence:expr, $begin:expr) => {{
+        use paytrace_integration::ledger::$db as ledger;
+        let (pool, fence) = ($pool, $fence);
+        $group.bench_function(concat!("sql_try/", stringify!($db), "/bare"), |b| {
+            b.to_async(&$rt).iter(|| async {
+                let key = fresh_key();
+                let mut conn = pool.acquire().await.expect("a connection");
+                let mut tx = match $begin {
+                    Some(statement) => sqlx::Connection::begin_with(&mut *conn, statement).await,
+                    None => sqlx::Connection::begin(&mut *conn).await,
+                }
+                .expect("begins");
+                ledger::business(&mut tx, Phase::Try, &key, false)
+                    .await
+                    .expect("reserves");
+                tx.commit().await.expect("commits");
+            });
+        });
+        $group.bench_function(concat!("sql_try/", stringify!($db), "/fenced"), |b| {
+            b.to_async(&$rt).iter(|| async {
+                let key = fresh_key();
+                let answer = ledger::call(&fence, &pool, Phase::Try, &key, false).await;
+                assert!(answer.is_ok(), "{answer:?}");
+            });
+        });
+    }};
+}
+
+fn sql_fence(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let svc = paytrace::ServiceTelemetry::with_metrics("inventory", "1.0.0", install_tracing());
+    let mut group = c.benchmark_group("fence");
+
+    let file = std::env::temp_dir().join(format!("paytrace-bench-{}.db", std::process::id()));
+    let url = format!("sqlite://{}?mode=rwc", file.display());
+    let (pool, fence) = rt.block_on(async {
+        let pool = paytrace_integration::ledger::sqlite::connect(&url, 4).await;
+        let fence = svc.tcc_sql("inventory");
+        paytrace_integration::ledger::sqlite::create(&pool, &fence, STOCK).await;
+        (pool, fence)
+    });
+    sql_rows!(group, rt, sqlite, pool, fence, Some("BEGIN IMMEDIATE"));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+
+    if std::path::Path::new("/usr/lib/postgresql").exists() {
+        let (server, pool, fence) = rt.block_on(async {
+            let server = paytrace_testkit::PostgresServer::start().await;
+            let pool = paytrace_integration::ledger::postgres::connect(server.url(), 4).await;
+            let fence = svc.tcc_sql("inventory");
+            paytrace_integration::ledger::postgres::create(&pool, &fence, STOCK).await;
+            (server, pool, fence)
+        });
+        sql_rows!(group, rt, postgres, pool, fence, None::<&'static str>);
+        drop(server);
+    } else {
+        eprintln!("no PostgreSQL (apt-get install postgresql): its figures left out");
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fence, sql_fence);
 criterion_main!(benches);
