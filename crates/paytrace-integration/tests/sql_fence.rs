@@ -415,6 +415,68 @@ macro_rules! sql_fence_suite {
                 );
             }
 
+            /// The pool's USE comes from sqlx itself: capacity and connections
+            /// checked out at each scrape, the fence's waits for a connection,
+            /// and an acquisition that timed out counted, its call refused
+            /// with nothing committed.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_pools_use_is_read_from_sqlx_and_a_timed_out_acquisition_is_counted() {
+                use paytrace_testkit::sample_value;
+                let l = ledger().await;
+                let metrics = paytrace::Metrics::new();
+                let svc = paytrace::ServiceTelemetry::with_metrics("inventory", "1.0.0", &metrics);
+                let pool = sqlx::pool::PoolOptions::<Db>::new()
+                    .max_connections(2)
+                    .acquire_timeout(std::time::Duration::from_millis(300))
+                    .connect(&l.url)
+                    .await
+                    .expect("a pool of two");
+                let fence = svc
+                    .tcc_sql("inventory")
+                    .pool_metrics(svc.sqlx_pool("inventory_db", &pool));
+                let series = |name: &str| format!(r#"{name}{{resource="inventory_db",service_name="inventory"}}"#);
+                let held = [pool.acquire().await.expect("one"), pool.acquire().await.expect("two")];
+                let text = metrics.render();
+                assert_eq!(sample_value(&text, &series("paytrace_resource_capacity")), 2.0, "{text}");
+                assert_eq!(sample_value(&text, &series("paytrace_resource_in_use")), 2.0, "{text}");
+
+                let key = branch("pool-timeout");
+                let starved = l_call(&fence, &pool, Phase::Try, &key).await;
+                assert!(
+                    matches!(starved, Err(BranchError::Fence(FenceError::Store(_)))),
+                    "{starved:?}"
+                );
+                let timeouts = r#"paytrace_resource_errors_total{kind="timeout",resource="inventory_db",service_name="inventory"}"#;
+                assert_eq!(sample_value(&metrics.render(), timeouts), 1.0);
+                assert_eq!(fence_state(&l, &key).await, None, "nothing committed");
+
+                drop(held);
+                let answer = l_call(&fence, &pool, Phase::Try, &key).await;
+                assert!(matches!(answer, Ok(BranchOutcome::Ran(()))), "{answer:?}");
+                let text = metrics.render();
+                assert_eq!(
+                    sample_value(&text, &series("paytrace_resource_wait_seconds_count")),
+                    1.0,
+                    "the one acquisition that got a connection: {text}"
+                );
+                // sqlx hands a connection back to the pool on a task of its own.
+                paytrace_testkit::eventually(
+                    "both connections back in the pool",
+                    std::time::Duration::from_secs(10),
+                    || (sample_value(&metrics.render(), &series("paytrace_resource_in_use")) == 0.0).then_some(()),
+                )
+                .await;
+            }
+
+            async fn l_call(
+                fence: &paytrace::tcc::SqlFence,
+                pool: &Pool,
+                phase: Phase,
+                key: &paytrace::tcc::BranchKey,
+            ) -> Answer {
+                paytrace_integration::ledger::$ledger::call(fence, pool, phase, key, false).await
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn the_cleaner_deletes_only_old_finished_rows_in_batches() {
                 let l = ledger().await;

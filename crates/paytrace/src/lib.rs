@@ -80,6 +80,12 @@ mod resource;
 mod sampling;
 mod server;
 mod service;
+#[cfg(any(
+    feature = "sqlx-postgres",
+    feature = "sqlx-mysql",
+    feature = "sqlx-sqlite"
+))]
+mod sqlx_pool;
 mod stage;
 mod sync;
 pub mod tcc;

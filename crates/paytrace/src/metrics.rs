@@ -43,8 +43,6 @@ pub(crate) struct Families {
     pub(crate) rpc_client_duration: HistogramVec,
     pub(crate) stage_duration: HistogramVec,
     pub(crate) stage_active: IntGaugeVec,
-    pub(crate) resource_in_use: IntGaugeVec,
-    pub(crate) resource_capacity: IntGaugeVec,
     pub(crate) resource_wait: HistogramVec,
     pub(crate) resource_errors: IntCounterVec,
     pub(crate) queue_depth: IntGaugeVec,
@@ -189,16 +187,6 @@ impl Families {
                 "Business stages in progress.",
                 &[SERVICE_NAME, label::FLOW, label::STAGE],
             )?,
-            resource_in_use: int_gauge(
-                metric::RESOURCE_IN_USE,
-                "Units of a pooled resource in use (utilisation = in_use / capacity).",
-                &[SERVICE_NAME, label::RESOURCE],
-            )?,
-            resource_capacity: int_gauge(
-                metric::RESOURCE_CAPACITY,
-                "Units of a pooled resource in total.",
-                &[SERVICE_NAME, label::RESOURCE],
-            )?,
             resource_wait: histogram(
                 metric::RESOURCE_WAIT_SECONDS,
                 "Time spent waiting to acquire a unit of a pooled resource (saturation).",
@@ -271,8 +259,6 @@ impl Families {
         r.register(Box::new(self.rpc_client_duration.clone()))?;
         r.register(Box::new(self.stage_duration.clone()))?;
         r.register(Box::new(self.stage_active.clone()))?;
-        r.register(Box::new(self.resource_in_use.clone()))?;
-        r.register(Box::new(self.resource_capacity.clone()))?;
         r.register(Box::new(self.resource_wait.clone()))?;
         r.register(Box::new(self.resource_errors.clone()))?;
         r.register(Box::new(self.queue_depth.clone()))?;
@@ -418,8 +404,13 @@ pub(crate) trait Sampler: Send + Sync {
     fn sample(&self, gauges: &SampledGauges) -> bool;
 }
 
-/// Gauges set at scrape time by registered [`Sampler`]s.
+/// Gauges set at scrape time by registered [`Sampler`]s, collected after
+/// the samplers ran (a gauge a sampler sets in another collector could be
+/// gathered before it, one scrape late). A pool's gauges live here too: an
+/// sqlx pool's are set by a sampler.
 pub(crate) struct SampledGauges {
+    pub(crate) resource_in_use: IntGaugeVec,
+    pub(crate) resource_capacity: IntGaugeVec,
     pub(crate) queue_oldest_age: GaugeVec,
     pub(crate) tcc_pending: IntGaugeVec,
     pub(crate) tcc_pending_oldest: GaugeVec,
@@ -439,6 +430,16 @@ impl std::fmt::Debug for SampledGauges {
 impl SampledGauges {
     fn new() -> prometheus::Result<Self> {
         Ok(Self {
+            resource_in_use: int_gauge(
+                metric::RESOURCE_IN_USE,
+                "Units of a pooled resource in use (utilisation = in_use / capacity).",
+                &[SERVICE_NAME, label::RESOURCE],
+            )?,
+            resource_capacity: int_gauge(
+                metric::RESOURCE_CAPACITY,
+                "Units of a pooled resource in total.",
+                &[SERVICE_NAME, label::RESOURCE],
+            )?,
             tcc_pending: int_gauge(
                 metric::TCC_BRANCHES_PENDING,
                 "TCC branches tried and waiting for Confirm or Cancel: frozen resources.",
@@ -489,8 +490,10 @@ impl SampledGauges {
         crate::sync::lock(&self.samplers).push(sampler);
     }
 
-    fn collectors(&self) -> [&dyn Collector; 7] {
+    fn collectors(&self) -> [&dyn Collector; 9] {
         [
+            &self.resource_in_use,
+            &self.resource_capacity,
             &self.tcc_pending,
             &self.tcc_pending_oldest,
             &self.queue_oldest_age,

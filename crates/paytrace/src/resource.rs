@@ -53,8 +53,8 @@ impl ResourceMetrics {
             .to_owned();
         let labels = [service.name(), resource.as_str()];
         Self {
-            in_use: f.resource_in_use.with_label_values(&labels),
-            capacity: f.resource_capacity.with_label_values(&labels),
+            in_use: f.sampled.resource_in_use.with_label_values(&labels),
+            capacity: f.sampled.resource_capacity.with_label_values(&labels),
             wait: f.resource_wait.with_label_values(&labels),
             errors: f.resource_errors.clone(),
             service: service.clone(),

@@ -85,6 +85,8 @@ pub struct SqlFence {
     /// Tried branches and the oldest one's age, as the last
     /// [`SqlFence::clean`] counted them (the pending gauge reads this).
     pending: Arc<Mutex<(usize, Duration)>>,
+    /// Where each call's wait for a connection is recorded, if anywhere.
+    pool_metrics: Option<crate::ResourceMetrics>,
 }
 
 /// A validated table name: `name` or `schema.name`, each part letters,
@@ -129,7 +131,24 @@ impl SqlFence {
             meter,
             table: Table(DEFAULT_TABLE.to_owned()),
             pending,
+            pool_metrics: None,
         }
+    }
+
+    /// Records how long each call waited for a connection of its pool
+    /// (`paytrace_resource_wait_seconds`) and counts acquisitions that
+    /// timed out (`paytrace_resource_errors_total{kind="timeout"}`) or
+    /// could not connect (`kind="connect"`) as `metrics`', the pool's
+    /// resource from [`crate::ServiceTelemetry::sqlx_pool`].
+    ///
+    /// ```
+    /// let svc = paytrace::ServiceTelemetry::with_metrics("inventory", "1.0.0", &paytrace::Metrics::new());
+    /// let fence = svc.tcc_sql("inventory").pool_metrics(svc.resource("inventory_db"));
+    /// # drop(fence);
+    /// ```
+    pub fn pool_metrics(mut self, metrics: crate::ResourceMetrics) -> Self {
+        self.pool_metrics = Some(metrics);
+        self
     }
 
     /// Keeps the rows in `name` (`table` or `schema.table`) instead of
@@ -233,11 +252,17 @@ impl SqlFence {
             }
             e
         };
+        let asked = std::time::Instant::now();
+        let acquired = pool.acquire().await;
+        if let Some(m) = &self.pool_metrics {
+            match &acquired {
+                Ok(_) => m.observe_wait(asked.elapsed()),
+                Err(sqlx::Error::PoolTimedOut) => m.error("timeout"),
+                Err(_) => m.error("connect"),
+            }
+        }
         let mut checkout = Checkout {
-            conn: pool
-                .acquire()
-                .await
-                .map_err(|e| failed(classify(e, phase)))?,
+            conn: acquired.map_err(|e| failed(classify(e, phase)))?,
             settled: false,
         };
         let mut tx = DB::begin(&mut checkout.conn)
