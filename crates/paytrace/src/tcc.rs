@@ -31,14 +31,17 @@
 //!    recorded as if the call had finished.
 //! 3. **A crashed holder is undone by its lease** (shared stores). The
 //!    Redis fence keeps the hold in the branch's record with a lease
-//!    ([`RedisFence::with_lease`](crate::tcc::RedisFence), 60 s unless set);
+//!    (`RedisFence::with_lease`, feature `redis`, 60 s unless set);
 //!    a process killed while holding leaves the branch busy until the lease
 //!    passes, then the next call puts the branch back as in rule 2.
 //!
 //! What the fence cannot know is whether a handler that was dropped or
 //! killed had already committed its effect in another store. Rules 2 and 3
 //! then run it again: make the handler's effect idempotent by branch, or
-//! commit it at its last await. The memory fence ([`MemoryFence`]) keeps
+//! commit it at its last await. Or keep the fence where the effect is:
+//! `SqlFence` (features `sqlx-postgres`, `sqlx-mysql`, `sqlx-sqlite`;
+//! `ServiceTelemetry::tcc_sql`) decides in the business
+//! transaction, so that the branch's state and the effect commit together. The memory fence ([`MemoryFence`]) keeps
 //! everything in the process: nothing survives a restart, and it guards
 //! one process only. `docs/tcc-fence.md` says which store gives which
 //! guarantee.
