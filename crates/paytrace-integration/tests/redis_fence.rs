@@ -297,3 +297,200 @@ async fn a_killed_holder_is_undone_when_its_lease_ends() {
     assert_eq!(decision, Ok(Decision::Run), "the Try runs again");
     assert_eq!(fence.pending_now().0, 1, "tried once, pending");
 }
+
+/// A Redis-only participant: the stock counter and the reservations hash
+/// live in Redis, and each phase's effect runs in the fence's own script.
+mod effects {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use paytrace::tcc::{
+        Anomaly, BranchError, BranchKey, BranchOutcome, Phase, RedisEffect, RedisFence,
+        RedisResource,
+    };
+    use paytrace_testkit::RedisServer;
+
+    /// keys: stock counter, reservations hash; args: the branch's member.
+    fn effect(phase: Phase) -> RedisEffect {
+        RedisEffect::new(match phase {
+            Phase::Try => {
+                "local left = tonumber(redis.call('GET', keys[1]) or '0')
+                 if left < 1 then return 'no stock' end
+                 redis.call('DECR', keys[1])
+                 redis.call('HSET', keys[2], args[1], 'reserved')
+                 return 'ok'"
+            }
+            Phase::Confirm => {
+                "if redis.call('HGET', keys[2], args[1]) ~= 'reserved' then return 'no reservation' end
+                 redis.call('HSET', keys[2], args[1], 'sold')
+                 return 'ok'"
+            }
+            Phase::Cancel => {
+                "if redis.call('HGET', keys[2], args[1]) ~= 'reserved' then return 'no reservation' end
+                 redis.call('HSET', keys[2], args[1], 'released')
+                 redis.call('INCR', keys[1])
+                 return 'ok'"
+            }
+        })
+    }
+
+    async fn resource(server: &RedisServer, prefix: &str) -> RedisResource {
+        let fence = RedisFence::connect(server.url(), prefix, Duration::from_secs(600))
+            .await
+            .expect("connects");
+        let svc = paytrace::ServiceTelemetry::with_metrics(
+            "inventory",
+            "1.0.0",
+            &paytrace::Metrics::new(),
+        );
+        svc.tcc_redis("inventory", Arc::new(fence))
+    }
+
+    fn key(n: usize) -> BranchKey {
+        BranchKey {
+            xid: format!("ord_{n}"),
+            branch_id: "inventory".into(),
+        }
+    }
+
+    async fn call(
+        r: &RedisResource,
+        phase: Phase,
+        n: usize,
+    ) -> Result<BranchOutcome<()>, BranchError<String>> {
+        let member = format!("ord_{n}");
+        r.run(
+            phase,
+            &key(n),
+            &effect(phase),
+            &["stock", "reservations"],
+            &[&member],
+        )
+        .await
+    }
+
+    async fn redis(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(server.url())
+            .expect("a client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connects")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_effect_is_written_with_the_branch_state_or_not_at_all() {
+        let server = RedisServer::start().await;
+        let mut conn = redis(&server).await;
+        let _: () = redis::cmd("SET")
+            .arg("stock")
+            .arg(3)
+            .query_async(&mut conn)
+            .await
+            .expect("stock");
+        let r = resource(&server, "fx").await;
+        // Three of five Tries find stock; the two refused write nothing,
+        // not even the branch's state: their retry would run again.
+        let mut ran = 0;
+        for n in 0..5 {
+            match call(&r, Phase::Try, n).await {
+                Ok(BranchOutcome::Ran(())) => ran += 1,
+                Err(BranchError::Handler(reason)) => assert_eq!(reason, "no stock"),
+                other => panic!("ord_{n}: {other:?}"),
+            }
+        }
+        assert_eq!(ran, 3);
+        let stock: i64 = redis::cmd("GET")
+            .arg("stock")
+            .query_async(&mut conn)
+            .await
+            .expect("stock");
+        assert_eq!(stock, 0);
+        // A repeat is skipped: the effect does not run twice.
+        assert_eq!(
+            call(&r, Phase::Try, 0).await.ok(),
+            Some(BranchOutcome::Skipped(None))
+        );
+        // A refused Try left no state: a Cancel of it is an empty rollback,
+        // and its late Try is refused without touching the stock.
+        assert_eq!(
+            call(&r, Phase::Cancel, 4).await.ok(),
+            Some(BranchOutcome::Skipped(Some(Anomaly::EmptyRollback)))
+        );
+        assert!(matches!(
+            call(&r, Phase::Try, 4).await,
+            Err(BranchError::Rejected(Anomaly::HangingTry))
+        ));
+        // Phase two: one sold, one released (stock back), a Confirm after
+        // the Cancel refused.
+        assert_eq!(
+            call(&r, Phase::Confirm, 0).await.ok(),
+            Some(BranchOutcome::Ran(()))
+        );
+        assert_eq!(
+            call(&r, Phase::Cancel, 1).await.ok(),
+            Some(BranchOutcome::Ran(()))
+        );
+        assert!(matches!(
+            call(&r, Phase::Confirm, 1).await,
+            Err(BranchError::Rejected(Anomaly::ConfirmAfterCancel))
+        ));
+        let booked: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg("reservations")
+            .query_async(&mut conn)
+            .await
+            .expect("reservations");
+        assert_eq!(booked.get("ord_0").map(String::as_str), Some("sold"));
+        assert_eq!(booked.get("ord_1").map(String::as_str), Some("released"));
+        assert_eq!(booked.get("ord_2").map(String::as_str), Some("reserved"));
+        assert_eq!(booked.len(), 3);
+        let stock: i64 = redis::cmd("GET")
+            .arg("stock")
+            .query_async(&mut conn)
+            .await
+            .expect("stock");
+        assert_eq!(stock, 1, "the released unit is back");
+    }
+
+    /// A Try and a Cancel of one branch from two processes' fences (their
+    /// own connections), forty times: one order every time, and the stock
+    /// counts exactly the reservations left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_try_and_a_cancel_from_two_fences_are_ordered_once_with_their_effects() {
+        let server = RedisServer::start().await;
+        let mut conn = redis(&server).await;
+        let _: () = redis::cmd("SET")
+            .arg("stock")
+            .arg(1_000)
+            .query_async(&mut conn)
+            .await
+            .expect("stock");
+        let (a, b) = (
+            resource(&server, "race").await,
+            resource(&server, "race").await,
+        );
+        for n in 0..40 {
+            let (tried, cancelled) =
+                tokio::join!(call(&a, Phase::Try, n), call(&b, Phase::Cancel, n));
+            match (tried, cancelled) {
+                (Ok(BranchOutcome::Ran(())), Ok(BranchOutcome::Ran(())))
+                | (
+                    Err(BranchError::Rejected(Anomaly::HangingTry)),
+                    Ok(BranchOutcome::Skipped(Some(Anomaly::EmptyRollback))),
+                ) => {}
+                other => panic!("ord_{n}: no order explains {other:?}"),
+            }
+        }
+        let booked: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg("reservations")
+            .query_async(&mut conn)
+            .await
+            .expect("reservations");
+        assert!(booked.values().all(|s| s == "released"), "{booked:?}");
+        let stock: i64 = redis::cmd("GET")
+            .arg("stock")
+            .query_async(&mut conn)
+            .await
+            .expect("stock");
+        assert_eq!(stock, 1_000, "every reservation made was released");
+    }
+}

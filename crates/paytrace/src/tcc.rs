@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 use crate::cardinality::OTHER;
 
 #[cfg(feature = "redis")]
-pub use crate::tcc_redis::RedisFence;
+pub use crate::tcc_redis::{RedisEffect, RedisFence, RedisResource};
 #[cfg(any(
     feature = "sqlx-postgres",
     feature = "sqlx-mysql",
@@ -933,6 +933,18 @@ impl crate::ServiceTelemetry {
     /// [`TccResource`] for an example.
     pub fn tcc(&self, resource: &str, fence: std::sync::Arc<dyn FenceStore>) -> TccResource {
         TccResource::new(self.clone(), resource, fence)
+    }
+
+    /// A TCC resource of this service whose business state is in Redis
+    /// too: `fence`'s decision and the participant's own commands run as
+    /// one Lua script (feature `redis`); see `RedisResource`.
+    #[cfg(feature = "redis")]
+    pub fn tcc_redis(
+        &self,
+        resource: &str,
+        fence: std::sync::Arc<crate::tcc::RedisFence>,
+    ) -> crate::tcc::RedisResource {
+        crate::tcc::RedisResource::new(Meter::new(self.clone(), resource), fence)
     }
 
     /// A TCC resource of this service whose fence is a row in its own

@@ -10,7 +10,8 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 
 use crate::tcc::{
-    BoxFuture, BranchKey, BranchState, Decision, FenceError, FenceStore, Phase, RunId, decide,
+    BoxFuture, BranchError, BranchKey, BranchOutcome, BranchState, Decision, FenceError,
+    FenceStore, Phase, RunId, decide,
 };
 
 /// Puts a branch back as it was before a hold: `restore(record, pending,
@@ -84,6 +85,35 @@ else
 end
 local p = pending_now(KEYS[2])
 return {1, p[1], p[2]}
+";
+
+/// Decides and does in one step (after the caller's `effect` function is
+/// defined before it): if `KEYS[1]`'s state is `ARGV[1]` ('' = absent) and
+/// no call holds it, runs `effect(KEYS[3..], ARGV[6..])`; when that answers
+/// 'ok', sets the state to `ARGV[2]` as [`COMPARE_AND_SET`] does (no hold:
+/// nothing is left to finish). Returns `{1, pending, oldest_ms, ''}` when
+/// done, `{2, 0, '', reason}` when the effect refused (it must not have
+/// written), `{0, 0, '', ''}` when the state changed meanwhile.
+const DECIDE_AND_DO: &str = r"
+local current = redis.call('HGET', KEYS[1], 'state') or ''
+local held = redis.call('HGET', KEYS[1], 'held') or ''
+if current ~= ARGV[1] or held ~= '' then return {0, 0, '', ''} end
+local effect_keys = {}
+for i = 3, #KEYS do effect_keys[#effect_keys + 1] = KEYS[i] end
+local effect_args = {}
+for i = 6, #ARGV do effect_args[#effect_args + 1] = ARGV[i] end
+local answer = effect(effect_keys, effect_args)
+if answer ~= 'ok' then return {2, 0, '', tostring(answer)} end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'since', ARGV[3])
+if ARGV[2] == 'tried' then
+  redis.call('PERSIST', KEYS[1])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+else
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('ZREM', KEYS[2], ARGV[5])
+end
+local p = pending_now(KEYS[2])
+return {1, p[1], p[2], ''}
 ";
 
 /// Releases the hold on `KEYS[1]` if token `ARGV[1]` still holds it: keeps
@@ -328,6 +358,210 @@ impl RedisFence {
             token: self.token(run),
             retention_seconds: self.retention_seconds(),
             pending: self.pending.clone(),
+        }
+    }
+}
+
+/// Redis commands of a participant's own, run in the same Lua script as the
+/// fence's decision ([`RedisResource::run`]): the branch's new state and the
+/// effect are written together or not at all, whatever happens to the
+/// caller or its process.
+///
+/// `body` is the body of a Lua function `effect(keys, args)`: `keys` and
+/// `args` are those given to `run`. It answers `'ok'` when it did its work,
+/// or any other string to refuse (no stock, …), in which case it must not
+/// have written anything: check first, then write.
+///
+/// ```
+/// use paytrace::tcc::RedisEffect;
+/// // keys[1]: the stock counter; keys[2]: the reservations hash; args[1]: the branch.
+/// let reserve = RedisEffect::new(r#"
+///     local left = tonumber(redis.call('GET', keys[1]) or '0')
+///     if left < 1 then return 'no stock' end
+///     redis.call('DECR', keys[1])
+///     redis.call('HSET', keys[2], args[1], 'reserved')
+///     return 'ok'
+/// "#);
+/// # drop(reserve);
+/// ```
+#[derive(Clone)]
+pub struct RedisEffect {
+    script: Script,
+}
+
+impl std::fmt::Debug for RedisEffect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEffect").finish_non_exhaustive()
+    }
+}
+
+impl RedisEffect {
+    /// The effect whose Lua function body is `body` (see the type's docs).
+    pub fn new(body: &str) -> Self {
+        Self {
+            script: Script::new(&format!(
+                "{RESTORE}\nlocal function effect(keys, args)\n{body}\nend\n{DECIDE_AND_DO}"
+            )),
+        }
+    }
+}
+
+/// What [`RedisFence::decide_and_do`] did.
+enum DecidedAndDone {
+    /// The decision, and with `Run` the effect done with it.
+    Decided(Decision),
+    /// The decision was `Run` and the effect refused; nothing was written.
+    Refused(String),
+}
+
+impl RedisFence {
+    /// Decides `phase` of `key` and, on `Run`, does `effect` in the same
+    /// script; retried when the state changed between read and write.
+    async fn decide_and_do(
+        &self,
+        key: &BranchKey,
+        phase: Phase,
+        effect: &RedisEffect,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<DecidedAndDone, FenceError> {
+        for _ in 0..16 {
+            let (previous, busy) = self.current(key).await?;
+            if let Some(holding) = busy {
+                return Err(FenceError::Busy(holding));
+            }
+            let (decision, next) = decide(previous, phase);
+            if decision != Decision::Run {
+                if next == previous || self.swap(key, previous, next, None).await? {
+                    return Ok(DecidedAndDone::Decided(decision));
+                }
+                continue;
+            }
+            let mut invocation = effect.script.key(self.record_key(key));
+            invocation
+                .key(self.pending_key())
+                .arg(encode(previous))
+                .arg(encode(next))
+                .arg(now_ms())
+                .arg(self.retention_seconds())
+                .arg(Self::member(key));
+            for k in keys {
+                invocation.key(*k);
+            }
+            for a in args {
+                invocation.arg(*a);
+            }
+            let (done, pending, oldest, reason): (i64, i64, String, String) = invocation
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(store_error)?;
+            match done {
+                1 => {
+                    *crate::sync::lock(&self.pending) = (
+                        usize::try_from(pending).unwrap_or(0),
+                        oldest.parse::<f64>().ok().map(|v| v as u64),
+                    );
+                    return Ok(DecidedAndDone::Decided(Decision::Run));
+                }
+                2 => return Ok(DecidedAndDone::Refused(reason)),
+                _ => {}
+            }
+        }
+        Err(FenceError::Store(format!(
+            "branch {}/{} kept changing under contention",
+            key.xid, key.branch_id
+        )))
+    }
+}
+
+/// A TCC resource whose business state is in Redis too: the fence's
+/// decision and the participant's own Redis commands ([`RedisEffect`]) run
+/// as one Lua script, so that the branch's state and the effect are written
+/// together or not at all. No hold, no lease: there is nothing between the
+/// decision and the effect for a drop or a crash to fall into. Made by
+/// [`crate::ServiceTelemetry::tcc_redis`].
+///
+/// With Redis Cluster, every key of a call (the fence's record and pending
+/// set under the fence's prefix, and the effect's keys) must hash to one
+/// slot: put one `{hash tag}` in the prefix and the keys.
+#[derive(Clone, Debug)]
+pub struct RedisResource {
+    meter: crate::tcc::Meter,
+    fence: std::sync::Arc<RedisFence>,
+}
+
+impl RedisResource {
+    pub(crate) fn new(meter: crate::tcc::Meter, fence: std::sync::Arc<RedisFence>) -> Self {
+        let weak = std::sync::Arc::downgrade(&fence);
+        meter.sample_pending(move || weak.upgrade().map(|f| f.pending_now()));
+        Self { meter, fence }
+    }
+
+    /// The stage of `phase` of `branch` on this resource, named `name`.
+    pub fn stage(
+        &self,
+        name: impl Into<std::borrow::Cow<'static, str>>,
+        phase: Phase,
+        branch: &BranchKey,
+    ) -> crate::Stage {
+        self.meter.stage(name, phase, branch)
+    }
+
+    /// Runs `phase` of `branch`: decides it with the fence's rules and, when
+    /// it may run, does `effect` with `keys` and `args` in the same script.
+    ///
+    /// # Errors
+    ///
+    /// [`BranchError::Rejected`] when the fence refuses the phase;
+    /// [`BranchError::Handler`] with the effect's answer when it refused
+    /// (nothing written: the branch is as it was); [`BranchError::Fence`]
+    /// when Redis failed, or another call holds the branch through
+    /// [`crate::tcc::TccResource::run`] on the same fence.
+    pub async fn run(
+        &self,
+        phase: Phase,
+        branch: &BranchKey,
+        effect: &RedisEffect,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<BranchOutcome<()>, BranchError<String>> {
+        use paytrace_semconv::tcc_phase_outcome as outcome;
+        let done = match self
+            .fence
+            .decide_and_do(branch, phase, effect, keys, args)
+            .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                if matches!(e, FenceError::Busy(_)) {
+                    self.meter.count_phase(phase, outcome::BUSY);
+                }
+                return Err(e.into());
+            }
+        };
+        match done {
+            DecidedAndDone::Refused(reason) => {
+                self.meter.note_decision(phase, Decision::Run);
+                self.meter.count_phase(phase, outcome::ERROR);
+                Err(BranchError::Handler(reason))
+            }
+            DecidedAndDone::Decided(decision) => {
+                self.meter.note_decision(phase, decision);
+                match decision {
+                    Decision::Run => {
+                        self.meter.count_phase(phase, outcome::OK);
+                        Ok(BranchOutcome::Ran(()))
+                    }
+                    Decision::Skip(a) => {
+                        self.meter.count_phase(phase, outcome::SKIPPED);
+                        Ok(BranchOutcome::Skipped(a))
+                    }
+                    Decision::Reject(a) => {
+                        self.meter.count_phase(phase, outcome::REJECTED);
+                        Err(BranchError::Rejected(a))
+                    }
+                }
+            }
         }
     }
 }
