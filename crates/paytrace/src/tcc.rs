@@ -738,6 +738,34 @@ impl Meter {
         tracing::Span::current().add_event(paytrace_semconv::attr::TCC_FENCE_EVENT, attributes);
     }
 
+    /// `e`, after counting the call `busy` when it is [`FenceError::Busy`].
+    pub(crate) fn fence_failed(&self, phase: Phase, e: FenceError) -> FenceError {
+        if matches!(e, FenceError::Busy(_)) {
+            self.count_phase(phase, paytrace_semconv::tcc_phase_outcome::BUSY);
+        }
+        e
+    }
+
+    /// The answer to a skipped phase, counted `skipped`.
+    pub(crate) fn skipped<T, E>(
+        &self,
+        phase: Phase,
+        anomaly: Option<Anomaly>,
+    ) -> Result<BranchOutcome<T>, BranchError<E>> {
+        self.count_phase(phase, paytrace_semconv::tcc_phase_outcome::SKIPPED);
+        Ok(BranchOutcome::Skipped(anomaly))
+    }
+
+    /// The answer to a refused phase, counted `rejected`.
+    pub(crate) fn rejected<T, E>(
+        &self,
+        phase: Phase,
+        anomaly: Anomaly,
+    ) -> Result<BranchOutcome<T>, BranchError<E>> {
+        self.count_phase(phase, paytrace_semconv::tcc_phase_outcome::REJECTED);
+        Err(BranchError::Rejected(anomaly))
+    }
+
     /// Counts one call of `phase` with `outcome`.
     pub(crate) fn count_phase(&self, phase: Phase, outcome: &str) {
         self.service
@@ -832,7 +860,6 @@ impl TccResource {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
-        use paytrace_semconv::tcc_phase_outcome as outcome;
         // Armed before `begin`: a shared store may take the hold and this
         // future be dropped before the answer arrives.
         let mut held = Held {
@@ -847,10 +874,7 @@ impl TccResource {
             Ok(d) => d,
             Err(e) => {
                 held.armed = false;
-                if matches!(e, FenceError::Busy(_)) {
-                    self.meter.count_phase(phase, outcome::BUSY);
-                }
-                return Err(e.into());
+                return Err(self.meter.fence_failed(phase, e).into());
             }
         };
         if decision != Decision::Run {
@@ -858,29 +882,22 @@ impl TccResource {
         }
         self.meter.note_decision(phase, decision);
         match decision {
-            Decision::Skip(a) => {
-                self.meter.count_phase(phase, outcome::SKIPPED);
-                Ok(BranchOutcome::Skipped(a))
-            }
-            Decision::Reject(a) => {
-                self.meter.count_phase(phase, outcome::REJECTED);
-                Err(BranchError::Rejected(a))
-            }
-            Decision::Run => {
-                let result = handler().await;
-                held.handler_succeeded = Some(result.is_ok());
-                let finished = self
-                    .fence
-                    .finish(branch, phase, held.run, result.is_ok())
-                    .await;
-                held.armed = false;
-                if let Err(e) = finished {
-                    tracing::warn!(error = %e, "the TCC fence could not record the handler's result");
-                }
-                self.meter.count_phase(phase, ran_outcome(result.is_ok()));
-                result.map(BranchOutcome::Ran).map_err(BranchError::Handler)
-            }
+            Decision::Skip(a) => return self.meter.skipped(phase, a),
+            Decision::Reject(a) => return self.meter.rejected(phase, a),
+            Decision::Run => {}
         }
+        let result = handler().await;
+        held.handler_succeeded = Some(result.is_ok());
+        let finished = self
+            .fence
+            .finish(branch, phase, held.run, result.is_ok())
+            .await;
+        held.armed = false;
+        if let Err(e) = finished {
+            tracing::warn!(error = %e, "the TCC fence could not record the handler's result");
+        }
+        self.meter.count_phase(phase, ran_outcome(result.is_ok()));
+        result.map(BranchOutcome::Ran).map_err(BranchError::Handler)
     }
 
     /// Counts one retry of `phase` on this resource by this service.

@@ -532,12 +532,7 @@ impl RedisResource {
             .await
         {
             Ok(done) => done,
-            Err(e) => {
-                if matches!(e, FenceError::Busy(_)) {
-                    self.meter.count_phase(phase, outcome::BUSY);
-                }
-                return Err(e.into());
-            }
+            Err(e) => return Err(self.meter.fence_failed(phase, e).into()),
         };
         match done {
             DecidedAndDone::Refused(reason) => {
@@ -552,14 +547,8 @@ impl RedisResource {
                         self.meter.count_phase(phase, outcome::OK);
                         Ok(BranchOutcome::Ran(()))
                     }
-                    Decision::Skip(a) => {
-                        self.meter.count_phase(phase, outcome::SKIPPED);
-                        Ok(BranchOutcome::Skipped(a))
-                    }
-                    Decision::Reject(a) => {
-                        self.meter.count_phase(phase, outcome::REJECTED);
-                        Err(BranchError::Rejected(a))
-                    }
+                    Decision::Skip(a) => self.meter.skipped(phase, a),
+                    Decision::Reject(a) => self.meter.rejected(phase, a),
                 }
             }
         }

@@ -246,12 +246,7 @@ impl SqlFence {
             phase,
             answered: false,
         };
-        let failed = |e: FenceError| {
-            if matches!(e, FenceError::Busy(_)) {
-                self.meter.count_phase(phase, outcome::BUSY);
-            }
-            e
-        };
+        let failed = |e: FenceError| self.meter.fence_failed(phase, e);
         let asked = std::time::Instant::now();
         let acquired = pool.acquire().await;
         if let Some(m) = &self.pool_metrics {
@@ -275,16 +270,15 @@ impl SqlFence {
         self.meter.note_decision(phase, decision);
         let answer = match decision {
             Decision::Skip(a) => {
+                // An empty rollback's row must persist.
                 tx.commit().await.map_err(|e| failed(classify(e, phase)))?;
-                self.meter.count_phase(phase, outcome::SKIPPED);
-                Ok(BranchOutcome::Skipped(a))
+                self.meter.skipped(phase, a)
             }
             Decision::Reject(a) => {
                 tx.rollback()
                     .await
                     .map_err(|e| failed(classify(e, phase)))?;
-                self.meter.count_phase(phase, outcome::REJECTED);
-                Err(BranchError::Rejected(a))
+                self.meter.rejected(phase, a)
             }
             Decision::Run => match handler(&mut tx).await {
                 Ok(value) => {
