@@ -16,7 +16,6 @@ use axum::{Json, Router};
 use paytrace::tcc::Phase;
 use paytrace::{Client, ServiceTelemetry};
 use paytrace_semconv::stage;
-use rand::RngExt;
 use tracing::Instrument;
 
 use crate::chaos::{Chaos, Fault};
@@ -48,6 +47,19 @@ struct Order {
     /// spans' clocks. One late cancel per order keeps the anomaly
     /// countable alike by both.
     cancelled_late: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Orders created and orders paid so far: the chaos hits every tenth
+    /// of each, from the first, so that a short run of a few dozen orders
+    /// injects its faults for certain (a tenth drawn at random injected
+    /// none in about one run of a hundred).
+    created: Arc<std::sync::atomic::AtomicU64>,
+    paid: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Whether this is one of every ten calls of `counter`, from the first.
+fn one_in_ten(counter: &std::sync::atomic::AtomicU64) -> bool {
+    counter
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(10)
 }
 
 /// How long the coordinator keeps retrying a branch's Confirm or Cancel
@@ -185,7 +197,7 @@ async fn create(
     if created.is_err() {
         return (StatusCode::INTERNAL_SERVER_ERROR, "failed");
     }
-    if o.chaos.has(Fault::EmptyRollback) && rand::rng().random_bool(0.1) {
+    if o.chaos.has(Fault::EmptyRollback) && one_in_ten(&o.created) {
         o.injected.with_label_values(&["empty_rollback"]).inc();
         // The coordinator gave up on inventory's Try before it arrived and
         // cancelled it: the Cancel overtakes the Try.
@@ -229,7 +241,7 @@ async fn paid(State(o): State<Order>, Path(order_id): Path<String>) -> StatusCod
         .decide(&order_id, Phase::Confirm, async { tokio::join!(a, b, c) })
         .await;
     if o.chaos.has(Fault::CancelAfterConfirm)
-        && rand::rng().random_bool(0.1)
+        && one_in_ten(&o.paid)
         && o.cancelled_late
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -296,5 +308,7 @@ pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Arc<Chaos>) -> Router 
             chaos: chaos.clone(),
             injected: injected_counter(svc),
             cancelled_late: Default::default(),
+            created: Default::default(),
+            paid: Default::default(),
         })
 }
