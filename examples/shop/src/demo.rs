@@ -48,6 +48,8 @@ pub struct Options {
     pub without_fence: Vec<Role>,
     /// Redis for the inventory's stock.
     pub redis: Option<String>,
+    /// The participants' database (else each its own SQLite file).
+    pub database_url: Option<String>,
 }
 
 /// The report's `endpoints`.
@@ -163,6 +165,9 @@ fn spawn_service(
         .stdin(std::process::Stdio::piped());
     if let Some(url) = &o.redis {
         cmd.arg("--redis").arg(url);
+    }
+    if let Some(url) = &o.database_url {
+        cmd.arg("--database-url").arg(url);
     }
     for fault in &o.chaos {
         if let Some(v) = clap::ValueEnum::to_possible_value(fault) {
@@ -383,6 +388,16 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| format!("http://{}", o.plan.otlp_grpc()));
 
     let chaos_at = o.chaos_after.map(|after| SystemTime::now() + after);
+    // Each run's SQLite ledgers start empty.
+    let ledgers = crate::service::sqlite_dir(o.plan);
+    if o.database_url.is_none() {
+        match std::fs::remove_dir_all(&ledgers) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("cannot empty {}: {e}", ledgers.display()).into());
+            }
+            _ => {}
+        }
+    }
     let mut children = Vec::new();
     for role in Role::ALL {
         children.push((role, spawn_service(role, &o, &otlp, chaos_at)?));
@@ -504,6 +519,10 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     stop_services(o.plan, children).await;
+    if o.database_url.is_none() {
+        // Best effort: the next run empties it anyway.
+        let _ = std::fs::remove_dir_all(&ledgers);
+    }
 
     let (flows, summaries, tcc) = match &aggregator {
         Some(a) => {

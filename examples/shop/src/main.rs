@@ -123,6 +123,12 @@ struct ServiceOptions {
     /// reserved atomically with Lua, instead of in memory.
     #[arg(long, env = "PAYTRACE_DEMO_REDIS")]
     redis: Option<String>,
+    /// Keep the participants' ledgers (inventory, coupon, points, payment)
+    /// and their TCC fences in this database (`postgres://user@host/db`,
+    /// or `sqlite://PATH` for one shared file) instead of an SQLite file
+    /// each in the temporary directory.
+    #[arg(long, env = "PAYTRACE_DEMO_DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,6 +180,7 @@ fn main() -> ExitCode {
                     Chaos::new(&services.chaos, services.chaos_channel.role()).starting_at(from),
                     services.without_fence.iter().any(|p| p.role() == role),
                     services.redis,
+                    services.database_url,
                     exit_with_parent,
                 )
                 .await
@@ -193,6 +200,7 @@ fn main() -> ExitCode {
                     chaos_channel: d.services.chaos_channel.role(),
                     without_fence: d.services.without_fence.iter().map(|p| p.role()).collect(),
                     redis: d.services.redis,
+                    database_url: d.services.database_url,
                 })
                 .await
             }

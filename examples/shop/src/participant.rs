@@ -1,6 +1,8 @@
-//! A TCC participant (inventory, coupon, points): Try reserves, Confirm
-//! commits, Cancel releases. Inventory reserves through a bounded pool, as a
-//! real one would through its database connections.
+//! A TCC participant (inventory, coupon, points): Try holds, Confirm
+//! commits, Cancel releases, each phase one transaction of the
+//! participant's ledger with the fence's row in it
+//! ([`paytrace_demo::ledger`]). With `--redis`, inventory keeps its stock in
+//! Redis behind the Redis fence instead.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +10,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use paytrace::tcc::{BranchError, BranchKey, BranchOutcome, FenceStore, Phase, TccResource};
-use paytrace::{Pool, ServiceTelemetry};
+use paytrace::tcc::{BranchError, BranchKey, Phase, SqlFence, TccResource};
+use paytrace_demo::ledger::{Hold, Ledger, LedgerError};
 use paytrace_demo::stock::StockStore;
 use rand::RngExt;
 use tracing::Instrument;
@@ -17,13 +19,31 @@ use tracing::Instrument;
 use crate::chaos::{Chaos, Fault};
 use crate::wire::TccCall;
 
+/// Where a participant keeps its business state and its fence.
+#[derive(Clone)]
+pub enum Store {
+    /// A ledger in SQLite or PostgreSQL, the fence's row in each phase's
+    /// transaction.
+    Sql {
+        /// The ledger's pool.
+        ledger: Ledger,
+        /// The fence on the ledger's database.
+        fence: SqlFence,
+    },
+    /// Inventory's stock in Redis, the Redis fence beside it.
+    Redis {
+        /// The stock.
+        stock: Arc<StockStore>,
+        /// The fence.
+        fence: TccResource,
+    },
+}
+
 #[derive(Clone)]
 struct Participant {
     resource: &'static str,
     stages: [&'static str; 3],
-    fence: TccResource,
-    pool: Option<Pool>,
-    stock: Option<Arc<StockStore>>,
+    store: Store,
     /// Checked per call: `--chaos-after` starts the faults late.
     chaos: Arc<Chaos>,
     /// Phases go through the fence (`--without-fence` turns it off).
@@ -32,8 +52,6 @@ struct Participant {
 
 #[derive(Debug, thiserror::Error)]
 enum TccError {
-    #[error("the pool had no free connection: {0}")]
-    Pool(#[from] paytrace::PoolError),
     #[error("the stock store failed: {0}")]
     Stock(#[from] paytrace_demo::stock::StockError),
     #[error("not enough stock")]
@@ -41,38 +59,99 @@ enum TccError {
 }
 
 impl Participant {
-    /// How long a phase holds its connection.
-    fn hold(&self) -> Duration {
-        match (self.resource, self.chaos.has(Fault::PoolExhausted)) {
+    /// How long a phase's queries take: the time it holds its connection.
+    fn think(&self) -> Duration {
+        let base = match (self.resource, self.chaos.has(Fault::PoolExhausted)) {
             ("inventory", true) => Duration::from_millis(40),
             ("inventory", false) => Duration::from_millis(6),
             _ => Duration::from_millis(3),
+        };
+        base.mul_f64(rand::rng().random_range(0.5..1.5))
+    }
+
+    /// What a Try of `call` holds here.
+    fn hold(&self, call: &TccCall) -> Hold {
+        match self.resource {
+            "inventory" => Hold {
+                sku: Some(call.sku),
+                amount: 1,
+            },
+            // One point per currency unit.
+            "points" => Hold {
+                sku: None,
+                amount: i64::try_from(call.amount_cents / 100).unwrap_or(i64::MAX),
+            },
+            _ => Hold {
+                sku: None,
+                amount: 1,
+            },
         }
     }
 
-    /// The business side of a phase: hold a connection, do the work.
-    async fn business(&self, phase: Phase, call: &TccCall) -> Result<(), TccError> {
-        let _conn = match &self.pool {
-            Some(pool) => Some(pool.acquire_timeout(Duration::from_millis(500)).await?),
-            None => None,
-        };
-        let jitter = rand::rng().random_range(0.5..1.5);
-        tokio::time::sleep(self.hold().mul_f64(jitter)).await;
-        match (&self.stock, phase) {
-            (Some(stock), Phase::Try) => {
-                if !stock.reserve(call.sku, &call.xid, 1).await? {
-                    return Err(TccError::Insufficient);
+    /// The phase on the ledger, through its fence unless turned off.
+    async fn on_ledger(
+        &self,
+        ledger: &Ledger,
+        fence: &SqlFence,
+        phase: Phase,
+        key: &BranchKey,
+        call: &TccCall,
+    ) -> Result<(), BranchError<LedgerError>> {
+        let (hold, think) = (self.hold(call), self.think());
+        if self.fenced {
+            ledger
+                .fenced(fence, phase, key, hold, think)
+                .await
+                .map(drop)
+        } else {
+            // No fence: every phase runs, whatever came before it.
+            ledger
+                .unfenced(phase, key, hold, think)
+                .await
+                .map(drop)
+                .map_err(BranchError::Handler)
+        }
+    }
+
+    /// The phase on Redis stock, through the Redis fence unless turned off.
+    async fn on_redis(
+        &self,
+        stock: &StockStore,
+        fence: &TccResource,
+        phase: Phase,
+        key: &BranchKey,
+        call: &TccCall,
+    ) -> Result<(), BranchError<TccError>> {
+        let business = async || {
+            tokio::time::sleep(self.think()).await;
+            match phase {
+                Phase::Try => {
+                    if !stock.reserve(call.sku, &call.xid, 1).await? {
+                        return Err(TccError::Insufficient);
+                    }
+                }
+                Phase::Confirm => {
+                    stock.commit(call.sku, &call.xid).await?;
+                }
+                Phase::Cancel => {
+                    stock.release(call.sku, &call.xid).await?;
                 }
             }
-            (Some(stock), Phase::Confirm) => {
-                stock.commit(call.sku, &call.xid).await?;
-            }
-            (Some(stock), Phase::Cancel) => {
-                stock.release(call.sku, &call.xid).await?;
-            }
-            (None, _) => {}
+            Ok(())
+        };
+        if self.fenced {
+            fence.run(phase, key, business).await.map(drop)
+        } else {
+            business().await.map_err(BranchError::Handler)
         }
-        Ok(())
+    }
+
+    /// Holds one of the ledger's connections until dropped (Redis: none).
+    async fn hold_connection(&self) -> Option<paytrace_demo::ledger::HeldConnection> {
+        match &self.store {
+            Store::Sql { ledger, .. } => ledger.hold_connection().await.ok(),
+            Store::Redis { .. } => None,
+        }
     }
 
     /// Runs one phase as a stage, through the fence.
@@ -86,19 +165,40 @@ impl Participant {
             xid: call.xid.clone(),
             branch_id: call.branch_id.clone(),
         };
-        let mut guard = self.fence.stage(stage, phase, &key).start();
-        let result = if self.fenced {
-            self.fence
-                .run(phase, &key, || self.business(phase, call))
-                .instrument(guard.span().clone())
-                .await
-        } else {
-            // No fence: every phase runs, whatever came before it.
-            self.business(phase, call)
-                .instrument(guard.span().clone())
-                .await
-                .map(BranchOutcome::Ran)
-                .map_err(BranchError::Handler)
+        let stage = match &self.store {
+            Store::Sql { fence, .. } => fence.stage(stage, phase, &key),
+            Store::Redis { fence, .. } => fence.stage(stage, phase, &key),
+        };
+        let mut guard = stage.start();
+        let span = guard.span().clone();
+        // Refused (by the fence, or for want of stock), or failed.
+        let result: Result<(), Option<String>> = match &self.store {
+            Store::Sql { ledger, fence } => {
+                match self
+                    .on_ledger(ledger, fence, phase, &key, call)
+                    .instrument(span)
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    Err(
+                        BranchError::Rejected(_) | BranchError::Handler(LedgerError::Insufficient),
+                    ) => Err(None),
+                    Err(e) => Err(Some(e.to_string())),
+                }
+            }
+            Store::Redis { stock, fence } => {
+                match self
+                    .on_redis(stock, fence, phase, &key, call)
+                    .instrument(span)
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    Err(
+                        BranchError::Rejected(_) | BranchError::Handler(TccError::Insufficient),
+                    ) => Err(None),
+                    Err(e) => Err(Some(e.to_string())),
+                }
+            }
         };
         let lost_answer = phase == Phase::Confirm
             && self.resource == "inventory"
@@ -110,20 +210,17 @@ impl Participant {
             // retry is a duplicate Confirm. The worker answering into the
             // dead connection keeps its database connection meanwhile (with
             // pool-exhausted, the pool then times acquisitions out).
-            let _conn = match &self.pool {
-                Some(pool) => pool.acquire_timeout(Duration::from_millis(500)).await.ok(),
-                None => None,
-            };
+            let _conn = self.hold_connection().await;
             tokio::time::sleep(Duration::from_millis(1_500)).await;
         }
         match result {
-            Ok(_) => StatusCode::OK,
-            Err(BranchError::Rejected(_)) | Err(BranchError::Handler(TccError::Insufficient)) => {
+            Ok(()) => StatusCode::OK,
+            Err(None) => {
                 guard.set_outcome(paytrace::Outcome::Rejected);
                 StatusCode::CONFLICT
             }
-            Err(e) => {
-                tracing::warn!(error = %e, resource = self.resource, "TCC phase failed");
+            Err(Some(error)) => {
+                tracing::warn!(%error, resource = self.resource, "TCC phase failed");
                 guard.set_outcome(paytrace::Outcome::Error);
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -190,14 +287,13 @@ impl proto::tcc_participant_server::TccParticipant for Participant {
     }
 }
 
-/// The participant `resource` (`inventory`, `coupon`, `points`): its HTTP
-/// routes, and its gRPC service (the same phases, the same fence).
+/// The participant `resource` (`inventory`, `coupon`, `points`) on
+/// `store`: its HTTP routes, and its gRPC service (the same phases, the
+/// same fence).
 pub fn participant(
-    svc: &ServiceTelemetry,
     resource: &'static str,
     chaos: &Arc<Chaos>,
-    stock: Option<Arc<StockStore>>,
-    fence: Arc<dyn FenceStore>,
+    store: Store,
     fenced: bool,
 ) -> (
     Router,
@@ -210,24 +306,23 @@ pub fn participant(
         "coupon" => ["coupon.try", "coupon.confirm", "coupon.cancel"],
         _ => ["points.try", "points.confirm", "points.cancel"],
     };
-    let exhausted = chaos.has(Fault::PoolExhausted);
-    let pool =
-        (resource == "inventory").then(|| svc.pool("inventory_db", if exhausted { 1 } else { 8 }));
-    if let (Some(pool), Some(from), false) = (&pool, chaos.from(), exhausted)
+    if let (Store::Sql { ledger, .. }, Some(from), false) =
+        (&store, chaos.from(), chaos.has(Fault::PoolExhausted))
+        && resource == "inventory"
         && chaos.planned(Fault::PoolExhausted)
     {
         // Exhausted later (`--chaos-after`): seven of the eight connections
         // leak at that moment, and stay taken.
-        let pool = pool.clone();
+        let ledger = ledger.clone();
         tokio::spawn(async move {
             let wait = from
                 .duration_since(std::time::SystemTime::now())
                 .unwrap_or_default();
             tokio::time::sleep(wait).await;
             let mut leaked = Vec::new();
-            for _ in 0..7 {
-                if let Ok(permit) = pool.acquire_timeout(Duration::from_secs(30)).await {
-                    leaked.push(permit);
+            while leaked.len() < 7 {
+                if let Ok(conn) = ledger.hold_connection().await {
+                    leaked.push(conn);
                 }
             }
             std::future::pending::<()>().await;
@@ -237,9 +332,7 @@ pub fn participant(
     let p = Participant {
         resource,
         stages,
-        fence: svc.tcc(resource, fence),
-        pool,
-        stock,
+        store,
         chaos: chaos.clone(),
         fenced,
     };

@@ -1,7 +1,8 @@
 //! The payment service: Try creates a payment and requests it from the
 //! channel; the channel's callback arrives later in a new trace, linked to
 //! the request, and goes through a queue to the consumer that confirms the
-//! payment and tells the order service.
+//! payment and tells the order service. The payment's branch is a row of
+//! its ledger, each phase committed with the fence's row.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -12,9 +13,11 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use opentelemetry::trace::SpanContext;
-use paytrace::tcc::{BranchKey, Phase};
+use paytrace::tcc::{BranchError, BranchKey, Phase, SqlFence};
 use paytrace::{Client, Flow, QueueSender, ServiceTelemetry};
+use paytrace_demo::ledger::{Hold, Ledger, LedgerError};
 use paytrace_semconv::{flow, stage, tcc};
+use tracing::Instrument;
 
 use crate::chaos::{Chaos, Fault};
 use crate::plan::{Plan, Role};
@@ -32,6 +35,8 @@ struct Payment {
     http: Client,
     plan: Plan,
     queue: QueueSender<Confirmation>,
+    ledger: Ledger,
+    fence: SqlFence,
     seen: Arc<Mutex<HashSet<String>>>,
     cancelled: Arc<Mutex<HashSet<String>>>,
 }
@@ -48,20 +53,37 @@ fn channel_role(channel: &str) -> Role {
 enum PayError {
     #[error("the channel refused the payment: {0}")]
     Channel(#[from] reqwest::Error),
+    #[error("the payment's ledger: {0}")]
+    Ledger(#[from] BranchError<LedgerError>),
+}
+
+/// How long the ledger's queries of a phase take.
+const THINK: Duration = Duration::from_millis(3);
+
+/// The payment's row: the amount, in cents.
+fn hold(amount_cents: u64) -> Hold {
+    Hold {
+        sku: None,
+        amount: i64::try_from(amount_cents).unwrap_or(i64::MAX),
+    }
 }
 
 async fn tcc_try(State(p): State<Payment>, Json(call): Json<TccCall>) -> StatusCode {
+    let key = branch(&call.xid);
     let created = p
-        .svc
-        .stage("payment.create")
-        .tcc(&branch(&call.xid), tcc::RESOURCE_PAYMENT, Phase::Try)
+        .fence
+        .stage("payment.create", Phase::Try, &key)
         .run(async {
-            tokio::time::sleep(Duration::from_millis(3)).await;
-            Ok::<_, PayError>(())
+            p.ledger
+                .fenced(&p.fence, Phase::Try, &key, hold(call.amount_cents), THINK)
+                .await
         })
         .await;
-    if created.is_err() {
-        return StatusCode::SERVICE_UNAVAILABLE;
+    match created {
+        Ok(_) => {}
+        // Cancelled before it was tried: the fence refuses the late Try.
+        Err(BranchError::Rejected(_)) => return StatusCode::CONFLICT,
+        Err(_) => return StatusCode::SERVICE_UNAVAILABLE,
     }
     let channel = channel_role(&call.payment_channel);
     let request = PayRequest {
@@ -103,16 +125,41 @@ fn branch(xid: &str) -> BranchKey {
 /// TCC Cancel of a payment: the order was cancelled; a callback that still
 /// arrives for it is acknowledged and ignored (the channel refunds it).
 async fn tcc_cancel(State(p): State<Payment>, Json(call): Json<TccCall>) -> StatusCode {
-    let _stage = p
-        .svc
-        .stage(stage::PAYMENT_CANCEL)
-        .tcc(&branch(&call.xid), tcc::RESOURCE_PAYMENT, Phase::Cancel)
+    let key = branch(&call.xid);
+    let mut stage = p
+        .fence
+        .stage(stage::PAYMENT_CANCEL, Phase::Cancel, &key)
         .start();
-    p.cancelled
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(call.order_id);
-    StatusCode::OK
+    let cancelled = p
+        .ledger
+        .fenced(
+            &p.fence,
+            Phase::Cancel,
+            &key,
+            hold(call.amount_cents),
+            THINK,
+        )
+        .instrument(stage.span().clone())
+        .await;
+    match cancelled {
+        Ok(_) => {
+            p.cancelled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(call.order_id);
+            StatusCode::OK
+        }
+        // Captured already: the fence refuses a Cancel after the Confirm.
+        Err(BranchError::Rejected(_)) => {
+            stage.set_outcome(paytrace::Outcome::Rejected);
+            StatusCode::CONFLICT
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the payment's Cancel failed");
+            stage.set_outcome(paytrace::Outcome::Error);
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
 }
 
 async fn callback(
@@ -166,7 +213,7 @@ async fn callback(
 }
 
 async fn consume(
-    svc: ServiceTelemetry,
+    (ledger, fence): (Ledger, SqlFence),
     http: Client,
     plan: Plan,
     mut rx: paytrace::QueueReceiver<Confirmation>,
@@ -189,12 +236,17 @@ async fn consume(
         // trace, linked to the producer.
         let done = flow
             .scope(async {
-                // The payment branch's Confirm: money captured, the order
-                // told. xid and order id are one in the shop.
-                svc.stage("payment.confirm")
-                    .tcc(&branch(&cb.order_id), tcc::RESOURCE_PAYMENT, Phase::Confirm)
+                // The payment branch's Confirm: money captured (committed
+                // with the fence's row), then the order told. xid and order
+                // id are one in the shop.
+                let key = branch(&cb.order_id);
+                fence
+                    .stage("payment.confirm", Phase::Confirm, &key)
                     .link(producer)
                     .run(async {
+                        ledger
+                            .fenced(&fence, Phase::Confirm, &key, hold(0), THINK)
+                            .await?;
                         let r = http.post(&url).send().await?;
                         r.error_for_status()?;
                         Ok::<_, PayError>(())
@@ -238,11 +290,23 @@ async fn refund(State(p): State<Payment>, Json(req): Json<RefundRequest>) -> Sta
     }
 }
 
-/// The payment service's routes; starts the callback consumer.
-pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Arc<Chaos>) -> Router {
+/// The payment service's routes, its payments kept in `ledger` behind
+/// `fence`; starts the callback consumer.
+pub fn router(
+    svc: &ServiceTelemetry,
+    plan: Plan,
+    chaos: &Arc<Chaos>,
+    (ledger, fence): (Ledger, SqlFence),
+) -> Router {
     let http = svc.client(reqwest::Client::new());
     let (tx, rx) = paytrace::queue(svc, "payment_callbacks", 10_000);
-    tokio::spawn(consume(svc.clone(), http.clone(), plan, rx, chaos.clone()));
+    tokio::spawn(consume(
+        (ledger.clone(), fence.clone()),
+        http.clone(),
+        plan,
+        rx,
+        chaos.clone(),
+    ));
     Router::new()
         .route("/tcc/try", post(tcc_try))
         .route("/tcc/cancel", post(tcc_cancel))
@@ -253,6 +317,8 @@ pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Arc<Chaos>) -> Router 
             http,
             plan,
             queue: tx,
+            ledger,
+            fence,
             seen: Arc::new(Mutex::new(HashSet::new())),
             cancelled: Arc::new(Mutex::new(HashSet::new())),
         })

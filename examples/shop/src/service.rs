@@ -6,11 +6,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use paytrace::ServiceTelemetry;
-use paytrace::tcc::{FenceStore, MemoryFence, RedisFence};
+use paytrace::tcc::{RedisFence, SqlFence};
+use paytrace_demo::ledger::Ledger;
 use paytrace_demo::stock::StockStore;
 use tokio::sync::watch;
 
-use crate::chaos::Chaos;
+use crate::chaos::{Chaos, Fault};
+use crate::participant::Store;
 use crate::plan::{Plan, Role};
 
 /// How long finished TCC fence records are kept to catch repeats.
@@ -19,6 +21,80 @@ const FENCE_RETENTION: Duration = Duration::from_secs(600);
 /// Units of every item the inventory starts with.
 const INITIAL_STOCK: i64 = 1_000_000;
 
+/// How often finished fence rows older than [`FENCE_RETENTION`] are
+/// deleted (and `paytrace_tcc_pending` recounted).
+const FENCE_CLEANING: Duration = Duration::from_secs(10);
+
+/// The directory of the demo's SQLite ledgers for the services on `plan`.
+pub fn sqlite_dir(plan: Plan) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("paytrace-demo-{}", plan.base))
+}
+
+/// `role`'s ledger: `database` when given, else its own SQLite file.
+fn database_url(plan: Plan, role: Role, database: Option<String>) -> String {
+    database.unwrap_or_else(|| {
+        let file = sqlite_dir(plan).join(format!("{role}.db"));
+        format!("sqlite://{}", file.display())
+    })
+}
+
+/// `role`'s ledger in the database at `url` and its fence, whose row
+/// goes in each phase's transaction; finished rows cleaned every
+/// [`FENCE_CLEANING`].
+async fn sql_ledger(
+    svc: &ServiceTelemetry,
+    role: Role,
+    chaos: &Chaos,
+    url: &str,
+) -> Result<(Ledger, SqlFence), String> {
+    if let Some(dir) = url
+        .strip_prefix("sqlite://")
+        .and_then(|p| std::path::Path::new(p).parent())
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    // Inventory's pool: eight connections, one when exhausted from the start.
+    let connections = match role {
+        Role::Inventory if chaos.has(Fault::PoolExhausted) => 1,
+        _ => 8,
+    };
+    let ledger = Ledger::open(url, connections)
+        .await
+        .map_err(|e| format!("cannot open {role}'s ledger at {url}: {e}"))?;
+    let pool = ledger.pool_metrics(svc, &format!("{role}_db"));
+    let fence = svc.tcc_sql(role.name()).pool_metrics(pool);
+    ledger
+        .create(&fence, INITIAL_STOCK)
+        .await
+        .map_err(|e| format!("cannot create {role}'s tables at {url}: {e}"))?;
+    let (cleaner, f) = (ledger.clone(), fence.clone());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(FENCE_CLEANING);
+        loop {
+            every.tick().await;
+            if let Err(e) = cleaner.clean(&f, FENCE_RETENTION).await {
+                tracing::warn!(error = %e, "cannot clean the fence's table");
+            }
+        }
+    });
+    Ok((ledger, fence))
+}
+
+/// Inventory's stock in the Redis at `url`, the Redis fence beside it.
+async fn redis_store(svc: &ServiceTelemetry, role: Role, url: &str) -> Result<Store, String> {
+    let fence = RedisFence::connect(url, &format!("paytrace-demo:{role}"), FENCE_RETENTION)
+        .await
+        .map_err(|e| format!("cannot use Redis at {url}: {e}"))?;
+    let stock = StockStore::redis(url, "paytrace-demo", INITIAL_STOCK)
+        .await
+        .map_err(|e| format!("cannot use Redis at {url}: {e}"))?;
+    Ok(Store::Redis {
+        stock: Arc::new(stock),
+        fence: svc.tcc(role.name(), Arc::new(fence)),
+    })
+}
+
 /// Serves `role` until `POST /admin/shutdown` or Ctrl-C; then flushes its spans.
 pub async fn run(
     role: Role,
@@ -26,6 +102,7 @@ pub async fn run(
     chaos: Chaos,
     without_fence: bool,
     redis: Option<String>,
+    database: Option<String>,
     exit_with_parent: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let telemetry = paytrace::TelemetryConfig::from_env(role.name())?
@@ -39,33 +116,26 @@ pub async fn run(
     let routes: Router = match role {
         Role::Gateway => crate::gateway::router(&svc, plan),
         Role::Order => crate::order::router(&svc, plan, &chaos),
-        Role::Payment => crate::payment::router(&svc, plan, &chaos),
-        Role::Inventory | Role::Coupon | Role::Points => {
-            let fence: Arc<dyn FenceStore> = match &redis {
-                Some(url) => Arc::new(
-                    RedisFence::connect(url, &format!("paytrace-demo:{role}"), FENCE_RETENTION)
-                        .await
-                        .map_err(|e| format!("cannot use Redis at {url}: {e}"))?,
-                ),
-                None => Arc::new(MemoryFence::new(1_000_000, FENCE_RETENTION)),
-            };
-            let stock = match (role, &redis) {
-                (Role::Inventory, Some(url)) => Some(
-                    StockStore::redis(url, "paytrace-demo", INITIAL_STOCK)
-                        .await
-                        .map_err(|e| format!("cannot use Redis at {url}: {e}"))?,
-                ),
-                (Role::Inventory, None) => Some(StockStore::memory(INITIAL_STOCK)),
-                _ => None,
-            };
-            let (routes, service) = crate::participant::participant(
+        Role::Payment => {
+            let url = database_url(plan, role, database);
+            crate::payment::router(
                 &svc,
-                role.name(),
+                plan,
                 &chaos,
-                stock.map(Arc::new),
-                fence,
-                !without_fence,
-            );
+                sql_ledger(&svc, role, &chaos, &url).await?,
+            )
+        }
+        Role::Inventory | Role::Coupon | Role::Points => {
+            let store = match (role, &redis) {
+                (Role::Inventory, Some(url)) => redis_store(&svc, role, url).await?,
+                _ => {
+                    let url = database_url(plan, role, database);
+                    let (ledger, fence) = sql_ledger(&svc, role, &chaos, &url).await?;
+                    Store::Sql { ledger, fence }
+                }
+            };
+            let (routes, service) =
+                crate::participant::participant(role.name(), &chaos, store, !without_fence);
             // The order service calls inventory's phases over gRPC.
             if role == Role::Inventory {
                 grpc = Some(service);
