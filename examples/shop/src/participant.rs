@@ -2,7 +2,8 @@
 //! commits, Cancel releases, each phase one transaction of the
 //! participant's ledger with the fence's row in it
 //! ([`paytrace_demo::ledger`]). With `--redis`, inventory keeps its stock in
-//! Redis behind the Redis fence instead.
+//! Redis instead, each phase's stock change in the Redis fence's script
+//! (`RedisResource`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use paytrace::tcc::{BranchError, BranchKey, Phase, SqlFence, TccResource};
+use paytrace::tcc::{BranchError, BranchKey, Phase, RedisEffect, RedisResource, SqlFence};
 use paytrace_demo::ledger::{Hold, Ledger, LedgerError};
 use paytrace_demo::stock::StockStore;
 use rand::RngExt;
@@ -30,12 +31,17 @@ pub enum Store {
         /// The fence on the ledger's database.
         fence: SqlFence,
     },
-    /// Inventory's stock in Redis, the Redis fence beside it.
+    /// Inventory's stock in Redis, each phase's change in the Redis
+    /// fence's script.
     Redis {
         /// The stock.
         stock: Arc<StockStore>,
-        /// The fence.
-        fence: TccResource,
+        /// The fence, which runs the effects.
+        fence: RedisResource,
+        /// Try's effect, and phase two's.
+        reserve: RedisEffect,
+        /// Phase two's effect.
+        settle: RedisEffect,
     },
 }
 
@@ -50,13 +56,9 @@ struct Participant {
     fenced: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-enum TccError {
-    #[error("the stock store failed: {0}")]
-    Stock(#[from] paytrace_demo::stock::StockError),
-    #[error("not enough stock")]
-    Insufficient,
-}
+/// What the stock's effect answers when too little is left
+/// ([`paytrace_demo::stock::RESERVE_EFFECT`]).
+const NO_STOCK: &str = "no stock";
 
 impl Participant {
     /// How long a phase's queries take: the time it holds its connection.
@@ -113,37 +115,51 @@ impl Participant {
         }
     }
 
-    /// The phase on Redis stock, through the Redis fence unless turned off.
+    /// The phase on Redis stock: its change in the Redis fence's script,
+    /// or alone when the fence is turned off.
     async fn on_redis(
         &self,
-        stock: &StockStore,
-        fence: &TccResource,
+        store: &Store,
         phase: Phase,
         key: &BranchKey,
         call: &TccCall,
-    ) -> Result<(), BranchError<TccError>> {
-        let business = async || {
-            tokio::time::sleep(self.think()).await;
-            match phase {
-                Phase::Try => {
-                    if !stock.reserve(call.sku, &call.xid, 1).await? {
-                        return Err(TccError::Insufficient);
-                    }
-                }
-                Phase::Confirm => {
-                    stock.commit(call.sku, &call.xid).await?;
-                }
-                Phase::Cancel => {
-                    stock.release(call.sku, &call.xid).await?;
-                }
-            }
-            Ok(())
+    ) -> Result<(), BranchError<String>> {
+        let Store::Redis {
+            stock,
+            fence,
+            reserve,
+            settle,
+        } = store
+        else {
+            return Ok(());
         };
-        if self.fenced {
-            fence.run(phase, key, business).await.map(drop)
-        } else {
-            business().await.map_err(BranchError::Handler)
+        tokio::time::sleep(self.think()).await;
+        if !self.fenced {
+            let changed = match phase {
+                Phase::Try => stock.reserve(call.sku, &call.xid, 1).await,
+                Phase::Confirm => stock.commit(call.sku, &call.xid).await.map(|_| true),
+                Phase::Cancel => stock.release(call.sku, &call.xid).await.map(|_| true),
+            };
+            return match changed {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(BranchError::Handler(NO_STOCK.to_owned())),
+                Err(e) => Err(BranchError::Handler(e.to_string())),
+            };
         }
+        let Some([available, reserved, sold]) = stock.redis_keys(call.sku) else {
+            return Ok(());
+        };
+        let (effect, keys) = match phase {
+            Phase::Try => (reserve, [&available, &reserved, &sold]),
+            Phase::Confirm => (settle, [&available, &reserved, &sold]),
+            Phase::Cancel => (settle, [&available, &reserved, &available]),
+        };
+        let keys = keys.map(String::as_str);
+        let initial = stock.initial().to_string();
+        fence
+            .run(phase, key, effect, &keys, &[&call.xid, "1", &initial])
+            .await
+            .map(drop)
     }
 
     /// Holds one of the ledger's connections until dropped (Redis: none).
@@ -186,16 +202,15 @@ impl Participant {
                     Err(e) => Err(Some(e.to_string())),
                 }
             }
-            Store::Redis { stock, fence } => {
+            store @ Store::Redis { .. } => {
                 match self
-                    .on_redis(stock, fence, phase, &key, call)
+                    .on_redis(store, phase, &key, call)
                     .instrument(span)
                     .await
                 {
                     Ok(()) => Ok(()),
-                    Err(
-                        BranchError::Rejected(_) | BranchError::Handler(TccError::Insufficient),
-                    ) => Err(None),
+                    Err(BranchError::Rejected(_)) => Err(None),
+                    Err(BranchError::Handler(reason)) if reason == NO_STOCK => Err(None),
                     Err(e) => Err(Some(e.to_string())),
                 }
             }

@@ -6,9 +6,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use paytrace::ServiceTelemetry;
-use paytrace::tcc::{RedisFence, SqlFence};
+use paytrace::tcc::{RedisEffect, RedisFence, SqlFence};
 use paytrace_demo::ledger::Ledger;
-use paytrace_demo::stock::StockStore;
+use paytrace_demo::stock::{RESERVE_EFFECT, SETTLE_EFFECT, StockStore};
 use tokio::sync::watch;
 
 use crate::chaos::{Chaos, Fault};
@@ -81,7 +81,8 @@ async fn sql_ledger(
     Ok((ledger, fence))
 }
 
-/// Inventory's stock in the Redis at `url`, the Redis fence beside it.
+/// Inventory's stock in the Redis at `url`, each phase's change in the
+/// Redis fence's script.
 async fn redis_store(svc: &ServiceTelemetry, role: Role, url: &str) -> Result<Store, String> {
     let fence = RedisFence::connect(url, &format!("paytrace-demo:{role}"), FENCE_RETENTION)
         .await
@@ -91,7 +92,9 @@ async fn redis_store(svc: &ServiceTelemetry, role: Role, url: &str) -> Result<St
         .map_err(|e| format!("cannot use Redis at {url}: {e}"))?;
     Ok(Store::Redis {
         stock: Arc::new(stock),
-        fence: svc.tcc(role.name(), Arc::new(fence)),
+        fence: svc.tcc_redis(role.name(), Arc::new(fence)),
+        reserve: RedisEffect::new(RESERVE_EFFECT),
+        settle: RedisEffect::new(SETTLE_EFFECT),
     })
 }
 

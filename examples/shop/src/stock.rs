@@ -79,25 +79,40 @@ impl std::fmt::Debug for StockStore {
     }
 }
 
-const RESERVE: &str = r"
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
-redis.call('SET', KEYS[1], ARGV[3], 'NX')
-local available = tonumber(redis.call('GET', KEYS[1]))
-local qty = tonumber(ARGV[2])
-if available < qty then return 0 end
-redis.call('DECRBY', KEYS[1], qty)
-redis.call('HSET', KEYS[2], ARGV[1], qty)
-return 1
+/// Reserves `args[2]` units for branch `args[1]` (`keys`: stock,
+/// reservations, sold; `args[3]` the initial stock): `'ok'`, also when the
+/// branch holds its reservation already, or `'no stock'` with nothing
+/// written. The body of a Lua function `effect(keys, args)`: the
+/// participant's effect in [`paytrace::tcc::RedisEffect`], and wrapped by
+/// [`StockStore::reserve`].
+pub const RESERVE_EFFECT: &str = r"
+if redis.call('HEXISTS', keys[2], args[1]) == 1 then return 'ok' end
+redis.call('SET', keys[1], args[3], 'NX')
+local available = tonumber(redis.call('GET', keys[1]))
+local qty = tonumber(args[2])
+if available < qty then return 'no stock' end
+redis.call('DECRBY', keys[1], qty)
+redis.call('HSET', keys[2], args[1], qty)
+return 'ok'
 ";
 
-/// Moves a reservation to `KEYS[3]` (sold on commit, available on release).
-const SETTLE: &str = r"
-local qty = redis.call('HGET', KEYS[2], ARGV[1])
-if not qty then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('INCRBY', KEYS[3], qty)
-return 1
+/// Moves branch `args[1]`'s reservation (`keys[2]`) to `keys[3]`: the
+/// sold counter on commit, the stock on release. `'ok'`, or `'no
+/// reservation'` with nothing written.
+pub const SETTLE_EFFECT: &str = r"
+local qty = redis.call('HGET', keys[2], args[1])
+if not qty then return 'no reservation' end
+redis.call('HDEL', keys[2], args[1])
+redis.call('INCRBY', keys[3], qty)
+return 'ok'
 ";
+
+/// `body` as a script answering 1 when the effect answered `'ok'`, else 0.
+fn standalone(body: &str) -> Script {
+    Script::new(&format!(
+        "local function effect(keys, args)\n{body}\nend\nif effect(KEYS, ARGV) == 'ok' then return 1 end\nreturn 0"
+    ))
+}
 
 impl StockStore {
     /// Stock in memory, `initial` units of every item.
@@ -117,6 +132,23 @@ impl StockStore {
             conn,
             prefix: prefix.to_owned(),
         }))
+    }
+
+    /// The Redis keys of `sku`'s stock, reservations and sold counter, in
+    /// the order [`RESERVE_EFFECT`] and [`SETTLE_EFFECT`] take them; `None`
+    /// in memory.
+    pub fn redis_keys(&self, sku: u32) -> Option<[String; 3]> {
+        match &self.0 {
+            Backend::Memory { .. } => None,
+            Backend::Redis { prefix, .. } => Some(Self::keys(prefix, sku)),
+        }
+    }
+
+    /// Units of every item at start.
+    pub fn initial(&self) -> i64 {
+        match &self.0 {
+            Backend::Memory { initial, .. } | Backend::Redis { initial, .. } => *initial,
+        }
     }
 
     fn keys(prefix: &str, sku: u32) -> [String; 3] {
@@ -168,7 +200,7 @@ impl StockStore {
                 prefix,
             } => {
                 let [stock, reserved, _] = Self::keys(prefix, sku);
-                let done: i64 = Script::new(RESERVE)
+                let done: i64 = standalone(RESERVE_EFFECT)
                     .key(stock)
                     .key(reserved)
                     .arg(xid)
@@ -200,7 +232,7 @@ impl StockStore {
             Backend::Redis { conn, prefix, .. } => {
                 let [stock, reserved, sold_key] = Self::keys(prefix, sku);
                 let target = if sold { sold_key } else { stock };
-                let done: i64 = Script::new(SETTLE)
+                let done: i64 = standalone(SETTLE_EFFECT)
                     .key(String::new())
                     .key(reserved)
                     .key(target)

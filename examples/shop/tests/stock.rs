@@ -1,10 +1,14 @@
 //! Stock reservation never oversells under concurrent checkouts, in memory
-//! and in a real redis-server (started here; `apt-get install redis-server`).
+//! and in a real redis-server (started here; `apt-get install redis-server`);
+//! and the demo's inventory on Redis stock (`--redis`), each phase's stock
+//! change in the Redis fence's script, keeps the stock whole.
 
 use std::sync::Arc;
 
 use paytrace_demo::stock::StockStore;
 use paytrace_testkit::RedisServer;
+
+mod monitoring;
 
 /// 60 concurrent branches each try to reserve 3 of 100 units: exactly 33
 /// succeed; then half commit and half release, and nothing is lost.
@@ -87,4 +91,53 @@ async fn redis_stock_never_oversells_across_connections() {
     assert_eq!((l.available, l.reserved), (1, 99));
 
     no_oversell(a).await;
+}
+
+#[test]
+fn a_demo_run_with_stock_in_redis_keeps_it_whole() {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let server = runtime.block_on(RedisServer::start());
+    let doc = monitoring::demo_report(
+        "redis-stock",
+        &[
+            "--duration",
+            "12s",
+            "--rps",
+            "8",
+            "--port-base",
+            "9700",
+            "--redis",
+            server.url(),
+            "--chaos",
+            "empty-rollback",
+        ],
+        &[],
+    );
+    let ok = doc["requests"]["ok"].as_u64().unwrap_or(0);
+    assert!(ok >= 40, "{}", doc["requests"]);
+    // The fence in Redis refused each hanging Try in the script, before
+    // the stock moved: it counted every injected empty rollback.
+    let injected = doc["injected"]["empty_rollback"].as_u64().unwrap_or(0);
+    assert!(injected > 0, "{}", doc["injected"]);
+    assert_eq!(
+        doc["anomalies"]["empty_rollback"].as_u64(),
+        Some(injected),
+        "{}",
+        doc["anomalies"]
+    );
+    assert_eq!(
+        doc["anomalies"]["hanging_try"].as_u64(),
+        Some(injected),
+        "{}",
+        doc["anomalies"]
+    );
+    runtime.block_on(async {
+        // The demo's item (SKU 1), as the inventory keeps it.
+        let stock = StockStore::redis(server.url(), "paytrace-demo", 1_000_000)
+            .await
+            .expect("connects");
+        let l = stock.levels(1).await.expect("levels");
+        assert!(l.sold > 0, "{l:?}");
+        assert_eq!(l.available + l.reserved + l.sold, 1_000_000, "{l:?}");
+    });
 }
