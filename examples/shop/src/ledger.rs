@@ -14,7 +14,7 @@
 //!   impossible; `available + reserved + sold` stays the initial stock.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), paytrace_demo::ledger::LedgerError> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use paytrace::tcc::{BranchKey, Phase};
 //! use paytrace_demo::ledger::{Hold, Ledger};
 //!
