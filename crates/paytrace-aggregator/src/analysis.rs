@@ -80,6 +80,21 @@ pub(crate) struct FlowAnalysis {
     pub critical_path: Vec<PathSegment>,
     /// The sampling thresholds its spans carried.
     pub sampling: FlowSampling,
+    /// The spans moved to fit their parents, for skew between services'
+    /// clocks (see [`crate::tree::skew_adjustment`]).
+    #[serde(default)]
+    pub clock_skew: Vec<ClockSkew>,
+}
+
+/// A span of `service` that lay outside its parent of another service,
+/// moved to fit.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ClockSkew {
+    /// `service.name` of the span moved.
+    pub service: Arc<str>,
+    /// How far that service's clock was estimated to be ahead of its
+    /// caller's, in ns (negative: behind).
+    pub offset_ns: i64,
 }
 
 /// How a flow instance was sampled, from the thresholds its traces carried
@@ -147,6 +162,9 @@ struct TraceInfo<'a> {
     spans: &'a [Span],
     tree: Tree<'a>,
     nearest: Vec<usize>,
+    /// A consumer's subtree cut from its producer's trace (see
+    /// [`split_at_consumers`]), not a trace of its own.
+    detached: bool,
 }
 
 /// Analyses one flow instance made of `traces` (each a non-empty list of
@@ -163,10 +181,24 @@ pub(crate) fn analyze_flow_with(
     traces: &[Vec<Span>],
     clock_tolerance_ns: u64,
 ) -> Option<FlowAnalysis> {
-    let mut infos: Vec<TraceInfo<'_>> = traces
-        .iter()
-        .filter(|t| !t.is_empty())
-        .map(|spans| {
+    // A consumer that a producer of its own trace started is an async hop:
+    // its subtree is walked as a trace of its own, linked to the producer.
+    let splits: Vec<Option<Vec<Vec<Span>>>> =
+        traces.iter().map(|t| split_at_consumers(t)).collect();
+    let units = traces.iter().zip(&splits).flat_map(|(trace, split)| {
+        let parts: Vec<(&[Span], bool)> = match split {
+            None => vec![(trace.as_slice(), false)],
+            Some(parts) => parts
+                .iter()
+                .enumerate()
+                .map(|(k, p)| (p.as_slice(), k > 0))
+                .collect(),
+        };
+        parts
+    });
+    let mut infos: Vec<TraceInfo<'_>> = units
+        .filter(|(t, _)| !t.is_empty())
+        .map(|(spans, detached)| {
             let tree = Tree::with_tolerance(spans, clock_tolerance_ns);
             let is_stage = stages_of(&tree);
             let nearest = tree.nearest_stage(|i| is_stage[i]);
@@ -174,22 +206,32 @@ pub(crate) fn analyze_flow_with(
                 spans,
                 tree,
                 nearest,
+                detached,
             }
         })
         .collect();
     if infos.is_empty() {
         return None;
     }
-    infos.sort_by_key(|t| (t.spans[t.tree.root()].start_ns, t.spans[0].trace_id));
+    infos.sort_by_key(|t| {
+        (
+            t.spans[t.tree.root()].start_ns,
+            t.spans[0].trace_id,
+            t.detached,
+        )
+    });
 
+    // The flow runs from its first root's start to its last root's end:
+    // a child outside its root (a clock behind or ahead, work that outlives
+    // the response) is not the user's wait.
     let start_ns = infos
         .iter()
-        .flat_map(|t| t.spans.iter().map(|s| s.start_ns))
+        .map(|t| t.spans[t.tree.root()].start_ns)
         .min()
         .unwrap_or(0);
     let end_ns = infos
         .iter()
-        .flat_map(|t| t.spans.iter().map(|s| s.end_ns))
+        .map(|t| t.spans[t.tree.root()].end_ns)
         .max()
         .unwrap_or(start_ns);
 
@@ -209,6 +251,15 @@ pub(crate) fn analyze_flow_with(
     }
 
     let critical_path = stitched_critical_path(&infos, start_ns, end_ns);
+    let clock_skew = infos
+        .iter()
+        .flat_map(|info| {
+            info.tree.skews().iter().map(|skew| ClockSkew {
+                service: info.spans[skew.span].service.clone(),
+                offset_ns: skew.offset_ns,
+            })
+        })
+        .collect();
     for seg in &critical_path {
         stages.entry(seg.stage.clone()).critical_path_ns += seg.end_ns - seg.start_ns;
     }
@@ -248,11 +299,18 @@ pub(crate) fn analyze_flow_with(
         payment_channel: find(|s| &s.business.payment_channel),
         start_ns,
         end_ns,
-        is_error: infos.iter().any(|t| t.spans[t.tree.root()].is_error),
-        traces: infos.iter().map(|t| t.spans[0].trace_id).collect(),
+        is_error: infos
+            .iter()
+            .any(|t| !t.detached && t.spans[t.tree.root()].is_error),
+        traces: infos
+            .iter()
+            .filter(|t| !t.detached)
+            .map(|t| t.spans[0].trace_id)
+            .collect(),
         stages,
         critical_path,
-        sampling: FlowSampling::of(infos.iter().map(|t| t.spans)),
+        sampling: FlowSampling::of(traces.iter().filter(|t| !t.is_empty()).map(Vec::as_slice)),
+        clock_skew,
     })
 }
 
@@ -341,6 +399,67 @@ impl StageTable {
     }
 }
 
+/// The parts of one trace when a CONSUMER span in it has a PRODUCER
+/// parent: the trace without those consumers' subtrees first, then each
+/// subtree with its consumer as root (its parent id cleared, a link to the
+/// producer added), so that the flow's walk treats the edge as an async
+/// hop, like a link between traces. `None` when there is no such edge.
+fn split_at_consumers(spans: &[Span]) -> Option<Vec<Vec<Span>>> {
+    use crate::span::{Link, SpanKind};
+    let kind = |i: usize| spans[i].business.kind;
+    if !spans
+        .iter()
+        .any(|s| s.business.kind == SpanKind::Consumer && s.parent_span_id.is_some())
+    {
+        return None;
+    }
+    let by_id: crate::FastMap<SpanId, usize> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.span_id, i))
+        .collect();
+    let parent = |i: usize| -> Option<usize> {
+        let p = *by_id.get(&spans[i].parent_span_id?)?;
+        (p != i).then_some(p)
+    };
+    let detached = |i: usize| {
+        kind(i) == SpanKind::Consumer && parent(i).is_some_and(|p| kind(p) == SpanKind::Producer)
+    };
+    let roots: Vec<usize> = (0..spans.len()).filter(|&i| detached(i)).collect();
+    if roots.is_empty() {
+        return None;
+    }
+    // Each span's part: its nearest detached ancestor-or-self, else the
+    // trace's (0). A parent cycle stops after as many steps as spans.
+    let mut parts: Vec<Vec<Span>> = vec![Vec::new(); roots.len() + 1];
+    for (i, span) in spans.iter().enumerate() {
+        let mut cur = i;
+        let mut part = 0;
+        for _ in 0..spans.len() {
+            if let Ok(k) = roots.binary_search(&cur) {
+                part = k + 1;
+                break;
+            }
+            match parent(cur) {
+                Some(p) => cur = p,
+                None => break,
+            }
+        }
+        let mut span = span.clone();
+        if part > 0
+            && roots[part - 1] == i
+            && let Some(producer) = span.parent_span_id.take()
+        {
+            span.links.push(Link {
+                trace_id: span.trace_id,
+                span_id: producer,
+            });
+        }
+        parts[part].push(span);
+    }
+    Some(parts)
+}
+
 /// Every span of the flow with its trace and span index.
 fn all_spans<'a>(infos: &'a [TraceInfo<'_>]) -> impl Iterator<Item = (usize, usize, &'a Span)> {
     infos
@@ -363,10 +482,18 @@ fn stitched_critical_path(infos: &[TraceInfo<'_>], start_ns: u64, end_ns: u64) -
     let mut path = Vec::new();
     let mut visited: crate::FastSet<usize> = crate::FastSet::default();
 
-    // Start at the span that ends last.
-    let Some((mut t, mut from)) = all_spans(infos)
-        .max_by_key(|&(_, _, s)| (s.end_ns, std::cmp::Reverse(s.span_id)))
-        .map(|(t, i, _)| (t, i))
+    // Start at the root that ends last.
+    let Some((mut t, mut from)) = infos
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, info)| {
+            let root = &info.spans[info.tree.root()];
+            (
+                root.end_ns,
+                std::cmp::Reverse((root.trace_id, root.span_id)),
+            )
+        })
+        .map(|(t, info)| (t, info.tree.root()))
     else {
         return path;
     };
@@ -375,10 +502,25 @@ fn stitched_critical_path(infos: &[TraceInfo<'_>], start_ns: u64, end_ns: u64) -
         visited.insert(t);
         let info = &infos[t];
         let (walk_end, segments) = info.tree.critical_path_to(from, cursor);
-        // Time after the walk's start (a span outliving its root) stays with
-        // the span's own stage.
+        // A span the later trace waited on may outlive its parent: its own
+        // time past the parent's end stays with its stage; a span wholly
+        // after its parent (work started and not waited on) begins later,
+        // and the time before it is the wait for it.
         if cursor > walk_end {
-            path.push(segment(info, from, walk_end, cursor));
+            let own_start = info.tree.start_ns(from).clamp(walk_end, cursor);
+            if cursor > own_start {
+                path.push(segment(info, from, own_start, cursor));
+            }
+            if own_start > walk_end {
+                path.push(PathSegment {
+                    trace_id: info.spans[from].trace_id,
+                    span_id: None,
+                    stage: format!("{ASYNC_PREFIX}{}", info.tree.stage_name(info.nearest[from]))
+                        .into(),
+                    start_ns: walk_end,
+                    end_ns: own_start,
+                });
+            }
         }
         path.extend(
             segments
@@ -402,7 +544,7 @@ fn stitched_critical_path(infos: &[TraceInfo<'_>], start_ns: u64, end_ns: u64) -
         .into();
         match hop.map(|h| h.span) {
             Some((pt, pi)) => {
-                let pred_end = infos[pt].spans[pi].end_ns.min(cursor);
+                let pred_end = infos[pt].tree.end_ns(pi).min(cursor);
                 if cursor > pred_end {
                     path.push(PathSegment {
                         trace_id: info.spans[root].trace_id,
@@ -485,10 +627,9 @@ fn predecessor(
             (!visited.contains(&lt)).then_some((from, lt, li))
         })
         .max_by_key(|&(from, lt, li)| {
-            let s = &infos[lt].spans[li];
             // Ties: the link nearest the root wins, then the lowest index.
             (
-                s.end_ns,
+                infos[lt].tree.end_ns(li),
                 std::cmp::Reverse((from != infos[t].tree.root(), from)),
             )
         })
@@ -502,11 +643,9 @@ fn predecessor(
             .enumerate()
             .filter(|(ot, _)| !visited.contains(ot))
             .flat_map(|(ot, info)| {
-                info.spans
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| s.end_ns <= before)
-                    .map(move |(i, s)| (s.end_ns, ot, i))
+                (0..info.spans.len())
+                    .map(move |i| (info.tree.end_ns(i), ot, i))
+                    .filter(move |&(end, _, _)| end <= before)
             })
             .max_by_key(|&(end, ot, i)| {
                 let s = &infos[ot].spans[i];

@@ -441,6 +441,12 @@ struct ShadowQuery {
 /// What the TCC fence would have prevented at participants without it:
 /// counts by resource and kind, and the most recent examples with their
 /// traces.
+/// The services whose clocks the analysis corrected, as this replica saw
+/// them (each replica sees the flows routed to it).
+async fn clock_skew(State(api): State<ApiState>) -> Response {
+    Json(serde_json::json!({ "services": api.pipeline.clock_skew() })).into_response()
+}
+
 async fn tcc_shadow(
     State(api): State<ApiState>,
     Query(q): Query<ShadowQuery>,
@@ -587,6 +593,7 @@ pub(crate) fn router(api: ApiState, guard: Guard) -> Router {
         .route("/api/v1/tcc/anomalies", get(tcc_anomalies))
         .route("/api/v1/tcc/unfinished", get(tcc_unfinished))
         .route("/api/v1/tcc/shadow", get(tcc_shadow))
+        .route("/api/v1/clock-skew", get(clock_skew))
         .route_layer(axum::middleware::from_fn_with_state(guard, authenticate))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use paytrace_semconv::attr;
 
 use crate::config::StageRules;
-use crate::span::{Business, Link, Span, SpanId, TraceId};
+use crate::span::{Business, Link, Span, SpanId, SpanKind, TraceId};
 
 mod wire;
 
@@ -467,8 +467,8 @@ fn build(
         tcc.fenced = span.fence_event;
         tcc.fence_anomaly = span.fence_anomaly;
     }
-    const KIND_CONSUMER: i32 = 5;
-    business.entry = span.kind == KIND_SERVER || span.kind == KIND_CONSUMER;
+    business.kind = SpanKind::from_otlp(span.kind);
+    business.entry = matches!(business.kind, SpanKind::Server | SpanKind::Consumer);
     if business.stage.is_none()
         && let Some((stage, flow)) = rules.stage_for(service, name, attributes)
     {

@@ -61,6 +61,8 @@ pub mod auth;
 pub mod breakdown;
 pub mod cluster;
 pub mod config;
+#[cfg(test)]
+mod critical_path_cases;
 pub mod decode;
 pub(crate) mod flows;
 pub mod forward;

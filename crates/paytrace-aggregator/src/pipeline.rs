@@ -149,6 +149,22 @@ struct State {
     /// Per flow, its end-to-end p99 of the last 5 minutes as of when it was
     /// computed (the slow threshold of a flow with none configured).
     p99s: HashMap<Arc<str>, (Instant, Option<f64>)>,
+    /// Per service, the spans moved for clock skew and the last offset.
+    clock_skew: std::collections::BTreeMap<Arc<str>, ClockSkewSeen>,
+}
+
+/// A service whose clock the analysis corrected: how many of its spans
+/// were moved to fit their callers', and the last offset estimated.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ClockSkewSeen {
+    /// `service.name`.
+    pub service: Arc<str>,
+    /// Spans moved.
+    pub adjusted_spans: u64,
+    /// How far its clock was last estimated to be ahead of its caller's,
+    /// in seconds (negative: behind).
+    pub last_offset_seconds: f64,
 }
 
 /// The live pipeline; share it behind an `Arc`.
@@ -188,6 +204,7 @@ impl Pipeline {
                 tcc: TccTracker::new(config.tcc),
                 shadow: std::collections::BTreeMap::new(),
                 p99s: HashMap::new(),
+                clock_skew: Default::default(),
             }),
             metrics: Metrics::new(config.buckets.as_deref().unwrap_or(DEFAULT_LATENCY_BUCKETS))
                 .expect("the aggregator's families are distinct and their buckets checked"),
@@ -600,6 +617,12 @@ impl Pipeline {
         services
     }
 
+    /// The services whose clocks the analysis corrected (spans that lay
+    /// outside their caller's span of another service), by name.
+    pub fn clock_skew(&self) -> Vec<ClockSkewSeen> {
+        self.state().clock_skew.values().cloned().collect()
+    }
+
     /// TCC transactions waiting past the timeout, oldest first.
     pub fn tcc_unfinished(&self, limit: usize, now: Now) -> Vec<Unfinished> {
         let mut all = self.state().tcc.unfinished(now.wall_ns());
@@ -613,6 +636,32 @@ impl Pipeline {
             return;
         };
         let split = split_from(&finished.traces, &state.assembler);
+        for skew in &analysis.clock_skew {
+            let service = state.labels.service(
+                &skew.service,
+                self.label_limit,
+                &self.metrics.series_overflow,
+            );
+            let offset = skew.offset_ns as f64 / 1e9;
+            self.metrics
+                .clock_skew_adjusted
+                .with_label_values(&[&service])
+                .inc();
+            self.metrics
+                .clock_skew
+                .with_label_values(&[&service])
+                .set(offset);
+            let seen = state
+                .clock_skew
+                .entry(service.clone())
+                .or_insert_with(|| ClockSkewSeen {
+                    service,
+                    adjusted_spans: 0,
+                    last_offset_seconds: 0.0,
+                });
+            seen.adjusted_spans += 1;
+            seen.last_offset_seconds = offset;
+        }
         // Every name used as a key from here on is bounded: metric labels,
         // window groups and the recent-flows lists alike.
         state.labels.bound(

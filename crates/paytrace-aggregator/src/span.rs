@@ -129,6 +129,52 @@ pub struct Business {
     /// SERVER or CONSUMER). Such a span with no stage below it is a stage of
     /// its own: a service instrumented only automatically still shows up.
     pub entry: bool,
+    /// The span's kind. A CONSUMER child of a PRODUCER does not block it:
+    /// the critical path treats the edge as an async hop.
+    #[serde(default)]
+    pub kind: SpanKind,
+}
+
+/// The kind of a span, as OTLP sends it (`Span.kind`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SpanKind {
+    /// Not said (0), or a value OTLP does not define.
+    #[default]
+    Unspecified,
+    /// An operation inside a process (1).
+    Internal,
+    /// The server side of a call (2).
+    Server,
+    /// The client side of a call (3).
+    Client,
+    /// Sending a message that something else processes later (4).
+    Producer,
+    /// Processing a message (5).
+    Consumer,
+}
+
+impl SpanKind {
+    /// The kind of OTLP's `Span.kind` value.
+    ///
+    /// ```
+    /// use paytrace_aggregator::span::SpanKind;
+    /// assert_eq!(SpanKind::from_otlp(4), SpanKind::Producer);
+    /// assert_eq!(SpanKind::from_otlp(9), SpanKind::Unspecified);
+    /// ```
+    pub fn from_otlp(kind: i32) -> Self {
+        match kind {
+            1 => Self::Internal,
+            2 => Self::Server,
+            3 => Self::Client,
+            4 => Self::Producer,
+            5 => Self::Consumer,
+            _ => Self::Unspecified,
+        }
+    }
 }
 
 /// The `tcc.*` attributes of a span, as sent: the TCC tracker classifies

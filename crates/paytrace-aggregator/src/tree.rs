@@ -61,6 +61,47 @@ pub(crate) struct Tree<'a> {
     root_stage: Option<Arc<str>>,
     /// How far past the walk point a child may end and still be followed.
     tolerance_ns: u64,
+    /// The children moved to fit their parents.
+    skews: Vec<Skew>,
+    /// How far each span was moved (ns), when any was.
+    shift: Option<Box<[i64]>>,
+}
+
+/// A span of another service than its parent's that lay outside its
+/// parent, moved (with its subtree) to fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Skew {
+    /// The span moved.
+    pub span: usize,
+    /// How far its service's clock is estimated to be ahead of its
+    /// parent's (negative: behind), in ns: the span was moved by minus this.
+    pub offset_ns: i64,
+}
+
+/// How far to move `child` (ns, with its subtree) so that it fits inside
+/// `parent`: 0 unless the two are of different services, the child is the
+/// server side of a call (kind SERVER, or its parent a CLIENT), and it
+/// lies outside the parent by more than `tolerance_ns` at either end. Then
+/// a child no longer than its parent is centred in it (the request's and
+/// the response's network time taken as equal); a longer child starts
+/// with its parent.
+pub(crate) fn skew_adjustment(parent: &Span, child: &Span, tolerance_ns: u64) -> i64 {
+    use crate::span::SpanKind;
+    let a_call =
+        child.business.kind == SpanKind::Server || parent.business.kind == SpanKind::Client;
+    let overflows = child.start_ns.saturating_add(tolerance_ns) < parent.start_ns
+        || child.end_ns > parent.end_ns.saturating_add(tolerance_ns);
+    if !a_call || !overflows || child.service == parent.service {
+        return 0;
+    }
+    let (pd, cd) = (parent.duration_ns(), child.duration_ns());
+    let target = if cd > pd {
+        parent.start_ns
+    } else {
+        parent.start_ns + (pd - cd) / 2
+    };
+    let adjust = i128::from(target) - i128::from(child.start_ns);
+    i64::try_from(adjust).unwrap_or(if adjust < 0 { i64::MIN } else { i64::MAX })
 }
 
 impl<'a> Tree<'a> {
@@ -126,16 +167,41 @@ impl<'a> Tree<'a> {
             children = Children::from_parents(&parent);
         }
 
-        // Windows, parents before children (`order` is a pre-order).
+        // Windows, parents before children (`order` is a pre-order), on
+        // clocks corrected for skew between services.
         let mut window: Vec<Option<(u64, u64)>> = vec![None; n];
+        // Allocated at the first skewed span (spans before it have none).
+        let mut shift: Option<Box<[i64]>> = None;
+        let mut skews = Vec::new();
         for &i in &order {
             let s = &spans[i];
             window[i] = match parent[i] {
                 None => Some((s.start_ns, s.end_ns)),
-                Some(p) => window[p].and_then(|(ps, pe)| {
-                    let (cs, ce) = (s.start_ns.max(ps), s.end_ns.min(pe));
-                    (cs <= ce && s.start_ns <= pe && s.end_ns >= ps).then_some((cs, ce))
-                }),
+                Some(p) => {
+                    let adjust = skew_adjustment(&spans[p], s, tolerance_ns);
+                    if adjust != 0 {
+                        skews.push(Skew {
+                            span: i,
+                            offset_ns: adjust.saturating_neg(),
+                        });
+                        shift.get_or_insert_with(|| vec![0; n].into_boxed_slice());
+                    }
+                    let mine = match &mut shift {
+                        Some(shift) => {
+                            shift[i] = shift[p].saturating_add(adjust);
+                            shift[i]
+                        }
+                        None => 0,
+                    };
+                    let (ss, se) = (
+                        s.start_ns.saturating_add_signed(mine),
+                        s.end_ns.saturating_add_signed(mine),
+                    );
+                    window[p].and_then(|(ps, pe)| {
+                        let (cs, ce) = (ss.max(ps), se.min(pe));
+                        (cs <= ce && ss <= pe && se >= ps).then_some((cs, ce))
+                    })
+                }
             };
         }
         for i in 0..n {
@@ -155,7 +221,32 @@ impl<'a> Tree<'a> {
             window,
             root_stage,
             tolerance_ns,
+            skews,
+            shift,
         }
+    }
+
+    /// Span `i`'s start on the trace's corrected clock (its own start unless
+    /// it or an ancestor was moved for skew).
+    pub(crate) fn start_ns(&self, i: usize) -> u64 {
+        let s = self.spans[i].start_ns;
+        self.shift
+            .as_ref()
+            .map_or(s, |v| s.saturating_add_signed(v[i]))
+    }
+
+    /// Span `i`'s end on the trace's corrected clock.
+    pub(crate) fn end_ns(&self, i: usize) -> u64 {
+        let e = self.spans[i].end_ns;
+        self.shift
+            .as_ref()
+            .map_or(e, |v| e.saturating_add_signed(v[i]))
+    }
+
+    /// The spans whose clocks were corrected for skew (see
+    /// [`skew_adjustment`]), with the offset estimated for each.
+    pub(crate) fn skews(&self) -> &[Skew] {
+        &self.skews
     }
 
     /// The root span's index.
@@ -202,7 +293,7 @@ impl<'a> Tree<'a> {
         let Some((_, anchor_end)) = self.window[anchor] else {
             return (until, Vec::new());
         };
-        let t = self.spans[from].end_ns.min(anchor_end).min(until);
+        let t = self.end_ns(from).min(anchor_end).min(until);
         // Ancestors resume from the start of the branch that leads to `from`.
         let mut chain = vec![anchor];
         while let Some(p) = self.parent[*chain.last().unwrap_or(&anchor)] {
@@ -336,14 +427,13 @@ impl<'a> Tree<'a> {
                 if nearest_stage[i] != i {
                     return 0;
                 }
-                let s = &self.spans[i];
+                let (ss, se) = (self.start_ns(i), self.end_ns(i));
                 intervals.clear();
                 intervals.extend(self.children.of(i).iter().filter_map(|&c| {
-                    let c = &self.spans[c];
-                    let (cs, ce) = (c.start_ns.max(s.start_ns), c.end_ns.min(s.end_ns));
+                    let (cs, ce) = (self.start_ns(c).max(ss), self.end_ns(c).min(se));
                     (cs < ce).then_some((cs, ce))
                 }));
-                s.duration_ns() - union_length(&mut intervals)
+                self.spans[i].duration_ns() - union_length(&mut intervals)
             })
             .collect()
     }

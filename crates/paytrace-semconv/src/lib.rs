@@ -339,6 +339,16 @@ pub mod metric {
     /// probability.
     pub const AGGREGATOR_FLOWS_SAMPLED_INCONSISTENTLY_TOTAL: &str =
         "paytrace_aggregator_flows_sampled_inconsistently_total";
+    /// Counter `{service_name}`: spans of a service that lay outside their
+    /// caller's span (of another service) by more than the clock tolerance
+    /// and were moved, with their subtrees, to fit: that service's clock
+    /// disagrees with its callers'.
+    pub const AGGREGATOR_CLOCK_SKEW_ADJUSTED_TOTAL: &str =
+        "paytrace_aggregator_clock_skew_adjusted_total";
+    /// Gauge `{service_name}`: how far the service's clock was last
+    /// estimated to be ahead of its caller's (negative: behind), in seconds,
+    /// from a span that had to be moved.
+    pub const AGGREGATOR_CLOCK_SKEW_SECONDS: &str = "paytrace_aggregator_clock_skew_seconds";
 
     /// Every metric name above, for consistency checks.
     pub const ALL: &[&str] = &[
@@ -396,6 +406,8 @@ pub mod metric {
         AGGREGATOR_SERIES_OVERFLOW_TOTAL,
         AGGREGATOR_SPANS_TRUNCATED_TOTAL,
         AGGREGATOR_FLOWS_SAMPLED_INCONSISTENTLY_TOTAL,
+        AGGREGATOR_CLOCK_SKEW_ADJUSTED_TOTAL,
+        AGGREGATOR_CLOCK_SKEW_SECONDS,
     ];
 
     /// The aggregator's families about the flows themselves. Replicas

@@ -482,6 +482,7 @@ mod tests {
             ],
             critical_path: Vec::new(),
             sampling: FlowSampling::default(),
+            clock_skew: Vec::new(),
         }
     }
 

@@ -53,6 +53,8 @@ pub(super) struct Metrics {
     pub(super) tcc_unfinished: IntGauge,
     pub(super) tcc_unfinished_oldest: prometheus::Gauge,
     pub(super) tcc_anomalies: IntCounterVec,
+    pub(super) clock_skew_adjusted: IntCounterVec,
+    pub(super) clock_skew: prometheus::GaugeVec,
 }
 
 impl Metrics {
@@ -163,6 +165,20 @@ impl Metrics {
                 ),
                 &[label::RESOURCE, label::KIND],
             )?,
+            clock_skew_adjusted: IntCounterVec::new(
+                Opts::new(
+                    metric::AGGREGATOR_CLOCK_SKEW_ADJUSTED_TOTAL,
+                    "Spans of a service moved to fit inside their caller's span of another service: its clock disagrees with its callers'.",
+                ),
+                &[label::SERVICE_NAME],
+            )?,
+            clock_skew: prometheus::GaugeVec::new(
+                Opts::new(
+                    metric::AGGREGATOR_CLOCK_SKEW_SECONDS,
+                    "How far the service's clock was last estimated to be ahead of its caller's (negative: behind).",
+                ),
+                &[label::SERVICE_NAME],
+            )?,
         };
         let r = &m.registry;
         r.register(Box::new(m.flow_duration.clone()))?;
@@ -181,6 +197,8 @@ impl Metrics {
         r.register(Box::new(m.tcc_unfinished.clone()))?;
         r.register(Box::new(m.tcc_unfinished_oldest.clone()))?;
         r.register(Box::new(m.tcc_anomalies.clone()))?;
+        r.register(Box::new(m.clock_skew_adjusted.clone()))?;
+        r.register(Box::new(m.clock_skew.clone()))?;
         // Series exist from the start at zero, so that `increase()` and
         // `rate()` see the first event.
         for reason in aggregator_drop_reason::ALL {

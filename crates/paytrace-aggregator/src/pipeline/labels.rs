@@ -18,6 +18,8 @@ pub(super) struct LabelValues {
     pub(super) stage: crate::FastSet<Arc<str>>,
     /// TCC resources.
     pub(super) resource: crate::FastSet<Arc<str>>,
+    /// Services whose clocks were corrected.
+    pub(super) service: crate::FastSet<Arc<str>>,
     pub(super) overflow: Arc<str>,
 }
 
@@ -29,6 +31,7 @@ impl Default for LabelValues {
             payment_channel: Default::default(),
             stage: Default::default(),
             resource: Default::default(),
+            service: Default::default(),
             overflow: Arc::from(OVERFLOW_LABEL_VALUE),
         }
     }
@@ -64,6 +67,16 @@ impl LabelValues {
         overflowed: &prometheus::IntCounter,
     ) -> Arc<str> {
         Self::bounded(&mut self.resource, &self.overflow, value, limit, overflowed)
+    }
+
+    /// The bounded copy of a service name.
+    pub(super) fn service(
+        &mut self,
+        value: &Arc<str>,
+        limit: usize,
+        overflowed: &prometheus::IntCounter,
+    ) -> Arc<str> {
+        Self::bounded(&mut self.service, &self.overflow, value, limit, overflowed)
     }
 
     /// Bounds every name of `a` used as a label or key: its flow, payment
