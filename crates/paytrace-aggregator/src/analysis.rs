@@ -503,23 +503,32 @@ fn stitched_critical_path(infos: &[TraceInfo<'_>], start_ns: u64, end_ns: u64) -
         let info = &infos[t];
         let (walk_end, segments) = info.tree.critical_path_to(from, cursor);
         // A span the later trace waited on may outlive its parent: its own
-        // time past the parent's end stays with its stage; a span wholly
-        // after its parent (work started and not waited on) begins later,
-        // and the time before it is the wait for it.
+        // time past the parent's end stays with its stage, as far as the
+        // stage's span lasted; a span wholly after its parent (work started
+        // and not waited on) begins later. The time around it is the wait
+        // for it.
         if cursor > walk_end {
             let own_start = info.tree.start_ns(from).clamp(walk_end, cursor);
-            if cursor > own_start {
-                path.push(segment(info, from, own_start, cursor));
-            }
-            if own_start > walk_end {
-                path.push(PathSegment {
-                    trace_id: info.spans[from].trace_id,
-                    span_id: None,
-                    stage: format!("{ASYNC_PREFIX}{}", info.tree.stage_name(info.nearest[from]))
-                        .into(),
-                    start_ns: walk_end,
-                    end_ns: own_start,
-                });
+            let stage_span = info.nearest[from];
+            let kept_start = own_start.max(info.tree.start_ns(stage_span));
+            let kept_end = cursor.min(info.tree.end_ns(stage_span));
+            let wait = |start_ns, end_ns| PathSegment {
+                trace_id: info.spans[from].trace_id,
+                span_id: None,
+                stage: format!("{ASYNC_PREFIX}{}", info.tree.stage_name(stage_span)).into(),
+                start_ns,
+                end_ns,
+            };
+            if kept_start < kept_end {
+                if cursor > kept_end {
+                    path.push(wait(kept_end, cursor));
+                }
+                path.push(segment(info, from, kept_start, kept_end));
+                if kept_start > walk_end {
+                    path.push(wait(walk_end, kept_start));
+                }
+            } else {
+                path.push(wait(walk_end, cursor));
             }
         }
         path.extend(
@@ -544,7 +553,9 @@ fn stitched_critical_path(infos: &[TraceInfo<'_>], start_ns: u64, end_ns: u64) -
         .into();
         match hop.map(|h| h.span) {
             Some((pt, pi)) => {
-                let pred_end = infos[pt].tree.end_ns(pi).min(cursor);
+                // A predecessor that ended before the flow began (its clock
+                // behind) hands on at the flow's start.
+                let pred_end = infos[pt].tree.end_ns(pi).clamp(start_ns, cursor);
                 if cursor > pred_end {
                     path.push(PathSegment {
                         trace_id: info.spans[root].trace_id,

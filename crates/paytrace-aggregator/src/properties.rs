@@ -106,6 +106,123 @@ proptest! {
     }
 }
 
+/// Random traces at the edges: spans of three services with every span
+/// kind, children anywhere around their parents (overflowing, outside,
+/// skewed), producers with consumers; `links` adds a second trace linked
+/// to a random span of the first.
+fn edge_strategy() -> impl Strategy<Value = Vec<Vec<Span>>> {
+    use crate::span::SpanKind;
+    const KINDS: [SpanKind; 5] = [
+        SpanKind::Unspecified,
+        SpanKind::Server,
+        SpanKind::Client,
+        SpanKind::Producer,
+        SpanKind::Consumer,
+    ];
+    let one = || {
+        (
+            trace_strategy(),
+            proptest::collection::vec((0usize..3, 0usize..KINDS.len()), 60),
+        )
+            .prop_map(|(mut spans, looks)| {
+                for (s, &(svc, kind)) in spans.iter_mut().zip(&looks) {
+                    s.service = ["order", "inventory", "payment"][svc].into();
+                    s.business.kind = KINDS[kind];
+                }
+                spans
+            })
+    };
+    (
+        one(),
+        proptest::option::of((one(), any::<usize>(), 0u64..800)),
+    )
+        .prop_map(|(first, second)| {
+            let Some((second, at, offset)) = second else {
+                return vec![first];
+            };
+            let linked = &first[at % first.len()];
+            let (trace, span_id) = (linked.trace_id, linked.span_id);
+            let second = second
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut s)| {
+                    s.trace_id = crate::TraceId([9; 16]);
+                    s.start_ns += offset;
+                    s.end_ns += offset;
+                    if i == 0 {
+                        s.links.push(crate::span::Link {
+                            trace_id: trace,
+                            span_id,
+                        });
+                    }
+                    s
+                })
+                .collect();
+            vec![first, second]
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// At the edges, at any clock tolerance: no stage has more time on the
+    /// path than its spans lasted; the stages' times add up to the end to
+    /// end; the path runs without a gap or an overlap from the flow's start
+    /// to its end.
+    #[test]
+    fn the_path_holds_at_the_edges(
+        traces in edge_strategy(),
+        tolerance in prop_oneof![Just(0u64), 0u64..50],
+    ) {
+        let flow = crate::analysis::analyze_flow_with(&traces, tolerance).expect("non-empty");
+        for s in &flow.stages {
+            if !s.stage.starts_with(paytrace_semconv::stage::ASYNC_PREFIX) {
+                prop_assert!(s.critical_path_ns <= s.duration_ns, "{:?}", s);
+            }
+            prop_assert!(s.self_ns <= s.duration_ns, "{:?}", s);
+        }
+        let total: u64 = flow.stages.iter().map(|s| s.critical_path_ns).sum();
+        prop_assert_eq!(total, flow.duration_ns());
+        let mut at = flow.end_ns;
+        for seg in &flow.critical_path {
+            prop_assert!(seg.start_ns <= seg.end_ns, "{:?}", seg);
+            prop_assert_eq!(seg.end_ns, at, "a gap or an overlap: {:?}", flow.critical_path);
+            at = seg.start_ns;
+        }
+        prop_assert_eq!(at, flow.start_ns, "{:?}", flow.critical_path);
+    }
+
+    /// At the edges, the answer does not depend on the order the spans
+    /// arrived in, nor the traces.
+    #[test]
+    fn the_edges_do_not_depend_on_arrival_order(
+        traces in edge_strategy(),
+        seed in any::<u64>(),
+    ) {
+        let mut shuffled: Vec<Vec<Span>> = traces.iter().rev().cloned().collect();
+        let mut state = seed | 1;
+        for spans in &mut shuffled {
+            for i in (1..spans.len()).rev() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                spans.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+        }
+        let a = crate::analysis::analyze_flow_with(&traces, 1).expect("non-empty");
+        let b = crate::analysis::analyze_flow_with(&shuffled, 1).expect("non-empty");
+        prop_assert_eq!(&a.stages, &b.stages);
+        prop_assert_eq!((a.start_ns, a.end_ns), (b.start_ns, b.end_ns));
+        let skews = |f: &crate::analysis::FlowAnalysis| {
+            let mut v: Vec<(String, i64)> =
+                f.clock_skew.iter().map(|c| (c.service.to_string(), c.offset_ns)).collect();
+            v.sort();
+            v
+        };
+        prop_assert_eq!(skews(&a), skews(&b));
+    }
+}
+
 /// A root with sequential stages (durations in ms, optional gaps), then
 /// shifted as a millisecond clock shifts them: each span starts up to 1 ms
 /// early and ends its precise duration later, as the OpenTelemetry JS SDK

@@ -282,18 +282,23 @@ impl<'a> Tree<'a> {
     /// tree and to `until`) and the segments, which cover from there back to
     /// the root's start.
     pub(crate) fn critical_path_to(&self, from: usize, until: u64) -> (u64, Vec<Segment>) {
-        // The first ancestor-or-self that is on the tree's timeline.
+        // The first ancestor-or-self on the tree's timeline that had begun
+        // by `from`'s end: the walk continues there (a span that ended
+        // before its parent began hands on to an ancestor that had).
+        let mut t = self.end_ns(from).min(until);
         let mut anchor = from;
-        while self.window[anchor].is_none() {
-            match self.parent[anchor] {
-                Some(p) => anchor = p,
-                None => break,
+        loop {
+            match self.window[anchor] {
+                Some((ws, we)) if ws <= t => {
+                    t = t.min(we);
+                    break;
+                }
+                _ => match self.parent[anchor] {
+                    Some(p) => anchor = p,
+                    None => return (until, Vec::new()),
+                },
             }
         }
-        let Some((_, anchor_end)) = self.window[anchor] else {
-            return (until, Vec::new());
-        };
-        let t = self.end_ns(from).min(anchor_end).min(until);
         // Ancestors resume from the start of the branch that leads to `from`.
         let mut chain = vec![anchor];
         while let Some(p) = self.parent[*chain.last().unwrap_or(&anchor)] {
