@@ -10,6 +10,14 @@
 'use strict';
 
 const [role, protocol, endpoint, scenario] = process.argv.slice(2);
+// "skew_ahead" / "skew_behind": inventory's host clock is 40 ms ahead of
+// (behind) the others'. The SDK starts a span at Date.now() and ends it a
+// performance.now() duration later, so shifting Date.now shifts them all.
+const skewMs = { skew_ahead: 40, skew_behind: -40 }[scenario];
+if (skewMs && role === 'inventory') {
+  const realNow = Date.now;
+  Date.now = () => realNow() + skewMs;
+}
 const provider =
   role === 'channel' ? null : require('./otel').init(role, protocol, endpoint, scenario === 'grpc');
 

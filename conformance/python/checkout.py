@@ -9,7 +9,9 @@ HTTP instrumentations set. Stages sleep known times.
 
     python checkout.py CASE ENDPOINT FLOWS
 
-CASE is overlap | link | failures | long | late | plain | sampled. In
+CASE is overlap | link | failures | long | late | plain | sampled |
+skew_ahead | skew_behind (inventory's clock 40 ms ahead of, behind, the
+others'). In
 "overlap" every span starts on a whole millisecond and ends its precise
 duration later, as a millisecond clock (the JS SDK's Date.now()) records it;
 the Python SDK's own clock is in nanoseconds. In "failures" 2 of every 5
@@ -39,6 +41,8 @@ PLAIN = CASE == "plain"
 SAMPLED = CASE == "sampled"
 FLOW = "sampled" if SAMPLED else "checkout"
 COARSE = CASE == "overlap"
+# The skewed service and how far its clock is off, in ns.
+SKEW = {"skew_ahead": ("inventory", 40_000_000), "skew_behind": ("inventory", -40_000_000)}.get(CASE)
 PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 
 providers = {}
@@ -73,6 +77,8 @@ def span(service, name, kind=SpanKind.INTERNAL, attributes=None, links=None, ctx
     """A span of `service`, current inside the block."""
     real_start = time.time_ns()
     start = real_start // 1_000_000 * 1_000_000 if COARSE else real_start
+    if SKEW and SKEW[0] == service:
+        start += SKEW[1]
     s = tracer(service).start_span(
         name, context=ctx, kind=kind, attributes=attributes or {}, links=links or [],
         start_time=start,

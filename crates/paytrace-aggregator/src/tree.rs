@@ -9,6 +9,11 @@
 //!   services must not make a child look longer than its caller); the part of
 //!   a child past its parent's end does not block the parent, and a child
 //!   entirely outside its parent is not on the path at all.
+//! - Clocks of different hosts disagree: a server span of another service
+//!   than its parent's that lies outside the parent by more than the clock
+//!   tolerance is moved, with its subtree, to fit ([`skew_adjustment`]);
+//!   the move is reported ([`Tree::skews`]) so that the skewed service can
+//!   be named.
 //! - A span whose parent is not in the trace (lost, or sampled out) hangs off
 //!   the root; so does a span caught in a parent cycle.
 //! - Clocks are coarse: the OpenTelemetry JS SDK starts spans on whole

@@ -669,6 +669,52 @@ async fn python_exports_over_tls_with_a_bearer_token() {
     assert_eq!(refused, 0.0, "every export carried the token");
 }
 
+/// Inventory's clock is `offset_ms` off the others' (its driver shifts
+/// every span it starts): the analysis moves its server spans into their
+/// callers, the checkout's stages keep their design, and the API and the
+/// metrics name inventory with about that offset.
+async fn skewed(sdk: Sdk, case: &'static str, offset_ms: f64) {
+    let aggregator = Aggregator::start(&FAST).await;
+    drive(sdk, case, &aggregator, None).await;
+    let b = aggregator
+        .breakdown("checkout", FLOWS as u64, Duration::from_secs(60))
+        .await;
+    assert_eq!(b["traces"], FLOWS);
+    assert_checkout_design(&b);
+    assert_slowest_are_whole_paths(&aggregator).await;
+    let skew = aggregator.get("/api/v1/clock-skew").await;
+    let services = skew["services"].as_array().expect("a list");
+    let inventory = services
+        .iter()
+        .find(|s| s["service"] == "inventory")
+        .unwrap_or_else(|| panic!("inventory's clock not corrected: {skew}"));
+    // One server span per checkout, called from the gateway.
+    assert_eq!(inventory["adjusted_spans"], FLOWS, "{skew}");
+    // Centring a server span in its client's takes the call's two network
+    // legs as equal; on loopback they differ by a few ms at most.
+    let offset = seconds(&inventory["last_offset_seconds"]) * 1e3;
+    assert!(
+        (offset - offset_ms).abs() <= 15.0,
+        "inventory's clock is {offset_ms} ms off, estimated {offset} ms: {skew}"
+    );
+    for other in services.iter().filter(|s| s["service"] != "inventory") {
+        let offset = seconds(&other["last_offset_seconds"]) * 1e3;
+        assert!(offset.abs() <= 5.0, "only inventory is skewed: {skew}");
+    }
+    let counted = aggregator
+        .metric(r#"paytrace_aggregator_clock_skew_adjusted_total{service_name="inventory"}"#)
+        .await;
+    assert_eq!(counted, FLOWS as f64);
+}
+
+async fn skew_ahead(sdk: Sdk) {
+    skewed(sdk, "skew_ahead", 40.0).await;
+}
+
+async fn skew_behind(sdk: Sdk) {
+    skewed(sdk, "skew_behind", -40.0).await;
+}
+
 macro_rules! conformance {
     ($($name:ident: $case:ident($sdk:expr);)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -686,18 +732,24 @@ conformance! {
     js_late_export: late(Sdk::Js("http/protobuf"));
     js_plain_auto_instrumentation: plain(Sdk::Js("http/json"));
     js_grpc_hop_auto_instrumentation: grpc_hop(Sdk::Js("http/protobuf"));
+    js_a_clock_ahead_is_corrected_and_named: skew_ahead(Sdk::Js("grpc"));
+    js_a_clock_behind_is_corrected_and_named: skew_behind(Sdk::Js("http/protobuf"));
     python_overlap_from_millisecond_clocks: overlap(Sdk::Python);
     python_link_on_a_child_span: link(Sdk::Python);
     python_failed_checkouts_are_errors: failures(Sdk::Python);
     python_over_long_attribute_on_the_root: long_attribute(Sdk::Python);
     python_late_export: late(Sdk::Python);
     python_plain_auto_instrumentation: plain(Sdk::Python);
+    python_a_clock_ahead_is_corrected_and_named: skew_ahead(Sdk::Python);
+    python_a_clock_behind_is_corrected_and_named: skew_behind(Sdk::Python);
     rust_overlap_from_millisecond_clocks: overlap(Sdk::Rust);
     rust_link_on_a_child_span: link(Sdk::Rust);
     rust_failed_checkouts_are_errors: failures(Sdk::Rust);
     rust_over_long_attribute_on_the_root: long_attribute(Sdk::Rust);
     rust_late_export: late(Sdk::Rust);
     rust_plain_auto_instrumentation: plain(Sdk::Rust);
+    rust_a_clock_ahead_is_corrected_and_named: skew_ahead(Sdk::Rust);
+    rust_a_clock_behind_is_corrected_and_named: skew_behind(Sdk::Rust);
 }
 
 /// The same checkouts from the OpenTelemetry Rust SDK: one tracer provider
@@ -724,6 +776,8 @@ mod rust_sdk {
         endpoint: String,
         delay: Option<Duration>,
         coarse: bool,
+        /// A service whose clock is off, and by how much (ms, ahead > 0).
+        skew: Option<(&'static str, i64)>,
     }
 
     impl Services {
@@ -775,6 +829,13 @@ mod rust_sdk {
             } else {
                 now
             };
+            let start = match self.skew {
+                Some((skewed, ms)) if skewed == service => {
+                    let by = Duration::from_millis(ms.unsigned_abs());
+                    if ms > 0 { start + by } else { start - by }
+                }
+                _ => start,
+            };
             let span = tracer
                 .span_builder(name.to_owned())
                 .with_kind(kind)
@@ -804,6 +865,11 @@ mod rust_sdk {
             endpoint: endpoint.to_owned(),
             delay,
             coarse: case == "overlap",
+            skew: match case {
+                "skew_ahead" => Some(("inventory", 40)),
+                "skew_behind" => Some(("inventory", -40)),
+                _ => None,
+            },
         };
         let plain = case == "plain";
         for i in 0..flows {
