@@ -791,8 +791,11 @@ pub mod drop_reason {
     pub const EXPORT_FAILED: &str = "export_failed";
     /// The export did not finish within its timeout (collector black-holed).
     pub const EXPORT_TIMEOUT: &str = "export_timeout";
+    /// The span ended after the tracer provider was shut down (its guard
+    /// was dropped early).
+    pub const AFTER_SHUTDOWN: &str = "after_shutdown";
     /// All reasons.
-    pub const ALL: &[&str] = &[QUEUE_FULL, EXPORT_FAILED, EXPORT_TIMEOUT];
+    pub const ALL: &[&str] = &[QUEUE_FULL, EXPORT_FAILED, EXPORT_TIMEOUT, AFTER_SHUTDOWN];
 }
 
 /// Values of the `reason` label of `paytrace_aggregator_spans_dropped_total`.

@@ -40,7 +40,7 @@ pub(crate) fn method_label(method: &http::Method) -> &'static str {
 ///
 /// ```
 /// use paytrace::LabelLimits;
-/// use paytrace_semconv::{label, payment};
+/// use paytrace::semconv::{label, payment};
 ///
 /// let limits = LabelLimits::default()
 ///     .limit(label::HTTP_ROUTE, 500)

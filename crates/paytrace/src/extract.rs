@@ -31,7 +31,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ServiceTelemetry {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         parts.extensions.get::<ServiceTelemetry>().cloned().ok_or((
             StatusCode::INTERNAL_SERVER_ERROR,
-            "paytrace::ServiceTelemetry is not in this request: add `.layer(svc.http_layer())` to the router",
+            "paytrace::ServiceTelemetry is not in this request: this route is not behind `svc.http_layer()`. \
+             `Router::layer` wraps only the routes (and nested or merged routers) added before it: \
+             add this route before `.layer(svc.http_layer())`",
         ))
     }
 }

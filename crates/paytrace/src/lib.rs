@@ -8,6 +8,9 @@
 //!
 //! # Where to start
 //!
+//! `docs/getting-started.md` goes from `cargo new` to a breakdown of two
+//! services of your own. Then:
+//!
 //! 1. [`init`] once at start-up: tracing + OpenTelemetry + OTLP from the
 //!    standard `OTEL_*` variables; or [`layer`] when the application builds
 //!    its own `tracing` subscriber and only needs the OpenTelemetry layer.
@@ -54,6 +57,17 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! # Versions
+//!
+//! paytrace is built against axum 0.8, tonic 0.14, reqwest 0.13,
+//! opentelemetry 0.33, prometheus 0.14 and tracing 0.1 (sqlx 0.9 and
+//! redis 1 behind their features). Their types appear in its signatures
+//! ([`ServiceTelemetry::client`] takes a `reqwest::Client`), so a service
+//! on another major version of one of them gets "expected
+//! `reqwest::Client`, found `reqwest::Client`": use the crate through
+//! paytrace instead (`paytrace::reqwest::Client::new()`), or the same
+//! version.
 //!
 //! # Guarantees
 //!
@@ -124,8 +138,41 @@ pub use telemetry::{
 
 pub use paytrace_semconv as semconv;
 
+// The crates whose types appear in paytrace's public signatures, so that a
+// service uses exactly the versions paytrace was built against: name them
+// through paytrace (`paytrace::reqwest::Client`) or pin the same versions
+// (README, "Versions").
+#[doc(no_inline)]
+pub use axum;
+#[doc(no_inline)]
+pub use opentelemetry;
+#[doc(no_inline)]
+pub use prometheus;
+#[cfg(feature = "redis")]
+#[doc(no_inline)]
+pub use redis;
+#[doc(no_inline)]
+pub use reqwest;
+#[cfg(any(
+    feature = "sqlx-postgres",
+    feature = "sqlx-mysql",
+    feature = "sqlx-sqlite"
+))]
+#[doc(no_inline)]
+pub use sqlx;
+#[doc(no_inline)]
+pub use tonic;
+#[doc(no_inline)]
+pub use tracing;
+
 /// The README's Rust examples, compiled (and, where not `no_run`, run) as
 /// doc tests of this crate, so that the first code a newcomer copies builds.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeExamples;
+
+/// `docs/getting-started.md`'s code, compiled as a doc test: a newcomer who
+/// follows it word for word gets code that builds.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/getting-started.md")]
+struct GettingStarted;

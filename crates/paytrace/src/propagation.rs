@@ -121,7 +121,7 @@ fn copied(baggage: &Baggage) -> Vec<KeyValueMetadata> {
 ///
 /// ```
 /// use paytrace::Flow;
-/// use paytrace_semconv::{flow, payment};
+/// use paytrace::semconv::{flow, payment};
 ///
 /// # async fn demo() {
 /// let checkout = Flow::new(flow::CHECKOUT)

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -37,19 +38,58 @@ use crate::service::ServiceTelemetry;
 /// Add it with [`axum::Router::layer`]: that runs it after routing, so the
 /// matched route is known. Built from [`ServiceTelemetry::http_layer`].
 ///
+/// # Routing
+///
+/// `Router::layer` wraps the routes added **before** it, and only those:
+///
+/// - `nest` and `merge` routers before `.layer(..)`: their routes are
+///   traced and labelled by their full template (`/api/v1/orders/{id}`).
+///   A route or router added after the layer is neither traced nor
+///   measured, and a handler there that takes `ServiceTelemetry` answers
+///   500 (the extractor says why).
+/// - `with_state` anywhere: state and the layer are independent.
+/// - `route_layer(..)` instead of `layer(..)`: unmatched requests (404)
+///   are then not seen at all; with `layer` they are, as `unmatched`.
+/// - A `fallback` before the layer is traced as `unmatched`.
+/// - Health and metrics routes: add them after the layer, or keep them
+///   anywhere and leave them out with [`HttpLayer::skip_paths`] (or
+///   [`HttpLayer::skip`] for any rule), so that the aggregator does not
+///   list `GET /healthz` as a flow.
+///
 /// ```
 /// use axum::{Router, routing::get};
 /// use std::time::Duration;
 ///
 /// let svc = paytrace::ServiceTelemetry::new("order", "1.0.0");
+/// let api = Router::new().route("/orders/{id}", get(|| async { "ok" }));
 /// let app: Router = Router::new()
-///     .route("/orders/{id}", get(|| async { "ok" }))
-///     .layer(svc.http_layer().timeout(Duration::from_secs(10)));
+///     .nest("/api/v1", api)
+///     .route("/healthz", get(|| async { "ok" }))
+///     .layer(
+///         svc.http_layer()
+///             .timeout(Duration::from_secs(10))
+///             .skip_paths(["/healthz"]),
+///     )
+///     .route("/metrics", svc.metrics_route());
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HttpLayer {
     service: ServiceTelemetry,
     timeout: Option<Duration>,
+    skip: Option<SkipRule>,
+}
+
+/// Which request paths [`HttpLayer::skip`] leaves alone.
+type SkipRule = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+impl std::fmt::Debug for HttpLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpLayer")
+            .field("service", &self.service.name())
+            .field("timeout", &self.timeout)
+            .field("skip", &self.skip.is_some())
+            .finish()
+    }
 }
 
 impl HttpLayer {
@@ -57,7 +97,33 @@ impl HttpLayer {
         Self {
             service,
             timeout: None,
+            skip: None,
         }
+    }
+
+    /// Leaves the requests whose path `skip` answers `true` for untraced
+    /// and unmeasured: no span, no metrics, no timeout; handlers there can
+    /// still take `ServiceTelemetry`. The path is the request's, as this
+    /// layer sees it (inside a `nest`, without the nest's prefix).
+    ///
+    /// ```
+    /// let svc = paytrace::ServiceTelemetry::new("order", "1.0.0");
+    /// let layer = svc.http_layer().skip(|path| path.starts_with("/internal/"));
+    /// # drop(layer);
+    /// ```
+    pub fn skip(mut self, skip: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.skip = Some(Arc::new(skip));
+        self
+    }
+
+    /// [`HttpLayer::skip`] for these exact paths (`["/healthz", "/readyz"]`).
+    pub fn skip_paths<I, P>(self, paths: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        let paths: Vec<String> = paths.into_iter().map(Into::into).collect();
+        self.skip(move |path| paths.iter().any(|p| p == path))
     }
 
     /// Answers `504 Gateway Timeout` (and counts it as an error) when the
@@ -103,6 +169,16 @@ where
         let service = &self.layer.service;
         // Handlers take it as an extractor (`svc: paytrace::ServiceTelemetry`).
         req.extensions_mut().insert(service.clone());
+        if let Some(skip) = &self.layer.skip
+            && skip(req.uri().path())
+        {
+            return ResponseFuture {
+                inner: self.inner.call(req),
+                deadline: None,
+                attach: None,
+                in_flight: None,
+            };
+        }
         let method = method_label(req.method());
         let route = match req.extensions().get::<MatchedPath>() {
             Some(p)
@@ -175,7 +251,7 @@ where
             inner,
             deadline: self.layer.timeout.map(tokio::time::sleep),
             attach,
-            in_flight,
+            in_flight: Some(in_flight),
         }
     }
 }
@@ -188,7 +264,8 @@ pin_project! {
         #[pin]
         deadline: Option<tokio::time::Sleep>,
         attach: Option<Context>,
-        in_flight: InFlight,
+        // `None` for a request the layer skips.
+        in_flight: Option<InFlight>,
     }
 }
 
@@ -201,30 +278,30 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let Some(in_flight) = this.in_flight.as_ref() else {
+            return this.inner.poll(cx);
+        };
         let _attached = this.attach.as_ref().map(|cx| cx.clone().attach());
-        let _enter = this.in_flight.span.enter();
+        let _enter = in_flight.span.enter();
 
         let polled = catch_unwind(AssertUnwindSafe(|| this.inner.poll(cx)));
         match polled {
             Err(panic) => {
-                this.in_flight
-                    .finish(StatusCode::INTERNAL_SERVER_ERROR, Some("panic"));
+                in_flight.finish(StatusCode::INTERNAL_SERVER_ERROR, Some("panic"));
                 resume_unwind(panic)
             }
             Ok(Poll::Ready(Ok(response))) => {
-                this.in_flight.finish(response.status(), None);
+                in_flight.finish(response.status(), None);
                 Poll::Ready(Ok(response))
             }
             Ok(Poll::Ready(Err(e))) => {
-                this.in_flight
-                    .finish(StatusCode::INTERNAL_SERVER_ERROR, Some("service_error"));
+                in_flight.finish(StatusCode::INTERNAL_SERVER_ERROR, Some("service_error"));
                 Poll::Ready(Err(e))
             }
             Ok(Poll::Pending) => {
                 if let Some(deadline) = this.deadline.as_pin_mut() {
                     ready!(deadline.poll(cx));
-                    this.in_flight
-                        .finish(StatusCode::GATEWAY_TIMEOUT, Some("timeout"));
+                    in_flight.finish(StatusCode::GATEWAY_TIMEOUT, Some("timeout"));
                     let mut response = Response::new(ResBody::default());
                     *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
                     return Poll::Ready(Ok(response));

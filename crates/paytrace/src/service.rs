@@ -9,11 +9,16 @@ use crate::resource::{Pool, QueueMetrics, ResourceMetrics, RuntimeSampler};
 use crate::server::HttpLayer;
 use crate::stage::Stage;
 
-/// One service's telemetry: its name (the `service` label of every metric it
+/// One service's telemetry: its name (the `service_name` label of every metric it
 /// emits), the metrics it writes to, and the instruments built from it.
 ///
 /// Cheap to clone; build it once at start-up and hand clones to handlers.
-/// One process may host several services, each with its own `ServiceTelemetry`.
+/// One process may host several services, each with its own
+/// `ServiceTelemetry`: their metrics are apart (`service_name`), but their
+/// spans go through the one tracer provider [`crate::init`] installed, with
+/// its one `service.name` resource, so a trace backend or the aggregator
+/// sees them as one service. Run each in its own process when its spans
+/// must be told apart.
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -37,7 +42,7 @@ struct Inner {
 impl ServiceTelemetry {
     /// A service that writes to [`Metrics::global`].
     ///
-    /// Its name, the `service` label of every metric, is `OTEL_SERVICE_NAME`
+    /// Its name, the `service_name` label of every metric, is `OTEL_SERVICE_NAME`
     /// when that is set, as for the spans [`crate::init`] exports; `name`
     /// otherwise. `version` becomes the `version` label of
     /// `paytrace_build_info`; pass your crate's `env!("CARGO_PKG_VERSION")`.
@@ -85,7 +90,7 @@ impl ServiceTelemetry {
         }
     }
 
-    /// The service's name, the `service` label of its metrics.
+    /// The service's name, the `service_name` label of its metrics.
     pub fn name(&self) -> &str {
         &self.inner.name
     }
@@ -131,12 +136,14 @@ impl ServiceTelemetry {
         crate::grpc::GrpcClientLayer::new(self.clone(), server)
     }
 
-    /// Wraps a `reqwest::Client` so that its calls carry trace context and
-    /// baggage, get a client span and are measured.
+    /// Wraps a `reqwest::Client` (reqwest 0.13, re-exported as
+    /// [`crate::reqwest`]) so that its calls carry trace context and
+    /// baggage, get a client span and are measured. A service on another
+    /// reqwest version builds the client through paytrace's:
     ///
     /// ```
     /// let svc = paytrace::ServiceTelemetry::new("order", "1.0.0");
-    /// let http = svc.client(reqwest::Client::new());
+    /// let http = svc.client(paytrace::reqwest::Client::new());
     /// # drop(http);
     /// ```
     pub fn client(&self, client: reqwest::Client) -> Client {

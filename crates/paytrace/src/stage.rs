@@ -288,18 +288,20 @@ impl Stage {
         // Until `work` returns: a drop in between records the cancellation.
         guard.set_outcome(Outcome::Cancelled);
         let attach = guard.attach.take();
+        let refused = std::sync::atomic::AtomicBool::new(false);
         let work = InSpan {
             span: &guard.span,
+            refused: &refused,
             inner: work,
         };
         let result = match attach {
             Some(cx) => work.with_context(cx).await,
             None => work.await,
         };
-        guard.set_outcome(if result.is_ok() {
-            Outcome::Ok
-        } else {
-            Outcome::Error
+        guard.set_outcome(match (&result, refused.into_inner()) {
+            (Ok(_), _) => Outcome::Ok,
+            (Err(_), true) => Outcome::Rejected,
+            (Err(_), false) => Outcome::Error,
         });
         result
     }
@@ -317,8 +319,10 @@ impl Stage {
         let mut guard = self.start();
         guard.set_outcome(Outcome::Cancelled);
         let attach = guard.attach.take();
+        let refused = std::sync::atomic::AtomicBool::new(false);
         let work = InSpan {
             span: &guard.span,
+            refused: &refused,
             inner: work,
         };
         let timed = match attach {
@@ -327,6 +331,9 @@ impl Stage {
         };
         let (result, outcome) = match timed {
             Ok(Ok(v)) => (Ok(v), Outcome::Ok),
+            Ok(Err(e)) if refused.load(std::sync::atomic::Ordering::Relaxed) => {
+                (Err(StageError::Failed(e)), Outcome::Rejected)
+            }
             Ok(Err(e)) => (Err(StageError::Failed(e)), Outcome::Error),
             Err(_) => (Err(StageError::TimedOut(deadline)), Outcome::Timeout),
         };
@@ -488,12 +495,27 @@ struct StageLabels {
     payment_channel: Cow<'static, str>,
 }
 
+thread_local! {
+    /// Set by a TCC fence that refused a phase, during the poll that
+    /// refused it; each stage's poll takes what was set inside it.
+    static REFUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the stage being polled on this thread as refused: its outcome is
+/// [`Outcome::Rejected`] if it then fails, not `error`. Called by the TCC
+/// fences when they refuse a phase.
+pub(crate) fn note_refused() {
+    REFUSED.with(|r| r.set(true));
+}
+
 pin_project! {
     /// `inner` polled inside `span`, which the stage's guard keeps: what
     /// `tracing::Instrument` does without cloning the span for the future,
     /// and without entering it again to drop a future that has finished.
+    /// Notes in `refused` whether a fence refused a phase while it polled.
     struct InSpan<'a, F> {
         span: &'a tracing::Span,
+        refused: &'a std::sync::atomic::AtomicBool,
         #[pin]
         inner: F,
     }
@@ -505,7 +527,15 @@ impl<F: Future> Future for InSpan<'_, F> {
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
         let this = self.project();
         let _entered = this.span.enter();
-        this.inner.poll(cx)
+        // An enclosing stage's flag is put back after this one's poll, so a
+        // refusal counts for the innermost stage only.
+        let outer = REFUSED.with(|r| r.replace(false));
+        let polled = this.inner.poll(cx);
+        if REFUSED.with(|r| r.replace(outer)) {
+            this.refused
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
     }
 }
 

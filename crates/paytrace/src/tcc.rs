@@ -763,6 +763,8 @@ impl Meter {
         anomaly: Anomaly,
     ) -> Result<BranchOutcome<T>, BranchError<E>> {
         self.count_phase(phase, paytrace_semconv::tcc_phase_outcome::REJECTED);
+        // Inside `Stage::run`, the stage's outcome is `rejected`.
+        crate::stage::note_refused();
         Err(BranchError::Rejected(anomaly))
     }
 
@@ -799,15 +801,35 @@ impl TccResource {
     }
 
     /// The stage of `phase` of `branch` on this resource, named `name`,
-    /// with every `tcc.*` attribute the aggregator needs; run the phase
-    /// inside it ([`TccResource::run`] with `.instrument(guard.span())`).
+    /// with every `tcc.*` attribute the aggregator needs. Run the phase in
+    /// it: `resource.stage(..).run(resource.run(..))`. The stage's outcome
+    /// is `ok` when the phase ran or was skipped as a repeat, `rejected`
+    /// when the fence refused it, `error` when the handler failed.
     ///
     /// ```
-    /// use paytrace::tcc::{BranchKey, Phase, TccResource};
-    /// # fn demo(inventory: &TccResource) {
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use paytrace::tcc::{BranchError, BranchKey, MemoryFence, Phase};
+    ///
+    /// let svc = paytrace::ServiceTelemetry::with_metrics("inventory", "1.0.0", &paytrace::Metrics::new());
+    /// let inventory = svc.tcc("inventory", Arc::new(MemoryFence::new(100, Duration::from_secs(600))));
     /// let branch = BranchKey { xid: "ord_1".into(), branch_id: "b1".into() };
-    /// let guard = inventory.stage("inventory.try", Phase::Try, &branch).start();
-    /// # drop(guard);
+    ///
+    /// // The Cancel overtook the Try: an empty rollback, then a late Try.
+    /// let cancel = inventory.run(Phase::Cancel, &branch, || async { Ok::<_, std::io::Error>(()) });
+    /// inventory.stage("inventory.cancel", Phase::Cancel, &branch).run(cancel).await.expect("recorded");
+    /// let late = inventory.run(Phase::Try, &branch, || async { Ok::<_, std::io::Error>(()) });
+    /// let refused = inventory.stage("inventory.try", Phase::Try, &branch).run(late).await;
+    /// assert!(matches!(refused, Err(BranchError::Rejected(_))));
+    /// let recorded = |outcome: &str| {
+    ///     svc.metrics().render().lines().any(|l| {
+    ///         l.starts_with("paytrace_stage_duration_seconds_count")
+    ///             && l.contains(r#"stage="inventory.try""#)
+    ///             && l.contains(&format!(r#"outcome="{outcome}""#))
+    ///     })
+    /// };
+    /// assert!(recorded("rejected") && !recorded("error"));
     /// # }
     /// ```
     pub fn stage(

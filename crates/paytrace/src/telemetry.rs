@@ -553,15 +553,30 @@ impl TelemetryConfig {
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
     {
         let provider = self.build_provider()?;
+        let shut_down = Arc::new(AtomicBool::new(false));
         let otel = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("paytrace"))
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+        // Spans that end once the provider is shut down go nowhere: count
+        // them, and say so once.
+        let after = SpansAfterShutdown {
+            shut_down: shut_down.clone(),
+            dropped: self
+                .metrics
+                .families()
+                .spans_dropped
+                .with_label_values(&[drop_reason::AFTER_SHUTDOWN]),
+            warned: AtomicBool::new(self.disabled),
+            counting: !self.disabled,
+        }
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
         opentelemetry::global::set_text_map_propagator(propagator());
         opentelemetry::global::set_tracer_provider(provider.clone());
         Ok((
-            Box::new(otel),
+            Box::new(otel.and_then(after)),
             TelemetryGuard {
                 provider: Some(provider),
+                shut_down,
             },
         ))
     }
@@ -653,9 +668,48 @@ where
 }
 
 /// Keeps the tracer provider alive; flushes and shuts it down when dropped.
+///
+/// Keep it for as long as the program runs: bind it to a name
+/// (`let _telemetry = paytrace::init("order")?;`). `let _ = …` drops it at
+/// once, and every span after that is lost: such spans are counted in
+/// `paytrace_spans_dropped_total{reason="after_shutdown"}`, and the first
+/// is logged at WARN.
 #[derive(Debug)]
+#[must_use = "dropping the guard shuts the tracer provider down and every later span is lost: \
+              keep it for the life of the program (`let _telemetry = paytrace::init(..)?;`)"]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    /// Set once the provider is shut down.
+    shut_down: Arc<AtomicBool>,
+}
+
+/// Counts the spans (INFO and above) that end after the guard shut the
+/// provider down: the OpenTelemetry SDK drops them without a word.
+struct SpansAfterShutdown {
+    shut_down: Arc<AtomicBool>,
+    dropped: IntCounter,
+    /// Whether the loss was logged (or need not be).
+    warned: AtomicBool,
+    /// Off when export is disabled: nothing would have been sent anyway.
+    counting: bool,
+}
+
+impl<S: tracing::Subscriber> Layer<S> for SpansAfterShutdown {
+    fn on_close(&self, _id: tracing::span::Id, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if !self.counting || !self.shut_down.load(Ordering::Acquire) {
+            return;
+        }
+        self.dropped.inc();
+        if !self.warned.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                target: "paytrace::export",
+                "a span ended after the tracer provider was shut down and is lost \
+                 (counted in paytrace_spans_dropped_total{{reason=\"after_shutdown\"}}): \
+                 the TelemetryGuard was dropped early; keep it for the life of the program \
+                 (`let _telemetry = paytrace::init(..)?;`, not `let _ = ...`)"
+            );
+        }
+    }
 }
 
 impl TelemetryGuard {
@@ -670,6 +724,7 @@ impl TelemetryGuard {
 
     /// Flushes and stops exporting.
     pub fn shutdown(mut self) -> OTelSdkResult {
+        self.shut_down.store(true, Ordering::Release);
         match self.provider.take() {
             Some(p) => p.shutdown(),
             None => Ok(()),
@@ -679,6 +734,7 @@ impl TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
+        self.shut_down.store(true, Ordering::Release);
         if let Some(p) = self.provider.take()
             && let Err(e) = p.shutdown()
         {

@@ -527,3 +527,82 @@ async fn handlers_take_the_service_as_an_extractor() {
         .expect("body");
     assert!(String::from_utf8_lossy(&body).contains("http_layer"));
 }
+
+/// Every series of the HTTP server histogram: its `http_route` labels.
+fn routes_seen(metrics: &Metrics) -> Vec<String> {
+    common::series(metrics, DURATION)
+        .into_iter()
+        .filter_map(|labels| {
+            labels
+                .into_iter()
+                .find(|(k, _)| k == "http_route")
+                .map(|(_, v)| v)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn nested_routers_are_labelled_by_their_full_template_and_health_can_be_skipped() {
+    async fn health(svc: ServiceTelemetry) -> &'static str {
+        // A skipped route still has its service.
+        assert_eq!(svc.name(), "order");
+        "ok"
+    }
+    let (svc, metrics) = service();
+    let api = Router::new().route("/orders/{id}", get(|| async { "ok" }));
+    let app = Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health))
+        .layer(svc.http_layer().skip_paths(["/healthz"]));
+    for uri in ["/api/v1/orders/7", "/healthz", "/healthz"] {
+        let response = app
+            .clone()
+            .oneshot(request("GET", uri))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK, "{uri}");
+    }
+    assert_eq!(
+        value(
+            &metrics,
+            DURATION,
+            &server_labels("/api/v1/orders/{id}", "200")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        routes_seen(&metrics),
+        vec!["/api/v1/orders/{id}".to_owned()],
+        "the health route is neither traced nor measured"
+    );
+}
+
+#[tokio::test]
+async fn a_route_added_after_the_layer_says_so() {
+    async fn create(svc: ServiceTelemetry) -> &'static str {
+        svc.name();
+        "created"
+    }
+    let (svc, metrics) = service();
+    let app = Router::new()
+        .route("/orders/{id}", get(|| async { "ok" }))
+        .layer(svc.http_layer())
+        .route("/late", post(create));
+    let response = app
+        .oneshot(request("POST", "/late"))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .expect("body");
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("not behind `svc.http_layer()`") && body.contains("added before it"),
+        "{body}"
+    );
+    assert!(
+        routes_seen(&metrics).is_empty(),
+        "nothing after the layer is measured"
+    );
+}
