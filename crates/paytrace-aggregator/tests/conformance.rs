@@ -461,15 +461,23 @@ async fn assert_slowest_are_whole_paths(aggregator: &Aggregator) {
 
 const FAST: [&str; 4] = ["--trace-idle", "2s", "--flow-idle", "3s"];
 
-async fn overlap(sdk: Sdk) {
+/// FLOWS checkouts of `case` through `sdk` to a new aggregator: every one
+/// analysed, the stages as designed, the slowest whole paths. Returns the
+/// aggregator for the case's own checks.
+async fn checkouts_as_designed(sdk: Sdk, case: &'static str) -> Aggregator {
     let aggregator = Aggregator::start(&FAST).await;
-    drive(sdk, "overlap", &aggregator, None).await;
+    drive(sdk, case, &aggregator, None).await;
     let b = aggregator
         .breakdown("checkout", FLOWS as u64, Duration::from_secs(60))
         .await;
     assert_eq!(b["traces"], FLOWS);
     assert_checkout_design(&b);
     assert_slowest_are_whole_paths(&aggregator).await;
+    aggregator
+}
+
+async fn overlap(sdk: Sdk) {
+    checkouts_as_designed(sdk, "overlap").await;
 }
 
 async fn link(sdk: Sdk) {
@@ -674,14 +682,7 @@ async fn python_exports_over_tls_with_a_bearer_token() {
 /// callers, the checkout's stages keep their design, and the API and the
 /// metrics name inventory with about that offset.
 async fn skewed(sdk: Sdk, case: &'static str, offset_ms: f64) {
-    let aggregator = Aggregator::start(&FAST).await;
-    drive(sdk, case, &aggregator, None).await;
-    let b = aggregator
-        .breakdown("checkout", FLOWS as u64, Duration::from_secs(60))
-        .await;
-    assert_eq!(b["traces"], FLOWS);
-    assert_checkout_design(&b);
-    assert_slowest_are_whole_paths(&aggregator).await;
+    let aggregator = checkouts_as_designed(sdk, case).await;
     let skew = aggregator.get("/api/v1/clock-skew").await;
     let services = skew["services"].as_array().expect("a list");
     let inventory = services
