@@ -36,7 +36,9 @@ use crate::service::ServiceTelemetry;
 ///   went away (as `499`); the active gauge is released even then.
 ///
 /// Add it with [`axum::Router::layer`]: that runs it after routing, so the
-/// matched route is known. Built from [`ServiceTelemetry::http_layer`].
+/// matched route is known. Built from [`ServiceTelemetry::http_layer`];
+/// shaped with [`HttpLayer::on_request`], [`HttpLayer::on_response`] and
+/// [`HttpLayer::classify`].
 ///
 /// # Routing
 ///
@@ -77,10 +79,51 @@ pub struct HttpLayer {
     service: ServiceTelemetry,
     timeout: Option<Duration>,
     skip: Option<SkipRule>,
+    hooks: Hooks,
 }
 
 /// Which request paths [`HttpLayer::skip`] leaves alone.
 type SkipRule = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// [`HttpLayer::on_request`]'s hook.
+type RequestHook = Arc<dyn Fn(&http::request::Parts, &ServerSpan<'_>) + Send + Sync>;
+/// [`HttpLayer::on_response`]'s hook.
+type ResponseHook = Arc<dyn Fn(&http::response::Parts, &ServerSpan<'_>) + Send + Sync>;
+/// [`HttpLayer::classify`]'s rule.
+type Classifier = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
+
+/// What shapes the server span: the hooks and the failure classifier.
+#[derive(Clone, Default)]
+struct Hooks {
+    on_request: Option<RequestHook>,
+    on_response: Option<ResponseHook>,
+    is_failure: Option<Classifier>,
+}
+
+/// The server span of one request, as [`HttpLayer::on_request`] and
+/// [`HttpLayer::on_response`] see it: rename it, add attributes. Values
+/// added here are not redacted: add no card numbers.
+#[derive(Debug)]
+pub struct ServerSpan<'a> {
+    span: &'a tracing::Span,
+}
+
+impl ServerSpan<'_> {
+    /// Renames the span (its OpenTelemetry name). The metrics keep the
+    /// route template: a name is no label.
+    pub fn set_name(&self, name: &str) {
+        self.span.record("otel.name", name);
+    }
+
+    /// Sets the attribute `key` to `value` on the span.
+    pub fn set_attribute(
+        &self,
+        key: impl Into<opentelemetry::Key>,
+        value: impl Into<opentelemetry::Value>,
+    ) {
+        self.span.set_attribute(key, value);
+    }
+}
 
 impl std::fmt::Debug for HttpLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,6 +131,9 @@ impl std::fmt::Debug for HttpLayer {
             .field("service", &self.service.name())
             .field("timeout", &self.timeout)
             .field("skip", &self.skip.is_some())
+            .field("on_request", &self.hooks.on_request.is_some())
+            .field("on_response", &self.hooks.on_response.is_some())
+            .field("classify", &self.hooks.is_failure.is_some())
             .finish()
     }
 }
@@ -98,7 +144,61 @@ impl HttpLayer {
             service,
             timeout: None,
             skip: None,
+            hooks: Hooks::default(),
         }
+    }
+
+    /// Calls `hook` with each request's head and its server span once the
+    /// span has started: name it after something the route template does
+    /// not say, or add an attribute of your own.
+    ///
+    /// ```
+    /// let svc = paytrace::ServiceTelemetry::new("order", "1.0.0");
+    /// let layer = svc.http_layer().on_request(|request, span| {
+    ///     if let Some(tenant) = request.headers.get("x-tenant").and_then(|v| v.to_str().ok()) {
+    ///         span.set_attribute("tenant.id", tenant.to_owned());
+    ///     }
+    /// });
+    /// # drop(layer);
+    /// ```
+    pub fn on_request(
+        mut self,
+        hook: impl Fn(&http::request::Parts, &ServerSpan<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_request = Some(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook` with each response's head and the request's server
+    /// span, before the span ends.
+    pub fn on_response(
+        mut self,
+        hook: impl Fn(&http::response::Parts, &ServerSpan<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_response = Some(Arc::new(hook));
+        self
+    }
+
+    /// Which responses are failures (the span's status `ERROR`, its
+    /// `error.type` the status code): 5xx unless `is_failure` says
+    /// otherwise, say a `409` that is a failure for you or a `503` that is
+    /// not. Panics, handler errors and the layer's own timeout are failures
+    /// whatever it says; the metrics keep every status code as it was.
+    ///
+    /// ```
+    /// use axum::http::StatusCode;
+    /// let svc = paytrace::ServiceTelemetry::new("order", "1.0.0");
+    /// let layer = svc.http_layer().classify(|status| {
+    ///     status == StatusCode::CONFLICT || (status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE)
+    /// });
+    /// # drop(layer);
+    /// ```
+    pub fn classify(
+        mut self,
+        is_failure: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.is_failure = Some(Arc::new(is_failure));
+        self
     }
 
     /// Leaves the requests whose path `skip` answers `true` for untraced
@@ -225,6 +325,11 @@ where
             Ok(()) => None,
             Err(_) => Some(parent),
         };
+        if let Some(hook) = &self.layer.hooks.on_request {
+            let (parts, body) = req.into_parts();
+            hook(&parts, &ServerSpan { span: &span });
+            req = Request::from_parts(parts, body);
+        }
 
         let families = service.families();
         let active = families.http_server_active.with_label_values(&[
@@ -234,6 +339,7 @@ where
         ]);
         active.inc();
         let in_flight = InFlight {
+            hooks: self.layer.hooks.clone(),
             service: service.clone(),
             method,
             route,
@@ -291,6 +397,19 @@ where
                 resume_unwind(panic)
             }
             Ok(Poll::Ready(Ok(response))) => {
+                let response = match &in_flight.hooks.on_response {
+                    Some(hook) => {
+                        let (parts, body) = response.into_parts();
+                        hook(
+                            &parts,
+                            &ServerSpan {
+                                span: &in_flight.span,
+                            },
+                        );
+                        Response::from_parts(parts, body)
+                    }
+                    None => response,
+                };
                 in_flight.finish(response.status(), None);
                 Poll::Ready(Ok(response))
             }
@@ -315,6 +434,7 @@ where
 /// The bookkeeping of one request in flight. Dropping it before
 /// [`InFlight::finish`] records the request as abandoned by its caller.
 struct InFlight {
+    hooks: Hooks,
     service: ServiceTelemetry,
     method: &'static str,
     route: RouteLabel,
@@ -344,8 +464,16 @@ impl RouteLabel {
 const CLIENT_CLOSED_REQUEST: &str = "499";
 
 impl InFlight {
+    /// Records the response: a failure when the layer says so (a panic,
+    /// a handler error, its timeout: `error_type`), else as the classifier
+    /// (5xx by default) says.
     fn finish(&self, status: StatusCode, error_type: Option<&str>) {
-        self.record(status.as_str(), status.is_server_error(), error_type);
+        let failed = error_type.is_some()
+            || match &self.hooks.is_failure {
+                Some(is_failure) => is_failure(status),
+                None => status.is_server_error(),
+            };
+        self.record(status.as_str(), failed, error_type);
     }
 
     fn record(&self, status: &str, is_error: bool, error_type: Option<&str>) {
