@@ -494,7 +494,12 @@ impl InFlight {
         histogram.observe(elapsed);
         self.active.dec();
 
-        self.span.record("http.response.status_code", status);
+        // An integer, as the HTTP conventions say and the client span
+        // records it (the metric's label is the same code as text).
+        if let Ok(code) = status.parse::<u16>() {
+            self.span
+                .record("http.response.status_code", i64::from(code));
+        }
         let error_type = error_type.or(is_error.then_some(status));
         if let Some(kind) = error_type {
             self.span.record("error.type", kind);

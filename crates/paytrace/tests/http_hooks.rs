@@ -90,6 +90,13 @@ async fn hooks_name_and_enrich_the_server_span() {
     assert_eq!(span.status, Status::Unset);
     // The route template is still the span's route.
     assert_eq!(attribute(&span, "http.route").as_deref(), Some("/ok"));
+    // The status is an integer, as on the client span.
+    let status = span
+        .attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == "http.response.status_code")
+        .map(|kv| kv.value.clone());
+    assert_eq!(status, Some(opentelemetry::Value::I64(200)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
