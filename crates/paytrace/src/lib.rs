@@ -123,7 +123,7 @@ pub use resource::{
     ResourceMetrics, queue,
 };
 pub use sampling::FlowSampler;
-pub use server::{HttpLayer, HttpService, ResponseFuture, ServerSpan};
+pub use server::{HttpLayer, HttpService, ResponseBody, ResponseFuture, ServerSpan};
 pub use service::ServiceTelemetry;
 
 /// The former name of [`ServiceTelemetry`], kept so that code written before

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::MatchedPath;
 use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use opentelemetry::Context;
 use paytrace_semconv::UNMATCHED_ROUTE;
 use pin_project_lite::pin_project;
@@ -255,9 +256,9 @@ pub struct HttpService<S> {
 impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for HttpService<S>
 where
     S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Default,
+    ResBody: Body + Default,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
@@ -340,6 +341,7 @@ where
         active.inc();
         let in_flight = InFlight {
             hooks: self.layer.hooks.clone(),
+            status: std::cell::Cell::new(None),
             service: service.clone(),
             method,
             route,
@@ -378,40 +380,48 @@ pin_project! {
 impl<F, ResBody, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
-    ResBody: Default,
+    ResBody: Body + Default,
 {
-    type Output = Result<Response<ResBody>, E>;
+    type Output = Result<Response<ResponseBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Some(in_flight) = this.in_flight.as_ref() else {
-            return this.inner.poll(cx);
+        if this.in_flight.is_none() {
+            // A skipped request: passed through.
+            let polled = ready!(this.inner.poll(cx));
+            return Poll::Ready(polled.map(|r| r.map(|body| ResponseBody::new(body, None))));
+        }
+        let polled = {
+            let _attached = this.attach.as_ref().map(|cx| cx.clone().attach());
+            let _enter = this.in_flight.as_ref().map(|f| f.span.enter());
+            catch_unwind(AssertUnwindSafe(|| this.inner.poll(cx)))
         };
-        let _attached = this.attach.as_ref().map(|cx| cx.clone().attach());
-        let _enter = in_flight.span.enter();
-
-        let polled = catch_unwind(AssertUnwindSafe(|| this.inner.poll(cx)));
+        let Some(in_flight) = this.in_flight.as_ref() else {
+            return Poll::Pending;
+        };
         match polled {
             Err(panic) => {
                 in_flight.finish(StatusCode::INTERNAL_SERVER_ERROR, Some("panic"));
                 resume_unwind(panic)
             }
             Ok(Poll::Ready(Ok(response))) => {
-                let response = match &in_flight.hooks.on_response {
-                    Some(hook) => {
-                        let (parts, body) = response.into_parts();
-                        hook(
-                            &parts,
-                            &ServerSpan {
-                                span: &in_flight.span,
-                            },
-                        );
-                        Response::from_parts(parts, body)
-                    }
-                    None => response,
-                };
-                in_flight.finish(response.status(), None);
-                Poll::Ready(Ok(response))
+                let (parts, body) = response.into_parts();
+                if let Some(hook) = &in_flight.hooks.on_response {
+                    hook(
+                        &parts,
+                        &ServerSpan {
+                            span: &in_flight.span,
+                        },
+                    );
+                }
+                // Recorded when the body ends: a streamed response is
+                // measured whole. An empty one has ended already.
+                in_flight.status.set(Some(parts.status));
+                if body.is_end_stream() {
+                    in_flight.finish(parts.status, None);
+                }
+                let body = ResponseBody::new(body, this.in_flight.take());
+                Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
             Ok(Poll::Ready(Err(e))) => {
                 in_flight.finish(StatusCode::INTERNAL_SERVER_ERROR, Some("service_error"));
@@ -421,7 +431,7 @@ where
                 if let Some(deadline) = this.deadline.as_pin_mut() {
                     ready!(deadline.poll(cx));
                     in_flight.finish(StatusCode::GATEWAY_TIMEOUT, Some("timeout"));
-                    let mut response = Response::new(ResBody::default());
+                    let mut response = Response::new(ResponseBody::new(ResBody::default(), None));
                     *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
                     return Poll::Ready(Ok(response));
                 }
@@ -431,10 +441,71 @@ where
     }
 }
 
+pin_project! {
+    /// The body of a traced response. The request is recorded (its
+    /// duration, status and the end of its span) when the body ends, so
+    /// that a streamed response is measured whole, as the gRPC layer
+    /// measures a stream; a body that breaks is a failure (`body`), and one
+    /// dropped before its end, its caller gone, is recorded as `499`.
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B> ResponseBody<B> {
+    fn new(inner: B, in_flight: Option<InFlight>) -> Self {
+        Self { inner, in_flight }
+    }
+}
+
+impl<B: Body> Body for ResponseBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if let Some(in_flight) = this.in_flight.as_ref()
+            && let Some(status) = in_flight.status.get()
+        {
+            match &frame {
+                None => in_flight.finish(status, None),
+                Some(Err(_)) => in_flight.finish(status, Some("body")),
+                Some(Ok(_)) if this.inner.is_end_stream() => in_flight.finish(status, None),
+                Some(Ok(_)) => {}
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The bookkeeping of one request in flight. Dropping it before
 /// [`InFlight::finish`] records the request as abandoned by its caller.
 struct InFlight {
     hooks: Hooks,
+    /// The response's status, once its head is out and its body pending.
+    status: std::cell::Cell<Option<StatusCode>>,
     service: ServiceTelemetry,
     method: &'static str,
     route: RouteLabel,

@@ -36,6 +36,17 @@ fn request(method: &str, uri: &str) -> Request<Body> {
         .expect("a valid request")
 }
 
+/// Sends `req` through `app` and reads the whole response, as a server
+/// does: the layer records a request when its response body ends.
+async fn send(app: &Router, req: Request<Body>) -> StatusCode {
+    let response = app.clone().oneshot(req).await.expect("infallible");
+    let status = response.status();
+    axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("the body");
+    status
+}
+
 fn server_labels<'a>(route: &'a str, status: &'a str) -> [(&'a str, &'a str); 4] {
     [
         ("service_name", "order"),
@@ -54,17 +65,10 @@ async fn labels_are_the_route_template_method_and_status() {
         .layer(svc.http_layer());
 
     for id in ["1", "2", "3"] {
-        let response = app
-            .clone()
-            .oneshot(request("GET", &format!("/orders/{id}")))
-            .await
-            .expect("infallible");
-        assert_eq!(response.status(), StatusCode::OK);
+        let status = send(&app, request("GET", &format!("/orders/{id}"))).await;
+        assert_eq!(status, StatusCode::OK);
     }
-    app.clone()
-        .oneshot(request("POST", "/orders"))
-        .await
-        .expect("infallible");
+    send(&app, request("POST", "/orders")).await;
 
     assert_eq!(
         value(&metrics, DURATION, &server_labels("/orders/{id}", "200")),
@@ -151,16 +155,10 @@ async fn routes_past_the_limit_fold_into_other_and_are_counted() {
     }
     let app = app.layer(svc.http_layer());
     for i in 0..5 {
-        app.clone()
-            .oneshot(request("GET", &format!("/r{i}")))
-            .await
-            .expect("infallible");
+        send(&app, request("GET", &format!("/r{i}"))).await;
     }
     // Again: routes admitted before the limit keep their own series.
-    app.clone()
-        .oneshot(request("GET", "/r0"))
-        .await
-        .expect("infallible");
+    send(&app, request("GET", "/r0")).await;
 
     assert_eq!(
         value(&metrics, DURATION, &server_labels("/r0", "200")),
@@ -207,12 +205,8 @@ async fn server_errors_and_panics_are_counted_as_500_and_release_the_gauge() {
         )
         .layer(svc.http_layer());
 
-    let response = app
-        .clone()
-        .oneshot(request("GET", "/fail"))
-        .await
-        .expect("infallible");
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let status = send(&app, request("GET", "/fail")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         value(&metrics, DURATION, &server_labels("/fail", "503")),
         Some(1.0)
@@ -274,6 +268,11 @@ async fn the_active_gauge_counts_requests_in_flight_and_returns_to_zero() {
     release_tx.send(()).expect("the handler waits");
     let response = in_flight.await.expect("no panic").expect("infallible");
     assert_eq!(response.status(), StatusCode::OK);
+    // The head is out, the body not yet: the request is still in flight.
+    assert_eq!(value(&metrics, ACTIVE, &labels), Some(1.0));
+    axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("the body");
     assert_eq!(value(&metrics, ACTIVE, &labels), Some(0.0));
 }
 
@@ -555,12 +554,11 @@ async fn nested_routers_are_labelled_by_their_full_template_and_health_can_be_sk
         .route("/healthz", get(health))
         .layer(svc.http_layer().skip_paths(["/healthz"]));
     for uri in ["/api/v1/orders/7", "/healthz", "/healthz"] {
-        let response = app
-            .clone()
-            .oneshot(request("GET", uri))
-            .await
-            .expect("infallible");
-        assert_eq!(response.status(), StatusCode::OK, "{uri}");
+        assert_eq!(
+            send(&app, request("GET", uri)).await,
+            StatusCode::OK,
+            "{uri}"
+        );
     }
     assert_eq!(
         value(
@@ -604,5 +602,38 @@ async fn a_route_added_after_the_layer_says_so() {
     assert!(
         routes_seen(&metrics).is_empty(),
         "nothing after the layer is measured"
+    );
+}
+
+#[tokio::test]
+async fn a_response_is_recorded_when_its_body_ends_or_as_499_when_dropped_before() {
+    let (svc, metrics) = service();
+    let app = Router::new()
+        .route("/receipt", get(|| async { "a receipt of some length" }))
+        .layer(svc.http_layer());
+
+    // Read to the end: recorded with its status.
+    assert_eq!(send(&app, request("GET", "/receipt")).await, StatusCode::OK);
+    assert_eq!(
+        value(&metrics, DURATION, &server_labels("/receipt", "200")),
+        Some(1.0)
+    );
+
+    // The caller goes away after the head: the body never ends.
+    let response = app
+        .clone()
+        .oneshot(request("GET", "/receipt"))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(response);
+    assert_eq!(
+        value(&metrics, DURATION, &server_labels("/receipt", "499")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&metrics, DURATION, &server_labels("/receipt", "200")),
+        Some(1.0),
+        "the dropped one is not a 200"
     );
 }
