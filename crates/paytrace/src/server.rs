@@ -341,7 +341,6 @@ where
         active.inc();
         let in_flight = InFlight {
             hooks: self.layer.hooks.clone(),
-            status: std::cell::Cell::new(None),
             service: service.clone(),
             method,
             route,
@@ -389,7 +388,7 @@ where
         if this.in_flight.is_none() {
             // A skipped request: passed through.
             let polled = ready!(this.inner.poll(cx));
-            return Poll::Ready(polled.map(|r| r.map(|body| ResponseBody::new(body, None))));
+            return Poll::Ready(polled.map(|r| r.map(ResponseBody::untraced)));
         }
         let polled = {
             let _attached = this.attach.as_ref().map(|cx| cx.clone().attach());
@@ -416,11 +415,13 @@ where
                 }
                 // Recorded when the body ends: a streamed response is
                 // measured whole. An empty one has ended already.
-                in_flight.status.set(Some(parts.status));
                 if body.is_end_stream() {
                     in_flight.finish(parts.status, None);
                 }
-                let body = ResponseBody::new(body, this.in_flight.take());
+                let body = ResponseBody {
+                    inner: body,
+                    in_flight: this.in_flight.take().map(|f| (f, parts.status)),
+                };
                 Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
             Ok(Poll::Ready(Err(e))) => {
@@ -431,7 +432,7 @@ where
                 if let Some(deadline) = this.deadline.as_pin_mut() {
                     ready!(deadline.poll(cx));
                     in_flight.finish(StatusCode::GATEWAY_TIMEOUT, Some("timeout"));
-                    let mut response = Response::new(ResponseBody::new(ResBody::default(), None));
+                    let mut response = Response::new(ResponseBody::untraced(ResBody::default()));
                     *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
                     return Poll::Ready(Ok(response));
                 }
@@ -450,13 +451,19 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        in_flight: Option<InFlight>,
+        // The request and its status; `None` for a body the layer does
+        // not record.
+        in_flight: Option<(InFlight, StatusCode)>,
     }
 }
 
 impl<B> ResponseBody<B> {
-    fn new(inner: B, in_flight: Option<InFlight>) -> Self {
-        Self { inner, in_flight }
+    /// A body passed through: a skipped request, or the layer's own 504.
+    fn untraced(inner: B) -> Self {
+        Self {
+            inner,
+            in_flight: None,
+        }
     }
 }
 
@@ -470,9 +477,8 @@ impl<B: Body> Body for ResponseBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        if let Some(in_flight) = this.in_flight.as_ref()
-            && let Some(status) = in_flight.status.get()
-        {
+        if let Some((in_flight, status)) = this.in_flight.as_ref() {
+            let status = *status;
             match &frame {
                 None => in_flight.finish(status, None),
                 Some(Err(_)) => in_flight.finish(status, Some("body")),
@@ -504,8 +510,6 @@ impl<B: std::fmt::Debug> std::fmt::Debug for ResponseBody<B> {
 /// [`InFlight::finish`] records the request as abandoned by its caller.
 struct InFlight {
     hooks: Hooks,
-    /// The response's status, once its head is out and its body pending.
-    status: std::cell::Cell<Option<StatusCode>>,
     service: ServiceTelemetry,
     method: &'static str,
     route: RouteLabel,

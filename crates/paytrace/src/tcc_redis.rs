@@ -14,25 +14,30 @@ use crate::tcc::{
     FenceStore, Phase, RunId, decide,
 };
 
-/// Puts a branch back as it was before a hold: `restore(record, pending,
-/// previous, previous_since, member, retention_seconds)`. Shared by the
-/// scripts below.
+/// The functions the scripts below share: `set_state(record, pending,
+/// state, since, member, retention_seconds)` records a branch's state (a
+/// tried branch is pending and kept; a finished one leaves the pending set
+/// and expires after the retention); `restore(..)` puts a branch back as it
+/// was before a hold (`previous` '' = absent).
 const RESTORE: &str = r"
-local function restore(record, pending, previous, since, member, retention)
-  if previous == '' then
-    redis.call('DEL', record)
-    redis.call('ZREM', pending, member)
-    return
-  end
-  redis.call('HSET', record, 'state', previous, 'since', since)
-  redis.call('HDEL', record, 'held')
-  if previous == 'tried' then
+local function set_state(record, pending, state, since, member, retention)
+  redis.call('HSET', record, 'state', state, 'since', since)
+  if state == 'tried' then
     redis.call('PERSIST', record)
     redis.call('ZADD', pending, since, member)
   else
     redis.call('EXPIRE', record, retention)
     redis.call('ZREM', pending, member)
   end
+end
+local function restore(record, pending, previous, since, member, retention)
+  if previous == '' then
+    redis.call('DEL', record)
+    redis.call('ZREM', pending, member)
+    return
+  end
+  redis.call('HDEL', record, 'held')
+  set_state(record, pending, previous, since, member, retention)
 end
 local function hold_parts(held)
   return string.match(held, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
@@ -71,16 +76,9 @@ if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[5])
 else
-  redis.call('HSET', KEYS[1], 'state', ARGV[2], 'since', ARGV[3])
+  set_state(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[5], ARGV[4])
   if ARGV[6] ~= '' then
     redis.call('HSET', KEYS[1], 'held', table.concat({ARGV[6], current, since, ARGV[7], ARGV[8]}, '|'))
-  end
-  if ARGV[2] == 'tried' then
-    redis.call('PERSIST', KEYS[1])
-    redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
-  else
-    redis.call('EXPIRE', KEYS[1], ARGV[4])
-    redis.call('ZREM', KEYS[2], ARGV[5])
   end
 end
 local p = pending_now(KEYS[2])
@@ -104,14 +102,7 @@ local effect_args = {}
 for i = 6, #ARGV do effect_args[#effect_args + 1] = ARGV[i] end
 local answer = effect(effect_keys, effect_args)
 if answer ~= 'ok' then return {2, 0, '', tostring(answer)} end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'since', ARGV[3])
-if ARGV[2] == 'tried' then
-  redis.call('PERSIST', KEYS[1])
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
-else
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  redis.call('ZREM', KEYS[2], ARGV[5])
-end
+set_state(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[5], ARGV[4])
 local p = pending_now(KEYS[2])
 return {1, p[1], p[2], ''}
 ";
