@@ -185,16 +185,14 @@ pub(crate) fn analyze_flow_with(
     // its subtree is walked as a trace of its own, linked to the producer.
     let splits: Vec<Option<Vec<Vec<Span>>>> =
         traces.iter().map(|t| split_at_consumers(t)).collect();
+    // Each trace whole, or its parts (the first the trace without the
+    // consumers, the others detached).
     let units = traces.iter().zip(&splits).flat_map(|(trace, split)| {
-        let parts: Vec<(&[Span], bool)> = match split {
-            None => vec![(trace.as_slice(), false)],
-            Some(parts) => parts
-                .iter()
-                .enumerate()
-                .map(|(k, p)| (p.as_slice(), k > 0))
-                .collect(),
-        };
+        let parts = split.as_deref().unwrap_or(std::slice::from_ref(trace));
         parts
+            .iter()
+            .enumerate()
+            .map(|(k, part)| (part.as_slice(), k > 0))
     });
     let mut infos: Vec<TraceInfo<'_>> = units
         .filter(|(t, _)| !t.is_empty())

@@ -698,9 +698,13 @@ async fn skewed(sdk: Sdk, case: &'static str, offset_ms: f64) {
         (offset - offset_ms).abs() <= 15.0,
         "inventory's clock is {offset_ms} ms off, estimated {offset} ms: {skew}"
     );
+    // A service with a millisecond clock (JS) can overflow its caller by
+    // just over the 1 ms tolerance and be centred too; the estimate is then
+    // off by half the gap between the two spans' durations, a few ms on a
+    // loaded machine (seen once beside the whole suite), never near 40.
     for other in services.iter().filter(|s| s["service"] != "inventory") {
         let offset = seconds(&other["last_offset_seconds"]) * 1e3;
-        assert!(offset.abs() <= 5.0, "only inventory is skewed: {skew}");
+        assert!(offset.abs() < 20.0, "only inventory is skewed: {skew}");
     }
     let counted = aggregator
         .metric(r#"paytrace_aggregator_clock_skew_adjusted_total{service_name="inventory"}"#)

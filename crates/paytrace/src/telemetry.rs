@@ -558,7 +558,7 @@ impl TelemetryConfig {
             .with_tracer(provider.tracer("paytrace"))
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
         // Spans that end once the provider is shut down go nowhere: count
-        // them, and say so once.
+        // them, and say so once (nothing is lost when export is disabled).
         let after = SpansAfterShutdown {
             shut_down: shut_down.clone(),
             dropped: self
@@ -566,14 +566,18 @@ impl TelemetryConfig {
                 .families()
                 .spans_dropped
                 .with_label_values(&[drop_reason::AFTER_SHUTDOWN]),
-            warned: AtomicBool::new(self.disabled),
-            counting: !self.disabled,
+            warned: AtomicBool::new(false),
         }
         .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+        let layer: OtelLayer<S> = if self.disabled {
+            Box::new(otel)
+        } else {
+            Box::new(otel.and_then(after))
+        };
         opentelemetry::global::set_text_map_propagator(propagator());
         opentelemetry::global::set_tracer_provider(provider.clone());
         Ok((
-            Box::new(otel.and_then(after)),
+            layer,
             TelemetryGuard {
                 provider: Some(provider),
                 shut_down,
@@ -688,15 +692,13 @@ pub struct TelemetryGuard {
 struct SpansAfterShutdown {
     shut_down: Arc<AtomicBool>,
     dropped: IntCounter,
-    /// Whether the loss was logged (or need not be).
+    /// Whether the loss was logged.
     warned: AtomicBool,
-    /// Off when export is disabled: nothing would have been sent anyway.
-    counting: bool,
 }
 
 impl<S: tracing::Subscriber> Layer<S> for SpansAfterShutdown {
     fn on_close(&self, _id: tracing::span::Id, _ctx: tracing_subscriber::layer::Context<'_, S>) {
-        if !self.counting || !self.shut_down.load(Ordering::Acquire) {
+        if !self.shut_down.load(Ordering::Acquire) {
             return;
         }
         self.dropped.inc();
