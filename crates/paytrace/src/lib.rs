@@ -94,6 +94,7 @@ mod resource;
 mod sampling;
 mod server;
 mod service;
+mod span_service;
 #[cfg(any(
     feature = "sqlx-postgres",
     feature = "sqlx-mysql",
@@ -114,7 +115,7 @@ mod tcc_sql;
 mod telemetry;
 
 pub use cardinality::LabelLimits;
-pub use client::{Client, RequestBuilder};
+pub use client::{BoxError, Client, ClientFuture, ClientLayer, ClientService, RequestBuilder};
 pub use handler::metrics_route;
 pub use metrics::{Buckets, Metrics};
 pub use propagation::{Flow, current_traceparent, current_tracestate};
@@ -145,6 +146,8 @@ pub use paytrace_semconv as semconv;
 #[doc(no_inline)]
 pub use axum;
 #[doc(no_inline)]
+pub use http;
+#[doc(no_inline)]
 pub use opentelemetry;
 #[doc(no_inline)]
 pub use prometheus;
@@ -162,6 +165,8 @@ pub use reqwest;
 pub use sqlx;
 #[doc(no_inline)]
 pub use tonic;
+#[doc(no_inline)]
+pub use tower;
 #[doc(no_inline)]
 pub use tracing;
 

@@ -293,7 +293,7 @@ where
             Some(_) => RouteLabel::Fixed(OTHER),
             None => RouteLabel::Fixed(UNMATCHED_ROUTE),
         };
-        let parent = extract(req.headers());
+        let parent = service.tagged(extract(req.headers()));
         let flow = Flow::redacted_from_context(&parent);
 
         let mut name = String::with_capacity(method.len() + 1 + route.as_str().len());

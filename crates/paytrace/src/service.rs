@@ -3,10 +3,11 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::client::Client;
+use crate::client::{Client, ClientLayer};
 use crate::metrics::{Families, Metrics};
 use crate::resource::{Pool, QueueMetrics, ResourceMetrics, RuntimeSampler};
 use crate::server::HttpLayer;
+use crate::span_service::SpanService;
 use crate::stage::Stage;
 
 /// One service's telemetry: its name (the `service_name` label of every metric it
@@ -14,11 +15,11 @@ use crate::stage::Stage;
 ///
 /// Cheap to clone; build it once at start-up and hand clones to handlers.
 /// One process may host several services, each with its own
-/// `ServiceTelemetry`: their metrics are apart (`service_name`), but their
-/// spans go through the one tracer provider [`crate::init`] installed, with
-/// its one `service.name` resource, so a trace backend or the aggregator
-/// sees them as one service. Run each in its own process when its spans
-/// must be told apart.
+/// `ServiceTelemetry` (and one [`crate::init`] for the process): their
+/// metrics are apart (`service_name`), and so are their spans: the spans of
+/// each service's layers, clients and stages, and every span opened under
+/// them, are exported under a resource with that service's `service.name`
+/// and `service.version`.
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -37,6 +38,8 @@ pub struct ServiceTelemetry {
 struct Inner {
     name: String,
     metrics: Metrics,
+    /// The service its spans belong to, when the process hosts several.
+    span_service: SpanService,
 }
 
 impl ServiceTelemetry {
@@ -84,6 +87,7 @@ impl ServiceTelemetry {
         });
         Self {
             inner: Arc::new(Inner {
+                span_service: SpanService::new(&name, version),
                 name,
                 metrics: metrics.clone(),
             }),
@@ -98,6 +102,17 @@ impl ServiceTelemetry {
     /// The metrics this service writes to.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// `cx` with this service as the one the spans started in it belong to
+    /// (see [`crate::span_service`]).
+    pub(crate) fn tagged(&self, cx: opentelemetry::Context) -> opentelemetry::Context {
+        self.inner.span_service.tag(cx)
+    }
+
+    /// `cx` with this service, when that changes it.
+    pub(crate) fn retagged(&self, cx: &opentelemetry::Context) -> Option<opentelemetry::Context> {
+        self.inner.span_service.retag(cx)
     }
 
     pub(crate) fn families(&self) -> &Families {
@@ -148,6 +163,22 @@ impl ServiceTelemetry {
     /// ```
     pub fn client(&self, client: reqwest::Client) -> Client {
         Client::new(self.clone(), client)
+    }
+
+    /// The tower layer for any HTTP client built on tower (hyper-util's
+    /// legacy client, a `tower::ServiceBuilder` stack around one): the same
+    /// span, context and measurement as [`ServiceTelemetry::client`],
+    /// without depending on paytrace's reqwest. See [`ClientLayer`].
+    ///
+    /// ```
+    /// let svc = paytrace::ServiceTelemetry::new("order", "1.0.0");
+    /// let layer = svc.client_layer();
+    /// // let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    /// // let traced = tower::ServiceBuilder::new().layer(layer).service(client);
+    /// # drop(layer);
+    /// ```
+    pub fn client_layer(&self) -> ClientLayer {
+        ClientLayer::new(self.clone())
     }
 
     /// Starts describing a business stage; finish with [`Stage::run`] or

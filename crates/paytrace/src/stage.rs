@@ -388,11 +388,17 @@ impl Stage {
         // or changes what its context already carries.
         let adds =
             |mine: &Option<String>, theirs: &Option<String>| mine.is_some() && mine != theirs;
-        let parent = (adds(&own.flow, &inherited.flow)
+        // A stage of another service than its context's starts its own
+        // service's spans (`crate::span_service`).
+        let parent = match (adds(&own.flow, &inherited.flow)
             || adds(&own.flow_id, &inherited.flow_id)
             || adds(&own.payment_method, &inherited.payment_method)
             || adds(&own.payment_channel, &inherited.payment_channel))
-        .then(|| own.merge_into(&ambient));
+        .then(|| own.merge_into(&ambient))
+        {
+            Some(cx) => Some(self.service.tagged(cx)),
+            None => self.service.retagged(&ambient),
+        };
         let flow = Flow {
             flow: own.flow.or(inherited.flow),
             flow_id: own.flow_id.or(inherited.flow_id),

@@ -22,6 +22,7 @@ use crate::export::{Transport, key_value_list};
 use crate::metrics::Metrics;
 use crate::propagation::propagator;
 use crate::sampling::FlowSampler;
+use crate::span_service::{self, Split};
 
 /// How spans travel to the collector (`OTEL_EXPORTER_OTLP_PROTOCOL`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -491,8 +492,13 @@ impl TelemetryConfig {
     {
         let families = self.metrics.families();
         let pending = Arc::new(AtomicUsize::new(0));
+        crate::span_service::set_process_service(&self.service_name);
         let exporter = CountingExporter {
-            inner: exporter,
+            inner: tokio::sync::Mutex::new(Splitting {
+                exporter,
+                split: Split::default(),
+                current: None,
+            }),
             pending: pending.clone(),
             exported: families.spans_exported.clone(),
             failed: families
@@ -758,6 +764,7 @@ struct BoundedProcessor {
 
 impl SpanProcessor for BoundedProcessor {
     fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        crate::span_service::tag_span(span, cx);
         self.inner.on_start(span, cx);
     }
 
@@ -792,10 +799,14 @@ impl SpanProcessor for BoundedProcessor {
 }
 
 /// Counts every span of every export: exported, failed or timed out, and
-/// releases them from the [`BoundedProcessor`]'s budget.
+/// releases them from the [`BoundedProcessor`]'s budget. Exports each
+/// service's spans under its own resource ([`crate::span_service`]).
 #[derive(Debug)]
 struct CountingExporter<E> {
-    inner: E,
+    /// Locked for a whole export: the resource is set, then the spans sent.
+    /// The batch processor calls its exporter from one thread, one call at a
+    /// time, so the lock is never contended.
+    inner: tokio::sync::Mutex<Splitting<E>>,
     pending: Arc<AtomicUsize>,
     exported: IntCounter,
     failed: IntCounter,
@@ -804,17 +815,67 @@ struct CountingExporter<E> {
     failing: AtomicBool,
 }
 
-impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let n = batch.len();
-        let result = self.inner.export(batch).await;
-        self.pending.fetch_sub(n, Ordering::AcqRel);
+/// The exporter, and the resources it exports under.
+#[derive(Debug)]
+struct Splitting<E> {
+    exporter: E,
+    split: Split,
+    /// The service whose resource the exporter has now (`None`: the
+    /// process's).
+    current: Option<(Arc<str>, Arc<str>)>,
+}
+
+impl<E: SpanExporter> CountingExporter<E> {
+    /// The inner exporter, for a call that does not export; fails rather
+    /// than waits while an export runs (which the batch processor never
+    /// lets happen).
+    fn idle(&self) -> Result<tokio::sync::MutexGuard<'_, Splitting<E>>, OTelSdkError> {
+        self.inner
+            .try_lock()
+            .map_err(|_| OTelSdkError::InternalFailure("an export is still running".to_owned()))
+    }
+
+    /// Counts the `n` spans of one export's `result`.
+    fn count(&self, n: usize, result: &OTelSdkResult) {
         let count = u64::try_from(n).unwrap_or(u64::MAX);
-        match &result {
+        match result {
             Ok(()) => self.exported.inc_by(count),
             Err(e) if is_timeout(e) => self.timed_out.inc_by(count),
             Err(_) => self.failed.inc_by(count),
         }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len();
+        let mut inner = self.inner.lock().await;
+        let mut result = Ok(());
+        let parts = span_service::partition(batch, inner.split.process_name());
+        for part in parts {
+            if part.spans.is_empty() {
+                continue;
+            }
+            let inner = &mut *inner;
+            if inner.current != part.service {
+                let resource = match &part.service {
+                    Some(service) => Some(inner.split.resource(service).clone()),
+                    None => inner.split.base().cloned(),
+                };
+                if let Some(resource) = resource {
+                    inner.exporter.set_resource(&resource);
+                }
+                inner.current = part.service.clone();
+            }
+            let sent = part.spans.len();
+            let part_result = inner.exporter.export(part.spans).await;
+            self.count(sent, &part_result);
+            if part_result.is_err() {
+                result = part_result;
+            }
+        }
+        drop(inner);
+        self.pending.fetch_sub(n, Ordering::AcqRel);
         let was_failing = self.failing.swap(result.is_err(), Ordering::AcqRel);
         match (&result, was_failing) {
             (Err(e), false) => tracing::warn!(
@@ -829,15 +890,18 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
+        self.idle()?.exporter.shutdown_with_timeout(timeout)
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
+        self.idle()?.exporter.force_flush()
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
+        let inner = self.inner.get_mut();
+        inner.split.set_base(resource);
+        inner.exporter.set_resource(resource);
+        inner.current = None;
     }
 }
 

@@ -101,7 +101,7 @@ async fn spans_arrive_with_the_callers_trace_id(
         .expect("the exporter builds");
     let _guard = tracing::subscriber::set_default(common::otel_subscriber(&provider));
 
-    let svc = ServiceTelemetry::with_metrics("order", "1.0.0", &metrics);
+    let svc = ServiceTelemetry::with_metrics("checkout-test", "1.0.0", &metrics);
     let addr = common::serve(
         Router::new()
             .route("/orders/{id}", get(|| async { "ok" }))
@@ -227,4 +227,176 @@ async fn the_layer_joins_an_application_subscriber() {
         .map(|s| s.name.as_str())
         .collect();
     assert_eq!(names, ["order.create"]);
+}
+
+/// The spans of one export, by the `service.name` of their resource: each
+/// span's name, with the resource's `service.version` and
+/// `service.instance.id` per service.
+#[derive(Debug, Default)]
+struct ByService {
+    spans: std::collections::BTreeMap<String, Vec<String>>,
+    versions: std::collections::BTreeMap<String, String>,
+    instances: std::collections::BTreeSet<String>,
+    trace_ids: std::collections::BTreeSet<String>,
+    attribute_keys: std::collections::BTreeSet<String>,
+}
+
+fn by_service(requests: &[ExportTraceServiceRequest]) -> ByService {
+    let mut out = ByService::default();
+    for rs in requests.iter().flat_map(|r| &r.resource_spans) {
+        let resource = |key: &str| {
+            rs.resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|kv| kv.key == key))
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default()
+        };
+        let name = resource("service.name");
+        out.versions
+            .insert(name.clone(), resource("service.version"));
+        out.instances.insert(resource("service.instance.id"));
+        for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
+            out.spans
+                .entry(name.clone())
+                .or_default()
+                .push(span.name.clone());
+            out.trace_ids.insert(to_hex(&span.trace_id));
+            out.attribute_keys
+                .extend(span.attributes.iter().map(|kv| kv.key.clone()));
+        }
+    }
+    for names in out.spans.values_mut() {
+        names.sort();
+    }
+    out
+}
+
+/// Two services in one process, `order` (the process's, given to the
+/// provider) calling `inventory` over real HTTP: each one's spans reach the
+/// collector under a resource of its own name and version, a span the
+/// handler opens itself included; one trace, one process instance.
+async fn two_services_in_one_process_keep_their_names(
+    protocol: Protocol,
+    endpoint: String,
+    mut received: mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+) {
+    let metrics = Metrics::new();
+    let provider = TelemetryConfig::from_vars("order", |_| None)
+        .expect("valid defaults")
+        .with_service_version("1.0.0")
+        .with_endpoint(protocol, endpoint)
+        .with_export_timeout(Duration::from_secs(10))
+        .with_metrics(&metrics)
+        .build_provider()
+        .expect("the exporter builds");
+    let _guard = tracing::subscriber::set_default(common::otel_subscriber(&provider));
+
+    let inventory = ServiceTelemetry::with_metrics("inventory", "2.0.0", &metrics);
+    let inventory_addr = common::serve(
+        Router::new()
+            .route(
+                "/reserve",
+                get(|State(svc): State<ServiceTelemetry>| async move {
+                    use tracing::Instrument as _;
+                    // A span of the handler's own, with the stage inside.
+                    svc.stage("inventory.try")
+                        .run(async { Ok::<_, std::io::Error>("reserved") })
+                        .instrument(tracing::info_span!("reserve stock"))
+                        .await
+                        .unwrap_or("failed")
+                }),
+            )
+            .layer(inventory.http_layer())
+            .with_state(inventory.clone()),
+    )
+    .await;
+    let order = ServiceTelemetry::with_metrics("order", "1.0.0", &metrics);
+    let http = order.client(reqwest::Client::new());
+    let order_addr = common::serve(
+        Router::new()
+            .route(
+                "/checkout",
+                get(move || async move {
+                    let url = format!("http://{inventory_addr}/reserve");
+                    match http.get(&url).send().await {
+                        Ok(r) => r.text().await.unwrap_or_default(),
+                        Err(e) => e.to_string(),
+                    }
+                }),
+            )
+            .layer(order.http_layer()),
+    )
+    .await;
+    let body = reqwest::get(format!("http://{order_addr}/checkout"))
+        .await
+        .expect("order answers")
+        .text()
+        .await
+        .expect("a body");
+    assert_eq!(body, "reserved");
+
+    let flushed = tokio::task::spawn_blocking(move || provider.shutdown())
+        .await
+        .expect("no panic");
+    assert!(flushed.is_ok(), "export succeeded: {flushed:?}");
+    let mut requests = Vec::new();
+    while let Ok(request) = received.try_recv() {
+        requests.push(request);
+    }
+    let seen = by_service(&requests);
+    let expected: std::collections::BTreeMap<String, Vec<String>> = [
+        ("order", vec!["GET", "GET /checkout"]),
+        (
+            "inventory",
+            vec!["GET /reserve", "inventory.try", "reserve stock"],
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.into_iter().map(str::to_owned).collect()))
+    .collect();
+    assert_eq!(seen.spans, expected, "{seen:#?}");
+    assert_eq!(
+        seen.versions.get("inventory").map(String::as_str),
+        Some("2.0.0")
+    );
+    assert_eq!(
+        seen.versions.get("order").map(String::as_str),
+        Some("1.0.0")
+    );
+    assert_eq!(seen.instances.len(), 1, "one process: {seen:#?}");
+    assert_eq!(seen.trace_ids.len(), 1, "one trace: {seen:#?}");
+    assert!(
+        !seen
+            .attribute_keys
+            .iter()
+            .any(|k| k.starts_with("paytrace.internal")),
+        "the carrying attributes never leave the process: {:?}",
+        seen.attribute_keys
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn two_services_in_one_process_reach_a_grpc_collector_apart() {
+    let (addr, received) = grpc_collector().await;
+    two_services_in_one_process_keep_their_names(
+        Protocol::Grpc,
+        format!("http://{addr}"),
+        received,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn two_services_in_one_process_reach_an_http_collector_apart() {
+    let (addr, received) = http_collector().await;
+    two_services_in_one_process_keep_their_names(
+        Protocol::HttpProtobuf,
+        format!("http://{addr}/v1/traces"),
+        received,
+    )
+    .await;
 }

@@ -131,7 +131,7 @@ where
             error.type = Empty,
             paytrace.flow_id = flow_id.as_deref(),
         );
-        let _ = span.set_parent(ambient.clone());
+        let _ = span.set_parent(service.tagged(ambient.clone()));
         inject(&outgoing(&span, &ambient), req.headers_mut());
         let deadline = deadline_in(req.headers(), start);
         let call = Call::new(

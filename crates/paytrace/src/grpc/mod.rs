@@ -27,6 +27,4 @@ pub use body::GrpcBody;
 pub use client::{GrpcClientFuture, GrpcClientLayer, GrpcClientService};
 pub use server::{GrpcFuture, GrpcLayer, GrpcService};
 
-/// The error type of the gRPC services: whatever the inner service failed
-/// with, boxed (what tonic's servers and clients take).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::client::BoxError;

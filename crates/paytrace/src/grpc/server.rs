@@ -92,7 +92,7 @@ where
         // (`request.extensions().get::<paytrace::ServiceTelemetry>()`).
         req.extensions_mut().insert(service.clone());
         let (method, method_label) = method_and_label(service, req.uri().path());
-        let parent = extract(req.headers());
+        let parent = service.tagged(extract(req.headers()));
         let flow = Flow::redacted_from_context(&parent);
         let span = tracing::info_span!(
             target: "paytrace::grpc",

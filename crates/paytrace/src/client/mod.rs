@@ -1,16 +1,15 @@
-//! Outgoing HTTP: trace context and baggage injected, a client span, a histogram.
+//! Outgoing HTTP: trace context and baggage injected, a client span, a
+//! histogram; through a wrapped `reqwest::Client` ([`Client`]) or any tower
+//! HTTP client ([`ClientLayer`]).
 
-use std::time::Instant;
+mod call;
+mod layer;
 
 use tracing::Instrument;
-use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::cardinality::{OTHER, method_label};
-use crate::propagation::{ambient, inject, outgoing};
-use crate::redact::redact;
 use crate::service::ServiceTelemetry;
-use opentelemetry::baggage::BaggageExt;
+use call::{ClientCall, Target};
+pub use layer::{BoxError, ClientFuture, ClientLayer, ClientService};
 
 /// A `reqwest::Client` whose calls carry W3C `traceparent` and `baggage`, get
 /// a client span `"{METHOD}"` with the OpenTelemetry HTTP attributes, and are
@@ -139,66 +138,29 @@ impl Client {
         &self,
         mut request: reqwest::Request,
     ) -> reqwest::Result<reqwest::Response> {
-        let ambient = ambient();
-        let method = method_label(request.method());
         let url = request.url();
         let host = url.host_str().unwrap_or("").to_owned();
         let port = url.port_or_known_default();
         let mut full = url.clone();
         full.set_query(None);
         full.set_fragment(None);
-
-        // The flow id rides on every span, so that a Collector can route
-        // the spans of one flow to one aggregator by it.
-        let flow_id = ambient
-            .baggage()
-            .get(paytrace_semconv::attr::FLOW_ID)
-            .map(|v| redact(v.as_str()));
-        let span = tracing::info_span!(
-            target: "paytrace::http",
-            "HTTP client request",
-            otel.name = method,
-            otel.kind = "client",
-            otel.status_code = Empty,
-            http.request.method = method,
-            http.response.status_code = Empty,
-            server.address = %host,
-            server.port = port,
-            url.full = %redact(full.as_str()),
-            error.type = Empty,
-            paytrace.flow_id = flow_id.as_deref(),
+        let method = request.method().clone();
+        let call = ClientCall::start(
+            &self.service,
+            &method,
+            Target {
+                host: &host,
+                port,
+                url: full.as_str(),
+            },
+            request.headers_mut(),
         );
-        let _ = span.set_parent(ambient.clone());
-        inject(&outgoing(&span, &ambient), request.headers_mut());
-
-        let start = Instant::now();
-        let result = self.inner.execute(request).instrument(span.clone()).await;
-        let elapsed = start.elapsed().as_secs_f64();
-
-        let status = match &result {
-            Ok(response) => {
-                let status = response.status();
-                span.record("http.response.status_code", i64::from(status.as_u16()));
-                if status.is_client_error() || status.is_server_error() {
-                    span.record("error.type", status.as_str());
-                    span.record("otel.status_code", "ERROR");
-                }
-                status.as_str().to_owned()
-            }
-            Err(e) => {
-                span.record("error.type", error_type(e));
-                span.record("otel.status_code", "ERROR");
-                String::new()
-            }
-        };
-        let families = self.service.families();
-        let server_address = families
-            .admit(self.service.name(), |g| &g.server_address, &host)
-            .unwrap_or(OTHER);
-        families
-            .http_client_duration
-            .with_label_values(&[self.service.name(), method, server_address, status.as_str()])
-            .observe(elapsed);
+        let span = call.span().clone();
+        let result = self.inner.execute(request).instrument(span).await;
+        match &result {
+            Ok(response) => call.answered(response.status()),
+            Err(e) => call.failed(error_type(e)),
+        }
         result
     }
 }
