@@ -25,7 +25,7 @@ use paytrace_sampling::Threshold;
 use crate::tree::Tree;
 
 /// One stage's times in one flow instance, in nanoseconds.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StageTimes {
     /// The stage name (`inventory.try`, `async:channel.callback`, or a root's
     /// `"{service.name} {span name}"`).
@@ -41,7 +41,7 @@ pub(crate) struct StageTimes {
 }
 
 /// A piece of a flow's critical path.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PathSegment {
     /// The trace the time was spent in.
     pub trace_id: TraceId,
@@ -56,7 +56,7 @@ pub(crate) struct PathSegment {
 }
 
 /// The analysis of one flow instance.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct FlowAnalysis {
     /// `paytrace.flow`, or else the first trace root's stage name.
     pub flow: Arc<str>,
@@ -82,13 +82,12 @@ pub(crate) struct FlowAnalysis {
     pub sampling: FlowSampling,
     /// The spans moved to fit their parents, for skew between services'
     /// clocks (see [`crate::tree::skew_adjustment`]).
-    #[serde(default)]
     pub clock_skew: Vec<ClockSkew>,
 }
 
 /// A span of `service` that lay outside its parent of another service,
 /// moved to fit.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ClockSkew {
     /// `service.name` of the span moved.
     pub service: Arc<str>,
@@ -103,10 +102,9 @@ pub(crate) struct ClockSkew {
 /// A trace's threshold is the highest any of its spans carried: SDKs write
 /// it on every span (paytrace, the specification) or only on the root (the
 /// Python SDK's experimental samplers).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct FlowSampling {
     /// The highest threshold (the lowest probability) a trace carried.
-    #[serde(with = "crate::state::threshold")]
     pub highest: Option<Threshold>,
     /// Whether some trace carried none.
     pub unknown: bool,

@@ -215,7 +215,7 @@ async fn internal_windows(
     if q.collapse {
         windows = windows.collapse(q.now_minute);
     }
-    Json(windows).into_response()
+    Json(windows.to_message()).into_response()
 }
 
 impl BreakdownQuery {

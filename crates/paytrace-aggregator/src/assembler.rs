@@ -17,6 +17,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::format::v1;
 use crate::span::{Span, TraceId};
 
 /// The default of [`AssemblerLimits::trace_idle`]: 15 s. SDKs export in
@@ -77,20 +78,6 @@ impl Overflow {
             Self::MaxBytes => paytrace_semconv::eviction_reason::MAX_BYTES,
         }
     }
-}
-
-/// What a snapshot keeps of the assembler.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub(crate) struct AssemblerSnapshot {
-    live: Vec<LiveTraceSnapshot>,
-    completed: Vec<TraceId>,
-}
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct LiveTraceSnapshot {
-    spans: Vec<Span>,
-    first_age_ns: u64,
-    last_age_ns: u64,
 }
 
 /// A trace handed on by the assembler.
@@ -269,39 +256,40 @@ impl Assembler {
 
     /// The live traces (spans and arrival ages) and the ids of the traces
     /// handed on lately, for a snapshot.
-    pub(crate) fn snapshot(&self, now: Instant) -> AssemblerSnapshot {
-        AssemblerSnapshot {
+    pub(crate) fn snapshot(&self, now: Instant) -> v1::Assembler {
+        v1::Assembler {
             live: self
                 .idle_order
                 .iter()
                 .filter_map(|(_, id)| self.live.get(id))
-                .map(|t| LiveTraceSnapshot {
-                    spans: t.spans.clone(),
+                .map(|t| v1::LiveTrace {
+                    spans: v1::spans(&t.spans),
                     first_age_ns: crate::state::age_ns(now, t.first_arrival),
                     last_age_ns: crate::state::age_ns(now, t.last_arrival),
                 })
                 .collect(),
-            completed: self.completed_order.iter().copied().collect(),
+            completed: self.completed_order.iter().map(|id| id.0).collect(),
         }
     }
 
     /// Takes back what [`Assembler::snapshot`] kept, into an empty assembler.
-    pub(crate) fn restore(&mut self, snapshot: AssemblerSnapshot, ago: &crate::state::Ago) {
+    pub(crate) fn restore(&mut self, snapshot: v1::Assembler, ago: &crate::state::Ago) {
         for id in snapshot.completed {
-            self.remember(id);
+            self.remember(TraceId(id));
         }
         for trace in snapshot.live {
-            let Some(id) = trace.spans.first().map(|s| s.trace_id) else {
+            let spans = v1::spans_back(trace.spans);
+            let Some(id) = spans.first().map(|s| s.trace_id) else {
                 continue;
             };
-            let bytes: usize = trace.spans.iter().map(span_bytes).sum();
+            let bytes: usize = spans.iter().map(span_bytes).sum();
             let last_arrival = ago.instant(trace.last_age_ns);
             self.idle_order.insert((last_arrival, id));
             self.bytes += bytes;
             self.live.insert(
                 id,
                 LiveTrace {
-                    spans: trace.spans,
+                    spans,
                     bytes,
                     first_arrival: ago.instant(trace.first_age_ns),
                     last_arrival,

@@ -12,7 +12,7 @@ use crate::analysis::FlowAnalysis;
 
 /// A distribution kept as a DDSketch (1% relative error on quantiles,
 /// mergeable across windows and replicas).
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Clone)]
 pub(crate) struct Distribution {
     sketch: DDSketch,
 }
@@ -171,7 +171,7 @@ pub struct Breakdown {
 /// Count, sum and sum of squares of values: their mean and variance,
 /// exactly, and mergeable (what a test of a change in the mean needs, which
 /// a sketch's quantiles do not give).
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct Moments {
     /// Values.
     pub(crate) n: u64,
@@ -214,7 +214,7 @@ impl Moments {
     }
 }
 
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default)]
 struct StageAccumulator {
     duration: Distribution,
     self_time: Distribution,
@@ -223,12 +223,11 @@ struct StageAccumulator {
     weighted_critical_path: f64,
     /// The critical-path times again, as moments (absent from snapshots
     /// written before they were kept: zero there).
-    #[serde(default)]
     critical_path_moments: Moments,
 }
 
 /// Flow analyses of one group (flow, method, channel), accumulated.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Accumulator {
     end_to_end: Distribution,
     stages: BTreeMap<Arc<str>, StageAccumulator>,
@@ -237,10 +236,8 @@ pub(crate) struct Accumulator {
     /// Σ weight × end-to-end seconds: the shares' denominator.
     weighted_end_to_end: f64,
     /// End-to-end times as moments (zero in older snapshots).
-    #[serde(default)]
     end_to_end_moments: Moments,
     /// Instances that failed (a root ended in error), unweighted.
-    #[serde(default)]
     failed: u64,
 }
 
@@ -370,9 +367,7 @@ impl Accumulator {
 }
 
 /// The group a flow instance is accumulated under.
-#[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct GroupKey {
     /// The flow.
     pub flow: Arc<str>,
@@ -395,10 +390,141 @@ impl GroupKey {
 
 /// Accumulators per group, and the breakdowns a report lists: one per flow,
 /// and one per (flow, payment method).
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Groups {
-    #[serde(with = "crate::state::pairs")]
     groups: BTreeMap<GroupKey, Accumulator>,
+}
+
+/// The accumulators in format version 1 (snapshots, peer windows).
+mod v1 {
+    use super::{Accumulator, Distribution, GroupKey, Groups, Moments, StageAccumulator};
+    use crate::format::v1;
+
+    impl From<&Moments> for v1::Moments {
+        fn from(m: &Moments) -> Self {
+            Self {
+                n: m.n,
+                sum: m.sum,
+                sum_sq: m.sum_sq,
+            }
+        }
+    }
+
+    impl From<v1::Moments> for Moments {
+        fn from(m: v1::Moments) -> Self {
+            Self {
+                n: m.n,
+                sum: m.sum,
+                sum_sq: m.sum_sq,
+            }
+        }
+    }
+
+    impl From<&Distribution> for v1::Distribution {
+        fn from(d: &Distribution) -> Self {
+            Self {
+                sketch: v1::Sketch(d.sketch.clone()),
+            }
+        }
+    }
+
+    impl From<v1::Distribution> for Distribution {
+        fn from(d: v1::Distribution) -> Self {
+            Self { sketch: d.sketch.0 }
+        }
+    }
+
+    impl From<&StageAccumulator> for v1::StageAccumulator {
+        fn from(s: &StageAccumulator) -> Self {
+            Self {
+                duration: (&s.duration).into(),
+                self_time: (&s.self_time).into(),
+                critical_path: (&s.critical_path).into(),
+                weighted_critical_path: s.weighted_critical_path,
+                critical_path_moments: (&s.critical_path_moments).into(),
+            }
+        }
+    }
+
+    impl From<v1::StageAccumulator> for StageAccumulator {
+        fn from(s: v1::StageAccumulator) -> Self {
+            Self {
+                duration: s.duration.into(),
+                self_time: s.self_time.into(),
+                critical_path: s.critical_path.into(),
+                weighted_critical_path: s.weighted_critical_path,
+                critical_path_moments: s.critical_path_moments.into(),
+            }
+        }
+    }
+
+    impl From<&Accumulator> for v1::Accumulator {
+        fn from(a: &Accumulator) -> Self {
+            Self {
+                end_to_end: (&a.end_to_end).into(),
+                stages: a
+                    .stages
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.into()))
+                    .collect(),
+                estimated: a.estimated,
+                weighted_end_to_end: a.weighted_end_to_end,
+                end_to_end_moments: (&a.end_to_end_moments).into(),
+                failed: a.failed,
+            }
+        }
+    }
+
+    impl From<v1::Accumulator> for Accumulator {
+        fn from(a: v1::Accumulator) -> Self {
+            Self {
+                end_to_end: a.end_to_end.into(),
+                stages: a.stages.into_iter().map(|(k, v)| (k, v.into())).collect(),
+                estimated: a.estimated,
+                weighted_end_to_end: a.weighted_end_to_end,
+                end_to_end_moments: a.end_to_end_moments.into(),
+                failed: a.failed,
+            }
+        }
+    }
+
+    impl From<&Groups> for v1::Groups {
+        fn from(g: &Groups) -> Self {
+            Self {
+                groups: g
+                    .groups
+                    .iter()
+                    .map(|(k, a)| {
+                        let key = v1::GroupKey {
+                            flow: k.flow.clone(),
+                            payment_method: k.payment_method.clone(),
+                            payment_channel: k.payment_channel.clone(),
+                        };
+                        (key, a.into())
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    impl From<v1::Groups> for Groups {
+        fn from(g: v1::Groups) -> Self {
+            Self {
+                groups: g
+                    .groups
+                    .into_iter()
+                    .map(|(k, a)| {
+                        let key = GroupKey {
+                            flow: k.flow,
+                            payment_method: k.payment_method,
+                            payment_channel: k.payment_channel,
+                        };
+                        (key, a.into())
+                    })
+                    .collect(),
+            }
+        }
+    }
 }
 
 impl Groups {

@@ -226,7 +226,8 @@ impl Peers {
             ("collapse".to_owned(), shape.collapse.to_string()),
         ];
         query.extend(shape.flow.map(|f| ("flow".to_owned(), f.to_owned())));
-        self.get("/api/v1/internal/windows", query).await
+        self.get("/api/v1/internal/windows", query, Windows::from_message)
+            .await
     }
 
     /// Every peer's own answer to `path?query&local=true`.
@@ -236,14 +237,18 @@ impl Peers {
         mut query: Vec<(String, String)>,
     ) -> Gathered<serde_json::Value> {
         query.push(("local".to_owned(), "true".to_owned()));
-        self.get(path, query).await
+        self.get(path, query, Ok).await
     }
 
-    async fn get<T: DeserializeOwned + Send + 'static>(
+    /// Asks every peer for `path?query`; `read` turns an answer's body
+    /// into what the caller needs, or says why it cannot (a peer whose
+    /// answer cannot be read is a peer that did not answer).
+    async fn get<T: DeserializeOwned + Send + 'static, U>(
         &self,
         path: &str,
         query: Vec<(String, String)>,
-    ) -> Gathered<T> {
+        read: fn(T) -> Result<U, String>,
+    ) -> Gathered<U> {
         let token = self.tokens.as_ref().and_then(|t| t.first());
         let urls = self.urls().await;
         let mut asked = tokio::task::JoinSet::new();
@@ -269,19 +274,29 @@ impl Peers {
                 (i, answer)
             });
         }
-        let mut answers: Vec<(usize, T)> = Vec::with_capacity(urls.len());
+        let mut answers: Vec<(usize, U)> = Vec::with_capacity(urls.len());
         let mut missing = Vec::new();
         while let Some(joined) = asked.join_next().await {
-            match joined {
-                Ok((i, Ok(Some(answer)))) => answers.push((i, answer)),
-                Ok((_, Ok(None))) => {}
-                Ok((i, Err(e))) => {
-                    let url = &urls[i];
-                    tracing::warn!(peer = %url, error = %e, "a peer did not answer: the answer is partial");
-                    self.failed.with_label_values(&[url.as_str()]).inc();
-                    missing.push(url.clone());
+            let failed = match joined {
+                Ok((i, Ok(Some(answer)))) => match read(answer) {
+                    Ok(answer) => {
+                        answers.push((i, answer));
+                        None
+                    }
+                    Err(why) => Some((i, why)),
+                },
+                Ok((_, Ok(None))) => None,
+                Ok((i, Err(e))) => Some((i, e.to_string())),
+                Err(e) => {
+                    tracing::error!(error = %e, "a peer request task failed");
+                    None
                 }
-                Err(e) => tracing::error!(error = %e, "a peer request task failed"),
+            };
+            if let Some((i, why)) = failed {
+                let url = &urls[i];
+                tracing::warn!(peer = %url, error = %why, "a peer did not answer: the answer is partial");
+                self.failed.with_label_values(&[url.as_str()]).inc();
+                missing.push(url.clone());
             }
         }
         answers.sort_by_key(|(i, _)| *i);

@@ -57,19 +57,6 @@ pub(crate) struct FinishedFlow {
 
 use paytrace_semconv::incomplete_reason::{BUFFER_FULL, TERMINAL_STAGE_MISSING};
 
-/// A waiting flow as a snapshot keeps it.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub(crate) struct PendingSnapshot {
-    traces: Vec<Vec<Span>>,
-    trace_ids: Vec<TraceId>,
-    flow_ids: Vec<Arc<str>>,
-    flow: Option<Arc<str>>,
-    stages: Vec<Arc<str>>,
-    first_root: Option<(u64, bool)>,
-    first_age_ns: u64,
-    last_age_ns: u64,
-}
-
 #[derive(Debug)]
 struct Pending {
     traces: Vec<Vec<Span>>,
@@ -302,14 +289,18 @@ impl FlowBuffer {
     }
 
     /// The waiting flows, arrival times as ages, for a snapshot.
-    pub(crate) fn snapshot(&self, now: Instant) -> Vec<PendingSnapshot> {
+    pub(crate) fn snapshot(&self, now: Instant) -> Vec<crate::format::v1::PendingFlow> {
         let mut ids: Vec<&u64> = self.pending.keys().collect();
         ids.sort_unstable();
         ids.into_iter()
             .filter_map(|id| self.pending.get(id))
-            .map(|p| PendingSnapshot {
-                traces: p.traces.clone(),
-                trace_ids: p.trace_ids.clone(),
+            .map(|p| crate::format::v1::PendingFlow {
+                traces: p
+                    .traces
+                    .iter()
+                    .map(|t| crate::format::v1::spans(t))
+                    .collect(),
+                trace_ids: p.trace_ids.iter().map(|t| t.0).collect(),
                 flow_ids: p.flow_ids.iter().cloned().collect(),
                 flow: p.flow.clone(),
                 stages: p.stages.iter().cloned().collect(),
@@ -322,11 +313,16 @@ impl FlowBuffer {
 
     /// Takes back the flows [`FlowBuffer::snapshot`] kept, into an empty
     /// buffer.
-    pub(crate) fn restore(&mut self, pending: Vec<PendingSnapshot>, ago: &crate::state::Ago) {
+    pub(crate) fn restore(
+        &mut self,
+        pending: Vec<crate::format::v1::PendingFlow>,
+        ago: &crate::state::Ago,
+    ) {
         for p in pending {
             let id = self.next;
             self.next += 1;
-            for t in &p.trace_ids {
+            let trace_ids: Vec<TraceId> = p.trace_ids.into_iter().map(TraceId).collect();
+            for t in &trace_ids {
                 self.by_trace.insert(*t, id);
             }
             for f in &p.flow_ids {
@@ -335,8 +331,12 @@ impl FlowBuffer {
             self.pending.insert(
                 id,
                 Pending {
-                    traces: p.traces,
-                    trace_ids: p.trace_ids,
+                    traces: p
+                        .traces
+                        .into_iter()
+                        .map(crate::format::v1::spans_back)
+                        .collect(),
+                    trace_ids,
                     flow_ids: p.flow_ids.into_iter().collect(),
                     flow: p.flow,
                     stages: p.stages.into_iter().collect(),

@@ -65,6 +65,7 @@ pub mod config;
 mod critical_path_cases;
 pub mod decode;
 pub(crate) mod flows;
+pub(crate) mod format;
 pub mod forward;
 pub mod infra;
 pub(crate) mod page;

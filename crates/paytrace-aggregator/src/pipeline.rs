@@ -116,24 +116,6 @@ fn shadowed(a: &GlobalAnomaly) -> bool {
     !a.fenced && paytrace_semconv::tcc::ANOMALY_KINDS.contains(&a.kind)
 }
 
-/// What a snapshot keeps of the pipeline (see [`crate::state`]).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub(crate) struct PipelineSnapshot {
-    minutes: Vec<Minute>,
-    recent: Vec<(Arc<str>, RecentFlows)>,
-    assembler: crate::assembler::AssemblerSnapshot,
-    flows: Vec<crate::flows::PendingSnapshot>,
-    tcc: crate::tcc::TccSnapshot,
-    /// The TCC anomaly counters, so that the counts the API and
-    /// `/metrics` show go on across the restart (the counter reads the
-    /// same before and after it, and `rate()` sees no reset).
-    #[serde(default)]
-    tcc_anomaly_counts: Vec<AnomalyCount>,
-    /// What the fence would have prevented at participants without it.
-    #[serde(default)]
-    tcc_shadow_counts: Vec<AnomalyCount>,
-}
-
 struct State {
     assembler: Assembler,
     flows: FlowBuffer,
@@ -326,16 +308,17 @@ impl Pipeline {
     /// A copy of everything a restart would otherwise lose, to write with
     /// [`crate::state::StateDir`]: the windows, the recent flows, the traces
     /// assembling, the flows waiting and the TCC transactions.
-    pub(crate) fn snapshot(&self, now: Now) -> PipelineSnapshot {
-        let tcc_anomaly_counts = self.tcc_anomaly_counts();
-        let tcc_shadow_counts = self.tcc_shadow_counts();
+    pub(crate) fn snapshot(&self, now: Now) -> crate::format::v1::Snapshot {
+        let counts = |c: Vec<AnomalyCount>| c.iter().map(Into::into).collect();
+        let tcc_anomaly_counts = counts(self.tcc_anomaly_counts());
+        let tcc_shadow_counts = counts(self.tcc_shadow_counts());
         let state = self.state();
-        PipelineSnapshot {
-            minutes: state.minutes.iter().cloned().collect(),
+        crate::format::v1::Snapshot {
+            minutes: state.minutes.iter().map(Into::into).collect(),
             recent: state
                 .recent
                 .iter()
-                .map(|(flow, r)| (flow.clone(), r.clone()))
+                .map(|(flow, r)| (flow.clone(), r.into()))
                 .collect(),
             assembler: state.assembler.snapshot(now.instant),
             flows: state.flows.snapshot(now.instant),
@@ -347,11 +330,20 @@ impl Pipeline {
 
     /// Takes back a snapshot into this (new, empty) pipeline, the process
     /// having been down for `down`.
-    pub(crate) fn restore(&self, snapshot: PipelineSnapshot, now: Now, down: std::time::Duration) {
+    pub(crate) fn restore(
+        &self,
+        snapshot: crate::format::v1::Snapshot,
+        now: Now,
+        down: std::time::Duration,
+    ) {
         let ago = crate::state::Ago::new(now.instant, down);
         let mut state = self.state();
-        state.minutes = snapshot.minutes.into();
-        state.recent = snapshot.recent.into_iter().collect();
+        state.minutes = snapshot.minutes.into_iter().map(Into::into).collect();
+        state.recent = snapshot
+            .recent
+            .into_iter()
+            .map(|(flow, r)| (flow, r.into()))
+            .collect();
         state.assembler.restore(snapshot.assembler, &ago);
         state.flows.restore(snapshot.flows, &ago);
         state.tcc.restore(snapshot.tcc, &ago);
@@ -919,7 +911,8 @@ mod tests {
 
         let snapshot = went_on.snapshot(at(7));
         let bytes = serde_json::to_vec(&snapshot).expect("serialises");
-        let read_back: PipelineSnapshot = serde_json::from_slice(&bytes).expect("reads back");
+        let read_back: crate::format::v1::Snapshot =
+            serde_json::from_slice(&bytes).expect("reads back");
         let restored = Pipeline::new(config);
         restored.restore(read_back, at(7), Duration::ZERO);
 
@@ -950,6 +943,243 @@ mod tests {
             "the branch tried before the snapshot is frozen"
         );
         assert_eq!(frozen[0].resource, "points");
+    }
+
+    /// The pipeline the format fixtures were written from
+    /// (`tests/fixtures/README.md`), as of 7 s past minute 100: checkouts
+    /// of 40 ms (alipay; its root sampled at 25%, threshold `c`) and of
+    /// 30 ms (failed) finished, one of 80 ms waiting for its callback
+    /// (flow id `ord_1`), one of 120 ms still assembling (linked to the
+    /// waiting one); TCC: a Try of `ord_7` at `points` nobody decides, a
+    /// Try of `ord_8` at `coupon` decided `confirm` and not confirmed, a
+    /// Cancel of `ord_9` at `inventory` with no Try. Settings: trace idle
+    /// 5 s, flow idle 30 s, TCC settle 1 s, timeout 60 s.
+    pub(crate) fn fixture_scenario() -> (Pipeline, PipelineConfig, impl Fn(u64) -> Now) {
+        use std::time::{Duration, UNIX_EPOCH};
+        let mut config = PipelineConfig::default();
+        config.assembler.trace_idle = Duration::from_secs(5);
+        config.flows.flow_idle = Duration::from_secs(30);
+        config.tcc.settle = Duration::from_secs(1);
+        config.tcc.timeout = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let wall0 = UNIX_EPOCH + Duration::from_secs(100 * 60);
+        let at = move |s: u64| Now::at(t0 + Duration::from_secs(s), wall0 + Duration::from_secs(s));
+        let p = Pipeline::new(config.clone());
+        let mut finished = one_trace(1, "checkout", 40);
+        finished.spans[0].sampling_threshold = Some("c".parse().expect("a threshold"));
+        finished.spans[0].business.payment_method = Some(Arc::from("alipay"));
+        p.ingest(Protocol::Grpc, finished, at(0).instant);
+        let mut waiting = one_trace(2, "checkout", 80);
+        waiting.spans[0].business.flow_id = Some(Arc::from("ord_1"));
+        p.ingest(Protocol::Grpc, waiting, at(0).instant);
+        let tried = crate::testing::tcc_phase(
+            3,
+            "ord_7",
+            "points",
+            "try",
+            at(0).wall_ns(),
+            at(1).wall_ns(),
+        );
+        p.ingest(
+            Protocol::Grpc,
+            Decoded {
+                spans: vec![tried],
+                ..Decoded::default()
+            },
+            at(0).instant,
+        );
+        // ord_8: coupon tried, the coordinator decided to confirm, no
+        // Confirm yet (a pending branch); ord_9: a Cancel at inventory
+        // that no Try preceded (an empty rollback).
+        let tcc = vec![
+            crate::testing::tcc_phase(
+                5,
+                "ord_8",
+                "coupon",
+                "try",
+                at(0).wall_ns(),
+                at(1).wall_ns(),
+            ),
+            crate::testing::tcc_decision(6, "ord_8", "confirm", at(1).wall_ns(), at(2).wall_ns()),
+            crate::testing::tcc_phase(
+                7,
+                "ord_9",
+                "inventory",
+                "cancel",
+                at(0).wall_ns(),
+                at(1).wall_ns(),
+            ),
+        ];
+        for span in tcc {
+            let decoded = Decoded {
+                spans: vec![span],
+                ..Decoded::default()
+            };
+            p.ingest(Protocol::Grpc, decoded, at(0).instant);
+        }
+        let mut failed = one_trace(8, "checkout", 30);
+        failed.spans[0].is_error = true;
+        p.ingest(Protocol::Grpc, failed, at(0).instant);
+        p.tick(at(6));
+        let mut assembling = one_trace(4, "checkout", 120);
+        assembling.spans[0].links.push(crate::span::Link {
+            trace_id: TraceId([2; 16]),
+            span_id: crate::span::SpanId([2; 8]),
+        });
+        p.ingest(Protocol::Grpc, assembling, at(6).instant);
+        // The TCC replay runs: the spans it follows arrived (their traces
+        // completed) at 6 s.
+        p.tick(at(7));
+        (p, config, at)
+    }
+
+    /// Writes the format fixtures of the versions this build writes; run by
+    /// hand, once, when a version is added (`tests/fixtures/README.md`). A
+    /// fixture already there is never overwritten.
+    #[test]
+    #[ignore = "writes the fixtures of a new format version; run by hand"]
+    fn write_format_fixtures() {
+        use crate::format::{SNAPSHOT_VERSION, WINDOWS_VERSION};
+        let (p, _, at) = fixture_scenario();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let snapshot = dir.join(format!("snapshot-v{SNAPSHOT_VERSION}.json.gz"));
+        let windows = dir.join(format!("windows-v{WINDOWS_VERSION}.json"));
+        for path in [&snapshot, &windows] {
+            assert!(
+                !path.exists(),
+                "{} exists: a released fixture is never rewritten",
+                path.display()
+            );
+        }
+        let state = crate::state::StateDir::open(&dir).expect("the fixtures directory");
+        state
+            .save(&p.snapshot(at(7)), at(7).wall)
+            .expect("the snapshot is written");
+        std::fs::rename(state.snapshot_path(), &snapshot).expect("renamed");
+        let message =
+            serde_json::to_vec(&p.windows(60, at(7).minute()).to_message()).expect("serialises");
+        std::fs::write(&windows, message).expect("written");
+    }
+
+    /// The version-1 snapshot fixture, written by the build before the
+    /// formats had types of their own, restored: what it held is there,
+    /// and the clock moves each part on as it would have.
+    #[test]
+    fn a_version_1_snapshot_fixture_is_still_read() {
+        let (_, config, at) = fixture_scenario();
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let dir = std::env::temp_dir().join(format!("paytrace-v1-fixture-{}", std::process::id()));
+        let state = crate::state::StateDir::open(&dir).expect("a state dir");
+        std::fs::copy(fixtures.join("snapshot-v1.json.gz"), state.snapshot_path())
+            .expect("the fixture is copied");
+        let (snapshot, down) = state
+            .load::<crate::format::v1::Snapshot>(at(7).wall)
+            .expect("version 1 is read")
+            .expect("the snapshot is there");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            down,
+            std::time::Duration::ZERO,
+            "written at 7 s past minute 100"
+        );
+        let p = Pipeline::new(config);
+        p.restore(snapshot, at(7), down);
+
+        // Finished before the snapshot: the 40 ms alipay checkout, sampled
+        // at 25% (it stands for 4), and the failed 30 ms one.
+        let b = p.breakdown(&Query::new("checkout", 5, at(7).minute()));
+        assert_eq!(b.traces, 2);
+        assert!(
+            (b.estimated_flows - 5.0).abs() < 1e-9,
+            "{}",
+            b.estimated_flows
+        );
+        let alipay = Query {
+            payment_method: Some("alipay"),
+            ..Query::new("checkout", 5, at(7).minute())
+        };
+        assert_eq!(p.breakdown(&alipay).traces, 1);
+        let overview = p.flows(5, at(7).minute());
+        let checkout = overview.iter().find(|f| f.flow == "checkout");
+        assert_eq!(
+            checkout.map(|f| (f.traces, f.payment_methods.clone(), f.error_share > 0.0)),
+            Some((2, vec!["alipay".to_owned()], true)),
+            "the failed instance is counted"
+        );
+        let slow: Vec<u64> = p
+            .slow("checkout", None, 10)
+            .iter()
+            .map(|f| (f.duration_seconds * 1e3).round() as u64)
+            .collect();
+        assert_eq!(slow, [40, 30]);
+        // The TCC replay's findings and counts went on.
+        let listed: Vec<(String, &str)> = p
+            .tcc_anomalies(None, None, 10)
+            .into_iter()
+            .map(|a| (a.resource, a.kind))
+            .collect();
+        assert_eq!(listed, [("inventory".to_owned(), "empty_rollback")]);
+        assert_eq!(p.tcc_anomaly_counts().len(), 1);
+        assert_eq!(p.tcc_anomaly_counts()[0].count, 1);
+        assert_eq!(p.tcc_shadow_counts()[0].count, 1);
+
+        // The trace assembling completes after its idle time (5 s after
+        // 6 s) and joins the waiting flow it links to, which finishes 30 s
+        // after that: one more instance, of both traces.
+        p.tick(at(12));
+        assert_eq!(
+            p.breakdown(&Query::new("checkout", 5, at(12).minute()))
+                .traces,
+            2
+        );
+        p.tick(at(45));
+        assert_eq!(
+            p.breakdown(&Query::new("checkout", 5, at(45).minute()))
+                .traces,
+            3
+        );
+        let joined = p.slow("checkout", None, 1);
+        assert_eq!(joined[0].trace_ids.len(), 2, "{joined:?}");
+        assert_eq!(joined[0].flow_id.as_deref(), Some("ord_1"));
+        // The Tries nobody confirmed are frozen once the timeout (60 s)
+        // passed: ord_7 at points (undecided), ord_8 at coupon (decided).
+        p.tick(at(70));
+        let mut frozen: Vec<String> = p
+            .tcc_anomalies(Some("frozen"), None, 10)
+            .into_iter()
+            .map(|a| format!("{} {}", a.xid, a.resource))
+            .collect();
+        frozen.sort();
+        assert_eq!(frozen, ["ord_7 points", "ord_8 coupon"]);
+    }
+
+    /// The version-1 windows a peer of the build before versioned windows
+    /// sent (no `version` field) are still read; a newer version is
+    /// refused, never misread.
+    #[test]
+    fn a_version_1_windows_fixture_is_still_read_and_a_newer_one_refused() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/windows-v1.json");
+        let bytes = std::fs::read(path).expect("the fixture");
+        let message: crate::format::v1::Windows =
+            serde_json::from_slice(&bytes).expect("version 1 parses");
+        assert_eq!(message.version, 1, "no version field means version 1");
+        let windows = Windows::from_message(message).expect("version 1 is read");
+        let b = windows.breakdown(&Query::new("checkout", 5, 100));
+        assert_eq!(b.traces, 2);
+        assert!((b.estimated_flows - 5.0).abs() < 1e-9);
+        let overview = windows.flows(5, 100);
+        let checkout = overview.iter().find(|f| f.flow == "checkout");
+        assert_eq!(
+            checkout.map(|f| (f.traces, f.payment_methods.clone(), f.error_share > 0.0)),
+            Some((2, vec!["alipay".to_owned()], true)),
+            "the failed instance is counted"
+        );
+
+        let newer: crate::format::v1::Windows =
+            serde_json::from_str(r#"{"version":2,"minutes":[],"buckets":[]}"#).expect("parses");
+        let refused = Windows::from_message(newer).expect_err("version 2 is refused");
+        assert!(refused.contains("version 2"), "{refused}");
     }
 
     #[test]

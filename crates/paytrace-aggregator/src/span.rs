@@ -12,9 +12,7 @@ use std::sync::Arc;
 /// assert_eq!(id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 /// assert!(TraceId::from_hex("00000000000000000000000000000000").is_none());
 /// ```
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TraceId(pub [u8; 16]);
 
 /// An 8-byte span id, never all zeros.
@@ -24,9 +22,7 @@ pub struct TraceId(pub [u8; 16]);
 /// assert_eq!(SpanId::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 7]).unwrap().to_string(), "0000000000000007");
 /// assert!(SpanId::from_bytes(&[1, 2, 3]).is_none());
 /// ```
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpanId(pub [u8; 8]);
 
 fn hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -96,7 +92,7 @@ impl fmt::Debug for SpanId {
 
 /// A link from a span to a span of (usually) another trace: how an async hop
 /// (callback, queue consumer) names what triggered it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Link {
     /// The linked span's trace.
     pub trace_id: TraceId,
@@ -105,7 +101,7 @@ pub struct Link {
 }
 
 /// The business attributes of a span, as paytrace names them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Business {
     /// `paytrace.stage`, or a stage a mapping rule assigned.
     pub stage: Option<Arc<str>>,
@@ -131,15 +127,11 @@ pub struct Business {
     pub entry: bool,
     /// The span's kind. A CONSUMER child of a PRODUCER does not block it:
     /// the critical path treats the edge as an async hop.
-    #[serde(default)]
     pub kind: SpanKind,
 }
 
 /// The kind of a span, as OTLP sends it (`Span.kind`).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SpanKind {
     /// Not said (0), or a value OTLP does not define.
@@ -179,7 +171,7 @@ impl SpanKind {
 
 /// The `tcc.*` attributes of a span, as sent: the TCC tracker classifies
 /// them, so nothing here is validated beyond its length.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tcc {
     /// `tcc.xid`: the global transaction.
     pub xid: Option<Arc<str>>,
@@ -193,10 +185,8 @@ pub struct Tcc {
     pub decision: Option<Arc<str>>,
     /// The span carries the fence's `tcc.fence` event: the participant runs
     /// its phases through the TCC fence.
-    #[serde(default)]
     pub fenced: bool,
     /// That event names an anomaly the fence found (`tcc.fence.anomaly`).
-    #[serde(default)]
     pub fence_anomaly: bool,
 }
 
@@ -215,7 +205,7 @@ pub struct AsSent {
 }
 
 /// One finished span.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Span {
     /// Its trace.
     pub trace_id: TraceId,
@@ -237,13 +227,11 @@ pub struct Span {
     pub links: Vec<Link>,
     /// The threshold it was sampled with (`th` of the `ot` entry of its
     /// `tracestate`); `None` when it says none.
-    #[serde(with = "crate::state::threshold")]
     pub sampling_threshold: Option<paytrace_sampling::Threshold>,
     /// The paytrace attributes.
     pub business: Business,
     /// The span as sent, when the aggregator forwards kept flows; snapshots
     /// do not keep it.
-    #[serde(skip)]
     pub as_sent: Option<Arc<AsSent>>,
 }
 

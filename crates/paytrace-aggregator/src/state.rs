@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 pub const SNAPSHOT_FILE: &str = "paytrace-aggregator.snapshot.json.gz";
 /// The `format` every snapshot declares.
 const FORMAT: &str = "paytrace-aggregator-snapshot";
-/// The version this build writes and reads.
-const VERSION: u32 = 1;
+/// The version this build writes (its types: [`crate::format`]).
+const VERSION: u32 = crate::format::SNAPSHOT_VERSION;
 
 /// Why a state directory cannot be used at all.
 #[derive(Debug, thiserror::Error)]
@@ -192,10 +192,16 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<(T, u64), String
             header.format
         ));
     }
-    if header.version != VERSION {
+    if !crate::format::SNAPSHOT_READS.contains(&header.version) {
         return Err(format!(
-            "it is version {} and this build reads version {VERSION}",
-            header.version
+            "it is format version {} and this build reads version {}: \
+             a newer build wrote it (start that build, or let this one start empty)",
+            header.version,
+            crate::format::SNAPSHOT_READS
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     let envelope: EnvelopeIn<T> = serde_json::from_slice(&json)
@@ -248,63 +254,6 @@ impl Ago {
         self.now
             .checked_sub(Duration::from_nanos(age_ns).saturating_add(self.down))
             .unwrap_or(self.now)
-    }
-}
-
-/// `Option<Threshold>` as its `th` text (`"c"` for 25%).
-pub(crate) mod threshold {
-    use paytrace_sampling::Threshold;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(t: &Option<Threshold>, s: S) -> Result<S::Ok, S::Error> {
-        t.map(|t| t.to_string()).serialize(s)
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Threshold>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|text| text.parse().map_err(serde::de::Error::custom))
-            .transpose()
-    }
-}
-
-/// A TCC phase as its name (`try`, `confirm`, `cancel`).
-pub(crate) mod phase {
-    use paytrace_tcc::Phase;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(p: &Phase, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(p.as_str())
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Phase, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse()
-            .map_err(|_| serde::de::Error::custom(format!("unknown TCC phase {text:?}")))
-    }
-}
-
-/// A map with structured keys as a list of pairs (JSON keys are strings).
-pub(crate) mod pairs {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub(crate) fn serialize<K: Serialize, V: Serialize, S: Serializer>(
-        map: &BTreeMap<K, V>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_seq(map.iter())
-    }
-
-    pub(crate) fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
-    where
-        K: Deserialize<'de> + Ord,
-        V: Deserialize<'de>,
-        D: Deserializer<'de>,
-    {
-        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
     }
 }
 

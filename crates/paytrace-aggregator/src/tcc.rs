@@ -27,6 +27,8 @@ use paytrace_semconv::{outcome, tcc as names};
 use paytrace_tcc::{BranchState, Phase};
 use serde::Serialize;
 
+use crate::format::v1;
+
 use crate::span::{Span, SpanId, TraceId, seconds};
 
 /// Settings of the TCC tracker.
@@ -64,11 +66,10 @@ impl Default for TccSettings {
     }
 }
 
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug)]
 struct Observation {
     branch: Arc<str>,
     resource: Arc<str>,
-    #[serde(with = "crate::state::phase")]
     phase: Phase,
     ok: bool,
     start_ns: u64,
@@ -80,19 +81,51 @@ struct Observation {
     /// [`names::GLOBAL_ANOMALY_KINDS`].
     reported: u16,
     /// The span carried the fence's event.
-    #[serde(default)]
     fenced: bool,
 }
 
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+impl Observation {
+    fn to_v1(&self) -> v1::Observation {
+        v1::Observation {
+            branch: self.branch.clone(),
+            resource: self.resource.clone(),
+            phase: self.phase,
+            ok: self.ok,
+            start_ns: self.start_ns,
+            end_ns: self.end_ns,
+            trace_id: self.trace_id.0,
+            span_id: self.span_id.0,
+            service: self.service.clone(),
+            reported: self.reported,
+            fenced: self.fenced,
+        }
+    }
+
+    fn from_v1(o: v1::Observation) -> Self {
+        Self {
+            branch: o.branch,
+            resource: o.resource,
+            phase: o.phase,
+            ok: o.ok,
+            start_ns: o.start_ns,
+            end_ns: o.end_ns,
+            trace_id: TraceId(o.trace_id),
+            span_id: SpanId(o.span_id),
+            service: o.service,
+            reported: o.reported,
+            fenced: o.fenced,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
 struct Decision {
-    #[serde(with = "crate::state::phase")]
     phase: Phase,
     start_ns: u64,
     trace_id: TraceId,
 }
 
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug)]
 struct Pending {
     branch: Arc<str>,
     resource: Arc<str>,
@@ -108,38 +141,6 @@ struct Transaction {
     last_arrival: Instant,
     dirty: bool,
     /// Branches left tried by the last replay.
-    pending: Vec<Pending>,
-}
-
-/// What a snapshot keeps of the TCC tracker.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub(crate) struct TccSnapshot {
-    transactions: Vec<TransactionSnapshot>,
-    recent: Vec<AnomalySnapshot>,
-}
-
-/// A [`GlobalAnomaly`] as a snapshot keeps it: its kind by name.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct AnomalySnapshot {
-    xid: String,
-    resource: String,
-    branch: String,
-    kind: String,
-    service: String,
-    time_unix_seconds: f64,
-    trace_ids: Vec<String>,
-    span_id: String,
-    #[serde(default)]
-    fenced: bool,
-}
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct TransactionSnapshot {
-    xid: Arc<str>,
-    observations: Vec<Observation>,
-    decision: Option<Decision>,
-    last_arrival_age_ns: u64,
-    dirty: bool,
     pending: Vec<Pending>,
 }
 
@@ -235,24 +236,38 @@ impl TccTracker {
     }
 
     /// The transactions followed and the recent anomalies, for a snapshot.
-    pub(crate) fn snapshot(&self, now: Instant) -> TccSnapshot {
-        TccSnapshot {
+    pub(crate) fn snapshot(&self, now: Instant) -> v1::Tcc {
+        v1::Tcc {
             transactions: self
                 .transactions
                 .iter()
-                .map(|(xid, t)| TransactionSnapshot {
+                .map(|(xid, t)| v1::Transaction {
                     xid: xid.clone(),
-                    observations: t.observations.clone(),
-                    decision: t.decision.clone(),
+                    observations: t.observations.iter().map(Observation::to_v1).collect(),
+                    decision: t.decision.as_ref().map(|d| v1::Decision {
+                        phase: d.phase,
+                        start_ns: d.start_ns,
+                        trace_id: d.trace_id.0,
+                    }),
                     last_arrival_age_ns: crate::state::age_ns(now, t.last_arrival),
                     dirty: t.dirty,
-                    pending: t.pending.clone(),
+                    pending: t
+                        .pending
+                        .iter()
+                        .map(|p| v1::PendingBranch {
+                            branch: p.branch.clone(),
+                            resource: p.resource.clone(),
+                            tried_end_ns: p.tried_end_ns,
+                            trace_id: p.trace_id.0,
+                            frozen_reported: p.frozen_reported,
+                        })
+                        .collect(),
                 })
                 .collect(),
             recent: self
                 .recent
                 .iter()
-                .map(|a| AnomalySnapshot {
+                .map(|a| v1::Anomaly {
                     xid: a.xid.clone(),
                     resource: a.resource.clone(),
                     branch: a.branch.clone(),
@@ -268,16 +283,34 @@ impl TccTracker {
     }
 
     /// Takes back what [`TccTracker::snapshot`] kept, into an empty tracker.
-    pub(crate) fn restore(&mut self, snapshot: TccSnapshot, ago: &crate::state::Ago) {
+    pub(crate) fn restore(&mut self, snapshot: v1::Tcc, ago: &crate::state::Ago) {
         for t in snapshot.transactions {
             self.transactions.insert(
                 t.xid,
                 Transaction {
-                    observations: t.observations,
-                    decision: t.decision,
+                    observations: t
+                        .observations
+                        .into_iter()
+                        .map(Observation::from_v1)
+                        .collect(),
+                    decision: t.decision.map(|d| Decision {
+                        phase: d.phase,
+                        start_ns: d.start_ns,
+                        trace_id: TraceId(d.trace_id),
+                    }),
                     last_arrival: ago.instant(t.last_arrival_age_ns),
                     dirty: t.dirty,
-                    pending: t.pending,
+                    pending: t
+                        .pending
+                        .into_iter()
+                        .map(|p| Pending {
+                            branch: p.branch,
+                            resource: p.resource,
+                            tried_end_ns: p.tried_end_ns,
+                            trace_id: TraceId(p.trace_id),
+                            frozen_reported: p.frozen_reported,
+                        })
+                        .collect(),
                 },
             );
         }

@@ -9,7 +9,7 @@ use crate::breakdown::Groups;
 /// The windows the API offers, in minutes.
 pub const WINDOWS_MINUTES: [u64; 4] = [1, 5, 15, 60];
 
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Minute {
     pub(super) minute: u64,
     pub(super) groups: Groups,
@@ -60,4 +60,26 @@ pub(super) fn in_window<'a>(
     minutes
         .into_iter()
         .filter(move |m| m.minute + window_minutes > now_minute && m.minute <= now_minute)
+}
+
+impl From<&Minute> for crate::format::v1::Minute {
+    fn from(m: &Minute) -> Self {
+        Self {
+            minute: m.minute,
+            groups: (&m.groups).into(),
+            errors: m.errors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            incomplete: m.incomplete.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+}
+
+impl From<crate::format::v1::Minute> for Minute {
+    fn from(m: crate::format::v1::Minute) -> Self {
+        Self {
+            minute: m.minute,
+            groups: m.groups.into(),
+            errors: m.errors.into_iter().collect(),
+            incomplete: m.incomplete.into_iter().collect(),
+        }
+    }
 }

@@ -14,14 +14,14 @@ const NEWEST_HELD: usize = 20;
 pub(super) const RELEASE_SLACK: usize = 20;
 
 /// The recent instances of one flow, oldest first, and how many hold spans.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct RecentFlows {
     pub(super) items: VecDeque<Recent>,
     pub(super) held: usize,
 }
 
 /// A recent flow instance: its analysis and, while held, its spans.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug)]
 pub(super) struct Recent {
     pub(super) analysis: FlowAnalysis,
     pub(super) spans: Option<Vec<Vec<Span>>>,
@@ -70,4 +70,43 @@ fn release_spans(recent: &mut RecentFlows) {
         recent.items[i].spans = None;
     }
     recent.held -= excess;
+}
+
+impl From<&RecentFlows> for crate::format::v1::RecentFlows {
+    fn from(r: &RecentFlows) -> Self {
+        use crate::format::v1;
+        Self {
+            items: r
+                .items
+                .iter()
+                .map(|item| v1::Recent {
+                    analysis: (&item.analysis).into(),
+                    spans: item
+                        .spans
+                        .as_ref()
+                        .map(|traces| traces.iter().map(|t| v1::spans(t)).collect()),
+                })
+                .collect(),
+            held: r.held,
+        }
+    }
+}
+
+impl From<crate::format::v1::RecentFlows> for RecentFlows {
+    fn from(r: crate::format::v1::RecentFlows) -> Self {
+        use crate::format::v1;
+        Self {
+            items: r
+                .items
+                .into_iter()
+                .map(|item| Recent {
+                    analysis: item.analysis.into(),
+                    spans: item
+                        .spans
+                        .map(|traces| traces.into_iter().map(v1::spans_back).collect()),
+                })
+                .collect(),
+            held: r.held,
+        }
+    }
 }

@@ -5,8 +5,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use super::minutes::{Minute, in_window};
 use super::{ChangeQuery, Changes, FlowSummary, MinutePoint, Query};
 use crate::breakdown::{Accumulator, Breakdown};
@@ -23,7 +21,7 @@ use crate::breakdown::{Accumulator, Breakdown};
 /// all.merge(replica.windows(5, 29_000_000));
 /// assert!(all.flows(5, 29_000_000).is_empty());
 /// ```
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct Windows {
     /// Oldest first, one per minute.
     minutes: Vec<Minute>,
@@ -92,6 +90,30 @@ impl Windows {
             one.merge(m);
         }
         Windows { minutes: vec![one] }
+    }
+
+    /// The message a peer sends: these minutes in the windows format this
+    /// build writes ([`crate::format`]).
+    pub(crate) fn to_message(&self) -> crate::format::v1::Windows {
+        crate::format::v1::Windows {
+            version: crate::format::WINDOWS_VERSION,
+            minutes: self.minutes.iter().map(Into::into).collect(),
+        }
+    }
+
+    /// The windows a peer sent, or why they cannot be read: a version this
+    /// build does not read is refused, never misread.
+    pub(crate) fn from_message(message: crate::format::v1::Windows) -> Result<Self, String> {
+        if message.version != 1 {
+            return Err(format!(
+                "the peer sends windows in format version {}, and this build reads version 1: \
+                 run the same version on every replica (or upgrade this one)",
+                message.version
+            ));
+        }
+        let mut minutes: Vec<Minute> = message.minutes.into_iter().map(Into::into).collect();
+        minutes.sort_by_key(|m| m.minute);
+        Ok(Self { minutes })
     }
 
     fn within(&self, window_minutes: u64, now_minute: u64) -> Vec<&Minute> {
