@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounterVec;
-use serde::de::DeserializeOwned;
 
 use crate::auth::Tokens;
 use crate::pipeline::{Pipeline, Windows};
@@ -237,17 +236,20 @@ impl Peers {
         mut query: Vec<(String, String)>,
     ) -> Gathered<serde_json::Value> {
         query.push(("local".to_owned(), "true".to_owned()));
-        self.get(path, query, Ok).await
+        self.get(path, query, |body| {
+            serde_json::from_slice(body).map_err(|e| format!("its answer is not JSON: {e}"))
+        })
+        .await
     }
 
     /// Asks every peer for `path?query`; `read` turns an answer's body
     /// into what the caller needs, or says why it cannot (a peer whose
     /// answer cannot be read is a peer that did not answer).
-    async fn get<T: DeserializeOwned + Send + 'static, U>(
+    async fn get<U>(
         &self,
         path: &str,
         query: Vec<(String, String)>,
-        read: fn(T) -> Result<U, String>,
+        read: fn(&[u8]) -> Result<U, String>,
     ) -> Gathered<U> {
         let token = self.tokens.as_ref().and_then(|t| t.first());
         let urls = self.urls().await;
@@ -268,7 +270,7 @@ impl Peers {
                     if from_self {
                         return Ok(None);
                     }
-                    response.json::<T>().await.map(Some)
+                    response.bytes().await.map(Some)
                 }
                 .await;
                 (i, answer)
@@ -278,7 +280,7 @@ impl Peers {
         let mut missing = Vec::new();
         while let Some(joined) = asked.join_next().await {
             let failed = match joined {
-                Ok((i, Ok(Some(answer)))) => match read(answer) {
+                Ok((i, Ok(Some(answer)))) => match read(&answer) {
                     Ok(answer) => {
                         answers.push((i, answer));
                         None

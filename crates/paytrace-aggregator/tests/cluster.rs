@@ -306,3 +306,51 @@ async fn a_replica_found_among_its_peers_by_dns_skips_itself() {
     assert_eq!(answer["missing_peers"], json!([]));
     replica.shutdown().await;
 }
+
+/// A peer on a newer build sends windows in a format version this build
+/// does not read (here a stand-in answering version 2 with a field version
+/// 1 never had): the replica answers with its own flows, says the answer is
+/// partial and names that peer, and counts it failed; it never merges what
+/// it cannot read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_of_a_newer_format_version_are_refused_not_misread() {
+    use axum::routing::get as route_get;
+    let newer = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let newer_addr = newer.local_addr().expect("bound");
+    let server = tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/api/v1/internal/windows",
+            route_get(|| async {
+                axum::Json(json!({
+                    "version": 2,
+                    "minutes": [{"minute": 1, "sketches": "opaque"}],
+                }))
+            }),
+        );
+        axum::serve(newer, app).await
+    });
+    let mut config = config();
+    let peer = format!("http://{newer_addr}");
+    config.peers = Some(PeerSettings::new(vec![peer.clone()]));
+    let replica = start(config).await.expect("the replica starts");
+    let t0 = now_ns() - 30_000_000_000;
+    for k in 0..5 {
+        paytrace_testkit::post_otlp_json(replica.otlp_http, &flow(k, t0).1).await;
+    }
+    replica.pipeline.flush(Now::current());
+    let client = reqwest::Client::new();
+    let answer = get(&client, replica.listen, PATHS[0]).await;
+    assert_eq!(answer["traces"], 5, "its own flows only: {answer}");
+    assert_eq!(answer["partial"], true, "{answer}");
+    assert_eq!(answer["missing_peers"], json!([peer]));
+    let failed = paytrace_testkit::scrape_value(
+        &format!("http://{}/metrics", replica.listen),
+        &format!(r#"paytrace_aggregator_peer_requests_failed_total{{peer="{peer}"}}"#),
+    )
+    .await;
+    assert_eq!(failed, 1.0);
+    replica.shutdown().await;
+    server.abort();
+}

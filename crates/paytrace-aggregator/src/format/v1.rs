@@ -55,7 +55,7 @@ pub(crate) struct Windows {
     pub(crate) minutes: Vec<Minute>,
 }
 
-fn one() -> u32 {
+pub(crate) fn one() -> u32 {
     1
 }
 

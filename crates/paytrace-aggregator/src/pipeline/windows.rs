@@ -101,19 +101,33 @@ impl Windows {
         }
     }
 
-    /// The windows a peer sent, or why they cannot be read: a version this
-    /// build does not read is refused, never misread.
-    pub(crate) fn from_message(message: crate::format::v1::Windows) -> Result<Self, String> {
-        if message.version != 1 {
+    /// The windows a peer sent (the JSON body of its answer), or why they
+    /// cannot be read: the version is read first, and one this build does
+    /// not read is refused, never misread.
+    pub(crate) fn from_message(body: &[u8]) -> Result<Self, String> {
+        #[derive(serde::Deserialize)]
+        struct Version {
+            #[serde(default = "crate::format::v1::one")]
+            version: u32,
+        }
+        let Version { version } = serde_json::from_slice(body)
+            .map_err(|e| format!("its windows are not a JSON object with a version: {e}"))?;
+        if version != 1 {
             return Err(format!(
-                "the peer sends windows in format version {}, and this build reads version 1: \
-                 run the same version on every replica (or upgrade this one)",
-                message.version
+                "the peer sends windows in format version {version}, and this build reads \
+                 version 1: run the same version on every replica (or upgrade this one)"
             ));
         }
+        let message: crate::format::v1::Windows = serde_json::from_slice(body)
+            .map_err(|e| format!("its version-1 windows do not parse: {e}"))?;
+        Ok(Self::from_v1(message))
+    }
+
+    /// Version-1 windows as the pipeline's.
+    fn from_v1(message: crate::format::v1::Windows) -> Self {
         let mut minutes: Vec<Minute> = message.minutes.into_iter().map(Into::into).collect();
         minutes.sort_by_key(|m| m.minute);
-        Ok(Self { minutes })
+        Self { minutes }
     }
 
     fn within(&self, window_minutes: u64, now_minute: u64) -> Vec<&Minute> {
