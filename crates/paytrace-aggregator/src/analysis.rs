@@ -894,3 +894,109 @@ mod tests {
         assert_eq!(mixed.threshold(hundredth), hundredth);
     }
 }
+
+/// The analysis in format version 1 ([`crate::format`]).
+mod format_v1 {
+    use super::*;
+    use crate::format::v1;
+
+    impl From<&FlowAnalysis> for v1::FlowAnalysis {
+        fn from(a: &FlowAnalysis) -> Self {
+            Self {
+                flow: a.flow.clone(),
+                flow_id: a.flow_id.clone(),
+                payment_method: a.payment_method.clone(),
+                payment_channel: a.payment_channel.clone(),
+                start_ns: a.start_ns,
+                end_ns: a.end_ns,
+                is_error: a.is_error,
+                traces: a.traces.iter().map(|t| t.0).collect(),
+                stages: a
+                    .stages
+                    .iter()
+                    .map(|s| v1::StageTimes {
+                        stage: s.stage.clone(),
+                        spans: s.spans,
+                        duration_ns: s.duration_ns,
+                        self_ns: s.self_ns,
+                        critical_path_ns: s.critical_path_ns,
+                    })
+                    .collect(),
+                critical_path: a
+                    .critical_path
+                    .iter()
+                    .map(|p| v1::PathSegment {
+                        trace_id: p.trace_id.0,
+                        span_id: p.span_id.map(|s| s.0),
+                        stage: p.stage.clone(),
+                        start_ns: p.start_ns,
+                        end_ns: p.end_ns,
+                    })
+                    .collect(),
+                sampling: v1::FlowSampling {
+                    highest: a.sampling.highest,
+                    unknown: a.sampling.unknown,
+                    mixed: a.sampling.mixed,
+                },
+                clock_skew: a
+                    .clock_skew
+                    .iter()
+                    .map(|c| v1::ClockSkew {
+                        service: c.service.clone(),
+                        offset_ns: c.offset_ns,
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    impl From<v1::FlowAnalysis> for FlowAnalysis {
+        fn from(a: v1::FlowAnalysis) -> Self {
+            Self {
+                flow: a.flow,
+                flow_id: a.flow_id,
+                payment_method: a.payment_method,
+                payment_channel: a.payment_channel,
+                start_ns: a.start_ns,
+                end_ns: a.end_ns,
+                is_error: a.is_error,
+                traces: a.traces.into_iter().map(TraceId).collect(),
+                stages: a
+                    .stages
+                    .into_iter()
+                    .map(|s| StageTimes {
+                        stage: s.stage,
+                        spans: s.spans,
+                        duration_ns: s.duration_ns,
+                        self_ns: s.self_ns,
+                        critical_path_ns: s.critical_path_ns,
+                    })
+                    .collect(),
+                critical_path: a
+                    .critical_path
+                    .into_iter()
+                    .map(|p| PathSegment {
+                        trace_id: TraceId(p.trace_id),
+                        span_id: p.span_id.map(SpanId),
+                        stage: p.stage,
+                        start_ns: p.start_ns,
+                        end_ns: p.end_ns,
+                    })
+                    .collect(),
+                sampling: FlowSampling {
+                    highest: a.sampling.highest,
+                    unknown: a.sampling.unknown,
+                    mixed: a.sampling.mixed,
+                },
+                clock_skew: a
+                    .clock_skew
+                    .into_iter()
+                    .map(|c| ClockSkew {
+                        service: c.service,
+                        offset_ns: c.offset_ns,
+                    })
+                    .collect(),
+            }
+        }
+    }
+}

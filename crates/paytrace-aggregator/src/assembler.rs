@@ -263,7 +263,7 @@ impl Assembler {
                 .iter()
                 .filter_map(|(_, id)| self.live.get(id))
                 .map(|t| v1::LiveTrace {
-                    spans: v1::spans(&t.spans),
+                    spans: crate::span::to_v1(&t.spans),
                     first_age_ns: crate::state::age_ns(now, t.first_arrival),
                     last_age_ns: crate::state::age_ns(now, t.last_arrival),
                 })
@@ -278,7 +278,7 @@ impl Assembler {
             self.remember(TraceId(id));
         }
         for trace in snapshot.live {
-            let spans = v1::spans_back(trace.spans);
+            let spans = crate::span::from_v1(trace.spans);
             let Some(id) = spans.first().map(|s| s.trace_id) else {
                 continue;
             };

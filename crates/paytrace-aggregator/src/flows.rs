@@ -295,11 +295,7 @@ impl FlowBuffer {
         ids.into_iter()
             .filter_map(|id| self.pending.get(id))
             .map(|p| crate::format::v1::PendingFlow {
-                traces: p
-                    .traces
-                    .iter()
-                    .map(|t| crate::format::v1::spans(t))
-                    .collect(),
+                traces: p.traces.iter().map(|t| crate::span::to_v1(t)).collect(),
                 trace_ids: p.trace_ids.iter().map(|t| t.0).collect(),
                 flow_ids: p.flow_ids.iter().cloned().collect(),
                 flow: p.flow.clone(),
@@ -331,11 +327,7 @@ impl FlowBuffer {
             self.pending.insert(
                 id,
                 Pending {
-                    traces: p
-                        .traces
-                        .into_iter()
-                        .map(crate::format::v1::spans_back)
-                        .collect(),
+                    traces: p.traces.into_iter().map(crate::span::from_v1).collect(),
                     trace_ids,
                     flow_ids: p.flow_ids.into_iter().collect(),
                     flow: p.flow,

@@ -8,28 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
-
-use crate::pipeline::Changes;
-
-/// A USE signal that moved with a change.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct InfraSignal {
-    /// `pool_wait_p99`, `pool_utilisation`, `queue_oldest_age`,
-    /// `runtime_busy_ratio` or `restarts`.
-    pub signal: &'static str,
-    /// The service it belongs to.
-    pub service: String,
-    /// What else names it: the pool (`resource`), the queue (`queue`), the
-    /// instance.
-    pub labels: BTreeMap<String, String>,
-    /// Its value at the end of the baseline.
-    pub baseline: f64,
-    /// Its value now.
-    pub current: f64,
-    /// The signal in a few words.
-    pub summary: String,
-}
+use crate::pipeline::{Changes, InfraSignal};
 
 /// One signal: its query for a service (`{service}`; `{range}` the
 /// window's length in seconds), and how much it must move to count.

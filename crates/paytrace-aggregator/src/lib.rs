@@ -61,6 +61,7 @@ pub mod auth;
 pub mod breakdown;
 pub mod cluster;
 pub mod config;
+pub(crate) mod core;
 #[cfg(test)]
 mod critical_path_cases;
 pub mod decode;

@@ -1,53 +1,32 @@
-//! The pipeline: decoded spans in; complete traces, stitched flows,
-//! rolling-window breakdowns, slow flows and Prometheus metrics out. This
-//! module orchestrates; each part has a module of its own:
+//! The pipeline the server runs: the analysis [`Core`](crate::core) behind
+//! a lock, with its outputs turned into Prometheus series and kept flows
+//! handed to the forwarder. What the core hears is counted here
+//! ([`PrometheusObserver`]); the analysis itself is in [`crate::core`].
 //!
-//! - [`query`](Query): the time it runs at ([`Now`], passed in, never read
-//!   inside) and what a reader asks ([`Query`]);
-//! - `labels`: the bounded label values every key and metric label uses;
 //! - `families`: the Prometheus families and the cached histogram handles;
-//! - `minutes`: the ring of minutes the windows read;
-//! - `recent`: the recent instances per flow, with the spans of the slowest;
-//! - `views`: what the API and the page show.
+//! - `weighted`: histograms whose observations carry a weight.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use paytrace_semconv::{DEFAULT_LATENCY_BUCKETS, aggregator_drop_reason, label};
+use paytrace_semconv::DEFAULT_LATENCY_BUCKETS;
 use prometheus::Registry;
 
-mod changes;
 mod families;
-mod labels;
-mod minutes;
-mod query;
-mod recent;
-mod views;
 mod weighted;
-mod windows;
 
-pub use changes::{Baseline, ChangeQuery, Changes, ErrorFinding, LatencyFinding, Side};
 use families::{Metrics, SeriesCache};
-use labels::LabelValues;
-pub use minutes::WINDOWS_MINUTES;
-use minutes::{Minute, in_window, slot};
-pub use query::{Now, Query};
-use recent::{Recent, RecentFlows};
-use views::slow_flow;
-pub use views::{AnomalyCount, FlowSummary, MinutePoint, PathStep, SlowFlow, SpanView};
-pub use windows::Windows;
 
-use paytrace_sampling::Threshold;
-
-use crate::analysis::{FlowAnalysis, analyze_flow_with};
-use crate::assembler::{Assembler, AssemblerLimits};
 use crate::breakdown::{Breakdown, Groups};
+pub use crate::core::{
+    AnomalyCount, Baseline, ChangeQuery, Changes, ClockSkewSeen, ErrorFinding, FlowSummary,
+    GlobalAnomaly, InfraSignal, LatencyFinding, MinutePoint, Now, PathStep, PipelineConfig, Query,
+    Side, SlowFlow, SpanView, Unfinished, WINDOWS_MINUTES, Windows,
+};
+use crate::core::{Core, Observer, RecordedFlow};
 use crate::decode::Decoded;
-use crate::flows::{FinishedFlow, FlowBuffer, FlowSettings};
-pub use crate::tcc::{GlobalAnomaly, Unfinished};
-use crate::tcc::{Observed, TccSettings, TccTracker};
+use crate::span::Span;
 
 /// How spans reached the aggregator: the `protocol` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,81 +51,107 @@ impl Protocol {
     }
 }
 
-/// Settings of the pipeline.
-#[derive(Clone, Debug, Default)]
-pub struct PipelineConfig {
-    /// Trace assembly.
-    pub assembler: AssemblerLimits,
-    /// Flow stitching.
-    pub flows: FlowSettings,
-    /// Following TCC transactions.
-    pub tcc: TccSettings,
-    /// Distinct values allowed per metric label (flow, stage, method, channel).
-    pub label_limit: Option<usize>,
-    /// Bucket boundaries (seconds) of the flow and stage histograms, strictly
-    /// increasing (the configuration file checks them); `None` for
-    /// [`DEFAULT_LATENCY_BUCKETS`].
-    pub buckets: Option<Vec<f64>>,
-    /// The critical-path walk's clock tolerance; `None` for the default,
-    /// 1 ms (`docs/critical-path.md`).
-    pub clock_tolerance: Option<std::time::Duration>,
-    /// The probability a span was sampled with when its `tracestate` says
-    /// none (no `ot=th:…`): `None` for 1, every span kept. Set it to the
-    /// head-sampling ratio of SDKs that do not write the threshold.
-    pub default_sampling_probability: Option<f64>,
-}
-
-/// Whether a flow's spans link to a trace that is not among its own and
-/// that this aggregator never received: part of the flow went elsewhere.
-fn split_from(traces: &[Vec<crate::span::Span>], assembler: &Assembler) -> bool {
-    let own: crate::FastSet<crate::span::TraceId> = traces
-        .iter()
-        .filter_map(|spans| spans.first().map(|s| s.trace_id))
-        .collect();
-    traces
-        .iter()
-        .flatten()
-        .flat_map(|s| s.links.iter())
-        .any(|link| !own.contains(&link.trace_id) && !assembler.has_seen(&link.trace_id))
-}
-
-/// Whether `a` is one the TCC fence would have prevented: one of the
-/// fence's kinds, at a participant that runs without it.
-fn shadowed(a: &GlobalAnomaly) -> bool {
-    !a.fenced && paytrace_semconv::tcc::ANOMALY_KINDS.contains(&a.kind)
-}
-
+/// The core and what the Prometheus side keeps per call.
 struct State {
-    assembler: Assembler,
-    flows: FlowBuffer,
-    minutes: VecDeque<Minute>,
-    recent: HashMap<Arc<str>, RecentFlows>,
-    labels: LabelValues,
+    core: Core,
     series: SeriesCache,
-    tcc: TccTracker,
-    /// Per (resource, kind), the anomalies of the fence's kinds found at
-    /// participants that run without the fence: what adopting it would
-    /// have prevented (the shadow fence report).
-    shadow: std::collections::BTreeMap<(Arc<str>, &'static str), u64>,
-    /// Per flow, its end-to-end p99 of the last 5 minutes as of when it was
-    /// computed (the slow threshold of a flow with none configured).
-    p99s: HashMap<Arc<str>, (Instant, Option<f64>)>,
-    /// Per service, the spans moved for clock skew and the last offset.
-    clock_skew: std::collections::BTreeMap<Arc<str>, ClockSkewSeen>,
 }
 
-/// A service whose clock the analysis corrected: how many of its spans
-/// were moved to fit their callers', and the last offset estimated.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-#[non_exhaustive]
-pub struct ClockSkewSeen {
-    /// `service.name`.
-    pub service: Arc<str>,
-    /// Spans moved.
-    pub adjusted_spans: u64,
-    /// How far its clock was last estimated to be ahead of its caller's,
-    /// in seconds (negative: behind).
-    pub last_offset_seconds: f64,
+/// What the core hears, as Prometheus series and forwarded flows.
+struct PrometheusObserver<'a> {
+    metrics: &'a Metrics,
+    series: &'a mut SeriesCache,
+    forwarder: Option<&'a crate::forward::Forwarder>,
+}
+
+impl Observer for PrometheusObserver<'_> {
+    fn spans_dropped(&mut self, reason: &'static str, spans: u64) {
+        self.metrics
+            .spans_dropped
+            .with_label_values(&[reason])
+            .inc_by(spans);
+    }
+
+    fn trace_completed(&mut self, evicted: Option<&'static str>) {
+        self.metrics.traces_completed.inc();
+        if let Some(reason) = evicted {
+            self.metrics
+                .traces_evicted
+                .with_label_values(&[reason])
+                .inc();
+        }
+    }
+
+    fn series_overflow(&mut self, n: u64) {
+        self.metrics.series_overflow.inc_by(n);
+    }
+
+    fn tcc_resource(&mut self, resource: &str) {
+        // A resource's anomaly series start at zero when it is first seen,
+        // before any anomaly of it can be counted.
+        for kind in paytrace_semconv::tcc::GLOBAL_ANOMALY_KINDS {
+            self.metrics
+                .tcc_anomalies
+                .with_label_values(&[resource, *kind]);
+        }
+    }
+
+    fn tcc_anomalies(&mut self, resource: &str, kind: &str, n: u64) {
+        self.metrics
+            .tcc_anomalies
+            .with_label_values(&[resource, kind])
+            .inc_by(n);
+    }
+
+    fn tcc_unfinished(&mut self, transactions: usize, oldest_seconds: f64) {
+        self.metrics
+            .tcc_unfinished
+            .set(i64::try_from(transactions).unwrap_or(i64::MAX));
+        self.metrics.tcc_unfinished_oldest.set(oldest_seconds);
+    }
+
+    fn clock_skew(&mut self, service: &str, offset_seconds: f64) {
+        self.metrics
+            .clock_skew_adjusted
+            .with_label_values(&[service])
+            .inc();
+        self.metrics
+            .clock_skew
+            .with_label_values(&[service])
+            .set(offset_seconds);
+    }
+
+    fn flow_finished(&mut self, flow: &str, sampled_inconsistently: bool, split: bool) {
+        if sampled_inconsistently {
+            self.metrics
+                .flows_sampled_inconsistently
+                .with_label_values(&[flow])
+                .inc();
+        }
+        // Made at zero with the flow's first instance, so `rate()` sees the
+        // first split.
+        let flows_split = self.metrics.flows_split.with_label_values(&[flow]);
+        if split {
+            flows_split.inc();
+        }
+    }
+
+    fn flow_incomplete(&mut self, flow: &str, reason: &'static str, whole: u64) {
+        self.metrics
+            .flows_incomplete
+            .with_label_values(&[flow, reason])
+            .inc_by(whole);
+    }
+
+    fn flow_recorded(&mut self, flow: &RecordedFlow<'_>) {
+        self.metrics.observe(self.series, flow.analysis, flow.whole);
+    }
+
+    fn flow_kept(&mut self, reason: &'static str, traces: &[Vec<Span>]) {
+        if let Some(forwarder) = self.forwarder {
+            forwarder.offer(reason, traces);
+        }
+    }
 }
 
 /// The live pipeline; share it behind an `Arc`.
@@ -155,9 +160,6 @@ pub struct Pipeline {
     /// Where kept flows go (`serve --forward-otlp`), once set.
     forwarder: std::sync::OnceLock<crate::forward::Forwarder>,
     metrics: Metrics,
-    label_limit: usize,
-    clock_tolerance_ns: u64,
-    default_threshold: Threshold,
     buffered_bytes: AtomicUsize,
     max_bytes: usize,
 }
@@ -171,39 +173,36 @@ impl std::fmt::Debug for Pipeline {
 impl Pipeline {
     /// A pipeline with `config`.
     pub fn new(config: PipelineConfig) -> Self {
-        let max_bytes = config.assembler.max_bytes;
         Self {
             forwarder: std::sync::OnceLock::new(),
             buffered_bytes: AtomicUsize::new(0),
-            max_bytes,
-            state: Mutex::new(State {
-                assembler: Assembler::new(config.assembler),
-                flows: FlowBuffer::new(config.flows),
-                minutes: VecDeque::new(),
-                recent: HashMap::new(),
-                labels: LabelValues::default(),
-                series: SeriesCache::default(),
-                tcc: TccTracker::new(config.tcc),
-                shadow: std::collections::BTreeMap::new(),
-                p99s: HashMap::new(),
-                clock_skew: Default::default(),
-            }),
+            max_bytes: config.assembler.max_bytes,
             metrics: Metrics::new(config.buckets.as_deref().unwrap_or(DEFAULT_LATENCY_BUCKETS))
                 .expect("the aggregator's families are distinct and their buckets checked"),
-            label_limit: config.label_limit.unwrap_or(200),
-            clock_tolerance_ns: config
-                .clock_tolerance
-                .map_or(crate::tree::DEFAULT_CLOCK_TOLERANCE_NS, |t| {
-                    u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
-                }),
-            default_threshold: config
-                .default_sampling_probability
-                .map_or(Threshold::ALWAYS, Threshold::from_probability),
+            state: Mutex::new(State {
+                core: Core::new(&config),
+                series: SeriesCache::default(),
+            }),
         }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the core with the observer that records what it hears,
+    /// then publishes the assembler's size.
+    fn run<T>(&self, f: impl FnOnce(&mut Core, &mut PrometheusObserver<'_>) -> T) -> T {
+        let mut guard = self.state();
+        let State { core, series } = &mut *guard;
+        let mut observer = PrometheusObserver {
+            metrics: &self.metrics,
+            series,
+            forwarder: self.forwarder.get(),
+        };
+        let result = f(core, &mut observer);
+        self.publish_size(core);
+        result
     }
 
     /// A counter family registered in [`Pipeline::registry`], for the parts
@@ -224,15 +223,6 @@ impl Pipeline {
         &self.metrics.registry
     }
 
-    /// Counts spans dropped for `reason` (one of
-    /// [`paytrace_semconv::aggregator_drop_reason::ALL`]).
-    fn count_dropped(&self, reason: &str, spans: u64) {
-        self.metrics
-            .spans_dropped
-            .with_label_values(&[reason])
-            .inc_by(spans);
-    }
-
     /// Buffers the spans of one decoded request that arrived at `now`.
     pub fn ingest(&self, protocol: Protocol, decoded: Decoded, now: Instant) {
         let received = decoded.spans.len() as u64 + decoded.rejected;
@@ -240,9 +230,6 @@ impl Pipeline {
             .spans_received
             .with_label_values(&[protocol.as_str()])
             .inc_by(received);
-        if decoded.rejected > 0 {
-            self.count_dropped(aggregator_drop_reason::INVALID, decoded.rejected);
-        }
         for (kind, n) in crate::decode::Truncation::ALL.iter().zip(decoded.truncated) {
             if n > 0 {
                 self.metrics
@@ -251,81 +238,26 @@ impl Pipeline {
                     .inc_by(n);
             }
         }
-        let mut state = self.state();
-        let added = state.assembler.add(decoded.spans, now);
-        for (reason, n) in added.dropped {
-            self.count_dropped(reason.as_str(), n);
-        }
-        let mut late = 0;
-        for span in added.late {
-            // The TCC tracker sees a span that joins its flow, as it saw
-            // the rest of the trace.
-            if span.business.tcc.is_some() && state.flows.waits_for(span.trace_id) {
-                self.follow_tcc(&mut state, std::slice::from_ref(&span), now);
-            }
-            if !state.flows.add_late(span, now) {
-                late += 1;
-            }
-        }
-        if late > 0 {
-            self.count_dropped(aggregator_drop_reason::LATE, late);
-        }
-        self.publish_size(&state);
+        self.run(|core, out| core.ingest(decoded, now, out));
     }
 
     /// Moves time forward: completes idle traces, finishes idle flows,
     /// records them. Call it about once a second.
     pub fn tick(&self, now: Now) {
-        let mut state = self.state();
-        let completed = state.assembler.complete_idle(now.instant);
-        let mut finished = self.hand_on(&mut state, completed, now.instant);
-        finished.extend(state.flows.finish_idle(now.instant));
-        // The TCC replay first, so that a flow final now is judged with the
-        // anomalies of its transactions (they settle as its traces idle).
-        let found = state.tcc.tick(now.instant, now.wall_ns());
-        self.count_tcc(&mut state, &found, now.wall_ns());
-        for flow in finished {
-            self.record(&mut state, flow, now.minute());
-        }
-        self.publish_size(&state);
+        self.run(|core, out| core.tick(now, out));
     }
 
     /// Finishes everything buffered now (at shutdown, at the end of the
     /// `analyze` input, or in tests).
     pub fn flush(&self, now: Now) {
-        let mut state = self.state();
-        let completed = state.assembler.drain();
-        let mut finished = self.hand_on(&mut state, completed, now.instant);
-        finished.extend(state.flows.drain());
-        let found = state.tcc.flush(now.wall_ns());
-        self.count_tcc(&mut state, &found, now.wall_ns());
-        for flow in finished {
-            self.record(&mut state, flow, now.minute());
-        }
-        self.publish_size(&state);
+        self.run(|core, out| core.flush(now, out));
     }
 
     /// A copy of everything a restart would otherwise lose, to write with
     /// [`crate::state::StateDir`]: the windows, the recent flows, the traces
     /// assembling, the flows waiting and the TCC transactions.
     pub(crate) fn snapshot(&self, now: Now) -> crate::format::v1::Snapshot {
-        let counts = |c: Vec<AnomalyCount>| c.iter().map(Into::into).collect();
-        let tcc_anomaly_counts = counts(self.tcc_anomaly_counts());
-        let tcc_shadow_counts = counts(self.tcc_shadow_counts());
-        let state = self.state();
-        crate::format::v1::Snapshot {
-            minutes: state.minutes.iter().map(Into::into).collect(),
-            recent: state
-                .recent
-                .iter()
-                .map(|(flow, r)| (flow.clone(), r.into()))
-                .collect(),
-            assembler: state.assembler.snapshot(now.instant),
-            flows: state.flows.snapshot(now.instant),
-            tcc: state.tcc.snapshot(now.instant),
-            tcc_anomaly_counts,
-            tcc_shadow_counts,
-        }
+        self.state().core.snapshot(now)
     }
 
     /// Takes back a snapshot into this (new, empty) pipeline, the process
@@ -336,184 +268,25 @@ impl Pipeline {
         now: Now,
         down: std::time::Duration,
     ) {
-        let ago = crate::state::Ago::new(now.instant, down);
-        let mut state = self.state();
-        state.minutes = snapshot.minutes.into_iter().map(Into::into).collect();
-        state.recent = snapshot
-            .recent
-            .into_iter()
-            .map(|(flow, r)| (flow, r.into()))
-            .collect();
-        state.assembler.restore(snapshot.assembler, &ago);
-        state.flows.restore(snapshot.flows, &ago);
-        state.tcc.restore(snapshot.tcc, &ago);
-        for c in snapshot.tcc_anomaly_counts {
-            self.count_tcc_anomalies(&mut state, &c.resource, &c.kind, c.count);
-        }
-        for c in snapshot.tcc_shadow_counts {
-            self.count_shadow(&mut state, &c.resource, &c.kind, c.count);
-        }
-        self.publish_size(&state);
-    }
-
-    /// Hands completed traces on to the TCC tracker and to flow stitching;
-    /// returns the flows final because of them.
-    fn hand_on(
-        &self,
-        state: &mut State,
-        completed: Vec<crate::assembler::CompletedTrace>,
-        now: Instant,
-    ) -> Vec<FinishedFlow> {
-        let mut finished = Vec::new();
-        for trace in completed {
-            self.metrics.traces_completed.inc();
-            if let Some(reason) = trace.evicted {
-                self.metrics
-                    .traces_evicted
-                    .with_label_values(&[reason.as_str()])
-                    .inc();
-            }
-            self.follow_tcc(state, &trace.spans, now);
-            finished.extend(state.flows.add(trace.spans, trace.last_arrival.max(now)));
-        }
-        finished
-    }
-
-    /// Hands the TCC spans of one completed trace to the tracker.
-    fn follow_tcc(&self, state: &mut State, spans: &[crate::span::Span], now: Instant) {
-        for span in spans.iter().filter(|s| s.business.tcc.is_some()) {
-            if let Some(resource) = span.business.tcc.as_ref().and_then(|t| t.resource.as_ref()) {
-                // A resource's anomaly series start at zero when it is first
-                // seen, before any anomaly of it can be counted.
-                if !state.labels.resource.contains(resource) {
-                    let bounded = state.labels.resource(
-                        resource,
-                        self.label_limit,
-                        &self.metrics.series_overflow,
-                    );
-                    for kind in paytrace_semconv::tcc::GLOBAL_ANOMALY_KINDS {
-                        self.metrics
-                            .tcc_anomalies
-                            .with_label_values(&[bounded.as_ref(), *kind]);
-                    }
-                }
-            }
-            match state.tcc.observe(span, now) {
-                Observed::Ignored | Observed::Tracked => {}
-                Observed::Limit => self.count_dropped(aggregator_drop_reason::TCC_LIMIT, 1),
-                Observed::Malformed(anomaly) => {
-                    self.count_tcc_anomaly(state, &anomaly);
-                    state.tcc.list(anomaly);
-                }
-            }
-        }
-    }
-
-    fn count_tcc_anomaly(&self, state: &mut State, a: &GlobalAnomaly) {
-        self.count_tcc_anomalies(state, &a.resource, a.kind, 1);
-        if shadowed(a) {
-            self.count_shadow(state, &a.resource, a.kind, 1);
-        }
-    }
-
-    /// Adds `n` to what the fence would have prevented at `resource`; a
-    /// kind that is not the fence's is ignored.
-    fn count_shadow(&self, state: &mut State, resource: &str, kind: &str, n: u64) {
-        let Some(kind) = paytrace_semconv::tcc::ANOMALY_KINDS
-            .iter()
-            .copied()
-            .find(|k| *k == kind)
-        else {
-            return;
-        };
-        let resource = state.labels.resource(
-            &Arc::from(resource),
-            self.label_limit,
-            &self.metrics.series_overflow,
-        );
-        *state.shadow.entry((resource, kind)).or_default() += n;
+        self.run(|core, out| core.restore(snapshot, now, down, out));
     }
 
     /// What the fence would have prevented at participants without it, by
     /// resource and kind, since start (the shadow fence report's counts).
     pub fn tcc_shadow_counts(&self) -> Vec<AnomalyCount> {
-        self.state()
-            .shadow
-            .iter()
-            .map(|((resource, kind), count)| AnomalyCount {
-                resource: resource.to_string(),
-                kind: (*kind).to_owned(),
-                count: *count,
-            })
-            .collect()
+        self.state().core.tcc_shadow_counts()
     }
 
     /// The most recent anomalies the fence would have prevented, newest
     /// first (the shadow fence report's examples).
     pub fn tcc_shadow_examples(&self, resource: Option<&str>, limit: usize) -> Vec<GlobalAnomaly> {
-        self.state()
-            .tcc
-            .recent()
-            .filter(|a| shadowed(a))
-            .filter(|a| resource.is_none_or(|r| a.resource == r))
-            .take(limit)
-            .cloned()
-            .collect()
-    }
-
-    /// Adds `n` to the anomaly counter of (`resource`, `kind`), the
-    /// resource bounded like every label.
-    fn count_tcc_anomalies(&self, state: &mut State, resource: &str, kind: &str, n: u64) {
-        let resource = state.labels.resource(
-            &Arc::from(resource),
-            self.label_limit,
-            &self.metrics.series_overflow,
-        );
-        self.metrics
-            .tcc_anomalies
-            .with_label_values(&[resource.as_ref(), kind])
-            .inc_by(n);
+        self.state().core.tcc_shadow_examples(resource, limit)
     }
 
     /// TCC anomalies counted since start, by resource and kind (what
     /// `paytrace_tcc_global_anomalies_total` holds).
     pub fn tcc_anomaly_counts(&self) -> Vec<AnomalyCount> {
-        use prometheus::core::Collector;
-        let mut counts: Vec<AnomalyCount> = self
-            .metrics
-            .tcc_anomalies
-            .collect()
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .filter_map(|m| {
-                let label = |name: &str| {
-                    m.get_label()
-                        .iter()
-                        .find(|l| l.name() == name)
-                        .map(|l| l.value().to_owned())
-                };
-                let count = m.get_counter().get_value() as u64;
-                (count > 0).then(|| AnomalyCount {
-                    resource: label(label::RESOURCE).unwrap_or_default(),
-                    kind: label(label::KIND).unwrap_or_default(),
-                    count,
-                })
-            })
-            .collect();
-        counts.sort_by(|a, b| (&a.resource, &a.kind).cmp(&(&b.resource, &b.kind)));
-        counts
-    }
-
-    /// Counts anomalies a replay found and refreshes the unfinished gauges.
-    fn count_tcc(&self, state: &mut State, found: &[GlobalAnomaly], wall: u64) {
-        for a in found {
-            self.count_tcc_anomaly(state, a);
-        }
-        let (unfinished, oldest) = state.tcc.unfinished_summary(wall);
-        self.metrics
-            .tcc_unfinished
-            .set(i64::try_from(unfinished).unwrap_or(i64::MAX));
-        self.metrics.tcc_unfinished_oldest.set(oldest);
+        self.state().core.tcc_anomaly_counts()
     }
 
     /// The most recent TCC anomalies, newest first, that match the filters.
@@ -523,264 +296,69 @@ impl Pipeline {
         resource: Option<&str>,
         limit: usize,
     ) -> Vec<GlobalAnomaly> {
-        self.state()
-            .tcc
-            .recent()
-            .filter(|a| kind.is_none_or(|k| a.kind == k))
-            .filter(|a| resource.is_none_or(|r| a.resource == r))
-            .take(limit)
-            .cloned()
-            .collect()
-    }
-
-    /// Sends the final, complete flow `analysis` (its spans `traces`) to the
-    /// trace store when it is worth keeping.
-    fn forward_if_kept(
-        &self,
-        state: &mut State,
-        forwarder: &crate::forward::Forwarder,
-        analysis: &FlowAnalysis,
-        traces: &[Vec<crate::span::Span>],
-        minute: u64,
-    ) {
-        let slow_threshold = forwarder
-            .policy
-            .threshold(&analysis.flow)
-            .or_else(|| self.recent_p99(state, &analysis.flow, minute));
-        let tcc_anomaly = traces
-            .iter()
-            .flatten()
-            .filter_map(|s| s.business.tcc.as_ref()?.xid.as_deref())
-            .any(|xid| state.tcc.anomalous(xid));
-        let candidate = crate::forward::Candidate {
-            analysis,
-            traces,
-            slow_threshold,
-            tcc_anomaly,
-        };
-        if let Some(reason) = crate::forward::keep_reason(&candidate, forwarder.policy.keep_normal)
-        {
-            forwarder.offer(reason, traces);
-        }
-    }
-
-    /// `flow`'s end-to-end p99 of the last 5 minutes, recomputed at most
-    /// every 10 s; `None` under 100 instances (too few to call one slow).
-    fn recent_p99(&self, state: &mut State, flow: &Arc<str>, minute: u64) -> Option<f64> {
-        if let Some((at, p99)) = state.p99s.get(flow)
-            && at.elapsed() < std::time::Duration::from_secs(10)
-        {
-            return *p99;
-        }
-        let mut acc = crate::breakdown::Accumulator::default();
-        for m in in_window(&state.minutes, minute, 5) {
-            acc.merge(&m.groups.select(flow, None, None));
-        }
-        let (moments, p99) = acc.end_to_end();
-        let p99 = (moments.n >= 100).then_some(p99);
-        state.p99s.insert(flow.clone(), (Instant::now(), p99));
-        p99
+        self.state().core.tcc_anomalies(kind, resource, limit)
     }
 
     /// Forwards the kept flows to `forwarder` from now on.
     pub(crate) fn forward_to(&self, forwarder: crate::forward::Forwarder) {
+        let policy = forwarder.policy.clone();
         if self.forwarder.set(forwarder).is_err() {
             tracing::warn!("the pipeline already forwards: the second forwarder is ignored");
+            return;
         }
+        self.state().core.keep(policy);
     }
 
     /// The services whose spans were stage `stage` in the recent instances
     /// of `flow` (the service that runs a stage, for its USE signals).
     pub fn stage_services(&self, flow: &str, stage: &str) -> Vec<String> {
-        let state = self.state();
-        let mut services: Vec<String> = state
-            .recent
-            .get(flow)
-            .into_iter()
-            .flat_map(|r| r.items.iter())
-            .filter_map(|r| r.spans.as_ref())
-            .flatten()
-            .flatten()
-            .filter(|s| s.business.stage.as_deref() == Some(stage))
-            .map(|s| s.service.to_string())
-            .collect();
-        services.sort();
-        services.dedup();
-        services
+        self.state().core.stage_services(flow, stage)
     }
 
     /// The services whose clocks the analysis corrected (spans that lay
     /// outside their caller's span of another service), by name.
     pub fn clock_skew(&self) -> Vec<ClockSkewSeen> {
-        self.state().clock_skew.values().cloned().collect()
+        self.state().core.clock_skew()
     }
 
     /// TCC transactions waiting past the timeout, oldest first.
     pub fn tcc_unfinished(&self, limit: usize, now: Now) -> Vec<Unfinished> {
-        let mut all = self.state().tcc.unfinished(now.wall_ns());
-        all.truncate(limit);
-        all
-    }
-
-    fn record(&self, state: &mut State, finished: FinishedFlow, minute: u64) {
-        let Some(mut analysis) = analyze_flow_with(&finished.traces, self.clock_tolerance_ns)
-        else {
-            return;
-        };
-        let split = split_from(&finished.traces, &state.assembler);
-        for skew in &analysis.clock_skew {
-            let service = state.labels.service(
-                &skew.service,
-                self.label_limit,
-                &self.metrics.series_overflow,
-            );
-            let offset = skew.offset_ns as f64 / 1e9;
-            self.metrics
-                .clock_skew_adjusted
-                .with_label_values(&[&service])
-                .inc();
-            self.metrics
-                .clock_skew
-                .with_label_values(&[&service])
-                .set(offset);
-            let seen = state
-                .clock_skew
-                .entry(service.clone())
-                .or_insert_with(|| ClockSkewSeen {
-                    service,
-                    adjusted_spans: 0,
-                    last_offset_seconds: 0.0,
-                });
-            seen.adjusted_spans += 1;
-            seen.last_offset_seconds = offset;
-        }
-        // Every name used as a key from here on is bounded: metric labels,
-        // window groups and the recent-flows lists alike.
-        state.labels.bound(
-            &mut analysis,
-            self.label_limit,
-            &self.metrics.series_overflow,
-        );
-        // What this instance stands for under head sampling; Prometheus
-        // counts whole observations, rounded at random without bias.
-        let weight = analysis.sampling.weight(self.default_threshold);
-        let seed = u64::from_be_bytes(analysis.traces[0].0[8..].try_into().unwrap_or_default());
-        let whole = weighted::whole(weight, seed);
-        if analysis.sampling.mixed {
-            self.metrics
-                .flows_sampled_inconsistently
-                .with_label_values(&[&analysis.flow])
-                .inc();
-        }
-        // Made at zero with the flow's first instance, so `rate()` sees the
-        // first split.
-        let flows_split = self
-            .metrics
-            .flows_split
-            .with_label_values(&[&analysis.flow]);
-        if split {
-            flows_split.inc();
-        }
-        if let Some(reason) = finished.incomplete {
-            let slot = slot(&mut state.minutes, minute);
-            self.metrics
-                .flows_incomplete
-                .with_label_values(&[&analysis.flow, reason])
-                .inc_by(whole);
-            *slot.incomplete.entry(analysis.flow.clone()).or_default() += weight;
-            return;
-        }
-        if let Some(forwarder) = self.forwarder.get() {
-            self.forward_if_kept(state, forwarder, &analysis, &finished.traces, minute);
-        }
-        let slot = slot(&mut state.minutes, minute);
-        slot.groups.add(&analysis, weight);
-        if analysis.is_error {
-            *slot.errors.entry(analysis.flow.clone()).or_default() += weight;
-        }
-        self.metrics.observe(&mut state.series, &analysis, whole);
-        let flow = analysis.flow.clone();
-        state
-            .recent
-            .entry(flow)
-            .or_default()
-            .push(analysis, finished.traces);
+        self.state().core.tcc_unfinished(limit, now)
     }
 
     /// The breakdown of `flow` over the last `window_minutes` (the current
     /// minute and the whole minutes before it), optionally for one method
     /// and channel.
     pub fn breakdown(&self, q: &Query<'_>) -> Breakdown {
-        let state = self.state();
-        windows::breakdown(
-            &in_window(&state.minutes, q.now_minute, q.window_minutes).collect::<Vec<_>>(),
-            q,
-        )
+        self.state().core.breakdown(q)
     }
 
     /// Every group recorded in the window, merged: what the offline
     /// `analyze` reports after [`Pipeline::flush`].
     pub(crate) fn groups(&self, window_minutes: u64, now_minute: u64) -> Groups {
-        let state = self.state();
-        let mut all = Groups::default();
-        for m in in_window(&state.minutes, now_minute, window_minutes) {
-            all.merge(&m.groups);
-        }
-        all
+        self.state().core.groups(window_minutes, now_minute)
     }
 
     /// Every flow with traffic in the window.
     pub fn flows(&self, window_minutes: u64, now_minute: u64) -> Vec<FlowSummary> {
-        let state = self.state();
-        windows::flows(&in_window(&state.minutes, now_minute, window_minutes).collect::<Vec<_>>())
+        self.state().core.flows(window_minutes, now_minute)
     }
 
     /// The slowest recent instances of `flow`, by end-to-end time, or by
     /// `stage`'s critical-path time when given.
     pub fn slow(&self, flow: &str, stage: Option<&str>, limit: usize) -> Vec<SlowFlow> {
-        let state = self.state();
-        let Some(recent) = state.recent.get(flow) else {
-            return Vec::new();
-        };
-        let key = |f: &FlowAnalysis| match stage {
-            None => Some(f.duration_ns()),
-            Some(s) => f
-                .stages
-                .iter()
-                .find(|st| &*st.stage == s)
-                .map(|st| st.critical_path_ns),
-        };
-        let mut matching: Vec<(u64, &Recent)> = recent
-            .items
-            .iter()
-            .filter_map(|r| key(&r.analysis).map(|k| (k, r)))
-            .collect();
-        matching.sort_by_key(|m| std::cmp::Reverse(m.0));
-        matching
-            .into_iter()
-            .take(limit)
-            .map(|(_, r)| slow_flow(&r.analysis, r.spans.as_deref()))
-            .collect()
+        self.state().core.slow(flow, stage, limit)
     }
 
     /// End-to-end latency of `flow` per minute over the window, oldest first.
     pub fn timeseries(&self, q: &Query<'_>) -> Vec<MinutePoint> {
-        let state = self.state();
-        windows::timeseries(
-            &in_window(&state.minutes, q.now_minute, q.window_minutes).collect::<Vec<_>>(),
-            q,
-        )
+        self.state().core.timeseries(q)
     }
 
     /// The minutes of the last `window_minutes` up to `now_minute`, to
     /// merge with other replicas' ([`Windows::merge`]).
     pub fn windows(&self, window_minutes: u64, now_minute: u64) -> Windows {
-        let state = self.state();
-        Windows::from_minutes(
-            in_window(&state.minutes, now_minute, window_minutes)
-                .cloned()
-                .collect(),
-        )
+        self.state().core.windows(window_minutes, now_minute)
     }
 
     /// Whether the assembly buffer is within 10% of its byte budget: new
@@ -792,18 +370,16 @@ impl Pipeline {
 
     /// Publishes the assembler's size: the live-traces gauge and the byte
     /// count [`Pipeline::near_capacity`] reads.
-    fn publish_size(&self, state: &State) {
-        self.metrics
-            .traces_live
-            .set(state.assembler.live_traces() as i64);
+    fn publish_size(&self, core: &Core) {
+        self.metrics.traces_live.set(core.live_traces() as i64);
         self.buffered_bytes
-            .store(state.assembler.bytes(), Ordering::Relaxed);
+            .store(core.buffered_bytes(), Ordering::Relaxed);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::recent::{HELD_PER_FLOW, RELEASE_SLACK};
+    use crate::core::recent::{HELD_PER_FLOW, RELEASE_SLACK};
 
     /// The start of minute `m` since the epoch, on both clocks.
     fn at_minute(m: u64) -> Now {
@@ -816,6 +392,7 @@ mod tests {
     use crate::decode::Decoded;
     use crate::span::TraceId;
     use crate::testing::{numbered, span, stage};
+    use std::sync::Arc;
 
     fn one_trace(id: u8, flow: &str, ms: u64) -> Decoded {
         let mut spans = numbered(vec![stage(span(flow, 0, ms * 1_000_000))]);

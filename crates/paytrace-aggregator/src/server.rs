@@ -200,7 +200,7 @@ pub async fn start(mut config: ServeConfig) -> std::io::Result<Running> {
     let forwarding = match config.forward.take() {
         Some(settings) => {
             let counts =
-                crate::forward::Counts::register(&pipeline).map_err(std::io::Error::other)?;
+                crate::forward::Counts::register(pipeline.registry()).map_err(std::io::Error::other)?;
             let (forwarder, queue) = crate::forward::Forwarder::new(&settings, counts.clone());
             pipeline.forward_to(forwarder);
             let (stop, stopped) = watch::channel(false);

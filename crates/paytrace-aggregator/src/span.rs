@@ -246,3 +246,138 @@ impl Span {
         self.end_ns - self.start_ns
     }
 }
+
+/// The spans in format version 1 ([`crate::format`]).
+mod format_v1 {
+    use super::*;
+    use crate::format::v1;
+
+    impl From<&Span> for v1::Span {
+        fn from(s: &Span) -> Self {
+            Self {
+                trace_id: s.trace_id.0,
+                span_id: s.span_id.0,
+                parent_span_id: s.parent_span_id.map(|p| p.0),
+                name: s.name.clone(),
+                service: s.service.clone(),
+                start_ns: s.start_ns,
+                end_ns: s.end_ns,
+                is_error: s.is_error,
+                links: s
+                    .links
+                    .iter()
+                    .map(|l| v1::Link {
+                        trace_id: l.trace_id.0,
+                        span_id: l.span_id.0,
+                    })
+                    .collect(),
+                sampling_threshold: s.sampling_threshold,
+                business: v1::Business::from(&s.business),
+            }
+        }
+    }
+
+    impl From<&Business> for v1::Business {
+        fn from(b: &Business) -> Self {
+            Self {
+                stage: b.stage.clone(),
+                flow: b.flow.clone(),
+                flow_id: b.flow_id.clone(),
+                payment_method: b.payment_method.clone(),
+                payment_channel: b.payment_channel.clone(),
+                outcome: b.outcome.clone(),
+                tcc: b.tcc.as_deref().map(|t| v1::TccAttributes {
+                    xid: t.xid.clone(),
+                    branch_id: t.branch_id.clone(),
+                    resource: t.resource.clone(),
+                    phase: t.phase.clone(),
+                    decision: t.decision.clone(),
+                    fenced: t.fenced,
+                    fence_anomaly: t.fence_anomaly,
+                }),
+                operation: b.operation.clone(),
+                entry: b.entry,
+                kind: match b.kind {
+                    SpanKind::Internal => v1::SpanKind::Internal,
+                    SpanKind::Server => v1::SpanKind::Server,
+                    SpanKind::Client => v1::SpanKind::Client,
+                    SpanKind::Producer => v1::SpanKind::Producer,
+                    SpanKind::Consumer => v1::SpanKind::Consumer,
+                    _ => v1::SpanKind::Unspecified,
+                },
+            }
+        }
+    }
+
+    impl From<v1::Span> for Span {
+        fn from(s: v1::Span) -> Self {
+            Self {
+                trace_id: TraceId(s.trace_id),
+                span_id: SpanId(s.span_id),
+                parent_span_id: s.parent_span_id.map(SpanId),
+                name: s.name,
+                service: s.service,
+                start_ns: s.start_ns,
+                end_ns: s.end_ns,
+                is_error: s.is_error,
+                links: s
+                    .links
+                    .into_iter()
+                    .map(|l| Link {
+                        trace_id: TraceId(l.trace_id),
+                        span_id: SpanId(l.span_id),
+                    })
+                    .collect(),
+                sampling_threshold: s.sampling_threshold,
+                business: s.business.into(),
+                as_sent: None,
+            }
+        }
+    }
+
+    impl From<v1::Business> for Business {
+        fn from(b: v1::Business) -> Self {
+            Self {
+                stage: b.stage,
+                flow: b.flow,
+                flow_id: b.flow_id,
+                payment_method: b.payment_method,
+                payment_channel: b.payment_channel,
+                outcome: b.outcome,
+                tcc: b.tcc.map(|t| {
+                    Box::new(Tcc {
+                        xid: t.xid,
+                        branch_id: t.branch_id,
+                        resource: t.resource,
+                        phase: t.phase,
+                        decision: t.decision,
+                        fenced: t.fenced,
+                        fence_anomaly: t.fence_anomaly,
+                    })
+                }),
+                operation: b.operation,
+                entry: b.entry,
+                kind: match b.kind {
+                    v1::SpanKind::Unspecified => SpanKind::Unspecified,
+                    v1::SpanKind::Internal => SpanKind::Internal,
+                    v1::SpanKind::Server => SpanKind::Server,
+                    v1::SpanKind::Client => SpanKind::Client,
+                    v1::SpanKind::Producer => SpanKind::Producer,
+                    v1::SpanKind::Consumer => SpanKind::Consumer,
+                },
+            }
+        }
+    }
+
+    /// The spans of one trace, in version 1.
+    pub(crate) fn to_v1(spans: &[Span]) -> Vec<v1::Span> {
+        spans.iter().map(v1::Span::from).collect()
+    }
+
+    /// Version-1 spans back as the analysis's.
+    pub(crate) fn from_v1(spans: Vec<v1::Span>) -> Vec<Span> {
+        spans.into_iter().map(Span::from).collect()
+    }
+}
+
+pub(crate) use format_v1::{from_v1, to_v1};

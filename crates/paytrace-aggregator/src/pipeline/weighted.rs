@@ -165,21 +165,6 @@ impl Collector for WeightedHistogramVec {
     }
 }
 
-/// `weight` as a whole number of observations, rounded up or down at random
-/// in proportion (so the expected count is exact): `seed` picks, the same
-/// seed the same way.
-pub(crate) fn whole(weight: f64, seed: u64) -> u64 {
-    let floor = weight.floor();
-    let fraction = weight - floor;
-    // SplitMix64 of the seed as a uniform number in [0, 1).
-    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    let uniform = (z >> 11) as f64 / (1u64 << 53) as f64;
-    floor as u64 + u64::from(uniform < fraction)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,14 +191,5 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }
-    }
-
-    #[test]
-    fn whole_weights_are_right_on_average() {
-        let n = 100_000u64;
-        let total: u64 = (0..n).map(|i| whole(3.3, i)).sum();
-        let mean = total as f64 / n as f64;
-        assert!((mean - 3.3).abs() < 0.01, "mean {mean}");
-        assert_eq!(whole(10.0, 7), 10);
     }
 }

@@ -28,7 +28,7 @@ pub struct Windows {
 }
 
 impl Windows {
-    pub(super) fn from_minutes(minutes: Vec<Minute>) -> Self {
+    pub(crate) fn from_minutes(minutes: Vec<Minute>) -> Self {
         Self { minutes }
     }
 
@@ -136,7 +136,7 @@ impl Windows {
 }
 
 /// A flow's breakdown over `minutes`.
-pub(super) fn breakdown(minutes: &[&Minute], q: &Query<'_>) -> Breakdown {
+pub(crate) fn breakdown(minutes: &[&Minute], q: &Query<'_>) -> Breakdown {
     let mut acc = Accumulator::default();
     for m in minutes {
         acc.merge(&m.groups.select(q.flow, q.payment_method, q.payment_channel));
@@ -150,7 +150,7 @@ pub(super) fn breakdown(minutes: &[&Minute], q: &Query<'_>) -> Breakdown {
 }
 
 /// One line per flow seen in `minutes`.
-pub(super) fn flows(minutes: &[&Minute]) -> Vec<FlowSummary> {
+pub(crate) fn flows(minutes: &[&Minute]) -> Vec<FlowSummary> {
     let mut names: Vec<Arc<str>> = minutes
         .iter()
         .flat_map(|m| {
@@ -202,7 +202,7 @@ pub(super) fn flows(minutes: &[&Minute]) -> Vec<FlowSummary> {
 }
 
 /// End-to-end p50/p99 per minute of `minutes`.
-pub(super) fn timeseries(minutes: &[&Minute], q: &Query<'_>) -> Vec<MinutePoint> {
+pub(crate) fn timeseries(minutes: &[&Minute], q: &Query<'_>) -> Vec<MinutePoint> {
     minutes
         .iter()
         .map(|m| {

@@ -9,27 +9,27 @@ use crate::span::Span;
 const RECENT_PER_FLOW: usize = 500;
 /// Recent instances per flow that keep their spans (for the waterfall):
 /// the slowest, and always the newest few.
-pub(super) const HELD_PER_FLOW: usize = 100;
+pub(crate) const HELD_PER_FLOW: usize = 100;
 const NEWEST_HELD: usize = 20;
-pub(super) const RELEASE_SLACK: usize = 20;
+pub(crate) const RELEASE_SLACK: usize = 20;
 
 /// The recent instances of one flow, oldest first, and how many hold spans.
 #[derive(Clone, Debug, Default)]
-pub(super) struct RecentFlows {
-    pub(super) items: VecDeque<Recent>,
-    pub(super) held: usize,
+pub(crate) struct RecentFlows {
+    pub(crate) items: VecDeque<Recent>,
+    pub(crate) held: usize,
 }
 
 /// A recent flow instance: its analysis and, while held, its spans.
 #[derive(Clone, Debug)]
-pub(super) struct Recent {
-    pub(super) analysis: FlowAnalysis,
-    pub(super) spans: Option<Vec<Vec<Span>>>,
+pub(crate) struct Recent {
+    pub(crate) analysis: FlowAnalysis,
+    pub(crate) spans: Option<Vec<Vec<Span>>>,
 }
 
 impl RecentFlows {
     /// Keeps `analysis` (and, for now, its spans) as the newest instance.
-    pub(super) fn push(&mut self, analysis: FlowAnalysis, spans: Vec<Vec<Span>>) {
+    pub(crate) fn push(&mut self, analysis: FlowAnalysis, spans: Vec<Vec<Span>>) {
         if self.items.len() >= RECENT_PER_FLOW
             && self.items.pop_front().is_some_and(|r| r.spans.is_some())
         {
@@ -84,7 +84,7 @@ impl From<&RecentFlows> for crate::format::v1::RecentFlows {
                     spans: item
                         .spans
                         .as_ref()
-                        .map(|traces| traces.iter().map(|t| v1::spans(t)).collect()),
+                        .map(|traces| traces.iter().map(|t| crate::span::to_v1(t)).collect()),
                 })
                 .collect(),
             held: r.held,
@@ -94,7 +94,6 @@ impl From<&RecentFlows> for crate::format::v1::RecentFlows {
 
 impl From<crate::format::v1::RecentFlows> for RecentFlows {
     fn from(r: crate::format::v1::RecentFlows) -> Self {
-        use crate::format::v1;
         Self {
             items: r
                 .items
@@ -103,7 +102,7 @@ impl From<crate::format::v1::RecentFlows> for RecentFlows {
                     analysis: item.analysis.into(),
                     spans: item
                         .spans
-                        .map(|traces| traces.into_iter().map(v1::spans_back).collect()),
+                        .map(|traces| traces.into_iter().map(crate::span::from_v1).collect()),
                 })
                 .collect(),
             held: r.held,

@@ -125,7 +125,7 @@ pub struct FlowSummary {
     pub payment_channels: Vec<String>,
 }
 
-pub(super) fn span_views(a: &FlowAnalysis, traces: &[Vec<Span>]) -> Vec<SpanView> {
+pub(crate) fn span_views(a: &FlowAnalysis, traces: &[Vec<Span>]) -> Vec<SpanView> {
     let critical: HashSet<SpanId> = a
         .critical_path
         .iter()
@@ -151,7 +151,7 @@ pub(super) fn span_views(a: &FlowAnalysis, traces: &[Vec<Span>]) -> Vec<SpanView
     spans
 }
 
-pub(super) fn slow_flow(a: &FlowAnalysis, traces: Option<&[Vec<Span>]>) -> SlowFlow {
+pub(crate) fn slow_flow(a: &FlowAnalysis, traces: Option<&[Vec<Span>]>) -> SlowFlow {
     let s = seconds;
     let mut path: Vec<PathStep> = a
         .critical_path
@@ -181,5 +181,30 @@ pub(super) fn slow_flow(a: &FlowAnalysis, traces: Option<&[Vec<Span>]>) -> SlowF
             .map(|st| (st.stage.to_string(), s(st.critical_path_ns)))
             .collect(),
         spans: traces.map(|t| span_views(a, t)),
+    }
+}
+
+mod format_v1 {
+    use super::AnomalyCount;
+    use crate::format::v1;
+
+    impl From<&AnomalyCount> for v1::AnomalyCount {
+        fn from(c: &AnomalyCount) -> Self {
+            Self {
+                resource: c.resource.clone(),
+                kind: c.kind.clone(),
+                count: c.count,
+            }
+        }
+    }
+
+    impl From<v1::AnomalyCount> for AnomalyCount {
+        fn from(c: v1::AnomalyCount) -> Self {
+            Self {
+                resource: c.resource,
+                kind: c.kind,
+                count: c.count,
+            }
+        }
     }
 }

@@ -11,16 +11,16 @@ use crate::analysis::FlowAnalysis;
 /// The distinct values seen per metric label, up to the label limit. Every
 /// bounded value is the one `Arc` kept here, so its pointer identifies it.
 #[derive(Debug)]
-pub(super) struct LabelValues {
-    pub(super) flow: crate::FastSet<Arc<str>>,
-    pub(super) payment_method: crate::FastSet<Arc<str>>,
-    pub(super) payment_channel: crate::FastSet<Arc<str>>,
-    pub(super) stage: crate::FastSet<Arc<str>>,
+pub(crate) struct LabelValues {
+    pub(crate) flow: crate::FastSet<Arc<str>>,
+    pub(crate) payment_method: crate::FastSet<Arc<str>>,
+    pub(crate) payment_channel: crate::FastSet<Arc<str>>,
+    pub(crate) stage: crate::FastSet<Arc<str>>,
     /// TCC resources.
-    pub(super) resource: crate::FastSet<Arc<str>>,
+    pub(crate) resource: crate::FastSet<Arc<str>>,
     /// Services whose clocks were corrected.
-    pub(super) service: crate::FastSet<Arc<str>>,
-    pub(super) overflow: Arc<str>,
+    pub(crate) service: crate::FastSet<Arc<str>>,
+    pub(crate) overflow: Arc<str>,
 }
 
 impl Default for LabelValues {
@@ -45,7 +45,7 @@ impl LabelValues {
         overflow: &Arc<str>,
         value: &Arc<str>,
         limit: usize,
-        overflowed: &prometheus::IntCounter,
+        overflowed: &mut u64,
     ) -> Arc<str> {
         if let Some(v) = set.get(value) {
             return v.clone();
@@ -54,27 +54,27 @@ impl LabelValues {
             set.insert(value.clone());
             value.clone()
         } else {
-            overflowed.inc();
+            *overflowed += 1;
             overflow.clone()
         }
     }
 
     /// The bounded copy of a TCC resource name.
-    pub(super) fn resource(
+    pub(crate) fn resource(
         &mut self,
         value: &Arc<str>,
         limit: usize,
-        overflowed: &prometheus::IntCounter,
+        overflowed: &mut u64,
     ) -> Arc<str> {
         Self::bounded(&mut self.resource, &self.overflow, value, limit, overflowed)
     }
 
     /// The bounded copy of a service name.
-    pub(super) fn service(
+    pub(crate) fn service(
         &mut self,
         value: &Arc<str>,
         limit: usize,
-        overflowed: &prometheus::IntCounter,
+        overflowed: &mut u64,
     ) -> Arc<str> {
         Self::bounded(&mut self.service, &self.overflow, value, limit, overflowed)
     }
@@ -82,12 +82,7 @@ impl LabelValues {
     /// Bounds every name of `a` used as a label or key: its flow, payment
     /// method and channel, and its stages (stages folded into `other`
     /// become one stage of the flow).
-    pub(super) fn bound(
-        &mut self,
-        a: &mut FlowAnalysis,
-        limit: usize,
-        overflowed: &prometheus::IntCounter,
-    ) {
+    pub(crate) fn bound(&mut self, a: &mut FlowAnalysis, limit: usize, overflowed: &mut u64) {
         let overflow = self.overflow.clone();
         a.flow = Self::bounded(&mut self.flow, &overflow, &a.flow, limit, overflowed);
         if let Some(m) = &a.payment_method {

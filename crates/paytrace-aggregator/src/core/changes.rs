@@ -20,17 +20,17 @@ use super::minutes::Minute;
 use crate::breakdown::{Accumulator, GroupKey, Moments};
 
 /// Fewer flow instances than this on either side: no comparison.
-pub(super) const MIN_FLOWS: u64 = 20;
+pub(crate) const MIN_FLOWS: u64 = 20;
 /// The t (or z) statistic a change must reach. With a few dozen groups and
 /// stages compared at once, 5 keeps the chance of one false finding per
 /// comparison far under one in a thousand, even for skewed latencies.
-pub(super) const MIN_STATISTIC: f64 = 5.0;
+pub(crate) const MIN_STATISTIC: f64 = 5.0;
 /// A latency change must also be at least this many seconds per instance…
-pub(super) const MIN_LATENCY_CHANGE: f64 = 0.010;
+pub(crate) const MIN_LATENCY_CHANGE: f64 = 0.010;
 /// …and this share of the baseline's mean.
-pub(super) const MIN_RELATIVE_CHANGE: f64 = 0.2;
+pub(crate) const MIN_RELATIVE_CHANGE: f64 = 0.2;
 /// An error-share change must be at least this many points.
-pub(super) const MIN_ERROR_SHARE_CHANGE: f64 = 0.02;
+pub(crate) const MIN_ERROR_SHARE_CHANGE: f64 = 0.02;
 
 /// What the baseline is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,7 +134,7 @@ pub struct LatencyFinding {
     pub summary: String,
     /// The USE signals of the service running the stage that moved with it
     /// (with `serve --prometheus`; see [`crate::infra`]).
-    pub infrastructure: Vec<crate::infra::InfraSignal>,
+    pub infrastructure: Vec<InfraSignal>,
 }
 
 /// A group whose error share grew.
@@ -292,7 +292,7 @@ fn clock(unix_seconds: u64) -> String {
 
 /// Compares `q`'s window with its baseline over `minutes` (an hour of
 /// them, oldest first).
-pub(super) fn changes(minutes: &[Minute], q: &ChangeQuery<'_>) -> Changes {
+pub(crate) fn changes(minutes: &[Minute], q: &ChangeQuery<'_>) -> Changes {
     let current = Span::of(minutes, q.flow, q.current_minutes());
     let baseline = Span::of(minutes, q.flow, q.baseline_minutes());
     let (cur_side, base_side) = (current.side(), baseline.side());
@@ -427,6 +427,25 @@ pub(super) fn changes(minutes: &[Minute], q: &ChangeQuery<'_>) -> Changes {
     out.errors
         .sort_by(|a, b| b.contribution.total_cmp(&a.contribution));
     out
+}
+
+/// A USE signal that moved with a change.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InfraSignal {
+    /// `pool_wait_p99`, `pool_utilisation`, `queue_oldest_age`,
+    /// `runtime_busy_ratio` or `restarts`.
+    pub signal: &'static str,
+    /// The service it belongs to.
+    pub service: String,
+    /// What else names it: the pool (`resource`), the queue (`queue`), the
+    /// instance.
+    pub labels: BTreeMap<String, String>,
+    /// Its value at the end of the baseline.
+    pub baseline: f64,
+    /// Its value now.
+    pub current: f64,
+    /// The signal in a few words.
+    pub summary: String,
 }
 
 #[cfg(test)]

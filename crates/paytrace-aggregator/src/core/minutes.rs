@@ -10,17 +10,17 @@ use crate::breakdown::Groups;
 pub const WINDOWS_MINUTES: [u64; 4] = [1, 5, 15, 60];
 
 #[derive(Clone, Debug, Default)]
-pub(super) struct Minute {
-    pub(super) minute: u64,
-    pub(super) groups: Groups,
+pub(crate) struct Minute {
+    pub(crate) minute: u64,
+    pub(crate) groups: Groups,
     /// Failed instances, weighted by what each stands for under sampling.
-    pub(super) errors: HashMap<Arc<str>, f64>,
+    pub(crate) errors: HashMap<Arc<str>, f64>,
     /// Incomplete instances, weighted alike.
-    pub(super) incomplete: HashMap<Arc<str>, f64>,
+    pub(crate) incomplete: HashMap<Arc<str>, f64>,
 }
 
 /// The slot of `minute`, opened if new; the ring keeps an hour.
-pub(super) fn slot(minutes: &mut VecDeque<Minute>, minute: u64) -> &mut Minute {
+pub(crate) fn slot(minutes: &mut VecDeque<Minute>, minute: u64) -> &mut Minute {
     match minutes.back() {
         // The same minute, or the wall clock went back: the latest slot.
         Some(last) if last.minute >= minute => {}
@@ -40,7 +40,7 @@ pub(super) fn slot(minutes: &mut VecDeque<Minute>, minute: u64) -> &mut Minute {
 
 impl Minute {
     /// Adds another replica's counts of the same minute.
-    pub(super) fn merge(&mut self, other: &Minute) {
+    pub(crate) fn merge(&mut self, other: &Minute) {
         self.groups.merge(&other.groups);
         for (flow, n) in &other.errors {
             *self.errors.entry(flow.clone()).or_default() += n;
@@ -52,7 +52,7 @@ impl Minute {
 }
 
 /// The minutes of the last `window_minutes` up to `now_minute`.
-pub(super) fn in_window<'a>(
+pub(crate) fn in_window<'a>(
     minutes: impl IntoIterator<Item = &'a Minute>,
     now_minute: u64,
     window_minutes: u64,
