@@ -98,8 +98,7 @@ impl Counts {
     pub(crate) fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
         use paytrace_semconv::{label, metric};
         let family = |name: &str, help: &str| {
-            let counters =
-                IntCounterVec::new(prometheus::Opts::new(name, help), &[label::REASON])?;
+            let counters = IntCounterVec::new(prometheus::Opts::new(name, help), &[label::REASON])?;
             registry.register(Box::new(counters.clone()))?;
             Ok::<_, prometheus::Error>(counters)
         };

@@ -199,8 +199,8 @@ pub async fn start(mut config: ServeConfig) -> std::io::Result<Running> {
     config.receiver.spans.keep_as_sent |= config.forward.is_some();
     let forwarding = match config.forward.take() {
         Some(settings) => {
-            let counts =
-                crate::forward::Counts::register(pipeline.registry()).map_err(std::io::Error::other)?;
+            let counts = crate::forward::Counts::register(pipeline.registry())
+                .map_err(std::io::Error::other)?;
             let (forwarder, queue) = crate::forward::Forwarder::new(&settings, counts.clone());
             pipeline.forward_to(forwarder);
             let (stop, stopped) = watch::channel(false);
