@@ -46,11 +46,16 @@
 //!   tokens a sender must present.
 //! - `testing` (feature `testing`): builders for hand-made spans.
 //!
-//! Inside, the pipeline reads like the data flows: `decode` → `assembler`
-//! (spans into traces) → `flows` (traces stitched into flows, the one
-//! stitcher for `serve` and `analyze`) → `analysis` and `tree` (per-stage
-//! duration, self time and critical path) → `breakdown` (accumulated) and
-//! `tcc` (TCC transactions replayed); `api` and `page` serve the results.
+//! Inside, the data flows through a core free of I/O (`core`): `decode` →
+//! `assembler` (spans into traces) → `flows` (traces stitched into flows,
+//! the one stitcher for `serve` and `analyze`) → `analysis` and `tree`
+//! (per-stage duration, self time and critical path) → `breakdown`
+//! (accumulated in per-minute windows) and `tcc` (TCC transactions
+//! replayed). The core tells an observer what happens; [`pipeline`] is the
+//! observer that keeps the Prometheus series and hands kept flows to
+//! `forward`, and `api` and `page` serve the answers. What leaves the
+//! process (snapshots, the windows replicas exchange) has versioned types
+//! of its own (`format`).
 
 pub(crate) mod analysis;
 pub mod analyze;

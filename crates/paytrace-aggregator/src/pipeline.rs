@@ -1,7 +1,6 @@
-//! The pipeline the server runs: the analysis [`Core`](crate::core) behind
-//! a lock, with its outputs turned into Prometheus series and kept flows
-//! handed to the forwarder. What the core hears is counted here
-//! ([`PrometheusObserver`]); the analysis itself is in [`crate::core`].
+//! The pipeline the server runs: the analysis core (free of I/O) behind a
+//! lock, with what it reports turned into Prometheus series and kept flows
+//! handed to the forwarder.
 //!
 //! - `families`: the Prometheus families and the cached histogram handles;
 //! - `weighted`: histograms whose observations carry a weight.
