@@ -6,7 +6,7 @@
 //! - `weighted`: histograms whose observations carry a weight.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use paytrace_semconv::DEFAULT_LATENCY_BUCKETS;
@@ -23,7 +23,7 @@ pub use crate::core::{
     GlobalAnomaly, InfraSignal, LatencyFinding, MinutePoint, Now, PathStep, PipelineConfig, Query,
     Side, SlowFlow, SpanView, Unfinished, WINDOWS_MINUTES, Windows,
 };
-use crate::core::{Core, Observer, RecordedFlow};
+use crate::core::{Core, Observer, RecordedFlow, View};
 use crate::decode::Decoded;
 use crate::span::Span;
 
@@ -154,8 +154,15 @@ impl Observer for PrometheusObserver<'_> {
 }
 
 /// The live pipeline; share it behind an `Arc`.
+///
+/// Ingest and the clock's ticks take turns on the core; queries never
+/// take part: they read the view published after the last tick (so an
+/// answer is at most a tick old), and neither a burst of spans nor a slow
+/// query holds the other up.
 pub struct Pipeline {
     state: Mutex<State>,
+    /// What queries read, replaced after every tick.
+    view: RwLock<Arc<View>>,
     /// Where kept flows go (`serve --forward-otlp`), once set.
     forwarder: std::sync::OnceLock<crate::forward::Forwarder>,
     metrics: Metrics,
@@ -182,6 +189,7 @@ impl Pipeline {
                 core: Core::new(&config),
                 series: SeriesCache::default(),
             }),
+            view: RwLock::new(Arc::new(View::default())),
         }
     }
 
@@ -190,8 +198,9 @@ impl Pipeline {
     }
 
     /// Runs `f` on the core with the observer that records what it hears,
-    /// then publishes the assembler's size.
-    fn run<T>(&self, f: impl FnOnce(&mut Core, &mut PrometheusObserver<'_>) -> T) -> T {
+    /// then publishes the assembler's size and, at `publish`, the view
+    /// queries read.
+    fn run(&self, publish: Option<Now>, f: impl FnOnce(&mut Core, &mut PrometheusObserver<'_>)) {
         let mut guard = self.state();
         let State { core, series } = &mut *guard;
         let mut observer = PrometheusObserver {
@@ -199,9 +208,24 @@ impl Pipeline {
             series,
             forwarder: self.forwarder.get(),
         };
-        let result = f(core, &mut observer);
+        f(core, &mut observer);
         self.publish_size(core);
-        result
+        if let Some(now) = publish {
+            let view = Arc::new(core.view(now));
+            // The old view is dropped outside both locks (a reader may
+            // still hold it; the last one frees it).
+            let old = std::mem::replace(
+                &mut *self.view.write().unwrap_or_else(|e| e.into_inner()),
+                view,
+            );
+            drop(guard);
+            drop(old);
+        }
+    }
+
+    /// The view published last.
+    fn view(&self) -> Arc<View> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A counter family registered in [`Pipeline::registry`], for the parts
@@ -237,19 +261,19 @@ impl Pipeline {
                     .inc_by(n);
             }
         }
-        self.run(|core, out| core.ingest(decoded, now, out));
+        self.run(None, |core, out| core.ingest(decoded, now, out));
     }
 
     /// Moves time forward: completes idle traces, finishes idle flows,
     /// records them. Call it about once a second.
     pub fn tick(&self, now: Now) {
-        self.run(|core, out| core.tick(now, out));
+        self.run(Some(now), |core, out| core.tick(now, out));
     }
 
     /// Finishes everything buffered now (at shutdown, at the end of the
     /// `analyze` input, or in tests).
     pub fn flush(&self, now: Now) {
-        self.run(|core, out| core.flush(now, out));
+        self.run(Some(now), |core, out| core.flush(now, out));
     }
 
     /// A copy of everything a restart would otherwise lose, to write with
@@ -267,25 +291,27 @@ impl Pipeline {
         now: Now,
         down: std::time::Duration,
     ) {
-        self.run(|core, out| core.restore(snapshot, now, down, out));
+        self.run(Some(now), |core, out| {
+            core.restore(snapshot, now, down, out);
+        });
     }
 
     /// What the fence would have prevented at participants without it, by
     /// resource and kind, since start (the shadow fence report's counts).
     pub fn tcc_shadow_counts(&self) -> Vec<AnomalyCount> {
-        self.state().core.tcc_shadow_counts()
+        self.view().tcc_shadow_counts()
     }
 
     /// The most recent anomalies the fence would have prevented, newest
     /// first (the shadow fence report's examples).
     pub fn tcc_shadow_examples(&self, resource: Option<&str>, limit: usize) -> Vec<GlobalAnomaly> {
-        self.state().core.tcc_shadow_examples(resource, limit)
+        self.view().tcc_shadow_examples(resource, limit)
     }
 
     /// TCC anomalies counted since start, by resource and kind (what
     /// `paytrace_tcc_global_anomalies_total` holds).
     pub fn tcc_anomaly_counts(&self) -> Vec<AnomalyCount> {
-        self.state().core.tcc_anomaly_counts()
+        self.view().tcc_anomaly_counts()
     }
 
     /// The most recent TCC anomalies, newest first, that match the filters.
@@ -295,7 +321,7 @@ impl Pipeline {
         resource: Option<&str>,
         limit: usize,
     ) -> Vec<GlobalAnomaly> {
-        self.state().core.tcc_anomalies(kind, resource, limit)
+        self.view().tcc_anomalies(kind, resource, limit)
     }
 
     /// Forwards the kept flows to `forwarder` from now on.
@@ -311,53 +337,53 @@ impl Pipeline {
     /// The services whose spans were stage `stage` in the recent instances
     /// of `flow` (the service that runs a stage, for its USE signals).
     pub fn stage_services(&self, flow: &str, stage: &str) -> Vec<String> {
-        self.state().core.stage_services(flow, stage)
+        self.view().stage_services(flow, stage)
     }
 
     /// The services whose clocks the analysis corrected (spans that lay
     /// outside their caller's span of another service), by name.
     pub fn clock_skew(&self) -> Vec<ClockSkewSeen> {
-        self.state().core.clock_skew()
+        self.view().clock_skew()
     }
 
     /// TCC transactions waiting past the timeout, oldest first.
     pub fn tcc_unfinished(&self, limit: usize, now: Now) -> Vec<Unfinished> {
-        self.state().core.tcc_unfinished(limit, now)
+        self.view().tcc_unfinished(limit, now)
     }
 
     /// The breakdown of `flow` over the last `window_minutes` (the current
     /// minute and the whole minutes before it), optionally for one method
     /// and channel.
     pub fn breakdown(&self, q: &Query<'_>) -> Breakdown {
-        self.state().core.breakdown(q)
+        self.view().breakdown(q)
     }
 
     /// Every group recorded in the window, merged: what the offline
     /// `analyze` reports after [`Pipeline::flush`].
     pub(crate) fn groups(&self, window_minutes: u64, now_minute: u64) -> Groups {
-        self.state().core.groups(window_minutes, now_minute)
+        self.view().groups(window_minutes, now_minute)
     }
 
     /// Every flow with traffic in the window.
     pub fn flows(&self, window_minutes: u64, now_minute: u64) -> Vec<FlowSummary> {
-        self.state().core.flows(window_minutes, now_minute)
+        self.view().flows(window_minutes, now_minute)
     }
 
     /// The slowest recent instances of `flow`, by end-to-end time, or by
     /// `stage`'s critical-path time when given.
     pub fn slow(&self, flow: &str, stage: Option<&str>, limit: usize) -> Vec<SlowFlow> {
-        self.state().core.slow(flow, stage, limit)
+        self.view().slow(flow, stage, limit)
     }
 
     /// End-to-end latency of `flow` per minute over the window, oldest first.
     pub fn timeseries(&self, q: &Query<'_>) -> Vec<MinutePoint> {
-        self.state().core.timeseries(q)
+        self.view().timeseries(q)
     }
 
     /// The minutes of the last `window_minutes` up to `now_minute`, to
     /// merge with other replicas' ([`Windows::merge`]).
     pub fn windows(&self, window_minutes: u64, now_minute: u64) -> Windows {
-        self.state().core.windows(window_minutes, now_minute)
+        self.view().windows(window_minutes, now_minute)
     }
 
     /// Whether the assembly buffer is within 10% of its byte budget: new
@@ -756,6 +782,39 @@ mod tests {
         let newer = br#"{"version":2,"minutes":[{"minute":1,"sketches":"opaque"}]}"#;
         let refused = Windows::from_message(newer).expect_err("version 2 is refused");
         assert!(refused.contains("format version 2"), "{refused}");
+    }
+
+    /// Queries read the view published by the last tick: they answer
+    /// while ingest or a tick holds the core (here, the test holds it),
+    /// and what arrived since the last tick shows after the next one.
+    #[test]
+    fn queries_answer_from_the_last_tick_without_waiting_for_the_core() {
+        let p = Arc::new(Pipeline::new(PipelineConfig::default()));
+        p.ingest(Protocol::Grpc, one_trace(1, "checkout", 40), Instant::now());
+        p.flush(at_minute(100));
+        p.ingest(Protocol::Grpc, one_trace(2, "checkout", 80), Instant::now());
+        let held = p.state();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let asker = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send((
+                    p.breakdown(&Query::new("checkout", 5, 100)).traces,
+                    p.slow("checkout", None, 10).len(),
+                    p.flows(5, 100).len(),
+                    p.tcc_anomalies(None, None, 10).len(),
+                ));
+            })
+        };
+        // Answered while the core is held: 10 s only bounds a failure.
+        let answered = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the queries answered while the core was held");
+        assert_eq!(answered, (1, 1, 1, 0), "the last tick's view: one instance");
+        drop(held);
+        asker.join().expect("no panic");
+        p.flush(at_minute(100));
+        assert_eq!(p.breakdown(&Query::new("checkout", 5, 100)).traces, 2);
     }
 
     #[test]

@@ -19,23 +19,25 @@ pub(crate) struct Minute {
     pub(crate) incomplete: HashMap<Arc<str>, f64>,
 }
 
-/// The slot of `minute`, opened if new; the ring keeps an hour.
-pub(crate) fn slot(minutes: &mut VecDeque<Minute>, minute: u64) -> &mut Minute {
+/// The slot of `minute`, opened if new; the ring keeps an hour. Minutes
+/// are shared with the published view ([`super::View`]): the slot written
+/// is copied first if the view still holds it (once per tick at most).
+pub(crate) fn slot(minutes: &mut VecDeque<Arc<Minute>>, minute: u64) -> &mut Minute {
     match minutes.back() {
         // The same minute, or the wall clock went back: the latest slot.
         Some(last) if last.minute >= minute => {}
         _ => {
-            minutes.push_back(Minute {
+            minutes.push_back(Arc::new(Minute {
                 minute,
                 ..Minute::default()
-            });
+            }));
             while minutes.len() > 60 || minutes.front().is_some_and(|m| m.minute + 60 <= minute) {
                 minutes.pop_front();
             }
         }
     }
     let last = minutes.len() - 1;
-    &mut minutes[last]
+    Arc::make_mut(&mut minutes[last])
 }
 
 impl Minute {
@@ -52,13 +54,14 @@ impl Minute {
 }
 
 /// The minutes of the last `window_minutes` up to `now_minute`.
-pub(crate) fn in_window<'a>(
-    minutes: impl IntoIterator<Item = &'a Minute>,
+pub(crate) fn in_window<'a, M: std::borrow::Borrow<Minute> + 'a>(
+    minutes: impl IntoIterator<Item = &'a M>,
     now_minute: u64,
     window_minutes: u64,
 ) -> impl Iterator<Item = &'a Minute> {
     minutes
         .into_iter()
+        .map(std::borrow::Borrow::borrow)
         .filter(move |m| m.minute + window_minutes > now_minute && m.minute <= now_minute)
 }
 

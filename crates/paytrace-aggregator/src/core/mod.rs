@@ -205,8 +205,10 @@ pub struct ClockSkewSeen {
 pub(crate) struct Core {
     assembler: Assembler,
     flows: FlowBuffer,
-    minutes: VecDeque<Minute>,
-    recent: HashMap<Arc<str>, RecentFlows>,
+    /// The windows' hour of minutes, shared with the published [`View`].
+    minutes: VecDeque<Arc<Minute>>,
+    /// Per flow, its recent instances, shared with the published [`View`].
+    recent: HashMap<Arc<str>, Arc<RecentFlows>>,
     labels: LabelValues,
     tcc: TccTracker,
     /// Per (resource, kind), the anomalies found since start (bounded).
@@ -336,17 +338,17 @@ impl Core {
     pub(crate) fn snapshot(&self, now: Now) -> crate::format::v1::Snapshot {
         let counts = |c: Vec<AnomalyCount>| c.iter().map(Into::into).collect();
         crate::format::v1::Snapshot {
-            minutes: self.minutes.iter().map(Into::into).collect(),
+            minutes: self.minutes.iter().map(|m| (&**m).into()).collect(),
             recent: self
                 .recent
                 .iter()
-                .map(|(flow, r)| (flow.clone(), r.into()))
+                .map(|(flow, r)| (flow.clone(), (&**r).into()))
                 .collect(),
             assembler: self.assembler.snapshot(now.instant),
             flows: self.flows.snapshot(now.instant),
             tcc: self.tcc.snapshot(now.instant),
-            tcc_anomaly_counts: counts(self.tcc_anomaly_counts()),
-            tcc_shadow_counts: counts(self.tcc_shadow_counts()),
+            tcc_anomaly_counts: counts(tally(&self.tcc_counts)),
+            tcc_shadow_counts: counts(tally(&self.shadow)),
         }
     }
 
@@ -361,11 +363,15 @@ impl Core {
         out: &mut impl Observer,
     ) {
         let ago = crate::state::Ago::new(now.instant, down);
-        self.minutes = snapshot.minutes.into_iter().map(Into::into).collect();
+        self.minutes = snapshot
+            .minutes
+            .into_iter()
+            .map(|m| Arc::new(m.into()))
+            .collect();
         self.recent = snapshot
             .recent
             .into_iter()
-            .map(|(flow, r)| (flow, r.into()))
+            .map(|(flow, r)| (flow, Arc::new(r.into())))
             .collect();
         self.assembler.restore(snapshot.assembler, &ago);
         self.flows.restore(snapshot.flows, &ago);
@@ -465,56 +471,6 @@ impl Core {
         }
         let (unfinished, oldest) = self.tcc.unfinished_summary(wall);
         out.tcc_unfinished(unfinished, oldest);
-    }
-
-    /// What the fence would have prevented at participants without it, by
-    /// resource and kind, since start (the shadow fence report's counts).
-    pub(crate) fn tcc_shadow_counts(&self) -> Vec<AnomalyCount> {
-        counts(&self.shadow)
-    }
-
-    /// TCC anomalies counted since start, by resource and kind.
-    pub(crate) fn tcc_anomaly_counts(&self) -> Vec<AnomalyCount> {
-        counts(&self.tcc_counts)
-    }
-
-    /// The most recent anomalies the fence would have prevented, newest
-    /// first (the shadow fence report's examples).
-    pub(crate) fn tcc_shadow_examples(
-        &self,
-        resource: Option<&str>,
-        limit: usize,
-    ) -> Vec<GlobalAnomaly> {
-        self.tcc
-            .recent()
-            .filter(|a| shadowed(a))
-            .filter(|a| resource.is_none_or(|r| a.resource == r))
-            .take(limit)
-            .cloned()
-            .collect()
-    }
-
-    /// The most recent TCC anomalies, newest first, that match the filters.
-    pub(crate) fn tcc_anomalies(
-        &self,
-        kind: Option<&str>,
-        resource: Option<&str>,
-        limit: usize,
-    ) -> Vec<GlobalAnomaly> {
-        self.tcc
-            .recent()
-            .filter(|a| kind.is_none_or(|k| a.kind == k))
-            .filter(|a| resource.is_none_or(|r| a.resource == r))
-            .take(limit)
-            .cloned()
-            .collect()
-    }
-
-    /// TCC transactions waiting past the timeout, oldest first.
-    pub(crate) fn tcc_unfinished(&self, limit: usize, now: Now) -> Vec<Unfinished> {
-        let mut all = self.tcc.unfinished(now.wall_ns());
-        all.truncate(limit);
-        all
     }
 
     /// Tells `out` whether the final, complete flow `analysis` (its spans
@@ -621,10 +577,106 @@ impl Core {
             whole,
         });
         let flow = analysis.flow.clone();
-        self.recent
-            .entry(flow)
-            .or_default()
-            .push(analysis, finished.traces);
+        Arc::make_mut(self.recent.entry(flow).or_default()).push(analysis, finished.traces);
+    }
+
+    /// What queries read from now on: the windows, the recent instances
+    /// and the TCC findings as of `now`. Cheap: minutes and instances are
+    /// shared, not copied; the writes after it copy what they change.
+    pub(crate) fn view(&self, now: Now) -> View {
+        View {
+            minutes: self.minutes.iter().cloned().collect(),
+            recent: self.recent.clone(),
+            tcc_recent: self.tcc.recent().cloned().collect(),
+            tcc_unfinished: self.tcc.unfinished(now.wall_ns()),
+            tcc_counts: tally(&self.tcc_counts),
+            shadow: tally(&self.shadow),
+            clock_skew: self.clock_skew.values().cloned().collect(),
+            as_of: Some(now),
+        }
+    }
+}
+
+/// What the queries read: the analysis's results as of one tick, immutable
+/// and shared. Queries never wait for ingest or for a tick, and a slow
+/// query never holds them up: the pipeline publishes a new view after
+/// every tick and answers from the last one (at most a tick old).
+#[derive(Debug, Default)]
+pub(crate) struct View {
+    minutes: Vec<Arc<Minute>>,
+    recent: HashMap<Arc<str>, Arc<RecentFlows>>,
+    /// Newest first.
+    tcc_recent: Vec<GlobalAnomaly>,
+    /// Oldest first.
+    tcc_unfinished: Vec<Unfinished>,
+    tcc_counts: Vec<AnomalyCount>,
+    shadow: Vec<AnomalyCount>,
+    clock_skew: Vec<ClockSkewSeen>,
+    /// The time it was taken at (`None` for the empty view at start).
+    as_of: Option<Now>,
+}
+
+impl View {
+    /// What the fence would have prevented at participants without it, by
+    /// resource and kind, since start (the shadow fence report's counts).
+    pub(crate) fn tcc_shadow_counts(&self) -> Vec<AnomalyCount> {
+        self.shadow.clone()
+    }
+
+    /// TCC anomalies counted since start, by resource and kind.
+    pub(crate) fn tcc_anomaly_counts(&self) -> Vec<AnomalyCount> {
+        self.tcc_counts.clone()
+    }
+
+    /// The most recent anomalies the fence would have prevented, newest
+    /// first (the shadow fence report's examples).
+    pub(crate) fn tcc_shadow_examples(
+        &self,
+        resource: Option<&str>,
+        limit: usize,
+    ) -> Vec<GlobalAnomaly> {
+        self.tcc_recent
+            .iter()
+            .filter(|a| shadowed(a))
+            .filter(|a| resource.is_none_or(|r| a.resource == r))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// The most recent TCC anomalies, newest first, that match the filters.
+    pub(crate) fn tcc_anomalies(
+        &self,
+        kind: Option<&str>,
+        resource: Option<&str>,
+        limit: usize,
+    ) -> Vec<GlobalAnomaly> {
+        self.tcc_recent
+            .iter()
+            .filter(|a| kind.is_none_or(|k| a.kind == k))
+            .filter(|a| resource.is_none_or(|r| a.resource == r))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// TCC transactions waiting past the timeout as of the view, oldest
+    /// first, their ages as of `now`.
+    pub(crate) fn tcc_unfinished(&self, limit: usize, now: Now) -> Vec<Unfinished> {
+        let since = self.as_of.map_or(0.0, |then| {
+            now.wall
+                .duration_since(then.wall)
+                .map_or(0.0, |d| d.as_secs_f64())
+        });
+        self.tcc_unfinished
+            .iter()
+            .take(limit)
+            .cloned()
+            .map(|mut u| {
+                u.age_seconds += since;
+                u
+            })
+            .collect()
     }
 
     /// The services whose spans were stage `stage` in the recent instances
@@ -648,7 +700,7 @@ impl Core {
 
     /// The services whose clocks the analysis corrected, by name.
     pub(crate) fn clock_skew(&self) -> Vec<ClockSkewSeen> {
-        self.clock_skew.values().cloned().collect()
+        self.clock_skew.clone()
     }
 
     /// The breakdown [`Query`] asks for.
@@ -690,7 +742,7 @@ impl Core {
         let mut matching: Vec<(u64, &Recent)> = recent
             .items
             .iter()
-            .filter_map(|r| key(&r.analysis).map(|k| (k, r)))
+            .filter_map(|r| key(&r.analysis).map(|k| (k, &**r)))
             .collect();
         matching.sort_by_key(|m| std::cmp::Reverse(m.0));
         matching
@@ -726,7 +778,7 @@ fn known_kind(kind: &str) -> Option<&'static str> {
         .find(|k| *k == kind)
 }
 
-fn counts(map: &BTreeMap<(Arc<str>, &'static str), u64>) -> Vec<AnomalyCount> {
+fn tally(map: &BTreeMap<(Arc<str>, &'static str), u64>) -> Vec<AnomalyCount> {
     map.iter()
         .filter(|(_, n)| **n > 0)
         .map(|((resource, kind), count)| AnomalyCount {

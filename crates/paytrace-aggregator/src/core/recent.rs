@@ -2,6 +2,7 @@
 //! few hundred analyses, and the spans of the slowest and newest of them.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::analysis::FlowAnalysis;
 use crate::span::Span;
@@ -16,7 +17,10 @@ pub(crate) const RELEASE_SLACK: usize = 20;
 /// The recent instances of one flow, oldest first, and how many hold spans.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RecentFlows {
-    pub(crate) items: VecDeque<Recent>,
+    /// Shared with the published view ([`super::View`]): copying the list
+    /// copies pointers, and an instance whose spans are let go is copied
+    /// first if the view still holds it.
+    pub(crate) items: VecDeque<Arc<Recent>>,
     pub(crate) held: usize,
 }
 
@@ -35,10 +39,10 @@ impl RecentFlows {
         {
             self.held -= 1;
         }
-        self.items.push_back(Recent {
+        self.items.push_back(Arc::new(Recent {
             analysis,
             spans: Some(spans),
-        });
+        }));
         self.held += 1;
         release_spans(self);
     }
@@ -67,7 +71,7 @@ fn release_spans(recent: &mut RecentFlows) {
     }
     candidates.select_nth_unstable(excess - 1);
     for &(_, i) in &candidates[..excess] {
-        recent.items[i].spans = None;
+        Arc::make_mut(&mut recent.items[i]).spans = None;
     }
     recent.held -= excess;
 }
@@ -98,11 +102,13 @@ impl From<crate::format::v1::RecentFlows> for RecentFlows {
             items: r
                 .items
                 .into_iter()
-                .map(|item| Recent {
-                    analysis: item.analysis.into(),
-                    spans: item
-                        .spans
-                        .map(|traces| traces.into_iter().map(crate::span::from_v1).collect()),
+                .map(|item| {
+                    Arc::new(Recent {
+                        analysis: item.analysis.into(),
+                        spans: item
+                            .spans
+                            .map(|traces| traces.into_iter().map(crate::span::from_v1).collect()),
+                    })
                 })
                 .collect(),
             held: r.held,
