@@ -468,13 +468,10 @@ mod tests {
         assert_eq!(points[0].start_unix_seconds, 6_000);
     }
 
-    /// Two pipelines fed alike, one of them through a snapshot (serialised
-    /// and read back as a file would be) halfway: every answer agrees at
-    /// every later tick. The snapshot is taken with a finished flow in the
-    /// windows, a trace still assembling, a flow waiting for its callback
-    /// and a TCC branch tried and not yet confirmed.
-    #[test]
-    fn a_pipeline_restored_from_a_snapshot_answers_as_the_one_that_went_on() {
+    /// The settings of the snapshot scenarios (trace idle 5 s, flow idle
+    /// 30 s, TCC settle 1 s, timeout 60 s) and their clock: `at(s)` is `s`
+    /// seconds past minute 100, on both clocks.
+    fn scenario_settings() -> (PipelineConfig, impl Fn(u64) -> Now + Copy) {
         use std::time::{Duration, UNIX_EPOCH};
         let mut config = PipelineConfig::default();
         config.assembler.trace_idle = Duration::from_secs(5);
@@ -483,7 +480,20 @@ mod tests {
         config.tcc.timeout = Duration::from_secs(60);
         let t0 = Instant::now();
         let wall0 = UNIX_EPOCH + Duration::from_secs(100 * 60);
-        let at = |s: u64| Now::at(t0 + Duration::from_secs(s), wall0 + Duration::from_secs(s));
+        let at = move |s: u64| Now::at(t0 + Duration::from_secs(s), wall0 + Duration::from_secs(s));
+        (config, at)
+    }
+
+    /// Two pipelines fed alike, one of them through a snapshot (serialised
+    /// and read back as a file would be) halfway: every answer agrees at
+    /// every later tick. The snapshot is taken with a finished flow in the
+    /// windows, a trace still assembling, a flow waiting for its callback
+    /// and a TCC branch tried and not yet confirmed.
+    #[test]
+    fn a_pipeline_restored_from_a_snapshot_answers_as_the_one_that_went_on() {
+        use std::time::Duration;
+        let (config, at) = scenario_settings();
+        let t0 = at(0).instant;
         let wall_ns = |s: u64| at(s).wall_ns();
 
         let went_on = Pipeline::new(config.clone());
@@ -557,15 +567,7 @@ mod tests {
     /// Cancel of `ord_9` at `inventory` with no Try. Settings: trace idle
     /// 5 s, flow idle 30 s, TCC settle 1 s, timeout 60 s.
     pub(crate) fn fixture_scenario() -> (Pipeline, PipelineConfig, impl Fn(u64) -> Now) {
-        use std::time::{Duration, UNIX_EPOCH};
-        let mut config = PipelineConfig::default();
-        config.assembler.trace_idle = Duration::from_secs(5);
-        config.flows.flow_idle = Duration::from_secs(30);
-        config.tcc.settle = Duration::from_secs(1);
-        config.tcc.timeout = Duration::from_secs(60);
-        let t0 = Instant::now();
-        let wall0 = UNIX_EPOCH + Duration::from_secs(100 * 60);
-        let at = move |s: u64| Now::at(t0 + Duration::from_secs(s), wall0 + Duration::from_secs(s));
+        let (config, at) = scenario_settings();
         let p = Pipeline::new(config.clone());
         let mut finished = one_trace(1, "checkout", 40);
         finished.spans[0].sampling_threshold = Some("c".parse().expect("a threshold"));
