@@ -110,12 +110,12 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 # dependency, no file outside the crate).
 echo "==> cargo package (the library crates)"
 cargo package --quiet --locked --no-verify --allow-dirty \
-    -p paytrace-semconv -p paytrace-tcc -p paytrace-sampling -p paytrace -p paytrace-slo -p paytrace-aggregator
+    -p paytrace-semconv -p paytrace-tcc -p paytrace-sampling -p paytrace -p paytrace-slo -p paytrace-analysis -p paytrace-aggregator
 
 # Each library crate alone, with its features off and on: a feature that
 # only builds because another crate of the workspace turned it on fails here.
 echo "==> the library crates with their features off and on"
-for crate in paytrace paytrace-aggregator paytrace-semconv paytrace-tcc paytrace-sampling paytrace-slo; do
+for crate in paytrace paytrace-analysis paytrace-aggregator paytrace-semconv paytrace-tcc paytrace-sampling paytrace-slo; do
     cargo check --quiet --locked -p "$crate" --lib --no-default-features
     cargo check --quiet --locked -p "$crate" --lib --all-features
 done

@@ -17,8 +17,8 @@ use crate::assembler::AssemblerLimits;
 use crate::breakdown::{Breakdown, Groups};
 use crate::config::Config;
 use crate::decode::{Interner, SpanLimits, decode};
-use crate::flows::FlowSettings;
 use crate::pipeline::{Now, Pipeline, PipelineConfig, Protocol};
+use paytrace_analysis::FlowSettings;
 
 /// Why a file could not be analysed.
 #[derive(Debug, thiserror::Error)]

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::span::{AsSent, Span};
 
-pub use crate::core::KeepPolicy;
+pub use paytrace_analysis::core::KeepPolicy;
 
 /// Where and how fast kept flows go.
 #[derive(Clone, Debug)]

@@ -46,52 +46,31 @@
 //!   tokens a sender must present.
 //! - `testing` (feature `testing`): builders for hand-made spans.
 //!
-//! Inside, the data flows through a core free of I/O (`core`): `decode` →
-//! `assembler` (spans into traces) → `flows` (traces stitched into flows,
-//! the one stitcher for `serve` and `analyze`) → `analysis` and `tree`
-//! (per-stage duration, self time and critical path) → `breakdown`
-//! (accumulated in per-minute windows) and `tcc` (TCC transactions
-//! replayed). The core tells an observer what happens; [`pipeline`] is the
-//! observer that keeps the Prometheus series and hands kept flows to
-//! `forward`, and `api` and `page` serve the answers. What leaves the
-//! process (snapshots, the windows replicas exchange) has versioned types
-//! of its own (`format`).
+//! The analysis itself is the `paytrace-analysis` crate, free of I/O (its
+//! `decode`, `span`, `config`, `assembler` and `breakdown` are re-exported
+//! here): `decode` → `assembler` (spans into traces) → `flows` (traces
+//! stitched into flows) → `analysis` (per-stage duration, self time and
+//! critical path) → `breakdown` (per-minute windows), TCC transactions
+//! replayed beside. This crate is the server around it: [`pipeline`] runs
+//! the analysis core and keeps the Prometheus series of what it reports,
+//! `forward` sends kept flows on, [`receiver`] takes OTLP in, `api` and
+//! `page` serve the answers, [`cluster`] merges replicas', [`state`] writes
+//! snapshots in the analysis crate's versioned formats.
 
-pub(crate) mod analysis;
 pub mod analyze;
 pub(crate) mod api;
-pub mod assembler;
-pub(crate) mod attribute;
 pub mod auth;
-pub mod breakdown;
 pub mod cluster;
-pub mod config;
-pub(crate) mod core;
-#[cfg(test)]
-mod critical_path_cases;
-pub mod decode;
-pub(crate) mod flows;
-pub(crate) mod format;
 pub mod forward;
 pub mod infra;
 pub(crate) mod page;
 pub mod pipeline;
-#[cfg(test)]
-mod properties;
 pub mod receiver;
 pub mod server;
-pub mod span;
 pub mod state;
-pub(crate) mod tcc;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
 pub mod tls;
-pub(crate) mod tree;
 
-pub use span::{Business, Link, Span, SpanId, Tcc, TraceId};
-
-/// Hash maps and sets on the hot path: foldhash, seeded per process (cheap
-/// for the short keys used here, and not predictable by whoever sends spans).
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-/// See [`FastMap`].
-pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+#[cfg(any(test, feature = "testing"))]
+pub use paytrace_analysis::testing;
+pub use paytrace_analysis::{Business, Link, Span, SpanId, Tcc, TraceId};
+pub use paytrace_analysis::{assembler, breakdown, config, decode, span};

@@ -18,14 +18,14 @@ mod weighted;
 use families::{Metrics, SeriesCache};
 
 use crate::breakdown::{Breakdown, Groups};
-pub use crate::core::{
+use crate::decode::Decoded;
+use crate::span::Span;
+pub use paytrace_analysis::core::{
     AnomalyCount, Baseline, ChangeQuery, Changes, ClockSkewSeen, ErrorFinding, FlowSummary,
     GlobalAnomaly, InfraSignal, LatencyFinding, MinutePoint, Now, PathStep, PipelineConfig, Query,
     Side, SlowFlow, SpanView, Unfinished, WINDOWS_MINUTES, Windows,
 };
-use crate::core::{Core, Observer, RecordedFlow, View};
-use crate::decode::Decoded;
-use crate::span::Span;
+use paytrace_analysis::core::{Core, Observer, RecordedFlow, View};
 
 /// How spans reached the aggregator: the `protocol` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,7 +279,7 @@ impl Pipeline {
     /// A copy of everything a restart would otherwise lose, to write with
     /// [`crate::state::StateDir`]: the windows, the recent flows, the traces
     /// assembling, the flows waiting and the TCC transactions.
-    pub(crate) fn snapshot(&self, now: Now) -> crate::format::v1::Snapshot {
+    pub(crate) fn snapshot(&self, now: Now) -> paytrace_analysis::format::Snapshot {
         self.state().core.snapshot(now)
     }
 
@@ -287,7 +287,7 @@ impl Pipeline {
     /// having been down for `down`.
     pub(crate) fn restore(
         &self,
-        snapshot: crate::format::v1::Snapshot,
+        snapshot: paytrace_analysis::format::Snapshot,
         now: Now,
         down: std::time::Duration,
     ) {
@@ -404,7 +404,6 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests {
-    use crate::core::recent::{HELD_PER_FLOW, RELEASE_SLACK};
 
     /// The start of minute `m` since the epoch, on both clocks.
     fn at_minute(m: u64) -> Now {
@@ -429,45 +428,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn spans_are_held_for_the_slowest_and_the_newest_instances_only() {
-        let p = Pipeline::new(PipelineConfig::default());
-        // 150 instances; durations 1..=150 ms, except the oldest, the slowest.
-        for i in 0..150u64 {
-            let ms = if i == 0 { 10_000 } else { i };
-            let mut t = one_trace(0, "checkout", ms);
-            t.spans[0].trace_id = TraceId((i as u128 + 1).to_be_bytes());
-            p.ingest(Protocol::Grpc, t, Instant::now());
-            p.flush(at_minute(100));
-        }
-        let slow = p.slow("checkout", None, 500);
-        assert_eq!(slow.len(), 150);
-        let held: Vec<&SlowFlow> = slow.iter().filter(|f| f.spans.is_some()).collect();
-        assert!(
-            (HELD_PER_FLOW..=HELD_PER_FLOW + RELEASE_SLACK).contains(&held.len()),
-            "{} held",
-            held.len()
-        );
-        assert!(
-            slow[0].spans.is_some(),
-            "the slowest keeps its spans however old"
-        );
-        assert!(
-            (130..150).all(|ms| slow
-                .iter()
-                .any(|f| (f.duration_seconds - ms as f64 / 1e3).abs() < 1e-9 && f.spans.is_some())),
-            "the newest keep theirs"
-        );
-        let spans = slow[0].spans.as_ref().expect("held");
-        assert_eq!(spans.len(), 1);
-        assert!(spans[0].critical, "a lone root is its own critical path");
-        // Per minute: one point with all of them.
-        let points = p.timeseries(&Query::new("checkout", 15, 100));
-        assert_eq!(points.len(), 1);
-        assert_eq!(points[0].traces, 150);
-        assert_eq!(points[0].start_unix_seconds, 6_000);
-    }
-
     /// The settings of the snapshot scenarios (trace idle 5 s, flow idle
     /// 30 s, TCC settle 1 s, timeout 60 s) and their clock: `at(s)` is `s`
     /// seconds past minute 100, on both clocks.
@@ -484,11 +444,6 @@ mod tests {
         (config, at)
     }
 
-    /// Two pipelines fed alike, one of them through a snapshot (serialised
-    /// and read back as a file would be) halfway: every answer agrees at
-    /// every later tick. The snapshot is taken with a finished flow in the
-    /// windows, a trace still assembling, a flow waiting for its callback
-    /// and a TCC branch tried and not yet confirmed.
     #[test]
     fn a_pipeline_restored_from_a_snapshot_answers_as_the_one_that_went_on() {
         use std::time::Duration;
@@ -523,7 +478,7 @@ mod tests {
 
         let snapshot = went_on.snapshot(at(7));
         let bytes = serde_json::to_vec(&snapshot).expect("serialises");
-        let read_back: crate::format::v1::Snapshot =
+        let read_back: paytrace_analysis::format::Snapshot =
             serde_json::from_slice(&bytes).expect("reads back");
         let restored = Pipeline::new(config);
         restored.restore(read_back, at(7), Duration::ZERO);
@@ -643,11 +598,13 @@ mod tests {
     #[test]
     #[ignore = "writes the fixtures of a new format version; run by hand"]
     fn write_format_fixtures() {
-        use crate::format::{SNAPSHOT_VERSION, WINDOWS_VERSION};
+        use paytrace_analysis::format::{SNAPSHOT_VERSION, WINDOWS_VERSION};
         let (p, _, at) = fixture_scenario();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         let snapshot = dir.join(format!("snapshot-v{SNAPSHOT_VERSION}.json.gz"));
-        let windows = dir.join(format!("windows-v{WINDOWS_VERSION}.json"));
+        let windows = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../paytrace-analysis/tests/fixtures")
+            .join(format!("windows-v{WINDOWS_VERSION}.json"));
         for path in [&snapshot, &windows] {
             assert!(
                 !path.exists(),
@@ -677,7 +634,7 @@ mod tests {
         std::fs::copy(fixtures.join("snapshot-v1.json.gz"), state.snapshot_path())
             .expect("the fixture is copied");
         let (snapshot, down) = state
-            .load::<crate::format::v1::Snapshot>(at(7).wall)
+            .load::<paytrace_analysis::format::Snapshot>(at(7).wall)
             .expect("version 1 is read")
             .expect("the snapshot is there");
         let _ = std::fs::remove_dir_all(&dir);
@@ -757,38 +714,6 @@ mod tests {
         assert_eq!(frozen, ["ord_7 points", "ord_8 coupon"]);
     }
 
-    /// The version-1 windows a peer of the build before versioned windows
-    /// sent (no `version` field) are still read; a newer version is
-    /// refused, never misread.
-    #[test]
-    fn a_version_1_windows_fixture_is_still_read_and_a_newer_one_refused() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/windows-v1.json");
-        let bytes = std::fs::read(path).expect("the fixture");
-        let message: crate::format::v1::Windows =
-            serde_json::from_slice(&bytes).expect("version 1 parses");
-        assert_eq!(message.version, 1, "no version field means version 1");
-        let windows = Windows::from_message(&bytes).expect("version 1 is read");
-        let b = windows.breakdown(&Query::new("checkout", 5, 100));
-        assert_eq!(b.traces, 2);
-        assert!((b.estimated_flows - 5.0).abs() < 1e-9);
-        let overview = windows.flows(5, 100);
-        let checkout = overview.iter().find(|f| f.flow == "checkout");
-        assert_eq!(
-            checkout.map(|f| (f.traces, f.payment_methods.clone(), f.error_share > 0.0)),
-            Some((2, vec!["alipay".to_owned()], true)),
-            "the failed instance is counted"
-        );
-
-        // A newer version whose minutes version 1 could not even parse.
-        let newer = br#"{"version":2,"minutes":[{"minute":1,"sketches":"opaque"}]}"#;
-        let refused = Windows::from_message(newer).expect_err("version 2 is refused");
-        assert!(refused.contains("format version 2"), "{refused}");
-    }
-
-    /// Queries read the view published by the last tick: they answer
-    /// while ingest or a tick holds the core (here, the test holds it),
-    /// and what arrived since the last tick shows after the next one.
     #[test]
     fn queries_answer_from_the_last_tick_without_waiting_for_the_core() {
         let p = Arc::new(Pipeline::new(PipelineConfig::default()));

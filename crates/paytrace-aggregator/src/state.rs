@@ -19,7 +19,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +28,7 @@ pub const SNAPSHOT_FILE: &str = "paytrace-aggregator.snapshot.json.gz";
 /// The `format` every snapshot declares.
 const FORMAT: &str = "paytrace-aggregator-snapshot";
 /// The version this build writes (its types: [`crate::format`]).
-const VERSION: u32 = crate::format::SNAPSHOT_VERSION;
+const VERSION: u32 = paytrace_analysis::format::SNAPSHOT_VERSION;
 
 /// Why a state directory cannot be used at all.
 #[derive(Debug, thiserror::Error)]
@@ -192,12 +192,12 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<(T, u64), String
             header.format
         ));
     }
-    if !crate::format::SNAPSHOT_READS.contains(&header.version) {
+    if !paytrace_analysis::format::SNAPSHOT_READS.contains(&header.version) {
         return Err(format!(
             "it is format version {} and this build reads version {}: \
              a newer build wrote it (start that build, or let this one start empty)",
             header.version,
-            crate::format::SNAPSHOT_READS
+            paytrace_analysis::format::SNAPSHOT_READS
                 .iter()
                 .map(u32::to_string)
                 .collect::<Vec<_>>()
@@ -228,33 +228,6 @@ fn encode<T: Serialize>(state: &T, written_unix_ns: u64) -> Vec<u8> {
 fn unix_ns(wall: SystemTime) -> u64 {
     wall.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-/// How long ago `then` was at `now`, in nanoseconds.
-pub(crate) fn age_ns(now: Instant, then: Instant) -> u64 {
-    u64::try_from(now.saturating_duration_since(then).as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Turns a snapshot's ages back into instants: as long before `now` as
-/// they were before the snapshot, plus the time the process was down.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Ago {
-    now: Instant,
-    down: Duration,
-}
-
-impl Ago {
-    pub(crate) fn new(now: Instant, down: Duration) -> Self {
-        Self { now, down }
-    }
-
-    /// The instant `age_ns` (plus the downtime) before now; now itself
-    /// when the monotonic clock does not reach back that far.
-    pub(crate) fn instant(&self, age_ns: u64) -> Instant {
-        self.now
-            .checked_sub(Duration::from_nanos(age_ns).saturating_add(self.down))
-            .unwrap_or(self.now)
-    }
 }
 
 #[cfg(test)]
@@ -316,15 +289,5 @@ mod tests {
             assert!(!state.snapshot_path().exists(), "{name}: still in place");
             assert_eq!(std::fs::read(&aside).expect("kept aside"), bytes, "{name}");
         }
-    }
-
-    #[test]
-    fn ages_reach_back_by_the_downtime_too() {
-        let now = Instant::now();
-        let ago = Ago::new(now, Duration::from_secs(3));
-        assert_eq!(
-            now.duration_since(ago.instant(2_000_000_000)),
-            Duration::from_secs(5)
-        );
     }
 }

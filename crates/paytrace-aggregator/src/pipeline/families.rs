@@ -8,8 +8,8 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::Protocol;
 use super::weighted::{WeightedHistogram, WeightedHistogramVec};
-use crate::analysis::FlowAnalysis;
 use crate::span::seconds;
+use paytrace_analysis::analysis::FlowAnalysis;
 
 /// The address of a bounded label value (0 for none). [`LabelValues`] keeps
 /// every bounded value alive as long as the pipeline, so an address names
@@ -18,6 +18,9 @@ pub(super) fn label_addr(value: Option<&Arc<str>>) -> usize {
     value.map_or(0, |v| Arc::as_ptr(v).cast::<u8>() as usize)
 }
 
+/// A hash map with foldhash (the keys are a few pointers).
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Histogram handles by the addresses of their bounded label values:
 /// `with_label_values` hashes every label string under a lock, a few times
 /// per flow instance. Equal strings behind different pointers only cost a
@@ -25,9 +28,9 @@ pub(super) fn label_addr(value: Option<&Arc<str>>) -> usize {
 #[derive(Debug, Default)]
 pub(super) struct SeriesCache {
     /// (flow, stage, method, channel) -> critical path, self.
-    stages: crate::FastMap<[usize; 4], [Arc<WeightedHistogram>; 2]>,
+    stages: FastMap<[usize; 4], [Arc<WeightedHistogram>; 2]>,
     /// (flow, method, channel), is_error -> end to end.
-    flows: crate::FastMap<([usize; 3], bool), Arc<WeightedHistogram>>,
+    flows: FastMap<([usize; 3], bool), Arc<WeightedHistogram>>,
 }
 
 impl SeriesCache {

@@ -249,7 +249,7 @@ impl TccTracker {
                         start_ns: d.start_ns,
                         trace_id: d.trace_id.0,
                     }),
-                    last_arrival_age_ns: crate::state::age_ns(now, t.last_arrival),
+                    last_arrival_age_ns: crate::ages::age_ns(now, t.last_arrival),
                     dirty: t.dirty,
                     pending: t
                         .pending
@@ -283,7 +283,7 @@ impl TccTracker {
     }
 
     /// Takes back what [`TccTracker::snapshot`] kept, into an empty tracker.
-    pub(crate) fn restore(&mut self, snapshot: v1::Tcc, ago: &crate::state::Ago) {
+    pub(crate) fn restore(&mut self, snapshot: v1::Tcc, ago: &crate::ages::Ago) {
         for t in snapshot.transactions {
             self.transactions.insert(
                 t.xid,

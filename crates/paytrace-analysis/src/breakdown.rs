@@ -391,7 +391,7 @@ impl GroupKey {
 /// Accumulators per group, and the breakdowns a report lists: one per flow,
 /// and one per (flow, payment method).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Groups {
+pub struct Groups {
     groups: BTreeMap<GroupKey, Accumulator>,
 }
 
@@ -568,7 +568,7 @@ impl Groups {
     }
 
     /// Flow instances recorded, over all groups.
-    pub(crate) fn instances(&self) -> u64 {
+    pub fn instances(&self) -> u64 {
         self.groups.values().map(Accumulator::flows).sum()
     }
 
@@ -590,7 +590,7 @@ impl Groups {
     }
 
     /// One breakdown per flow, then one per (flow, payment method) that has one.
-    pub(crate) fn report(&self, window_seconds: Option<u64>) -> Vec<Breakdown> {
+    pub fn report(&self, window_seconds: Option<u64>) -> Vec<Breakdown> {
         let mut out = Vec::new();
         for flow in self.flows() {
             out.push(

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Nothing here reads a clock (the caller passes [`Now`]), opens a socket,
-//! spawns a task or writes a metric: [`crate::pipeline::Pipeline`] wraps a
-//! [`Core`] for the server, turning what the observer hears into Prometheus
+//! spawns a task or writes a metric: `paytrace-aggregator`'s `Pipeline`
+//! wraps a [`Core`] for the server, turning what the observer hears into Prometheus
 //! series and kept flows into forwarded ones; `analyze` runs one over files.
 //! This module and its children import no network, runtime, metrics or CLI
 //! crate (a test checks their sources).
@@ -31,14 +31,14 @@ use std::time::Instant;
 use paytrace_sampling::Threshold;
 use paytrace_semconv::aggregator_drop_reason;
 
-pub(crate) mod changes;
-pub(crate) mod keep;
-pub(crate) mod labels;
-pub(crate) mod minutes;
-pub(crate) mod query;
+mod changes;
+mod keep;
+mod labels;
+mod minutes;
+mod query;
 pub(crate) mod recent;
-pub(crate) mod views;
-pub(crate) mod windows;
+mod views;
+mod windows;
 
 pub use changes::{
     Baseline, ChangeQuery, Changes, ErrorFinding, InfraSignal, LatencyFinding, Side,
@@ -88,18 +88,18 @@ pub struct PipelineConfig {
 
 /// A flow instance recorded in the windows, as the observer hears of it.
 #[derive(Debug)]
-pub(crate) struct RecordedFlow<'a> {
+pub struct RecordedFlow<'a> {
     /// Its analysis, every name bounded (`other` past the label limit).
-    pub(crate) analysis: &'a FlowAnalysis,
+    pub analysis: &'a FlowAnalysis,
     /// What it stands for under head sampling, rounded to a whole number of
     /// observations at random without bias.
-    pub(crate) whole: u64,
+    pub whole: u64,
 }
 
 /// What the core tells the edge as it happens: the counts a metrics
 /// exporter keeps, the flows recorded and the flows kept. Every method does
 /// nothing by default; `()` hears nothing.
-pub(crate) trait Observer {
+pub trait Observer {
     /// `spans` spans were not analysed, for `reason` (one of
     /// [`aggregator_drop_reason::ALL`]).
     fn spans_dropped(&mut self, reason: &'static str, spans: u64) {
@@ -202,7 +202,7 @@ pub struct ClockSkewSeen {
 
 /// The analysis's state: every trace assembling, flow waiting, window,
 /// recent instance and TCC transaction.
-pub(crate) struct Core {
+pub struct Core {
     assembler: Assembler,
     flows: FlowBuffer,
     /// The windows' hour of minutes, shared with the published [`View`].
@@ -239,7 +239,12 @@ impl std::fmt::Debug for Core {
 
 impl Core {
     /// An empty core with `config`.
-    pub(crate) fn new(config: &PipelineConfig) -> Self {
+    ///
+    /// ```
+    /// let core = paytrace_analysis::core::Core::new(&Default::default());
+    /// assert_eq!(core.live_traces(), 0);
+    /// ```
+    pub fn new(config: &PipelineConfig) -> Self {
         Self {
             assembler: Assembler::new(config.assembler.clone()),
             flows: FlowBuffer::new(config.flows.clone()),
@@ -266,22 +271,22 @@ impl Core {
 
     /// Decides, from now on, which final flows are kept whole
     /// ([`Observer::flow_kept`]).
-    pub(crate) fn keep(&mut self, policy: KeepPolicy) {
+    pub fn keep(&mut self, policy: KeepPolicy) {
         self.keep = Some(policy);
     }
 
     /// Traces being assembled.
-    pub(crate) fn live_traces(&self) -> usize {
+    pub fn live_traces(&self) -> usize {
         self.assembler.live_traces()
     }
 
     /// Bytes of the spans being assembled.
-    pub(crate) fn buffered_bytes(&self) -> usize {
+    pub fn buffered_bytes(&self) -> usize {
         self.assembler.bytes()
     }
 
     /// Buffers the spans of one decoded request that arrived at `now`.
-    pub(crate) fn ingest(&mut self, decoded: Decoded, now: Instant, out: &mut impl Observer) {
+    pub fn ingest(&mut self, decoded: Decoded, now: Instant, out: &mut impl Observer) {
         if decoded.rejected > 0 {
             out.spans_dropped(aggregator_drop_reason::INVALID, decoded.rejected);
         }
@@ -307,7 +312,7 @@ impl Core {
 
     /// Moves time forward: completes idle traces, finishes idle flows,
     /// records them. Call it about once a second.
-    pub(crate) fn tick(&mut self, now: Now, out: &mut impl Observer) {
+    pub fn tick(&mut self, now: Now, out: &mut impl Observer) {
         let completed = self.assembler.complete_idle(now.instant);
         let mut finished = self.hand_on(completed, now.instant, out);
         finished.extend(self.flows.finish_idle(now.instant));
@@ -322,7 +327,7 @@ impl Core {
 
     /// Finishes everything buffered now (at shutdown, at the end of the
     /// `analyze` input, or in tests).
-    pub(crate) fn flush(&mut self, now: Now, out: &mut impl Observer) {
+    pub fn flush(&mut self, now: Now, out: &mut impl Observer) {
         let completed = self.assembler.drain();
         let mut finished = self.hand_on(completed, now.instant, out);
         finished.extend(self.flows.drain());
@@ -334,10 +339,10 @@ impl Core {
     }
 
     /// A copy of everything a restart would otherwise lose
-    /// ([`crate::format::v1::Snapshot`]).
-    pub(crate) fn snapshot(&self, now: Now) -> crate::format::v1::Snapshot {
+    /// ([`crate::format::Snapshot`]).
+    pub fn snapshot(&self, now: Now) -> crate::format::Snapshot {
         let counts = |c: Vec<AnomalyCount>| c.iter().map(Into::into).collect();
-        crate::format::v1::Snapshot {
+        crate::format::Snapshot(crate::format::v1::Snapshot {
             minutes: self.minutes.iter().map(|m| (&**m).into()).collect(),
             recent: self
                 .recent
@@ -349,20 +354,21 @@ impl Core {
             tcc: self.tcc.snapshot(now.instant),
             tcc_anomaly_counts: counts(tally(&self.tcc_counts)),
             tcc_shadow_counts: counts(tally(&self.shadow)),
-        }
+        })
     }
 
     /// Takes back a snapshot into this (new, empty) core, the process
     /// having been down for `down`; the anomaly counts it held are told to
     /// `out` as found now, so that counters go on from them.
-    pub(crate) fn restore(
+    pub fn restore(
         &mut self,
-        snapshot: crate::format::v1::Snapshot,
+        snapshot: crate::format::Snapshot,
         now: Now,
         down: std::time::Duration,
         out: &mut impl Observer,
     ) {
-        let ago = crate::state::Ago::new(now.instant, down);
+        let snapshot = snapshot.0;
+        let ago = crate::ages::Ago::new(now.instant, down);
         self.minutes = snapshot
             .minutes
             .into_iter()
@@ -583,7 +589,7 @@ impl Core {
     /// What queries read from now on: the windows, the recent instances
     /// and the TCC findings as of `now`. Cheap: minutes and instances are
     /// shared, not copied; the writes after it copy what they change.
-    pub(crate) fn view(&self, now: Now) -> View {
+    pub fn view(&self, now: Now) -> View {
         View {
             minutes: self.minutes.iter().cloned().collect(),
             recent: self.recent.clone(),
@@ -602,7 +608,7 @@ impl Core {
 /// query never holds them up: the pipeline publishes a new view after
 /// every tick and answers from the last one (at most a tick old).
 #[derive(Debug, Default)]
-pub(crate) struct View {
+pub struct View {
     minutes: Vec<Arc<Minute>>,
     recent: HashMap<Arc<str>, Arc<RecentFlows>>,
     /// Newest first.
@@ -619,22 +625,18 @@ pub(crate) struct View {
 impl View {
     /// What the fence would have prevented at participants without it, by
     /// resource and kind, since start (the shadow fence report's counts).
-    pub(crate) fn tcc_shadow_counts(&self) -> Vec<AnomalyCount> {
+    pub fn tcc_shadow_counts(&self) -> Vec<AnomalyCount> {
         self.shadow.clone()
     }
 
     /// TCC anomalies counted since start, by resource and kind.
-    pub(crate) fn tcc_anomaly_counts(&self) -> Vec<AnomalyCount> {
+    pub fn tcc_anomaly_counts(&self) -> Vec<AnomalyCount> {
         self.tcc_counts.clone()
     }
 
     /// The most recent anomalies the fence would have prevented, newest
     /// first (the shadow fence report's examples).
-    pub(crate) fn tcc_shadow_examples(
-        &self,
-        resource: Option<&str>,
-        limit: usize,
-    ) -> Vec<GlobalAnomaly> {
+    pub fn tcc_shadow_examples(&self, resource: Option<&str>, limit: usize) -> Vec<GlobalAnomaly> {
         self.tcc_recent
             .iter()
             .filter(|a| shadowed(a))
@@ -645,7 +647,7 @@ impl View {
     }
 
     /// The most recent TCC anomalies, newest first, that match the filters.
-    pub(crate) fn tcc_anomalies(
+    pub fn tcc_anomalies(
         &self,
         kind: Option<&str>,
         resource: Option<&str>,
@@ -662,7 +664,7 @@ impl View {
 
     /// TCC transactions waiting past the timeout as of the view, oldest
     /// first, their ages as of `now`.
-    pub(crate) fn tcc_unfinished(&self, limit: usize, now: Now) -> Vec<Unfinished> {
+    pub fn tcc_unfinished(&self, limit: usize, now: Now) -> Vec<Unfinished> {
         let since = self.as_of.map_or(0.0, |then| {
             now.wall
                 .duration_since(then.wall)
@@ -681,7 +683,7 @@ impl View {
 
     /// The services whose spans were stage `stage` in the recent instances
     /// of `flow` (the service that runs a stage, for its USE signals).
-    pub(crate) fn stage_services(&self, flow: &str, stage: &str) -> Vec<String> {
+    pub fn stage_services(&self, flow: &str, stage: &str) -> Vec<String> {
         let mut services: Vec<String> = self
             .recent
             .get(flow)
@@ -699,12 +701,12 @@ impl View {
     }
 
     /// The services whose clocks the analysis corrected, by name.
-    pub(crate) fn clock_skew(&self) -> Vec<ClockSkewSeen> {
+    pub fn clock_skew(&self) -> Vec<ClockSkewSeen> {
         self.clock_skew.clone()
     }
 
     /// The breakdown [`Query`] asks for.
-    pub(crate) fn breakdown(&self, q: &Query<'_>) -> Breakdown {
+    pub fn breakdown(&self, q: &Query<'_>) -> Breakdown {
         windows::breakdown(
             &in_window(&self.minutes, q.now_minute, q.window_minutes).collect::<Vec<_>>(),
             q,
@@ -712,7 +714,7 @@ impl View {
     }
 
     /// Every group recorded in the window, merged.
-    pub(crate) fn groups(&self, window_minutes: u64, now_minute: u64) -> Groups {
+    pub fn groups(&self, window_minutes: u64, now_minute: u64) -> Groups {
         let mut all = Groups::default();
         for m in in_window(&self.minutes, now_minute, window_minutes) {
             all.merge(&m.groups);
@@ -721,13 +723,13 @@ impl View {
     }
 
     /// Every flow with traffic in the window.
-    pub(crate) fn flows(&self, window_minutes: u64, now_minute: u64) -> Vec<FlowSummary> {
+    pub fn flows(&self, window_minutes: u64, now_minute: u64) -> Vec<FlowSummary> {
         windows::flows(&in_window(&self.minutes, now_minute, window_minutes).collect::<Vec<_>>())
     }
 
     /// The slowest recent instances of `flow`, by end-to-end time, or by
     /// `stage`'s critical-path time when given.
-    pub(crate) fn slow(&self, flow: &str, stage: Option<&str>, limit: usize) -> Vec<SlowFlow> {
+    pub fn slow(&self, flow: &str, stage: Option<&str>, limit: usize) -> Vec<SlowFlow> {
         let Some(recent) = self.recent.get(flow) else {
             return Vec::new();
         };
@@ -753,7 +755,7 @@ impl View {
     }
 
     /// End-to-end latency of `flow` per minute over the window, oldest first.
-    pub(crate) fn timeseries(&self, q: &Query<'_>) -> Vec<MinutePoint> {
+    pub fn timeseries(&self, q: &Query<'_>) -> Vec<MinutePoint> {
         windows::timeseries(
             &in_window(&self.minutes, q.now_minute, q.window_minutes).collect::<Vec<_>>(),
             q,
@@ -761,7 +763,7 @@ impl View {
     }
 
     /// The minutes of the last `window_minutes` up to `now_minute`.
-    pub(crate) fn windows(&self, window_minutes: u64, now_minute: u64) -> Windows {
+    pub fn windows(&self, window_minutes: u64, now_minute: u64) -> Windows {
         Windows::from_minutes(
             in_window(&self.minutes, now_minute, window_minutes)
                 .cloned()
@@ -808,6 +810,106 @@ pub(crate) fn whole(weight: f64, seed: u64) -> u64 {
 mod tests {
     use super::*;
 
+    use crate::decode::Decoded;
+    use crate::span::TraceId;
+    use crate::testing::{numbered, span, stage};
+    use recent::{HELD_PER_FLOW, RELEASE_SLACK};
+
+    /// The start of minute `m` since the epoch, on both clocks.
+    fn at_minute(m: u64) -> Now {
+        Now::at(
+            Instant::now(),
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(m * 60),
+        )
+    }
+
+    fn one_trace(id: u8, flow: &str, ms: u64) -> Decoded {
+        let mut spans = numbered(vec![stage(span(flow, 0, ms * 1_000_000))]);
+        spans[0].trace_id = TraceId([id; 16]);
+        spans[0].business.flow = Some(Arc::from(flow));
+        Decoded {
+            spans,
+            ..Decoded::default()
+        }
+    }
+
+    #[test]
+    fn spans_are_held_for_the_slowest_and_the_newest_instances_only() {
+        let mut core = Core::new(&PipelineConfig::default());
+        // 150 instances; durations 1..=150 ms, except the oldest, the slowest.
+        for i in 0..150u64 {
+            let ms = if i == 0 { 10_000 } else { i };
+            let mut t = one_trace(0, "checkout", ms);
+            t.spans[0].trace_id = TraceId((i as u128 + 1).to_be_bytes());
+            core.ingest(t, Instant::now(), &mut ());
+            core.flush(at_minute(100), &mut ());
+        }
+        let view = core.view(at_minute(100));
+        let slow = view.slow("checkout", None, 500);
+        assert_eq!(slow.len(), 150);
+        let held: Vec<&SlowFlow> = slow.iter().filter(|f| f.spans.is_some()).collect();
+        assert!(
+            (HELD_PER_FLOW..=HELD_PER_FLOW + RELEASE_SLACK).contains(&held.len()),
+            "{} held",
+            held.len()
+        );
+        assert!(
+            slow[0].spans.is_some(),
+            "the slowest keeps its spans however old"
+        );
+        assert!(
+            (130..150).all(|ms| slow
+                .iter()
+                .any(|f| (f.duration_seconds - ms as f64 / 1e3).abs() < 1e-9 && f.spans.is_some())),
+            "the newest keep theirs"
+        );
+        let spans = slow[0].spans.as_ref().expect("held");
+        assert_eq!(spans.len(), 1);
+        assert!(spans[0].critical, "a lone root is its own critical path");
+        // Per minute: one point with all of them.
+        let points = view.timeseries(&Query::new("checkout", 15, 100));
+        assert_eq!(points.len(), 1);
+        assert_eq!(points[0].traces, 150);
+        assert_eq!(points[0].start_unix_seconds, 6_000);
+    }
+
+    /// Two pipelines fed alike, one of them through a snapshot (serialised
+    /// and read back as a file would be) halfway: every answer agrees at
+    /// every later tick. The snapshot is taken with a finished flow in the
+    /// windows, a trace still assembling, a flow waiting for its callback
+    /// and a TCC branch tried and not yet confirmed.
+    /// The version-1 windows a peer of the build before versioned windows
+    /// sent (no `version` field) are still read; a newer version is
+    /// refused, never misread.
+    #[test]
+    fn a_version_1_windows_fixture_is_still_read_and_a_newer_one_refused() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/windows-v1.json");
+        let bytes = std::fs::read(path).expect("the fixture");
+        let message: crate::format::v1::Windows =
+            serde_json::from_slice(&bytes).expect("version 1 parses");
+        assert_eq!(message.version, 1, "no version field means version 1");
+        let windows = Windows::from_message(&bytes).expect("version 1 is read");
+        let b = windows.breakdown(&Query::new("checkout", 5, 100));
+        assert_eq!(b.traces, 2);
+        assert!((b.estimated_flows - 5.0).abs() < 1e-9);
+        let overview = windows.flows(5, 100);
+        let checkout = overview.iter().find(|f| f.flow == "checkout");
+        assert_eq!(
+            checkout.map(|f| (f.traces, f.payment_methods.clone(), f.error_share > 0.0)),
+            Some((2, vec!["alipay".to_owned()], true)),
+            "the failed instance is counted"
+        );
+
+        // A newer version whose minutes version 1 could not even parse.
+        let newer = br#"{"version":2,"minutes":[{"minute":1,"sketches":"opaque"}]}"#;
+        let refused = Windows::from_message(newer).expect_err("version 2 is refused");
+        assert!(refused.contains("format version 2"), "{refused}");
+    }
+
+    /// Queries read the view published by the last tick: they answer
+    /// while ingest or a tick holds the core (here, the test holds it),
+    /// and what arrived since the last tick shows after the next one.
     #[test]
     fn whole_weights_are_right_on_average() {
         let n = 100_000u64;

@@ -50,7 +50,7 @@ pub enum Baseline {
 /// A comparison to make.
 ///
 /// ```
-/// use paytrace_aggregator::pipeline::{Baseline, ChangeQuery};
+/// use paytrace_analysis::core::{Baseline, ChangeQuery};
 /// let q = ChangeQuery { flow: "checkout", window_minutes: 5, now_minute: 29_000_000, baseline: Baseline::Preceding };
 /// assert_eq!(q.current_minutes(), (28_999_996, 29_000_000));
 /// ```
@@ -133,7 +133,7 @@ pub struct LatencyFinding {
     /// The finding in a sentence.
     pub summary: String,
     /// The USE signals of the service running the stage that moved with it
-    /// (with `serve --prometheus`; see [`crate::infra`]).
+    /// (filled by `paytrace-aggregator serve --prometheus`).
     pub infrastructure: Vec<InfraSignal>,
 }
 

@@ -12,7 +12,7 @@ use crate::span::Span;
 /// Which final flows to keep.
 ///
 /// ```
-/// use paytrace_aggregator::forward::KeepPolicy;
+/// use paytrace_analysis::core::KeepPolicy;
 /// let policy = KeepPolicy { keep_normal: 0.01, ..KeepPolicy::default() }
 ///     .slower_than("checkout", 2.5);
 /// assert_eq!(policy.threshold("checkout"), Some(2.5));

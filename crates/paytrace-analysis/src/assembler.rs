@@ -132,8 +132,8 @@ pub fn span_bytes(span: &Span) -> usize {
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use paytrace_aggregator::assembler::{Assembler, AssemblerLimits};
-/// use paytrace_aggregator::testing::span;
+/// use paytrace_analysis::assembler::{Assembler, AssemblerLimits};
+/// use paytrace_analysis::testing::span;
 ///
 /// let mut asm = Assembler::new(AssemblerLimits { trace_idle: Duration::from_secs(5), ..Default::default() });
 /// let t0 = Instant::now();
@@ -264,8 +264,8 @@ impl Assembler {
                 .filter_map(|(_, id)| self.live.get(id))
                 .map(|t| v1::LiveTrace {
                     spans: crate::span::to_v1(&t.spans),
-                    first_age_ns: crate::state::age_ns(now, t.first_arrival),
-                    last_age_ns: crate::state::age_ns(now, t.last_arrival),
+                    first_age_ns: crate::ages::age_ns(now, t.first_arrival),
+                    last_age_ns: crate::ages::age_ns(now, t.last_arrival),
                 })
                 .collect(),
             completed: self.completed_order.iter().map(|id| id.0).collect(),
@@ -273,7 +273,7 @@ impl Assembler {
     }
 
     /// Takes back what [`Assembler::snapshot`] kept, into an empty assembler.
-    pub(crate) fn restore(&mut self, snapshot: v1::Assembler, ago: &crate::state::Ago) {
+    pub(crate) fn restore(&mut self, snapshot: v1::Assembler, ago: &crate::ages::Ago) {
         for id in snapshot.completed {
             self.remember(TraceId(id));
         }

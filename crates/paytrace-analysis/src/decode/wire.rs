@@ -26,8 +26,8 @@ use crate::config::StageRules;
 /// A request body that is not a protobuf `ExportTraceServiceRequest`.
 ///
 /// ```
-/// use paytrace_aggregator::config::StageRules;
-/// use paytrace_aggregator::decode::{Interner, SpanLimits, decode_protobuf};
+/// use paytrace_analysis::config::StageRules;
+/// use paytrace_analysis::decode::{Interner, SpanLimits, decode_protobuf};
 ///
 /// // Field 1 (resource_spans) says 100 bytes follow, but none do.
 /// let err = decode_protobuf(&[0x0a, 100], &SpanLimits::default(), &StageRules::default(),
@@ -43,8 +43,8 @@ pub struct MalformedRequest(String);
 ///
 /// ```
 /// use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-/// use paytrace_aggregator::config::StageRules;
-/// use paytrace_aggregator::decode::{Interner, SpanLimits, decode_protobuf};
+/// use paytrace_analysis::config::StageRules;
+/// use paytrace_analysis::decode::{Interner, SpanLimits, decode_protobuf};
 /// use prost::Message;
 ///
 /// let body = ExportTraceServiceRequest::default().encode_to_vec();

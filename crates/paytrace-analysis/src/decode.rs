@@ -79,7 +79,7 @@ impl Truncation {
     /// The label value.
     ///
     /// ```
-    /// use paytrace_aggregator::decode::Truncation;
+    /// use paytrace_analysis::decode::Truncation;
     /// assert_eq!(Truncation::ValueTooLong.as_str(), "value_too_long");
     /// ```
     pub fn as_str(self) -> &'static str {
@@ -134,7 +134,7 @@ impl Decoded {
     /// or else the first truncation as a warning; `None` when neither.
     ///
     /// ```
-    /// use paytrace_aggregator::decode::Decoded;
+    /// use paytrace_analysis::decode::Decoded;
     /// assert_eq!(Decoded::default().message(), None);
     /// ```
     pub fn message(&self) -> Option<String> {
@@ -174,7 +174,7 @@ impl std::fmt::Display for SpanPath {
 /// when ids are base64 where the OTLP/JSON encoding wants hex.
 ///
 /// ```
-/// use paytrace_aggregator::decode::parse_json;
+/// use paytrace_analysis::decode::parse_json;
 /// let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"S/kvNXezTaajzpKdDg5HNg=="}]}]}]}"#;
 /// let err = parse_json(body).unwrap_err();
 /// assert!(err.starts_with("resourceSpans[0].scopeSpans[0].spans[0].traceId: "), "{err}");
@@ -281,8 +281,8 @@ fn attr_of(kv: &KeyValue) -> Attr<'_> {
 /// [`decode_protobuf`], with the same result.
 ///
 /// ```
-/// use paytrace_aggregator::config::StageRules;
-/// use paytrace_aggregator::decode::{Interner, SpanLimits, decode};
+/// use paytrace_analysis::config::StageRules;
+/// use paytrace_analysis::decode::{Interner, SpanLimits, decode};
 /// use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 ///
 /// let decoded = decode(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 /// A 16-byte trace id, never all zeros.
 ///
 /// ```
-/// use paytrace_aggregator::TraceId;
+/// use paytrace_analysis::TraceId;
 /// let id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
 /// assert_eq!(id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 /// assert!(TraceId::from_hex("00000000000000000000000000000000").is_none());
@@ -18,7 +18,7 @@ pub struct TraceId(pub [u8; 16]);
 /// An 8-byte span id, never all zeros.
 ///
 /// ```
-/// use paytrace_aggregator::SpanId;
+/// use paytrace_analysis::SpanId;
 /// assert_eq!(SpanId::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 7]).unwrap().to_string(), "0000000000000007");
 /// assert!(SpanId::from_bytes(&[1, 2, 3]).is_none());
 /// ```
@@ -153,7 +153,7 @@ impl SpanKind {
     /// The kind of OTLP's `Span.kind` value.
     ///
     /// ```
-    /// use paytrace_aggregator::span::SpanKind;
+    /// use paytrace_analysis::span::SpanKind;
     /// assert_eq!(SpanKind::from_otlp(4), SpanKind::Producer);
     /// assert_eq!(SpanKind::from_otlp(9), SpanKind::Unspecified);
     /// ```
@@ -236,7 +236,7 @@ pub struct Span {
 }
 
 /// Nanoseconds as seconds: what the metrics, the API and the page show.
-pub(crate) fn seconds(ns: u64) -> f64 {
+pub fn seconds(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 

@@ -100,7 +100,7 @@ struct Rule {
 /// The rules that name stages of spans without `paytrace.stage`.
 ///
 /// ```
-/// use paytrace_aggregator::config::Config;
+/// use paytrace_analysis::config::Config;
 ///
 /// let config = Config::from_toml("t.toml", r#"
 ///     [[rules]]
@@ -145,7 +145,7 @@ impl StageRules {
     /// those the rules test. Decoders skip the values of all others.
     ///
     /// ```
-    /// use paytrace_aggregator::config::StageRules;
+    /// use paytrace_analysis::config::StageRules;
     /// let rules = StageRules::default();
     /// assert!(rules.reads(b"payment.channel") && rules.reads(b"http.route"));
     /// assert!(!rules.reads(b"url.full"));

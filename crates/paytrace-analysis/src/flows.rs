@@ -301,8 +301,8 @@ impl FlowBuffer {
                 flow: p.flow.clone(),
                 stages: p.stages.iter().cloned().collect(),
                 first_root: p.first_root,
-                first_age_ns: crate::state::age_ns(now, p.first_arrival),
-                last_age_ns: crate::state::age_ns(now, p.last_arrival),
+                first_age_ns: crate::ages::age_ns(now, p.first_arrival),
+                last_age_ns: crate::ages::age_ns(now, p.last_arrival),
             })
             .collect()
     }
@@ -312,7 +312,7 @@ impl FlowBuffer {
     pub(crate) fn restore(
         &mut self,
         pending: Vec<crate::format::v1::PendingFlow>,
-        ago: &crate::state::Ago,
+        ago: &crate::ages::Ago,
     ) {
         for p in pending {
             let id = self.next;

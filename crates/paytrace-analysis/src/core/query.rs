@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 /// set the time.
 ///
 /// ```
-/// use paytrace_aggregator::pipeline::Now;
+/// use paytrace_analysis::core::Now;
 /// let now = Now::at(std::time::Instant::now(), std::time::UNIX_EPOCH + std::time::Duration::from_secs(120));
 /// assert_eq!(now.minute(), 2);
 /// ```
@@ -51,7 +51,7 @@ impl Now {
 /// to `now_minute`, and optionally one payment method and one channel.
 ///
 /// ```
-/// use paytrace_aggregator::pipeline::Query;
+/// use paytrace_analysis::core::Query;
 /// let q = Query::new("checkout", 5, 29_000_000).payment_method(Some("alipay"));
 /// assert_eq!((q.flow, q.payment_method, q.payment_channel), ("checkout", Some("alipay"), None));
 /// ```

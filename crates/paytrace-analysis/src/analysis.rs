@@ -12,7 +12,7 @@
 //! link), or after the later trace's root stage when no link names it. So
 //! the stages' critical-path times sum to the flow's end-to-end duration.
 //!
-//! Timestamps are read with a clock tolerance (see [`crate::tree`]): coarse
+//! Timestamps are read with a clock tolerance (see the `tree` module): coarse
 //! SDK clocks must not push a sequential stage off the critical path.
 
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use crate::tree::Tree;
 
 /// One stage's times in one flow instance, in nanoseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct StageTimes {
+pub struct StageTimes {
     /// The stage name (`inventory.try`, `async:channel.callback`, or a root's
     /// `"{service.name} {span name}"`).
     pub stage: Arc<str>,
@@ -42,7 +42,7 @@ pub(crate) struct StageTimes {
 
 /// A piece of a flow's critical path.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct PathSegment {
+pub struct PathSegment {
     /// The trace the time was spent in.
     pub trace_id: TraceId,
     /// The span doing the work; `None` for an async wait between traces.
@@ -57,7 +57,7 @@ pub(crate) struct PathSegment {
 
 /// The analysis of one flow instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct FlowAnalysis {
+pub struct FlowAnalysis {
     /// `paytrace.flow`, or else the first trace root's stage name.
     pub flow: Arc<str>,
     /// `paytrace.flow_id`, if any span carried one.
@@ -81,14 +81,14 @@ pub(crate) struct FlowAnalysis {
     /// The sampling thresholds its spans carried.
     pub sampling: FlowSampling,
     /// The spans moved to fit their parents, for skew between services'
-    /// clocks (see [`crate::tree::skew_adjustment`]).
+    /// clocks (see `tree::skew_adjustment`).
     pub clock_skew: Vec<ClockSkew>,
 }
 
 /// A span of `service` that lay outside its parent of another service,
 /// moved to fit.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct ClockSkew {
+pub struct ClockSkew {
     /// `service.name` of the span moved.
     pub service: Arc<str>,
     /// How far that service's clock was estimated to be ahead of its
@@ -103,7 +103,7 @@ pub(crate) struct ClockSkew {
 /// it on every span (paytrace, the specification) or only on the root (the
 /// Python SDK's experimental samplers).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct FlowSampling {
+pub struct FlowSampling {
     /// The highest threshold (the lowest probability) a trace carried.
     pub highest: Option<Threshold>,
     /// Whether some trace carried none.
@@ -151,7 +151,7 @@ impl FlowSampling {
 
 impl FlowAnalysis {
     /// End-to-end duration.
-    pub(crate) fn duration_ns(&self) -> u64 {
+    pub fn duration_ns(&self) -> u64 {
         self.end_ns - self.start_ns
     }
 }

@@ -327,7 +327,7 @@ fn a_hundred_thousand_span_trace_is_analysed() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
-    /// The live pipeline gives the same breakdown however the spans were
+    /// The analysis core gives the same breakdown however the spans were
     /// batched into requests and in whatever order the batches arrived.
     #[test]
     fn the_result_does_not_depend_on_batching(
@@ -336,16 +336,18 @@ proptest! {
     ) {
         use std::time::Instant;
         use crate::decode::Decoded;
-        use crate::pipeline::{Pipeline, PipelineConfig, Protocol};
+        use crate::core::{Core, Now, PipelineConfig, Query};
 
         let run = |batches: Vec<Vec<Span>>| {
-            let p = Pipeline::new(PipelineConfig::default());
+            let mut core = Core::new(&PipelineConfig::default());
             for spans in batches {
-                p.ingest(Protocol::Grpc, Decoded { spans, ..Decoded::default() }, Instant::now());
+                core.ingest(Decoded { spans, ..Decoded::default() }, Instant::now(), &mut ());
             }
-            p.flush(crate::pipeline::Now::at(std::time::Instant::now(), std::time::UNIX_EPOCH + std::time::Duration::from_secs(60)));
-            let flow = p.flows(1, 1).pop().map(|f| f.flow).unwrap_or_default();
-            serde_json::to_string(&p.breakdown(&crate::pipeline::Query::new(&flow, 1, 1))).expect("serialisable")
+            let now = Now::at(std::time::Instant::now(), std::time::UNIX_EPOCH + std::time::Duration::from_secs(60));
+            core.flush(now, &mut ());
+            let view = core.view(now);
+            let flow = view.flows(1, 1).pop().map(|f| f.flow).unwrap_or_default();
+            serde_json::to_string(&view.breakdown(&Query::new(&flow, 1, 1))).expect("serialisable")
         };
         let whole = run(vec![trace.clone()]);
         let mut points: Vec<usize> = cuts.iter().map(|c| c % (trace.len() + 1)).collect();

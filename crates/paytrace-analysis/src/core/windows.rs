@@ -15,10 +15,10 @@ use crate::breakdown::{Accumulator, Breakdown};
 /// process holding every flow would give.
 ///
 /// ```
-/// use paytrace_aggregator::pipeline::{Pipeline, PipelineConfig, Windows};
-/// let replica = Pipeline::new(PipelineConfig::default());
+/// use paytrace_analysis::core::{Core, Now, PipelineConfig, Windows};
+/// let replica = Core::new(&PipelineConfig::default());
 /// let mut all = Windows::default();
-/// all.merge(replica.windows(5, 29_000_000));
+/// all.merge(replica.view(Now::current()).windows(5, 29_000_000));
 /// assert!(all.flows(5, 29_000_000).is_empty());
 /// ```
 #[derive(Clone, Debug, Default)]
@@ -94,17 +94,17 @@ impl Windows {
 
     /// The message a peer sends: these minutes in the windows format this
     /// build writes ([`crate::format`]).
-    pub(crate) fn to_message(&self) -> crate::format::v1::Windows {
-        crate::format::v1::Windows {
+    pub fn to_message(&self) -> crate::format::WindowsMessage {
+        crate::format::WindowsMessage(crate::format::v1::Windows {
             version: crate::format::WINDOWS_VERSION,
             minutes: self.minutes.iter().map(Into::into).collect(),
-        }
+        })
     }
 
     /// The windows a peer sent (the JSON body of its answer), or why they
     /// cannot be read: the version is read first, and one this build does
     /// not read is refused, never misread.
-    pub(crate) fn from_message(body: &[u8]) -> Result<Self, String> {
+    pub fn from_message(body: &[u8]) -> Result<Self, String> {
         #[derive(serde::Deserialize)]
         struct Version {
             #[serde(default = "crate::format::v1::one")]

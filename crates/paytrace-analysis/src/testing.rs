@@ -8,7 +8,7 @@
 //! `child("b", 1, ..)` is a child of the first span.
 //!
 //! ```
-//! use paytrace_aggregator::testing::{child, numbered, span};
+//! use paytrace_analysis::testing::{child, numbered, span};
 //! let spans = numbered(vec![span("root", 0, 10), child("db", 1, 2, 8)]);
 //! assert_eq!(spans[1].parent_span_id, Some(spans[0].span_id));
 //! ```
@@ -72,7 +72,7 @@ pub fn numbered(mut spans: Vec<Span>) -> Vec<Span> {
 /// `[n; 16]` with span id `n`; an empty `xid` or `resource` is left out.
 ///
 /// ```
-/// use paytrace_aggregator::testing::tcc_phase;
+/// use paytrace_analysis::testing::tcc_phase;
 /// let s = tcc_phase(3, "ord_1", "inventory", "try", 10, 20);
 /// assert_eq!(s.business.tcc.unwrap().phase.as_deref(), Some("try"));
 /// ```
