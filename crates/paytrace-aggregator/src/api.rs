@@ -36,7 +36,7 @@ use axum::routing::get;
 use prometheus::{Encoder, TextEncoder};
 use serde::Deserialize;
 
-use crate::cluster::{Gathered, Peers, join_lists, sum_counts};
+use crate::cluster::{Gathered, Peers, Shape, join_lists, sum_counts};
 use crate::pipeline::{Baseline, ChangeQuery, Now, Pipeline, WINDOWS_MINUTES, Windows};
 
 /// What the API reads: this replica's pipeline, and its peers if any.
@@ -80,15 +80,6 @@ impl ApiState {
         }
         (windows, Some(missing))
     }
-}
-
-/// How much of a peer's windows an answer needs.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Shape<'a> {
-    /// Only this flow's groups (a breakdown, a series).
-    pub(crate) flow: Option<&'a str>,
-    /// The minutes merged into one (a breakdown, the overview; not a series).
-    pub(crate) collapse: bool,
 }
 
 /// `answer` with `"partial"` and `"missing_peers"` when peers were asked.

@@ -75,6 +75,15 @@ pub(crate) struct Gathered<T> {
     pub(crate) missing: Vec<String>,
 }
 
+/// How much of a peer's windows an answer needs.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Shape<'a> {
+    /// Only this flow's groups (a breakdown, a series).
+    pub(crate) flow: Option<&'a str>,
+    /// The minutes merged into one (a breakdown, the overview; not a series).
+    pub(crate) collapse: bool,
+}
+
 /// The response header naming the replica that answered.
 pub(crate) const REPLICA_HEADER: &str = "x-paytrace-replica";
 /// How long a DNS answer about the peers is used.
@@ -217,7 +226,7 @@ impl Peers {
         &self,
         window_minutes: u64,
         now_minute: u64,
-        shape: crate::api::Shape<'_>,
+        shape: Shape<'_>,
     ) -> Gathered<Windows> {
         let mut query = vec![
             ("window".to_owned(), format!("{window_minutes}m")),
