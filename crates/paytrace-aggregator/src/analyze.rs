@@ -17,8 +17,8 @@ use crate::assembler::AssemblerLimits;
 use crate::breakdown::{Breakdown, Groups};
 use crate::config::Config;
 use crate::decode::{Interner, SpanLimits, decode};
-use crate::pipeline::{Now, Pipeline, PipelineConfig, Protocol};
 use paytrace_analysis::FlowSettings;
+use paytrace_analysis::core::{Core, Now, PipelineConfig};
 
 /// Why a file could not be analysed.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,7 @@ pub enum AnalyzeError {
     },
     /// A line is not an OTLP JSON `ExportTraceServiceRequest`.
     #[error(
-        "{path}:{line}: not an OTLP JSON ExportTraceServiceRequest: {message} \
+        "{path}:{line}: not an OTLP JSON ExportTraceServiceRequest: {source} \
          (expected the OpenTelemetry Collector file exporter's format: one request per line)"
     )]
     Parse {
@@ -42,8 +42,8 @@ pub enum AnalyzeError {
         path: PathBuf,
         /// 1-based line number.
         line: usize,
-        /// What the JSON parser said.
-        message: String,
+        /// What is wrong with it.
+        source: crate::decode::JsonError,
     },
 }
 
@@ -84,14 +84,14 @@ pub fn analyze_files(paths: &[PathBuf], config: &Config) -> Result<Report, Analy
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut report = Report::default();
-    let pipeline = offline_pipeline(config);
+    let mut core = Core::new(&offline_config(config));
     let mut interner = Interner::default();
     let limits = SpanLimits::default();
     let mut traces = std::collections::HashSet::new();
     let now = std::time::Instant::now();
     for path in paths {
         progress.set_message(format!("reading {}", path.display()));
-        for request in read_requests(path, &progress)? {
+        for request in read_requests(path, &mut |bytes| progress.inc(bytes))? {
             let decoded = decode(&request, &limits, &config.rules, &mut interner);
             report.spans += decoded.spans.len() as u64;
             report.rejected += decoded.rejected;
@@ -99,28 +99,28 @@ pub fn analyze_files(paths: &[PathBuf], config: &Config) -> Result<Report, Analy
                 report.first_rejection = decoded.first_error.clone();
             }
             traces.extend(decoded.spans.iter().map(|s| s.trace_id));
-            pipeline.ingest(Protocol::HttpJson, decoded, now);
+            core.ingest(decoded, now, &mut ());
         }
     }
     progress.finish_and_clear();
     // The input has no clock: the flush runs at the epoch, its minute 0.
     let at = Now::at(now, std::time::UNIX_EPOCH);
-    pipeline.flush(at);
+    core.flush(at, &mut ());
     report.traces = traces.len() as u64;
-    report.groups = pipeline.groups(1, at.minute());
+    report.groups = core.view(at).groups(1, at.minute());
     report.flows = report.groups.instances();
     Ok(report)
 }
 
-/// The live pipeline with the settings of `config` and no limit that would
-/// analyse part of the input early: a file is read whole, then flushed.
-fn offline_pipeline(config: &Config) -> Pipeline {
+/// The analysis settings of `config`, with no limit that would analyse
+/// part of the input early: a file is read whole, then flushed.
+fn offline_config(config: &Config) -> PipelineConfig {
     let mut flows = FlowSettings {
         max_pending: usize::MAX,
         ..FlowSettings::default()
     };
     flows.terminal_stages.extend(config.terminal_stages.clone());
-    Pipeline::new(PipelineConfig {
+    PipelineConfig {
         assembler: AssemblerLimits {
             max_traces: usize::MAX,
             max_bytes: usize::MAX,
@@ -132,33 +132,45 @@ fn offline_pipeline(config: &Config) -> Pipeline {
         buckets: Some(config.buckets.clone()),
         default_sampling_probability: config.default_sampling_probability,
         ..PipelineConfig::default()
-    })
+    }
 }
 
-/// The requests in one file.
+/// The requests in one file (one OTLP/JSON request, or one per line as the
+/// Collector's file exporter writes them); `read` hears how many bytes
+/// were read so far, for a progress bar.
+///
+/// ```
+/// # let dir = std::env::temp_dir().join(format!("paytrace-doc-read-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("traces.jsonl");
+/// std::fs::write(&path, "{\"resourceSpans\":[]}\n{\"resourceSpans\":[]}\n").unwrap();
+/// let mut bytes = 0;
+/// let requests = paytrace_aggregator::analyze::read_requests(&path, &mut |n| bytes += n).unwrap();
+/// assert_eq!((requests.len(), bytes), (2, 42));
+/// ```
 pub fn read_requests(
     path: &Path,
-    progress: &ProgressBar,
+    read: &mut dyn FnMut(u64),
 ) -> Result<Vec<ExportTraceServiceRequest>, AnalyzeError> {
     let text = std::fs::read_to_string(path).map_err(|source| AnalyzeError::Read {
         path: path.to_owned(),
         source,
     })?;
     if let Ok(one) = serde_json::from_str::<ExportTraceServiceRequest>(&text) {
-        progress.inc(text.len() as u64);
+        read(text.len() as u64);
         return Ok(vec![one]);
     }
     let mut requests = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        progress.inc(line.len() as u64 + 1);
+        read(line.len() as u64 + 1);
         if line.trim().is_empty() {
             continue;
         }
         let request =
-            crate::decode::parse_json(line.as_bytes()).map_err(|message| AnalyzeError::Parse {
+            crate::decode::parse_json(line.as_bytes()).map_err(|source| AnalyzeError::Parse {
                 path: path.to_owned(),
                 line: i + 1,
-                message,
+                source,
             })?;
         requests.push(request);
     }

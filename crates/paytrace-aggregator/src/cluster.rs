@@ -234,8 +234,10 @@ impl Peers {
             ("collapse".to_owned(), shape.collapse.to_string()),
         ];
         query.extend(shape.flow.map(|f| ("flow".to_owned(), f.to_owned())));
-        self.get("/api/v1/internal/windows", query, Windows::from_message)
-            .await
+        self.get("/api/v1/internal/windows", query, |body| {
+            Windows::from_message(body).map_err(|e| e.to_string())
+        })
+        .await
     }
 
     /// Every peer's own answer to `path?query&local=true`.

@@ -78,18 +78,24 @@ pub struct Prometheus {
     client: reqwest::Client,
 }
 
+/// Why no HTTP client for Prometheus could be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client for Prometheus: {0}")]
+pub struct ClientError(String);
+
 impl Prometheus {
     /// Prometheus' base URL (`http://prometheus:9090`); queries time out
     /// after 5 s.
     ///
     /// # Errors
     ///
-    /// When no HTTP client can be built.
-    pub fn new(url: &str) -> Result<Self, String> {
+    /// When no HTTP client can be built (the system's TLS roots cannot be
+    /// loaded).
+    pub fn new(url: &str) -> Result<Self, ClientError> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client for Prometheus: {e}"))?;
+            .map_err(|e| ClientError(e.to_string()))?;
         Ok(Self {
             url: url.trim_end_matches('/').to_owned(),
             client,

@@ -15,6 +15,17 @@ use axum::routing::get;
 /// The page, as served.
 pub(crate) const INDEX_HTML: &str = include_str!("page/index.html");
 
+/// A trace URL template without `{trace_id}` to replace.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--trace-url-template {template:?} has no {{trace_id}} to replace, e.g. 'http://jaeger:16686/trace/{{trace_id}}'"
+)]
+#[non_exhaustive]
+pub struct TemplateError {
+    /// The template given.
+    pub template: String,
+}
+
 /// What the page needs from the command line.
 #[derive(Clone, Debug, Default)]
 pub struct PageConfig {
@@ -24,11 +35,18 @@ pub struct PageConfig {
 impl PageConfig {
     /// Links traces to a trace viewer: `template` with `{trace_id}` replaced,
     /// e.g. `http://jaeger:16686/trace/{trace_id}`. Refused without `{trace_id}`.
-    pub fn trace_url_template(mut self, template: &str) -> Result<Self, String> {
+    ///
+    /// ```
+    /// use paytrace_aggregator::server::PageConfig;
+    /// let page = PageConfig::default().trace_url_template("http://jaeger:16686/trace/{trace_id}").unwrap();
+    /// assert_eq!(page.trace_url("4bf9").as_deref(), Some("http://jaeger:16686/trace/4bf9"));
+    /// assert!(PageConfig::default().trace_url_template("http://jaeger:16686/").is_err());
+    /// ```
+    pub fn trace_url_template(mut self, template: &str) -> Result<Self, TemplateError> {
         if !template.contains("{trace_id}") {
-            return Err(format!(
-                "--trace-url-template {template:?} has no {{trace_id}} to replace, e.g. 'http://jaeger:16686/trace/{{trace_id}}'"
-            ));
+            return Err(TemplateError {
+                template: template.to_owned(),
+            });
         }
         self.trace_url_template = Some(template.to_owned());
         Ok(self)

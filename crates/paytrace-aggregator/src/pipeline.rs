@@ -17,7 +17,7 @@ mod weighted;
 
 use families::{Metrics, SeriesCache};
 
-use crate::breakdown::{Breakdown, Groups};
+use crate::breakdown::Breakdown;
 use crate::decode::Decoded;
 use crate::span::Span;
 pub use paytrace_analysis::core::{
@@ -356,12 +356,6 @@ impl Pipeline {
     /// and channel.
     pub fn breakdown(&self, q: &Query<'_>) -> Breakdown {
         self.view().breakdown(q)
-    }
-
-    /// Every group recorded in the window, merged: what the offline
-    /// `analyze` reports after [`Pipeline::flush`].
-    pub(crate) fn groups(&self, window_minutes: u64, now_minute: u64) -> Groups {
-        self.view().groups(window_minutes, now_minute)
     }
 
     /// Every flow with traffic in the window.

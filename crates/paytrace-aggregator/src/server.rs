@@ -1,6 +1,7 @@
 //! Running the aggregator: the OTLP receivers, the API, and the clock that
 //! completes traces and flows.
 
+pub use crate::page::{PageConfig, TemplateError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

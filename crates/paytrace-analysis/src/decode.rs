@@ -168,6 +168,30 @@ impl std::fmt::Display for SpanPath {
     }
 }
 
+/// Why a body is not an OTLP/JSON `ExportTraceServiceRequest`: the field
+/// it is about, as the OTLP/JSON names it, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}{}", at(field), hint.unwrap_or(""))]
+#[non_exhaustive]
+pub struct JsonError {
+    /// The field (`resourceSpans[0].scopeSpans[1].spans[3].traceId`); empty
+    /// when the document itself is not JSON or not an object.
+    pub field: String,
+    /// What the JSON parser said.
+    pub message: String,
+    /// What to do about it, when known (ids that are base64 where the
+    /// OTLP/JSON encoding wants hex).
+    pub hint: Option<&'static str>,
+}
+
+fn at(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!("{field}: ")
+    }
+}
+
 /// Parses an OTLP/JSON `ExportTraceServiceRequest`; an error names the
 /// field it is about, as the OTLP/JSON names it
 /// (`resourceSpans[0].scopeSpans[1].spans[3].traceId: ...`), and says so
@@ -177,23 +201,22 @@ impl std::fmt::Display for SpanPath {
 /// use paytrace_analysis::decode::parse_json;
 /// let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"S/kvNXezTaajzpKdDg5HNg=="}]}]}]}"#;
 /// let err = parse_json(body).unwrap_err();
-/// assert!(err.starts_with("resourceSpans[0].scopeSpans[0].spans[0].traceId: "), "{err}");
-/// assert!(err.contains("hex"), "{err}");
+/// assert_eq!(err.field, "resourceSpans[0].scopeSpans[0].spans[0].traceId");
+/// let text = err.to_string();
+/// assert!(text.starts_with("resourceSpans[0].scopeSpans[0].spans[0].traceId: "), "{text}");
+/// assert!(text.contains("hex"), "{text}");
 /// ```
-pub fn parse_json(body: &[u8]) -> Result<ExportTraceServiceRequest, String> {
+pub fn parse_json(body: &[u8]) -> Result<ExportTraceServiceRequest, JsonError> {
     let mut json = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut json).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        let hint = if path.ends_with("traceId") || path.ends_with("spanId") {
-            " (OTLP/JSON ids are hex strings, not base64)"
-        } else {
-            ""
-        };
-        if path == "." {
-            inner.to_string()
-        } else {
-            format!("{path}: {inner}{hint}")
+        let message = e.into_inner().to_string();
+        let hint = (path.ends_with("traceId") || path.ends_with("spanId"))
+            .then_some(" (OTLP/JSON ids are hex strings, not base64)");
+        JsonError {
+            field: if path == "." { String::new() } else { path },
+            message,
+            hint,
         }
     })
 }

@@ -47,7 +47,7 @@ pub use keep::KeepPolicy;
 pub use minutes::WINDOWS_MINUTES;
 pub use query::{Now, Query};
 pub use views::{AnomalyCount, FlowSummary, MinutePoint, PathStep, SlowFlow, SpanView};
-pub use windows::Windows;
+pub use windows::{Windows, WindowsError};
 
 use crate::analysis::{FlowAnalysis, analyze_flow_with};
 use crate::assembler::{Assembler, AssemblerLimits};
@@ -904,7 +904,10 @@ mod tests {
         // A newer version whose minutes version 1 could not even parse.
         let newer = br#"{"version":2,"minutes":[{"minute":1,"sketches":"opaque"}]}"#;
         let refused = Windows::from_message(newer).expect_err("version 2 is refused");
-        assert!(refused.contains("format version 2"), "{refused}");
+        assert!(
+            refused.to_string().contains("format version 2"),
+            "{refused}"
+        );
     }
 
     /// Queries read the view published by the last tick: they answer

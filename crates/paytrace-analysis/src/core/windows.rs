@@ -9,6 +9,29 @@ use super::minutes::{Minute, in_window};
 use super::{ChangeQuery, Changes, FlowSummary, MinutePoint, Query};
 use crate::breakdown::{Accumulator, Breakdown};
 
+/// Why a peer's windows cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WindowsError {
+    /// The body is not a JSON object with a version.
+    #[error("its windows are not a JSON object with a version: {0}")]
+    NotJson(String),
+    /// A format version this build does not read.
+    #[error(
+        "the peer sends windows in format version {found}, and this build reads version \
+         {reads}: run the same version on every replica (or upgrade this one)"
+    )]
+    Version {
+        /// The version the peer sent.
+        found: u32,
+        /// The version this build reads.
+        reads: u32,
+    },
+    /// The version is right and its content does not parse.
+    #[error("its version-1 windows do not parse: {0}")]
+    Invalid(String),
+}
+
 /// The minutes of a window as one replica holds them: per-minute sketches
 /// and counts, which merge exactly with other replicas' (sketches add their
 /// buckets, counts add), so that the merged answer is the one a single
@@ -104,22 +127,29 @@ impl Windows {
     /// The windows a peer sent (the JSON body of its answer), or why they
     /// cannot be read: the version is read first, and one this build does
     /// not read is refused, never misread.
-    pub fn from_message(body: &[u8]) -> Result<Self, String> {
+    ///
+    /// ```
+    /// use paytrace_analysis::core::{Windows, WindowsError};
+    /// assert!(Windows::from_message(br#"{"minutes":[]}"#).is_ok());
+    /// let newer = Windows::from_message(br#"{"version":2,"minutes":"opaque"}"#);
+    /// assert!(matches!(newer, Err(WindowsError::Version { found: 2, .. })));
+    /// ```
+    pub fn from_message(body: &[u8]) -> Result<Self, WindowsError> {
         #[derive(serde::Deserialize)]
         struct Version {
             #[serde(default = "crate::format::v1::one")]
             version: u32,
         }
-        let Version { version } = serde_json::from_slice(body)
-            .map_err(|e| format!("its windows are not a JSON object with a version: {e}"))?;
-        if version != 1 {
-            return Err(format!(
-                "the peer sends windows in format version {version}, and this build reads \
-                 version 1: run the same version on every replica (or upgrade this one)"
-            ));
+        let Version { version } =
+            serde_json::from_slice(body).map_err(|e| WindowsError::NotJson(e.to_string()))?;
+        if version != crate::format::WINDOWS_VERSION {
+            return Err(WindowsError::Version {
+                found: version,
+                reads: crate::format::WINDOWS_VERSION,
+            });
         }
-        let message: crate::format::v1::Windows = serde_json::from_slice(body)
-            .map_err(|e| format!("its version-1 windows do not parse: {e}"))?;
+        let message: crate::format::v1::Windows =
+            serde_json::from_slice(body).map_err(|e| WindowsError::Invalid(e.to_string()))?;
         Ok(Self::from_v1(message))
     }
 
