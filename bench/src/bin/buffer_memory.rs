@@ -26,10 +26,8 @@ fn main() {
     let spans = TRACES_PER_REQUEST * REQUESTS * 10;
     let mut assembler = Assembler::new(AssemblerLimits::default());
     let mut interner = Interner::default();
-    let limits = SpanLimits {
-        keep_as_sent: std::env::args().any(|a| a == "--kept"),
-        ..SpanLimits::default()
-    };
+    let mut limits = SpanLimits::default();
+    limits.keep_as_sent = std::env::args().any(|a| a == "--kept");
     let rules = StageRules::default();
     // Decode outside the measured growth: requests are built and dropped one
     // at a time, only the spans stay.

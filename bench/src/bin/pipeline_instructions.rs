@@ -59,10 +59,8 @@ fn main() {
         .map(|i| checkout_request(i * TRACES, TRACES).encode_to_vec())
         .collect();
     let pipeline = Pipeline::new(PipelineConfig::default());
-    let limits = SpanLimits {
-        keep_as_sent: mode.ends_with("-kept"),
-        ..SpanLimits::default()
-    };
+    let mut limits = SpanLimits::default();
+    limits.keep_as_sent = mode.ends_with("-kept");
     let rules = StageRules::default();
     let mut interner = Interner::default();
     let mut spans = 0usize;

@@ -3,7 +3,7 @@
 //! Input is what the OpenTelemetry Collector's file exporter writes (one
 //! `ExportTraceServiceRequest` per line), or one such request as a single
 //! (possibly pretty-printed) JSON document. The spans go through the same
-//! [`Pipeline`] as `serve` (assembly, stitching, label bounding, analysis),
+//! analysis core as `serve` (assembly, stitching, label bounding, analysis),
 //! with its memory limits lifted, and are flushed at the end of the input:
 //! `serve` and `analyze` give the same answer for the same spans.
 
@@ -13,11 +13,9 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-use crate::assembler::AssemblerLimits;
 use crate::breakdown::{Breakdown, Groups};
 use crate::config::Config;
 use crate::decode::{Interner, SpanLimits, decode};
-use paytrace_analysis::FlowSettings;
 use paytrace_analysis::core::{Core, Now, PipelineConfig};
 
 /// Why a file could not be analysed.
@@ -115,24 +113,19 @@ pub fn analyze_files(paths: &[PathBuf], config: &Config) -> Result<Report, Analy
 /// The analysis settings of `config`, with no limit that would analyse
 /// part of the input early: a file is read whole, then flushed.
 fn offline_config(config: &Config) -> PipelineConfig {
-    let mut flows = FlowSettings {
-        max_pending: usize::MAX,
-        ..FlowSettings::default()
-    };
-    flows.terminal_stages.extend(config.terminal_stages.clone());
-    PipelineConfig {
-        assembler: AssemblerLimits {
-            max_traces: usize::MAX,
-            max_bytes: usize::MAX,
-            max_spans_per_trace: usize::MAX,
-            ..AssemblerLimits::default()
-        },
-        flows,
-        clock_tolerance: Some(config.clock_tolerance),
-        buckets: Some(config.buckets.clone()),
-        default_sampling_probability: config.default_sampling_probability,
-        ..PipelineConfig::default()
-    }
+    let mut settings = PipelineConfig::default();
+    settings.flows.max_pending = usize::MAX;
+    settings
+        .flows
+        .terminal_stages
+        .extend(config.terminal_stages.clone());
+    settings.assembler.max_traces = usize::MAX;
+    settings.assembler.max_bytes = usize::MAX;
+    settings.assembler.max_spans_per_trace = usize::MAX;
+    settings.clock_tolerance = Some(config.clock_tolerance);
+    settings.buckets = Some(config.buckets.clone());
+    settings.default_sampling_probability = config.default_sampling_probability;
+    settings
 }
 
 /// The requests in one file (one OTLP/JSON request, or one per line as the

@@ -40,6 +40,7 @@ use crate::pipeline::{Pipeline, Windows};
 /// assert_eq!(peers.timeout, std::time::Duration::from_secs(2));
 /// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct PeerSettings {
     /// The peers' API base URLs (`http://host:8686`, or `https://` with
     /// [`PeerSettings::ca`]).

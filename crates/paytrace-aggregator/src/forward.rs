@@ -29,6 +29,7 @@ pub use paytrace_analysis::core::KeepPolicy;
 
 /// Where and how fast kept flows go.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ForwardSettings {
     /// The trace store's OTLP/HTTP endpoint: a base URL
     /// (`http://tempo:4318`, to which `/v1/traces` is added) or the full
@@ -51,10 +52,7 @@ impl ForwardSettings {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            policy: KeepPolicy {
-                keep_normal: 0.01,
-                ..KeepPolicy::default()
-            },
+            policy: KeepPolicy::default().keep_normal(0.01),
             max_spans_per_second: 2_000.0,
             queue_flows: 10_000,
             timeout: Duration::from_secs(10),

@@ -331,12 +331,10 @@ fn serve(args: ServeArgs) -> ExitCode {
     } else {
         std::net::Ipv4Addr::LOCALHOST.into()
     };
-    let mut config = ServeConfig {
-        otlp_grpc: args.otlp_grpc_listen.unwrap_or(SocketAddr::new(host, 4317)),
-        otlp_http: args.otlp_http_listen.unwrap_or(SocketAddr::new(host, 4318)),
-        listen: args.listen.unwrap_or(SocketAddr::new(host, 8686)),
-        ..ServeConfig::default()
-    };
+    let mut config = ServeConfig::default();
+    config.otlp_grpc = args.otlp_grpc_listen.unwrap_or(SocketAddr::new(host, 4317));
+    config.otlp_http = args.otlp_http_listen.unwrap_or(SocketAddr::new(host, 4318));
+    config.listen = args.listen.unwrap_or(SocketAddr::new(host, 8686));
     config.pipeline.assembler.trace_idle = args.trace_idle;
     config.pipeline.clock_tolerance = Some(args.clock_tolerance);
     config.pipeline.default_sampling_probability = args.default_sampling_probability;

@@ -767,10 +767,9 @@ mod tests {
 
     #[test]
     fn flow_and_stage_names_past_the_limit_fold_into_other() {
-        let p = Pipeline::new(PipelineConfig {
-            label_limit: Some(2),
-            ..PipelineConfig::default()
-        });
+        let mut config = PipelineConfig::default();
+        config.label_limit = Some(2);
+        let p = Pipeline::new(config);
         for i in 0..5u8 {
             p.ingest(
                 Protocol::Grpc,

@@ -36,6 +36,7 @@ pub use grpc::TraceServiceExport;
 
 /// Limits of the receivers.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ReceiverLimits {
     /// Largest request body, after decompression.
     pub max_body_bytes: usize,

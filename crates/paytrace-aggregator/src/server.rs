@@ -19,6 +19,7 @@ use crate::tls::{Alpn, Certificates, TlsFiles, TlsListener};
 
 /// Where to listen and how to behave.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ServeConfig {
     /// OTLP/gRPC.
     pub otlp_grpc: SocketAddr,

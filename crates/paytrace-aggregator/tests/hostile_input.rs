@@ -14,13 +14,12 @@ use prost::Message;
 use serde_json::Value;
 use tonic_types::StatusExt;
 
-async fn aggregator(receiver: ReceiverLimits) -> Running {
-    start(ServeConfig {
-        receiver,
-        ..ServeConfig::on_free_loopback_ports()
-    })
-    .await
-    .expect("starts")
+/// An aggregator on free loopback ports, its receiver's limits the
+/// defaults as `set` changes them.
+async fn aggregator(set: impl FnOnce(&mut ReceiverLimits)) -> Running {
+    let mut config = ServeConfig::on_free_loopback_ports();
+    set(&mut config.receiver);
+    start(config).await.expect("starts")
 }
 
 fn span(trace: u8, id: u8, start: u64, end: u64) -> Span {
@@ -68,7 +67,7 @@ async fn post(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_spans_are_rejected_through_partial_success() {
-    let running = aggregator(ReceiverLimits::default()).await;
+    let running = aggregator(|_| {}).await;
     let body = request(vec![
         span(1, 1, 10, 20),
         span(0, 2, 10, 20), // zero trace id
@@ -137,11 +136,7 @@ async fn invalid_spans_are_rejected_through_partial_success() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_unsupported_and_oversize_bodies_are_refused_and_counted() {
-    let running = aggregator(ReceiverLimits {
-        max_body_bytes: 64 * 1024,
-        ..ReceiverLimits::default()
-    })
-    .await;
+    let running = aggregator(|r| r.max_body_bytes = 64 * 1024).await;
 
     let resp = post(
         &running,
@@ -229,7 +224,7 @@ async fn malformed_unsupported_and_oversize_bodies_are_refused_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_errors_name_the_field_and_long_values_are_cut_not_rejected() {
-    let running = aggregator(ReceiverLimits::default()).await;
+    let running = aggregator(|_| {}).await;
 
     // Base64 ids, as some hand-written senders write them (OTLP/JSON wants hex).
     let body = br#"{"resourceSpans":[{"scopeSpans":[{},{"spans":[
@@ -310,11 +305,7 @@ struct NotARequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_refuses_malformed_and_oversize_messages_with_the_codes_otlp_names() {
-    let running = aggregator(ReceiverLimits {
-        max_body_bytes: 64 * 1024,
-        ..ReceiverLimits::default()
-    })
-    .await;
+    let running = aggregator(|r| r.max_body_bytes = 64 * 1024).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.otlp_grpc))
         .expect("uri")
         .connect()
@@ -377,11 +368,7 @@ async fn grpc_refuses_malformed_and_oversize_messages_with_the_codes_otlp_names(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_answers_retryable_codes_with_a_delay() {
     // No request may be in flight: every request meets an overloaded receiver.
-    let running = aggregator(ReceiverLimits {
-        max_in_flight: 0,
-        ..ReceiverLimits::default()
-    })
-    .await;
+    let running = aggregator(|r| r.max_in_flight = 0).await;
     let body = request(vec![span(1, 1, 10, 20)]);
 
     let resp = post(
@@ -426,11 +413,7 @@ async fn overload_answers_retryable_codes_with_a_delay() {
 async fn senders_without_a_token_are_refused_and_counted() {
     let file = paytrace_testkit::temp_file("otlp-tokens", "collector-a\n");
     let tokens = paytrace_aggregator::auth::Tokens::load(&file).expect("a token");
-    let running = aggregator(ReceiverLimits {
-        tokens: Some(std::sync::Arc::new(tokens)),
-        ..ReceiverLimits::default()
-    })
-    .await;
+    let running = aggregator(|r| r.tokens = Some(std::sync::Arc::new(tokens))).await;
     let body = request(vec![span(7, 1, 10, 20)]).encode_to_vec();
     let send = |token: Option<&'static str>| {
         let mut req = reqwest::Client::new()
@@ -515,12 +498,9 @@ async fn senders_without_a_token_are_refused_and_counted() {
 async fn readers_of_the_api_need_a_token_but_probes_and_metrics_do_not() {
     let file = paytrace_testkit::temp_file("api-tokens", "oncall-reader\n");
     let tokens = paytrace_aggregator::auth::Tokens::load(&file).expect("a token");
-    let running = start(ServeConfig {
-        api_tokens: Some(std::sync::Arc::new(tokens)),
-        ..ServeConfig::on_free_loopback_ports()
-    })
-    .await
-    .expect("starts");
+    let mut config = ServeConfig::on_free_loopback_ports();
+    config.api_tokens = Some(std::sync::Arc::new(tokens));
+    let running = start(config).await.expect("starts");
     let get = |path: &'static str, token: Option<&'static str>| {
         let mut req = reqwest::Client::new().get(format!("http://{}{path}", running.listen));
         if let Some(t) = token {

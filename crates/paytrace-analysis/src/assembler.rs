@@ -29,6 +29,7 @@ pub const DEFAULT_TRACE_IDLE: Duration = Duration::from_secs(15);
 
 /// Limits of the assembler.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct AssemblerLimits {
     /// A trace is complete after this long without a new span.
     pub trace_idle: Duration,
@@ -135,7 +136,9 @@ pub fn span_bytes(span: &Span) -> usize {
 /// use paytrace_analysis::assembler::{Assembler, AssemblerLimits};
 /// use paytrace_analysis::testing::span;
 ///
-/// let mut asm = Assembler::new(AssemblerLimits { trace_idle: Duration::from_secs(5), ..Default::default() });
+/// let mut limits = AssemblerLimits::default();
+/// limits.trace_idle = Duration::from_secs(5);
+/// let mut asm = Assembler::new(limits);
 /// let t0 = Instant::now();
 /// asm.add(vec![span("root", 0, 10)], t0);
 /// assert!(asm.complete_idle(t0 + Duration::from_secs(4)).is_empty());

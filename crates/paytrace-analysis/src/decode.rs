@@ -25,6 +25,7 @@ pub use wire::{MalformedRequest, decode_protobuf};
 /// Limits a span is cut to (and counted, see [`Truncation`]): only a
 /// structurally invalid span is rejected, an over-long one is kept.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SpanLimits {
     /// Longest span name, in bytes; a longer one keeps its start.
     pub max_name_bytes: usize,

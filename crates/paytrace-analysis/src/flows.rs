@@ -22,6 +22,7 @@ use crate::span::{Span, TraceId};
 
 /// Settings of the flow buffer.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct FlowSettings {
     /// A flow is final once none of its traces arrived for this long.
     pub flow_idle: Duration,

@@ -33,6 +33,7 @@ use crate::span::{Span, SpanId, TraceId, seconds};
 
 /// Settings of the TCC tracker.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct TccSettings {
     /// A transaction is replayed once none of its spans arrived for this long.
     pub settle: Duration,

@@ -352,12 +352,10 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     let aggregator: Option<Running> = match &o.aggregator {
         Some(_) => None,
         None => {
-            let mut config = ServeConfig {
-                otlp_grpc: o.plan.otlp_grpc(),
-                otlp_http: o.plan.otlp_http(),
-                listen: o.plan.api(),
-                ..ServeConfig::default()
-            };
+            let mut config = ServeConfig::default();
+            config.otlp_grpc = o.plan.otlp_grpc();
+            config.otlp_http = o.plan.otlp_http();
+            config.listen = o.plan.api();
             config.pipeline.assembler.trace_idle = Duration::from_secs(2);
             config.pipeline.flows.flow_idle = Duration::from_secs(4);
             config.pipeline.flows.flow_timeout = Duration::from_secs(30);

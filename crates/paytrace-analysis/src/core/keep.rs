@@ -13,11 +13,13 @@ use crate::span::Span;
 ///
 /// ```
 /// use paytrace_analysis::core::KeepPolicy;
-/// let policy = KeepPolicy { keep_normal: 0.01, ..KeepPolicy::default() }
+/// let policy = KeepPolicy::default()
+///     .keep_normal(0.01)
 ///     .slower_than("checkout", 2.5);
 /// assert_eq!(policy.threshold("checkout"), Some(2.5));
 /// ```
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct KeepPolicy {
     /// Seconds end to end past which a flow is slow, by flow name; a flow
     /// not named uses its p99 of the last 5 minutes.
@@ -28,6 +30,13 @@ pub struct KeepPolicy {
 }
 
 impl KeepPolicy {
+    /// Keeps `share` (0 to 1) of the flows that are not kept for another
+    /// reason, as a sample.
+    pub fn keep_normal(mut self, share: f64) -> Self {
+        self.keep_normal = share;
+        self
+    }
+
     /// `flow` is slow past `seconds`.
     pub fn slower_than(mut self, flow: &str, seconds: f64) -> Self {
         self.slower_than.insert(flow.to_owned(), seconds);

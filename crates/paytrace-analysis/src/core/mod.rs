@@ -64,6 +64,7 @@ use views::slow_flow;
 
 /// Settings of the analysis.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct PipelineConfig {
     /// Trace assembly.
     pub assembler: AssemblerLimits,
