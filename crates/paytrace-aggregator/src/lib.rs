@@ -49,8 +49,8 @@
 //! The analysis itself is the `paytrace-analysis` crate, free of I/O (its
 //! `decode`, `span`, `config`, `assembler` and `breakdown` are re-exported
 //! here): `decode` → `assembler` (spans into traces) → `flows` (traces
-//! stitched into flows) → `analysis` (per-stage duration, self time and
-//! critical path) → `breakdown` (per-minute windows), TCC transactions
+//! stitched into flows) → `critical_path` (per-stage duration, self time
+//! and critical path) → `breakdown` (per-minute windows), TCC transactions
 //! replayed beside. This crate is the server around it: [`pipeline`] runs
 //! the analysis core and keeps the Prometheus series of what it reports,
 //! `forward` sends kept flows on, [`receiver`] takes OTLP in, `api` and

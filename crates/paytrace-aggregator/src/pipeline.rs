@@ -50,8 +50,9 @@ impl Protocol {
     }
 }
 
-/// The core and what the Prometheus side keeps per call.
-struct State {
+/// What the lock guards: the core, and the histogram handles the
+/// Prometheus side caches.
+struct Locked {
     core: Core,
     series: SeriesCache,
 }
@@ -160,7 +161,7 @@ impl Observer for PrometheusObserver<'_> {
 /// answer is at most a tick old), and neither a burst of spans nor a slow
 /// query holds the other up.
 pub struct Pipeline {
-    state: Mutex<State>,
+    state: Mutex<Locked>,
     /// What queries read, replaced after every tick.
     view: RwLock<Arc<View>>,
     /// Where kept flows go (`serve --forward-otlp`), once set.
@@ -185,7 +186,7 @@ impl Pipeline {
             max_bytes: config.assembler.max_bytes,
             metrics: Metrics::new(config.buckets.as_deref().unwrap_or(DEFAULT_LATENCY_BUCKETS))
                 .expect("the aggregator's families are distinct and their buckets checked"),
-            state: Mutex::new(State {
+            state: Mutex::new(Locked {
                 core: Core::new(&config),
                 series: SeriesCache::default(),
             }),
@@ -193,7 +194,7 @@ impl Pipeline {
         }
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, Locked> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -202,7 +203,7 @@ impl Pipeline {
     /// queries read.
     fn run(&self, publish: Option<Now>, f: impl FnOnce(&mut Core, &mut PrometheusObserver<'_>)) {
         let mut guard = self.state();
-        let State { core, series } = &mut *guard;
+        let Locked { core, series } = &mut *guard;
         let mut observer = PrometheusObserver {
             metrics: &self.metrics,
             series,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use sketches_ddsketch::{Config, DDSketch};
 
-use crate::analysis::FlowAnalysis;
+use crate::critical_path::FlowAnalysis;
 
 /// A distribution kept as a DDSketch (1% relative error on quantiles,
 /// mergeable across windows and replicas).
@@ -623,7 +623,7 @@ mod tests {
 
     #[test]
     fn accumulates_the_critical_path_share() {
-        use crate::analysis::analyze_flow;
+        use crate::critical_path::analyze_flow;
         use crate::testing::{child, numbered, span, stage};
 
         let trace = numbered(vec![
@@ -639,7 +639,7 @@ mod tests {
 
     #[test]
     fn sampled_instances_weigh_what_they_stand_for() {
-        use crate::analysis::analyze_flow;
+        use crate::critical_path::analyze_flow;
         use crate::testing::{child, numbered, span, stage};
         let s = 1_000_000_000;
         // One instance sampled at 10% spends its second in x; one kept

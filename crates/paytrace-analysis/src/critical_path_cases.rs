@@ -9,7 +9,7 @@
 //! Each expectation is worked out by hand from the rules in
 //! `docs/critical-path.md`, in nanoseconds.
 
-use crate::analysis::{FlowAnalysis, analyze_flow_with};
+use crate::critical_path::{FlowAnalysis, analyze_flow_with};
 use crate::span::{Span, SpanKind};
 use crate::testing::{child, numbered, span, stage};
 

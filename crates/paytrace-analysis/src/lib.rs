@@ -4,7 +4,7 @@
 //! The data path, each step a module:
 //!
 //! ```text
-//! OTLP bytes ─decode─▶ spans ─assembler─▶ traces ─flows─▶ flows ─analysis─▶ per-stage times
+//! OTLP bytes ─decode─▶ spans ─assembler─▶ traces ─flows─▶ flows ─critical_path─▶ per-stage times
 //!                                                                  │            │
 //!                                      tcc (transactions replayed) ┘            ▼
 //!                                                         breakdown: windows of sketches ─▶ answers
@@ -53,12 +53,12 @@
 //! - `testing` (feature `testing`): builders for hand-made spans.
 
 pub(crate) mod ages;
-pub mod analysis;
 pub mod assembler;
 pub(crate) mod attribute;
 pub mod breakdown;
 pub mod config;
 pub mod core;
+pub mod critical_path;
 #[cfg(test)]
 mod critical_path_cases;
 pub mod decode;

@@ -6,7 +6,7 @@
 //! internal to the crate.
 
 use crate::Span;
-use crate::analysis::analyze_flow;
+use crate::critical_path::analyze_flow;
 use crate::testing::{child, numbered, span, stage, with_parent_id};
 use proptest::prelude::*;
 
@@ -174,7 +174,7 @@ proptest! {
         traces in edge_strategy(),
         tolerance in prop_oneof![Just(0u64), 0u64..50],
     ) {
-        let flow = crate::analysis::analyze_flow_with(&traces, tolerance).expect("non-empty");
+        let flow = crate::critical_path::analyze_flow_with(&traces, tolerance).expect("non-empty");
         for s in &flow.stages {
             if !s.stage.starts_with(paytrace_semconv::stage::ASYNC_PREFIX) {
                 prop_assert!(s.critical_path_ns <= s.duration_ns, "{:?}", s);
@@ -209,11 +209,11 @@ proptest! {
                 spans.swap(i, (state % (i as u64 + 1)) as usize);
             }
         }
-        let a = crate::analysis::analyze_flow_with(&traces, 1).expect("non-empty");
-        let b = crate::analysis::analyze_flow_with(&shuffled, 1).expect("non-empty");
+        let a = crate::critical_path::analyze_flow_with(&traces, 1).expect("non-empty");
+        let b = crate::critical_path::analyze_flow_with(&shuffled, 1).expect("non-empty");
         prop_assert_eq!(&a.stages, &b.stages);
         prop_assert_eq!((a.start_ns, a.end_ns), (b.start_ns, b.end_ns));
-        let skews = |f: &crate::analysis::FlowAnalysis| {
+        let skews = |f: &crate::critical_path::FlowAnalysis| {
             let mut v: Vec<(String, i64)> =
                 f.clock_skew.iter().map(|c| (c.service.to_string(), c.offset_ns)).collect();
             v.sort();

@@ -9,7 +9,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use super::Protocol;
 use super::weighted::{WeightedHistogram, WeightedHistogramVec};
 use crate::span::seconds;
-use paytrace_analysis::analysis::FlowAnalysis;
+use paytrace_analysis::critical_path::FlowAnalysis;
 
 /// The address of a bounded label value (0 for none). [`LabelValues`] keeps
 /// every bounded value alive as long as the pipeline, so an address names

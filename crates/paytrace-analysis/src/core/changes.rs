@@ -451,7 +451,7 @@ pub struct InfraSignal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{FlowAnalysis, FlowSampling, StageTimes};
+    use crate::critical_path::{FlowAnalysis, FlowSampling, StageTimes};
 
     const MINUTE: u64 = 29_000_000;
 

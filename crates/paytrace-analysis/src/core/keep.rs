@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use paytrace_semconv::keep_reason;
 
-use crate::analysis::FlowAnalysis;
+use crate::critical_path::FlowAnalysis;
 use crate::span::Span;
 
 /// Which final flows to keep.

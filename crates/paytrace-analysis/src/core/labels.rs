@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use paytrace_semconv::OVERFLOW_LABEL_VALUE;
 
-use crate::analysis::FlowAnalysis;
+use crate::critical_path::FlowAnalysis;
 
 /// The distinct values seen per metric label, up to the label limit. Every
 /// bounded value is the one `Arc` kept here, so its pointer identifies it.
@@ -110,7 +110,8 @@ impl LabelValues {
             st.stage = bounded;
         }
         if folded {
-            let mut merged: Vec<crate::analysis::StageTimes> = Vec::with_capacity(a.stages.len());
+            let mut merged: Vec<crate::critical_path::StageTimes> =
+                Vec::with_capacity(a.stages.len());
             for st in a.stages.drain(..) {
                 match merged.iter_mut().find(|m| m.stage == st.stage) {
                     Some(m) => {

@@ -49,9 +49,9 @@ pub use query::{Now, Query};
 pub use views::{AnomalyCount, FlowSummary, MinutePoint, PathStep, SlowFlow, SpanView};
 pub use windows::{Windows, WindowsError};
 
-use crate::analysis::{FlowAnalysis, analyze_flow_with};
 use crate::assembler::{Assembler, AssemblerLimits};
 use crate::breakdown::{Breakdown, Groups};
+use crate::critical_path::{FlowAnalysis, analyze_flow_with};
 use crate::decode::Decoded;
 use crate::flows::{FinishedFlow, FlowBuffer, FlowSettings};
 use crate::span::{Span, TraceId};
@@ -931,11 +931,11 @@ mod tests {
     fn the_core_imports_no_io_crate() {
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut files: Vec<std::path::PathBuf> = [
-            "analysis.rs",
             "assembler.rs",
             "attribute.rs",
             "breakdown.rs",
             "config.rs",
+            "critical_path.rs",
             "decode.rs",
             "flows.rs",
             "span.rs",

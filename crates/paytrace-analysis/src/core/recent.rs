@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::analysis::FlowAnalysis;
+use crate::critical_path::FlowAnalysis;
 use crate::span::Span;
 
 const RECENT_PER_FLOW: usize = 500;

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use crate::analysis::FlowAnalysis;
+use crate::critical_path::FlowAnalysis;
 use crate::span::{Span, SpanId, seconds};
 
 /// One span of a slow flow, for a waterfall.

@@ -835,7 +835,7 @@ mod tests {
 
     #[test]
     fn analyze_flow_sums_critical_path_to_duration() {
-        use crate::analysis::analyze_flow;
+        use crate::critical_path::analyze_flow;
         use crate::testing::{child, numbered, span, stage};
 
         let trace = numbered(vec![
@@ -849,7 +849,7 @@ mod tests {
 
     #[test]
     fn tolerance_follows_a_child_a_millisecond_clock_moved() {
-        use crate::analysis::analyze_flow_with;
+        use crate::critical_path::analyze_flow_with;
         use crate::testing::{child, numbered, span, stage};
 
         // a (0..2 ms) then b, whose start a millisecond clock put 0.4 ms early.
