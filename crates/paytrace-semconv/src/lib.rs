@@ -15,7 +15,8 @@
 //!   the `reason` and `outcome` values of the health counters in their own
 //!   modules ([`drop_reason`], [`aggregator_drop_reason`],
 //!   [`aggregator_truncation`], [`incomplete_reason`], [`eviction_reason`],
-//!   [`tcc_phase_outcome`], [`queue_outcome`]).
+//!   [`tcc_phase_outcome`], [`queue_outcome`]), and of the messaging
+//!   labels ([`messaging_system`], [`messaging_error`]).
 //! - [`DEFAULT_LATENCY_BUCKETS`] and [`HTTP_LATENCY_BUCKETS`]: the histogram
 //!   buckets of the flow and stage, and of the HTTP and RPC latency metrics.
 //!
@@ -152,6 +153,22 @@ pub mod attr {
     /// On every span the aggregator forwards (`serve --forward-otlp`): why
     /// its flow was kept, one of [`crate::keep_reason`].
     pub const KEPT: &str = "paytrace.kept";
+    /// OpenTelemetry messaging semconv: the broker, one of
+    /// [`crate::messaging_system`].
+    pub const MESSAGING_SYSTEM: &str = "messaging.system";
+    /// The queue, exchange or stream a message is sent to or taken from.
+    pub const MESSAGING_DESTINATION_NAME: &str = "messaging.destination.name";
+    /// `send` on PRODUCER spans, `process` on CONSUMER spans.
+    pub const MESSAGING_OPERATION_TYPE: &str = "messaging.operation.type";
+    /// The system's own name of the operation (`publish`, `xadd`, `process`).
+    pub const MESSAGING_OPERATION_NAME: &str = "messaging.operation.name";
+    /// The application's id of the message, the key of deduplication.
+    pub const MESSAGING_MESSAGE_ID: &str = "messaging.message.id";
+    /// The consumer group (a Redis Streams group; a RabbitMQ queue's consumers).
+    pub const MESSAGING_CONSUMER_GROUP_NAME: &str = "messaging.consumer.group.name";
+    /// How many times the broker delivered the message, this delivery
+    /// included (1 for a first delivery); set by paytrace's broker adapters.
+    pub const MESSAGING_DELIVERY_COUNT: &str = "paytrace.messaging.delivery_count";
 
     /// Every key above, for consistency checks.
     pub const ALL: &[&str] = &[
@@ -186,6 +203,13 @@ pub mod attr {
         TCC_FENCE_DECISION,
         TCC_FENCE_ANOMALY,
         KEPT,
+        MESSAGING_SYSTEM,
+        MESSAGING_DESTINATION_NAME,
+        MESSAGING_OPERATION_TYPE,
+        MESSAGING_OPERATION_NAME,
+        MESSAGING_MESSAGE_ID,
+        MESSAGING_CONSUMER_GROUP_NAME,
+        MESSAGING_DELIVERY_COUNT,
     ];
 
     /// The keys paytrace reads from and writes to W3C baggage.
@@ -248,6 +272,42 @@ pub mod metric {
     pub const QUEUE_OLDEST_AGE_SECONDS: &str = "paytrace_queue_oldest_age_seconds";
     /// Counter `{service, queue, outcome}`; outcome is one of [`crate::queue_outcome`].
     pub const QUEUE_MESSAGES_TOTAL: &str = "paytrace_queue_messages_total";
+    /// Counter `{service, messaging_system, messaging_destination_name,
+    /// error_type}`: messages a producer tried to send (OpenTelemetry
+    /// `messaging.client.sent.messages`).
+    pub const MESSAGING_CLIENT_SENT_MESSAGES_TOTAL: &str = "messaging_client_sent_messages_total";
+    /// Histogram `{service, messaging_system, messaging_destination_name,
+    /// messaging_operation_name, error_type}`: how long a send took, the
+    /// broker's confirmation included (`messaging.client.operation.duration`).
+    pub const MESSAGING_CLIENT_OPERATION_DURATION_SECONDS: &str =
+        "messaging_client_operation_duration_seconds";
+    /// Counter `{service, messaging_system, messaging_destination_name,
+    /// messaging_consumer_group_name}`: messages delivered to the
+    /// application (`messaging.client.consumed.messages`).
+    pub const MESSAGING_CLIENT_CONSUMED_MESSAGES_TOTAL: &str =
+        "messaging_client_consumed_messages_total";
+    /// Histogram `{service, messaging_system, messaging_destination_name,
+    /// messaging_consumer_group_name, error_type}`: how long the application
+    /// processed a message (`messaging.process.duration`).
+    pub const MESSAGING_PROCESS_DURATION_SECONDS: &str = "messaging_process_duration_seconds";
+    /// Gauge `{service, messaging_system, queue, messaging_consumer_group_name}`,
+    /// read from the broker: messages waiting to be delivered (the backlog; a
+    /// Redis Streams group's lag).
+    pub const BROKER_MESSAGES_READY: &str = "paytrace_broker_messages_ready";
+    /// Gauge, same labels, read from the broker: messages delivered and not
+    /// yet acknowledged.
+    pub const BROKER_MESSAGES_UNACKED: &str = "paytrace_broker_messages_unacked";
+    /// Gauge, same labels, read from the broker: age of the oldest message
+    /// not yet acknowledged, ready or delivered (the consumers' lag in time);
+    /// 0 when none.
+    pub const BROKER_OLDEST_MESSAGE_AGE_SECONDS: &str =
+        "paytrace_broker_oldest_message_age_seconds";
+    /// Counter, same labels: deliveries of a message the broker had delivered
+    /// before (a consumer crashed, timed out or refused it).
+    pub const BROKER_REDELIVERIES_TOTAL: &str = "paytrace_broker_redeliveries_total";
+    /// Counter, same labels: messages moved to the dead-letter destination
+    /// after too many deliveries.
+    pub const BROKER_DEAD_LETTERED_TOTAL: &str = "paytrace_broker_dead_lettered_total";
     /// Gauge `{service}`: tokio worker threads.
     pub const RUNTIME_WORKERS: &str = "paytrace_runtime_workers";
     /// Gauge `{service}`: share of time the workers were busy since the last scrape.
@@ -372,6 +432,15 @@ pub mod metric {
         QUEUE_DEPTH,
         QUEUE_OLDEST_AGE_SECONDS,
         QUEUE_MESSAGES_TOTAL,
+        MESSAGING_CLIENT_SENT_MESSAGES_TOTAL,
+        MESSAGING_CLIENT_OPERATION_DURATION_SECONDS,
+        MESSAGING_CLIENT_CONSUMED_MESSAGES_TOTAL,
+        MESSAGING_PROCESS_DURATION_SECONDS,
+        BROKER_MESSAGES_READY,
+        BROKER_MESSAGES_UNACKED,
+        BROKER_OLDEST_MESSAGE_AGE_SECONDS,
+        BROKER_REDELIVERIES_TOTAL,
+        BROKER_DEAD_LETTERED_TOTAL,
         RUNTIME_WORKERS,
         RUNTIME_WORKER_BUSY_RATIO,
         RUNTIME_GLOBAL_QUEUE_DEPTH,
@@ -493,6 +562,16 @@ pub mod label {
     /// A peer replica's API URL, as given to `serve --peer` (bounded by the
     /// configuration).
     pub const PEER: &str = "peer";
+    /// The broker, one of [`crate::messaging_system`].
+    pub const MESSAGING_SYSTEM: &str = "messaging_system";
+    /// Where a message was sent or taken from (an exchange, a queue, a stream).
+    pub const MESSAGING_DESTINATION_NAME: &str = "messaging_destination_name";
+    /// The messaging operation measured (`send`).
+    pub const MESSAGING_OPERATION_NAME: &str = "messaging_operation_name";
+    /// The consumer group; empty where the queue is the group (RabbitMQ).
+    pub const MESSAGING_CONSUMER_GROUP_NAME: &str = "messaging_consumer_group_name";
+    /// Why a messaging operation failed; empty when it succeeded.
+    pub const ERROR_TYPE: &str = "error_type";
 
     /// Every label name above, for consistency checks.
     pub const ALL: &[&str] = &[
@@ -519,6 +598,11 @@ pub mod label {
         LABEL,
         LISTENER,
         PEER,
+        MESSAGING_SYSTEM,
+        MESSAGING_DESTINATION_NAME,
+        MESSAGING_OPERATION_NAME,
+        MESSAGING_CONSUMER_GROUP_NAME,
+        ERROR_TYPE,
     ];
 }
 
@@ -777,6 +861,40 @@ pub mod queue_outcome {
     pub const DEAD_LETTERED: &str = "dead_lettered";
     /// All queue outcomes.
     pub const ALL: &[&str] = &[PROCESSED, FAILED, DEAD_LETTERED];
+}
+
+/// Values of `messaging.system` and the `messaging_system` label: the
+/// brokers paytrace has adapters for (the OpenTelemetry values; another
+/// broker's instrumentation uses its own).
+///
+/// ```
+/// assert_eq!(paytrace_semconv::messaging_system::RABBITMQ, "rabbitmq");
+/// ```
+pub mod messaging_system {
+    /// RabbitMQ, through AMQP 0-9-1.
+    pub const RABBITMQ: &str = "rabbitmq";
+    /// Redis Streams with consumer groups.
+    pub const REDIS: &str = "redis";
+    /// Every broker above.
+    pub const ALL: &[&str] = &[RABBITMQ, REDIS];
+}
+
+/// Values of `error.type` on messaging spans and of the `error_type` label
+/// of the messaging families.
+///
+/// ```
+/// assert!(paytrace_semconv::messaging_error::ALL.contains(&"cancelled"));
+/// ```
+pub mod messaging_error {
+    /// The send, or the processing, returned an error.
+    pub const FAILED: &str = "failed";
+    /// The future was dropped before the send was confirmed or the
+    /// processing ended (a timeout or `select!` gave up on it, the task was
+    /// aborted); a message being processed is not acknowledged and comes
+    /// back.
+    pub const CANCELLED: &str = "cancelled";
+    /// Every value above.
+    pub const ALL: &[&str] = &[FAILED, CANCELLED];
 }
 
 /// Values of the `reason` label of `paytrace_spans_dropped_total`.

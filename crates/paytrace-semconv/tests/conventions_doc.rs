@@ -84,6 +84,11 @@ fn stages_match() {
 fn outcomes_match() {
     assert_same("Outcomes", outcome::ALL);
     assert_same("Queue outcomes", queue_outcome::ALL);
+    assert_same("Messaging systems", paytrace_semconv::messaging_system::ALL);
+    assert_same(
+        "Messaging error types",
+        paytrace_semconv::messaging_error::ALL,
+    );
     assert_same("Span drop reasons", drop_reason::ALL);
     assert_same(
         "Aggregator span drop reasons",

@@ -164,6 +164,8 @@ pub(crate) struct Guards {
     pub(crate) resource: LabelGuard,
     pub(crate) queue: LabelGuard,
     pub(crate) kind: LabelGuard,
+    pub(crate) destination: LabelGuard,
+    pub(crate) consumer_group: LabelGuard,
 }
 
 impl Guards {
@@ -180,6 +182,8 @@ impl Guards {
             &self.resource,
             &self.queue,
             &self.kind,
+            &self.destination,
+            &self.consumer_group,
         ] {
             f(g);
         }
@@ -197,6 +201,8 @@ impl Guards {
             resource: limits.guard(label::RESOURCE),
             queue: limits.guard(label::QUEUE),
             kind: limits.guard(label::KIND),
+            destination: limits.guard(label::MESSAGING_DESTINATION_NAME),
+            consumer_group: limits.guard(label::MESSAGING_CONSUMER_GROUP_NAME),
         }
     }
 }

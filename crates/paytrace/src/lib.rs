@@ -20,6 +20,9 @@
 //!    - [`ServiceTelemetry::grpc_layer`] and [`ServiceTelemetry::grpc_client_layer`]:
 //!      the same for tonic servers and channels ([`grpc`]);
 //!    - [`ServiceTelemetry::stage`]: business stages (`inventory.try`, `channel.request`);
+//!    - [`ServiceTelemetry::producer`] and [`ServiceTelemetry::consumer`]:
+//!      messages through a broker that carry the trace and the flow
+//!      ([`messaging`], with a Redis Streams adapter);
 //!    - [`ServiceTelemetry::pool`], [`ServiceTelemetry::queue`], [`ServiceTelemetry::monitor_runtime`]: USE metrics;
 //!    - the service itself, to handlers behind the layer, as an extractor.
 //! 3. [`ServiceTelemetry::metrics_route`] serves `/metrics`.
@@ -87,6 +90,7 @@ mod export;
 mod extract;
 pub mod grpc;
 mod handler;
+pub mod messaging;
 mod metrics;
 mod propagation;
 pub mod redact;

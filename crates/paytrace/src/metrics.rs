@@ -47,6 +47,7 @@ pub(crate) struct Families {
     pub(crate) resource_errors: IntCounterVec,
     pub(crate) queue_depth: IntGaugeVec,
     pub(crate) queue_messages: IntCounterVec,
+    pub(crate) messaging: MessagingFamilies,
     pub(crate) build_info: IntGaugeVec,
     pub(crate) series_overflow: IntCounterVec,
     pub(crate) spans_dropped: IntCounterVec,
@@ -73,8 +74,9 @@ pub(crate) struct Families {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Buckets {
     /// `http_server_request_duration_seconds`,
-    /// `http_client_request_duration_seconds` and the two RPC call
-    /// durations; default
+    /// `http_client_request_duration_seconds`, the two RPC call
+    /// durations and the two messaging durations (the OpenTelemetry
+    /// messaging conventions advise the same boundaries); default
     /// [`HTTP_LATENCY_BUCKETS`], the OpenTelemetry-advised boundaries.
     pub http: Vec<f64>,
     /// `paytrace_stage_duration_seconds` and `paytrace_resource_wait_seconds`;
@@ -208,6 +210,7 @@ impl Families {
                 "Messages taken off a queue, by outcome.",
                 &[SERVICE_NAME, label::QUEUE, label::OUTCOME],
             )?,
+            messaging: MessagingFamilies::new(buckets)?,
             build_info: int_gauge(
                 metric::BUILD_INFO,
                 "Always 1; the labels say which service and version run.",
@@ -263,6 +266,7 @@ impl Families {
         r.register(Box::new(self.resource_errors.clone()))?;
         r.register(Box::new(self.queue_depth.clone()))?;
         r.register(Box::new(self.queue_messages.clone()))?;
+        self.messaging.register(r)?;
         r.register(Box::new(self.build_info.clone()))?;
         r.register(Box::new(self.series_overflow.clone()))?;
         r.register(Box::new(self.spans_dropped.clone()))?;
@@ -393,6 +397,96 @@ pub(crate) fn encode_text(registry: &Registry) -> Result<String, prometheus::Err
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The families of message producers and consumers (OpenTelemetry's
+/// messaging metrics) and of the broker's queues (`paytrace_broker_*`).
+#[derive(Debug)]
+pub(crate) struct MessagingFamilies {
+    pub(crate) sent: IntCounterVec,
+    pub(crate) operation_duration: HistogramVec,
+    pub(crate) consumed: IntCounterVec,
+    pub(crate) process_duration: HistogramVec,
+    pub(crate) ready: IntGaugeVec,
+    pub(crate) unacked: IntGaugeVec,
+    pub(crate) oldest_age: GaugeVec,
+    pub(crate) redeliveries: IntCounterVec,
+    pub(crate) dead_lettered: IntCounterVec,
+}
+
+impl MessagingFamilies {
+    fn new(buckets: &Buckets) -> prometheus::Result<Self> {
+        use label::{
+            ERROR_TYPE, MESSAGING_CONSUMER_GROUP_NAME as GROUP,
+            MESSAGING_DESTINATION_NAME as DESTINATION, MESSAGING_OPERATION_NAME as OPERATION,
+            MESSAGING_SYSTEM as SYSTEM, QUEUE,
+        };
+        let broker = [SERVICE_NAME, SYSTEM, QUEUE, GROUP];
+        Ok(Self {
+            sent: counter(
+                metric::MESSAGING_CLIENT_SENT_MESSAGES_TOTAL,
+                "Messages a producer tried to send; error_type is set when the send failed.",
+                &[SERVICE_NAME, SYSTEM, DESTINATION, ERROR_TYPE],
+            )?,
+            operation_duration: histogram(
+                metric::MESSAGING_CLIENT_OPERATION_DURATION_SECONDS,
+                "Duration of a messaging operation of a producer, the broker's confirmation included.",
+                &[SERVICE_NAME, SYSTEM, DESTINATION, OPERATION, ERROR_TYPE],
+                &buckets.http,
+            )?,
+            consumed: counter(
+                metric::MESSAGING_CLIENT_CONSUMED_MESSAGES_TOTAL,
+                "Messages delivered to the application (redeliveries included).",
+                &[SERVICE_NAME, SYSTEM, DESTINATION, GROUP],
+            )?,
+            process_duration: histogram(
+                metric::MESSAGING_PROCESS_DURATION_SECONDS,
+                "Duration of the application's processing of a message.",
+                &[SERVICE_NAME, SYSTEM, DESTINATION, GROUP, ERROR_TYPE],
+                &buckets.http,
+            )?,
+            ready: int_gauge(
+                metric::BROKER_MESSAGES_READY,
+                "Messages waiting in the broker to be delivered (backlog; a stream group's lag), as last read from the broker.",
+                &broker,
+            )?,
+            unacked: int_gauge(
+                metric::BROKER_MESSAGES_UNACKED,
+                "Messages delivered and not yet acknowledged, as last read from the broker.",
+                &broker,
+            )?,
+            oldest_age: GaugeVec::new(
+                Opts::new(
+                    metric::BROKER_OLDEST_MESSAGE_AGE_SECONDS,
+                    "Age of the oldest message not yet acknowledged (ready or delivered), as last read from the broker; 0 when none.",
+                ),
+                &broker,
+            )?,
+            redeliveries: counter(
+                metric::BROKER_REDELIVERIES_TOTAL,
+                "Deliveries of messages the broker had delivered before.",
+                &broker,
+            )?,
+            dead_lettered: counter(
+                metric::BROKER_DEAD_LETTERED_TOTAL,
+                "Messages moved to the dead-letter destination after too many deliveries.",
+                &broker,
+            )?,
+        })
+    }
+
+    fn register(&self, r: &Registry) -> prometheus::Result<()> {
+        r.register(Box::new(self.sent.clone()))?;
+        r.register(Box::new(self.operation_duration.clone()))?;
+        r.register(Box::new(self.consumed.clone()))?;
+        r.register(Box::new(self.process_duration.clone()))?;
+        r.register(Box::new(self.ready.clone()))?;
+        r.register(Box::new(self.unacked.clone()))?;
+        r.register(Box::new(self.oldest_age.clone()))?;
+        r.register(Box::new(self.redeliveries.clone()))?;
+        r.register(Box::new(self.dead_lettered.clone()))?;
+        Ok(())
     }
 }
 

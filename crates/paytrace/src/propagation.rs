@@ -104,6 +104,22 @@ pub(crate) fn outgoing(span: &tracing::Span, ambient: &Context) -> Context {
     }
 }
 
+/// A context with `cx`'s baggage and no span: the parent of a span that
+/// starts a new trace but continues the flow (a message's consumer).
+pub(crate) fn baggage_only(cx: &Context) -> Context {
+    Context::new().with_baggage(copied(cx.baggage()))
+}
+
+/// The remote parent and baggage a message's headers carry.
+pub(crate) fn extract_from(carrier: &dyn opentelemetry::propagation::Extractor) -> Context {
+    PROPAGATOR.extract(carrier)
+}
+
+/// Writes `cx`'s span context and baggage through `injector`.
+pub(crate) fn inject_into(cx: &Context, injector: &mut dyn opentelemetry::propagation::Injector) {
+    PROPAGATOR.inject_context(cx, injector);
+}
+
 /// A copy of `baggage`'s entries, for a context built from another.
 fn copied(baggage: &Baggage) -> Vec<KeyValueMetadata> {
     baggage

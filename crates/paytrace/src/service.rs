@@ -221,6 +221,50 @@ impl ServiceTelemetry {
         QueueMetrics::new(self, queue)
     }
 
+    /// Sends messages to `destination` of the broker `system` (`rabbitmq`,
+    /// `redis`, or the OpenTelemetry name of another): PRODUCER spans whose
+    /// context travels in the messages' headers; see
+    /// [`crate::messaging::Producer`].
+    ///
+    /// ```
+    /// let svc = paytrace::ServiceTelemetry::new("payment", "1.0.0");
+    /// let producer = svc.producer("rabbitmq", "payment.notifications");
+    /// assert_eq!(producer.destination(), "payment.notifications");
+    /// ```
+    pub fn producer(&self, system: &str, destination: &str) -> crate::messaging::Producer {
+        crate::messaging::Producer::new(self, system, destination)
+    }
+
+    /// Processes messages of `destination` of the broker `system`: CONSUMER
+    /// spans that continue the producer's flow; see
+    /// [`crate::messaging::Consumer`].
+    ///
+    /// ```
+    /// let svc = paytrace::ServiceTelemetry::new("order", "1.0.0");
+    /// let consumer = svc.consumer("redis", "payment.notifications").group("order");
+    /// assert_eq!(consumer.destination(), "payment.notifications");
+    /// ```
+    pub fn consumer(&self, system: &str, destination: &str) -> crate::messaging::Consumer {
+        crate::messaging::Consumer::new(self, system, destination)
+    }
+
+    /// The broker-side metrics of `queue` (with its consumer `group`, where
+    /// the broker has groups); see [`crate::messaging::BrokerMetrics`].
+    ///
+    /// ```
+    /// let svc = paytrace::ServiceTelemetry::new("order", "1.0.0");
+    /// let broker = svc.broker_metrics("redis", "payment.notifications", Some("order"));
+    /// broker.dead_lettered();
+    /// ```
+    pub fn broker_metrics(
+        &self,
+        system: &str,
+        queue: &str,
+        group: Option<&str>,
+    ) -> crate::messaging::BrokerMetrics {
+        crate::messaging::BrokerMetrics::new(self, system, queue, group)
+    }
+
     /// A bounded in-process queue named `queue` of up to `capacity`
     /// messages, measured as this service's: depth, oldest message's age,
     /// messages by outcome. The same as [`crate::queue`], as a method like
