@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of paytrace: formatting, clippy, unit and
 # integration tests (against real HTTP servers, real OTLP receivers, real
-# redis-server, PostgreSQL and MariaDB, real Prometheus/promtool, Alertmanager/amtool and node
+# redis-server, RabbitMQ, PostgreSQL and MariaDB, real Prometheus/promtool, Alertmanager/amtool and node
 # exporter, headless Chromium), and doc tests.
 #
 # On a fresh Debian machine it installs the system packages the suite needs
@@ -33,6 +33,7 @@ need() {
         # the one the package may have started only takes memory.
         case $package in
             postgresql | mariadb-server) service "${package%-server}" stop >/dev/null 2>&1 || true ;;
+            rabbitmq-server) service rabbitmq-server stop >/dev/null 2>&1 || true ;;
         esac
     fi
     if ! has "$tool"; then
@@ -48,6 +49,9 @@ need redis-server redis-server
 need '/usr/lib/postgresql/*/bin/postgres' postgresql
 need mariadbd mariadb-server
 need mariadb-install-db mariadb-server
+# The messaging tests start a RabbitMQ broker (and its epmd) of their own.
+need /usr/lib/rabbitmq/bin/rabbitmq-server rabbitmq-server
+need epmd rabbitmq-server
 need amtool prometheus-alertmanager
 need prometheus-alertmanager prometheus-alertmanager
 need prometheus-node-exporter prometheus-node-exporter

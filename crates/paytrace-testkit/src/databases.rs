@@ -226,10 +226,10 @@ impl MariaDbServer {
 
 /// A directory under the temp dir, removed when dropped.
 #[derive(Debug)]
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(what: &str) -> Self {
+    pub(crate) fn new(what: &str) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "paytrace-{what}-{}-{}",
             std::process::id(),
@@ -240,7 +240,7 @@ impl TempDir {
         Self(dir)
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }

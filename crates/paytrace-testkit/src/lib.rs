@@ -9,6 +9,7 @@
 //! - [`RedisServer`]: a throwaway `redis-server` on a free loopback port.
 //! - [`PostgresServer`], [`MariaDbServer`]: throwaway database servers, each
 //!   with a data directory of its own.
+//! - [`RabbitMqServer`]: a throwaway RabbitMQ broker with its management API.
 //! - [`post_otlp_json`]: an OTLP/HTTP JSON request, as an SDK sends it.
 //! - [`free_port`]: a loopback port nobody listens on.
 //! - [`scrape_value`]: one sample of a `/metrics` page.
@@ -17,9 +18,11 @@
 pub mod checkout;
 mod databases;
 mod process;
+mod rabbitmq;
 
 pub use databases::{MariaDbServer, PostgresServer};
 pub use process::Process;
+pub use rabbitmq::RabbitMqServer;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};

@@ -151,6 +151,10 @@ pub use paytrace_semconv as semconv;
 pub use axum;
 #[doc(no_inline)]
 pub use http;
+/// The RabbitMQ client the `amqp` adapter's signatures name.
+#[cfg(feature = "amqp")]
+#[doc(no_inline)]
+pub use lapin;
 #[doc(no_inline)]
 pub use opentelemetry;
 #[doc(no_inline)]

@@ -21,7 +21,8 @@
 //!   broker says of a queue (`paytrace_broker_*`: ready, unacknowledged,
 //!   oldest message's age, redeliveries, dead letters).
 //!
-//! Adapters for real brokers use these: [`redis_streams`] (feature `redis`).
+//! Adapters for real brokers use these: `redis_streams` (feature `redis`)
+//! and `amqp` for RabbitMQ (feature `amqp`).
 //!
 //! # Cancellation
 //!
@@ -66,6 +67,8 @@
 //! [`ServiceTelemetry::consumer`]: crate::ServiceTelemetry::consumer
 //! [`ServiceTelemetry::broker_metrics`]: crate::ServiceTelemetry::broker_metrics
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 mod broker;
 mod carrier;
 mod consumer;
