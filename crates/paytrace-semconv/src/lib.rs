@@ -308,6 +308,14 @@ pub mod metric {
     /// Counter, same labels: messages moved to the dead-letter destination
     /// after too many deliveries.
     pub const BROKER_DEAD_LETTERED_TOTAL: &str = "paytrace_broker_dead_lettered_total";
+    /// Gauge `{service, outbox}`: messages committed to an outbox table and
+    /// not yet published.
+    pub const OUTBOX_PENDING_MESSAGES: &str = "paytrace_outbox_pending_messages";
+    /// Gauge `{service, outbox}`: age of the oldest of them; 0 when none.
+    pub const OUTBOX_OLDEST_PENDING_SECONDS: &str = "paytrace_outbox_oldest_pending_seconds";
+    /// Counter `{service, inbox}`: messages an inbox had applied before,
+    /// skipped (redeliveries, a relay's repeats).
+    pub const INBOX_DUPLICATES_TOTAL: &str = "paytrace_inbox_duplicates_total";
     /// Gauge `{service}`: tokio worker threads.
     pub const RUNTIME_WORKERS: &str = "paytrace_runtime_workers";
     /// Gauge `{service}`: share of time the workers were busy since the last scrape.
@@ -441,6 +449,9 @@ pub mod metric {
         BROKER_OLDEST_MESSAGE_AGE_SECONDS,
         BROKER_REDELIVERIES_TOTAL,
         BROKER_DEAD_LETTERED_TOTAL,
+        OUTBOX_PENDING_MESSAGES,
+        OUTBOX_OLDEST_PENDING_SECONDS,
+        INBOX_DUPLICATES_TOTAL,
         RUNTIME_WORKERS,
         RUNTIME_WORKER_BUSY_RATIO,
         RUNTIME_GLOBAL_QUEUE_DEPTH,
@@ -572,6 +583,10 @@ pub mod label {
     pub const MESSAGING_CONSUMER_GROUP_NAME: &str = "messaging_consumer_group_name";
     /// Why a messaging operation failed; empty when it succeeded.
     pub const ERROR_TYPE: &str = "error_type";
+    /// An outbox table's name.
+    pub const OUTBOX: &str = "outbox";
+    /// An inbox's consumer name.
+    pub const INBOX: &str = "inbox";
 
     /// Every label name above, for consistency checks.
     pub const ALL: &[&str] = &[
@@ -603,6 +618,8 @@ pub mod label {
         MESSAGING_OPERATION_NAME,
         MESSAGING_CONSUMER_GROUP_NAME,
         ERROR_TYPE,
+        OUTBOX,
+        INBOX,
     ];
 }
 

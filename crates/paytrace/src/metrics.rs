@@ -413,6 +413,9 @@ pub(crate) struct MessagingFamilies {
     pub(crate) oldest_age: GaugeVec,
     pub(crate) redeliveries: IntCounterVec,
     pub(crate) dead_lettered: IntCounterVec,
+    pub(crate) outbox_pending: IntGaugeVec,
+    pub(crate) outbox_oldest: GaugeVec,
+    pub(crate) inbox_duplicates: IntCounterVec,
 }
 
 impl MessagingFamilies {
@@ -473,6 +476,23 @@ impl MessagingFamilies {
                 "Messages moved to the dead-letter destination after too many deliveries.",
                 &broker,
             )?,
+            outbox_pending: int_gauge(
+                metric::OUTBOX_PENDING_MESSAGES,
+                "Messages committed to an outbox table and not yet published, as its relay last counted.",
+                &[SERVICE_NAME, label::OUTBOX],
+            )?,
+            outbox_oldest: GaugeVec::new(
+                Opts::new(
+                    metric::OUTBOX_OLDEST_PENDING_SECONDS,
+                    "Age of the oldest unpublished outbox message, as its relay last counted; 0 when none.",
+                ),
+                &[SERVICE_NAME, label::OUTBOX],
+            )?,
+            inbox_duplicates: counter(
+                metric::INBOX_DUPLICATES_TOTAL,
+                "Messages an inbox had applied before, skipped without running their handler.",
+                &[SERVICE_NAME, label::INBOX],
+            )?,
         })
     }
 
@@ -486,6 +506,9 @@ impl MessagingFamilies {
         r.register(Box::new(self.oldest_age.clone()))?;
         r.register(Box::new(self.redeliveries.clone()))?;
         r.register(Box::new(self.dead_lettered.clone()))?;
+        r.register(Box::new(self.outbox_pending.clone()))?;
+        r.register(Box::new(self.outbox_oldest.clone()))?;
+        r.register(Box::new(self.inbox_duplicates.clone()))?;
         Ok(())
     }
 }

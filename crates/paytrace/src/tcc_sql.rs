@@ -96,7 +96,7 @@ pub struct SqlFence {
 pub struct Table(String);
 
 impl Table {
-    fn parse(name: &str) -> Result<Self, FenceError> {
+    pub(crate) fn parse(name: &str) -> Result<Self, FenceError> {
         let part_ok = |p: &str| {
             !p.is_empty()
                 && p.len() <= 63
@@ -113,8 +113,13 @@ impl Table {
         }
     }
 
+    /// The name as given (`table` or `schema.table`).
+    pub(crate) fn name(&self) -> &str {
+        &self.0
+    }
+
     /// The name without its schema, for the index's name.
-    fn bare(&self) -> &str {
+    pub(crate) fn bare(&self) -> &str {
         self.0.rsplit('.').next().unwrap_or(&self.0)
     }
 }
@@ -396,9 +401,9 @@ impl SqlFence {
 /// was cancelled in flight to the pool still inside the transaction
 /// (transact-rs/sqlx#4393, #4385), where the next borrower's writes would
 /// never commit.
-struct Checkout<DB: sqlx::Database> {
-    conn: sqlx::pool::PoolConnection<DB>,
-    settled: bool,
+pub(crate) struct Checkout<DB: sqlx::Database> {
+    pub(crate) conn: sqlx::pool::PoolConnection<DB>,
+    pub(crate) settled: bool,
 }
 
 impl<DB: sqlx::Database> Drop for Checkout<DB> {
@@ -437,7 +442,7 @@ fn check_ids(branch: &BranchKey) -> Result<(), FenceError> {
     Ok(())
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -512,7 +517,7 @@ impl Dialect {
     }
 
     /// `$1, $2, …` or `?, ?, …` for parameter `n` (1-based).
-    fn p(self, n: usize) -> String {
+    pub(crate) fn p(self, n: usize) -> String {
         match self {
             Self::Postgres => format!("${n}"),
             Self::MySql | Self::Sqlite => "?".to_owned(),

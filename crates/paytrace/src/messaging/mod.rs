@@ -22,7 +22,9 @@
 //!   oldest message's age, redeliveries, dead letters).
 //!
 //! Adapters for real brokers use these: `redis_streams` (feature `redis`)
-//! and `amqp` for RabbitMQ (feature `amqp`).
+//! and `amqp` for RabbitMQ (feature `amqp`). `outbox` (features `sqlx-*`)
+//! publishes messages written in the business transaction, at least once,
+//! and applies each once on the consumer's side.
 //!
 //! # Cancellation
 //!
@@ -72,6 +74,12 @@ pub mod amqp;
 mod broker;
 mod carrier;
 mod consumer;
+#[cfg(any(
+    feature = "sqlx-postgres",
+    feature = "sqlx-mysql",
+    feature = "sqlx-sqlite"
+))]
+pub mod outbox;
 mod producer;
 #[cfg(feature = "redis")]
 pub mod redis_streams;
