@@ -102,20 +102,30 @@ async fn committed_messages_are_published_in_order_in_their_flow_and_applied_onc
 
     // The broker is down for the first attempt: nothing is marked sent.
     let refused = relay
-        .publish_batch(async |_m| Err::<(), _>("connection refused"))
+        .publish_batch(|_m| async { Err::<(), _>("connection refused") })
         .await;
     assert!(
         matches!(refused, Err(OutboxError::Publish { ref message_id, .. }) if message_id == "pay_1"),
         "{refused:?}"
     );
-    let mut published = Vec::new();
+    let published = std::sync::Mutex::new(Vec::new());
     let n = relay
-        .publish_batch(async |m| {
-            published.push((m.message_id.clone(), m.payload.clone(), Flow::current()));
-            Ok::<_, std::io::Error>(())
+        .publish_batch(|m| {
+            let published = &published;
+            async move {
+                // Inside the context stored with the message.
+                let flow = Flow::current();
+                published.lock().expect("not poisoned").push((
+                    m.message_id.clone(),
+                    m.payload.clone(),
+                    flow,
+                ));
+                Ok::<_, std::io::Error>(())
+            }
         })
         .await
         .expect("published");
+    let published = published.into_inner().expect("not poisoned");
     assert_eq!(n, 2);
     assert_eq!(
         published,
@@ -126,7 +136,7 @@ async fn committed_messages_are_published_in_order_in_their_flow_and_applied_onc
         "in order, the rolled-back one never, each in its flow"
     );
     let again = relay
-        .publish_batch(async |m| Err::<(), _>(format!("{} published twice", m.message_id)))
+        .publish_batch(|m| async move { Err::<(), _>(format!("{} published twice", m.message_id)) })
         .await;
     assert_eq!(again.expect("nothing to publish"), 0);
     assert_eq!(relay.observe().await.expect("counted"), (0, None));

@@ -794,6 +794,9 @@ pub mod stage {
     pub const PAYMENT_REFUND: &str = "payment.refund";
     /// The refund request to the third-party channel.
     pub const CHANNEL_REFUND: &str = "channel.refund";
+    /// The order service takes the payment's notification off the message
+    /// broker (a CONSUMER span); the wait before it is `async:order.paid`.
+    pub const ORDER_PAID: &str = "order.paid";
 
     /// The stages the design names.
     pub const ALL: &[&str] = &[
@@ -813,6 +816,7 @@ pub mod stage {
         NOTIFY_SEND,
         PAYMENT_REFUND,
         CHANNEL_REFUND,
+        ORDER_PAID,
     ];
 
     /// The prefix of async-wait pseudo-stages.

@@ -50,6 +50,8 @@ pub struct Options {
     pub redis: Option<String>,
     /// The participants' database (else each its own SQLite file).
     pub database_url: Option<String>,
+    /// The message broker of the payment's notifications (else HTTP).
+    pub broker: Option<String>,
 }
 
 /// The report's `endpoints`.
@@ -165,6 +167,9 @@ fn spawn_service(
         .stdin(std::process::Stdio::piped());
     if let Some(url) = &o.redis {
         cmd.arg("--redis").arg(url);
+    }
+    if let Some(url) = &o.broker {
+        cmd.arg("--broker").arg(url);
     }
     if let Some(url) = &o.database_url {
         cmd.arg("--database-url").arg(url);

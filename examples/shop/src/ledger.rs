@@ -32,6 +32,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use paytrace::messaging::outbox::{Applied, Inbox, InboxError, Outbox, OutboxError, OutboxMessage};
 use paytrace::tcc::{BranchError, BranchKey, BranchOutcome, Phase, SqlFence};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
@@ -63,6 +64,22 @@ pub enum LedgerError {
     /// never should).
     #[error("no held row for this branch")]
     NotHeld,
+    /// The outbox or the inbox failed.
+    #[error("the outbox: {0}")]
+    Outbox(#[from] OutboxError),
+}
+
+/// A message to write into an outbox with a phase's business change.
+#[derive(Clone, Copy, Debug)]
+pub struct Message<'a> {
+    /// The outbox it goes into.
+    pub outbox: &'a Outbox,
+    /// Where the relay sends it.
+    pub destination: &'a str,
+    /// Its id, the consumer's deduplication key.
+    pub id: &'a str,
+    /// Its body.
+    pub payload: &'a [u8],
 }
 
 /// What a Try holds: the item (inventory only) and how much of it.
@@ -405,6 +422,112 @@ impl Ledger {
                     })
                     .await
             }
+        }
+    }
+
+    /// [`Ledger::fenced`], with `message` written into its outbox in the
+    /// same transaction: sent if and only if the phase committed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::fenced`]; the outbox's are [`LedgerError::Outbox`].
+    pub async fn fenced_with_message(
+        &self,
+        fence: &SqlFence,
+        phase: Phase,
+        key: &BranchKey,
+        (hold, think): (Hold, Duration),
+        message: Message<'_>,
+    ) -> Answer {
+        let Message {
+            outbox,
+            destination,
+            id,
+            payload,
+        } = message;
+        macro_rules! with_message {
+            ($pool:expr, $db:ident) => {
+                fence
+                    .run($pool, phase, key, async |tx| {
+                        if !$db::business(tx, phase, key, hold, think).await? {
+                            return Err(LedgerError::NotHeld);
+                        }
+                        outbox.enqueue(tx, destination, id, payload).await?;
+                        Ok(())
+                    })
+                    .await
+            };
+        }
+        match self {
+            Self::Sqlite(pool) => with_message!(pool, sqlite),
+            Self::Postgres(pool) => with_message!(pool, postgres),
+        }
+    }
+
+    /// Creates `outbox`'s table if missing.
+    ///
+    /// # Errors
+    ///
+    /// When the database refuses it.
+    pub async fn create_outbox(&self, outbox: &Outbox) -> Result<(), LedgerError> {
+        match self {
+            Self::Sqlite(pool) => outbox.create_table(pool).await?,
+            Self::Postgres(pool) => outbox.create_table(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Creates `inbox`'s table if missing.
+    ///
+    /// # Errors
+    ///
+    /// When the database refuses it.
+    pub async fn create_inbox(&self, inbox: &Inbox) -> Result<(), LedgerError> {
+        match self {
+            Self::Sqlite(pool) => inbox.create_table(pool).await?,
+            Self::Postgres(pool) => inbox.create_table(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Publishes `outbox`'s next committed messages through `publish` (see
+    /// [`OutboxRelay::publish_batch`](paytrace::messaging::outbox::OutboxRelay::publish_batch));
+    /// how many.
+    ///
+    /// # Errors
+    ///
+    /// When the database or `publish` failed.
+    pub async fn publish_outbox<Fut, E: std::fmt::Display>(
+        &self,
+        outbox: &Outbox,
+        publish: impl FnMut(OutboxMessage) -> Fut,
+    ) -> Result<usize, OutboxError>
+    where
+        Fut: Future<Output = Result<(), E>>,
+    {
+        match self {
+            Self::Sqlite(pool) => outbox.relay(pool.clone()).publish_batch(publish).await,
+            Self::Postgres(pool) => outbox.relay(pool.clone()).publish_batch(publish).await,
+        }
+    }
+
+    /// Runs `effect` for message `id` unless `inbox` recorded it before;
+    /// records it when `effect` succeeded (see
+    /// [`Inbox::run`]: the record commits after the effect, so an effect
+    /// whose record was lost runs again; the shop's are idempotent).
+    ///
+    /// # Errors
+    ///
+    /// When `effect` or the database failed (nothing recorded).
+    pub async fn apply_once<T, E>(
+        &self,
+        inbox: &Inbox,
+        id: &str,
+        effect: impl AsyncFnOnce() -> Result<T, E>,
+    ) -> Result<Applied<T>, InboxError<E>> {
+        match self {
+            Self::Sqlite(pool) => inbox.run(pool, id, async |_tx| effect().await).await,
+            Self::Postgres(pool) => inbox.run(pool, id, async |_tx| effect().await).await,
         }
     }
 

@@ -7,6 +7,7 @@
 // A binary: its modules' `pub` items are visible to the crate only.
 #![allow(unreachable_pub)]
 
+mod broker;
 mod channel;
 mod chaos;
 mod demo;
@@ -129,6 +130,15 @@ struct ServiceOptions {
     /// each in the temporary directory.
     #[arg(long, env = "PAYTRACE_DEMO_DATABASE_URL")]
     database_url: Option<String>,
+    /// Carry the payment's notifications to the order service through this
+    /// message broker instead of an HTTP call: Redis Streams
+    /// (`redis://127.0.0.1:6379/`) or RabbitMQ
+    /// (`amqp://guest:guest@127.0.0.1:5672/%2f`, optionally
+    /// `#http://127.0.0.1:15672` for its management API), written to an
+    /// outbox with the payment's Confirm and applied once through the
+    /// order's inbox.
+    #[arg(long, env = "PAYTRACE_DEMO_BROKER")]
+    broker: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,8 +189,11 @@ fn main() -> ExitCode {
                     Plan { base: port_base },
                     Chaos::new(&services.chaos, services.chaos_channel.role()).starting_at(from),
                     services.without_fence.iter().any(|p| p.role() == role),
-                    services.redis,
-                    services.database_url,
+                    service::Backends {
+                        redis: services.redis,
+                        database: services.database_url,
+                        broker: services.broker,
+                    },
                     exit_with_parent,
                 )
                 .await
@@ -201,6 +214,7 @@ fn main() -> ExitCode {
                     without_fence: d.services.without_fence.iter().map(|p| p.role()).collect(),
                     redis: d.services.redis,
                     database_url: d.services.database_url,
+                    broker: d.services.broker,
                 })
                 .await
             }

@@ -231,36 +231,43 @@ async fn create(
 }
 
 async fn paid(State(o): State<Order>, Path(order_id): Path<String>) -> StatusCode {
+    if confirm_paid(&o, &order_id).await {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    }
+}
+
+/// Phase two of a paid order: Confirm on every branch (and, under the
+/// `cancel-after-confirm` chaos, a late Cancel). Whether every Confirm
+/// succeeded.
+async fn confirm_paid(o: &Order, order_id: &str) -> bool {
     let confirms = SECOND_PHASE.map(|role| {
-        let body = call(&order_id, role, "");
+        let body = call(order_id, role, "");
         let o = o.clone();
         async move { o.second_phase(role, Phase::Confirm, &body).await }
     });
     let [a, b, c] = confirms;
     let (a, b, c) = o
-        .decide(&order_id, Phase::Confirm, async { tokio::join!(a, b, c) })
+        .decide(order_id, Phase::Confirm, async { tokio::join!(a, b, c) })
         .await;
     if o.chaos.has(Fault::CancelAfterConfirm)
         && one_in_ten(&o.paid)
         && o.cancelled_late
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(order_id.clone())
+            .insert(order_id.to_owned())
     {
         // A recovery job that missed the Confirm cancels the branch late.
         o.injected
             .with_label_values(&["cancel_after_confirm"])
             .inc();
-        let body = call(&order_id, Role::Inventory, "");
+        let body = call(order_id, Role::Inventory, "");
         let _ = o
             .phase(Role::Inventory, "cancel", &body, Duration::from_secs(1))
             .await;
     }
-    if a && b && c {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_GATEWAY
-    }
+    a && b && c
 }
 
 /// `paytrace_demo_faults_injected_total{fault}` in the service's registry
@@ -295,20 +302,33 @@ fn inventory_client(svc: &ServiceTelemetry, plan: Plan) -> InventoryClient {
     ))
 }
 
-/// The order service's routes.
-pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Arc<Chaos>) -> Router {
-    Router::new()
+/// Phase two of a paid order, for a consumer of the payment's
+/// notifications (`--broker`); whether it finished.
+pub type Paid =
+    Box<dyn Fn(String) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// The order service's routes, and phase two of a paid order for the
+/// notifications' consumer.
+pub fn router(svc: &ServiceTelemetry, plan: Plan, chaos: &Arc<Chaos>) -> (Router, Paid) {
+    let order = Order {
+        svc: svc.clone(),
+        http: svc.client(reqwest::Client::new()),
+        inventory: inventory_client(svc, plan),
+        plan,
+        chaos: chaos.clone(),
+        injected: injected_counter(svc),
+        cancelled_late: Default::default(),
+        created: Default::default(),
+        paid: Default::default(),
+    };
+    let consumer = order.clone();
+    let paid_by_message: Paid = Box::new(move |order_id| {
+        let o = consumer.clone();
+        Box::pin(async move { confirm_paid(&o, &order_id).await })
+    });
+    let routes = Router::new()
         .route("/orders", post(create))
         .route("/orders/{id}/paid", post(paid))
-        .with_state(Order {
-            svc: svc.clone(),
-            http: svc.client(reqwest::Client::new()),
-            inventory: inventory_client(svc, plan),
-            plan,
-            chaos: chaos.clone(),
-            injected: injected_counter(svc),
-            cancelled_late: Default::default(),
-            created: Default::default(),
-            paid: Default::default(),
-        })
+        .with_state(order);
+    (routes, paid_by_message)
 }

@@ -13,12 +13,14 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use opentelemetry::trace::SpanContext;
+use paytrace::messaging::outbox::Outbox;
 use paytrace::tcc::{BranchError, BranchKey, Phase, SqlFence};
 use paytrace::{Client, Flow, QueueSender, ServiceTelemetry};
-use paytrace_demo::ledger::{Hold, Ledger, LedgerError};
+use paytrace_demo::ledger::{Hold, Ledger, LedgerError, Message};
 use paytrace_semconv::{flow, stage, tcc};
 use tracing::Instrument;
 
+use crate::broker::{NOTIFICATIONS, Notification};
 use crate::chaos::{Chaos, Fault};
 use crate::plan::{Plan, Role};
 use crate::wire::{ChannelCallback, PayRequest, RefundRequest, TccCall};
@@ -218,6 +220,7 @@ async fn consume(
     plan: Plan,
     mut rx: paytrace::QueueReceiver<Confirmation>,
     chaos: Arc<Chaos>,
+    outbox: Option<Outbox>,
 ) {
     while let Some(Confirmation {
         callback: cb,
@@ -244,11 +247,39 @@ async fn consume(
                     .stage("payment.confirm", Phase::Confirm, &key)
                     .link(producer)
                     .run(async {
-                        ledger
-                            .fenced(&fence, Phase::Confirm, &key, hold(0), THINK)
-                            .await?;
-                        let r = http.post(&url).send().await?;
-                        r.error_for_status()?;
+                        match &outbox {
+                            // With a broker: the order is told by a message
+                            // written with the Confirm, sent by the relay.
+                            Some(outbox) => {
+                                let id = format!("paid-{}", cb.order_id);
+                                let payload = serde_json::to_vec(&Notification {
+                                    order_id: cb.order_id.clone(),
+                                })
+                                .unwrap_or_default();
+                                let message = Message {
+                                    outbox,
+                                    destination: NOTIFICATIONS,
+                                    id: &id,
+                                    payload: &payload,
+                                };
+                                ledger
+                                    .fenced_with_message(
+                                        &fence,
+                                        Phase::Confirm,
+                                        &key,
+                                        (hold(0), THINK),
+                                        message,
+                                    )
+                                    .await?;
+                            }
+                            None => {
+                                ledger
+                                    .fenced(&fence, Phase::Confirm, &key, hold(0), THINK)
+                                    .await?;
+                                let r = http.post(&url).send().await?;
+                                r.error_for_status()?;
+                            }
+                        }
                         Ok::<_, PayError>(())
                     })
                     .await
@@ -291,12 +322,14 @@ async fn refund(State(p): State<Payment>, Json(req): Json<RefundRequest>) -> Sta
 }
 
 /// The payment service's routes, its payments kept in `ledger` behind
-/// `fence`; starts the callback consumer.
+/// `fence`; starts the callback consumer, which tells the order service
+/// through `outbox` (`--broker`) or over HTTP.
 pub fn router(
     svc: &ServiceTelemetry,
     plan: Plan,
     chaos: &Arc<Chaos>,
     (ledger, fence): (Ledger, SqlFence),
+    outbox: Option<Outbox>,
 ) -> Router {
     let http = svc.client(reqwest::Client::new());
     let (tx, rx) = paytrace::queue(svc, "payment_callbacks", 10_000);
@@ -306,6 +339,7 @@ pub fn router(
         plan,
         rx,
         chaos.clone(),
+        outbox,
     ));
     Router::new()
         .route("/tcc/try", post(tcc_try))

@@ -47,21 +47,12 @@ async fn sql_ledger(
     chaos: &Chaos,
     url: &str,
 ) -> Result<(Ledger, SqlFence), String> {
-    if let Some(dir) = url
-        .strip_prefix("sqlite://")
-        .and_then(|p| std::path::Path::new(p).parent())
-    {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
     // Inventory's pool: eight connections, one when exhausted from the start.
     let connections = match role {
         Role::Inventory if chaos.has(Fault::PoolExhausted) => 1,
         _ => 8,
     };
-    let ledger = Ledger::open(url, connections)
-        .await
-        .map_err(|e| format!("cannot open {role}'s ledger at {url}: {e}"))?;
+    let ledger = open_ledger(role, url, connections).await?;
     let pool = ledger.pool_metrics(svc, &format!("{role}_db"));
     let fence = svc.tcc_sql(role.name()).pool_metrics(pool);
     ledger
@@ -81,6 +72,20 @@ async fn sql_ledger(
     Ok((ledger, fence))
 }
 
+/// `role`'s database at `url` (its SQLite file's directory created).
+async fn open_ledger(role: Role, url: &str, connections: u32) -> Result<Ledger, String> {
+    if let Some(dir) = url
+        .strip_prefix("sqlite://")
+        .and_then(|p| std::path::Path::new(p).parent())
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    Ledger::open(url, connections)
+        .await
+        .map_err(|e| format!("cannot open {role}'s ledger at {url}: {e}"))
+}
+
 /// Inventory's stock in the Redis at `url`, each phase's change in the
 /// Redis fence's script.
 async fn redis_store(svc: &ServiceTelemetry, role: Role, url: &str) -> Result<Store, String> {
@@ -98,16 +103,36 @@ async fn redis_store(svc: &ServiceTelemetry, role: Role, url: &str) -> Result<St
     })
 }
 
+/// Where a service keeps its state and sends its messages: `--redis`,
+/// `--database-url`, `--broker`.
+#[derive(Clone, Debug, Default)]
+pub struct Backends {
+    /// Redis for the inventory's stock.
+    pub redis: Option<String>,
+    /// The database of the ledgers, outbox and inbox.
+    pub database: Option<String>,
+    /// The message broker of the payment's notifications.
+    pub broker: Option<String>,
+}
+
 /// Serves `role` until `POST /admin/shutdown` or Ctrl-C; then flushes its spans.
 pub async fn run(
     role: Role,
     plan: Plan,
     chaos: Chaos,
     without_fence: bool,
-    redis: Option<String>,
-    database: Option<String>,
+    backends: Backends,
     exit_with_parent: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let Backends {
+        redis,
+        database,
+        broker,
+    } = backends;
+    let broker = broker
+        .as_deref()
+        .map(crate::broker::Broker::parse)
+        .transpose()?;
     let telemetry = paytrace::TelemetryConfig::from_env(role.name())?
         .with_service_version(env!("CARGO_PKG_VERSION"))
         .install()?;
@@ -118,15 +143,35 @@ pub async fn run(
     let mut grpc = None;
     let routes: Router = match role {
         Role::Gateway => crate::gateway::router(&svc, plan),
-        Role::Order => crate::order::router(&svc, plan, &chaos),
+        Role::Order => {
+            let (routes, paid) = crate::order::router(&svc, plan, &chaos);
+            if let Some(broker) = &broker {
+                // The order's inbox, in its own database.
+                let url = database_url(plan, role, database);
+                let ledger = open_ledger(role, &url, 4).await?;
+                crate::broker::consume(&svc, ledger, broker, paid).await?;
+            }
+            routes
+        }
         Role::Payment => {
             let url = database_url(plan, role, database);
-            crate::payment::router(
-                &svc,
-                plan,
-                &chaos,
-                sql_ledger(&svc, role, &chaos, &url).await?,
-            )
+            let (ledger, fence) = sql_ledger(&svc, role, &chaos, &url).await?;
+            let outbox = match &broker {
+                Some(broker) => {
+                    let outbox = paytrace::messaging::outbox::Outbox::new(
+                        &svc,
+                        crate::broker::OUTBOX_TABLE,
+                    )?;
+                    ledger
+                        .create_outbox(&outbox)
+                        .await
+                        .map_err(|e| format!("cannot create the payment's outbox: {e}"))?;
+                    crate::broker::relay(&svc, ledger.clone(), outbox.clone(), broker).await?;
+                    Some(outbox)
+                }
+                None => None,
+            };
+            crate::payment::router(&svc, plan, &chaos, (ledger, fence), outbox)
         }
         Role::Inventory | Role::Coupon | Role::Points => {
             let store = match (role, &redis) {

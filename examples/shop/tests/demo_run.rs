@@ -403,3 +403,73 @@ fn every_flag_names_its_environment_variable() {
         "{help}"
     );
 }
+
+/// A checkout whose payment notification crosses a real broker: written to
+/// the payment's outbox with its Confirm, published by the relay, consumed
+/// by the order service in another process (stage `order.paid`). The
+/// aggregator stitches the consumer's trace into the flow through the
+/// message's link and baggage, and reports the wait as `async:order.paid`.
+fn assert_checkout_crosses_the_broker(doc: &Value) {
+    let requests = &doc["requests"];
+    let (sent, ok) = (
+        requests["sent"].as_u64().expect("sent"),
+        requests["ok"].as_u64().expect("ok"),
+    );
+    assert!(sent >= 40 && ok as f64 >= 0.85 * sent as f64, "{requests}");
+    let checkout = doc["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .find(|b| b["flow"] == "checkout" && b["payment_method"].is_null())
+        .expect("a checkout breakdown");
+    let stages: Vec<&str> = checkout["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| s["stage"].as_str().expect("stage name"))
+        .collect();
+    for stage in [
+        "payment.confirm",
+        "async:order.paid",
+        "order.paid",
+        "order.confirm",
+        "inventory.confirm",
+        "coupon.confirm",
+        "points.confirm",
+    ] {
+        assert!(stages.contains(&stage), "{stage} missing from {stages:?}");
+    }
+    // Stitched, not split: no consumer trace stands alone as a stage named
+    // by its service and span.
+    assert!(
+        !stages
+            .iter()
+            .any(|s| s.contains("process payment.notifications")),
+        "the consumer's trace was not stitched into the flow: {stages:?}"
+    );
+    let share: f64 = checkout["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| s["critical_path"]["share"].as_f64().expect("share"))
+        .sum();
+    assert!((share - 1.0).abs() < 0.01, "shares sum to {share}");
+    assert_eq!(doc["tcc"]["unfinished"], 0, "{}", doc["tcc"]);
+}
+
+#[test]
+fn a_checkout_over_redis_streams_is_one_flow_with_its_queue_wait() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let redis = rt.block_on(paytrace_testkit::RedisServer::start());
+    let doc = run_demo("broker-redis", 8000, 6, &["--broker", redis.url()]);
+    assert_checkout_crosses_the_broker(&doc);
+}
+
+#[test]
+fn a_checkout_over_rabbitmq_is_one_flow_with_its_queue_wait() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let rabbit = rt.block_on(paytrace_testkit::RabbitMqServer::start());
+    let broker = format!("{}#{}", rabbit.amqp_url(), rabbit.management_url());
+    let doc = run_demo("broker-amqp", 8800, 6, &["--broker", &broker]);
+    assert_checkout_crosses_the_broker(&doc);
+}

@@ -42,11 +42,14 @@ async fn relay(db: &str, redis_url: &str, stream: &str) -> Result<(), String> {
         .batch(20);
     loop {
         let published = relay
-            .publish_batch(async |message| {
-                producer
-                    .send(&message.message_id, &message.payload)
-                    .await
-                    .map(|_| ())
+            .publish_batch(|message| {
+                let producer = producer.clone();
+                async move {
+                    producer
+                        .send(&message.message_id, &message.payload)
+                        .await
+                        .map(|_| ())
+                }
             })
             .await;
         match published {

@@ -52,10 +52,13 @@
 //! // The relay, in a task of its own, publishes what was committed.
 //! let relay = outbox.relay(pool.clone());
 //! relay
-//!     .publish_batch(async |message| {
-//!         producer.send(Some(&message.message_id), HashMap::new(), |_headers| async {
-//!             Ok::<_, std::io::Error>(()) // hand message.payload to the broker here
-//!         }).await
+//!     .publish_batch(|message| {
+//!         let producer = producer.clone();
+//!         async move {
+//!             producer.send(Some(&message.message_id), HashMap::new(), |_headers| async {
+//!                 Ok::<_, std::io::Error>(()) // hand message.payload to the broker here
+//!             }).await
+//!         }
 //!     })
 //!     .await?;
 //! # Ok(()) }
@@ -269,29 +272,34 @@ impl<DB: OutboxDatabase> OutboxRelay<DB> {
     /// once `publish` returned `Ok`. Returns how many it published; 0 when
     /// none was waiting.
     ///
+    /// `publish` gets each message by value and returns a future that owns
+    /// what it needs, so the relay can run in a spawned task.
+    ///
     /// # Errors
     ///
     /// [`OutboxError::Publish`] when `publish` failed (that message and the
     /// later ones stay unsent); [`OutboxError::Store`] when the database
     /// failed.
-    pub async fn publish_batch<P, E>(&self, mut publish: P) -> Result<usize, OutboxError>
+    pub async fn publish_batch<P, Fut, E>(&self, mut publish: P) -> Result<usize, OutboxError>
     where
-        P: AsyncFnMut(&OutboxMessage) -> Result<(), E>,
+        P: FnMut(OutboxMessage) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
         E: std::fmt::Display,
     {
         let table = &self.outbox.table;
         let messages = DB::unsent(&self.pool, table, self.batch).await?;
         let mut published = 0;
-        for message in &messages {
-            let stored = extract_from(&Extract(message));
+        for message in messages {
+            let stored = extract_from(&Extract(&message));
+            let (sequence, message_id) = (message.sequence, message.message_id.clone());
             if let Err(e) = publish(message).with_context(stored).await {
                 self.observe().await?;
                 return Err(OutboxError::Publish {
-                    message_id: message.message_id.clone(),
+                    message_id,
                     error: e.to_string(),
                 });
             }
-            DB::mark_sent(&self.pool, table, message.sequence, now_ms()).await?;
+            DB::mark_sent(&self.pool, table, sequence, now_ms()).await?;
             published += 1;
         }
         self.observe().await?;
@@ -301,9 +309,10 @@ impl<DB: OutboxDatabase> OutboxRelay<DB> {
     /// Publishes batch after batch, waiting `idle` whenever nothing was
     /// waiting and `retry` after a failure, until the future is dropped
     /// (which loses nothing: rule 2).
-    pub async fn run<P, E>(&self, mut publish: P, idle: Duration, retry: Duration)
+    pub async fn run<P, Fut, E>(&self, mut publish: P, idle: Duration, retry: Duration)
     where
-        P: AsyncFnMut(&OutboxMessage) -> Result<(), E>,
+        P: FnMut(OutboxMessage) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
         E: std::fmt::Display,
     {
         loop {
