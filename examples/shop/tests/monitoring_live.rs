@@ -125,11 +125,16 @@ fn every_metric_the_alerts_and_dashboards_read_is_emitted() {
             .stderr(Stdio::null()),
         "apt-get install prometheus-node-exporter",
     );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // The payment's notifications through a real broker, for the messaging,
+    // broker and outbox families.
+    let redis = rt.block_on(paytrace_testkit::RedisServer::start());
     // Faults that make the lazily created series appear: pool timeouts,
     // TCC anomalies, lost callbacks (incomplete flows, frozen branches).
     let demo = Killed::spawn(
         Command::new(env!("CARGO_BIN_EXE_paytrace-demo"))
             .args(["--duration", "120s", "--rps", "10", "--port-base", &BASE.to_string()])
+            .args(["--broker", redis.url()])
             .args([
                 "--chaos",
                 "pool-exhausted,empty-rollback,cancel-after-confirm,confirm-network-failure,callback-lost,queue-backlog",
@@ -147,7 +152,6 @@ fn every_metric_the_alerts_and_dashboards_read_is_emitted() {
     targets.push(format!("http://127.0.0.1:{}/metrics", BASE + 80));
     targets.push(format!("http://127.0.0.1:{NODE}/metrics"));
 
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
     let node_target = format!("http://127.0.0.1:{NODE}/metrics");
     // A replica of a cluster (`serve --peer`) that forwards kept flows
     // (`--forward-otlp`), for the families only those have; its peer is the
