@@ -1,7 +1,7 @@
 // The OpenTelemetry JS SDK set up as a Node service sets it up: W3C trace
-// context and baggage, automatic HTTP, Express and gRPC (@grpc/grpc-js)
-// instrumentation, a batch processor and one OTLP exporter. Must be required
-// before http, express and @grpc/grpc-js.
+// context and baggage, automatic HTTP, Express, gRPC (@grpc/grpc-js) and
+// RabbitMQ (amqplib) instrumentation, a batch processor and one OTLP
+// exporter. Must be required before http, express, @grpc/grpc-js and amqplib.
 'use strict';
 
 const api = require('@opentelemetry/api');
@@ -17,6 +17,7 @@ const { registerInstrumentations } = require('@opentelemetry/instrumentation');
 const { HttpInstrumentation } = require('@opentelemetry/instrumentation-http');
 const { ExpressInstrumentation } = require('@opentelemetry/instrumentation-express');
 const { GrpcInstrumentation } = require('@opentelemetry/instrumentation-grpc');
+const { AmqplibInstrumentation } = require('@opentelemetry/instrumentation-amqplib');
 
 function exporter(protocol, endpoint) {
   switch (protocol) {
@@ -40,9 +41,9 @@ function exporter(protocol, endpoint) {
 /**
  * Installs the SDK for `serviceName`; returns the provider (to shut down).
  * `grpc`: also instrument @grpc/grpc-js (only where a case calls over gRPC,
- * so the other cases run as they did before it).
+ * so the other cases run as they did before it); `amqp`: also amqplib.
  */
-function init(serviceName, protocol, endpoint, grpc) {
+function init(serviceName, protocol, endpoint, grpc, amqp) {
   api.context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
   api.propagation.setGlobalPropagator(
     new CompositePropagator({
@@ -68,6 +69,7 @@ function init(serviceName, protocol, endpoint, grpc) {
       new HttpInstrumentation(),
       new ExpressInstrumentation(),
       ...(grpc ? [new GrpcInstrumentation()] : []),
+      ...(amqp ? [new AmqplibInstrumentation()] : []),
     ],
   });
   return provider;

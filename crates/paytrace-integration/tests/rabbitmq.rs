@@ -367,3 +367,76 @@ async fn the_backlog_and_unacknowledged_messages_are_read_from_the_management_ap
     );
     drop(held);
 }
+
+/// A consumer nobody here wrote: the OpenTelemetry JS SDK's amqplib
+/// instrumentation (`conformance/js/amqp_consumer.js`) takes a message this
+/// middleware published, and continues its trace (the consumer span's
+/// parent is the send's PRODUCER span) and its flow (the baggage it sees).
+/// Needs Node.js and the pinned JS SDK (`npm ci --prefix conformance/js`;
+/// scripts/test.sh does both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_js_amqplib_consumer_continues_the_trace_and_flow_of_a_message_sent_here() {
+    paytrace_testkit::require("node", "apt-get install nodejs npm");
+    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/js");
+    assert!(
+        js.join("node_modules/@opentelemetry/instrumentation-amqplib")
+            .is_dir(),
+        "the JS SDK is not installed: run `npm ci --prefix conformance/js` (scripts/test.sh does)"
+    );
+    spans();
+    let broker = RabbitMqServer::start().await;
+    let connection = connect(&broker).await;
+    let (_metrics, payment, _order) = services();
+    let queue = "notifications.js";
+    AmqpQueue::new(queue)
+        .declare(&connection)
+        .await
+        .expect("declared");
+    let producer = AmqpProducer::to_queue(&payment, &connection, queue)
+        .await
+        .expect("a channel");
+    checkout("ord_js_amqp")
+        .scope(producer.send("ntf_js", b"{\"order_id\":\"ord_js_amqp\"}"))
+        .await
+        .expect("confirmed");
+    let sends = spans_of(SpanKind::Producer, queue);
+    assert_eq!(sends.len(), 1);
+    let send = &sends[0];
+
+    let out = paytrace_testkit::Process::spawn(
+        std::process::Command::new("node")
+            .arg(js.join("amqp_consumer.js"))
+            .args([broker.amqp_url(), queue])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+        "apt-get install nodejs npm",
+    )
+    .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the JS consumer took the message within 60 s");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(
+        seen["traceId"],
+        send.span_context.trace_id().to_string(),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["parentSpanId"],
+        send.span_context.span_id().to_string(),
+        "{seen}"
+    );
+    // SpanKind.CONSUMER in the JS API.
+    assert_eq!(seen["kind"], 4, "{seen}");
+    assert_eq!(seen["flow"], "checkout", "{seen}");
+    assert_eq!(seen["flowId"], "ord_js_amqp", "{seen}");
+    assert_eq!(seen["paymentChannel"], "wxpay", "{seen}");
+    assert_eq!(seen["messageId"], "ntf_js", "{seen}");
+    assert_eq!(seen["body"], "{\"order_id\":\"ord_js_amqp\"}", "{seen}");
+}
