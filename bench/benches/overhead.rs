@@ -6,6 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use paytrace_bench::messaging::{MessagingBench, VARIANTS as MESSAGE_VARIANTS};
 use paytrace_bench::stage::{StageBench, VARIANTS};
 use paytrace_bench::{SETUPS, request};
 use tower::ServiceExt;
@@ -49,5 +50,20 @@ fn stage(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, per_request, stage);
+fn message(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let bench = MessagingBench::new();
+    let mut group = c.benchmark_group("message");
+    for variant in MESSAGE_VARIANTS {
+        group.bench_function(variant, |b| {
+            b.to_async(&rt).iter(|| bench.run(variant));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, per_request, stage, message);
 criterion_main!(benches);

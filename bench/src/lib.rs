@@ -5,6 +5,7 @@
 //! exporter that discards them, so the cost measured is instrumentation, not
 //! the network.
 
+pub mod messaging;
 pub mod otlp;
 pub mod stage;
 pub mod windows;
