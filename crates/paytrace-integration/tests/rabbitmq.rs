@@ -6,86 +6,28 @@
 //! delivery limit dead-letters it, and the management API's view of the
 //! queue is what the gauges show.
 
-use std::sync::OnceLock;
+mod messaging;
+
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::{SpanKind, TracerProvider as _};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry::trace::SpanKind;
+use paytrace::Flow;
 use paytrace::lapin::{self, Connection, ConnectionProperties};
 use paytrace::messaging::amqp::{
     AmqpConsumer, AmqpConsumerConfig, AmqpError, AmqpMessage, AmqpProducer, AmqpQueue,
     ManagementApi,
 };
 use paytrace::messaging::{Carrier, QueueState};
-use paytrace::{Flow, Metrics, ServiceTelemetry};
 use paytrace_testkit::RabbitMqServer;
-use tracing_subscriber::layer::SubscriberExt;
 
-/// Spans of this test binary, exported as they end.
-fn spans() -> &'static InMemorySpanExporter {
-    static EXPORTER: OnceLock<InMemorySpanExporter> = OnceLock::new();
-    EXPORTER.get_or_init(|| {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("rabbitmq")));
-        tracing::subscriber::set_global_default(subscriber).expect("one subscriber per binary");
-        exporter
-    })
-}
-
-/// The spans of `kind` about `destination` (the tests of this binary run at
-/// once and share the exporter).
-fn spans_of(kind: SpanKind, destination: &str) -> Vec<SpanData> {
-    spans()
-        .get_finished_spans()
-        .expect("spans")
-        .into_iter()
-        .filter(|s| {
-            s.span_kind == kind
-                && s.attributes.iter().any(|kv| {
-                    kv.key.as_str() == "messaging.destination.name"
-                        && kv.value.as_str() == destination
-                })
-        })
-        .collect()
-}
-
-fn services() -> (Metrics, ServiceTelemetry, ServiceTelemetry) {
-    let metrics = Metrics::new();
-    let payment = ServiceTelemetry::with_metrics("payment", "1.0.0", &metrics);
-    let order = ServiceTelemetry::with_metrics("order", "1.0.0", &metrics);
-    (metrics, payment, order)
-}
+use messaging::{broker_labels, processed, services, spans, spans_of, value};
 
 fn checkout(order: &str) -> Flow {
-    Flow {
-        flow: Some("checkout".into()),
-        flow_id: Some(order.into()),
-        payment_method: Some("wechat_pay".into()),
-        payment_channel: Some("wxpay".into()),
-    }
-}
-
-/// A counter's or gauge's value, a histogram's count; 0 when absent.
-fn value(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    wanted.sort();
-    paytrace_testkit::sample_value(
-        &metrics.render(),
-        &format!("{name}{{{}}} ", wanted.join(",")),
-    )
+    messaging::checkout(order, "wechat_pay", "wxpay")
 }
 
 fn queue_labels(queue: &str) -> [(&'static str, &str); 4] {
-    [
-        ("messaging_consumer_group_name", ""),
-        ("messaging_system", "rabbitmq"),
-        ("queue", queue),
-        ("service_name", "order"),
-    ]
+    broker_labels("rabbitmq", queue, "")
 }
 
 async fn connect(broker: &RabbitMqServer) -> Connection {
@@ -306,19 +248,7 @@ async fn dropped_and_failed_processings_return_the_message_until_it_is_dead_lett
         value(&metrics, "paytrace_broker_redeliveries_total", &labels),
         2.0
     );
-    let processed = |error_type| {
-        value(
-            &metrics,
-            "messaging_process_duration_seconds_count",
-            &[
-                ("error_type", error_type),
-                ("messaging_consumer_group_name", ""),
-                ("messaging_destination_name", queue),
-                ("messaging_system", "rabbitmq"),
-                ("service_name", "order"),
-            ],
-        )
-    };
+    let processed = |error_type| processed(&metrics, "rabbitmq", queue, "", error_type);
     assert_eq!(processed("cancelled"), 1.0);
     assert_eq!(processed("failed"), 2.0);
 }

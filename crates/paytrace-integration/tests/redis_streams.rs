@@ -5,76 +5,27 @@
 //! to the dead-letter stream after `max_deliveries`, and the broker's view
 //! of the group (backlog, pending, oldest age) is read from Redis.
 
-use std::sync::OnceLock;
+mod messaging;
+
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::{SpanKind, TracerProvider as _};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use opentelemetry::trace::SpanKind;
+use paytrace::Flow;
 use paytrace::messaging::redis_streams::{
     StreamConsumer, StreamConsumerConfig, StreamMessage, StreamProducer,
 };
 use paytrace::messaging::{Carrier, QueueState};
 use paytrace::redis::{self, AsyncCommands};
-use paytrace::{Flow, Metrics, ServiceTelemetry};
 use paytrace_testkit::RedisServer;
-use tracing_subscriber::layer::SubscriberExt;
 
-/// Spans of this test binary, exported as they end.
-fn spans() -> &'static InMemorySpanExporter {
-    static EXPORTER: OnceLock<InMemorySpanExporter> = OnceLock::new();
-    EXPORTER.get_or_init(|| {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("redis-streams")));
-        tracing::subscriber::set_global_default(subscriber).expect("one subscriber per binary");
-        exporter
-    })
-}
-
-/// Whether `span` is of a message of `stream` (the tests of this binary run
-/// at once and share the exporter).
-fn to(span: &opentelemetry_sdk::trace::SpanData, stream: &str) -> bool {
-    span.attributes
-        .iter()
-        .any(|kv| kv.key.as_str() == "messaging.destination.name" && kv.value.as_str() == stream)
-}
-
-fn services() -> (Metrics, ServiceTelemetry, ServiceTelemetry) {
-    let metrics = Metrics::new();
-    let payment = ServiceTelemetry::with_metrics("payment", "1.0.0", &metrics);
-    let order = ServiceTelemetry::with_metrics("order", "1.0.0", &metrics);
-    (metrics, payment, order)
-}
+use messaging::{broker_labels, processed, services, spans, spans_of, value};
 
 fn checkout(order: &str) -> Flow {
-    Flow {
-        flow: Some("checkout".into()),
-        flow_id: Some(order.into()),
-        payment_method: Some("alipay".into()),
-        payment_channel: Some("alipay".into()),
-    }
-}
-
-/// One value of `name` with `labels` (a counter's or gauge's value, a
-/// histogram's count); 0 when the series does not exist.
-fn value(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = metrics.render();
-    let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    wanted.sort();
-    let prefix = format!("{name}{{{}}} ", wanted.join(","));
-    paytrace_testkit::sample_value(&text, &prefix)
+    messaging::checkout(order, "alipay", "alipay")
 }
 
 fn group_labels(stream: &str) -> [(&'static str, &str); 4] {
-    [
-        ("messaging_consumer_group_name", "order"),
-        ("messaging_system", "redis"),
-        ("queue", stream),
-        ("service_name", "order"),
-    ]
+    broker_labels("redis", stream, "order")
 }
 
 fn config(claim_after: Duration) -> StreamConsumerConfig {
@@ -100,7 +51,7 @@ async fn next_nonempty(consumer: &StreamConsumer) -> Vec<StreamMessage> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_carry_trace_and_flow_through_redis_and_are_acknowledged_after_processing() {
-    let exporter = spans();
+    spans();
     let server = RedisServer::start().await;
     let client = redis::Client::open(server.url()).expect("a valid URL");
     let (metrics, payment, order) = services();
@@ -136,12 +87,7 @@ async fn messages_carry_trace_and_flow_through_redis_and_are_acknowledged_after_
 
     let batch = consumer.next_batch().await.expect("XREADGROUP");
     assert_eq!(batch.len(), 3);
-    let sends: Vec<_> = exporter
-        .get_finished_spans()
-        .expect("spans")
-        .into_iter()
-        .filter(|s| s.span_kind == SpanKind::Producer && to(s, stream))
-        .collect();
+    let sends = spans_of(SpanKind::Producer, stream);
     assert_eq!(sends.len(), 3);
     let delivered_mid = consumer.observe().await.expect("read the group");
     assert_eq!((delivered_mid.ready, delivered_mid.unacked), (0, 3));
@@ -176,12 +122,7 @@ async fn messages_carry_trace_and_flow_through_redis_and_are_acknowledged_after_
         value(&metrics, "paytrace_broker_messages_unacked", &labels),
         0.0
     );
-    let processes: Vec<_> = exporter
-        .get_finished_spans()
-        .expect("spans")
-        .into_iter()
-        .filter(|s| s.span_kind == SpanKind::Consumer && to(s, stream))
-        .collect();
+    let processes = spans_of(SpanKind::Consumer, stream);
     assert_eq!(processes.len(), 3);
     for (process, send) in processes.iter().zip(&sends) {
         assert_eq!(process.links.len(), 1);
@@ -299,19 +240,7 @@ async fn dropped_and_failed_processings_come_back_then_go_to_the_dead_letter_str
         value(&metrics, "paytrace_broker_redeliveries_total", &labels),
         2.0
     );
-    let processed = |error_type| {
-        value(
-            &metrics,
-            "messaging_process_duration_seconds_count",
-            &[
-                ("error_type", error_type),
-                ("messaging_consumer_group_name", "order"),
-                ("messaging_destination_name", stream),
-                ("messaging_system", "redis"),
-                ("service_name", "order"),
-            ],
-        )
-    };
+    let processed = |error_type| processed(&metrics, "redis", stream, "order", error_type);
     assert_eq!(processed("cancelled"), 1.0);
     assert_eq!(processed("failed"), 2.0);
     assert_eq!(processed(""), 0.0);
