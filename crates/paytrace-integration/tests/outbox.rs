@@ -4,15 +4,17 @@
 //! often it comes (SQLite, in process). Then the crash test: a relay and a
 //! consumer killed with SIGKILL at many moments while orders are written,
 //! over PostgreSQL (`apt-get install postgresql`) and Redis Streams
-//! (`apt-get install redis-server`): every committed order's message is
-//! applied exactly once, no rolled-back one ever.
+//! (`apt-get install redis-server`) or RabbitMQ (`apt-get install
+//! rabbitmq-server`): every committed order's message is applied exactly
+//! once, no rolled-back one ever.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use paytrace::messaging::amqp::AmqpQueue;
 use paytrace::messaging::outbox::{Applied, Inbox, InboxError, Outbox, OutboxError};
 use paytrace::{Flow, Metrics, ServiceTelemetry};
-use paytrace_testkit::{PostgresServer, Process, RedisServer, sample_value};
+use paytrace_testkit::{PostgresServer, Process, RabbitMqServer, RedisServer, sample_value};
 use rand::{RngExt, SeedableRng};
 
 /// A SQLite database in a file of its own (an in-memory one would vanish
@@ -247,12 +249,14 @@ impl Node {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_and_a_consumer_killed_at_random_moments_apply_every_committed_order_once() {
+/// Orders written while the relay and the consumer (`outbox_node`, over
+/// the broker at `broker`, destination `destination`) are killed with
+/// SIGKILL and restarted: every committed order's message must be applied
+/// exactly once, no rolled-back one ever. Returns the committed orders.
+async fn killed_at_random_moments(broker: &str, destination: &str) -> Vec<String> {
     const ORDERS: usize = 400;
     const KILLS: usize = 30;
     let pg = PostgresServer::start().await;
-    let redis = RedisServer::start().await;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .connect(pg.url())
@@ -275,8 +279,7 @@ async fn a_relay_and_a_consumer_killed_at_random_moments_apply_every_committed_o
             .await
             .expect("business tables");
     }
-    let stream = "orders.paid";
-    let relay_args = ["relay", pg.url(), redis.url(), stream];
+    let relay_args = ["relay", pg.url(), broker, destination];
     let mut relay = Node::spawn(&relay_args);
     let mut consumers = 0;
     let mut next_consumer = || {
@@ -284,8 +287,8 @@ async fn a_relay_and_a_consumer_killed_at_random_moments_apply_every_committed_o
         Node::spawn(&[
             "consume",
             pg.url(),
-            redis.url(),
-            stream,
+            broker,
+            destination,
             &format!("order-{consumers}"),
         ])
     };
@@ -293,7 +296,7 @@ async fn a_relay_and_a_consumer_killed_at_random_moments_apply_every_committed_o
 
     // The writer: every seventh order's transaction rolls back.
     let writer = {
-        let (pool, outbox) = (pool.clone(), outbox.clone());
+        let (pool, outbox, destination) = (pool.clone(), outbox.clone(), destination.to_owned());
         tokio::spawn(async move {
             let mut committed = Vec::new();
             for i in 0..ORDERS {
@@ -305,7 +308,7 @@ async fn a_relay_and_a_consumer_killed_at_random_moments_apply_every_committed_o
                     .await
                     .expect("order");
                 outbox
-                    .enqueue(&mut tx, "orders.paid", &id, id.as_bytes())
+                    .enqueue(&mut tx, &destination, &id, id.as_bytes())
                     .await
                     .expect("enqueued");
                 if i % 7 == 3 {
@@ -379,8 +382,22 @@ async fn a_relay_and_a_consumer_killed_at_random_moments_apply_every_committed_o
     let applied: Vec<String> = effects.into_iter().map(|(id, _)| id).collect();
     assert_eq!(applied, committed, "every committed order, and only those");
 
-    // What the kills did: messages the relay published more than once, and
-    // deliveries the inbox turned away (0 is possible, never a failure).
+    eprintln!(
+        "{broker}: {KILLS} kills (seed {seed}), {busy_kills} of them mid-work: {} orders \
+         committed, {} rolled back",
+        committed.len(),
+        ORDERS - committed.len()
+    );
+    committed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_redis_streams_a_relay_and_a_consumer_killed_at_random_moments_apply_every_committed_order_once()
+ {
+    let redis = RedisServer::start().await;
+    let stream = "orders.paid";
+    let committed = killed_at_random_moments(redis.url(), stream).await;
+    // Messages the relay published more than once (0 is possible).
     let client = paytrace::redis::Client::open(redis.url()).expect("a URL");
     let mut conn = client
         .get_multiplexed_async_connection()
@@ -392,10 +409,27 @@ async fn a_relay_and_a_consumer_killed_at_random_moments_apply_every_committed_o
         .await
         .expect("XLEN");
     eprintln!(
-        "{KILLS} kills (seed {seed}), {busy_kills} of them mid-work: {} orders committed, {} rolled \
-         back; {published} messages published for them",
-        committed.len(),
-        ORDERS - committed.len()
+        "{published} messages published for {} orders",
+        committed.len()
     );
     assert!(published >= committed.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_rabbitmq_a_relay_and_a_consumer_killed_at_random_moments_apply_every_committed_order_once()
+ {
+    let rabbit = RabbitMqServer::start().await;
+    let queue = "orders.paid";
+    let connection = paytrace::lapin::Connection::connect(
+        rabbit.amqp_url(),
+        paytrace::lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("connects");
+    AmqpQueue::new(queue)
+        .max_deliveries(1_000)
+        .declare(&connection)
+        .await
+        .expect("declared");
+    killed_at_random_moments(rabbit.amqp_url(), queue).await;
 }
