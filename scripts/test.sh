@@ -2,7 +2,8 @@
 # Runs every check and test of paytrace: formatting, clippy, unit and
 # integration tests (against real HTTP servers, real OTLP receivers, real
 # redis-server, RabbitMQ, PostgreSQL and MariaDB, real Prometheus/promtool, Alertmanager/amtool and node
-# exporter, headless Chromium), and doc tests.
+# exporter, headless Chromium), doc tests, and the hot paths' instruction
+# budgets (valgrind).
 #
 # On a fresh Debian machine it installs the system packages the suite needs
 # when run as root; otherwise it says which command installs them.
@@ -56,6 +57,7 @@ need amtool prometheus-alertmanager
 need prometheus-alertmanager prometheus-alertmanager
 need prometheus-node-exporter prometheus-node-exporter
 need python3 python3   # scripts/dashboards.py --check
+need valgrind valgrind # the instruction budgets (callgrind)
 need chromium chromium # the aggregator page's browser tests
 need chromedriver chromium-driver
 need cargo cargo   # the Rust toolchain itself: https://rustup.rs if apt's is too old
@@ -140,6 +142,17 @@ fi
 # hide one here.
 echo "==> doc tests"
 cargo test --workspace --locked --doc || failed+=("doc tests")
+
+# The hot paths' instruction counts against their budgets (bench/budgets.txt):
+# callgrind counts do not depend on the machine's load; a path more than 3%
+# over its budget fails the run.
+echo "==> instruction budgets (bench/budgets.txt)"
+if cargo build --release --locked --quiet -p paytrace-bench \
+    --bin overhead_instructions --bin pipeline_instructions --bin instruction_budgets; then
+    target/release/instruction_budgets bench/budgets.txt || failed+=("instruction budgets")
+else
+    failed+=("instruction budgets (build)")
+fi
 
 echo "==> processes left running"
 python3 scripts/leftovers.py "$PAYTRACE_TEST_RUN" || failed+=("processes left running")

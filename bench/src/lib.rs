@@ -11,6 +11,7 @@ pub mod stage;
 pub mod windows;
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::routing::get;
@@ -36,8 +37,23 @@ pub fn install_tracing() -> &'static paytrace::Metrics {
     static METRICS: OnceLock<paytrace::Metrics> = OnceLock::new();
     METRICS.get_or_init(|| {
         let metrics = paytrace::Metrics::new();
-        let provider: SdkTracerProvider = paytrace::TelemetryConfig::from_vars("bench", |_| None)
-            .expect("defaults are valid")
+        // Counting instructions: no export during the run (no timer, a
+        // batch larger than any run, a queue that never fills), so that the
+        // export thread's work cannot land differently from run to run.
+        let counting = |name: &str| match name {
+            "OTEL_BSP_MAX_QUEUE_SIZE" | "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" => {
+                Some((1 << 20).to_string())
+            }
+            "OTEL_BSP_SCHEDULE_DELAY" => Some((24 * 3600 * 1000).to_string()),
+            _ => None,
+        };
+        let config = if COUNTING.load(Ordering::Relaxed) {
+            paytrace::TelemetryConfig::from_vars("bench", counting)
+        } else {
+            paytrace::TelemetryConfig::from_vars("bench", |_| None)
+        };
+        let provider: SdkTracerProvider = config
+            .expect("the bench's settings are valid")
             .with_metrics(&metrics)
             .build_provider_with_exporter(DiscardExporter);
         let subscriber = tracing_subscriber::registry().with(
@@ -58,6 +74,18 @@ pub fn install_tracing() -> &'static paytrace::Metrics {
         std::mem::forget(provider);
         metrics
     })
+}
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+
+/// Makes the next [`install_tracing`] export nothing while the process runs
+/// (finished spans wait in a queue that never fills), for instruction
+/// counts that repeat run to run: the batch processor's timer and its
+/// thread otherwise land at different points of a run under callgrind (a
+/// ±3% spread, and more once its queue fills). Call it before anything
+/// installs tracing.
+pub fn count_instructions() {
+    COUNTING.store(true, Ordering::Relaxed);
 }
 
 /// Builds one of the compared HTTP set-ups.
