@@ -53,7 +53,9 @@ impl RabbitMqServer {
         let epmd_process = Process::spawn(
             Command::new("epmd")
                 .args(["-port", &epmd.to_string()])
-                .stdout(Stdio::null()),
+                .stdout(Stdio::null())
+                // It complains of the readiness probe's empty connection.
+                .stderr(Stdio::null()),
             INSTALL,
         );
         wait_for_port(epmd, "epmd").await;
