@@ -13,7 +13,7 @@ use crate::service::ServiceTelemetry;
 /// `messaging_system`, `queue` and `messaging_consumer_group_name`.
 ///
 /// Made by [`ServiceTelemetry::broker_metrics`]. The adapters
-/// ([`super::redis_streams`]) feed it from the broker; with another broker,
+/// (`redis_streams`, `amqp`) feed it from the broker; with another broker,
 /// read its queue state and call [`BrokerMetrics::observe`].
 ///
 /// ```

@@ -22,7 +22,7 @@ use crate::service::ServiceTelemetry;
 /// span whose context travels in the message's headers.
 ///
 /// Made by [`ServiceTelemetry::producer`]; cheap to clone. The broker
-/// adapters ([`super::redis_streams`]) use one; with another broker, call
+/// adapters (`redis_streams`, `amqp`) use one; with another broker, call
 /// [`Producer::send`] around its publish.
 ///
 /// ```
