@@ -36,8 +36,15 @@ fn variants() -> impl Iterator<Item = String> {
 }
 
 /// One call through paytrace's client layer to a service that answers at
-/// once: the client span, the injected context, the histogram.
+/// once, inside a checkout's flow (its baggage goes with the call): the
+/// client span, the injected context, the histogram.
 async fn client_calls(n: u32) {
+    use opentelemetry::trace::FutureExt as _;
+    let in_checkout = paytrace::Flow::new("checkout")
+        .id("ord_bench")
+        .payment_method("alipay")
+        .payment_channel("alipay")
+        .merge_into(&opentelemetry::Context::new());
     let metrics = paytrace_bench::install_tracing();
     let svc = paytrace::ServiceTelemetry::with_metrics("bench", "1.0.0", metrics);
     let answer = tower::service_fn(|_req: paytrace::http::Request<String>| async {
@@ -48,7 +55,11 @@ async fn client_calls(n: u32) {
         let request = paytrace::http::Request::post("http://inventory:8080/stock/1/reserve")
             .body(String::new())
             .expect("a valid request");
-        let response = client.clone().oneshot(request).await;
+        let response = client
+            .clone()
+            .oneshot(request)
+            .with_context(in_checkout.clone())
+            .await;
         std::hint::black_box(response.expect("answered"));
     }
 }

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::time::Instant;
 
 use opentelemetry::baggage::BaggageExt;
-use opentelemetry::trace::TraceContextExt;
 use paytrace_semconv::messaging_error;
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -14,7 +13,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::carrier::{Carrier, Inject};
 use crate::cardinality::OTHER;
-use crate::propagation::{ambient, inject_into};
+use crate::propagation::{ambient, inject_into, outgoing};
 use crate::redact::redact;
 use crate::service::ServiceTelemetry;
 
@@ -122,16 +121,7 @@ impl Producer {
             paytrace.flow_id = flow_id.as_deref(),
         );
         let _ = span.set_parent(self.service.tagged(ambient.clone()));
-        // The span's context carries the ambient baggage already (its parent
-        // is the ambient context); without an OpenTelemetry layer it is
-        // empty and the ambient context travels instead.
-        let cx = span.context();
-        let sent = if cx.span().span_context().is_valid() {
-            cx
-        } else {
-            ambient
-        };
-        inject_into(&sent, &mut Inject(&mut headers));
+        inject_into(&outgoing(&span, &ambient), &mut Inject(&mut headers));
         let mut sending = Sending {
             producer: self,
             span: span.clone(),
