@@ -8,6 +8,7 @@
 pub mod messaging;
 pub mod otlp;
 pub mod stage;
+pub mod variants;
 pub mod windows;
 
 use std::sync::OnceLock;
