@@ -56,6 +56,9 @@ impl ClientCall {
             .baggage()
             .get(paytrace_semconv::attr::FLOW_ID)
             .map(|v| redact(v.as_str()));
+        // Recorded as a string, not through `Display` (which the
+        // OpenTelemetry layer would format into a new `String`).
+        let url = redact(target.url);
         let span = tracing::info_span!(
             target: "paytrace::http",
             "HTTP client request",
@@ -66,7 +69,7 @@ impl ClientCall {
             http.response.status_code = Empty,
             server.address = target.host,
             server.port = target.port,
-            url.full = %redact(target.url),
+            url.full = url.as_ref(),
             error.type = Empty,
             paytrace.flow_id = flow_id.as_deref(),
         );
