@@ -56,6 +56,8 @@ pub struct Consumer {
     group: Option<String>,
     group_label: String,
     stage: Option<Cow<'static, str>>,
+    /// `"process {destination}"`, made once, not per message.
+    span_name: String,
 }
 
 /// What the broker says of one delivery.
@@ -109,6 +111,7 @@ impl Consumer {
             service: service.clone(),
             system: Cow::Owned(system.to_owned()),
             destination: destination.to_owned(),
+            span_name: format!("process {destination}"),
             destination_label,
             group: None,
             group_label: String::new(),
@@ -167,11 +170,10 @@ impl Consumer {
         let producer = sent.span().span_context().clone();
         let parent = self.service.tagged(baggage_only(&sent));
         let flow = Flow::redacted_from_context(&parent);
-        let name = format!("process {}", self.destination);
         let span = tracing::info_span!(
             target: "paytrace::messaging",
             "message process",
-            otel.name = name.as_str(),
+            otel.name = self.span_name.as_str(),
             otel.kind = "consumer",
             otel.status_code = Empty,
             messaging.system = self.system.as_ref(),

@@ -50,6 +50,8 @@ pub struct Producer {
     destination: String,
     destination_label: String,
     operation: Cow<'static, str>,
+    /// `"{operation} {destination}"`, made once, not per send.
+    span_name: String,
 }
 
 impl Producer {
@@ -65,6 +67,7 @@ impl Producer {
             destination: destination.to_owned(),
             destination_label,
             operation: Cow::Borrowed("send"),
+            span_name: format!("send {destination}"),
         }
     }
 
@@ -73,6 +76,7 @@ impl Producer {
     /// `messaging_operation_name` label. `send` by default.
     pub fn operation(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.operation = name.into();
+        self.span_name = format!("{} {}", self.operation, self.destination);
         self
     }
 
@@ -105,11 +109,10 @@ impl Producer {
             .baggage()
             .get(paytrace_semconv::attr::FLOW_ID)
             .map(|v| redact(v.as_str()));
-        let name = format!("{} {}", self.operation, self.destination);
         let span = tracing::info_span!(
             target: "paytrace::messaging",
             "message send",
-            otel.name = name.as_str(),
+            otel.name = self.span_name.as_str(),
             otel.kind = "producer",
             otel.status_code = Empty,
             messaging.system = self.system.as_ref(),
