@@ -8,21 +8,27 @@
 //! - `full_pipeline`: `decode_wire` plus trace assembly, flow stitching,
 //!   critical-path analysis and the rolling-window sketches;
 //! - `full_pipeline_prost`: the same pipeline behind `decode_convert`;
-//! - `grpc_loopback`: the full pipeline fed by a tonic client over loopback.
+//! - `grpc_loopback`: the full pipeline behind the OTLP/gRPC receiver, fed
+//!   over loopback by a tonic client sending bytes encoded beforehand;
+//! - `grpc_loopback_client_encodes`: the same with the client's encoding.
 //!
 //! `cargo bench -p paytrace-bench --bench aggregator`
 
 use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use paytrace_aggregator::config::StageRules;
 use paytrace_aggregator::decode::{Interner, SpanLimits, decode, decode_protobuf};
 use paytrace_aggregator::pipeline::{Pipeline, PipelineConfig, Protocol};
 use paytrace_aggregator::server::{ServeConfig, start};
 use paytrace_bench::otlp::checkout_request;
 use prost::Message;
+use prost::bytes::{BufMut, Bytes};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 // The allocator the `paytrace-aggregator` binary ships with.
 #[global_allocator]
@@ -115,7 +121,30 @@ fn throughput(c: &mut Criterion) {
         )))
         .expect("connects");
     let mut next = 1_000_000u64;
+    // The receiver's own cost: the client sends bytes encoded before the
+    // clock starts, as an SDK in another process would (its encoding is
+    // that process's work, not the receiver's).
+    let mut raw = rt
+        .block_on(raw_client(running.otlp_grpc))
+        .expect("connects");
     group.bench_function("grpc_loopback", |b| {
+        b.iter_custom(|iters| {
+            let payloads: Vec<Bytes> = (0..iters)
+                .map(|i| Bytes::from(checkout_request((next + i) * TRACES, TRACES).encode_to_vec()))
+                .collect();
+            next += iters;
+            let start = Instant::now();
+            rt.block_on(async {
+                for payload in payloads {
+                    export_raw(&mut raw, payload).await.expect("accepted");
+                }
+            });
+            start.elapsed()
+        })
+    });
+    // The same, with the client's prost encoding inside the measurement
+    // (both ends in this process, on the same two cores).
+    group.bench_function("grpc_loopback_client_encodes", |b| {
         b.iter_custom(|iters| {
             let requests: Vec<ExportTraceServiceRequest> = (0..iters)
                 .map(|i| checkout_request((next + i) * TRACES, TRACES))
@@ -131,6 +160,79 @@ fn throughput(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// A gRPC client of the OTLP trace service that sends a request's bytes
+/// as they are.
+async fn raw_client(
+    address: std::net::SocketAddr,
+) -> Result<tonic::client::Grpc<tonic::transport::Channel>, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("a valid address")
+        .connect()
+        .await?;
+    Ok(tonic::client::Grpc::new(channel))
+}
+
+/// One `Export` call carrying `payload`, an encoded `ExportTraceServiceRequest`.
+async fn export_raw(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    payload: Bytes,
+) -> Result<ExportTraceServiceResponse, tonic::Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    let response = client
+        .unary(tonic::Request::new(payload), path, PreEncoded)
+        .await?;
+    Ok(response.into_inner())
+}
+
+/// Requests are bytes already; responses are decoded with `prost`.
+#[derive(Clone, Copy, Default)]
+struct PreEncoded;
+
+impl Codec for PreEncoded {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = PreEncoded;
+    type Decoder = PreEncoded;
+
+    fn encoder(&mut self) -> PreEncoded {
+        PreEncoded
+    }
+
+    fn decoder(&mut self) -> PreEncoded {
+        PreEncoded
+    }
+}
+
+impl Encoder for PreEncoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for PreEncoded {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut DecodeBuf<'_>,
+    ) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
+        ExportTraceServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
 }
 
 criterion_group!(benches, throughput);

@@ -7,7 +7,7 @@ use opentelemetry::Context;
 use opentelemetry::baggage::{Baggage, BaggageExt, BaggageMetadata, KeyValueMetadata};
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{FutureExt, TraceContextExt, WithContext};
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_http::HeaderInjector;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use paytrace_semconv::attr;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -26,10 +26,9 @@ pub(crate) fn propagator() -> TextMapCompositePropagator {
     ])
 }
 
-/// The remote parent and baggage a request carries.
-pub(crate) fn extract(headers: &http::HeaderMap) -> Context {
-    PROPAGATOR.extract(&HeaderExtractor(headers))
-}
+mod headers;
+
+pub(crate) use headers::{extract, extract_from};
 
 /// Writes `cx`'s span context and baggage into `headers`.
 pub(crate) fn inject(cx: &Context, headers: &mut http::HeaderMap) {
@@ -112,11 +111,6 @@ pub(crate) fn outgoing(span: &tracing::Span, ambient: &Context) -> Context {
 /// starts a new trace but continues the flow (a message's consumer).
 pub(crate) fn baggage_only(cx: &Context) -> Context {
     Context::new().with_baggage(copied(cx.baggage()))
-}
-
-/// The remote parent and baggage a message's headers carry.
-pub(crate) fn extract_from(carrier: &dyn opentelemetry::propagation::Extractor) -> Context {
-    PROPAGATOR.extract(carrier)
 }
 
 /// Writes `cx`'s span context and baggage through `injector`.
@@ -215,16 +209,23 @@ impl Flow {
     }
 
     /// The flow in `cx`'s baggage, each value [redacted](crate::redact::redact)
-    /// for a span attribute (baggage comes from the caller).
-    pub(crate) fn redacted_from_context(cx: &Context) -> Self {
-        let redacted = |v: Option<String>| v.map(|v| crate::redact::redact(&v).into_owned());
-        let flow = Self::from_context(cx);
-        Self {
-            flow: redacted(flow.flow),
-            flow_id: redacted(flow.flow_id),
-            payment_method: redacted(flow.payment_method),
-            payment_channel: redacted(flow.payment_channel),
+    /// for a span attribute (baggage comes from the caller), borrowed from
+    /// the baggage where redaction changes nothing.
+    pub(crate) fn redacted_from_context(cx: &Context) -> RedactedFlow<'_> {
+        // One pass over the baggage (a caller's holds a few entries) costs
+        // less than four hashed look-ups.
+        let mut flow = RedactedFlow::default();
+        for (key, (value, _)) in cx.baggage() {
+            let field = match key.as_str() {
+                attr::FLOW => &mut flow.flow,
+                attr::FLOW_ID => &mut flow.flow_id,
+                attr::PAYMENT_METHOD => &mut flow.payment_method,
+                attr::PAYMENT_CHANNEL => &mut flow.payment_channel,
+                _ => continue,
+            };
+            *field = Some(crate::redact::redact(value.as_str()));
         }
+        flow
     }
 
     /// `cx` with this flow's fields merged into its baggage (fields left
@@ -268,6 +269,16 @@ impl Flow {
         }
         fut.with_context(self.merge_into(&Context::current()))
     }
+}
+
+/// A caller's flow as a server span records it: each field of its baggage
+/// redacted, borrowed from the baggage unless redaction changed it.
+#[derive(Default)]
+pub(crate) struct RedactedFlow<'a> {
+    pub(crate) flow: Option<std::borrow::Cow<'a, str>>,
+    pub(crate) flow_id: Option<std::borrow::Cow<'a, str>>,
+    pub(crate) payment_method: Option<std::borrow::Cow<'a, str>>,
+    pub(crate) payment_channel: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[cfg(test)]

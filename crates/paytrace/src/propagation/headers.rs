@@ -1,0 +1,275 @@
+//! The caller's W3C trace context and baggage, read from a request's
+//! headers once per request by the server layers, or from a message's
+//! headers by the consumer.
+//!
+//! The result is the one `TextMapCompositePropagator` of
+//! `TraceContextPropagator` and `BaggagePropagator` gives through
+//! `opentelemetry_http::HeaderExtractor` (a property test holds the two
+//! together), for less work: the header names are constants instead of
+//! being parsed on each look-up, a baggage member is split without
+//! collecting its parts, and the keys paytrace reads are not copied.
+//!
+//! The rules kept from the SDK's baggage propagator, whatever W3C allows
+//! beyond them, so that a service reads the same baggage whichever of the
+//! two extracted it:
+//! - a header over 8,192 bytes is ignored whole, and only its first 64
+//!   members are read;
+//! - a member's value ends at its second `=`;
+//! - a member whose name or value does not percent-decode to UTF-8 is
+//!   dropped, as is one without `=`; a property that does not decode is
+//!   left out of the member's metadata;
+//! - names, values and properties are trimmed of white space.
+
+use std::borrow::Cow;
+
+use http::HeaderMap;
+use http::header::HeaderName;
+use opentelemetry::Context;
+use opentelemetry::Key;
+use opentelemetry::baggage::{BaggageExt, BaggageMetadata, KeyValueMetadata};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use paytrace_semconv::attr;
+use percent_encoding::percent_decode_str;
+
+/// The W3C limit on a whole `baggage` header, as the SDK enforces it.
+const MAX_BAGGAGE_LENGTH: usize = 8192;
+/// The most baggage members read from one header, as the SDK reads them.
+const MAX_BAGGAGE_MEMBERS: usize = 64;
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+
+/// The remote parent and baggage `headers` carry, on top of the current
+/// context (as a propagator's `extract` does).
+pub(crate) fn extract(headers: &HeaderMap) -> Context {
+    extract_from(&W3cHeaders(headers))
+}
+
+/// The remote parent and baggage `carrier` holds, on top of the current
+/// context: a message's headers.
+pub(crate) fn extract_from(carrier: &dyn Extractor) -> Context {
+    let cx = TraceContextPropagator::new().extract(carrier);
+    match carrier.get("baggage") {
+        Some(baggage) => with_baggage_header(&cx, baggage),
+        None => cx,
+    }
+}
+
+/// A header's value as text, when it is (the first one of its name).
+fn header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// HTTP headers, the W3C ones looked up by constant names.
+struct W3cHeaders<'h>(&'h HeaderMap);
+
+impl Extractor for W3cHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => header(self.0, &TRACEPARENT),
+            "tracestate" => header(self.0, &TRACESTATE),
+            "baggage" => header(self.0, &BAGGAGE),
+            other => self.0.get(other).and_then(|v| v.to_str().ok()),
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// `cx` with the baggage a `baggage` header's value holds in place of its own.
+fn with_baggage_header(cx: &Context, value: &str) -> Context {
+    if value.len() > MAX_BAGGAGE_LENGTH {
+        return cx.clone();
+    }
+    cx.with_baggage(
+        value
+            .split(',')
+            .take(MAX_BAGGAGE_MEMBERS)
+            .filter_map(member),
+    )
+}
+
+/// One `name=value;property;…` member, if it is readable.
+fn member(member: &str) -> Option<KeyValueMetadata> {
+    let mut parts = member.split(';');
+    let mut name_and_value = parts.next()?.split('=');
+    let (name, value) = (name_and_value.next()?, name_and_value.next()?);
+    let name = percent_decode_str(name).decode_utf8().ok()?;
+    let value = percent_decode_str(value).decode_utf8().ok()?;
+    Some(KeyValueMetadata::new(
+        key(name.trim()),
+        value.trim().to_owned(),
+        metadata(parts),
+    ))
+}
+
+/// The baggage key `name`, without a copy for the keys paytrace reads.
+fn key(name: &str) -> Key {
+    match name {
+        attr::FLOW => Key::from_static_str(attr::FLOW),
+        attr::FLOW_ID => Key::from_static_str(attr::FLOW_ID),
+        attr::PAYMENT_METHOD => Key::from_static_str(attr::PAYMENT_METHOD),
+        attr::PAYMENT_CHANNEL => Key::from_static_str(attr::PAYMENT_CHANNEL),
+        other => Key::from(other.to_owned()),
+    }
+}
+
+/// A member's properties, decoded and trimmed, joined by `;`.
+fn metadata<'a>(properties: impl Iterator<Item = &'a str>) -> BaggageMetadata {
+    let mut joined = String::new();
+    let mut first = true;
+    for property in properties {
+        let Ok(property): Result<Cow<'_, str>, _> = percent_decode_str(property).decode_utf8()
+        else {
+            continue;
+        };
+        if !first {
+            joined.push(';');
+        }
+        first = false;
+        joined.push_str(property.trim());
+    }
+    BaggageMetadata::from(joined)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TraceContextExt;
+    use proptest::prelude::*;
+
+    /// What the SDK's propagators extract from the same headers.
+    fn by_the_sdk(headers: &HeaderMap) -> Context {
+        super::super::PROPAGATOR.extract(&opentelemetry_http::HeaderExtractor(headers))
+    }
+
+    /// A context's span and baggage, comparable.
+    fn seen(cx: &Context) -> (String, Vec<(String, String, String)>) {
+        let span = cx.span();
+        let sc = span.span_context();
+        let span = format!(
+            "{}-{}-{:?}-{}-{}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags(),
+            sc.is_remote(),
+            sc.trace_state().header()
+        );
+        let mut baggage: Vec<_> = cx
+            .baggage()
+            .iter()
+            .map(|(k, (v, m))| (k.to_string(), v.to_string(), m.as_str().to_owned()))
+            .collect();
+        baggage.sort();
+        (span, baggage)
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, value.parse().expect("a valid header value"));
+        }
+        map
+    }
+
+    #[test]
+    fn reads_the_flow_the_parent_and_properties() {
+        let map = headers(&[
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("tracestate", "vendor=x"),
+            (
+                "baggage",
+                "paytrace.flow=checkout, payment.method = alipay;p1 ; p%3D2,k%7E=v%20w,k%2C=comma,bad=%FF,novalue",
+            ),
+        ]);
+        let cx = extract(&map);
+        let (span, baggage) = seen(&cx);
+        assert_eq!(
+            span,
+            "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-TraceFlags(1)-true-vendor=x"
+        );
+        assert_eq!(
+            baggage,
+            [
+                ("k~".into(), "v w".into(), String::new()),
+                ("payment.method".into(), "alipay".into(), "p1;p=2".into()),
+                ("paytrace.flow".into(), "checkout".into(), String::new()),
+            ]
+        );
+        // A key with a `,` (decoded) is no token: dropped, as by the SDK.
+        assert_eq!(seen(&by_the_sdk(&map)), (span, baggage));
+    }
+
+    #[test]
+    fn an_oversize_header_is_ignored_whole() {
+        let long = format!("a=1,b={}", "x".repeat(MAX_BAGGAGE_LENGTH));
+        let cx = extract(&headers(&[("baggage", &long)]));
+        assert!(cx.baggage().is_empty());
+    }
+
+    /// Header values made of the characters that matter to the parsers.
+    fn header_value() -> impl Strategy<Value = String> {
+        proptest::string::string_regex(
+            "([a-z.]{1,6}|paytrace\\.flow|payment\\.method|%[0-9A-Fa-fG]{0,2}|%FF|%C3%A9|[ ,;=\t]){0,24}",
+        )
+        .expect("a valid pattern")
+    }
+
+    /// One baggage member, mostly well formed: a name, a value (sometimes
+    /// none, sometimes with a second `=`), properties, blanks around each,
+    /// percent escapes valid and not.
+    fn member_text() -> impl Strategy<Value = String> {
+        proptest::string::string_regex(concat!(
+            "[ \t]{0,2}([a-z.]{1,6}|paytrace\\.flow(_id)?|payment\\.(method|channel)|%[0-9A-Fa-fG]{0,2}|%FF|%7E|%2C)[ \t]{0,2}",
+            "(=[ \t]{0,2}([a-z.=]{0,6}|%[0-9A-F]{0,2}|%FF|%20)[ \t]{0,2})?",
+            "(;[ \t]{0,2}[a-z=%2CF]{0,5}[ \t]{0,2}){0,3}",
+        ))
+        .expect("a valid pattern")
+    }
+
+    /// A whole `baggage` value: well-formed-ish members (up to more than
+    /// are read), or anything.
+    fn baggage_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::collection::vec(member_text(), 0..80).prop_map(|m| m.join(",")),
+            header_value(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn extracts_what_the_sdk_extracts(
+            baggage in proptest::option::of(baggage_value()),
+            traceparent in proptest::option::of(prop_oneof![
+                Just("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+                Just("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".to_owned()),
+                "[0-9a-f-]{0,60}",
+            ]),
+            tracestate in proptest::option::of(header_value()),
+        ) {
+            let mut pairs: Vec<(&'static str, String)> = Vec::new();
+            if let Some(b) = baggage {
+                pairs.push(("baggage", b));
+            }
+            if let Some(t) = traceparent {
+                pairs.push(("traceparent", t));
+            }
+            if let Some(t) = tracestate {
+                pairs.push(("tracestate", t));
+            }
+            let mut map = HeaderMap::new();
+            for (name, value) in &pairs {
+                let Ok(value) = value.trim().parse() else { return Ok(()) };
+                map.append(*name, value);
+            }
+            prop_assert_eq!(seen(&extract(&map)), seen(&by_the_sdk(&map)));
+        }
+    }
+}
