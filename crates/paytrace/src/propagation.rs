@@ -1,22 +1,20 @@
 //! W3C trace context and baggage on the wire, and the business [`Flow`] they carry.
 
 use std::future::Future;
-use std::sync::LazyLock;
 
 use opentelemetry::Context;
 use opentelemetry::baggage::{Baggage, BaggageExt, BaggageMetadata, KeyValueMetadata};
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{FutureExt, TraceContextExt, WithContext};
-use opentelemetry_http::HeaderInjector;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use paytrace_semconv::attr;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// The propagator paytrace speaks: W3C `traceparent`/`tracestate` and `baggage`.
-///
-/// paytrace uses it directly rather than the global propagator, so that
-/// propagation works even in a program that never called [`crate::init`].
-pub(crate) static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(propagator);
+/// The SDK's W3C trace context + baggage propagator, which paytrace's own
+/// reading and writing of the headers ([`headers`]) is tested against.
+#[cfg(test)]
+pub(crate) static PROPAGATOR: std::sync::LazyLock<TextMapCompositePropagator> =
+    std::sync::LazyLock::new(propagator);
 
 /// A new W3C trace context + baggage propagator.
 pub(crate) fn propagator() -> TextMapCompositePropagator {
@@ -28,12 +26,7 @@ pub(crate) fn propagator() -> TextMapCompositePropagator {
 
 mod headers;
 
-pub(crate) use headers::{extract, extract_from};
-
-/// Writes `cx`'s span context and baggage into `headers`.
-pub(crate) fn inject(cx: &Context, headers: &mut http::HeaderMap) {
-    PROPAGATOR.inject_context(cx, &mut HeaderInjector(headers));
-}
+pub(crate) use headers::{extract, extract_from, inject, inject_into};
 
 /// The span context a W3C `traceparent` value names, if it is valid, with
 /// the `tracestate` that travelled with it (its sampling threshold and
@@ -111,11 +104,6 @@ pub(crate) fn outgoing(span: &tracing::Span, ambient: &Context) -> Context {
 /// starts a new trace but continues the flow (a message's consumer).
 pub(crate) fn baggage_only(cx: &Context) -> Context {
     Context::new().with_baggage(copied(cx.baggage()))
-}
-
-/// Writes `cx`'s span context and baggage through `injector`.
-pub(crate) fn inject_into(cx: &Context, injector: &mut dyn opentelemetry::propagation::Injector) {
-    PROPAGATOR.inject_context(cx, injector);
 }
 
 /// A copy of `baggage`'s entries, for a context built from another.

@@ -1,15 +1,17 @@
-//! The caller's W3C trace context and baggage, read from a request's
-//! headers once per request by the server layers, or from a message's
-//! headers by the consumer.
+//! W3C trace context and baggage on the wire: read from a request's
+//! headers once per request by the server layers (from a message's by the
+//! consumer), written into each outgoing call's and message's.
 //!
-//! The result is the one `TextMapCompositePropagator` of
-//! `TraceContextPropagator` and `BaggagePropagator` gives through
-//! `opentelemetry_http::HeaderExtractor` (a property test holds the two
-//! together), for less work: the header names are constants instead of
+//! What is read and written is what `TextMapCompositePropagator` of
+//! `TraceContextPropagator` and `BaggagePropagator` reads and writes
+//! through `opentelemetry_http`'s `HeaderExtractor` and `HeaderInjector`
+//! (property tests hold the two together), for less work: the header
+//! names are constants instead of
 //! being parsed on each look-up, `traceparent` and baggage members are
 //! split without collecting their parts, ids of the usual shape are read
 //! without a generic number parser, and text without `%` is not decoded
-//! nor the keys paytrace reads copied.
+//! nor the keys paytrace reads copied; a `traceparent` is written without
+//! `format!` and a `baggage` without a `String` per member.
 //!
 //! The rules kept from the SDK's baggage propagator, whatever W3C allows
 //! beyond them, so that a service reads the same baggage whichever of the
@@ -26,14 +28,14 @@ use std::borrow::Cow;
 use std::str::FromStr;
 
 use http::HeaderMap;
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 use opentelemetry::Context;
 use opentelemetry::Key;
-use opentelemetry::baggage::{BaggageExt, BaggageMetadata, KeyValueMetadata};
-use opentelemetry::propagation::Extractor;
+use opentelemetry::baggage::{Baggage, BaggageExt, BaggageMetadata, KeyValueMetadata};
+use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use paytrace_semconv::attr;
-use percent_encoding::percent_decode_str;
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 /// The W3C limit on a whole `baggage` header, as the SDK enforces it.
 const MAX_BAGGAGE_LENGTH: usize = 8192;
@@ -215,6 +217,88 @@ fn metadata<'a>(properties: impl Iterator<Item = &'a str>) -> BaggageMetadata {
     BaggageMetadata::from(joined)
 }
 
+/// The W3C characters a baggage name or value is percent-encoded for, as
+/// the SDK's propagator encodes them (and every byte beyond ASCII).
+const BAGGAGE_ESCAPED: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b';').add(b',').add(b'=');
+
+/// Writes `cx`'s span context and baggage into `headers`, as
+/// `HeaderInjector` through the SDK's propagators writes them.
+pub(crate) fn inject(cx: &Context, headers: &mut HeaderMap) {
+    let mut set = |name: HeaderName, value: String| {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(name, value);
+        }
+    };
+    let span = cx.span();
+    let parent = span.span_context();
+    if parent.is_valid() {
+        set(TRACEPARENT, traceparent(parent));
+        set(TRACESTATE, parent.trace_state().header());
+    }
+    let baggage = cx.baggage();
+    if !baggage.is_empty() {
+        set(BAGGAGE, baggage_header(baggage));
+    }
+}
+
+/// Writes `cx`'s span context and baggage through `injector`: a message's
+/// headers.
+pub(crate) fn inject_into(cx: &Context, injector: &mut dyn Injector) {
+    let span = cx.span();
+    let parent = span.span_context();
+    if parent.is_valid() {
+        injector.set("traceparent", traceparent(parent));
+        injector.set("tracestate", parent.trace_state().header());
+    }
+    let baggage = cx.baggage();
+    if !baggage.is_empty() {
+        injector.set("baggage", baggage_header(baggage));
+    }
+}
+
+/// `version-traceid-spanid-flags`, version `00`, only the sampled flag.
+fn traceparent(span: &SpanContext) -> String {
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    push_hex(&mut out, &span.trace_id().to_bytes());
+    out.push('-');
+    push_hex(&mut out, &span.span_id().to_bytes());
+    out.push('-');
+    push_hex(
+        &mut out,
+        &[(span.trace_flags() & TraceFlags::SAMPLED).to_u8()],
+    );
+    out
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+}
+
+/// `name=value;metadata` for each entry, joined by `,`, names and values
+/// trimmed and percent-encoded.
+fn baggage_header(baggage: &Baggage) -> String {
+    let mut out = String::new();
+    for (name, (value, metadata)) in baggage {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.extend(utf8_percent_encode(name.as_str().trim(), BAGGAGE_ESCAPED));
+        out.push('=');
+        out.extend(utf8_percent_encode(value.as_str().trim(), BAGGAGE_ESCAPED));
+        let metadata = metadata.as_str().trim();
+        if !metadata.is_empty() {
+            out.push(';');
+            out.push_str(metadata);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,7 +420,58 @@ mod tests {
         ]
     }
 
+    /// Baggage entries: names valid and not, values and metadata with the
+    /// characters that are escaped, blanks and non-ASCII text.
+    fn baggage_entries() -> impl Strategy<Value = Vec<(String, String, String)>> {
+        proptest::collection::vec(
+            (
+                "[ ]?([a-z.~!]{1,6}|paytrace\\.flow|k,|é)[ ]?",
+                "[ ]?[a-z;,=\" %é\\x7f]{0,8}[ ]?",
+                "[ ]?([a-z]{1,3}(=[a-z;]{0,2})?)?[ ]?",
+            ),
+            0..6,
+        )
+    }
+
     proptest! {
+        #[test]
+        fn injects_what_the_sdk_injects(
+            ids in proptest::option::of((any::<u128>(), any::<u64>(), any::<u8>())),
+            state in proptest::option::of("[a-z]{1,4}=[a-z0-9]{1,4}(,[a-z]{1,3}=[a-z]{1,3}){0,2}"),
+            entries in baggage_entries(),
+        ) {
+            let mut cx = Context::new();
+            if let Some((trace, span, flags)) = ids {
+                let state = state
+                    .map(|s| TraceState::from_str(&s).unwrap_or_default())
+                    .unwrap_or_default();
+                cx = cx.with_remote_span_context(SpanContext::new(
+                    TraceId::from(trace),
+                    SpanId::from(span),
+                    TraceFlags::new(flags),
+                    true,
+                    state,
+                ));
+            }
+            let cx = cx.with_baggage(
+                entries
+                    .into_iter()
+                    .map(|(k, v, m)| KeyValueMetadata::new(k, v, m.as_str())),
+            );
+            let (mut ours, mut theirs) = (HeaderMap::new(), HeaderMap::new());
+            inject(&cx, &mut ours);
+            super::super::PROPAGATOR
+                .inject_context(&cx, &mut opentelemetry_http::HeaderInjector(&mut theirs));
+            prop_assert_eq!(&ours, &theirs);
+            let (mut ours, mut theirs) = (
+                std::collections::HashMap::new(),
+                std::collections::HashMap::new(),
+            );
+            inject_into(&cx, &mut ours);
+            super::super::PROPAGATOR.inject_context(&cx, &mut theirs);
+            prop_assert_eq!(ours, theirs);
+        }
+
         #[test]
         fn extracts_what_the_sdk_extracts(
             baggage in proptest::option::of(baggage_value()),
