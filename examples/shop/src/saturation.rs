@@ -45,9 +45,9 @@ pub struct Saturated {
     pub what: String,
     /// What was seen, and what to do.
     pub message: String,
-    /// Whether the demo's chaos caused it on purpose (`queue-backlog` or
-    /// `confirm-network-failure` for the payment queue, `pool-exhausted` for
-    /// the pools).
+    /// Whether the demo's chaos caused it on purpose (`queue-backlog`,
+    /// `confirm-network-failure` or `pool-exhausted` for the payment queue,
+    /// `pool-exhausted` for the pools).
     pub injected: bool,
 }
 
@@ -157,11 +157,14 @@ fn judge(seen: &Seen, rps: f64, injected: &[Fault]) -> Vec<Saturated> {
                      does not keep up with {rps} checkouts/s on this machine; lower --rps",
                     QUEUE_AGE_LIMIT
                 ),
-                // The consumer stalls by design under queue-backlog, and
-                // waits out the coordinator's 1 s Confirm timeout and its
-                // retries under confirm-network-failure.
+                // The consumer stalls by design under queue-backlog, waits
+                // out the coordinator's 1 s Confirm timeout and its retries
+                // under confirm-network-failure, and under pool-exhausted
+                // its Confirms queue for inventory's one connection left
+                // (beside another test, a callback waited 1.7 s so).
                 injected: injected.contains(&Fault::QueueBacklog)
-                    || injected.contains(&Fault::ConfirmNetworkFailure),
+                    || injected.contains(&Fault::ConfirmNetworkFailure)
+                    || injected.contains(&Fault::PoolExhausted),
             });
         }
     }
@@ -241,6 +244,9 @@ mod tests {
             [true, false],
             "the queue is injected, the pool is not"
         );
+        // Confirms wait for inventory's one connection left.
+        let starved = judge(&seen, 10.0, &[Fault::PoolExhausted]);
+        assert!(starved.iter().all(|s| s.injected), "{starved:?}");
 
         let mut quiet = Seen::default();
         let calm = PAGE.replace("4.6", "0.02");
