@@ -35,15 +35,30 @@ pub(crate) fn span_context_of(
     traceparent: &str,
     tracestate: Option<&str>,
 ) -> Option<opentelemetry::trace::SpanContext> {
-    let mut carrier = std::collections::HashMap::new();
-    carrier.insert("traceparent".to_owned(), traceparent.trim().to_owned());
-    if let Some(state) = tracestate {
-        carrier.insert("tracestate".to_owned(), state.trim().to_owned());
+    headers::remote_span(&W3cValues {
+        traceparent: traceparent.trim(),
+        tracestate: tracestate.map(str::trim),
+    })
+}
+
+/// A `traceparent` and its `tracestate` given as values, not headers.
+struct W3cValues<'a> {
+    traceparent: &'a str,
+    tracestate: Option<&'a str>,
+}
+
+impl opentelemetry::propagation::Extractor for W3cValues<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => Some(self.traceparent),
+            "tracestate" => self.tracestate,
+            _ => None,
+        }
     }
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    let span = cx.span();
-    let sc = span.span_context();
-    sc.is_valid().then(|| sc.clone())
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
 }
 
 /// The `traceparent` value of the span that is current now (the stage or

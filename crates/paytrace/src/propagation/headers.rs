@@ -73,7 +73,7 @@ const MAX_TRACEPARENT_VERSION: u8 = 254;
 /// by the SDK's rules: a version up to `fe` (`00` with exactly four
 /// fields), lower-case hex ids that are not all zeros, only the sampled
 /// flag kept, a `tracestate` that does not parse read as empty.
-fn remote_span(carrier: &dyn Extractor) -> Option<SpanContext> {
+pub(super) fn remote_span(carrier: &dyn Extractor) -> Option<SpanContext> {
     let traceparent = carrier.get("traceparent").unwrap_or("").trim();
     let mut fields = traceparent.split_terminator('-');
     let (version, trace_id, span_id, flags) = (
