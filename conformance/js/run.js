@@ -6,7 +6,7 @@
 //   node run.js CASE PROTOCOL ENDPOINT FLOWS
 //
 // CASE: overlap | link | failures | long | late | plain | grpc | skew_ahead |
-// skew_behind (inventory's clock 40 ms ahead, behind). In "failures" 2 of
+// skew_behind (inventory's clock 500 ms ahead, behind). In "failures" 2 of
 // every 5 checkouts fail at inventory.try. PROTOCOL: grpc | http/protobuf |
 // http/json. ENDPOINT: the OTLP base URL (http://127.0.0.1:4318 or :4317).
 'use strict';

@@ -10,10 +10,10 @@
 'use strict';
 
 const [role, protocol, endpoint, scenario] = process.argv.slice(2);
-// "skew_ahead" / "skew_behind": inventory's host clock is 40 ms ahead of
+// "skew_ahead" / "skew_behind": inventory's host clock is 500 ms ahead of
 // (behind) the others'. The SDK starts a span at Date.now() and ends it a
 // performance.now() duration later, so shifting Date.now shifts them all.
-const skewMs = { skew_ahead: 40, skew_behind: -40 }[scenario];
+const skewMs = { skew_ahead: 500, skew_behind: -500 }[scenario];
 if (skewMs && role === 'inventory') {
   const realNow = Date.now;
   Date.now = () => realNow() + skewMs;

@@ -10,7 +10,7 @@ HTTP instrumentations set. Stages sleep known times.
     python checkout.py CASE ENDPOINT FLOWS
 
 CASE is overlap | link | failures | long | late | plain | sampled |
-skew_ahead | skew_behind (inventory's clock 40 ms ahead of, behind, the
+skew_ahead | skew_behind (inventory's clock 500 ms ahead of, behind, the
 others'). In
 "overlap" every span starts on a whole millisecond and ends its precise
 duration later, as a millisecond clock (the JS SDK's Date.now()) records it;
@@ -42,7 +42,7 @@ SAMPLED = CASE == "sampled"
 FLOW = "sampled" if SAMPLED else "checkout"
 COARSE = CASE == "overlap"
 # The skewed service and how far its clock is off, in ns.
-SKEW = {"skew_ahead": ("inventory", 40_000_000), "skew_behind": ("inventory", -40_000_000)}.get(CASE)
+SKEW = {"skew_ahead": ("inventory", 500_000_000), "skew_behind": ("inventory", -500_000_000)}.get(CASE)
 PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 
 providers = {}

@@ -428,6 +428,13 @@ async fn assert_slowest_are_whole_paths(aggregator: &Aggregator) {
             (0.070..=total).contains(&wait),
             "the callback's wait on the path: {instance}"
         );
+        // Each stage is awaited by its caller: the path gives it the whole
+        // time its span lasted, less what the millisecond clocks move. The
+        // span lasted its design: the drivers sleep that long (a Node timer
+        // fires up to 0.8 ms early, measured under load).
+        let spans = instance["spans"]
+            .as_array()
+            .unwrap_or_else(|| panic!("the slowest instances keep their spans: {instance}"));
         for (name, design) in [
             ("order.create", 0.040),
             ("inventory.try", 0.060),
@@ -435,9 +442,19 @@ async fn assert_slowest_are_whole_paths(aggregator: &Aggregator) {
             ("channel.callback", 0.030),
             ("payment.confirm", 0.020),
         ] {
+            let lasted: f64 = spans
+                .iter()
+                .filter(|s| s["stage"] == name)
+                .map(|s| seconds(&s["duration_seconds"]))
+                .sum();
             assert!(
-                of(name) >= design - CLOCK,
-                "{name} on the path for its {design} s: {instance}"
+                lasted >= design - 0.001,
+                "{name}'s span lasted {lasted} s of its {design} s: {instance}"
+            );
+            assert!(
+                of(name) >= lasted - CLOCK,
+                "{name} on the path for {} s of the {lasted} s its span lasted: {instance}",
+                of(name)
             );
         }
         assert!(of("notify.send") < 0.001, "never waited on: {instance}");
@@ -677,6 +694,15 @@ async fn python_exports_over_tls_with_a_bearer_token() {
     assert_eq!(refused, 0.0, "every export carried the token");
 }
 
+/// How far the skew cases put inventory's clock off the others' (ms; the
+/// drivers in `conformance/` use the same figure). Far above what load adds
+/// to a call on a shared 2-core machine: a clock 40 ms off went unseen when
+/// a request waited 40 ms to be served (the server span then fits in its
+/// client's), and the other services' server spans were moved by up to
+/// 34 ms (six of these cases at once on 2 cores; the centring takes the
+/// two network legs as equal, and under load they are not).
+const SKEW_MS: i64 = 500;
+
 /// Inventory's clock is `offset_ms` off the others' (its driver shifts
 /// every span it starts): the analysis moves its server spans into their
 /// callers, the checkout's stages keep their design, and the API and the
@@ -692,19 +718,23 @@ async fn skewed(sdk: Sdk, case: &'static str, offset_ms: f64) {
     // One server span per checkout, called from the gateway.
     assert_eq!(inventory["adjusted_spans"], FLOWS, "{skew}");
     // Centring a server span in its client's takes the call's two network
-    // legs as equal; on loopback they differ by a few ms at most.
+    // legs as equal: the estimate is off by half their difference, which
+    // load makes tens of ms (a request read late, an answer read late).
     let offset = seconds(&inventory["last_offset_seconds"]) * 1e3;
     assert!(
-        (offset - offset_ms).abs() <= 15.0,
+        (offset - offset_ms).abs() <= offset_ms.abs() / 10.0,
         "inventory's clock is {offset_ms} ms off, estimated {offset} ms: {skew}"
     );
-    // A service with a millisecond clock (JS) can overflow its caller by
-    // just over the 1 ms tolerance and be centred too; the estimate is then
-    // off by half the gap between the two spans' durations, a few ms on a
-    // loaded machine (seen once beside the whole suite), never near 40.
+    // Another service's server span is moved too when it lies outside its
+    // client's by more than the 1 ms tolerance: a millisecond clock (JS)
+    // does that by a little, load by more (seen: order's centred at 34 ms);
+    // never near the skew itself.
     for other in services.iter().filter(|s| s["service"] != "inventory") {
         let offset = seconds(&other["last_offset_seconds"]) * 1e3;
-        assert!(offset.abs() < 20.0, "only inventory is skewed: {skew}");
+        assert!(
+            offset.abs() < offset_ms.abs() / 5.0,
+            "only inventory is skewed: {skew}"
+        );
     }
     let counted = aggregator
         .metric(r#"paytrace_aggregator_clock_skew_adjusted_total{service_name="inventory"}"#)
@@ -713,11 +743,11 @@ async fn skewed(sdk: Sdk, case: &'static str, offset_ms: f64) {
 }
 
 async fn skew_ahead(sdk: Sdk) {
-    skewed(sdk, "skew_ahead", 40.0).await;
+    skewed(sdk, "skew_ahead", SKEW_MS as f64).await;
 }
 
 async fn skew_behind(sdk: Sdk) {
-    skewed(sdk, "skew_behind", -40.0).await;
+    skewed(sdk, "skew_behind", -SKEW_MS as f64).await;
 }
 
 macro_rules! conformance {
@@ -871,8 +901,8 @@ mod rust_sdk {
             delay,
             coarse: case == "overlap",
             skew: match case {
-                "skew_ahead" => Some(("inventory", 40)),
-                "skew_behind" => Some(("inventory", -40)),
+                "skew_ahead" => Some(("inventory", SKEW_MS)),
+                "skew_behind" => Some(("inventory", -SKEW_MS)),
                 _ => None,
             },
         };
