@@ -71,7 +71,18 @@ fn release_spans(recent: &mut RecentFlows) {
     }
     candidates.select_nth_unstable(excess - 1);
     for &(_, i) in &candidates[..excess] {
-        Arc::make_mut(&mut recent.items[i]).spans = None;
+        let item = &mut recent.items[i];
+        match Arc::get_mut(item) {
+            Some(only) => only.spans = None,
+            // The published view still holds it: a copy without the spans
+            // (`make_mut` would copy every span only to drop them).
+            None => {
+                *item = Arc::new(Recent {
+                    analysis: item.analysis.clone(),
+                    spans: None,
+                });
+            }
+        }
     }
     recent.held -= excess;
 }
@@ -112,6 +123,48 @@ impl From<crate::format::v1::RecentFlows> for RecentFlows {
                 })
                 .collect(),
             held: r.held,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::critical_path::analyze_flow;
+    use crate::testing::{numbered, span};
+
+    fn push(recent: &mut RecentFlows, ms: u64) {
+        let spans = vec![numbered(vec![span("root", 0, ms * 1_000_000)])];
+        let analysis = analyze_flow(&spans).expect("one trace");
+        recent.push(analysis, spans);
+    }
+
+    /// An instance the published view still holds keeps its spans there
+    /// when the core lets them go, and the core's copy holds none.
+    #[test]
+    fn spans_let_go_stay_with_the_view_that_holds_them() {
+        let mut recent = RecentFlows::default();
+        // Slowest first: the oldest instances are the fastest to let go.
+        for i in 0..(HELD_PER_FLOW + RELEASE_SLACK) as u64 {
+            push(&mut recent, 1_000 - i);
+        }
+        let view = recent.clone();
+        assert_eq!(recent.held, HELD_PER_FLOW + RELEASE_SLACK);
+        push(&mut recent, 1);
+        assert_eq!(recent.held, HELD_PER_FLOW);
+        let released: Vec<usize> = (0..view.items.len())
+            .filter(|&i| recent.items[i].spans.is_none())
+            .collect();
+        assert_eq!(released.len(), RELEASE_SLACK + 1);
+        for i in released {
+            assert!(
+                view.items[i].spans.is_some(),
+                "the view keeps instance {i}'s spans"
+            );
+            assert_eq!(
+                recent.items[i].analysis.duration_ns(),
+                view.items[i].analysis.duration_ns()
+            );
         }
     }
 }
