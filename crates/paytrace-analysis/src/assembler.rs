@@ -192,7 +192,10 @@ impl Assembler {
         let mut too_many = 0;
         for span in spans {
             let id = span.trace_id;
-            if !self.live.contains_key(&id) {
+            // One look-up for a span of a trace already live (most spans).
+            let trace = if let Some(trace) = self.live.get_mut(&id) {
+                trace
+            } else {
                 // Only a span that would start a trace is looked up among
                 // the completed ones: that set is large and cold, the live
                 // one small and hot.
@@ -203,13 +206,13 @@ impl Assembler {
                 if self.live.len() >= self.limits.max_traces {
                     self.evict_oldest(Overflow::MaxTraces);
                 }
-            }
-            let trace = self.live.entry(id).or_insert_with(|| LiveTrace {
-                spans: Vec::new(),
-                bytes: 0,
-                first_arrival: now,
-                last_arrival: now,
-            });
+                self.live.entry(id).or_insert(LiveTrace {
+                    spans: Vec::new(),
+                    bytes: 0,
+                    first_arrival: now,
+                    last_arrival: now,
+                })
+            };
             if trace.spans.len() >= self.limits.max_spans_per_trace {
                 too_many += 1;
                 continue;

@@ -27,7 +27,8 @@ pub(crate) struct RecentFlows {
 /// A recent flow instance: its analysis and, while held, its spans.
 #[derive(Clone, Debug)]
 pub(crate) struct Recent {
-    pub(crate) analysis: FlowAnalysis,
+    /// Shared between the copies with and without the spans.
+    pub(crate) analysis: Arc<FlowAnalysis>,
     pub(crate) spans: Option<Vec<Vec<Span>>>,
 }
 
@@ -40,7 +41,7 @@ impl RecentFlows {
             self.held -= 1;
         }
         self.items.push_back(Arc::new(Recent {
-            analysis,
+            analysis: Arc::new(analysis),
             spans: Some(spans),
         }));
         self.held += 1;
@@ -78,7 +79,7 @@ fn release_spans(recent: &mut RecentFlows) {
             // (`make_mut` would copy every span only to drop them).
             None => {
                 *item = Arc::new(Recent {
-                    analysis: item.analysis.clone(),
+                    analysis: Arc::clone(&item.analysis),
                     spans: None,
                 });
             }
@@ -95,7 +96,7 @@ impl From<&RecentFlows> for crate::format::v1::RecentFlows {
                 .items
                 .iter()
                 .map(|item| v1::Recent {
-                    analysis: (&item.analysis).into(),
+                    analysis: item.analysis.as_ref().into(),
                     spans: item
                         .spans
                         .as_ref()
@@ -115,7 +116,7 @@ impl From<crate::format::v1::RecentFlows> for RecentFlows {
                 .into_iter()
                 .map(|item| {
                     Arc::new(Recent {
-                        analysis: item.analysis.into(),
+                        analysis: Arc::new(item.analysis.into()),
                         spans: item
                             .spans
                             .map(|traces| traces.into_iter().map(crate::span::from_v1).collect()),
