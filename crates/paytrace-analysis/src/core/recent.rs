@@ -25,7 +25,7 @@ pub(crate) struct RecentFlows {
 }
 
 /// A recent flow instance: its analysis and, while held, its spans.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct Recent {
     /// Shared between the copies with and without the spans.
     pub(crate) analysis: Arc<FlowAnalysis>,
