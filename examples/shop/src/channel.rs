@@ -13,6 +13,7 @@ use rand_distr::{Distribution, LogNormal};
 
 use crate::chaos::Chaos;
 use crate::plan::Role;
+use crate::settle::InHand;
 use crate::wire::{ChannelCallback, PayRequest};
 
 /// How one channel behaves.
@@ -78,6 +79,8 @@ struct Mock {
     chaos: Arc<Chaos>,
     // A plain client: a third party does not propagate our trace context.
     http: reqwest::Client,
+    /// Callbacks scheduled and not yet delivered (or given up).
+    callbacks: InHand,
 }
 
 fn sample_ms(median: f64, sigma: f64) -> Duration {
@@ -137,7 +140,9 @@ async fn pay(
         delay *= 5;
     }
     let sends = if duplicate { 2 } else { 1 };
+    let held = m.callbacks.hold();
     tokio::spawn(async move {
+        let _held = held;
         for i in 0..sends {
             tokio::time::sleep(if i == 0 {
                 delay
@@ -171,7 +176,7 @@ async fn refund(State(m): State<Mock>) -> Result<&'static str, StatusCode> {
 }
 
 /// The mock channel's routes.
-pub fn router(role: Role, chaos: Arc<Chaos>) -> Router {
+pub fn router(svc: &paytrace::ServiceTelemetry, role: Role, chaos: Arc<Chaos>) -> Router {
     Router::new()
         .route("/pay", post(pay))
         .route("/refund", post(refund))
@@ -180,5 +185,6 @@ pub fn router(role: Role, chaos: Arc<Chaos>) -> Router {
             profile: profile(role),
             chaos,
             http: reqwest::Client::new(),
+            callbacks: InHand::register(svc, "callbacks"),
         })
 }

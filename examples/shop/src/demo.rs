@@ -20,6 +20,7 @@ use crate::chaos::Fault;
 use crate::load::{Counters, Requests};
 use crate::plan::{Plan, Role};
 use crate::saturation::Saturated;
+use crate::settle::{self, Settled};
 
 /// What the demo was asked to do.
 #[derive(Debug, Clone)]
@@ -85,6 +86,9 @@ struct Report {
     /// The queues, pools and load driver seen saturated during the load
     /// (`saturation.rs`): figures measured then describe the overload.
     saturation: Vec<Saturated>,
+    /// Whether the shop finished what it started before the counts above
+    /// were read (`settle.rs`).
+    settled: Settled,
 }
 
 /// The aggregator's view of the global TCC transactions.
@@ -104,6 +108,16 @@ struct TccReport {
 
 /// How many of the aggregator's recent TCC anomalies the report lists.
 const RECENT_ANOMALIES: usize = 20;
+
+/// How long the demo waits, after the load, for the shop to finish what it
+/// started. Callbacks come up to about 9 s late (a late one is five times
+/// its channel's log-normal delay), and the queue of confirmations can be
+/// far behind: under `confirm-network-failure` a fifth of inventory's
+/// Confirms wait out the coordinator's 1 s timeout, so at 10 checkouts a
+/// second the one consumer falls about 50 messages (14 s) behind in 12 s.
+/// A run whose queue never keeps up (`queue-backlog`) is read after this
+/// limit, and says so.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 
 /// What changed in checkout: the minutes from the one `chaos_at` falls in
 /// to now (at least one, at most 30) against those before it in the hour;
@@ -479,7 +493,7 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    println!("stopping: waiting for the last callbacks, then flushing spans...");
+    println!("stopping: the load is over...");
     let _ = stop_tx.send(true);
     if let Some(load) = load {
         let _ = load.await;
@@ -491,8 +505,23 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     for s in saturation.iter().filter(|s| !s.injected) {
         eprintln!("warning: saturated: {}", s.message);
     }
-    // Callbacks come up to a few seconds after the last checkout.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Callbacks come seconds after the last checkout, and the Confirms and
+    // late Cancels they set off after them: the counts are read once the
+    // shop has finished what it started (`settle.rs`).
+    println!(
+        "stopping: waiting for the shop to finish what it started (callbacks, queues, retries)..."
+    );
+    let settled = tokio::select! {
+        s = settle::wait_until_idle(o.plan, SETTLE_LIMIT) => s,
+        _ = tokio::signal::ctrl_c() => Settled { idle: false, waited_ms: 0, busy: vec!["interrupted".to_owned()] },
+    };
+    if !settled.idle {
+        eprintln!(
+            "warning: the shop was still busy after {} ms ({}); counts read now may miss its last work",
+            settled.waited_ms,
+            settled.busy.join(", ")
+        );
+    }
     let anomalies = count_anomalies(o.plan).await;
     let injected = scrape_counts(
         o.plan,
@@ -567,6 +596,7 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         },
         changes,
         saturation,
+        settled,
     };
     if let Some(path) = &o.report {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)

@@ -19,6 +19,7 @@ mod payment;
 mod plan;
 mod saturation;
 mod service;
+mod settle;
 mod wire;
 
 use std::path::PathBuf;

@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::broker::{NOTIFICATIONS, Notification};
 use crate::chaos::{Chaos, Fault};
 use crate::plan::{Plan, Role};
+use crate::settle::InHand;
 use crate::wire::{ChannelCallback, PayRequest, RefundRequest, TccCall};
 
 /// A confirmed callback waiting for the consumer.
@@ -221,12 +222,15 @@ async fn consume(
     mut rx: paytrace::QueueReceiver<Confirmation>,
     chaos: Arc<Chaos>,
     outbox: Option<Outbox>,
+    in_hand: InHand,
 ) {
     while let Some(Confirmation {
         callback: cb,
         producer,
     }) = rx.recv().await
     {
+        // Out of the queue's depth, not yet in a stage: counted as in hand.
+        let _held = in_hand.hold();
         if chaos.has(Fault::QueueBacklog) {
             tokio::time::sleep(Duration::from_millis(800)).await;
         }
@@ -340,6 +344,7 @@ pub fn router(
         rx,
         chaos.clone(),
         outbox,
+        InHand::register(svc, "confirmations"),
     ));
     Router::new()
         .route("/tcc/try", post(tcc_try))

@@ -190,7 +190,9 @@ pub async fn run(
             }
             routes
         }
-        Role::Alipay | Role::WechatPay | Role::Card => crate::channel::router(role, chaos.clone()),
+        Role::Alipay | Role::WechatPay | Role::Card => {
+            crate::channel::router(&svc, role, chaos.clone())
+        }
     };
     let (stop, stopped) = watch::channel(false);
     let stop = Arc::new(stop);

@@ -150,6 +150,13 @@ fn tcc_faults_produce_their_anomalies() {
             "card",
         ],
     );
+    // The counts below are read once the shop finished what it started:
+    // a late Cancel sent after they were read would be in the spans only.
+    assert_eq!(
+        doc["settled"]["idle"], true,
+        "the shop was still busy when the counts were read: {}",
+        doc["settled"]
+    );
     let a = &doc["anomalies"];
     for kind in [
         "empty_rollback",
@@ -226,6 +233,11 @@ fn a_participant_without_the_fence_shows_what_the_fence_would_have_prevented() {
             "--chaos",
             "empty-rollback,cancel-after-confirm",
         ],
+    );
+    assert_eq!(
+        doc["settled"]["idle"], true,
+        "the shop was still busy when the counts were read: {}",
+        doc["settled"]
     );
     let injected = &doc["injected"];
     let count = |name: &str| injected[name].as_u64().unwrap_or(0);
