@@ -103,21 +103,12 @@ fn throughput(c: &mut Criterion) {
                 }
             };
             b.iter_custom(|iters| {
-                let mut elapsed = std::time::Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let n = left.min(CHUNK);
-                    left -= n;
-                    // Fresh trace ids each round, so no span is "late".
-                    let payloads: Vec<Vec<u8>> = (0..n)
-                        .map(|i| checkout_request((next + i) * TRACES, TRACES).encode_to_vec())
-                        .collect();
-                    next += n;
-                    let start = Instant::now();
-                    run(&payloads);
-                    elapsed += start.elapsed();
-                }
-                elapsed
+                timed_in_chunks(
+                    iters,
+                    &mut next,
+                    |first| checkout_request(first, TRACES).encode_to_vec(),
+                    |payloads| run(&payloads),
+                )
             })
         });
     }
@@ -161,55 +152,64 @@ fn throughput(c: &mut Criterion) {
     };
     group.bench_function("grpc_loopback", |b| {
         b.iter_custom(|iters| {
-            let mut elapsed = std::time::Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(CHUNK);
-                left -= n;
-                let payloads: Vec<Bytes> = (0..n)
-                    .map(|i| {
-                        Bytes::from(checkout_request((next + i) * TRACES, TRACES).encode_to_vec())
+            timed_in_chunks(
+                iters,
+                &mut next,
+                |first| Bytes::from(checkout_request(first, TRACES).encode_to_vec()),
+                |payloads| {
+                    rt.block_on(async {
+                        for payload in payloads {
+                            export_raw(&mut raw, payload).await.expect("accepted");
+                            flush();
+                        }
                     })
-                    .collect();
-                next += n;
-                let start = Instant::now();
-                rt.block_on(async {
-                    for payload in payloads {
-                        export_raw(&mut raw, payload).await.expect("accepted");
-                        flush();
-                    }
-                });
-                elapsed += start.elapsed();
-            }
-            elapsed
+                },
+            )
         })
     });
     // The same, with the client's prost encoding inside the measurement
     // (both ends in this process, on the same two cores).
     group.bench_function("grpc_loopback_client_encodes", |b| {
         b.iter_custom(|iters| {
-            let mut elapsed = std::time::Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(CHUNK);
-                left -= n;
-                let requests: Vec<ExportTraceServiceRequest> = (0..n)
-                    .map(|i| checkout_request((next + i) * TRACES, TRACES))
-                    .collect();
-                next += n;
-                let start = Instant::now();
-                rt.block_on(async {
-                    for r in requests {
-                        client.export(r).await.expect("accepted");
-                        flush();
-                    }
-                });
-                elapsed += start.elapsed();
-            }
-            elapsed
+            timed_in_chunks(
+                iters,
+                &mut next,
+                |first| checkout_request(first, TRACES),
+                |requests| {
+                    rt.block_on(async {
+                        for r in requests {
+                            client.export(r).await.expect("accepted");
+                            flush();
+                        }
+                    })
+                },
+            )
         })
     });
     group.finish();
+}
+
+/// Times `run` over `iters` requests, built [`CHUNK`] at a time with the
+/// clock stopped by `build` (given the first trace number of each, from
+/// `next` on: fresh trace ids every time, so no span is "late").
+fn timed_in_chunks<T>(
+    iters: u64,
+    next: &mut u64,
+    build: impl Fn(u64) -> T,
+    mut run: impl FnMut(Vec<T>),
+) -> std::time::Duration {
+    let mut elapsed = std::time::Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        left -= n;
+        let requests: Vec<T> = (0..n).map(|i| build((*next + i) * TRACES)).collect();
+        *next += n;
+        let start = Instant::now();
+        run(requests);
+        elapsed += start.elapsed();
+    }
+    elapsed
 }
 
 /// A gRPC client of the OTLP trace service that sends a request's bytes
