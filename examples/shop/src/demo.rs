@@ -11,12 +11,13 @@ use paytrace_aggregator::analyze::render_table;
 use paytrace_aggregator::breakdown::Breakdown;
 use paytrace_aggregator::pipeline::{Baseline, ChangeQuery, Changes, Now, Pipeline, Query};
 use paytrace_aggregator::server::{Running, ServeConfig};
-use paytrace_semconv::{flow, payment, tcc};
+use paytrace_semconv::{flow, metric, payment, tcc};
 use serde::Serialize;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use crate::chaos::Fault;
+use crate::exposition;
 use crate::load::{Counters, Requests};
 use crate::plan::{Plan, Role};
 use crate::saturation::Saturated;
@@ -271,7 +272,7 @@ async fn count_anomalies(plan: Plan) -> BTreeMap<String, u64> {
         .map(|k| ((*k).to_owned(), 0))
         .collect();
     let roles = [Role::Inventory, Role::Coupon, Role::Points];
-    for (kind, n) in scrape_counts(plan, &roles, "paytrace_tcc_anomalies_total", "kind").await {
+    for (kind, n) in scrape_counts(plan, &roles, metric::TCC_ANOMALIES_TOTAL, "kind").await {
         *counts.entry(kind).or_default() += n;
     }
     counts
@@ -286,25 +287,14 @@ async fn scrape_counts(
 ) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     let client = reqwest::Client::new();
-    let (prefix, key) = (format!("{family}{{"), format!("{label}=\""));
     for role in roles {
-        let Ok(response) = client
-            .get(format!("{}/metrics", plan.url(*role)))
-            .send()
-            .await
-        else {
+        let Ok(text) = exposition::scrape(&client, plan, *role).await else {
             eprintln!("warning: cannot scrape the {role} service for {family}");
             continue;
         };
-        let text = response.text().await.unwrap_or_default();
-        for line in text.lines().filter(|l| l.starts_with(&prefix)) {
-            let value_of = line
-                .split(key.as_str())
-                .nth(1)
-                .and_then(|rest| rest.split('"').next());
-            let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-            if let (Some(v), Some(n)) = (value_of, value) {
-                *counts.entry(v.to_owned()).or_default() += n as u64;
+        for sample in exposition::samples(&text).filter(|s| s.family == family) {
+            if let Some(v) = exposition::label(sample.labels, label) {
+                *counts.entry(v.to_owned()).or_default() += sample.value as u64;
             }
         }
     }

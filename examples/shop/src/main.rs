@@ -11,6 +11,7 @@ mod broker;
 mod channel;
 mod chaos;
 mod demo;
+mod exposition;
 mod gateway;
 mod load;
 mod order;

@@ -23,6 +23,7 @@ use paytrace_semconv::metric;
 use serde::Serialize;
 
 use crate::chaos::Fault;
+use crate::exposition::{self, Sample};
 use crate::load::Counters;
 use crate::plan::{Plan, Role};
 
@@ -96,15 +97,9 @@ pub async fn watch(
             seen.load_share = Some(seen.load_share.map_or(share, |s: f64| s.min(share)));
         }
         for role in Role::ALL {
-            let Ok(response) = client
-                .get(format!("{}/metrics", plan.url(role)))
-                .send()
-                .await
-            else {
-                continue;
-            };
-            let text = response.text().await.unwrap_or_default();
-            read(role.name(), &text, &mut seen);
+            if let Ok(text) = exposition::scrape(&client, plan, role).await {
+                read(role.name(), &text, &mut seen);
+            }
         }
     }
     judge(&seen, rps, &injected)
@@ -112,37 +107,25 @@ pub async fn watch(
 
 /// Adds one service's exposition to `seen`.
 fn read(service: &str, text: &str, seen: &mut Seen) {
-    for line in text.lines() {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        if let Some(labels) = series.strip_prefix(metric::QUEUE_OLDEST_AGE_SECONDS) {
-            let key = format!("{service}/{}", label(labels, "queue"));
+    for Sample {
+        family,
+        labels,
+        value,
+    } in exposition::samples(text)
+    {
+        let label = |name| exposition::label(labels, name).unwrap_or_default();
+        if family == metric::QUEUE_OLDEST_AGE_SECONDS {
+            let key = format!("{service}/{}", label("queue"));
             let age = seen.queue_age.entry(key).or_default();
             *age = age.max(value);
-        } else if let Some(labels) = series.strip_prefix(metric::RESOURCE_ERRORS_TOTAL)
-            && label(labels, "kind") == "timeout"
-        {
-            let key = format!("{service}/{}", label(labels, "resource"));
+        } else if family == metric::RESOURCE_ERRORS_TOTAL && label("kind") == "timeout" {
+            let key = format!("{service}/{}", label("resource"));
             seen.pool_timeouts
                 .entry(key)
                 .and_modify(|(_, last)| *last = value)
                 .or_insert((value, value));
         }
     }
-}
-
-/// The value of `name` in a `{a="b",…}` label set; empty when absent.
-fn label<'a>(labels: &'a str, name: &str) -> &'a str {
-    let key = format!("{name}=\"");
-    labels
-        .split(key.as_str())
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_default()
 }
 
 /// The saturations in `seen`.

@@ -30,6 +30,7 @@ use paytrace_semconv::metric;
 use prometheus::{IntGauge, IntGaugeVec};
 use serde::Serialize;
 
+use crate::exposition::{self, Sample};
 use crate::plan::{Plan, Role};
 
 /// How often the services are read while waiting.
@@ -50,12 +51,14 @@ pub const IN_PROGRESS: [&str; 6] = [
     WORK_IN_HAND,
 ];
 
-/// Counters of finished work: two idle readings agree when these did not move.
-pub const FINISHED: [&str; 4] = [
-    "http_server_request_duration_seconds_count",
-    "rpc_server_call_duration_seconds_count",
-    metric::TCC_PHASE_TOTAL,
-    metric::QUEUE_MESSAGES_TOTAL,
+/// Counters of finished work: two idle readings agree when these, and the
+/// counts of [`FINISHED_HISTOGRAMS`], did not move.
+pub const FINISHED: [&str; 2] = [metric::TCC_PHASE_TOTAL, metric::QUEUE_MESSAGES_TOTAL];
+
+/// Histograms whose `_count` counts finished requests and calls.
+pub const FINISHED_HISTOGRAMS: [&str; 2] = [
+    metric::HTTP_SERVER_REQUEST_DURATION_SECONDS,
+    metric::RPC_SERVER_CALL_DURATION_SECONDS,
 ];
 
 /// What waiting found.
@@ -121,33 +124,20 @@ fn millis(d: Duration) -> u64 {
 async fn read_all(client: &reqwest::Client, plan: Plan) -> Reading {
     let mut reading = Reading::default();
     for role in Role::ALL {
-        let text = match client
-            .get(format!("{}/metrics", plan.url(role)))
-            .send()
-            .await
-        {
-            Ok(response) => response.text().await.unwrap_or_default(),
+        match exposition::scrape(client, plan, role).await {
+            Ok(text) => add(role.name(), &text, &mut reading),
             // A service that cannot be read is not known to be idle.
             Err(_) => {
                 reading.busy.insert(format!("{role} /metrics"), 1.0);
-                continue;
             }
-        };
-        add(role.name(), &text, &mut reading);
+        }
     }
     reading
 }
 
 /// Adds one service's exposition to `reading`.
 fn add(service: &str, text: &str, reading: &mut Reading) {
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        let family = series.split('{').next().unwrap_or(series);
+    for Sample { family, value, .. } in exposition::samples(text) {
         if IN_PROGRESS.contains(&family) {
             if value > 0.0 {
                 *reading
@@ -155,13 +145,22 @@ fn add(service: &str, text: &str, reading: &mut Reading) {
                     .entry(format!("{service} {family}"))
                     .or_default() += value;
             }
-        } else if FINISHED.contains(&family) {
+        } else if is_finished(family) {
             *reading
                 .finished
                 .entry(format!("{service} {family}"))
                 .or_default() += value;
         }
     }
+}
+
+/// Whether `family` counts finished work ([`FINISHED`], or the count of
+/// one of the [`FINISHED_HISTOGRAMS`]).
+fn is_finished(family: &str) -> bool {
+    FINISHED.contains(&family)
+        || family
+            .strip_suffix("_count")
+            .is_some_and(|h| FINISHED_HISTOGRAMS.contains(&h))
 }
 
 /// The service's [`WORK_IN_HAND`] gauge for one kind of `work`.
