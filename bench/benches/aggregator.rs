@@ -9,28 +9,33 @@
 //!   critical-path analysis and the rolling-window sketches;
 //! - `full_pipeline_prost`: the same pipeline behind `decode_convert`;
 //! - `grpc_loopback`: the full pipeline behind the OTLP/gRPC receiver, fed
-//!   over loopback by a tonic client sending bytes encoded beforehand, the
-//!   server's pipeline flushed after each response as `full_pipeline`
-//!   flushes after each request;
-//! - `grpc_loopback_client_encodes`: the same with the client's encoding.
+//!   over loopback by a lean `h2` client sending bytes encoded beforehand
+//!   ([`LeanGrpcClient`]), the server's pipeline flushed after each
+//!   response as `full_pipeline` flushes after each request;
+//! - `grpc_loopback_client_encodes`: the same with a `tonic` client that
+//!   encodes each request, as an SDK does.
+//!
+//! The whole bench runs on one core ([`pin_to_one_core`]): the gRPC steps'
+//! threads (client, the server's connection task, its blocking pool) share
+//! it as the in-process steps use one, so every step's figure is spans per
+//! second of one core, client included.
 //!
 //! `cargo bench -p paytrace-bench --bench aggregator`
 
 use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use paytrace_aggregator::config::StageRules;
 use paytrace_aggregator::decode::{Interner, SpanLimits, decode, decode_protobuf};
 use paytrace_aggregator::pipeline::{Pipeline, PipelineConfig, Protocol};
 use paytrace_aggregator::server::{ServeConfig, start};
+use paytrace_bench::affinity::pin_to_one_core;
+use paytrace_bench::grpc::LeanGrpcClient;
 use paytrace_bench::otlp::checkout_request;
 use prost::Message;
-use prost::bytes::{BufMut, Bytes};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use prost::bytes::Bytes;
 
 // The allocator the `paytrace-aggregator` binary ships with.
 #[global_allocator]
@@ -55,6 +60,9 @@ enum Step {
 }
 
 fn throughput(c: &mut Criterion) {
+    // Before any thread is started, so that every thread inherits it.
+    let core = pin_to_one_core().expect("the aggregator bench runs on one core");
+    eprintln!("aggregator bench: every thread on core {core}");
     let limits = SpanLimits::default();
     let rules = StageRules::default();
     let mut group = c.benchmark_group("aggregator");
@@ -133,8 +141,13 @@ fn throughput(c: &mut Criterion) {
     // The receiver's own cost: the client sends bytes encoded before the
     // clock starts, as an SDK in another process would (its encoding is
     // that process's work, not the receiver's).
-    let mut raw = rt
-        .block_on(raw_client(running.otlp_grpc))
+    // The lean client and its connection task run on this thread.
+    let client_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut lean = client_runtime
+        .block_on(LeanGrpcClient::connect(running.otlp_grpc))
         .expect("connects");
     // Each response is followed by a flush of the server's pipeline, as the
     // in-process steps flush after every request: the two then do the same
@@ -157,9 +170,9 @@ fn throughput(c: &mut Criterion) {
                 &mut next,
                 |first| Bytes::from(checkout_request(first, TRACES).encode_to_vec()),
                 |payloads| {
-                    rt.block_on(async {
+                    client_runtime.block_on(async {
                         for payload in payloads {
-                            export_raw(&mut raw, payload).await.expect("accepted");
+                            lean.export(payload).await.expect("accepted");
                             flush();
                         }
                     })
@@ -210,79 +223,6 @@ fn timed_in_chunks<T>(
         elapsed += start.elapsed();
     }
     elapsed
-}
-
-/// A gRPC client of the OTLP trace service that sends a request's bytes
-/// as they are.
-async fn raw_client(
-    address: std::net::SocketAddr,
-) -> Result<tonic::client::Grpc<tonic::transport::Channel>, tonic::transport::Error> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .expect("a valid address")
-        .connect()
-        .await?;
-    Ok(tonic::client::Grpc::new(channel))
-}
-
-/// One `Export` call carrying `payload`, an encoded `ExportTraceServiceRequest`.
-async fn export_raw(
-    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
-    payload: Bytes,
-) -> Result<ExportTraceServiceResponse, tonic::Status> {
-    client
-        .ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let path = http::uri::PathAndQuery::from_static(
-        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-    );
-    let response = client
-        .unary(tonic::Request::new(payload), path, PreEncoded)
-        .await?;
-    Ok(response.into_inner())
-}
-
-/// Requests are bytes already; responses are decoded with `prost`.
-#[derive(Clone, Copy, Default)]
-struct PreEncoded;
-
-impl Codec for PreEncoded {
-    type Encode = Bytes;
-    type Decode = ExportTraceServiceResponse;
-    type Encoder = PreEncoded;
-    type Decoder = PreEncoded;
-
-    fn encoder(&mut self) -> PreEncoded {
-        PreEncoded
-    }
-
-    fn decoder(&mut self) -> PreEncoded {
-        PreEncoded
-    }
-}
-
-impl Encoder for PreEncoded {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for PreEncoded {
-    type Item = ExportTraceServiceResponse;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        src: &mut DecodeBuf<'_>,
-    ) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
-        ExportTraceServiceResponse::decode(src)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(e.to_string()))
-    }
 }
 
 criterion_group!(benches, throughput);

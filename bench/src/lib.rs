@@ -5,6 +5,8 @@
 //! exporter that discards them, so the cost measured is instrumentation, not
 //! the network.
 
+pub mod affinity;
+pub mod grpc;
 pub mod messaging;
 pub mod otlp;
 pub mod stage;
