@@ -10,6 +10,14 @@ import sys
 from pathlib import Path
 
 CRITERION = Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion")
+# Spans in one iteration of the aggregator's steps (`SPANS` in
+# bench/benches/aggregator.rs: 100 traces of 10 spans per request).
+SPANS_PER_ITERATION = 1000
+
+
+def spans_per_second(ns_per_iteration: float) -> str:
+    """An aggregator step's median as millions of spans per second."""
+    return f"{SPANS_PER_ITERATION * 1e9 / ns_per_iteration / 1e6:.2f} M"
 
 
 def median_ns(group: str, name: str) -> float:
@@ -41,8 +49,8 @@ def main() -> None:
         print(f"{measure:<52} {ratio:>5.2f}x  {bound} {goal}x  {'met' if met else 'MISSED'}")
     print(
         f"(HTTP: paytrace +{ours / 1000:.2f} us, peer +{peer / 1000:.2f} us over bare "
-        f"{bare / 1000:.2f} us; aggregator: decode {1e12 / decode / 1e6:.2f} M, pipeline "
-        f"{1e12 / pipeline / 1e6:.2f} M, gRPC {1e12 / grpc / 1e6:.2f} M spans/s)"
+        f"{bare / 1000:.2f} us; aggregator: decode {spans_per_second(decode)}, pipeline "
+        f"{spans_per_second(pipeline)}, gRPC {spans_per_second(grpc)} spans/s)"
     )
 
 

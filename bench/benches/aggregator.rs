@@ -189,7 +189,7 @@ fn throughput(c: &mut Criterion) {
         })
     });
     // The same, with the client's prost encoding inside the measurement
-    // (both ends in this process, on the same two cores).
+    // (both ends in this process, on the one core the bench is pinned to).
     group.bench_function("grpc_loopback_client_encodes", |b| {
         b.iter_custom(|iters| {
             timed_in_chunks(
